@@ -1,0 +1,48 @@
+//! Default values of the `ChatCluster` spec, in one place so the CRD schema, the builders and
+//! the docs agree.
+
+/// The release these defaults belong to; workload images are tagged with it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// chatd image used when a service names none.
+pub fn chatd_image() -> String {
+    format!("chatcluster/chatd:{VERSION}")
+}
+
+/// chat-xds image used when `spec.xds.image` is absent.
+pub fn xds_image() -> String {
+    format!("chatcluster/chat-xds:{VERSION}")
+}
+
+/// Upstream Envoy image, pinned.
+pub const ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
+/// Upstream MySQL image, pinned (8.4 LTS).
+pub const MYSQL_IMAGE: &str = "mysql:8.4.6";
+/// Upstream MariaDB image, pinned (10.11 LTS).
+pub const MARIADB_IMAGE: &str = "mariadb:10.11.14";
+
+/// Replicas per chat service when neither `replicas` nor `autoscaling` is set: two, so one can die.
+pub const SERVICE_REPLICAS: i32 = 2;
+/// Header hashed by `ringHash`/`maglev` load balancing when the spec names none.
+pub const HASH_HEADER: &str = "x-chat-affinity";
+/// Request rate per replica the autoscaler aims for when the spec gives no target.
+pub const TARGET_REQUESTS_PER_SECOND: i32 = 400;
+
+pub(crate) fn two() -> i32 {
+    2
+}
+pub(crate) fn yes() -> bool {
+    true
+}
+pub(crate) fn storage_size() -> String {
+    "10Gi".into()
+}
+pub(crate) fn failover_timeout_seconds() -> i32 {
+    10
+}
+pub(crate) fn ingress_port() -> i32 {
+    443
+}
+pub(crate) fn scale_down_stabilization_seconds() -> i32 {
+    300
+}

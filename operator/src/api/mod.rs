@@ -1,0 +1,16 @@
+//! The `ChatCluster` custom resource, `chatcluster.io/v1alpha1`.
+//!
+//! Every field has a default, so `spec: {}` describes a complete, redundant cluster. What the
+//! API server can refuse on its own (ranges, enums, cross-field rules) is declared here as
+//! OpenAPI constraints and CEL rules (`x-kubernetes-validations`), each message naming its
+//! field; [`validate`] repeats those checks for objects that slipped past the schema.
+
+pub mod defaults;
+mod spec;
+mod status;
+mod validate;
+
+pub use defaults::*;
+pub use spec::*;
+pub use status::*;
+pub use validate::{SpecError, validate};

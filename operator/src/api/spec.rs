@@ -1,0 +1,446 @@
+//! The desired state a user writes: `ChatCluster.spec`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::defaults;
+use super::status::ChatClusterStatus;
+
+/// A horizontally scalable chat backend: chat services behind Envoy on a replicated database.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "chatcluster.io",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    namespaced,
+    status = "ChatClusterStatus",
+    shortname = "chat",
+    category = "chatcluster",
+    doc = "A chat backend (accounts, groups, direct messages, servers) behind Envoy on MySQL with read replicas.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Services",
+        type_ = "string",
+        json_path = ".status.servicesReady"
+    ),
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.database.primary"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        json_path = ".status.database.replicasReady"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// The chat services, one Deployment each.
+    #[serde(default)]
+    pub services: ServicesSpec,
+    /// The MySQL/MariaDB primary and its read replicas.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+    /// The Envoy tier in front of the services.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+    /// The xDS control plane that configures Envoy.
+    #[serde(default)]
+    pub xds: XdsSpec,
+}
+
+/// The four chat services. Each runs as its own Deployment of the chatd binary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesSpec {
+    /// Accounts, login and token issuance.
+    #[serde(default)]
+    pub auth: ChatServiceSpec,
+    /// Group chats.
+    #[serde(default)]
+    pub groups: ChatServiceSpec,
+    /// Direct messages.
+    #[serde(default)]
+    pub dms: ChatServiceSpec,
+    /// Discord-style servers with channels.
+    #[serde(default)]
+    pub servers: ChatServiceSpec,
+}
+
+/// One chat service: how many replicas, how Envoy balances across them, what they run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
+    .message("replicas and autoscaling are mutually exclusive: with autoscaling, the autoscaler sets the replica count")
+    .field_path(".replicas"))]
+pub struct ChatServiceSpec {
+    /// Fixed number of replicas (default 2). Leave unset when `autoscaling` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Scale with load between `minReplicas` and `maxReplicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// How Envoy spreads requests over the replicas.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Request header hashed by `ringHash` and `maglev` (default `x-chat-affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub hash_header: Option<String>,
+    /// CPU and memory of each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// chatd image (default `chatcluster/chatd:<operator version>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Autoscaling bounds and targets of one service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas")
+    .field_path(".maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest replicas (default 2).
+    #[serde(default = "defaults::two")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Requests per second one replica should carry (default 400 when no target is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_requests_per_second: Option<i32>,
+    /// Average CPU utilisation (percent of the request) to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    /// How long load must stay low before replicas are removed (default 300 s).
+    #[serde(default = "defaults::scale_down_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+/// Envoy load-balancing policy for a service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancing {
+    /// Pick the less loaded of two random replicas (good for long and short calls alike).
+    #[default]
+    LeastRequest,
+    /// Rotate over the replicas.
+    RoundRobin,
+    /// Consistent hashing on `hashHeader`: the same key sticks to the same replica.
+    RingHash,
+    /// Maglev consistent hashing on `hashHeader`: like ring hash, faster, less even on change.
+    Maglev,
+}
+
+/// Database engine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseEngine {
+    /// MySQL 8.4.
+    #[default]
+    Mysql,
+    /// MariaDB 10.11 or later.
+    Mariadb,
+}
+
+/// The database: one primary and `replicas` read replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// `mysql` (8.4) or `mariadb`.
+    #[serde(default)]
+    pub engine: DatabaseEngine,
+    /// Server image (default: the engine's pinned upstream image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Read replicas beside the primary (default 2).
+    #[serde(default = "defaults::two")]
+    #[schemars(range(min = 0, max = 15))]
+    pub replicas: i32,
+    /// Volume of each server.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Semi-synchronous replication: a write is acknowledged only once a replica has it.
+    /// Has no effect without replicas.
+    #[serde(default = "defaults::yes")]
+    pub semi_sync: bool,
+    /// Automatic promotion of a replica when the primary is gone.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+    /// CPU and memory of each server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        Self {
+            engine: DatabaseEngine::default(),
+            image: None,
+            replicas: defaults::two(),
+            storage: StorageSpec::default(),
+            semi_sync: defaults::yes(),
+            failover: FailoverSpec::default(),
+            resources: None,
+        }
+    }
+}
+
+/// Persistent volume of each database server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each server's volume (default 10Gi).
+    #[serde(default = "defaults::storage_size")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+        .message("database.storage.size must be a positive Kubernetes quantity such as 10Gi"))]
+    pub size: String,
+    /// Storage class (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: defaults::storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Automatic failover of the primary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Promote a replica when the primary is unreachable (default true). Needs replicas.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// How long the primary must be unreachable before a replica is promoted (default 10 s).
+    #[serde(default = "defaults::failover_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::yes(),
+            timeout_seconds: defaults::failover_timeout_seconds(),
+        }
+    }
+}
+
+/// The Envoy tier: TLS termination, gRPC and gRPC-Web, routing to the services.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Envoy replicas (default 2).
+    #[serde(default = "defaults::two")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// The Service clients connect to.
+    #[serde(default)]
+    pub service: IngressServiceSpec,
+    /// Certificate Envoy serves. Absent: the operator issues a self-signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Accept gRPC-Web (browsers) beside plain gRPC (default true).
+    #[serde(default = "defaults::yes")]
+    pub grpc_web: bool,
+    /// Envoy image (default: the pinned upstream image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory of each Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for IngressSpec {
+    fn default() -> Self {
+        Self {
+            replicas: defaults::two(),
+            service: IngressServiceSpec::default(),
+            tls: None,
+            grpc_web: defaults::yes(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+/// Kubernetes Service type of the ingress.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// An external load balancer (default).
+    #[default]
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses for this type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The Service in front of Envoy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressServiceSpec {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer` (default).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port clients connect to (default 443).
+    #[serde(default = "defaults::ingress_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations for the Service (cloud load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for IngressServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: defaults::ingress_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// A certificate for the ingress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in the cluster's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// The xDS control plane.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsSpec {
+    /// chat-xds replicas, leader-elected (default 2).
+    #[serde(default = "defaults::two")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: i32,
+    /// chat-xds image (default `chatcluster/chat-xds:<operator version>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory of each chat-xds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for XdsSpec {
+    fn default() -> Self {
+        Self {
+            replicas: defaults::two(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+/// One of the four chat services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceKind {
+    /// Accounts and tokens.
+    Auth,
+    /// Group chats.
+    Groups,
+    /// Direct messages.
+    Dms,
+    /// Discord-style servers.
+    Servers,
+}
+
+impl ServiceKind {
+    /// All services, in the order they are built and reported.
+    pub const ALL: [ServiceKind; 4] = [Self::Auth, Self::Groups, Self::Dms, Self::Servers];
+
+    /// The name used in the spec, in object names and in chatd's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Groups => "groups",
+            Self::Dms => "dms",
+            Self::Servers => "servers",
+        }
+    }
+
+    /// The protobuf package of the service's API; Envoy routes `/<package>.*` to it.
+    pub fn grpc_package(self) -> &'static str {
+        match self {
+            Self::Auth => "chatcluster.auth.v1",
+            Self::Groups => "chatcluster.groups.v1",
+            Self::Dms => "chatcluster.dms.v1",
+            Self::Servers => "chatcluster.servers.v1",
+        }
+    }
+
+    /// The fully qualified gRPC service name, also the name chatd reports health under.
+    pub fn grpc_service(self) -> &'static str {
+        match self {
+            Self::Auth => "chatcluster.auth.v1.Auth",
+            Self::Groups => "chatcluster.groups.v1.Groups",
+            Self::Dms => "chatcluster.dms.v1.Dms",
+            Self::Servers => "chatcluster.servers.v1.Servers",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ServicesSpec {
+    /// The spec of one service.
+    pub fn get(&self, kind: ServiceKind) -> &ChatServiceSpec {
+        match kind {
+            ServiceKind::Auth => &self.auth,
+            ServiceKind::Groups => &self.groups,
+            ServiceKind::Dms => &self.dms,
+            ServiceKind::Servers => &self.servers,
+        }
+    }
+
+    /// Every service with its spec.
+    pub fn iter(&self) -> impl Iterator<Item = (ServiceKind, &ChatServiceSpec)> {
+        ServiceKind::ALL.into_iter().map(|k| (k, self.get(k)))
+    }
+}

@@ -1,0 +1,96 @@
+//! What the operator observed: `ChatCluster.status`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a ChatCluster, computed from its children's own status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One-word summary: `Progressing`, `Ready` or `Degraded`.
+    #[serde(default)]
+    pub phase: Phase,
+    /// `Ready`, `Progressing`, `Degraded` and `DatabaseReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Ready and desired replicas per chat service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ReplicaStatus>,
+    /// Services with all replicas ready, over all services, e.g. `4/4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_ready: Option<String>,
+    /// The database servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+    /// The Envoy tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ReplicaStatus>,
+    /// Where clients connect (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Ready against desired replicas of one workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replicas passing their readiness probe.
+    pub ready: i32,
+    /// Replicas asked for.
+    pub desired: i32,
+}
+
+/// Database servers as observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// Pod name of the current primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Whether the primary is ready.
+    pub primary_ready: bool,
+    /// Read replicas ready, over desired, e.g. `2/2`.
+    pub replicas_ready: String,
+}
+
+/// One-word summary of a ChatCluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Children are being created or are not all ready yet.
+    #[default]
+    Progressing,
+    /// Every child is ready.
+    Ready,
+    /// The spec cannot be carried out, or applying it failed.
+    Degraded,
+}
+
+impl Phase {
+    /// The name shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "Progressing",
+            Self::Ready => "Ready",
+            Self::Degraded => "Degraded",
+        }
+    }
+}
+
+/// Condition types the operator maintains.
+pub mod condition {
+    /// Every child is ready.
+    pub const READY: &str = "Ready";
+    /// Children are still converging on the spec.
+    pub const PROGRESSING: &str = "Progressing";
+    /// The spec cannot be carried out, or applying it failed.
+    pub const DEGRADED: &str = "Degraded";
+    /// The primary and every read replica are ready.
+    pub const DATABASE_READY: &str = "DatabaseReady";
+}

@@ -1,0 +1,273 @@
+//! The chat services: one Deployment and one Service per service, all running chatd.
+//!
+//! chatd is configured through `CHATD_*` environment variables (see services/chat); the Service
+//! is what chat-xds discovers through its EndpointSlices.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
+            KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+            SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use super::{ClusterRef, database, names, pod, ports};
+use crate::api::{ChatClusterSpec, ChatServiceSpec, ServiceKind, defaults};
+
+/// uid/gid chatd runs as (the distroless "nonroot" convention).
+const CHATD_UID: i64 = 65532;
+const TOKEN_MOUNT: &str = "/etc/chatd/token";
+
+/// Replicas a service's Deployment should have: the fixed count, or for an autoscaled service
+/// the autoscaler's current choice kept within the spec's bounds (`minReplicas` at first).
+pub fn replicas(svc: &ChatServiceSpec, current: Option<i32>) -> i32 {
+    match &svc.autoscaling {
+        Some(auto) => current
+            .unwrap_or(auto.min_replicas)
+            .clamp(auto.min_replicas, auto.max_replicas.max(auto.min_replicas)),
+        None => svc.replicas.unwrap_or(defaults::SERVICE_REPLICAS),
+    }
+}
+
+/// The Deployment of one chat service.
+pub fn deployment(
+    c: &ClusterRef,
+    spec: &ChatClusterSpec,
+    kind: ServiceKind,
+    svc: &ChatServiceSpec,
+    replicas: i32,
+) -> Deployment {
+    let component = kind.as_str();
+    let selector = c.selector(component);
+    let labels = c.labels(component, "chatd");
+    let grpc_probe = |service: &str, period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: ports::CHATD_GRPC,
+            service: Some(service.to_string()),
+            ..GRPCAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    // Only auth signs tokens, so only auth pods see the private key.
+    let token_items = if kind == ServiceKind::Auth {
+        vec!["public.pem", "private.pem"]
+    } else {
+        vec!["public.pem"]
+    };
+
+    let container = Container {
+        name: "chatd".into(),
+        image: Some(svc.image.clone().unwrap_or_else(defaults::chatd_image)),
+        env: Some(chatd_env(c, spec, kind)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: ports::CHATD_GRPC,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: ports::METRICS,
+                ..ContainerPort::default()
+            },
+        ]),
+        // Readiness asks for this service by its gRPC name: chatd reports NOT_SERVING when it
+        // drains or loses its database, so Envoy and the Service stop sending it traffic.
+        readiness_probe: Some(grpc_probe(kind.grpc_service(), 5, 2)),
+        // Liveness asks for the whole server (""), which stays SERVING while the process works.
+        liveness_probe: Some(grpc_probe("", 10, 3)),
+        startup_probe: Some(grpc_probe("", 2, 60)),
+        resources: Some(pod::resources(
+            svc.resources.as_ref(),
+            "100m",
+            "128Mi",
+            "512Mi",
+        )),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "token-key".into(),
+                mount_path: TOKEN_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+
+    Deployment {
+        metadata: c.meta(names::service(c, kind), labels.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            // Surge before removing, so capacity never drops during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), ports::METRICS.to_string()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod::pod_security(CHATD_UID)),
+                    topology_spread_constraints: Some(pod::topology_spread(&selector)),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    // chatd drains streams on SIGTERM; give it time to finish.
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "token-key".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names::token_key_secret(c)),
+                                items: Some(
+                                    token_items
+                                        .into_iter()
+                                        .map(|k| KeyToPath {
+                                            key: k.into(),
+                                            path: k.into(),
+                                            ..KeyToPath::default()
+                                        })
+                                        .collect(),
+                                ),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
+    let plain = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let secret = |name: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names::db_secret(c),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let db = |service: String| format!("{}:{}", c.service_host(&service), ports::DATABASE);
+    let mut env = vec![
+        plain("CHATD_SERVICES", kind.as_str().into()),
+        plain("CHATD_LISTEN", format!("0.0.0.0:{}", ports::CHATD_GRPC)),
+        plain(
+            "CHATD_METRICS_LISTEN",
+            format!("0.0.0.0:{}", ports::METRICS),
+        ),
+        plain("CHATD_DB_PRIMARY", db(names::db_primary(c))),
+        // Without replicas, reads go to the primary too.
+        plain(
+            "CHATD_DB_REPLICAS",
+            if spec.database.replicas > 0 {
+                db(names::db_replicas(c))
+            } else {
+                db(names::db_primary(c))
+            },
+        ),
+        plain("CHATD_DB_NAME", database::DB_NAME.into()),
+        secret("CHATD_DB_USER", super::secrets::DB_APP_USER_KEY),
+        secret("CHATD_DB_PASSWORD", super::secrets::DB_APP_PASSWORD_KEY),
+        plain(
+            "CHATD_TOKEN_PUBLIC_KEY_FILE",
+            format!("{TOKEN_MOUNT}/public.pem"),
+        ),
+        field("CHATD_POD_NAME", "metadata.name"),
+        field("CHATD_POD_IP", "status.podIP"),
+        plain("RUST_LOG", "info".into()),
+    ];
+    if kind == ServiceKind::Auth {
+        env.push(plain(
+            "CHATD_TOKEN_PRIVATE_KEY_FILE",
+            format!("{TOKEN_MOUNT}/private.pem"),
+        ));
+    }
+    env
+}
+
+/// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these
+/// labels); `appProtocol` tells meshes and Envoy the port speaks cleartext HTTP/2.
+pub fn service(c: &ClusterRef, kind: ServiceKind) -> Service {
+    let component = kind.as_str();
+    Service {
+        metadata: c.meta(names::service(c, kind), c.labels(component, "chatd")),
+        spec: Some(ServiceSpec {
+            selector: Some(c.selector(component)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: ports::CHATD_GRPC,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: ports::METRICS,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}

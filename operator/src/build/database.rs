@@ -1,0 +1,418 @@
+//! The database: a primary StatefulSet (1 pod), a replica StatefulSet (N pods), their
+//! configuration and the Services that route writes and reads.
+//!
+//! Which pod is primary is a pod label ([`labels::DB_ROLE`]), not a StatefulSet: the `-primary`
+//! Service selects it, so failover moves writes by relabelling pods, and the StatefulSets only
+//! keep pods and volumes alive.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetSpec},
+        core::v1::{
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service,
+            ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+            VolumeResourceRequirements,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports, secrets};
+use crate::api::{DatabaseEngine, DatabaseSpec, defaults};
+
+/// Component label of every database object.
+pub const COMPONENT: &str = "database";
+/// The schema chatd's services create their tables in.
+pub const DB_NAME: &str = "chat";
+/// uid/gid of the `mysql` user in both upstream images.
+const MYSQL_UID: i64 = 999;
+const CONF_DIR: &str = "/etc/mysql/conf.d";
+
+/// The two StatefulSets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Set {
+    /// One pod, the initial primary.
+    Primary,
+    /// The read replicas.
+    Replica,
+}
+
+impl Set {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Replica => "replica",
+        }
+    }
+
+    /// server-id of pod 0 of the set; pod n gets base + n, so ids are unique across both sets.
+    fn server_id_base(self) -> u32 {
+        match self {
+            Self::Primary => 100,
+            Self::Replica => 200,
+        }
+    }
+}
+
+fn image(db: &DatabaseSpec) -> String {
+    db.image.clone().unwrap_or_else(|| {
+        match db.engine {
+            DatabaseEngine::Mysql => defaults::MYSQL_IMAGE,
+            DatabaseEngine::Mariadb => defaults::MARIADB_IMAGE,
+        }
+        .to_string()
+    })
+}
+
+/// Server configuration common to every pod: GTIDs, row binlogs, crash-safe replication and,
+/// when there are replicas to wait for, lossless (AFTER_SYNC) semi-synchronous replication.
+/// Replication is never started by the server itself: the topology loop decides who follows whom.
+pub fn server_config(db: &DatabaseSpec) -> String {
+    let semi_sync = db.semi_sync && db.replicas > 0;
+    let mut lines: Vec<&str> = Vec::new();
+    match db.engine {
+        DatabaseEngine::Mysql => {
+            lines.extend([
+                "[mysqld]",
+                "gtid_mode=ON",
+                "enforce_gtid_consistency=ON",
+                "log_bin=binlog",
+                "log_replica_updates=ON",
+                "skip_replica_start=ON",
+                "relay_log_recovery=ON",
+                "sync_binlog=1",
+                "innodb_flush_log_at_trx_commit=1",
+                "skip_name_resolve=ON",
+                "plugin_load_add=semisync_source.so",
+                "plugin_load_add=semisync_replica.so",
+            ]);
+            if semi_sync {
+                lines.extend([
+                    "rpl_semi_sync_source_enabled=ON",
+                    "rpl_semi_sync_replica_enabled=ON",
+                    "rpl_semi_sync_source_wait_point=AFTER_SYNC",
+                    "rpl_semi_sync_source_timeout=10000",
+                ]);
+            }
+        }
+        DatabaseEngine::Mariadb => {
+            lines.extend([
+                "[mariadb]",
+                "log_bin=binlog",
+                "binlog_format=ROW",
+                "log_slave_updates=ON",
+                "gtid_strict_mode=ON",
+                "skip_slave_start=ON",
+                "relay_log_recovery=ON",
+                "sync_binlog=1",
+                "innodb_flush_log_at_trx_commit=1",
+                "skip_name_resolve=ON",
+            ]);
+            if semi_sync {
+                lines.extend([
+                    "rpl_semi_sync_master_enabled=ON",
+                    "rpl_semi_sync_slave_enabled=ON",
+                    "rpl_semi_sync_master_wait_point=AFTER_SYNC",
+                    "rpl_semi_sync_master_timeout=10000",
+                ]);
+            }
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+/// Init script: gives each pod a unique `server_id` (set base + ordinal), a `report_host` peers
+/// can reach, and starts replica-set pods read-only.
+const INIT_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+ordinal="${POD_NAME##*-}"
+cp /config/chatcluster.cnf "$CONF_DIR/chatcluster.cnf"
+{
+  echo "[mysqld]"
+  echo "server_id=$((SERVER_ID_BASE + ordinal))"
+  echo "report_host=${POD_NAME}.${HEADLESS_SERVICE}"
+  if [ "$DB_SET" = replica ]; then echo "read_only=ON"; fi
+} > "$CONF_DIR/server-id.cnf"
+"#;
+
+/// The database ConfigMap: server configuration and the init script.
+pub fn config_map(c: &ClusterRef, db: &DatabaseSpec) -> ConfigMap {
+    ConfigMap {
+        metadata: c.meta(names::db_config(c), c.labels(COMPONENT, engine_app(db))),
+        data: Some(BTreeMap::from([
+            ("chatcluster.cnf".to_string(), server_config(db)),
+            ("init.sh".to_string(), INIT_SCRIPT.to_string()),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+fn engine_app(db: &DatabaseSpec) -> &'static str {
+    match db.engine {
+        DatabaseEngine::Mysql => "mysql",
+        DatabaseEngine::Mariadb => "mariadb",
+    }
+}
+
+fn set_selector(c: &ClusterRef, set: Set) -> BTreeMap<String, String> {
+    let mut selector = c.selector(COMPONENT);
+    selector.insert(labels::DB_SET.into(), set.as_str().into());
+    selector
+}
+
+/// One of the two database StatefulSets. `config_hash` rolls the pods when the server
+/// configuration changes.
+pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &str) -> StatefulSet {
+    let (name, replicas) = match set {
+        Set::Primary => (names::db_primary(c), 1),
+        Set::Replica => (names::db_replicas_set(c), db.replicas),
+    };
+    let selector = set_selector(c, set);
+    let mut pod_labels = c.labels(COMPONENT, engine_app(db));
+    pod_labels.extend(selector.clone());
+    // The initial role; from then on the topology loop owns this label on each pod.
+    pod_labels.insert(labels::DB_ROLE.into(), set.as_str().into());
+
+    let env_var = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let secret_var = |name: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names::db_secret(c),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let pod_name = EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    // The upstream images take the same settings under engine-specific names.
+    let (prefix, client) = match db.engine {
+        DatabaseEngine::Mysql => ("MYSQL", "mysql"),
+        DatabaseEngine::Mariadb => ("MARIADB", "mariadb"),
+    };
+    let env = vec![
+        secret_var(
+            &format!("{prefix}_ROOT_PASSWORD"),
+            secrets::DB_ROOT_PASSWORD_KEY,
+        ),
+        env_var(&format!("{prefix}_DATABASE"), DB_NAME.into()),
+        secret_var(&format!("{prefix}_USER"), secrets::DB_APP_USER_KEY),
+        secret_var(&format!("{prefix}_PASSWORD"), secrets::DB_APP_PASSWORD_KEY),
+    ];
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    };
+    let query_probe = Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "MYSQL_PWD=\"${prefix}_ROOT_PASSWORD\" {client} -h127.0.0.1 -uroot -e 'SELECT 1'"
+                ),
+            ]),
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let tcp_probe = |period: i32, failures: i32| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(ports::DATABASE),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+
+    let init = Container {
+        name: "init-config".into(),
+        image: Some(image(db)),
+        command: Some(vec!["sh".into(), "/config/init.sh".into()]),
+        env: Some(vec![
+            pod_name.clone(),
+            env_var("SERVER_ID_BASE", set.server_id_base().to_string()),
+            env_var("DB_SET", set.as_str().into()),
+            env_var("HEADLESS_SERVICE", c.service_host(&names::db_headless(c))),
+            env_var("CONF_DIR", CONF_DIR.into()),
+        ]),
+        volume_mounts: Some(vec![mount("config", "/config"), mount("conf", CONF_DIR)]),
+        security_context: Some(pod::container_security(true)),
+        ..Container::default()
+    };
+    let server = Container {
+        name: "database".into(),
+        image: Some(image(db)),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("mysql".into()),
+            container_port: ports::DATABASE,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(query_probe),
+        liveness_probe: Some(tcp_probe(10, 6)),
+        // First start initialises the data directory, which can take minutes on slow disks.
+        startup_probe: Some(tcp_probe(5, 120)),
+        resources: Some(pod::resources(
+            db.resources.as_ref(),
+            "250m",
+            "512Mi",
+            "2Gi",
+        )),
+        // The upstream entrypoints write outside the mounted volumes on first start.
+        security_context: Some(pod::container_security(false)),
+        volume_mounts: Some(vec![
+            mount("data", "/var/lib/mysql"),
+            mount("conf", CONF_DIR),
+            mount("run", "/var/run/mysqld"),
+            mount("tmp", "/tmp"),
+        ]),
+        ..Container::default()
+    };
+    let empty_dir = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+
+    StatefulSet {
+        metadata: c.meta(name, c.labels(COMPONENT, engine_app(db))),
+        spec: StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names::db_headless(c)),
+            // Servers do not depend on each other's start; the topology loop wires them.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: Some(vec![init]),
+                    containers: vec![server],
+                    security_context: Some(pod::pod_security(MYSQL_UID)),
+                    topology_spread_constraints: Some(pod::topology_spread(&c.selector(COMPONENT))),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(60),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: names::db_config(c),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        empty_dir("conf"),
+                        empty_dir("run"),
+                        empty_dir("tmp"),
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(c.selector(COMPONENT)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: db.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(db.storage.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+/// The headless Service (stable DNS per pod, also while not ready, so replicas can reach a
+/// recovering primary), the `-primary` Service for writes and the `-replicas` Service for reads.
+pub fn services(c: &ClusterRef) -> [Service; 3] {
+    let port = || {
+        Some(vec![ServicePort {
+            name: Some("mysql".into()),
+            port: ports::DATABASE,
+            target_port: Some(IntOrString::String("mysql".into())),
+            app_protocol: Some("mysql".into()),
+            ..ServicePort::default()
+        }])
+    };
+    let by_role = |name: String, role: &str| {
+        let mut selector = c.selector(COMPONENT);
+        selector.insert(labels::DB_ROLE.into(), role.into());
+        Service {
+            metadata: c.meta(name, c.labels(COMPONENT, "database")),
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: port(),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    };
+    [
+        Service {
+            metadata: c.meta(names::db_headless(c), c.labels(COMPONENT, "database")),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                publish_not_ready_addresses: Some(true),
+                selector: Some(c.selector(COMPONENT)),
+                ports: port(),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        },
+        by_role(names::db_primary(c), "primary"),
+        by_role(names::db_replicas(c), "replica"),
+    ]
+}

@@ -1,0 +1,316 @@
+//! The Envoy tier: bootstrap configuration (everything else arrives over ADS from chat-xds),
+//! Deployment and the Service clients connect to.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+            PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, SleepAction,
+            TCPSocketAction, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use serde_json::json;
+
+use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, names, pod, ports};
+use crate::api::{IngressSpec, defaults};
+
+/// Component label of the Envoy objects.
+pub const COMPONENT: &str = "ingress";
+const BOOTSTRAP_KEY: &str = "envoy.yaml";
+const BOOTSTRAP_DIR: &str = "/etc/envoy";
+/// uid/gid of the `envoy` user in the upstream image.
+const ENVOY_UID: i64 = 101;
+
+/// Envoy's bootstrap: a node identity, the admin API on loopback only, ADS (Delta) to chat-xds
+/// for listeners and clusters, and one static listener that exposes just `/ready` and
+/// `/stats/prometheus` from the admin API for probes and scraping.
+pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
+    let xds_host = c.service_host(&names::xds(c));
+    let socket = |address: &str, port: i32| json!({ "socket_address": { "address": address, "port_value": port } });
+    let admin_route =
+        |path: &str| json!({ "match": { "path": path }, "route": { "cluster": "admin" } });
+    json!({
+        "node": { "cluster": names::envoy(c) },
+        "admin": { "address": socket("127.0.0.1", ports::ENVOY_ADMIN) },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STRICT_DNS",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": { "interval": "30s", "timeout": "5s" }
+                                }
+                            }
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [{ "lb_endpoints": [
+                            { "endpoint": { "address": socket(&xds_host, ports::XDS) } }
+                        ]}]
+                    }
+                },
+                {
+                    "name": "admin",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "admin",
+                        "endpoints": [{ "lb_endpoints": [
+                            { "endpoint": { "address": socket("127.0.0.1", ports::ENVOY_ADMIN) } }
+                        ]}]
+                    }
+                }
+            ],
+            "listeners": [{
+                "name": "ready",
+                "address": socket("0.0.0.0", ports::ENVOY_READY),
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ready",
+                        "route_config": {
+                            "name": "ready",
+                            "virtual_hosts": [{
+                                "name": "ready",
+                                "domains": ["*"],
+                                "routes": [
+                                    admin_route("/ready"),
+                                    admin_route("/stats/prometheus"),
+                                    { "match": { "prefix": "/" }, "direct_response": { "status": 404 } }
+                                ]
+                            }]
+                        },
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            }
+                        }]
+                    }
+                }]}]
+            }]
+        }
+    })
+}
+
+/// The ConfigMap holding [`bootstrap`] as YAML.
+pub fn bootstrap_config_map(c: &ClusterRef) -> Result<ConfigMap, BuildError> {
+    let yaml = serde_yaml::to_string(&bootstrap(c)).map_err(|e| BuildError::Encode {
+        what: "Envoy bootstrap",
+        message: e.to_string(),
+    })?;
+    Ok(ConfigMap {
+        metadata: c.meta(names::envoy(c), c.labels(COMPONENT, "envoy")),
+        data: Some(BTreeMap::from([(BOOTSTRAP_KEY.to_string(), yaml)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The Envoy replicas. `config_hash` rolls them when the bootstrap changes.
+pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> Deployment {
+    let selector = c.selector(COMPONENT);
+    let labels = c.labels(COMPONENT, "envoy");
+    let container = Container {
+        name: "envoy".into(),
+        image: Some(
+            ingress
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults::ENVOY_IMAGE.into()),
+        ),
+        args: Some(vec![
+            "--config-path".into(),
+            format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}"),
+            "--service-node".into(),
+            "$(POD_NAME)".into(),
+            "--drain-time-s".into(),
+            "15".into(),
+            "--log-level".into(),
+            "info".into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("https".into()),
+                container_port: ports::ENVOY_HTTPS,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("ready".into()),
+                container_port: ports::ENVOY_READY,
+                ..ContainerPort::default()
+            },
+        ]),
+        // `/ready` turns 503 until Envoy has its first configuration from chat-xds.
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::String("ready".into()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        // Liveness must not depend on chat-xds: Envoy keeps serving its last config without it.
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("ready".into()),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // Stay up while the load balancer and kube-proxy stop sending new connections here.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: 10 }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: Some(pod::resources(
+            ingress.resources.as_ref(),
+            "100m",
+            "128Mi",
+            "512Mi",
+        )),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "bootstrap".into(),
+                mount_path: BOOTSTRAP_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: c.meta(names::envoy(c), labels.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(ingress.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        (
+                            "prometheus.io/port".to_string(),
+                            ports::ENVOY_READY.to_string(),
+                        ),
+                        (
+                            "prometheus.io/path".to_string(),
+                            "/stats/prometheus".to_string(),
+                        ),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod::pod_security(ENVOY_UID)),
+                    topology_spread_constraints: Some(pod::topology_spread(&selector)),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "bootstrap".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: names::envoy(c),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The Service clients connect to: the user's type and port onto Envoy's TLS listener.
+pub fn service(c: &ClusterRef, ingress: &IngressSpec) -> Service {
+    let mut metadata = c.meta(names::envoy(c), c.labels(COMPONENT, "envoy"));
+    if !ingress.service.annotations.is_empty() {
+        metadata.annotations = Some(ingress.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(ingress.service.type_.as_str().into()),
+            selector: Some(c.selector(COMPONENT)),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: ingress.service.port,
+                target_port: Some(IntOrString::String("https".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}

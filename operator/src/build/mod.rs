@@ -1,0 +1,317 @@
+//! Desired state: pure functions from a `ChatCluster` (plus the little the reconciler observed)
+//! to the Kubernetes objects that should exist. No client, no clock, no randomness here, so every
+//! object can be unit-tested field by field.
+
+mod chat;
+mod database;
+mod ingress;
+pub mod names;
+mod pod;
+pub mod secrets;
+mod xds;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{Resource, ResourceExt, api::DynamicObject};
+use serde::Serialize;
+
+use crate::api::{ChatCluster, ServiceKind};
+
+pub use database::DB_NAME;
+pub use xds::{XdsConfig, XdsService};
+
+/// Ports the workloads listen on, shared by builders, probes and Services.
+pub mod ports {
+    /// chatd gRPC.
+    pub const CHATD_GRPC: i32 = 50051;
+    /// chatd and chat-xds Prometheus metrics.
+    pub const METRICS: i32 = 9090;
+    /// MySQL / MariaDB.
+    pub const DATABASE: i32 = 3306;
+    /// chat-xds ADS (gRPC).
+    pub const XDS: i32 = 18000;
+    /// Envoy's TLS listener (the Service maps the user's port onto it).
+    pub const ENVOY_HTTPS: i32 = 8443;
+    /// Envoy's readiness and metrics listener (proxies a safe subset of the admin API).
+    pub const ENVOY_READY: i32 = 19001;
+    /// Envoy admin, bound to loopback only.
+    pub const ENVOY_ADMIN: i32 = 19000;
+}
+
+/// Label keys. Selectors use only the `chatcluster.io/` ones, so no other app can collide.
+pub mod labels {
+    /// The ChatCluster an object belongs to.
+    pub const CLUSTER: &str = "chatcluster.io/cluster";
+    /// The part of the cluster: a service name, `database`, `ingress` or `xds`.
+    pub const COMPONENT: &str = "chatcluster.io/component";
+    /// Which database StatefulSet a pod belongs to (`primary` or `replica`); fixed per pod.
+    pub const DB_SET: &str = "chatcluster.io/db-set";
+    /// The database role a pod has now (`primary` or `replica`); moved by failover.
+    pub const DB_ROLE: &str = "chatcluster.io/db-role";
+    /// Who manages an object; the operator watches only its own children.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The operator's name in `app.kubernetes.io/managed-by`.
+    pub const MANAGER: &str = "chat-operator";
+}
+
+/// Annotation on pod templates carrying the hash of the configuration the pods read, so a
+/// configuration change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "chatcluster.io/config-hash";
+
+/// Errors that stop a build: the object lacks what every child needs.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The ChatCluster has no namespace, name or uid (it was not read from the API).
+    #[error("ChatCluster lacks metadata.{0}")]
+    MissingMetadata(&'static str),
+    /// An object could not be turned into its generic form.
+    #[error("cannot serialize {kind} {name}: {source}")]
+    Serialize {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A configuration file could not be encoded.
+    #[error("cannot encode the {what}: {message}")]
+    Encode {
+        /// Which file.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the builders need to know beyond the spec: state only the cluster holds.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Current replicas of each autoscaled service's Deployment; the autoscaler owns that
+    /// number, so a rebuild keeps it (clamped to the spec's bounds).
+    pub current_replicas: BTreeMap<ServiceKind, i32>,
+}
+
+/// The identity of a ChatCluster, from which every child's name, labels and owner derive.
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    owner: OwnerReference,
+}
+
+impl ClusterRef {
+    /// The identity of `cc`, which must have been read from the API (namespace, name, uid).
+    pub fn new(cc: &ChatCluster) -> Result<Self, BuildError> {
+        let namespace = cc
+            .namespace()
+            .ok_or(BuildError::MissingMetadata("namespace"))?;
+        if cc.meta().name.is_none() {
+            return Err(BuildError::MissingMetadata("name"));
+        }
+        let owner = cc
+            .controller_owner_ref(&())
+            .ok_or(BuildError::MissingMetadata("uid"))?;
+        Ok(Self {
+            name: cc.name_any(),
+            namespace,
+            owner,
+        })
+    }
+
+    /// Labels that select one component of this cluster.
+    pub fn selector(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::CLUSTER.to_string(), self.name.clone()),
+            (labels::COMPONENT.to_string(), component.to_string()),
+        ])
+    }
+
+    /// Every label a child of `component` carries: its selector plus the well-known
+    /// `app.kubernetes.io` ones.
+    pub fn labels(&self, component: &str, app: &str) -> BTreeMap<String, String> {
+        let mut labels = self.selector(component);
+        labels.extend([
+            ("app.kubernetes.io/name".to_string(), app.to_string()),
+            ("app.kubernetes.io/instance".to_string(), self.name.clone()),
+            (
+                "app.kubernetes.io/component".to_string(),
+                component.to_string(),
+            ),
+            (
+                "app.kubernetes.io/part-of".to_string(),
+                "chatcluster".into(),
+            ),
+            (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        ]);
+        labels
+    }
+
+    /// Metadata of a child: name, namespace, labels and the controller owner reference, so
+    /// deleting the ChatCluster deletes it and a change to it wakes the reconciler.
+    pub fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// DNS name of a Service of this cluster, valid from any namespace.
+    pub fn service_host(&self, service: &str) -> String {
+        format!("{service}.{}.svc", self.namespace)
+    }
+}
+
+/// Every object a ChatCluster should have, except the generated Secrets (see [`secrets`]),
+/// which are created once and never re-applied.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// Configuration: database server config, Envoy bootstrap, chat-xds config.
+    pub config_maps: Vec<ConfigMap>,
+    /// chat-xds identity.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// chat-xds permissions.
+    pub roles: Vec<Role>,
+    /// chat-xds permissions, bound.
+    pub role_bindings: Vec<RoleBinding>,
+    /// Services of the chat services, database, chat-xds and Envoy.
+    pub services: Vec<Service>,
+    /// Database primary and replicas.
+    pub stateful_sets: Vec<StatefulSet>,
+    /// Chat services, chat-xds and Envoy.
+    pub deployments: Vec<Deployment>,
+    /// One per Deployment and StatefulSet with more than one pod.
+    pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+/// Build every desired object of `cc`.
+pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
+    let cluster = ClusterRef::new(cc)?;
+    let spec = &cc.spec;
+    let mut out = Desired::default();
+
+    for (kind, svc) in spec.services.iter() {
+        let replicas = chat::replicas(svc, observed.current_replicas.get(&kind).copied());
+        out.deployments
+            .push(chat::deployment(&cluster, spec, kind, svc, replicas));
+        out.services.push(chat::service(&cluster, kind));
+        out.pod_disruption_budgets.push(pod::disruption_budget(
+            &cluster,
+            &names::service(&cluster, kind),
+            kind.as_str(),
+        ));
+    }
+
+    let db_config = database::config_map(&cluster, &spec.database);
+    let db_hash = pod::config_hash(&db_config);
+    out.config_maps.push(db_config);
+    out.stateful_sets.push(database::stateful_set(
+        &cluster,
+        &spec.database,
+        database::Set::Primary,
+        &db_hash,
+    ));
+    out.stateful_sets.push(database::stateful_set(
+        &cluster,
+        &spec.database,
+        database::Set::Replica,
+        &db_hash,
+    ));
+    out.services.extend(database::services(&cluster));
+    out.pod_disruption_budgets.push(pod::disruption_budget(
+        &cluster,
+        &names::db_replicas(&cluster),
+        database::COMPONENT,
+    ));
+
+    let xds_config = xds::config_map(&cluster, spec)?;
+    let xds_hash = pod::config_hash(&xds_config);
+    out.config_maps.push(xds_config);
+    out.service_accounts.push(xds::service_account(&cluster));
+    out.roles.push(xds::role(&cluster, spec));
+    out.role_bindings.push(xds::role_binding(&cluster));
+    out.deployments
+        .push(xds::deployment(&cluster, &spec.xds, &xds_hash));
+    out.services.push(xds::service(&cluster));
+    out.pod_disruption_budgets.push(pod::disruption_budget(
+        &cluster,
+        &names::xds(&cluster),
+        xds::COMPONENT,
+    ));
+
+    let bootstrap = ingress::bootstrap_config_map(&cluster)?;
+    let bootstrap_hash = pod::config_hash(&bootstrap);
+    out.config_maps.push(bootstrap);
+    out.deployments.push(ingress::deployment(
+        &cluster,
+        &spec.ingress,
+        &bootstrap_hash,
+    ));
+    out.services.push(ingress::service(&cluster, &spec.ingress));
+    out.pod_disruption_budgets.push(pod::disruption_budget(
+        &cluster,
+        &names::envoy(&cluster),
+        ingress::COMPONENT,
+    ));
+
+    Ok(out)
+}
+
+impl Desired {
+    /// Every object in apply order: what others reference comes first (configuration and
+    /// identities, then Services, then the workloads that use them, then their budgets).
+    pub fn objects(&self) -> Result<Vec<DynamicObject>, BuildError> {
+        let mut out = Vec::new();
+        push_all(&mut out, &self.config_maps)?;
+        push_all(&mut out, &self.service_accounts)?;
+        push_all(&mut out, &self.roles)?;
+        push_all(&mut out, &self.role_bindings)?;
+        push_all(&mut out, &self.services)?;
+        push_all(&mut out, &self.stateful_sets)?;
+        push_all(&mut out, &self.deployments)?;
+        push_all(&mut out, &self.pod_disruption_budgets)?;
+        Ok(out)
+    }
+}
+
+fn push_all<K>(out: &mut Vec<DynamicObject>, objects: &[K]) -> Result<(), BuildError>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    for obj in objects {
+        out.push(to_dynamic(obj)?);
+    }
+    Ok(())
+}
+
+/// The generic form of a typed object, with `apiVersion` and `kind` filled in.
+pub fn to_dynamic<K>(obj: &K) -> Result<DynamicObject, BuildError>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let err = |source| BuildError::Serialize {
+        kind: K::kind(&()).into_owned(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+        source,
+    };
+    let mut value = serde_json::to_value(obj).map_err(err)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    serde_json::from_value(value).map_err(err)
+}

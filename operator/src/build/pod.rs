@@ -1,0 +1,123 @@
+//! Pieces every workload shares: security contexts, spread, probes, budgets, config hashes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Capabilities, ConfigMap, PodSecurityContext, ResourceRequirements, SeccompProfile,
+            SecurityContext, TopologySpreadConstraint,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
+};
+use sha2::{Digest, Sha256};
+
+use super::ClusterRef;
+
+/// Pod-level security: non-root, fixed uid/gid, runtime-default seccomp.
+pub fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Container-level security: no privilege escalation, no capabilities, and a read-only root
+/// file system unless the image must write outside its volumes.
+pub fn container_security(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Spread a component's pods over nodes and zones, preferring but not requiring it, so a
+/// small cluster still schedules everything.
+pub fn topology_spread(selector: &BTreeMap<String, String>) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// The user's resources, or modest requests and a memory limit.
+pub fn resources(
+    user: Option<&ResourceRequirements>,
+    cpu: &str,
+    memory: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
+    user.cloned().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..ResourceRequirements::default()
+    })
+}
+
+/// A budget allowing one pod of a component down at a time during voluntary disruptions
+/// (node drains). `maxUnavailable` rather than `minAvailable`, so a one-pod component can
+/// still be drained.
+pub fn disruption_budget(c: &ClusterRef, name: &str, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: c.meta(name.to_string(), c.labels(component, "chatcluster")),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(c.selector(component)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// Content hash of a ConfigMap's data, for [`super::CONFIG_HASH_ANNOTATION`].
+/// BTreeMap iteration is ordered, so the hash is stable.
+pub fn config_hash(cm: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in cm.data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! Secrets the operator generates: database credentials, the token-signing key pair and, when
+//! the spec names no certificate, a self-signed one for Envoy.
+//!
+//! They are created once and never re-applied, so a reconcile can never rotate a password the
+//! database already holds. Generation (randomness) is kept apart from building the objects.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use rand::{Rng, distr::Alphanumeric};
+
+use super::{ClusterRef, database, ingress, names};
+use crate::api::ChatClusterSpec;
+
+/// Key of the database root password.
+pub const DB_ROOT_PASSWORD_KEY: &str = "root-password";
+/// Key of the password of the operator's admin user (topology, failover).
+pub const DB_ADMIN_PASSWORD_KEY: &str = "admin-password";
+/// Key of the replication user's password.
+pub const DB_REPLICATION_PASSWORD_KEY: &str = "replication-password";
+/// Key of the user chatd connects as.
+pub const DB_APP_USER_KEY: &str = "app-user";
+/// Key of chatd's database password.
+pub const DB_APP_PASSWORD_KEY: &str = "app-password";
+/// chatd's database user name.
+pub const DB_APP_USER: &str = "chat";
+
+/// A generated Secret could not be produced.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot generate {what}: {source}")]
+pub struct GenerateError {
+    what: &'static str,
+    source: rcgen::Error,
+}
+
+/// Passwords of the database users.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbCredentials {
+    root: String,
+    admin: String,
+    replication: String,
+    app: String,
+}
+
+impl std::fmt::Debug for DbCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbCredentials(<redacted>)")
+    }
+}
+
+impl DbCredentials {
+    /// Fresh random passwords (32 alphanumerics each, ~190 bits).
+    pub fn generate() -> Self {
+        let password = || {
+            rand::rng()
+                .sample_iter(&Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect::<String>()
+        };
+        Self {
+            root: password(),
+            admin: password(),
+            replication: password(),
+            app: password(),
+        }
+    }
+}
+
+/// A PEM certificate and its private key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TlsMaterial {
+    /// A self-signed certificate for `names`.
+    pub fn self_signed(names: Vec<String>) -> Result<Self, GenerateError> {
+        let certified =
+            rcgen::generate_simple_self_signed(names).map_err(|source| GenerateError {
+                what: "self-signed certificate",
+                source,
+            })?;
+        Ok(Self {
+            cert_pem: certified.cert.pem(),
+            key_pem: certified.signing_key.serialize_pem(),
+        })
+    }
+}
+
+/// An Ed25519 key pair in PEM (PKCS#8 private key, SPKI public key).
+#[derive(Clone)]
+pub struct TokenKey {
+    private_pem: String,
+    public_pem: String,
+}
+
+impl TokenKey {
+    /// A fresh Ed25519 key pair.
+    pub fn generate() -> Result<Self, GenerateError> {
+        let pair =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|source| GenerateError {
+                what: "token signing key",
+                source,
+            })?;
+        Ok(Self {
+            private_pem: pair.serialize_pem(),
+            public_pem: pair.public_key_pem(),
+        })
+    }
+}
+
+fn secret(c: &ClusterRef, name: String, component: &str, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: c.meta(name, c.labels(component, "chatcluster")),
+        string_data: Some(data),
+        // Immutable: nothing, not even a careless apply, can change what the servers hold.
+        immutable: Some(true),
+        ..Secret::default()
+    }
+}
+
+/// The database credentials Secret.
+pub fn db_secret(c: &ClusterRef, creds: &DbCredentials) -> Secret {
+    secret(
+        c,
+        names::db_secret(c),
+        database::COMPONENT,
+        BTreeMap::from([
+            (DB_ROOT_PASSWORD_KEY.to_string(), creds.root.clone()),
+            (DB_ADMIN_PASSWORD_KEY.to_string(), creds.admin.clone()),
+            (
+                DB_REPLICATION_PASSWORD_KEY.to_string(),
+                creds.replication.clone(),
+            ),
+            (DB_APP_USER_KEY.to_string(), DB_APP_USER.to_string()),
+            (DB_APP_PASSWORD_KEY.to_string(), creds.app.clone()),
+        ]),
+    )
+}
+
+/// The token-signing key Secret (`private.pem`, `public.pem`).
+pub fn token_key_secret(c: &ClusterRef, key: &TokenKey) -> Secret {
+    secret(
+        c,
+        names::token_key_secret(c),
+        "auth",
+        BTreeMap::from([
+            ("private.pem".to_string(), key.private_pem.clone()),
+            ("public.pem".to_string(), key.public_pem.clone()),
+        ]),
+    )
+}
+
+/// DNS names the self-signed certificate covers: the Envoy Service under every name it
+/// resolves by inside the cluster, and `localhost` for port-forwarding.
+pub fn self_signed_names(c: &ClusterRef) -> Vec<String> {
+    let svc = names::envoy(c);
+    let ns = &c.namespace;
+    vec![
+        svc.clone(),
+        format!("{svc}.{ns}"),
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+        "localhost".into(),
+    ]
+}
+
+/// The self-signed `kubernetes.io/tls` Secret.
+pub fn tls_secret(c: &ClusterRef, tls: &TlsMaterial) -> Secret {
+    let mut s = secret(
+        c,
+        names::self_signed_tls(c),
+        ingress::COMPONENT,
+        BTreeMap::from([
+            ("tls.crt".to_string(), tls.cert_pem.clone()),
+            ("tls.key".to_string(), tls.key_pem.clone()),
+        ]),
+    );
+    s.type_ = Some("kubernetes.io/tls".into());
+    s
+}
+
+/// A Secret the cluster needs that the operator generates when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generated {
+    /// [`db_secret`].
+    DbCredentials,
+    /// [`token_key_secret`].
+    TokenKey,
+    /// [`tls_secret`], only when the spec names no certificate.
+    SelfSignedTls,
+}
+
+impl Generated {
+    /// Name of the Secret.
+    pub fn name(self, c: &ClusterRef) -> String {
+        match self {
+            Self::DbCredentials => names::db_secret(c),
+            Self::TokenKey => names::token_key_secret(c),
+            Self::SelfSignedTls => names::self_signed_tls(c),
+        }
+    }
+
+    /// Generate fresh material and build the Secret.
+    pub fn generate(self, c: &ClusterRef) -> Result<Secret, GenerateError> {
+        Ok(match self {
+            Self::DbCredentials => db_secret(c, &DbCredentials::generate()),
+            Self::TokenKey => token_key_secret(c, &TokenKey::generate()?),
+            Self::SelfSignedTls => tls_secret(c, &TlsMaterial::self_signed(self_signed_names(c))?),
+        })
+    }
+}
+
+/// The generated Secrets `spec` needs.
+pub fn generated(spec: &ChatClusterSpec) -> Vec<Generated> {
+    let mut out = vec![Generated::DbCredentials, Generated::TokenKey];
+    if spec.ingress.tls.is_none() {
+        out.push(Generated::SelfSignedTls);
+    }
+    out
+}

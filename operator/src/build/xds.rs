@@ -1,0 +1,333 @@
+//! chat-xds, the Envoy control plane: its configuration, identity, least-privilege RBAC,
+//! Deployment and Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+            GRPCAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service,
+            ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
+use crate::api::{ChatClusterSpec, LoadBalancing, XdsSpec, defaults};
+
+/// Component label of chat-xds objects.
+pub const COMPONENT: &str = "xds";
+const CONFIG_KEY: &str = "xds.yaml";
+const CONFIG_DIR: &str = "/etc/chat-xds";
+const XDS_UID: i64 = 65532;
+
+/// What chat-xds needs to know of a ChatCluster, written by the operator into a ConfigMap so
+/// chat-xds needs no access to ChatCluster objects (and reads the same file in local mode).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsConfig {
+    /// The ChatCluster's name.
+    pub cluster: String,
+    /// Namespace to discover endpoints and Secrets in.
+    pub namespace: String,
+    /// Label selector of the chat services' EndpointSlices.
+    pub endpoint_selector: String,
+    /// Port of Envoy's TLS listener.
+    pub listener_port: i32,
+    /// Secret holding the certificate Envoy serves (sent to Envoy over SDS).
+    pub tls_secret: String,
+    /// Accept gRPC-Web beside gRPC.
+    pub grpc_web: bool,
+    /// Lease chat-xds replicas elect a leader with.
+    pub leader_lease: String,
+    /// One upstream cluster per chat service.
+    pub services: Vec<XdsService>,
+}
+
+/// One chat service as Envoy sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsService {
+    /// Service name (`auth`, …); also the Envoy cluster name.
+    pub name: String,
+    /// Protobuf package routed to it: requests to `/<package>.*`.
+    pub grpc_package: String,
+    /// Service name whose EndpointSlices hold the endpoints.
+    pub kubernetes_service: String,
+    /// Upstream gRPC port.
+    pub port: i32,
+    /// Load-balancing policy.
+    pub load_balancing: LoadBalancing,
+    /// Header hashed by ring hash and maglev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+}
+
+/// The Secret Envoy's certificate comes from: the user's, or the self-signed one.
+pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
+    spec.ingress
+        .tls
+        .as_ref()
+        .map(|t| t.secret_name.clone())
+        .unwrap_or_else(|| names::self_signed_tls(c))
+}
+
+fn leader_lease(c: &ClusterRef) -> String {
+    format!("{}-leader", names::xds(c))
+}
+
+/// chat-xds's view of the cluster.
+pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
+    XdsConfig {
+        cluster: c.name.clone(),
+        namespace: c.namespace.clone(),
+        endpoint_selector: format!("{}={}", labels::CLUSTER, c.name),
+        listener_port: ports::ENVOY_HTTPS,
+        tls_secret: tls_secret_name(c, spec),
+        grpc_web: spec.ingress.grpc_web,
+        leader_lease: leader_lease(c),
+        services: spec
+            .services
+            .iter()
+            .map(|(kind, svc)| XdsService {
+                name: kind.as_str().into(),
+                grpc_package: kind.grpc_package().into(),
+                kubernetes_service: names::service(c, kind),
+                port: ports::CHATD_GRPC,
+                load_balancing: svc.load_balancing,
+                hash_header: match svc.load_balancing {
+                    LoadBalancing::RingHash | LoadBalancing::Maglev => Some(
+                        svc.hash_header
+                            .clone()
+                            .unwrap_or_else(|| defaults::HASH_HEADER.into()),
+                    ),
+                    LoadBalancing::LeastRequest | LoadBalancing::RoundRobin => None,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The ConfigMap chat-xds reads its [`XdsConfig`] from.
+pub fn config_map(c: &ClusterRef, spec: &ChatClusterSpec) -> Result<ConfigMap, BuildError> {
+    let yaml = serde_yaml::to_string(&config(c, spec)).map_err(|e| BuildError::Encode {
+        what: "chat-xds configuration",
+        message: e.to_string(),
+    })?;
+    Ok(ConfigMap {
+        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// chat-xds's own identity.
+pub fn service_account(c: &ClusterRef) -> ServiceAccount {
+    ServiceAccount {
+        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The least chat-xds needs, in its namespace only: read EndpointSlices, read the one TLS
+/// Secret, and hold its leader Lease.
+pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
+    let rule =
+        |group: &str, resource: &str, verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
+            api_groups: Some(vec![group.into()]),
+            resources: Some(vec![resource.into()]),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            resource_names: names,
+            ..PolicyRule::default()
+        };
+    Role {
+        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        rules: Some(vec![
+            rule(
+                "discovery.k8s.io",
+                "endpointslices",
+                &["get", "list", "watch"],
+                None,
+            ),
+            rule(
+                "",
+                "secrets",
+                &["get", "list", "watch"],
+                Some(vec![tls_secret_name(c, spec)]),
+            ),
+            // `create` cannot be limited by name; the rest can.
+            rule("coordination.k8s.io", "leases", &["create"], None),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "update"],
+                Some(vec![leader_lease(c)]),
+            ),
+        ]),
+    }
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(c: &ClusterRef) -> RoleBinding {
+    RoleBinding {
+        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: names::xds(c),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names::xds(c),
+            namespace: Some(c.namespace.clone()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+/// chat-xds replicas. `config_hash` rolls them when the configuration changes.
+pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deployment {
+    let selector = c.selector(COMPONENT);
+    let labels = c.labels(COMPONENT, "chat-xds");
+    let env = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let probe = |period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: ports::XDS,
+            ..GRPCAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "chat-xds".into(),
+        image: Some(xds.image.clone().unwrap_or_else(defaults::xds_image)),
+        env: Some(vec![
+            env("CHAT_XDS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+            env("CHAT_XDS_LISTEN", format!("0.0.0.0:{}", ports::XDS)),
+            env(
+                "CHAT_XDS_METRICS_LISTEN",
+                format!("0.0.0.0:{}", ports::METRICS),
+            ),
+            field("POD_NAME", "metadata.name"),
+            env("RUST_LOG", "info".into()),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("xds".into()),
+                container_port: ports::XDS,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: ports::METRICS,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(probe(5, 2)),
+        liveness_probe: Some(probe(10, 3)),
+        resources: Some(pod::resources(
+            xds.resources.as_ref(),
+            "50m",
+            "64Mi",
+            "256Mi",
+        )),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: c.meta(names::xds(c), labels.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(xds.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    service_account_name: Some(names::xds(c)),
+                    security_context: Some(pod::pod_security(XDS_UID)),
+                    topology_spread_constraints: Some(pod::topology_spread(&selector)),
+                    enable_service_links: Some(false),
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: names::xds(c),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The Service Envoy's bootstrap points its ADS stream at.
+pub fn service(c: &ClusterRef) -> Service {
+    Service {
+        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        spec: Some(ServiceSpec {
+            selector: Some(c.selector(COMPONENT)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("xds".into()),
+                    port: ports::XDS,
+                    target_port: Some(IntOrString::String("xds".into())),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: ports::METRICS,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}

@@ -1,0 +1,17 @@
+//! chat-operator: the `ChatCluster` API and the controller that turns one resource into a
+//! running chat backend.
+//!
+//! - [`api`]: the custom resource types, defaults and validation;
+//! - [`build`]: pure functions from a spec to the desired child objects;
+//! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
+//! - [`leader`]: Lease-based leader election so two operator replicas can run;
+//! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint.
+
+pub mod api;
+pub mod build;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -1,0 +1,153 @@
+//! chat-operator: runs the ChatCluster controller in a Kubernetes cluster.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use chat_operator::{
+    api::ChatCluster,
+    http,
+    leader::{LeaderElector, Timing},
+    metrics::Metrics,
+    reconcile::{self, Context},
+};
+use clap::{Parser, Subcommand};
+use kube::{Api, Client, api::ListParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "Kubernetes operator for ChatCluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster in the kubeconfig or the pod's service account.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the metrics and health endpoint.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "CHAT_OPERATOR_LEASE", default_value = "chat-operator")]
+    lease_name: String,
+    /// This replica's identity in the election (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "CHAT_OPERATOR_LOG_JSON")]
+    log_json: bool,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration (kubeconfig or in-cluster service account)")?;
+    // Fail fast with a clear message when the CRD is missing.
+    Api::<ChatCluster>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .context("cannot list ChatClusters: is the CRD installed (kubectl apply -f crds/)?")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("chat-operator-{}", std::process::id()));
+    let elector = LeaderElector::new(
+        client.clone(),
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        Timing::default(),
+    );
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    metrics.set_leader(true);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        Some(identity),
+    ));
+    let controller = reconcile::run(client, ctx, stopped(stop_rx.clone()));
+    let outcome = elector.lead(controller).await;
+    metrics.set_leader(false);
+    if let Err(e) = server.await.context("metrics server task")? {
+        warn!(error = %e, "metrics server failed");
+    }
+    // Losing the lease ends the process: a replica that might act beside the new leader must not.
+    outcome.context("leader election")?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_tracing(args.log_json);
+            run(args).await
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Side effects on children: server-side apply under one field manager, and create-once for
+//! generated Secrets.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+};
+
+use super::Error;
+use crate::build::{ClusterRef, secrets::Generated};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "chat-operator";
+
+/// Server-side apply `obj`, forcing ownership of the fields it sets: the operator is the
+/// authority on them, so a hand edit of, say, a replica count is reverted.
+pub async fn apply(client: &Client, namespace: &str, obj: &DynamicObject) -> Result<(), Error> {
+    let types = obj.types.clone().unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let gvk = GroupVersionKind::try_from(&types)
+        .map_err(|e| Error::InvalidObject(format!("{} {name}: {e}", types.kind)))?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk));
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        verb: "apply",
+        kind: gvk.kind.clone(),
+        name,
+        source,
+    })?;
+    Ok(())
+}
+
+/// Create the generated Secret `what` unless it exists. Returns whether it was created.
+/// Never updates an existing one: the database already holds those passwords.
+pub async fn ensure_generated(
+    client: &Client,
+    c: &ClusterRef,
+    what: Generated,
+) -> Result<bool, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &c.namespace);
+    let name = what.name(c);
+    let kube_err = |verb, source| Error::Kube {
+        verb,
+        kind: "Secret".into(),
+        name: name.clone(),
+        source,
+    };
+    if api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|e| kube_err("get", e))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let secret = what.generate(c)?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(true),
+        // Another replica of the operator won the race; its Secret stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(kube_err("create", e)),
+    }
+}

@@ -1,0 +1,53 @@
+//! The kube-runtime Controller: watches ChatClusters and, through owner references, every
+//! child kind, so drift (a deleted Deployment, a hand-edited replica count) is repaired.
+
+use std::{future::Future, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Client,
+    runtime::{Controller, watcher},
+};
+use tracing::{debug, warn};
+
+use super::{Context, error_policy, reconcile};
+use crate::{api::ChatCluster, build::labels};
+
+/// Run the controller until `shutdown` completes; reconciles in flight finish first.
+pub async fn run(
+    client: Client,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    // Watch only the operator's own children, not every Secret and Service in the cluster.
+    let children =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    Controller::new(
+        Api::<ChatCluster>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Secret>::all(client.clone()), children.clone())
+    .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
+    .owns(Api::<Role>::all(client.clone()), children.clone())
+    .owns(Api::<RoleBinding>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => debug!(cluster = %obj, "reconciled"),
+            Err(e) => warn!(error = %e, "reconcile error"),
+        }
+    })
+    .await;
+}

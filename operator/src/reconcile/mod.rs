@@ -1,0 +1,321 @@
+//! The reconciler: read → validate → build → apply → status, for one ChatCluster at a time.
+//!
+//! Building is pure ([`crate::build`]); this module holds the side effects: generated Secrets,
+//! server-side apply, status and events, and the error policy with per-object backoff.
+
+pub mod apply;
+mod controller;
+pub mod status;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+    },
+};
+use serde_json::json;
+use std::sync::Mutex;
+use tracing::{Instrument, field, info, info_span, warn};
+
+pub use apply::FIELD_MANAGER;
+pub use controller::run;
+
+use crate::{
+    api::{ChatCluster, ChatClusterStatus, Phase, validate},
+    build::{self, BuildError, ClusterRef, Observed, names, secrets},
+    metrics::Metrics,
+};
+use status::{Children, Degradation};
+
+/// Why a reconcile failed. The error policy requeues it with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The desired state could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A generated Secret could not be generated.
+    #[error(transparent)]
+    Generate(#[from] secrets::GenerateError),
+    /// A built object is not a valid Kubernetes object.
+    #[error("invalid object {0}")]
+    InvalidObject(String),
+    /// The API server refused or failed a request.
+    #[error("{verb} {kind} {name}: {source}")]
+    Kube {
+        /// What was attempted.
+        verb: &'static str,
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Build(_) => "build",
+            Self::Generate(_) => "generate",
+            Self::InvalidObject(_) => "invalid_object",
+            Self::Kube { .. } => "kube",
+        }
+    }
+}
+
+fn kube_err(verb: &'static str, kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let (kind, name) = (kind.to_string(), name.to_string());
+    move |source| Error::Kube {
+        verb,
+        kind,
+        name,
+        source,
+    }
+}
+
+/// Everything a reconcile needs besides the object.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes events on ChatClusters.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per ChatCluster, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ChatCluster>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`, reporting events as `instance` (the pod name).
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, u32>> {
+        // The map stays consistent even if a holder panicked: every update is one operation.
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How soon to look again at a cluster that is fine: status follows children through the
+/// watches, this is only a safety net.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon to look again at a cluster still converging, in case a child's watch event is lost.
+const CONVERGING_RESYNC: Duration = Duration::from_secs(15);
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Reconcile one ChatCluster.
+pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        cluster = %cc.name_any(),
+        namespace = cc.namespace().unwrap_or_default(),
+        generation = cc.metadata.generation.unwrap_or_default(),
+        phase = field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&cc, &ctx).instrument(span.clone()).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.as_ref().err());
+    match &result {
+        Ok(_) => {
+            ctx.failures_lock().remove(&ObjectRef::from_obj(&*cc));
+        }
+        Err(e) => span.in_scope(|| warn!(error = %e, "reconcile failed")),
+    }
+    result
+}
+
+async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let cluster = ClusterRef::new(cc)?;
+
+    // Validate: an invalid spec touches no child.
+    let problems = validate(&cc.spec);
+    if !problems.is_empty() {
+        let children = Children::fetch(client, &cluster).await.map_err(kube_err(
+            "get",
+            "children of ChatCluster",
+            &cluster.name,
+        ))?;
+        let status = status::compute(
+            cc,
+            &cluster,
+            &children,
+            Some(&Degradation::InvalidSpec(problems)),
+            Timestamp::now(),
+        );
+        publish_status(ctx, cc, &status).await?;
+        // Nothing to retry until the user changes the spec.
+        return Ok(Action::await_change());
+    }
+
+    // Generated Secrets, created once.
+    for what in secrets::generated(&cc.spec) {
+        if apply::ensure_generated(client, &cluster, what).await? {
+            info!(secret = what.name(&cluster), "generated Secret");
+            record(
+                ctx,
+                cc,
+                EventType::Normal,
+                "SecretGenerated",
+                format!("generated Secret {}", what.name(&cluster)),
+            )
+            .await;
+        }
+    }
+
+    // Build, then apply in dependency order.
+    let observed = observe(client, cc, &cluster).await?;
+    let desired = build::desired(cc, &observed)?;
+    let mut apply_error = None;
+    for obj in desired.objects()? {
+        if let Err(e) = apply::apply(client, &cluster.namespace, &obj).await {
+            apply_error = Some(e);
+            break;
+        }
+    }
+
+    // Status from the children's own status.
+    let children = Children::fetch(client, &cluster).await.map_err(kube_err(
+        "get",
+        "children of ChatCluster",
+        &cluster.name,
+    ))?;
+    let degradation = apply_error
+        .as_ref()
+        .map(|e| Degradation::ApplyFailed(e.to_string()));
+    let status = status::compute(
+        cc,
+        &cluster,
+        &children,
+        degradation.as_ref(),
+        Timestamp::now(),
+    );
+    tracing::Span::current().record("phase", status.phase.as_str());
+    publish_status(ctx, cc, &status).await?;
+
+    match apply_error {
+        Some(e) => Err(e),
+        None if status.phase == Phase::Ready => Ok(Action::requeue(RESYNC)),
+        None => Ok(Action::requeue(CONVERGING_RESYNC)),
+    }
+}
+
+/// What the builders need from the cluster: the current replica counts of autoscaled services.
+async fn observe(client: &Client, cc: &ChatCluster, c: &ClusterRef) -> Result<Observed, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &c.namespace);
+    let mut observed = Observed::default();
+    for (kind, svc) in cc.spec.services.iter() {
+        if svc.autoscaling.is_none() {
+            continue;
+        }
+        let name = names::service(c, kind);
+        let current = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get", "Deployment", &name))?
+            .and_then(|d| d.spec.replicas);
+        if let Some(replicas) = current {
+            observed.current_replicas.insert(kind, replicas);
+        }
+    }
+    Ok(observed)
+}
+
+/// Write the status when it changed, and announce phase changes as events.
+async fn publish_status(
+    ctx: &Context,
+    cc: &ChatCluster,
+    status: &ChatClusterStatus,
+) -> Result<(), Error> {
+    let previous = cc.status.as_ref();
+    if previous == Some(status) {
+        return Ok(());
+    }
+    let name = cc.name_any();
+    let api: Api<ChatCluster> =
+        Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": ChatCluster::api_version(&()),
+        "kind": ChatCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("patch status of", "ChatCluster", &name))?;
+
+    let previous_phase = previous.map(|s| s.phase);
+    if previous_phase != Some(status.phase) {
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_
+                    == match status.phase {
+                        Phase::Degraded => crate::api::condition::DEGRADED,
+                        Phase::Ready | Phase::Progressing => crate::api::condition::READY,
+                    }
+            })
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let type_ = match status.phase {
+            Phase::Degraded => EventType::Warning,
+            Phase::Ready | Phase::Progressing => EventType::Normal,
+        };
+        record(ctx, cc, type_, status.phase.as_str(), message).await;
+    }
+    Ok(())
+}
+
+/// Publish an event on `cc`. Events are informative: failing to publish one only logs.
+async fn record(ctx: &Context, cc: &ChatCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cc.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// Requeue a failed reconcile with exponential backoff per ChatCluster (5 s doubling to 5 min).
+pub fn error_policy(cc: Arc<ChatCluster>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(backoff(&cc, &ctx))
+}
+
+fn backoff(cc: &ChatCluster, ctx: &Context) -> Duration {
+    let mut failures = ctx.failures_lock();
+    let count = failures.entry(ObjectRef::from_obj(cc)).or_insert(0);
+    let delay = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(*count))
+        .min(BACKOFF_MAX);
+    *count = count.saturating_add(1);
+    delay
+}
