@@ -234,7 +234,7 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
     out.services.extend(database::services(&cluster));
     out.pod_disruption_budgets.push(pod::disruption_budget(
         &cluster,
-        &names::db_replicas(&cluster),
+        &names::db_budget(&cluster),
         database::COMPONENT,
     ));
 
@@ -315,3 +315,6 @@ where
     }
     serde_json::from_value(value).map_err(err)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,714 @@
+//! Field-by-field tests of the desired state, without a client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Container, EnvVar, PodTemplateSpec, Service},
+};
+use kube::ResourceExt;
+
+use super::*;
+use crate::api::{
+    AutoscalingSpec, ChatClusterSpec, DatabaseEngine, LoadBalancing, ServiceType, TlsSpec, defaults,
+};
+
+fn cluster(spec: ChatClusterSpec) -> ChatCluster {
+    let mut cc = ChatCluster::new("demo", spec);
+    cc.metadata.namespace = Some("chat".into());
+    cc.metadata.uid = Some("uid-demo".into());
+    cc
+}
+
+fn build(spec: ChatClusterSpec) -> Desired {
+    match desired(&cluster(spec), &Observed::default()) {
+        Ok(d) => d,
+        Err(e) => panic!("build failed: {e}"),
+    }
+}
+
+fn deployment<'a>(d: &'a Desired, name: &str) -> &'a Deployment {
+    d.deployments
+        .iter()
+        .find(|x| x.name_any() == name)
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn service<'a>(d: &'a Desired, name: &str) -> &'a Service {
+    d.services
+        .iter()
+        .find(|x| x.name_any() == name)
+        .unwrap_or_else(|| panic!("no Service {name}"))
+}
+
+fn container(t: &PodTemplateSpec) -> &Container {
+    &t.spec.as_ref().expect("pod spec").containers[0]
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.iter().flatten().find(|e| e.name == name)
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    env(c, name).and_then(|e| e.value.clone())
+}
+
+fn template_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn empty_spec_builds_every_child() {
+    let d = build(ChatClusterSpec::default());
+    let names = |v: Vec<String>| {
+        let mut v = v;
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(d.deployments.iter().map(|x| x.name_any()).collect()),
+        [
+            "demo-auth",
+            "demo-dms",
+            "demo-envoy",
+            "demo-groups",
+            "demo-servers",
+            "demo-xds"
+        ]
+    );
+    assert_eq!(
+        names(d.stateful_sets.iter().map(|x| x.name_any()).collect()),
+        ["demo-db-primary", "demo-db-replica"]
+    );
+    assert_eq!(
+        names(d.services.iter().map(|x| x.name_any()).collect()),
+        [
+            "demo-auth",
+            "demo-db",
+            "demo-db-primary",
+            "demo-db-replicas",
+            "demo-dms",
+            "demo-envoy",
+            "demo-groups",
+            "demo-servers",
+            "demo-xds"
+        ]
+    );
+    assert_eq!(
+        names(d.config_maps.iter().map(|x| x.name_any()).collect()),
+        ["demo-db-config", "demo-envoy", "demo-xds"]
+    );
+    assert_eq!(
+        names(
+            d.pod_disruption_budgets
+                .iter()
+                .map(|x| x.name_any())
+                .collect()
+        ),
+        [
+            "demo-auth",
+            "demo-db",
+            "demo-dms",
+            "demo-envoy",
+            "demo-groups",
+            "demo-servers",
+            "demo-xds"
+        ]
+    );
+    assert_eq!(d.service_accounts.len(), 1);
+    assert_eq!(d.roles.len(), 1);
+    assert_eq!(d.role_bindings.len(), 1);
+    // Two of everything that serves traffic, so one can die.
+    for dep in &d.deployments {
+        assert_eq!(dep.spec.replicas, Some(2), "{}", dep.name_any());
+    }
+    let replica_set = d
+        .stateful_sets
+        .iter()
+        .find(|s| s.name_any() == "demo-db-replica")
+        .expect("replica set");
+    assert_eq!(replica_set.spec.replicas, Some(2));
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_namespaced() {
+    let d = build(ChatClusterSpec::default());
+    let objects = d.objects().expect("objects");
+    assert_eq!(objects.len(), 30);
+    for obj in &objects {
+        let name = obj.name_any();
+        assert_eq!(obj.metadata.namespace.as_deref(), Some("chat"), "{name}");
+        let owners = obj.metadata.owner_references.as_ref().expect("owner refs");
+        assert_eq!(owners.len(), 1, "{name}");
+        assert_eq!(owners[0].kind, "ChatCluster");
+        assert_eq!(owners[0].name, "demo");
+        assert_eq!(owners[0].uid, "uid-demo");
+        assert_eq!(owners[0].controller, Some(true));
+        let labels = obj.labels();
+        assert_eq!(
+            labels.get(labels::CLUSTER).map(String::as_str),
+            Some("demo")
+        );
+        assert_eq!(
+            labels.get(labels::MANAGED_BY).map(String::as_str),
+            Some(labels::MANAGER),
+            "{name}"
+        );
+        let types = obj.types.as_ref().expect("types");
+        assert!(!types.kind.is_empty() && !types.api_version.is_empty());
+    }
+    // Configuration comes before the workloads that mount it.
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o.types.as_ref().map(|t| t.kind.as_str()).unwrap_or(""))
+        .collect();
+    let first = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or(usize::MAX);
+    assert!(first("ConfigMap") < first("StatefulSet"));
+    assert!(first("Service") < first("Deployment"));
+    assert!(first("Deployment") < first("PodDisruptionBudget"));
+}
+
+#[test]
+fn selectors_match_their_pods() {
+    let d = build(ChatClusterSpec::default());
+    for dep in &d.deployments {
+        let selector = dep.spec.selector.match_labels.clone().unwrap_or_default();
+        assert!(
+            selects(&selector, &template_labels(&dep.spec.template)),
+            "{}",
+            dep.name_any()
+        );
+        // Each budget selects exactly its workload's pods.
+        let pdb = d
+            .pod_disruption_budgets
+            .iter()
+            .find(|p| p.name_any() == dep.name_any())
+            .expect("budget");
+        let pdb_selector = pdb
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        assert_eq!(pdb_selector, selector);
+    }
+    for kind in ServiceKind::ALL {
+        let name = format!("demo-{kind}");
+        let svc_selector = service(&d, &name)
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        let pods = template_labels(&deployment(&d, &name).spec.template);
+        assert!(selects(&svc_selector, &pods), "{name}");
+        // A service's selector must not also catch another service's pods.
+        for other in ServiceKind::ALL.iter().filter(|o| **o != kind) {
+            let other_pods =
+                template_labels(&deployment(&d, &format!("demo-{other}")).spec.template);
+            assert!(
+                !selects(&svc_selector, &other_pods),
+                "{name} selects {other}"
+            );
+        }
+    }
+    // The write Service reaches the primary set's pod and not the replicas; reads the reverse.
+    let primary_pods = template_labels(&d.stateful_sets[0].spec.template);
+    let replica_pods = template_labels(&d.stateful_sets[1].spec.template);
+    let selector_of = |name: &str| {
+        service(&d, name)
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default()
+    };
+    assert!(selects(&selector_of("demo-db-primary"), &primary_pods));
+    assert!(!selects(&selector_of("demo-db-primary"), &replica_pods));
+    assert!(selects(&selector_of("demo-db-replicas"), &replica_pods));
+    assert!(!selects(&selector_of("demo-db-replicas"), &primary_pods));
+    assert!(selects(&selector_of("demo-db"), &primary_pods));
+    assert!(selects(&selector_of("demo-db"), &replica_pods));
+}
+
+#[test]
+fn chatd_deployment_is_wired_and_locked_down() {
+    let d = build(ChatClusterSpec::default());
+    for kind in ServiceKind::ALL {
+        let dep = deployment(&d, &format!("demo-{kind}"));
+        let pod = dep.spec.template.spec.as_ref().expect("pod");
+        let c = container(&dep.spec.template);
+        assert_eq!(c.image.as_deref(), Some(defaults::chatd_image().as_str()));
+        assert_eq!(
+            env_value(c, "CHATD_SERVICES").as_deref(),
+            Some(kind.as_str())
+        );
+        assert_eq!(
+            env_value(c, "CHATD_DB_PRIMARY").as_deref(),
+            Some("demo-db-primary.chat.svc:3306")
+        );
+        assert_eq!(
+            env_value(c, "CHATD_DB_REPLICAS").as_deref(),
+            Some("demo-db-replicas.chat.svc:3306")
+        );
+        let password = env(c, "CHATD_DB_PASSWORD")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("password from a Secret");
+        assert_eq!(password.name, "demo-db");
+        assert_eq!(password.key, secrets::DB_APP_PASSWORD_KEY);
+        // Probes speak gRPC health; readiness asks for this service by name.
+        let readiness = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .expect("grpc");
+        assert_eq!(readiness.port, ports::CHATD_GRPC);
+        assert_eq!(readiness.service.as_deref(), Some(kind.grpc_service()));
+        assert!(
+            c.liveness_probe
+                .as_ref()
+                .and_then(|p| p.grpc.as_ref())
+                .is_some()
+        );
+        let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(ports, [ports::CHATD_GRPC, ports::METRICS]);
+        // Security.
+        let sc = c.security_context.as_ref().expect("container security");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        let psc = pod.security_context.as_ref().expect("pod security");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert!(psc.run_as_user.is_some_and(|u| u > 0));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let spread = pod.topology_spread_constraints.as_ref().expect("spread");
+        assert!(
+            spread
+                .iter()
+                .any(|t| t.topology_key == "kubernetes.io/hostname")
+        );
+        // Only auth gets the private signing key.
+        let items: Vec<String> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref())
+            .flat_map(|s| s.items.iter().flatten().map(|i| i.key.clone()))
+            .collect();
+        let has_private = items.iter().any(|k| k == "private.pem");
+        assert_eq!(has_private, kind == ServiceKind::Auth, "{kind}");
+        assert_eq!(
+            env_value(c, "CHATD_TOKEN_PRIVATE_KEY_FILE").is_some(),
+            kind == ServiceKind::Auth
+        );
+        // The Service exposes gRPC as h2c.
+        let port = &service(&d, &format!("demo-{kind}"))
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()[0];
+        assert_eq!(port.port, ports::CHATD_GRPC);
+        assert_eq!(port.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    }
+}
+
+#[test]
+fn replicas_follow_the_spec_and_the_autoscaler() {
+    let mut spec = ChatClusterSpec::default();
+    spec.services.auth.replicas = Some(5);
+    spec.services.groups.autoscaling = Some(AutoscalingSpec {
+        min_replicas: 3,
+        max_replicas: 10,
+        target_requests_per_second: Some(400),
+        target_cpu_utilization: None,
+        scale_down_stabilization_seconds: 300,
+    });
+    let cc = cluster(spec);
+    let replicas = |observed: Observed, name: &str| {
+        desired(&cc, &observed)
+            .expect("build")
+            .deployments
+            .iter()
+            .find(|d| d.name_any() == name)
+            .and_then(|d| d.spec.replicas)
+    };
+    assert_eq!(replicas(Observed::default(), "demo-auth"), Some(5));
+    // A new autoscaled service starts at its minimum…
+    assert_eq!(replicas(Observed::default(), "demo-groups"), Some(3));
+    // …keeps what the autoscaler chose…
+    let chosen = |n| Observed {
+        current_replicas: BTreeMap::from([(ServiceKind::Groups, n)]),
+    };
+    assert_eq!(replicas(chosen(7), "demo-groups"), Some(7));
+    // …and is clamped to the bounds when they change.
+    assert_eq!(replicas(chosen(50), "demo-groups"), Some(10));
+    assert_eq!(replicas(chosen(1), "demo-groups"), Some(3));
+}
+
+#[test]
+fn init_script_gives_every_database_pod_a_unique_server_id() {
+    let d = build(ChatClusterSpec::default());
+    let script = d
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == "demo-db-config")
+        .and_then(|c| c.data.as_ref())
+        .and_then(|data| data.get("init.sh"))
+        .cloned()
+        .expect("init.sh");
+    let dir = std::env::temp_dir().join(format!("chatcluster-init-{}", std::process::id()));
+    let mut ids = Vec::new();
+    for set in &d.stateful_sets {
+        let init = &set
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .init_containers
+            .as_ref()
+            .expect("init")[0];
+        let base = env_value(init, "SERVER_ID_BASE").expect("base");
+        let db_set = env_value(init, "DB_SET").expect("set");
+        for ordinal in 0..set.spec.replicas.unwrap_or(1) {
+            let pod = format!("{}-{ordinal}", set.name_any());
+            let conf = dir.join(&pod);
+            std::fs::create_dir_all(&conf).expect("temp dir");
+            let config = dir.join("config");
+            std::fs::create_dir_all(&config).expect("config dir");
+            std::fs::write(config.join("chatcluster.cnf"), "[mysqld]\n").expect("write cnf");
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script.replace("/config/", &format!("{}/", config.display())))
+                .env("POD_NAME", &pod)
+                .env("SERVER_ID_BASE", &base)
+                .env("DB_SET", &db_set)
+                .env("HEADLESS_SERVICE", "demo-db.chat.svc")
+                .env("CONF_DIR", &conf)
+                .output()
+                .expect("run sh");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let written =
+                std::fs::read_to_string(conf.join("server-id.cnf")).expect("server-id.cnf");
+            assert!(
+                written.contains(&format!("report_host={pod}.demo-db.chat.svc")),
+                "{written}"
+            );
+            assert_eq!(
+                written.contains("read_only=ON"),
+                db_set == "replica",
+                "{written}"
+            );
+            let id = written
+                .lines()
+                .find_map(|l| l.strip_prefix("server_id="))
+                .and_then(|v| v.parse::<u32>().ok())
+                .expect("server_id");
+            ids.push(id);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(unique.len(), ids.len(), "server ids {ids:?}");
+    assert!(ids.iter().all(|id| *id > 0));
+}
+
+#[test]
+fn database_config_per_engine() {
+    let mysql = database::server_config(&ChatClusterSpec::default().database);
+    for line in [
+        "gtid_mode=ON",
+        "enforce_gtid_consistency=ON",
+        "rpl_semi_sync_source_enabled=ON",
+        "rpl_semi_sync_source_wait_point=AFTER_SYNC",
+        "skip_replica_start=ON",
+    ] {
+        assert!(mysql.lines().any(|l| l == line), "mysql lacks {line}");
+    }
+    let mut spec = ChatClusterSpec::default();
+    spec.database.engine = DatabaseEngine::Mariadb;
+    let maria = database::server_config(&spec.database);
+    for line in [
+        "gtid_strict_mode=ON",
+        "log_slave_updates=ON",
+        "rpl_semi_sync_master_enabled=ON",
+        "rpl_semi_sync_master_wait_point=AFTER_SYNC",
+    ] {
+        assert!(maria.lines().any(|l| l == line), "mariadb lacks {line}");
+    }
+    // Semi-sync with nobody to wait for would stall every write: off without replicas.
+    spec.database.replicas = 0;
+    assert!(!database::server_config(&spec.database).contains("semi_sync_master_enabled"));
+    spec.database.replicas = 2;
+    spec.database.semi_sync = false;
+    assert!(!database::server_config(&spec.database).contains("semi_sync"));
+
+    // Engine choice reaches image and environment; config changes roll the pods.
+    let d = build(spec.clone());
+    let set = &d.stateful_sets[0];
+    let c = container(&set.spec.template);
+    assert_eq!(c.image.as_deref(), Some(defaults::MARIADB_IMAGE));
+    assert!(env(c, "MARIADB_ROOT_PASSWORD").is_some());
+    assert!(env(c, "MYSQL_ROOT_PASSWORD").is_none());
+    let hash = |d: &Desired| {
+        d.stateful_sets[0]
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+    };
+    spec.database.semi_sync = true;
+    assert_ne!(hash(&d), hash(&build(spec)));
+}
+
+#[test]
+fn database_sets_have_volumes_probes_and_roles() {
+    let mut spec = ChatClusterSpec::default();
+    spec.database.replicas = 3;
+    spec.database.storage.size = "50Gi".into();
+    spec.database.storage.storage_class_name = Some("fast".into());
+    let d = build(spec);
+    let [primary, replicas] = [&d.stateful_sets[0], &d.stateful_sets[1]];
+    assert_eq!(primary.spec.replicas, Some(1));
+    assert_eq!(replicas.spec.replicas, Some(3));
+    for set in [primary, replicas] {
+        assert_eq!(set.spec.service_name.as_deref(), Some("demo-db"));
+        let pvc = &set.spec.volume_claim_templates.as_ref().expect("pvc")[0];
+        let pvc_spec = pvc.spec.as_ref().expect("pvc spec");
+        assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
+        let size = pvc_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone());
+        assert_eq!(size.as_deref(), Some("50Gi"));
+        let c = container(&set.spec.template);
+        assert!(
+            c.readiness_probe
+                .as_ref()
+                .and_then(|p| p.exec.as_ref())
+                .is_some()
+        );
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/var/lib/mysql")
+        );
+        let psc = set
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.security_context.as_ref())
+            .expect("psc");
+        assert_eq!(psc.run_as_user, Some(999));
+        assert_eq!(psc.run_as_non_root, Some(true));
+    }
+    let role = |s: &k8s_openapi::api::apps::v1::StatefulSet| {
+        template_labels(&s.spec.template)
+            .get(labels::DB_ROLE)
+            .cloned()
+    };
+    assert_eq!(role(primary).as_deref(), Some("primary"));
+    assert_eq!(role(replicas).as_deref(), Some("replica"));
+}
+
+#[test]
+fn envoy_bootstrap_points_at_chat_xds() {
+    let d = build(ChatClusterSpec::default());
+    let yaml = d
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == "demo-envoy")
+        .and_then(|c| c.data.as_ref())
+        .and_then(|data| data.get("envoy.yaml"))
+        .cloned()
+        .expect("bootstrap");
+    let boot: serde_json::Value = serde_yaml::from_str(&yaml).expect("yaml");
+    let xds = boot["static_resources"]["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "xds"))
+        .expect("xds cluster");
+    let addr = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(addr["address"], "demo-xds.chat.svc");
+    assert_eq!(addr["port_value"], ports::XDS);
+    assert_eq!(
+        boot["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+        "xds"
+    );
+    assert_eq!(
+        boot["dynamic_resources"]["lds_config"]["ads"],
+        serde_json::json!({})
+    );
+    // Admin only on loopback.
+    assert_eq!(
+        boot["admin"]["address"]["socket_address"]["address"],
+        "127.0.0.1"
+    );
+    let envoy = deployment(&d, "demo-envoy");
+    let c = container(&envoy.spec.template);
+    let readiness = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("http probe");
+    assert_eq!(readiness.path.as_deref(), Some("/ready"));
+    let svc = service(&d, "demo-envoy").spec.clone().expect("spec");
+    assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(svc.ports.as_ref().map(|p| p[0].port), Some(443));
+}
+
+#[test]
+fn ingress_settings_reach_service_and_xds() {
+    let mut spec = ChatClusterSpec::default();
+    spec.ingress.service.type_ = ServiceType::NodePort;
+    spec.ingress.service.port = 8443;
+    spec.ingress.service.annotations = BTreeMap::from([("lb".to_string(), "internal".to_string())]);
+    spec.ingress.replicas = 3;
+    spec.ingress.grpc_web = false;
+    spec.ingress.tls = Some(TlsSpec {
+        secret_name: "my-cert".into(),
+    });
+    spec.services.servers.load_balancing = LoadBalancing::RingHash;
+    let d = build(spec.clone());
+    let svc = service(&d, "demo-envoy");
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.type_.clone()).as_deref(),
+        Some("NodePort")
+    );
+    assert_eq!(
+        svc.annotations().get("lb").map(String::as_str),
+        Some("internal")
+    );
+    assert_eq!(deployment(&d, "demo-envoy").spec.replicas, Some(3));
+
+    let config: XdsConfig = serde_yaml::from_str(
+        d.config_maps
+            .iter()
+            .find(|c| c.name_any() == "demo-xds")
+            .and_then(|c| c.data.as_ref())
+            .and_then(|data| data.get("xds.yaml"))
+            .expect("xds.yaml"),
+    )
+    .expect("config parses back");
+    assert_eq!(config.tls_secret, "my-cert");
+    assert!(!config.grpc_web);
+    assert_eq!(config.endpoint_selector, "chatcluster.io/cluster=demo");
+    let servers = config
+        .services
+        .iter()
+        .find(|s| s.name == "servers")
+        .expect("servers");
+    assert_eq!(servers.load_balancing, LoadBalancing::RingHash);
+    assert_eq!(servers.hash_header.as_deref(), Some(defaults::HASH_HEADER));
+    assert_eq!(servers.grpc_package, "chatcluster.servers.v1");
+    let auth = config
+        .services
+        .iter()
+        .find(|s| s.name == "auth")
+        .expect("auth");
+    assert_eq!(auth.load_balancing, LoadBalancing::LeastRequest);
+    assert_eq!(auth.hash_header, None);
+
+    // chat-xds may read only the certificate it serves, and nothing cluster-wide.
+    let rules = d.roles[0].rules.clone().unwrap_or_default();
+    let secret_rule = rules
+        .iter()
+        .find(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+        .expect("secret rule");
+    assert_eq!(
+        secret_rule.resource_names.as_deref(),
+        Some(&["my-cert".to_string()][..])
+    );
+    for rule in &rules {
+        assert!(
+            !rule
+                .verbs
+                .iter()
+                .any(|v| v == "*" || v == "delete" || v == "patch"),
+            "{rule:?}"
+        );
+    }
+    assert_eq!(
+        secrets::generated(&spec),
+        [
+            secrets::Generated::DbCredentials,
+            secrets::Generated::TokenKey
+        ]
+    );
+    assert_eq!(
+        secrets::generated(&ChatClusterSpec::default()),
+        [
+            secrets::Generated::DbCredentials,
+            secrets::Generated::TokenKey,
+            secrets::Generated::SelfSignedTls
+        ]
+    );
+}
+
+#[test]
+fn generated_secrets_hold_fresh_material() {
+    let cc = cluster(ChatClusterSpec::default());
+    let c = ClusterRef::new(&cc).expect("ref");
+    let data = |g: secrets::Generated| {
+        g.generate(&c)
+            .expect("generate")
+            .string_data
+            .unwrap_or_default()
+    };
+    let a = data(secrets::Generated::DbCredentials);
+    let b = data(secrets::Generated::DbCredentials);
+    assert_eq!(
+        a.get(secrets::DB_APP_USER_KEY).map(String::as_str),
+        Some("chat")
+    );
+    let root = a.get(secrets::DB_ROOT_PASSWORD_KEY).expect("root");
+    assert_eq!(root.len(), 32);
+    assert_ne!(
+        a.get(secrets::DB_ROOT_PASSWORD_KEY),
+        b.get(secrets::DB_ROOT_PASSWORD_KEY)
+    );
+    assert_ne!(
+        a.get(secrets::DB_ROOT_PASSWORD_KEY),
+        a.get(secrets::DB_APP_PASSWORD_KEY)
+    );
+
+    let tls = secrets::Generated::SelfSignedTls.generate(&c).expect("tls");
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    let tls_data = tls.string_data.unwrap_or_default();
+    assert!(tls_data["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(tls_data["tls.key"].contains("PRIVATE KEY"));
+    assert!(secrets::self_signed_names(&c).contains(&"demo-envoy.chat.svc".to_string()));
+
+    let key = data(secrets::Generated::TokenKey);
+    assert!(key["private.pem"].starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(key["public.pem"].starts_with("-----BEGIN PUBLIC KEY-----"));
+}
+
+#[test]
+fn a_cluster_not_read_from_the_api_is_refused() {
+    let cc = ChatCluster::new("demo", ChatClusterSpec::default());
+    assert!(matches!(
+        desired(&cc, &Observed::default()),
+        Err(BuildError::MissingMetadata("namespace"))
+    ));
+}

@@ -1,0 +1,655 @@
+//! The reconciler against the in-memory Kubernetes API: children appear, status follows them,
+//! spec changes propagate, drift is repaired, invalid specs touch nothing, failures back off.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine;
+use chat_operator::{
+    api::{ChatCluster, Phase, condition},
+    metrics::Metrics,
+    reconcile::{self, Context, error_policy, reconcile},
+    testkit::FakeApi,
+};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Secret, Service},
+    rbac::v1::Role,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+const NS: &str = "chat";
+
+struct Harness {
+    api: FakeApi,
+    client: Client,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let api = FakeApi::new();
+        let client = api.client();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(Metrics::default()),
+            Some("test".into()),
+        ));
+        Self { api, client, ctx }
+    }
+
+    fn clusters(&self) -> Api<ChatCluster> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn create(&self, name: &str, spec: serde_json::Value) -> ChatCluster {
+        let cc: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "chatcluster.io/v1alpha1",
+            "kind": "ChatCluster",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": spec,
+        }))
+        .unwrap();
+        self.clusters()
+            .create(&PostParams::default(), &cc)
+            .await
+            .unwrap()
+    }
+
+    async fn reconcile(&self, name: &str) -> Result<Action, reconcile::Error> {
+        let cc = self.clusters().get(name).await.unwrap();
+        reconcile(Arc::new(cc), self.ctx.clone()).await
+    }
+
+    async fn status(&self, name: &str) -> chat_operator::api::ChatClusterStatus {
+        self.clusters()
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .expect("status written")
+    }
+
+    async fn set_spec(&self, name: &str, spec: serde_json::Value) {
+        self.clusters()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Play the workload controllers: every Deployment and StatefulSet reports all replicas
+    /// ready at its current generation.
+    async fn mark_children_ready(&self) {
+        for d in self.deployments().list(&Default::default()).await.unwrap() {
+            let n = d.spec.replicas.unwrap_or(1);
+            let status = json!({ "status": {
+                "observedGeneration": d.metadata.generation,
+                "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
+            }});
+            self.deployments()
+                .patch_status(
+                    &d.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await
+                .unwrap();
+        }
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        for s in sets.list(&Default::default()).await.unwrap() {
+            let n = s.spec.replicas.unwrap_or(1);
+            let status = json!({ "status": {
+                "observedGeneration": s.metadata.generation,
+                "replicas": n, "readyReplicas": n, "currentReplicas": n, "updatedReplicas": n,
+            }});
+            sets.patch_status(
+                &s.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    fn condition(
+        status: &chat_operator::api::ChatClusterStatus,
+        type_: &str,
+    ) -> (String, String, String) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn child_writes(&self) -> usize {
+        self.api
+            .writes()
+            .iter()
+            .filter(|w| {
+                !w.key.resource.starts_with("chatcluster.io/")
+                    && !w.key.resource.starts_with("events.k8s.io/")
+            })
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn create_builds_every_child_and_reports_progressing() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    let action = h.reconcile("demo").await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+
+    let mut deployments = h.api.names("apps/v1/deployments", NS);
+    deployments.sort();
+    assert_eq!(
+        deployments,
+        [
+            "demo-auth",
+            "demo-dms",
+            "demo-envoy",
+            "demo-groups",
+            "demo-servers",
+            "demo-xds"
+        ]
+    );
+    assert_eq!(h.api.names("apps/v1/statefulsets", NS).len(), 2);
+    assert_eq!(h.api.names("v1/services", NS).len(), 9);
+    assert_eq!(h.api.names("v1/configmaps", NS).len(), 3);
+    assert_eq!(h.api.names("policy/v1/poddisruptionbudgets", NS).len(), 7);
+    assert_eq!(h.api.names("v1/serviceaccounts", NS), ["demo-xds"]);
+    assert_eq!(
+        h.api.names("rbac.authorization.k8s.io/v1/roles", NS),
+        ["demo-xds"]
+    );
+    assert_eq!(
+        h.api.names("rbac.authorization.k8s.io/v1/rolebindings", NS),
+        ["demo-xds"]
+    );
+    let mut secrets = h.api.names("v1/secrets", NS);
+    secrets.sort();
+    assert_eq!(secrets, ["demo-db", "demo-envoy-tls", "demo-token-key"]);
+
+    // Children carry the owner reference of the live object.
+    let cc = h.clusters().get("demo").await.unwrap();
+    let dep = h.deployments().get("demo-auth").await.unwrap();
+    assert_eq!(dep.owner_references()[0].uid, cc.uid().unwrap());
+
+    let status = h.status("demo").await;
+    assert_eq!(status.phase, Phase::Progressing);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(Harness::condition(&status, condition::READY).0, "False");
+    assert_eq!(
+        Harness::condition(&status, condition::PROGRESSING).0,
+        "True"
+    );
+    assert_eq!(Harness::condition(&status, condition::DEGRADED).0, "False");
+    assert_eq!(
+        Harness::condition(&status, condition::DATABASE_READY).0,
+        "False"
+    );
+    assert!(
+        Harness::condition(&status, condition::READY)
+            .2
+            .contains("waiting for service auth 0/2")
+    );
+    assert_eq!(status.services_ready.as_deref(), Some("0/4"));
+    assert_eq!(
+        status
+            .database
+            .as_ref()
+            .and_then(|d| d.primary.clone())
+            .as_deref(),
+        Some("demo-db-primary-0")
+    );
+
+    // Events tell the story.
+    let events = h.api.names("events.k8s.io/v1/events", NS);
+    // The recorder folds repeats of a reason into one event series.
+    assert!(events.len() >= 2, "{events:?}");
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| h.api.object("events.k8s.io/v1/events", NS, e))
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "SecretGenerated"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "Progressing"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn ready_children_make_the_cluster_ready() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    h.mark_children_ready().await;
+    let action = h.reconcile("demo").await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    let status = h.status("demo").await;
+    assert_eq!(status.phase, Phase::Ready);
+    let (ready, reason, _) = Harness::condition(&status, condition::READY);
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("True", "AllComponentsReady")
+    );
+    assert_eq!(
+        Harness::condition(&status, condition::PROGRESSING).0,
+        "False"
+    );
+    assert_eq!(
+        Harness::condition(&status, condition::DATABASE_READY).0,
+        "True"
+    );
+    assert_eq!(status.services_ready.as_deref(), Some("4/4"));
+    assert_eq!(status.services["groups"].ready, 2);
+    assert_eq!(status.endpoint.as_deref(), Some("demo-envoy.chat.svc:443"));
+
+    // The load balancer's address becomes the endpoint once it has one.
+    let services: Api<Service> = Api::namespaced(h.client.clone(), NS);
+    services
+        .patch_status(
+            "demo-envoy",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "203.0.113.7" }] } } }),
+            ),
+        )
+        .await
+        .unwrap();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(
+        h.status("demo").await.endpoint.as_deref(),
+        Some("203.0.113.7:443")
+    );
+
+    // A steady cluster's reconcile writes nothing: no status churn, no transition-time churn.
+    let before = h.api.writes().len();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(
+        h.api.writes().len(),
+        before,
+        "{:?}",
+        &h.api.writes()[before..]
+    );
+}
+
+#[tokio::test]
+async fn spec_changes_reach_the_children() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    h.mark_children_ready().await;
+    h.reconcile("demo").await.unwrap();
+    let root_password = |s: Secret| s.data.unwrap()["root-password"].0.clone();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let password_before = root_password(secrets.get("demo-db").await.unwrap());
+
+    h.set_spec(
+        "demo",
+        json!({
+            "services": { "auth": { "replicas": 4 } },
+            "database": { "engine": "mariadb", "replicas": 3 },
+            "ingress": { "tls": { "secretName": "my-cert" } },
+        }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+
+    assert_eq!(
+        h.deployments()
+            .get("demo-auth")
+            .await
+            .unwrap()
+            .spec
+            .replicas,
+        Some(4)
+    );
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), NS);
+    let replica_set = sets.get("demo-db-replica").await.unwrap();
+    assert_eq!(replica_set.spec.replicas, Some(3));
+    let pod = replica_set.spec.template.spec.unwrap();
+    assert!(
+        pod.containers[0]
+            .image
+            .as_deref()
+            .unwrap()
+            .starts_with("mariadb:")
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    let db_config = config_maps
+        .get("demo-db-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert!(db_config["chatcluster.cnf"].contains("[mariadb]"));
+    let xds = config_maps.get("demo-xds").await.unwrap().data.unwrap();
+    assert!(
+        xds["xds.yaml"].contains("tlsSecret: my-cert"),
+        "{}",
+        xds["xds.yaml"]
+    );
+    let roles: Api<Role> = Api::namespaced(h.client.clone(), NS);
+    let rules = roles.get("demo-xds").await.unwrap().rules.unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.resource_names.as_ref() == Some(&vec!["my-cert".to_string()]))
+    );
+
+    // Generated credentials are never rotated by a reconcile.
+    assert_eq!(
+        root_password(secrets.get("demo-db").await.unwrap()),
+        password_before
+    );
+
+    // The children have not caught up with the new spec: the cluster is progressing again.
+    let status = h.status("demo").await;
+    assert_eq!(status.phase, Phase::Progressing);
+    assert_eq!(status.observed_generation, Some(2));
+    h.mark_children_ready().await;
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(h.status("demo").await.phase, Phase::Ready);
+
+    // Removing an applied field removes it from the child (server-side apply semantics).
+    h.set_spec(
+        "demo",
+        json!({ "ingress": { "service": { "annotations": { "lb": "internal" } } } }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    let services: Api<Service> = Api::namespaced(h.client.clone(), NS);
+    assert_eq!(
+        services
+            .get("demo-envoy")
+            .await
+            .unwrap()
+            .annotations()
+            .get("lb")
+            .map(String::as_str),
+        Some("internal")
+    );
+    h.set_spec(
+        "demo",
+        json!({ "ingress": { "service": { "annotations": null } } }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    assert!(
+        services
+            .get("demo-envoy")
+            .await
+            .unwrap()
+            .annotations()
+            .get("lb")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+
+    h.deployments()
+        .delete("demo-dms", &Default::default())
+        .await
+        .unwrap();
+    h.deployments()
+        .patch(
+            "demo-groups",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": 7 } })),
+        )
+        .await
+        .unwrap();
+    assert!(
+        h.api
+            .object("apps/v1/deployments", NS, "demo-dms")
+            .is_none()
+    );
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(
+        h.deployments().get("demo-dms").await.unwrap().spec.replicas,
+        Some(2)
+    );
+    assert_eq!(
+        h.deployments()
+            .get("demo-groups")
+            .await
+            .unwrap()
+            .spec
+            .replicas,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_degrades_and_touches_no_child() {
+    let h = Harness::new();
+    // Written straight to the API, as if the CRD's validation had been bypassed.
+    h.create(
+        "bad",
+        json!({ "services": { "groups": { "autoscaling": { "minReplicas": 5, "maxReplicas": 2 } } } }),
+    )
+    .await;
+    let action = h.reconcile("bad").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(h.child_writes(), 0, "{:?}", h.api.writes());
+    let status = h.status("bad").await;
+    assert_eq!(status.phase, Phase::Degraded);
+    let (degraded, reason, message) = Harness::condition(&status, condition::DEGRADED);
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        message.contains("spec.services.groups.autoscaling.maxReplicas"),
+        "{message}"
+    );
+    assert!(message.contains("minReplicas (5)"), "{message}");
+    assert_eq!(Harness::condition(&status, condition::READY).0, "False");
+
+    // A healthy cluster made invalid keeps its children as they were.
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    let writes = h.child_writes();
+    h.set_spec("demo", json!({ "services": { "auth": { "replicas": -3 } }, "database": { "storage": { "size": "lots" } } }))
+        .await;
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(h.child_writes(), writes);
+    let (_, _, message) = Harness::condition(&h.status("demo").await, condition::DEGRADED);
+    assert!(message.contains("spec.services.auth.replicas"), "{message}");
+    assert!(message.contains("spec.database.storage.size"), "{message}");
+
+    // Fixing the spec clears the condition.
+    h.set_spec("demo", json!({ "services": { "auth": { "replicas": 3 } }, "database": { "storage": { "size": "20Gi" } } }))
+        .await;
+    h.reconcile("demo").await.unwrap();
+    let status = h.status("demo").await;
+    assert_eq!(Harness::condition(&status, condition::DEGRADED).0, "False");
+    assert_eq!(
+        h.deployments()
+            .get("demo-auth")
+            .await
+            .unwrap()
+            .spec
+            .replicas,
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn apply_failures_degrade_and_back_off() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.api.fail_writes("apps/v1/statefulsets");
+    let err = h.reconcile("demo").await.unwrap_err();
+    assert!(
+        err.to_string().contains("StatefulSet demo-db-primary"),
+        "{err}"
+    );
+    let status = h.status("demo").await;
+    assert_eq!(status.phase, Phase::Degraded);
+    let (_, reason, message) = Harness::condition(&status, condition::DEGRADED);
+    assert_eq!(reason, "ApplyFailed");
+    assert!(message.contains("injected failure"), "{message}");
+
+    let cc = Arc::new(h.clusters().get("demo").await.unwrap());
+    let delays: Vec<Action> = (0..4)
+        .map(|_| error_policy(cc.clone(), &err, h.ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [5, 10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+
+    h.api.heal();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(h.status("demo").await.phase, Phase::Progressing);
+    // Success resets the backoff.
+    assert_eq!(
+        error_policy(cc, &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let text = h.ctx.metrics.encode().unwrap();
+    assert!(
+        text.contains("chat_operator_reconcile_failures_total{error=\"kube\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn generated_secrets_are_created_once() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let before = secrets.get("demo-token-key").await.unwrap();
+    h.reconcile("demo").await.unwrap();
+    h.reconcile("demo").await.unwrap();
+    let after = secrets.get("demo-token-key").await.unwrap();
+    assert_eq!(before.data, after.data);
+    assert_eq!(before.resource_version(), after.resource_version());
+    let public = &after.data.unwrap()["public.pem"].0;
+    assert!(String::from_utf8_lossy(public).starts_with("-----BEGIN PUBLIC KEY-----"));
+    // The fake stores what a real API server would: base64 in `data`, not `stringData`.
+    let raw = h.api.object("v1/secrets", NS, "demo-db").unwrap();
+    let encoded = raw["data"]["app-user"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+        b"chat"
+    );
+}
+
+/// The whole controller, with its watches: children appear by themselves, and a deleted or
+/// hand-edited child is put back without anyone calling reconcile.
+#[tokio::test]
+async fn controller_watches_and_repairs_children() {
+    let h = Harness::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(reconcile::run(
+        h.client.clone(),
+        h.ctx.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    h.create("demo", json!({})).await;
+
+    async fn eventually<F: Fn() -> bool>(what: &str, f: F) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+    eventually("children", || {
+        h.api.names("apps/v1/deployments", NS).len() == 6
+    })
+    .await;
+
+    h.deployments()
+        .delete("demo-envoy", &Default::default())
+        .await
+        .unwrap();
+    eventually("envoy recreated", || {
+        h.api
+            .object("apps/v1/deployments", NS, "demo-envoy")
+            .is_some()
+    })
+    .await;
+
+    h.deployments()
+        .patch(
+            "demo-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 9 } })),
+        )
+        .await
+        .unwrap();
+    eventually("replicas reverted", || {
+        h.api
+            .object("apps/v1/deployments", NS, "demo-auth")
+            .is_some_and(|d| d["spec"]["replicas"] == 2)
+    })
+    .await;
+
+    // Status follows the children's status through the watch, too.
+    h.mark_children_ready().await;
+    let clusters = h.clusters();
+    let mut phase = Phase::Progressing;
+    for _ in 0..200 {
+        phase = clusters
+            .get("demo")
+            .await
+            .unwrap()
+            .status
+            .map(|s| s.phase)
+            .unwrap_or_default();
+        if phase == Phase::Ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(phase, Phase::Ready);
+
+    // Deleting the ChatCluster garbage-collects every child.
+    clusters.delete("demo", &Default::default()).await.unwrap();
+    assert!(h.api.names("apps/v1/deployments", NS).is_empty());
+    assert!(h.api.names("v1/secrets", NS).is_empty());
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("controller stops on shutdown")
+        .unwrap();
+}
