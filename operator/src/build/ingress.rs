@@ -27,6 +27,8 @@ use crate::api::{IngressSpec, defaults};
 pub const COMPONENT: &str = "ingress";
 const BOOTSTRAP_KEY: &str = "envoy.yaml";
 const BOOTSTRAP_DIR: &str = "/etc/envoy";
+/// How long Envoy waits for its first configuration before opening its listeners anyway.
+const INITIAL_FETCH_TIMEOUT: &str = "10s";
 /// uid/gid of the `envoy` user in the upstream image.
 const ENVOY_UID: i64 = 101;
 
@@ -48,8 +50,11 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
                 "set_node_on_first_message_only": true,
                 "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }]
             },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+            // Envoy opens no listener, not even the static readiness one, until its first
+            // configuration arrives or this times out: keep it well inside the liveness budget
+            // (3 × 10 s) so an Envoy started while chat-xds is down is not restarted in a loop.
+            "cds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+            "lds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT }
         },
         "static_resources": {
             "clusters": [
@@ -177,7 +182,8 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
                 ..ContainerPort::default()
             },
         ]),
-        // `/ready` turns 503 until Envoy has its first configuration from chat-xds.
+        // Envoy answers nothing until its first configuration arrives from chat-xds or the
+        // initial fetch times out, so a new pod takes no traffic before it has routes.
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/ready".into()),

@@ -1,0 +1,292 @@
+//! The CRD file is the generator's output, and it refuses what it should: objects are checked
+//! the way the API server checks them, against the OpenAPI constraints of the schema (types,
+//! enums, ranges, patterns) and its CEL rules (evaluated by kube's CEL library).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chat_operator::api::ChatCluster;
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/chatcluster.yaml");
+
+fn crd_file() -> Value {
+    let text = std::fs::read_to_string(CRD_FILE).expect("crds/chatcluster.yaml");
+    serde_yaml::from_str(&text).expect("CRD YAML")
+}
+
+fn schema() -> Value {
+    crd_file()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn crd_file_is_up_to_date() {
+    let generated = serde_yaml::to_string(&ChatCluster::crd()).unwrap();
+    let on_disk = std::fs::read_to_string(CRD_FILE).unwrap();
+    assert!(
+        generated == on_disk,
+        "crds/chatcluster.yaml is stale: run `cargo run -p chat-operator --bin crdgen > crds/chatcluster.yaml`"
+    );
+}
+
+#[test]
+fn crd_has_names_columns_status_and_rules() {
+    let crd = crd_file();
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], "chatcluster.io");
+    assert_eq!(spec["scope"], "Namespaced");
+    assert_eq!(spec["names"]["shortNames"], json!(["chat"]));
+    let version = &spec["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Services", "Primary", "Replicas", "Age"]);
+    let text = std::fs::read_to_string(CRD_FILE).unwrap();
+    for rule in [
+        "self.minReplicas <= self.maxReplicas",
+        "!(has(self.replicas) && has(self.autoscaling))",
+        "isQuantity(self)",
+    ] {
+        assert!(text.contains(rule), "CRD lacks the rule {rule}");
+    }
+}
+
+/// The OpenAPI part of the API server's validation, with its field paths.
+fn openapi_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    if value.is_null() {
+        if schema["nullable"] != true {
+            out.push(format!("{path}: Required value"));
+        }
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_string() || value.is_i64() || value.is_u64()) {
+            out.push(format!(
+                "{path}: Invalid value: must be an integer or a string"
+            ));
+        }
+        return;
+    }
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        out.push(format!(
+            "{path}: Invalid value: must be of type {}",
+            schema["type"]
+        ));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        out.push(format!(
+            "{path}: Unsupported value: {value}: supported values: {allowed:?}"
+        ));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = schema["minimum"].as_f64()
+            && n < min
+        {
+            out.push(format!(
+                "{path}: Invalid value: {n}: should be greater than or equal to {min}"
+            ));
+        }
+        if let Some(max) = schema["maximum"].as_f64()
+            && n > max
+        {
+            out.push(format!(
+                "{path}: Invalid value: {n}: should be less than or equal to {max}"
+            ));
+        }
+    }
+    if let Some(s) = value.as_str() {
+        if let Some(min) = schema["minLength"].as_u64()
+            && (s.chars().count() as u64) < min
+        {
+            out.push(format!(
+                "{path}: Invalid value: should be at least {min} chars long"
+            ));
+        }
+        if let Some(pattern) = schema["pattern"].as_str()
+            && !regex::Regex::new(pattern).unwrap().is_match(s)
+        {
+            out.push(format!(
+                "{path}: Invalid value: {s:?}: should match '{pattern}'"
+            ));
+        }
+    }
+    if let Some(map) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let key = required.as_str().unwrap();
+            if !map.contains_key(key) {
+                out.push(format!("{path}.{key}: Required value"));
+            }
+        }
+        for (key, child) in map {
+            let child_path = format!("{path}.{key}");
+            if let Some(child_schema) = schema["properties"].get(key) {
+                openapi_errors(child_schema, child, &child_path, out);
+            } else if schema["additionalProperties"].is_object() {
+                openapi_errors(&schema["additionalProperties"], child, &child_path, out);
+            } else if schema["properties"].is_object() && path != "" {
+                out.push(format!("{child_path}: unknown field"));
+            }
+        }
+    }
+    if let Some(items) = value.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            openapi_errors(&schema["items"], item, &format!("{path}[{i}]"), out);
+        }
+    }
+}
+
+/// Every error the API server would report for `spec`, OpenAPI first, then CEL.
+fn admission_errors(spec: Value) -> Vec<String> {
+    let object = json!({
+        "apiVersion": "chatcluster.io/v1alpha1",
+        "kind": "ChatCluster",
+        "metadata": { "name": "demo", "namespace": "chat" },
+        "spec": spec,
+    });
+    let schema = schema();
+    let mut errors = Vec::new();
+    openapi_errors(
+        &schema["properties"]["spec"],
+        &object["spec"],
+        "spec",
+        &mut errors,
+    );
+    if errors.is_empty()
+        && let Err(cel) = kube::core::cel::Validator::new().validate(&schema, &object, None)
+    {
+        errors.extend(
+            cel.as_slice()
+                .iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
+        );
+    }
+    errors
+}
+
+fn assert_refused(spec: Value, field: &str, words: &str) {
+    let errors = admission_errors(spec.clone());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(field) && e.contains(words)),
+        "{spec} should be refused naming {field} ({words}); got {errors:?}"
+    );
+}
+
+#[test]
+fn valid_specs_are_admitted() {
+    for spec in [
+        json!({}),
+        json!({ "services": { "groups": { "autoscaling": { "minReplicas": 2, "maxReplicas": 20, "targetRequestsPerSecond": 400 } } } }),
+        json!({ "services": { "servers": { "replicas": 2, "loadBalancing": "ringHash", "hashHeader": "x-user" } } }),
+        json!({ "database": { "engine": "mariadb", "replicas": 0, "storage": { "size": "500Mi" }, "semiSync": false } }),
+        json!({ "ingress": { "replicas": 3, "service": { "type": "NodePort", "port": 30443 }, "tls": { "secretName": "demo-tls" } } }),
+        json!({ "services": { "auth": { "resources": { "requests": { "cpu": "250m", "memory": 1073741824 } } } } }),
+    ] {
+        assert_eq!(
+            admission_errors(spec.clone()),
+            Vec::<String>::new(),
+            "{spec}"
+        );
+    }
+}
+
+#[test]
+fn invalid_specs_are_refused_naming_the_field() {
+    assert_refused(
+        json!({ "services": { "groups": { "autoscaling": { "minReplicas": 5, "maxReplicas": 2 } } } }),
+        "maxReplicas",
+        "must be greater than or equal to autoscaling.minReplicas",
+    );
+    assert_refused(
+        json!({ "services": { "auth": { "replicas": -1 } } }),
+        "spec.services.auth.replicas",
+        "greater than or equal to 0",
+    );
+    assert_refused(
+        json!({ "services": { "dms": { "replicas": 2, "autoscaling": { "maxReplicas": 4 } } } }),
+        "replicas",
+        "mutually exclusive",
+    );
+    assert_refused(
+        json!({ "database": { "engine": "postgres" } }),
+        "spec.database.engine",
+        "Unsupported value",
+    );
+    assert_refused(
+        json!({ "database": { "replicas": -2 } }),
+        "spec.database.replicas",
+        "greater than or equal to 0",
+    );
+    assert_refused(
+        json!({ "database": { "storage": { "size": "a lot" } } }),
+        "size",
+        "must be a positive Kubernetes quantity",
+    );
+    assert_refused(
+        json!({ "ingress": { "service": { "type": "Ingress" } } }),
+        "spec.ingress.service.type",
+        "Unsupported value",
+    );
+    assert_refused(
+        json!({ "ingress": { "service": { "port": 0 } } }),
+        "spec.ingress.service.port",
+        "greater than or equal to 1",
+    );
+    assert_refused(
+        json!({ "services": { "servers": { "loadBalancing": "random" } } }),
+        "spec.services.servers.loadBalancing",
+        "Unsupported value",
+    );
+    assert_refused(
+        json!({ "services": { "servers": { "hashHeader": "X-User Id" } } }),
+        "spec.services.servers.hashHeader",
+        "should match",
+    );
+}
+
+#[test]
+fn examples_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/") {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(doc["kind"], "ChatCluster", "{}", path.display());
+        assert_eq!(
+            admission_errors(doc["spec"].clone()),
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
+        let typed: ChatCluster = serde_yaml::from_str(&text).unwrap();
+        assert!(
+            chat_operator::api::validate(&typed.spec).is_empty(),
+            "{}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 1, "no example in examples/");
+}
