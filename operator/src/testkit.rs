@@ -391,17 +391,17 @@ impl FakeApi {
                     meta.insert("namespace".into(), ns.clone().into());
                 }
             }
-            if target.plural == "secrets" && target.group_version == "v1" {
-                if let Some(Value::Object(string_data)) = m.remove("stringData")
-                    && let Some(data) = m.entry("data").or_insert_with(|| json!({})).as_object_mut()
-                {
-                    for (k, v) in string_data {
-                        let raw = v.as_str().unwrap_or_default().as_bytes().to_vec();
-                        data.insert(
-                            k,
-                            base64::engine::general_purpose::STANDARD.encode(raw).into(),
-                        );
-                    }
+            if target.plural == "secrets"
+                && target.group_version == "v1"
+                && let Some(Value::Object(string_data)) = m.remove("stringData")
+                && let Some(data) = m.entry("data").or_insert_with(|| json!({})).as_object_mut()
+            {
+                for (k, v) in string_data {
+                    let raw = v.as_str().unwrap_or_default().as_bytes().to_vec();
+                    data.insert(
+                        k,
+                        base64::engine::general_purpose::STANDARD.encode(raw).into(),
+                    );
                 }
             }
         }

@@ -140,7 +140,7 @@ fn openapi_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<Strin
                 openapi_errors(child_schema, child, &child_path, out);
             } else if schema["additionalProperties"].is_object() {
                 openapi_errors(&schema["additionalProperties"], child, &child_path, out);
-            } else if schema["properties"].is_object() && path != "" {
+            } else if schema["properties"].is_object() {
                 out.push(format!("{child_path}: unknown field"));
             }
         }

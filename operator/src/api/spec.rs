@@ -21,31 +21,11 @@ use super::status::ChatClusterStatus;
     shortname = "chat",
     category = "chatcluster",
     doc = "A chat backend (accounts, groups, direct messages, servers) behind Envoy on MySQL with read replicas.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Services",
-        type_ = "string",
-        json_path = ".status.servicesReady"
-    ),
-    printcolumn(
-        name = "Primary",
-        type_ = "string",
-        json_path = ".status.database.primary"
-    ),
-    printcolumn(
-        name = "Replicas",
-        type_ = "string",
-        json_path = ".status.database.replicasReady"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Services","type":"string","jsonPath":".status.servicesReady"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.database.primary"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.database.replicasReady"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {

@@ -51,8 +51,9 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
                 "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }]
             },
             // Envoy opens no listener, not even the static readiness one, until its first
-            // configuration arrives or this times out: keep it well inside the liveness budget
-            // (3 × 10 s) so an Envoy started while chat-xds is down is not restarted in a loop.
+            // configuration arrives or this times out, once for CDS and then for LDS: 2 × 10 s
+            // stays well inside the liveness budget (6 × 10 s), so an Envoy started while
+            // chat-xds is down is not restarted in a loop.
             "cds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
             "lds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT }
         },
@@ -201,7 +202,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
                 ..TCPSocketAction::default()
             }),
             period_seconds: Some(10),
-            failure_threshold: Some(3),
+            failure_threshold: Some(6),
             ..Probe::default()
         }),
         // Stay up while the load balancer and kube-proxy stop sending new connections here.
