@@ -43,11 +43,20 @@ impl MariaDb {
         let dir = TempDir::new(&format!("mariadb-{server_id}"));
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .arg(format!("--datadir={}", data.display()))
             .output()
             .unwrap_or_else(|e| panic!("mariadb-install-db (run scripts/setup.sh): {e}"));
-        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut db = Self {
             dir,
             port: free_port(),
@@ -74,27 +83,32 @@ impl MariaDb {
     fn spawn(&mut self) {
         let d = self.dir.path();
         let mut cmd = Command::new("mariadbd");
-        cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", socket(&self.dir).display()))
-            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--server-id={}", self.server_id))
-            .args([
-                "--log-bin=binlog",
-                "--binlog-format=ROW",
-                "--log-slave-updates=ON",
-                "--gtid-strict-mode=ON",
-                "--skip-slave-start",
-                "--relay-log-recovery=ON",
-                "--innodb-buffer-pool-size=32M",
-                "--innodb-log-file-size=16M",
-                "--max-connections=500",
-            ])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--no-defaults",
+            "--user=root",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+        ])
+        .arg(format!("--datadir={}", d.join("data").display()))
+        .arg(format!("--socket={}", socket(&self.dir).display()))
+        .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+        .arg(format!("--log-error={}", d.join("error.log").display()))
+        .arg(format!("--port={}", self.port))
+        .arg(format!("--server-id={}", self.server_id))
+        .args([
+            "--log-bin=binlog",
+            "--binlog-format=ROW",
+            "--log-slave-updates=ON",
+            "--gtid-strict-mode=ON",
+            "--skip-slave-start",
+            "--relay-log-recovery=ON",
+            "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
+            "--max-connections=500",
+        ])
+        .args(&self.extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         self.process = Some(Process::spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

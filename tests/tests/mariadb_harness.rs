@@ -17,9 +17,16 @@ fn replica_follows_primary_and_can_lag() {
     replica.pause_apply();
     primary.sql("INSERT INTO chat.t VALUES (2)");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(replica.sql("SELECT COUNT(*) FROM chat.t"), "1", "paused replica lags");
+    assert_eq!(
+        replica.sql("SELECT COUNT(*) FROM chat.t"),
+        "1",
+        "paused replica lags"
+    );
     replica.resume_apply();
     replica.wait_caught_up(&primary);
     assert_eq!(replica.sql("SELECT COUNT(*) FROM chat.t"), "2");
-    assert_eq!(replica.gtid_current_pos(), primary.sql("SELECT @@gtid_binlog_pos"));
+    assert_eq!(
+        replica.gtid_current_pos(),
+        primary.sql("SELECT @@gtid_binlog_pos")
+    );
 }

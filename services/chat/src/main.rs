@@ -1,42 +1,143 @@
-//! chatd: the chat services (auth, groups, dms, servers) in one binary; its configuration
-//! names the services it runs.
-//!
-//! The services themselves are tracked in issue #3; this entry point already holds the
-//! contract the operator relies on: configuration from `CHATD_*` variables (or flags), and a
-//! refusal to start without a service list.
+//! chatd: runs the chat services its configuration names. Configuration comes from flags or,
+//! equally, `CHATD_*` environment variables (the operator sets the variables).
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, ValueEnum};
-
-/// A chat service chatd can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Service {
-    Auth,
-    Groups,
-    Dms,
-    Servers,
-}
+use chatd::{
+    db::DbConfig,
+    fanout::PeerSource,
+    server::{Config, ServiceName, serve},
+};
+use clap::Parser;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "ChatCluster chat services")]
-struct Config {
+struct Args {
     /// Services to run, comma-separated: auth, groups, dms, servers.
     #[arg(long, env = "CHATD_SERVICES", value_delimiter = ',')]
-    services: Vec<Service>,
+    services: Vec<ServiceName>,
+    /// gRPC address.
+    #[arg(long, env = "CHATD_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// `host:port` of the database primary.
+    #[arg(long, env = "CHATD_DB_PRIMARY", default_value = "127.0.0.1:3306")]
+    db_primary: String,
+    /// File holding the primary's `host:port`, followed as it changes (laptop failover).
+    #[arg(long, env = "CHATD_DB_PRIMARY_FILE")]
+    db_primary_file: Option<PathBuf>,
+    /// `host:port` of the read replicas (default: read from the primary).
+    #[arg(long, env = "CHATD_DB_REPLICAS")]
+    db_replicas: Option<String>,
+    /// Database schema.
+    #[arg(long, env = "CHATD_DB_NAME", default_value = "chat")]
+    db_name: String,
+    /// Database user.
+    #[arg(long, env = "CHATD_DB_USER", default_value = "chat")]
+    db_user: String,
+    /// Database password.
+    #[arg(
+        long,
+        env = "CHATD_DB_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    db_password: String,
+    /// Connections per database pool.
+    #[arg(long, env = "CHATD_DB_POOL", default_value_t = 32)]
+    db_pool: u32,
+    /// PEM public key verifying access tokens.
+    #[arg(long, env = "CHATD_TOKEN_PUBLIC_KEY_FILE")]
+    token_public_key_file: Option<PathBuf>,
+    /// PEM private key signing access tokens (auth only).
+    #[arg(long, env = "CHATD_TOKEN_PRIVATE_KEY_FILE")]
+    token_private_key_file: Option<PathBuf>,
+    /// Peer replicas for fan-out, comma-separated `host:port`.
+    #[arg(long, env = "CHATD_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// DNS name resolving to every peer replica (a headless Service); port from --listen.
+    #[arg(long, env = "CHATD_PEERS_DNS")]
+    peers_dns: Option<String>,
+    /// This replica's address as peers see it.
+    #[arg(long, env = "CHATD_ADVERTISE")]
+    advertise: Option<String>,
+    /// Replica name.
+    #[arg(long, env = "CHATD_POD_NAME", default_value = "chatd")]
+    instance: String,
+    /// Writes per user per second.
+    #[arg(long, env = "CHATD_RATE_PER_SECOND", default_value_t = 20.0)]
+    rate_per_second: f64,
+    /// Writes per user at once.
+    #[arg(long, env = "CHATD_RATE_BURST", default_value_t = 40.0)]
+    rate_burst: f64,
+    /// Seconds of NOT_SERVING before stopping, on SIGTERM.
+    #[arg(long, env = "CHATD_DRAIN_SECONDS", default_value_t = 5.0)]
+    drain_seconds: f64,
 }
 
-fn main() -> ExitCode {
-    let config = Config::parse();
-    if config.services.is_empty() {
-        eprintln!(
-            "chatd: no service to run: set CHATD_SERVICES (or --services) to one or more of auth, groups, dms, servers"
-        );
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    if args.services.is_empty() {
+        eprintln!("chatd: {}", chatd::server::StartError::NoServices);
         return ExitCode::from(2);
     }
-    eprintln!(
-        "chatd: configured for {:?}, but this build does not contain the chat services yet",
-        config.services
-    );
-    ExitCode::FAILURE
+    let Some(token_public_key) = args.token_public_key_file else {
+        eprintln!("chatd: set CHATD_TOKEN_PUBLIC_KEY_FILE (or --token-public-key-file)");
+        return ExitCode::from(2);
+    };
+    let peers = match (&args.peers_dns, args.peers.is_empty()) {
+        (Some(name), _) => Some(PeerSource::Dns {
+            name: name.clone(),
+            port: args.listen.port(),
+        }),
+        (None, false) => Some(PeerSource::Static(args.peers.clone())),
+        (None, true) => None,
+    };
+    let config = Config {
+        services: args.services,
+        listen: args.listen,
+        db: DbConfig {
+            primary: args.db_primary,
+            replicas: args.db_replicas,
+            database: args.db_name,
+            user: args.db_user,
+            password: args.db_password,
+            max_connections: args.db_pool,
+            acquire_timeout: Duration::from_secs(2),
+        },
+        db_primary_file: args.db_primary_file,
+        token_public_key,
+        token_private_key: args.token_private_key_file,
+        peers,
+        advertise: args.advertise,
+        instance: args.instance,
+        rate: (args.rate_per_second, args.rate_burst),
+        drain: Duration::from_secs_f64(args.drain_seconds.max(0.0)),
+    };
+    match serve(config, terminated()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

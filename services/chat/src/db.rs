@@ -1,0 +1,288 @@
+//! The database: a primary pool for writes, a replica pool for reads, and the consistency
+//! tokens that keep read-your-writes across them.
+//!
+//! A write returns the GTID it committed as a token (`x-chat-consistency` response header). A
+//! read that carries a token first waits, on the replica connection it will read from, until
+//! that replica has applied the GTID (briefly); if it cannot, the read goes to the primary.
+//! chatd also remembers each user's last token, so a client that does not echo it still reads
+//! its own writes through the replica that served them. Replicas down: reads use the primary.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    AssertSqlSafe, MySql, MySqlConnection, Row,
+    mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
+    pool::PoolConnection,
+};
+use tokio::sync::RwLock;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+
+/// SQL that differs between MySQL 8.4 and MariaDB, chosen from `VERSION()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// MySQL 8.4.
+    MySql,
+    /// MariaDB 10.11+.
+    MariaDb,
+}
+
+impl Dialect {
+    /// The dialect of a server reporting `version`.
+    pub fn from_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Self::MariaDb
+        } else {
+            Self::MySql
+        }
+    }
+
+    /// Query returning, after a commit on the same connection, a token that contains it.
+    pub fn commit_token_sql(self) -> &'static str {
+        match self {
+            // The session's last committed GTID.
+            Self::MariaDb => "SELECT @@last_gtid",
+            // The executed set: a superset of this session's commit.
+            Self::MySql => "SELECT @@GLOBAL.gtid_executed",
+        }
+    }
+
+    /// Query waiting up to `?` seconds for the server to have applied the token `?`; returns 0
+    /// when it has (both functions return non-zero on timeout).
+    pub fn wait_sql(self) -> &'static str {
+        match self {
+            Self::MariaDb => "SELECT MASTER_GTID_WAIT(?, ?)",
+            Self::MySql => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+        }
+    }
+}
+
+/// Where the database is and how to log in.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// `host:port` of the primary.
+    pub primary: String,
+    /// `host:port` of the replicas (a Service spreading over them); `None`: read the primary.
+    pub replicas: Option<String>,
+    /// Schema.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Connections per pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing (UNAVAILABLE).
+    pub acquire_timeout: Duration,
+}
+
+fn connect_options(cfg: &DbConfig, address: &str) -> Result<MySqlConnectOptions> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Internal(format!("database address {address:?} lacks a port")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::Internal(format!("database address {address:?} has a bad port")))?;
+    Ok(MySqlConnectOptions::from_str("mysql://localhost")
+        .map_err(Error::Database)?
+        .host(host)
+        .port(port)
+        .username(&cfg.user)
+        .password(&cfg.password)
+        .database(&cfg.database))
+}
+
+fn pool(cfg: &DbConfig, address: &str) -> Result<MySqlPool> {
+    Ok(MySqlPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .min_connections(0)
+        .acquire_timeout(cfg.acquire_timeout)
+        // A connection to a server that died (failover) is found out before use.
+        .test_before_acquire(true)
+        .idle_timeout(Duration::from_secs(60))
+        .connect_lazy_with(connect_options(cfg, address)?))
+}
+
+/// The pools and the dialect.
+pub struct Db {
+    cfg: DbConfig,
+    primary: RwLock<(String, MySqlPool)>,
+    replicas: Option<MySqlPool>,
+    dialect: Dialect,
+}
+
+/// How long a read waits for its replica to catch up with a token before using the primary.
+const REPLICA_WAIT_SECONDS: f64 = 0.25;
+
+impl Db {
+    /// Pools for `cfg`; asks the primary for its version (retrying while it starts).
+    pub async fn connect(cfg: DbConfig) -> Result<Arc<Self>> {
+        let primary = pool(&cfg, &cfg.primary)?;
+        let replicas = cfg.replicas.as_deref().map(|r| pool(&cfg, r)).transpose()?;
+        let mut attempt = 0;
+        let version: String = loop {
+            match sqlx::query_scalar("SELECT VERSION()")
+                .fetch_one(&primary)
+                .await
+            {
+                Ok(v) => break v,
+                Err(e) if attempt < 30 => {
+                    attempt += 1;
+                    warn!(error = %e, attempt, "database not reachable yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let dialect = Dialect::from_version(&version);
+        info!(%version, ?dialect, "connected to the database");
+        Ok(Arc::new(Self {
+            primary: RwLock::new((cfg.primary.clone(), primary)),
+            replicas,
+            dialect,
+            cfg,
+        }))
+    }
+
+    /// The server dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The primary pool, for writes.
+    pub async fn primary(&self) -> MySqlPool {
+        self.primary.read().await.1.clone()
+    }
+
+    /// Point writes at a new primary (after a failover in the laptop modes, where the address
+    /// changes; in Kubernetes the `-primary` Service keeps its address).
+    pub async fn set_primary(&self, address: &str) -> Result<()> {
+        let mut guard = self.primary.write().await;
+        if guard.0 == address {
+            return Ok(());
+        }
+        info!(from = %guard.0, to = %address, "primary moved");
+        let old = std::mem::replace(
+            &mut *guard,
+            (address.to_string(), pool(&self.cfg, address)?),
+        );
+        drop(guard);
+        old.1.close().await;
+        Ok(())
+    }
+
+    /// The token of what this connection committed last.
+    pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
+        let token: Option<String> = sqlx::query_scalar(self.dialect.commit_token_sql())
+            .fetch_one(conn)
+            .await?;
+        Ok(token.unwrap_or_default())
+    }
+
+    /// A connection to read from that has applied `token`: a replica when one can be had and
+    /// has caught up (waiting briefly), else the primary.
+    pub async fn reader(&self, token: Option<&str>) -> Result<PoolConnection<MySql>> {
+        if let Some(replicas) = &self.replicas {
+            match replicas.acquire().await {
+                Ok(mut conn) => match token.filter(|t| !t.is_empty()) {
+                    None => return Ok(conn),
+                    Some(t) => {
+                        let waited = sqlx::query(self.dialect.wait_sql())
+                            .bind(t)
+                            .bind(REPLICA_WAIT_SECONDS)
+                            .fetch_one(&mut *conn)
+                            .await;
+                        match waited.and_then(|row| row.try_get::<Option<i64>, _>(0)) {
+                            Ok(Some(0)) => return Ok(conn),
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "cannot wait for replica"),
+                        }
+                    }
+                },
+                Err(e) => warn!(error = %e, "replicas unavailable, reading from the primary"),
+            }
+        }
+        Ok(self.primary().await.acquire().await?)
+    }
+}
+
+/// Versioned DDL of one service, applied once under a named lock, so ten replicas starting
+/// together against one database apply each step exactly once.
+pub async fn migrate(pool: &MySqlPool, prefix: &str, steps: &[&str]) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let lock = format!("chatd_migrate_{prefix}");
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
+        .bind(&lock)
+        .fetch_one(&mut *conn)
+        .await?;
+    if got != Some(1) {
+        return Err(Error::Internal(format!(
+            "could not take the migration lock {lock}"
+        )));
+    }
+    let result = apply_steps(&mut conn, prefix, steps).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&lock)
+        .execute(&mut *conn)
+        .await;
+    result?;
+    released?;
+    Ok(())
+}
+
+async fn apply_steps(conn: &mut MySqlConnection, prefix: &str, steps: &[&str]) -> Result<()> {
+    let table = format!("{prefix}_schema_migrations");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (version INT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let done: Option<i32> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT MAX(version) FROM {table}")))
+            .fetch_one(&mut *conn)
+            .await?;
+    let done = usize::try_from(done.unwrap_or(0)).unwrap_or(0);
+    for (i, step) in steps.iter().enumerate().skip(done) {
+        let version = i + 1;
+        info!(prefix, version, "applying migration");
+        sqlx::query(AssertSqlSafe(*step))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (version, applied_at_ms) VALUES (?, ?)"
+        )))
+        .bind(i32::try_from(version).unwrap_or(i32::MAX))
+        .bind(crate::token::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_from_version() {
+        assert_eq!(
+            Dialect::from_version("10.11.14-MariaDB-0+deb12u2-log"),
+            Dialect::MariaDb
+        );
+        assert_eq!(Dialect::from_version("8.4.6"), Dialect::MySql);
+    }
+
+    #[test]
+    fn mysql_statements() {
+        assert_eq!(
+            Dialect::MySql.commit_token_sql(),
+            "SELECT @@GLOBAL.gtid_executed"
+        );
+        assert_eq!(
+            Dialect::MySql.wait_sql(),
+            "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+        );
+        assert_eq!(Dialect::MariaDb.wait_sql(), "SELECT MASTER_GTID_WAIT(?, ?)");
+    }
+}

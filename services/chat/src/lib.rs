@@ -1,0 +1,17 @@
+//! chatd: the chat services of a ChatCluster (auth, groups, dms, servers) in one binary; its
+//! configuration names the services a process runs.
+//!
+//! - [`services`]: the gRPC services, over [`messages`] (shared message logic) and [`db`]
+//!   (primary/replica routing with read-your-writes);
+//! - [`fanout`]: delivery of new messages to subscribers on every replica;
+//! - [`token`]: signed access tokens, verified by every service;
+//! - [`server`]: assembling a process from its configuration.
+
+pub mod db;
+pub mod error;
+pub mod fanout;
+pub mod messages;
+pub mod pb;
+pub mod server;
+pub mod services;
+pub mod token;

@@ -1,0 +1,421 @@
+//! Messages, the same for every conversation kind: each service keeps them in its own tables
+//! (`<prefix>_messages`, with `last_seq` on its conversation table) and checks access itself
+//! before calling here.
+//!
+//! Sequence numbers come from the conversation row, incremented in the sending transaction: the
+//! row lock orders concurrent sends, so seqs are 1, 2, 3, … with no gap. A client key makes a
+//! send idempotent: the unique key (conversation, sender, key) returns the first message.
+
+use sqlx::{AssertSqlSafe, Connection, MySqlConnection, Row, mysql::MySqlRow};
+
+use crate::{
+    db::Db,
+    error::{Error, Result, is_duplicate},
+    pb::chat::{HistoryRequest, HistoryResponse, Message},
+    token::now_ms,
+};
+
+/// Longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// Longest client idempotency key, in bytes.
+pub const MAX_CLIENT_KEY: usize = 64;
+/// History page size when the request gives none, and the largest allowed.
+pub const DEFAULT_HISTORY: u32 = 50;
+/// Largest history page.
+pub const MAX_HISTORY: u32 = 200;
+
+/// The two tables of one service's conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct Tables {
+    /// The conversation table (`id`, `last_seq`).
+    pub conversations: &'static str,
+    /// The message table.
+    pub messages: &'static str,
+}
+
+impl Tables {
+    /// DDL of the message table.
+    pub fn messages_ddl(&self) -> String {
+        format!(
+            "CREATE TABLE {} (
+               conversation_id BIGINT UNSIGNED NOT NULL,
+               seq BIGINT UNSIGNED NOT NULL,
+               sender_id BIGINT UNSIGNED NOT NULL,
+               text TEXT NOT NULL,
+               client_key VARCHAR(64) NULL,
+               sent_at_ms BIGINT NOT NULL,
+               edited_at_ms BIGINT NOT NULL DEFAULT 0,
+               deleted TINYINT(1) NOT NULL DEFAULT 0,
+               PRIMARY KEY (conversation_id, seq),
+               UNIQUE KEY idempotency (conversation_id, sender_id, client_key)
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            self.messages
+        )
+    }
+}
+
+/// A message written, with the token of the write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The message as stored.
+    pub message: Message,
+    /// Consistency token covering the write.
+    pub token: String,
+    /// False when an idempotent retry returned an earlier message.
+    pub fresh: bool,
+}
+
+/// Check a message text: not empty or blank, not too long. It is stored exactly as given.
+pub fn check_text(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::InvalidArgument("message text is empty".into()));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "message text is {chars} characters, more than {MAX_TEXT_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+fn row_to_message(row: &MySqlRow) -> Result<Message> {
+    Ok(Message {
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        text: row.try_get("text")?,
+        sent_at_ms: row.try_get("sent_at_ms")?,
+        edited_at_ms: row.try_get("edited_at_ms")?,
+        deleted: row.try_get::<i8, _>("deleted")? != 0,
+        client_key: row
+            .try_get::<Option<String>, _>("client_key")?
+            .unwrap_or_default(),
+    })
+}
+
+const COLUMNS: &str =
+    "conversation_id, seq, sender_id, text, client_key, sent_at_ms, edited_at_ms, deleted";
+
+/// Send a message to conversation `conv` as `sender`.
+pub async fn send(
+    db: &Db,
+    t: Tables,
+    conv: u64,
+    sender: u64,
+    text: &str,
+    client_key: &str,
+) -> Result<Written> {
+    check_text(text)?;
+    if client_key.len() > MAX_CLIENT_KEY {
+        return Err(Error::InvalidArgument(format!(
+            "client_key is longer than {MAX_CLIENT_KEY} bytes"
+        )));
+    }
+    let key = (!client_key.is_empty()).then_some(client_key);
+    let mut conn = db.primary().await.acquire().await?;
+    if let Some(key) = key
+        && let Some(existing) = by_client_key(&mut conn, t, conv, sender, key).await?
+    {
+        let token = db.commit_token(&mut conn).await?;
+        return Ok(Written {
+            message: existing,
+            token,
+            fresh: false,
+        });
+    }
+    let inserted = insert(&mut conn, t, conv, sender, text, key).await;
+    match inserted {
+        Ok(message) => {
+            let token = db.commit_token(&mut conn).await?;
+            Ok(Written {
+                message,
+                token,
+                fresh: true,
+            })
+        }
+        // A concurrent retry with the same key won: return its message.
+        Err(Error::Database(e)) if is_duplicate(&e) => {
+            let key = key.unwrap_or_default();
+            let existing = by_client_key(&mut conn, t, conv, sender, key)
+                .await?
+                .ok_or_else(|| Error::Internal("duplicate key without a row".into()))?;
+            let token = db.commit_token(&mut conn).await?;
+            Ok(Written {
+                message: existing,
+                token,
+                fresh: false,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn by_client_key(
+    conn: &mut MySqlConnection,
+    t: Tables,
+    conv: u64,
+    sender: u64,
+    key: &str,
+) -> Result<Option<Message>> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND sender_id = ? AND client_key = ?",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(sender)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(row_to_message).transpose()
+}
+
+async fn insert(
+    conn: &mut MySqlConnection,
+    t: Tables,
+    conv: u64,
+    sender: u64,
+    text: &str,
+    key: Option<&str>,
+) -> Result<Message> {
+    let mut tx = conn.begin().await?;
+    let bumped = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {} SET last_seq = last_seq + 1 WHERE id = ?",
+        t.conversations
+    )))
+    .bind(conv)
+    .execute(&mut *tx)
+    .await?;
+    if bumped.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("conversation {conv} not found")));
+    }
+    let seq: u64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT last_seq FROM {} WHERE id = ?",
+        t.conversations
+    )))
+    .bind(conv)
+    .fetch_one(&mut *tx)
+    .await?;
+    let sent_at_ms = now_ms();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (conversation_id, seq, sender_id, text, client_key, sent_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(seq)
+    .bind(sender)
+    .bind(text)
+    .bind(key)
+    .bind(sent_at_ms)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Message {
+        conversation_id: conv,
+        seq,
+        sender_id: sender,
+        text: text.to_string(),
+        sent_at_ms,
+        edited_at_ms: 0,
+        deleted: false,
+        client_key: key.unwrap_or_default().to_string(),
+    })
+}
+
+/// Who may change a message: its sender, or (for deletes) a moderator of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Replace the text (sender only).
+    Edit(&'a str),
+    /// Delete (sender, or a moderator when `moderator` is true).
+    Delete {
+        /// The caller may delete other people's messages.
+        moderator: bool,
+    },
+}
+
+/// Edit or delete message `seq` of `conv` as `caller`.
+pub async fn change(
+    db: &Db,
+    t: Tables,
+    conv: u64,
+    seq: u64,
+    caller: u64,
+    change: Change<'_>,
+) -> Result<Written> {
+    if let Change::Edit(text) = change {
+        check_text(text)?;
+    }
+    let mut conn = db.primary().await.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND seq = ? FOR UPDATE",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(seq)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut message = row
+        .as_ref()
+        .map(row_to_message)
+        .transpose()?
+        .filter(|m| !m.deleted)
+        .ok_or_else(|| Error::NotFound(format!("message {seq} not found")))?;
+    let allowed = match change {
+        Change::Edit(_) => message.sender_id == caller,
+        Change::Delete { moderator } => message.sender_id == caller || moderator,
+    };
+    if !allowed {
+        return Err(Error::PermissionDenied(match change {
+            Change::Edit(_) => "only the sender may edit a message".into(),
+            Change::Delete { .. } => "only the sender or a moderator may delete a message".into(),
+        }));
+    }
+    let now = now_ms();
+    match change {
+        Change::Edit(text) => {
+            message.text = text.to_string();
+            message.edited_at_ms = now;
+        }
+        Change::Delete { .. } => {
+            message.text = String::new();
+            message.deleted = true;
+            message.edited_at_ms = now;
+        }
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {} SET text = ?, edited_at_ms = ?, deleted = ? WHERE conversation_id = ? AND seq = ?",
+        t.messages
+    )))
+    .bind(&message.text)
+    .bind(message.edited_at_ms)
+    .bind(message.deleted)
+    .bind(conv)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let token = db.commit_token(&mut conn).await?;
+    Ok(Written {
+        message,
+        token,
+        fresh: true,
+    })
+}
+
+/// A page of history, read from a replica that has applied `token`.
+pub async fn history(
+    db: &Db,
+    t: Tables,
+    req: &HistoryRequest,
+    token: Option<&str>,
+) -> Result<HistoryResponse> {
+    if req.before != 0 && req.after != 0 {
+        return Err(Error::InvalidArgument(
+            "give before or after, not both".into(),
+        ));
+    }
+    let limit = match req.limit {
+        0 => DEFAULT_HISTORY,
+        n if n > MAX_HISTORY => {
+            return Err(Error::InvalidArgument(format!(
+                "limit {n} is more than {MAX_HISTORY}"
+            )));
+        }
+        n => n,
+    };
+    let (condition, order, bound) = if req.after != 0 {
+        ("seq > ?", "ASC", req.after)
+    } else if req.before != 0 {
+        ("seq < ?", "DESC", req.before)
+    } else {
+        ("seq <= ?", "DESC", u64::MAX >> 1)
+    };
+    let mut conn = db.reader(token).await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND {condition} ORDER BY seq {order} LIMIT ?",
+        t.messages
+    )))
+    .bind(req.conversation_id)
+    .bind(bound)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let more = rows.len() > limit as usize;
+    let messages = rows
+        .iter()
+        .take(limit as usize)
+        .map(row_to_message)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(HistoryResponse { messages, more })
+}
+
+/// Messages of `conv` with seq in `(after, upto]`, oldest first, at most `limit`.
+pub async fn range(
+    conn: &mut MySqlConnection,
+    t: Tables,
+    conv: u64,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(row_to_message).collect()
+}
+
+/// One message.
+pub async fn get(
+    conn: &mut MySqlConnection,
+    t: Tables,
+    conv: u64,
+    seq: u64,
+) -> Result<Option<Message>> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND seq = ?",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(row_to_message).transpose()
+}
+
+/// The newest seq of `conv`, 0 when it has no message.
+pub async fn last_seq(conn: &mut MySqlConnection, t: Tables, conv: u64) -> Result<u64> {
+    let seq: Option<u64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT last_seq FROM {} WHERE id = ?",
+        t.conversations
+    )))
+    .bind(conv)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts() {
+        assert!(check_text("hi").is_ok());
+        assert!(check_text("  <script>alert(1)</script>'; DROP TABLE x; --  ").is_ok());
+        for blank in ["", " ", "\n\t", "\u{3000}"] {
+            assert!(
+                matches!(check_text(blank), Err(Error::InvalidArgument(_))),
+                "{blank:?}"
+            );
+        }
+        assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+    }
+}

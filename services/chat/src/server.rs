@@ -1,0 +1,255 @@
+//! One chatd process: the services its configuration names, the standard gRPC health service
+//! (one status per service, plus "" for the process), server reflection, the replica-to-replica
+//! fan-out service, and a graceful drain.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::{
+    db::{Db, DbConfig},
+    fanout::{FanoutService, Hub, PeerSource, Peers},
+    pb::{
+        self, auth::auth_server::AuthServer, dms::dms_server::DmsServer,
+        groups::groups_server::GroupsServer, internal::fanout_server::FanoutServer,
+        servers::servers_server::ServersServer,
+    },
+    services::{
+        App, RateLimiter,
+        auth::{ACCESS_TTL_MS, AuthService},
+        dms::DmsService,
+        groups::GroupsService,
+        servers::ServersService,
+    },
+    token::{KeyError, Signer, Verifier},
+};
+
+/// A chat service a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceName {
+    /// Accounts and tokens.
+    Auth,
+    /// Group chats.
+    Groups,
+    /// Direct messages.
+    Dms,
+    /// Discord-style servers.
+    Servers,
+}
+
+impl ServiceName {
+    /// The gRPC service name, under which its health is reported.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            Self::Auth => "chatcluster.auth.v1.Auth",
+            Self::Groups => "chatcluster.groups.v1.Groups",
+            Self::Dms => "chatcluster.dms.v1.Dms",
+            Self::Servers => "chatcluster.servers.v1.Servers",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auth" => Ok(Self::Auth),
+            "groups" => Ok(Self::Groups),
+            "dms" => Ok(Self::Dms),
+            "servers" => Ok(Self::Servers),
+            other => Err(format!(
+                "unknown service {other:?}: expected auth, groups, dms or servers"
+            )),
+        }
+    }
+}
+
+/// Everything a process needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Services to run; never empty.
+    pub services: Vec<ServiceName>,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// The database.
+    pub db: DbConfig,
+    /// A file holding the primary's `host:port`, re-read every second (laptop modes, where
+    /// failover changes the address).
+    pub db_primary_file: Option<PathBuf>,
+    /// PEM public key verifying access tokens.
+    pub token_public_key: PathBuf,
+    /// PEM private key signing them (auth only).
+    pub token_private_key: Option<PathBuf>,
+    /// The other replicas, for fan-out.
+    pub peers: Option<PeerSource>,
+    /// This replica's address as peers list it (skipped in the peer list).
+    pub advertise: Option<String>,
+    /// Name of this replica.
+    pub instance: String,
+    /// Writes per user per second, and burst.
+    pub rate: (f64, f64),
+    /// How long to report NOT_SERVING before closing, so load balancers stop sending first.
+    pub drain: Duration,
+}
+
+/// Why a process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No service named.
+    #[error(
+        "no service to run: set CHATD_SERVICES (or --services) to one or more of auth, groups, dms, servers"
+    )]
+    NoServices,
+    /// A key file is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key is malformed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Auth runs without a signing key.
+    #[error("the auth service needs CHATD_TOKEN_PRIVATE_KEY_FILE")]
+    NoSigningKey,
+    /// The database could not be reached or migrated.
+    #[error("database: {0}")]
+    Database(#[from] crate::error::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+fn read(path: &PathBuf) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|source| StartError::KeyFile {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Run until `shutdown` completes, then drain: health turns NOT_SERVING, subscription streams
+/// end, and after `config.drain` the server stops and in-flight calls finish.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    if config.services.is_empty() {
+        return Err(StartError::NoServices);
+    }
+    let verifier = Verifier::from_pem(&read(&config.token_public_key)?)?;
+    let signer = if config.services.contains(&ServiceName::Auth) {
+        let path = config
+            .token_private_key
+            .as_ref()
+            .ok_or(StartError::NoSigningKey)?;
+        Some(Signer::from_pem(&read(path)?)?)
+    } else {
+        None
+    };
+
+    let db = Db::connect(config.db.clone()).await?;
+    for service in &config.services {
+        match service {
+            ServiceName::Auth => AuthService::migrate(&db).await?,
+            ServiceName::Groups => GroupsService::migrate(&db).await?,
+            ServiceName::Dms => DmsService::migrate(&db).await?,
+            ServiceName::Servers => ServersService::migrate(&db).await?,
+        }
+    }
+    if let Some(path) = config.db_primary_file.clone() {
+        tokio::spawn(follow_primary_file(db.clone(), path));
+    }
+
+    let peers = config.peers.clone().map(|source| Peers {
+        me: config.instance.clone(),
+        my_address: config.advertise.clone(),
+        source,
+    });
+    let hub = Hub::new(peers);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let app = App::new(
+        db,
+        verifier,
+        hub.clone(),
+        RateLimiter::new(config.rate.0, config.rate.1),
+        drain_rx,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let has = |s| config.services.contains(&s);
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(FanoutServer::new(FanoutService {
+            hub,
+            me: config.instance.clone(),
+        }))
+        .add_optional_service(
+            signer.map(|s| AuthServer::new(AuthService::new(app.clone(), s, ACCESS_TTL_MS))),
+        )
+        .add_optional_service(
+            has(ServiceName::Groups).then(|| GroupsServer::new(GroupsService::new(app.clone()))),
+        )
+        .add_optional_service(
+            has(ServiceName::Dms).then(|| DmsServer::new(DmsService::new(app.clone()))),
+        )
+        .add_optional_service(
+            has(ServiceName::Servers).then(|| ServersServer::new(ServersService::new(app.clone()))),
+        );
+
+    for service in &config.services {
+        health
+            .set_service_status(service.grpc_name(), ServingStatus::Serving)
+            .await;
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+    info!(services = ?config.services, listen = %config.listen, "chatd serving");
+
+    let services = config.services.clone();
+    let drain = config.drain;
+    let stop = async move {
+        shutdown.await;
+        info!("draining");
+        for service in &services {
+            health
+                .set_service_status(service.grpc_name(), ServingStatus::NotServing)
+                .await;
+        }
+        // Streams end cleanly; load balancers see NOT_SERVING before the listener closes.
+        let _ = drain_tx.send(true);
+        tokio::time::sleep(drain).await;
+    };
+    router.serve_with_shutdown(config.listen, stop).await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn follow_primary_file(db: Arc<Db>, path: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(address) => {
+                let address = address.trim();
+                if !address.is_empty()
+                    && let Err(e) = db.set_primary(address).await
+                {
+                    warn!(error = %e, "cannot use the new primary address");
+                }
+            }
+            Err(e) => warn!(error = %e, path = %path.display(), "cannot read the primary address"),
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The message operations every conversation kind offers (send, edit, delete, history,
+//! subscribe), parameterised by who may access a conversation.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::MySqlConnection;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info_span};
+
+use super::App;
+use crate::{
+    error::{Error, Result},
+    fanout::Topic,
+    messages::{self, Change, Tables},
+    pb::chat::{
+        DeleteMessageRequest, EditMessageRequest, Event, HistoryRequest, HistoryResponse, Message,
+        SendMessageRequest, SubscribeRequest, event,
+    },
+};
+
+/// What a member may do in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// May delete other people's messages.
+    pub moderator: bool,
+}
+
+/// Who may access a conversation: the rule of one service.
+#[tonic::async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// `user`'s access to conversation `conv`: NOT_FOUND when it does not exist,
+    /// PERMISSION_DENIED when the user is not a member.
+    async fn access(&self, conn: &mut MySqlConnection, user: u64, conv: u64) -> Result<Access>;
+}
+
+/// The message operations of one service.
+pub struct Conversations<M> {
+    /// Shared state.
+    pub app: Arc<App>,
+    /// Service name (for hints to peers).
+    pub service: &'static str,
+    /// Its tables.
+    pub tables: Tables,
+    /// Its access rule.
+    pub membership: Arc<M>,
+}
+
+/// How often a subscription re-reads its conversation's newest seq in case a hint was lost.
+const SAFETY_POLL: Duration = Duration::from_secs(2);
+/// Messages read per query while a subscriber catches up.
+const CATCH_UP_BATCH: u32 = 200;
+
+impl<M: Membership> Conversations<M> {
+    fn topic(&self, conv: u64) -> Topic {
+        Topic {
+            service: self.service,
+            conversation: conv,
+        }
+    }
+
+    /// Access checked on the primary: authoritative, for writes.
+    async fn write_access(&self, user: u64, conv: u64) -> Result<Access> {
+        let mut conn = self.app.db.primary().await.acquire().await?;
+        self.membership.access(&mut conn, user, conv).await
+    }
+
+    /// Send a message.
+    pub async fn send(
+        &self,
+        req: Request<SendMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let caller = self.app.writer(&req)?;
+        let req = req.into_inner();
+        messages::check_text(&req.text)?;
+        self.write_access(caller.sub, req.conversation_id).await?;
+        let written = messages::send(
+            &self.app.db,
+            self.tables,
+            req.conversation_id,
+            caller.sub,
+            &req.text,
+            &req.client_key,
+        )
+        .await?;
+        if written.fresh {
+            self.app.hub.publish(
+                &self.topic(req.conversation_id),
+                written.message.seq,
+                &written.token,
+                false,
+            );
+        }
+        Ok(self
+            .app
+            .written(caller.sub, &written.token, written.message))
+    }
+
+    /// Edit one's message.
+    pub async fn edit(
+        &self,
+        req: Request<EditMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let caller = self.app.writer(&req)?;
+        let req = req.into_inner();
+        self.write_access(caller.sub, req.conversation_id).await?;
+        self.changed(
+            caller.sub,
+            req.conversation_id,
+            req.seq,
+            Change::Edit(&req.text),
+        )
+        .await
+    }
+
+    /// Delete a message (one's own, or any as a moderator).
+    pub async fn delete(
+        &self,
+        req: Request<DeleteMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let caller = self.app.writer(&req)?;
+        let req = req.into_inner();
+        let access = self.write_access(caller.sub, req.conversation_id).await?;
+        self.changed(
+            caller.sub,
+            req.conversation_id,
+            req.seq,
+            Change::Delete {
+                moderator: access.moderator,
+            },
+        )
+        .await
+    }
+
+    async fn changed(
+        &self,
+        user: u64,
+        conv: u64,
+        seq: u64,
+        change: Change<'_>,
+    ) -> Result<Response<Message>, Status> {
+        let written = messages::change(&self.app.db, self.tables, conv, seq, user, change).await?;
+        self.app
+            .hub
+            .publish(&self.topic(conv), seq, &written.token, true);
+        Ok(self.app.written(user, &written.token, written.message))
+    }
+
+    /// A page of history.
+    pub async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let caller = self.app.caller(&req)?;
+        let token = self.app.read_token(&req, caller.sub);
+        let req = req.into_inner();
+        {
+            let mut conn = self.app.db.reader(token.as_deref()).await?;
+            self.membership
+                .access(&mut conn, caller.sub, req.conversation_id)
+                .await?;
+        }
+        let page = messages::history(&self.app.db, self.tables, &req, token.as_deref()).await?;
+        Ok(Response::new(page))
+    }
+
+    /// Every message after `after_seq`, then new ones as they come, in order, each once; edits
+    /// and deletions of delivered messages as updates. Ends when the server drains.
+    pub async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<ReceiverStream<Result<Event, Status>>>, Status> {
+        let caller = self.app.caller(&req)?;
+        let token = self.app.read_token(&req, caller.sub);
+        let req = req.into_inner();
+        {
+            let mut conn = self.app.db.reader(token.as_deref()).await?;
+            self.membership
+                .access(&mut conn, caller.sub, req.conversation_id)
+                .await?;
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let stream = Stream {
+            app: self.app.clone(),
+            tables: self.tables,
+            topic: self.topic(req.conversation_id),
+            last: req.after_seq,
+            token,
+            tx,
+        };
+        let span = info_span!(
+            "subscription",
+            service = self.service,
+            conversation = req.conversation_id,
+            user = caller.sub
+        );
+        tokio::spawn(stream.run().instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Completes once the flag is true.
+async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+struct Stream {
+    app: Arc<App>,
+    tables: Tables,
+    topic: Topic,
+    last: u64,
+    token: Option<String>,
+    tx: mpsc::Sender<Result<Event, Status>>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Stream {
+    async fn run(mut self) {
+        let mut sub = self.app.hub.subscribe(self.topic.clone());
+        let mut shutdown = self.app.shutdown.clone();
+        let mut poll = tokio::time::interval(SAFETY_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            match self.catch_up().await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = sub.latest.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let hint = sub.latest.borrow_and_update().clone();
+                    if hint.seq > self.last {
+                        self.token = Some(hint.token);
+                    }
+                }
+                update = sub.updates.recv() => match update {
+                    Ok((seq, token)) if seq <= self.last => {
+                        if let Err(e) = self.send_update(seq, &token).await {
+                            let _ = self.tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // Missed updates: the history holds the current text.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(missed = n, "subscriber missed updates");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = poll.tick() => {}
+                _ = self.tx.closed() => return,
+                _ = until_true(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// Deliver every message after `last` the database has.
+    async fn catch_up(&mut self) -> Result<Flow> {
+        loop {
+            let batch = {
+                let mut conn = self.app.db.reader(self.token.as_deref()).await?;
+                messages::range(
+                    &mut conn,
+                    self.tables,
+                    self.topic.conversation,
+                    self.last,
+                    CATCH_UP_BATCH,
+                )
+                .await?
+            };
+            let full = batch.len() == CATCH_UP_BATCH as usize;
+            for message in batch {
+                // Seqs have no gaps: a jump means the replica is missing a message; read again.
+                if message.seq != self.last + 1 {
+                    return Err(Error::Internal(format!(
+                        "gap in conversation {}: {} after {}",
+                        self.topic.conversation, message.seq, self.last
+                    )));
+                }
+                self.last = message.seq;
+                let event = Event {
+                    kind: Some(event::Kind::Message(message)),
+                };
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return Ok(Flow::Stop);
+                }
+            }
+            if !full {
+                return Ok(Flow::Continue);
+            }
+        }
+    }
+
+    async fn send_update(&mut self, seq: u64, token: &str) -> Result<()> {
+        let message = {
+            let mut conn = self.app.db.reader(Some(token)).await?;
+            messages::get(&mut conn, self.tables, self.topic.conversation, seq).await?
+        };
+        if let Some(message) = message {
+            let event = Event {
+                kind: Some(event::Kind::Updated(message)),
+            };
+            let _ = self.tx.send(Ok(event)).await;
+        }
+        Ok(())
+    }
+}

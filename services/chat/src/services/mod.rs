@@ -1,0 +1,190 @@
+//! The gRPC services and what they share: the caller's identity, read-your-writes tokens, rate
+//! limits, and the message operations every conversation kind offers.
+
+pub mod auth;
+pub mod conversation;
+pub mod dms;
+pub mod groups;
+pub mod servers;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::sync::watch;
+use tonic::{Request, Response, metadata::MetadataValue};
+
+use crate::{
+    db::Db,
+    error::{Error, Result},
+    fanout::Hub,
+    token::{Claims, Verifier},
+};
+
+/// Response and request header carrying a consistency token (see [`crate::db`]).
+pub const CONSISTENCY_HEADER: &str = "x-chat-consistency";
+
+/// A per-user token bucket.
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<u64, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `per_second` sustained, up to `burst` at once.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one request's worth for `user`, or refuse.
+    pub fn check(&self, user: u64) -> Result<()> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget full buckets (idle users) so the map stays bounded.
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (level, at)| (*level + at.elapsed().as_secs_f64() * rate) < burst);
+        }
+        let (level, at) = buckets.entry(user).or_insert((self.burst, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *level < 1.0 {
+            return Err(Error::ResourceExhausted(format!(
+                "rate limit: at most {} requests per second",
+                self.per_second
+            )));
+        }
+        *level -= 1.0;
+        Ok(())
+    }
+}
+
+/// What every service needs.
+pub struct App {
+    /// The database.
+    pub db: Arc<Db>,
+    /// Checks access tokens.
+    pub verifier: Verifier,
+    /// Local subscribers and peer hints.
+    pub hub: Arc<Hub>,
+    /// Limits writes per user.
+    pub limiter: RateLimiter,
+    /// The last consistency token of each user who wrote through this replica.
+    tokens: Mutex<HashMap<u64, String>>,
+    /// Turns true when the server drains: streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl App {
+    /// The shared state.
+    pub fn new(
+        db: Arc<Db>,
+        verifier: Verifier,
+        hub: Arc<Hub>,
+        limiter: RateLimiter,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            verifier,
+            hub,
+            limiter,
+            tokens: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    /// The authenticated caller.
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Claims> {
+        self.verifier.authenticate(req)
+    }
+
+    /// The caller, after charging one write to their rate limit.
+    pub fn writer<T>(&self, req: &Request<T>) -> Result<Claims> {
+        let claims = self.caller(req)?;
+        self.limiter.check(claims.sub)?;
+        Ok(claims)
+    }
+
+    /// The token a read by `user` must observe: the request's, else the user's last write here.
+    pub fn read_token<T>(&self, req: &Request<T>, user: u64) -> Option<String> {
+        req.metadata()
+            .get(CONSISTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&user)
+                    .cloned()
+            })
+    }
+
+    /// Remember `user`'s write and return `body` with the token in its header.
+    pub fn written<T>(&self, user: u64, token: &str, body: T) -> Response<T> {
+        if !token.is_empty() {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if tokens.len() > 100_000 {
+                tokens.clear();
+            }
+            tokens.insert(user, token.to_string());
+        }
+        let mut resp = Response::new(body);
+        if let Ok(v) = MetadataValue::try_from(token) {
+            resp.metadata_mut().insert(CONSISTENCY_HEADER, v);
+        }
+        resp
+    }
+}
+
+/// Check a name (group, server, channel): 1–100 characters, not blank, no control characters.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} name is empty")));
+    }
+    let chars = name.chars().count();
+    if chars > 100 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name is {chars} characters, more than 100"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_refuses_bursts_and_refills() {
+        let limiter = RateLimiter::new(1000.0, 3.0);
+        assert!(limiter.check(1).is_ok());
+        assert!(limiter.check(1).is_ok());
+        assert!(limiter.check(1).is_ok());
+        assert!(matches!(limiter.check(1), Err(Error::ResourceExhausted(_))));
+        assert!(limiter.check(2).is_ok(), "per user");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limiter.check(1).is_ok(), "refilled");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("group", "Friends 🎉").is_ok());
+        assert!(check_name("group", " ").is_err());
+        assert!(check_name("group", &"x".repeat(101)).is_err());
+        assert!(check_name("group", "a\u{0}b").is_err());
+    }
+}

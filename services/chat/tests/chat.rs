@@ -1,0 +1,943 @@
+//! chatd against real MariaDB servers (a primary and a GTID replica), as real processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chatcluster_tests::free_port;
+use chatd::pb::{
+    auth::{GetProfileRequest, LoginRequest, RefreshRequest, UpdateProfileRequest},
+    chat::{
+        DeleteMessageRequest, EditMessageRequest, HistoryRequest, SendMessageRequest,
+        SubscribeRequest, event,
+    },
+    dms::OpenRequest,
+    groups::{AddMemberRequest, CreateGroupRequest, GetGroupRequest, RemoveMemberRequest, Role},
+    servers::{
+        CreateChannelRequest, CreateInviteRequest, CreateServerRequest, JoinRequest, KickRequest,
+    },
+};
+use common::{Chatd, Clients, Db, Keys, Options, Setup, authed, register, uid};
+use tonic::Code;
+
+fn send(conv: u64, text: &str, key: &str) -> SendMessageRequest {
+    SendMessageRequest {
+        conversation_id: conv,
+        text: text.into(),
+        client_key: key.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_tokens_and_profiles() {
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let ada = register(&mut c.auth, "ada").await;
+    assert_eq!(ada.profile.as_ref().unwrap().display_name, "ada");
+
+    let taken = c
+        .auth
+        .register(chatd::pb::auth::RegisterRequest {
+            username: "ada".into(),
+            password: "another password".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+
+    let wrong = c
+        .auth
+        .login(LoginRequest {
+            username: "ada".into(),
+            password: "wrong password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let login = c
+        .auth
+        .login(LoginRequest {
+            username: "ada".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Refresh tokens rotate: the old one works once.
+    let refreshed = c
+        .auth
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .auth
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+
+    // Profile update, read back at once (read-your-writes through the replica path).
+    let updated = c
+        .auth
+        .update_profile(authed(
+            &refreshed,
+            UpdateProfileRequest {
+                display_name: Some("Ada L. <b>".into()),
+                bio: Some("maths; 'quotes' \"too\"".into()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.display_name, "Ada L. <b>");
+    let read = c
+        .auth
+        .get_profile(authed(&refreshed, GetProfileRequest { user_id: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.bio, "maths; 'quotes' \"too\"");
+
+    // Missing, malformed and forged tokens.
+    let none = c
+        .auth
+        .get_profile(GetProfileRequest { user_id: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
+    let mut forged = refreshed.clone();
+    forged.access_token.push('x');
+    let bad = c
+        .auth
+        .get_profile(authed(&forged, GetProfileRequest { user_id: 0 }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::Unauthenticated);
+    let missing = c
+        .auth
+        .get_profile(authed(&refreshed, GetProfileRequest { user_id: 999_999 }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_authz_matrix() {
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let admin = register(&mut c.auth, "admin").await;
+    let member = register(&mut c.auth, "member").await;
+    let outsider = register(&mut c.auth, "outsider").await;
+    let group = c
+        .groups
+        .create_group(authed(
+            &owner,
+            CreateGroupRequest {
+                name: "team".into(),
+                member_ids: vec![uid(&member)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    c.groups
+        .add_member(authed(
+            &owner,
+            AddMemberRequest {
+                group_id: group.id,
+                user_id: uid(&admin),
+                role: Role::Admin as i32,
+            },
+        ))
+        .await
+        .unwrap();
+
+    // Members read and write; the outsider does neither.
+    for who in [&owner, &admin, &member] {
+        c.groups
+            .send_message(authed(who, send(group.id, "hello", "")))
+            .await
+            .unwrap();
+    }
+    let denied = c
+        .groups
+        .send_message(authed(&outsider, send(group.id, "let me in", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = c
+        .groups
+        .history(authed(
+            &outsider,
+            HistoryRequest {
+                conversation_id: group.id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = c
+        .groups
+        .get_group(authed(&outsider, GetGroupRequest { group_id: group.id }))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let missing = c
+        .groups
+        .send_message(authed(&owner, send(group.id + 1000, "anyone?", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // A member cannot add or remove; an admin cannot remove an admin or the owner.
+    let denied = c
+        .groups
+        .add_member(authed(
+            &member,
+            AddMemberRequest {
+                group_id: group.id,
+                user_id: uid(&outsider),
+                role: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = c
+        .groups
+        .remove_member(authed(
+            &admin,
+            RemoveMemberRequest {
+                group_id: group.id,
+                user_id: uid(&owner),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // Only the sender edits; the sender or a moderator deletes.
+    let msg = c
+        .groups
+        .send_message(authed(&member, send(group.id, "typo", "")))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = c
+        .groups
+        .edit_message(authed(
+            &admin,
+            EditMessageRequest {
+                conversation_id: group.id,
+                seq: msg.seq,
+                text: "nope".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let edited = c
+        .groups
+        .edit_message(authed(
+            &member,
+            EditMessageRequest {
+                conversation_id: group.id,
+                seq: msg.seq,
+                text: "fixed".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(edited.text, "fixed");
+    assert!(edited.edited_at_ms > 0);
+    let other = c
+        .groups
+        .send_message(authed(&owner, send(group.id, "owner's", "")))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = c
+        .groups
+        .delete_message(authed(
+            &member,
+            DeleteMessageRequest {
+                conversation_id: group.id,
+                seq: other.seq,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let deleted = c
+        .groups
+        .delete_message(authed(
+            &admin,
+            DeleteMessageRequest {
+                conversation_id: group.id,
+                seq: other.seq,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted && deleted.text.is_empty());
+
+    // Removed members lose access at once.
+    c.groups
+        .remove_member(authed(
+            &admin,
+            RemoveMemberRequest {
+                group_id: group.id,
+                user_id: uid(&member),
+            },
+        ))
+        .await
+        .unwrap();
+    let denied = c
+        .groups
+        .send_message(authed(&member, send(group.id, "still here?", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dms_and_servers_authz() {
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let b = register(&mut c.auth, "bob").await;
+    let e = register(&mut c.auth, "eve").await;
+
+    let conv = c
+        .dms
+        .open(authed(&a, OpenRequest { user_id: uid(&b) }))
+        .await
+        .unwrap()
+        .into_inner();
+    let same = c
+        .dms
+        .open(authed(&b, OpenRequest { user_id: uid(&a) }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(conv.id, same.id, "one conversation per pair");
+    c.dms
+        .send_message(authed(&b, send(conv.id, "hi alice", "")))
+        .await
+        .unwrap();
+    for status in [
+        c.dms
+            .send_message(authed(&e, send(conv.id, "hi both", "")))
+            .await
+            .unwrap_err(),
+        c.dms
+            .history(authed(
+                &e,
+                HistoryRequest {
+                    conversation_id: conv.id,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    let self_dm = c
+        .dms
+        .open(authed(&a, OpenRequest { user_id: uid(&a) }))
+        .await
+        .unwrap_err();
+    assert_eq!(self_dm.code(), Code::InvalidArgument);
+
+    // Servers: invite, join, channel permissions, kick.
+    let server = c
+        .servers
+        .create_server(authed(
+            &a,
+            CreateServerRequest {
+                name: "club".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let general = server.channels[0].id;
+    let denied = c
+        .servers
+        .send_message(authed(&b, send(general, "before joining", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let invite = c
+        .servers
+        .create_invite(authed(
+            &a,
+            CreateInviteRequest {
+                server_id: server.id,
+                ttl_seconds: 60,
+                max_uses: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    c.servers
+        .join(authed(
+            &b,
+            JoinRequest {
+                code: invite.code.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let used_up = c
+        .servers
+        .join(authed(&e, JoinRequest { code: invite.code }))
+        .await
+        .unwrap_err();
+    assert_eq!(used_up.code(), Code::FailedPrecondition);
+    let unknown = c
+        .servers
+        .join(authed(
+            &e,
+            JoinRequest {
+                code: "nope".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    c.servers
+        .send_message(authed(&b, send(general, "joined!", "")))
+        .await
+        .unwrap();
+    let denied = c
+        .servers
+        .create_channel(authed(
+            &b,
+            CreateChannelRequest {
+                server_id: server.id,
+                name: "mine".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = c
+        .servers
+        .create_invite(authed(
+            &b,
+            CreateInviteRequest {
+                server_id: server.id,
+                ttl_seconds: 0,
+                max_uses: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = c
+        .servers
+        .kick(authed(
+            &b,
+            KickRequest {
+                server_id: server.id,
+                user_id: uid(&a),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    c.servers
+        .kick(authed(
+            &a,
+            KickRequest {
+                server_id: server.id,
+                user_id: uid(&b),
+            },
+        ))
+        .await
+        .unwrap();
+    let kicked = c
+        .servers
+        .send_message(authed(&b, send(general, "hello?", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(kicked.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_are_idempotent_and_history_pages() {
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "g".into(),
+                member_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = c
+        .groups
+        .send_message(authed(&a, send(g.id, "once", "k-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = c
+        .groups
+        .send_message(authed(&a, send(g.id, "once", "k-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.seq, retry.seq);
+    assert_eq!(first.seq, 1);
+    for i in 2..=25 {
+        let m = c
+            .groups
+            .send_message(authed(&a, send(g.id, &format!("m{i}"), &format!("k-{i}"))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(m.seq, i, "no gap, no duplicate");
+    }
+    let page = |before, after, limit| HistoryRequest {
+        conversation_id: g.id,
+        before,
+        after,
+        limit,
+    };
+    let newest = c
+        .groups
+        .history(authed(&a, page(0, 0, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        newest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (16..=25).rev().collect::<Vec<_>>()
+    );
+    assert!(newest.more);
+    let older = c
+        .groups
+        .history(authed(&a, page(16, 0, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(older.messages.first().map(|m| m.seq), Some(15));
+    let oldest = c
+        .groups
+        .history(authed(&a, page(6, 0, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        oldest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![5, 4, 3, 2, 1]
+    );
+    assert!(!oldest.more);
+    let forward = c
+        .groups
+        .history(authed(&a, page(0, 23, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        forward.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![24, 25]
+    );
+    assert!(!forward.more);
+    let beyond = c
+        .groups
+        .history(authed(&a, page(0, 25, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(beyond.messages.is_empty());
+    for bad in [page(5, 5, 10), page(0, 0, 201)] {
+        let e = c.groups.history(authed(&a, bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_proper_statuses() {
+    let s = Setup::with_rate(5.0);
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "g".into(),
+                member_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let long = "x".repeat(4001);
+    for (text, key) in [
+        ("", ""),
+        ("   \n\t", ""),
+        (long.as_str(), ""),
+        ("ok", &"k".repeat(65)),
+    ] {
+        let e = c
+            .groups
+            .send_message(authed(&a, send(g.id, text, key)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{text:?}");
+    }
+    for name in ["", "  ", &"n".repeat(101)] {
+        let e = c
+            .groups
+            .create_group(authed(
+                &a,
+                CreateGroupRequest {
+                    name: name.to_string(),
+                    member_ids: vec![],
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    let e = c
+        .auth
+        .register(chatd::pb::auth::RegisterRequest {
+            username: "Robert'); DROP TABLE auth_users;--".into(),
+            password: "password123".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Hostile text is stored and returned verbatim.
+    let hostile = "'; DROP TABLE groups_messages; -- <script>alert(1)</script> \u{202e}é🎉\0end";
+    let m = c
+        .groups
+        .send_message(authed(&a, send(g.id, hostile, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    let h = c
+        .groups
+        .history(authed(
+            &a,
+            HistoryRequest {
+                conversation_id: g.id,
+                before: 0,
+                after: m.seq - 1,
+                limit: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.messages[0].text, hostile);
+
+    // The rate limit: 5/s with a burst of 10.
+    let mut limited = 0;
+    for i in 0..30 {
+        if let Err(e) = c
+            .groups
+            .send_message(authed(&a, send(g.id, &format!("spam {i}"), "")))
+            .await
+        {
+            assert_eq!(e.code(), Code::ResourceExhausted);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 15, "only {limited} of 30 rate-limited");
+}
+
+async fn next_seq(stream: &mut tonic::Streaming<chatd::pb::chat::Event>) -> u64 {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("event within 10 s")
+            .unwrap()
+            .expect("stream open");
+        if let Some(event::Kind::Message(m)) = event.kind {
+            return m.seq;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_across_replicas_in_order_and_resume_without_gap() {
+    let keys = Keys::new();
+    let db = Db::start();
+    let (pa, pb) = (free_port(), free_port());
+    let start = |port: u16, peer: u16| {
+        Chatd::start(
+            &keys,
+            Options {
+                services: "auth,groups",
+                primary: db.primary.address(),
+                replicas: Some(db.replica.address()),
+                peers: vec![format!("127.0.0.1:{peer}")],
+                primary_file: None,
+                rate: 1000.0,
+            },
+            port,
+        )
+    };
+    let a = start(pa, pb);
+    let b = start(pb, pa);
+    let mut ca = Clients::new(&a).await;
+    let mut cb = Clients::new(&b).await;
+    let sender = register(&mut ca.auth, "sender").await;
+    let reader = register(&mut ca.auth, "reader").await;
+    let g = ca
+        .groups
+        .create_group(authed(
+            &sender,
+            CreateGroupRequest {
+                name: "fan".into(),
+                member_ids: vec![uid(&reader)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Subscribe on replica B, send through replica A.
+    let mut stream = cb
+        .groups
+        .subscribe(authed(
+            &reader,
+            SubscribeRequest {
+                conversation_id: g.id,
+                after_seq: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    for i in 1..=20 {
+        ca.groups
+            .send_message(authed(&sender, send(g.id, &format!("m{i}"), "")))
+            .await
+            .unwrap();
+    }
+    for want in 1..=10 {
+        assert_eq!(next_seq(&mut stream).await, want);
+    }
+    // Delivered by push, not by the 2-second safety poll.
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Reconnect after seq 10: the rest arrives, each once, in order.
+    drop(stream);
+    let mut resumed = cb
+        .groups
+        .subscribe(authed(
+            &reader,
+            SubscribeRequest {
+                conversation_id: g.id,
+                after_seq: 10,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for want in 11..=20 {
+        assert_eq!(next_seq(&mut resumed).await, want);
+    }
+    ca.groups
+        .send_message(authed(&sender, send(g.id, "live", "")))
+        .await
+        .unwrap();
+    assert_eq!(next_seq(&mut resumed).await, 21);
+
+    // Edits reach the subscriber as updates.
+    ca.groups
+        .edit_message(authed(
+            &sender,
+            EditMessageRequest {
+                conversation_id: g.id,
+                seq: 21,
+                text: "edited".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match update.kind {
+        Some(event::Kind::Updated(m)) => assert_eq!((m.seq, m.text.as_str()), (21, "edited")),
+        other => panic!("expected an update, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_see_own_writes_with_a_lagging_replica() {
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "ryw".into(),
+                member_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    s.db.replica.wait_caught_up(&s.db.primary);
+    s.db.replica.pause_apply();
+    let sent = c
+        .groups
+        .send_message(authed(&a, send(g.id, "mine", "")))
+        .await
+        .unwrap();
+    let token = sent
+        .metadata()
+        .get("x-chat-consistency")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("consistency token");
+    assert!(!token.is_empty());
+    // The replica has not applied the send; the sender still sees it.
+    assert_eq!(
+        s.db.replica.sql(&format!(
+            "SELECT COUNT(*) FROM chat.groups_messages WHERE conversation_id = {}",
+            g.id
+        )),
+        "0"
+    );
+    let h = c
+        .groups
+        .history(authed(
+            &a,
+            HistoryRequest {
+                conversation_id: g.id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.messages.len(), 1);
+    s.db.replica.resume_apply();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_down_and_primary_moved() {
+    let keys = Keys::new();
+    let mut db = Db::start();
+    let dir = chatcluster_tests::TempDir::new("primary-file");
+    let file = dir.path().join("primary");
+    std::fs::write(&file, db.primary.address()).unwrap();
+    let chatd = Chatd::start(
+        &keys,
+        Options {
+            services: "auth,groups",
+            primary: db.primary.address(),
+            replicas: Some(db.replica.address()),
+            peers: vec![],
+            primary_file: Some(file.clone()),
+            rate: 1000.0,
+        },
+        free_port(),
+    );
+    let mut c = Clients::new(&chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "ha".into(),
+                member_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    c.groups
+        .send_message(authed(&a, send(g.id, "one", "")))
+        .await
+        .unwrap();
+    db.replica.wait_caught_up(&db.primary);
+
+    // Promote the replica by hand and point the file at it; the old primary dies.
+    db.replica
+        .sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;");
+    std::fs::write(&file, db.replica.address()).unwrap();
+    db.primary.kill();
+    let mut sent = None;
+    for _ in 0..50 {
+        match c
+            .groups
+            .send_message(authed(&a, send(g.id, "two", "after-failover")))
+            .await
+        {
+            Ok(m) => {
+                sent = Some(m.into_inner());
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sent.expect("writes resume on the new primary").seq, 2);
+    // Reads keep working with the (old) replica address gone from the read path too.
+    let h = c
+        .groups
+        .history(authed(
+            &a,
+            HistoryRequest {
+                conversation_id: g.id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.messages.len(), 2);
+}
+
+#[test]
+fn refuses_to_start_without_services() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service to run"));
+}

@@ -1,0 +1,251 @@
+//! A chat cluster for tests: a MariaDB primary and GTID replica, and chatd processes (the real
+//! binary) on free ports, all removed when dropped.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{process::Command, time::Duration};
+
+use chatcluster_tests::{
+    Process, TempDir, free_port,
+    mariadb::{APP_PASSWORD, APP_USER, MariaDb},
+};
+use chatd::pb::{
+    auth::{RegisterRequest, Session, auth_client::AuthClient},
+    dms::dms_client::DmsClient,
+    groups::groups_client::GroupsClient,
+    servers::servers_client::ServersClient,
+};
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
+};
+use tonic::{Request, transport::Channel};
+
+pub struct Keys {
+    pub dir: TempDir,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        let dir = TempDir::new("chatd-keys");
+        let key = SigningKey::from_bytes(&rand_bytes());
+        std::fs::write(
+            dir.path().join("private.pem"),
+            key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("public.pem"),
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        )
+        .unwrap();
+        Self { dir }
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (std::process::id() as u8)
+            .wrapping_mul(31)
+            .wrapping_add(i as u8 * 7 + 1);
+    }
+    b
+}
+
+pub struct Db {
+    pub primary: MariaDb,
+    pub replica: MariaDb,
+}
+
+impl Db {
+    pub fn start() -> Self {
+        let primary = MariaDb::start(1, &[]);
+        let replica = MariaDb::start(2, &[]);
+        replica.replicate_from(&primary);
+        Self { primary, replica }
+    }
+}
+
+pub struct Chatd {
+    pub port: u16,
+    process: Process,
+}
+
+pub struct Options<'a> {
+    pub services: &'a str,
+    pub primary: String,
+    pub replicas: Option<String>,
+    pub peers: Vec<String>,
+    pub primary_file: Option<std::path::PathBuf>,
+    pub rate: f64,
+}
+
+impl Chatd {
+    pub fn start(keys: &Keys, opts: Options<'_>, port: u16) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("CHATD_SERVICES", opts.services)
+            .env("CHATD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHATD_DB_PRIMARY", &opts.primary)
+            .env("CHATD_DB_USER", APP_USER)
+            .env("CHATD_DB_PASSWORD", APP_PASSWORD)
+            .env(
+                "CHATD_TOKEN_PUBLIC_KEY_FILE",
+                keys.dir.path().join("public.pem"),
+            )
+            .env(
+                "CHATD_TOKEN_PRIVATE_KEY_FILE",
+                keys.dir.path().join("private.pem"),
+            )
+            .env("CHATD_POD_NAME", format!("chatd-{port}"))
+            .env("CHATD_ADVERTISE", format!("127.0.0.1:{port}"))
+            .env("CHATD_RATE_PER_SECOND", opts.rate.to_string())
+            .env("CHATD_RATE_BURST", (opts.rate * 2.0).to_string())
+            .env("CHATD_DRAIN_SECONDS", "0.2");
+        if let Some(r) = &opts.replicas {
+            cmd.env("CHATD_DB_REPLICAS", r);
+        }
+        if !opts.peers.is_empty() {
+            cmd.env("CHATD_PEERS", opts.peers.join(","));
+        }
+        if let Some(f) = &opts.primary_file {
+            cmd.env("CHATD_DB_PRIMARY_FILE", f);
+        }
+        let process = Process::spawn(&mut cmd);
+        let me = Self { port, process };
+        me.wait_serving();
+        me
+    }
+
+    /// Blocks until chatd reports SERVING; on its own thread and runtime, so it can be called
+    /// from sync and async tests alike.
+    fn wait_serving(&self) {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.wait_serving_on_this_thread())
+                .join()
+                .unwrap();
+        });
+    }
+
+    fn wait_serving_on_this_thread(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..300 {
+                if let Ok(channel) = Channel::from_shared(self.url()).unwrap().connect().await
+                    && let Ok(r) = tonic_health::pb::health_client::HealthClient::new(channel)
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                    && r.into_inner().status == 1
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("chatd on {} did not become healthy", self.port);
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.process.running()
+    }
+
+    pub fn stop(self) {}
+}
+
+/// One chatd with every service over a primary and a replica.
+pub struct Setup {
+    pub keys: Keys,
+    pub db: Db,
+    pub chatd: Chatd,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Self::with_rate(1000.0)
+    }
+
+    pub fn with_rate(rate: f64) -> Self {
+        let keys = Keys::new();
+        let db = Db::start();
+        let chatd = Chatd::start(
+            &keys,
+            Options {
+                services: "auth,groups,dms,servers",
+                primary: db.primary.address(),
+                replicas: Some(db.replica.address()),
+                peers: vec![],
+                primary_file: None,
+                rate,
+            },
+            free_port(),
+        );
+        Self { keys, db, chatd }
+    }
+}
+
+pub struct Clients {
+    pub auth: AuthClient<Channel>,
+    pub groups: GroupsClient<Channel>,
+    pub dms: DmsClient<Channel>,
+    pub servers: ServersClient<Channel>,
+}
+
+impl Clients {
+    pub async fn new(chatd: &Chatd) -> Self {
+        let ch = chatd.channel().await;
+        Self {
+            auth: AuthClient::new(ch.clone()),
+            groups: GroupsClient::new(ch.clone()),
+            dms: DmsClient::new(ch.clone()),
+            servers: ServersClient::new(ch),
+        }
+    }
+}
+
+pub async fn register(auth: &mut AuthClient<Channel>, name: &str) -> Session {
+    auth.register(RegisterRequest {
+        username: name.into(),
+        password: "correct horse battery".into(),
+        display_name: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A request carrying `session`'s access token.
+pub fn authed<T>(session: &Session, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", session.access_token).parse().unwrap(),
+    );
+    req
+}
+
+pub fn uid(s: &Session) -> u64 {
+    s.profile.as_ref().unwrap().user_id
+}
