@@ -4,17 +4,31 @@
 pub mod mariadb;
 
 use std::{
+    collections::HashSet,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never handed out before by this process (tests
+/// run in parallel, and a port a test has not bound yet looks free to the next one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A directory removed when dropped.
@@ -23,8 +37,9 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A fresh directory under the system temp dir.
     pub fn new(prefix: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), free_port()));
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self(path)
     }
@@ -56,6 +71,25 @@ impl Process {
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Send SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+    }
+
+    /// Wait up to `timeout` for it to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
     }
 }
 

@@ -42,6 +42,9 @@ impl MariaDb {
     pub fn start(server_id: u32, extra: &[&str]) -> Self {
         let dir = TempDir::new(&format!("mariadb-{server_id}"));
         let data = dir.path().join("data");
+        // Each server its own tmpdir: nothing shared between servers started side by side.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("mkdir {}: {e}", tmp.display()));
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -50,6 +53,8 @@ impl MariaDb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
+            .env("TMPDIR", &tmp)
             .output()
             .unwrap_or_else(|e| panic!("mariadb-install-db (run scripts/setup.sh): {e}"));
         assert!(
@@ -90,6 +95,8 @@ impl MariaDb {
             "--skip-name-resolve",
         ])
         .arg(format!("--datadir={}", d.join("data").display()))
+        .arg(format!("--tmpdir={}", d.join("tmp").display()))
+        .env("TMPDIR", d.join("tmp"))
         .arg(format!("--socket={}", socket(&self.dir).display()))
         .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
         .arg(format!("--log-error={}", d.join("error.log").display()))

@@ -172,6 +172,16 @@ impl Db {
         Ok(())
     }
 
+    /// `(pool, size, idle)` of each pool, for metrics.
+    pub async fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        let primary = self.primary().await;
+        let mut out = vec![("primary", primary.size(), primary.num_idle())];
+        if let Some(r) = &self.replicas {
+            out.push(("replica", r.size(), r.num_idle()));
+        }
+        out
+    }
+
     /// The token of what this connection committed last.
     pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
         let token: Option<String> = sqlx::query_scalar(self.dialect.commit_token_sql())

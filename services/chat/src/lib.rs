@@ -14,4 +14,5 @@ pub mod messages;
 pub mod pb;
 pub mod server;
 pub mod services;
+pub mod telemetry;
 pub mod token;

@@ -19,6 +19,12 @@ struct Args {
     /// gRPC address.
     #[arg(long, env = "CHATD_LISTEN", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+    /// Prometheus metrics address (`/metrics`).
+    #[arg(long, env = "CHATD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log as JSON lines.
+    #[arg(long, env = "CHATD_LOG_JSON")]
+    log_json: bool,
     /// `host:port` of the database primary.
     #[arg(long, env = "CHATD_DB_PRIMARY", default_value = "127.0.0.1:3306")]
     db_primary: String,
@@ -94,7 +100,12 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 
     if args.services.is_empty() {
         eprintln!("chatd: {}", chatd::server::StartError::NoServices);
@@ -115,6 +126,7 @@ async fn main() -> ExitCode {
     let config = Config {
         services: args.services,
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         db: DbConfig {
             primary: args.db_primary,
             replicas: args.db_replicas,

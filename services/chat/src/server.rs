@@ -24,6 +24,7 @@ use crate::{
         groups::GroupsService,
         servers::ServersService,
     },
+    telemetry::{Metrics, TelemetryLayer},
     token::{KeyError, Signer, Verifier},
 };
 
@@ -74,6 +75,8 @@ pub struct Config {
     pub services: Vec<ServiceName>,
     /// gRPC address.
     pub listen: SocketAddr,
+    /// Prometheus metrics address (`/metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// The database.
     pub db: DbConfig,
     /// A file holding the primary's `host:port`, re-read every second (laptop modes, where
@@ -123,6 +126,9 @@ pub enum StartError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics port could not be bound.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -183,6 +189,19 @@ pub async fn serve(
         drain_rx,
     );
 
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(StartError::Metrics)?;
+        tokio::spawn(serve_metrics(listener, metrics.clone()));
+    }
+    tokio::spawn(sample_gauges(
+        metrics.clone(),
+        app.db.clone(),
+        app.hub.clone(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -190,6 +209,7 @@ pub async fn serve(
     let has = |s| config.services.contains(&s);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(TelemetryLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FanoutServer::new(FanoutService {
@@ -234,6 +254,36 @@ pub async fn serve(
     router.serve_with_shutdown(config.listen, stop).await?;
     info!("stopped");
     Ok(())
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match metrics.encode() {
+                    Ok(text) => (axum::http::StatusCode::OK, text),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Gauges read from their owners every few seconds.
+async fn sample_gauges(metrics: Arc<Metrics>, db: Arc<Db>, hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        for (pool, size, idle) in db.pool_stats().await {
+            metrics.set_pool(pool, size, idle);
+        }
+        metrics.set_subscribed(hub.subscribed());
+    }
 }
 
 async fn follow_primary_file(db: Arc<Db>, path: PathBuf) {

@@ -696,12 +696,8 @@ async fn fan_out_across_replicas_in_order_and_resume_without_gap() {
         Chatd::start(
             &keys,
             Options {
-                services: "auth,groups",
-                primary: db.primary.address(),
-                replicas: Some(db.replica.address()),
                 peers: vec![format!("127.0.0.1:{peer}")],
-                primary_file: None,
-                rate: 1000.0,
+                ..Options::new("auth,groups", &db)
             },
             port,
         )
@@ -866,12 +862,8 @@ async fn replicas_down_and_primary_moved() {
     let chatd = Chatd::start(
         &keys,
         Options {
-            services: "auth,groups",
-            primary: db.primary.address(),
-            replicas: Some(db.replica.address()),
-            peers: vec![],
             primary_file: Some(file.clone()),
-            rate: 1000.0,
+            ..Options::new("auth,groups", &db)
         },
         free_port(),
     );

@@ -81,6 +81,24 @@ pub struct Options<'a> {
     pub peers: Vec<String>,
     pub primary_file: Option<std::path::PathBuf>,
     pub rate: f64,
+    pub metrics_port: Option<u16>,
+    pub drain_seconds: f64,
+}
+
+impl<'a> Options<'a> {
+    /// `services` over `db`'s primary and replica, no peers, generous rate limit.
+    pub fn new(services: &'a str, db: &Db) -> Self {
+        Self {
+            services,
+            primary: db.primary.address(),
+            replicas: Some(db.replica.address()),
+            peers: vec![],
+            primary_file: None,
+            rate: 1000.0,
+            metrics_port: None,
+            drain_seconds: 0.2,
+        }
+    }
 }
 
 impl Chatd {
@@ -106,7 +124,10 @@ impl Chatd {
             .env("CHATD_ADVERTISE", format!("127.0.0.1:{port}"))
             .env("CHATD_RATE_PER_SECOND", opts.rate.to_string())
             .env("CHATD_RATE_BURST", (opts.rate * 2.0).to_string())
-            .env("CHATD_DRAIN_SECONDS", "0.2");
+            .env("CHATD_DRAIN_SECONDS", opts.drain_seconds.to_string());
+        if let Some(p) = opts.metrics_port {
+            cmd.env("CHATD_METRICS_LISTEN", format!("127.0.0.1:{p}"));
+        }
         if let Some(r) = &opts.replicas {
             cmd.env("CHATD_DB_REPLICAS", r);
         }
@@ -172,7 +193,9 @@ impl Chatd {
         self.process.running()
     }
 
-    pub fn stop(self) {}
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 /// One chatd with every service over a primary and a replica.
@@ -193,12 +216,8 @@ impl Setup {
         let chatd = Chatd::start(
             &keys,
             Options {
-                services: "auth,groups,dms,servers",
-                primary: db.primary.address(),
-                replicas: Some(db.replica.address()),
-                peers: vec![],
-                primary_file: None,
                 rate,
+                ..Options::new("auth,groups,dms,servers", &db)
             },
             free_port(),
         );

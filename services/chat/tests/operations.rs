@@ -1,0 +1,182 @@
+//! Operating chatd: Prometheus metrics, graceful drain on SIGTERM, migrations raced by many
+//! replicas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chatcluster_tests::free_port;
+use chatd::pb::{
+    chat::{SendMessageRequest, SubscribeRequest},
+    groups::CreateGroupRequest,
+};
+use common::{Chatd, Clients, Db, Keys, Options, authed, register};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_calls_by_code_and_drain_ends_streams_cleanly() {
+    let keys = Keys::new();
+    let db = Db::start();
+    let metrics_port = free_port();
+    let mut chatd = Chatd::start(
+        &keys,
+        Options {
+            metrics_port: Some(metrics_port),
+            drain_seconds: 1.5,
+            ..Options::new("auth,groups", &db)
+        },
+        free_port(),
+    );
+    let mut c = Clients::new(&chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "ops".into(),
+                member_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let send = |text: &str| SendMessageRequest {
+        conversation_id: g.id,
+        text: text.into(),
+        client_key: String::new(),
+    };
+    c.groups
+        .send_message(authed(&a, send("one")))
+        .await
+        .unwrap();
+    let denied = c.groups.send_message(send("no token")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    let mut stream = c
+        .groups
+        .subscribe(authed(
+            &a,
+            SubscribeRequest {
+                conversation_id: g.id,
+                after_seq: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+
+    let text = http_get(metrics_port, "/metrics");
+    assert!(
+        text.contains(
+            r#"chatd_requests_total{method="chatcluster.groups.v1.Groups/SendMessage",code="0"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"chatd_requests_total{method="chatcluster.groups.v1.Groups/SendMessage",code="16"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"chatd_in_flight{method="chatcluster.groups.v1.Groups/Subscribe"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("chatd_request_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    // SIGTERM: the service reports NOT_SERVING while still answering, the stream ends with
+    // no error, and the process exits 0.
+    chatd.process().terminate();
+    let mut health = HealthClient::new(chatd.channel().await);
+    let mut not_serving = false;
+    for _ in 0..50 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "chatcluster.groups.v1.Groups".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == 2 {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(not_serving, "health went NOT_SERVING during the drain");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "stream ended cleanly: {end:?}");
+    let status =
+        tokio::task::spawn_blocking(move || chatd.process().wait_exit(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_replicas_migrating_at_once_apply_each_step_once() {
+    let db = Db::start();
+    let url_cfg = chatd::db::DbConfig {
+        primary: db.primary.address(),
+        replicas: None,
+        database: chatcluster_tests::mariadb::APP_DB.into(),
+        user: chatcluster_tests::mariadb::APP_USER.into(),
+        password: chatcluster_tests::mariadb::APP_PASSWORD.into(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let cfg = url_cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = chatd::db::Db::connect(cfg).await.unwrap();
+            chatd::services::groups::GroupsService::migrate(&db)
+                .await
+                .unwrap();
+            chatd::services::servers::ServersService::migrate(&db)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        db.primary
+            .sql("SELECT COUNT(*), MAX(version) FROM chat.groups_schema_migrations"),
+        "3\t3"
+    );
+    assert_eq!(
+        db.primary
+            .sql("SELECT COUNT(*), MAX(version) FROM chat.servers_schema_migrations"),
+        "5\t5"
+    );
+    // Every service owns its own prefix.
+    let tables = db.primary.sql("SELECT GROUP_CONCAT(table_name ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'chat'");
+    for t in tables.split(',') {
+        assert!(t.starts_with("groups_") || t.starts_with("servers_"), "{t}");
+    }
+}
