@@ -171,7 +171,7 @@ async fn create_builds_every_child_and_reports_progressing() {
         ]
     );
     assert_eq!(h.api.names("apps/v1/statefulsets", NS).len(), 2);
-    assert_eq!(h.api.names("v1/services", NS).len(), 9);
+    assert_eq!(h.api.names("v1/services", NS).len(), 13);
     assert_eq!(h.api.names("v1/configmaps", NS).len(), 3);
     assert_eq!(h.api.names("policy/v1/poddisruptionbudgets", NS).len(), 7);
     assert_eq!(h.api.names("v1/serviceaccounts", NS), ["demo-xds"]);

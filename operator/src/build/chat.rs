@@ -232,6 +232,15 @@ fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<E
         ),
         field("CHATD_POD_NAME", "metadata.name"),
         field("CHATD_POD_IP", "status.podIP"),
+        // Replicas push new-message hints to each other; they find each other by DNS.
+        plain(
+            "CHATD_PEERS_DNS",
+            c.service_host(&names::service_peers(c, kind)),
+        ),
+        plain(
+            "CHATD_ADVERTISE",
+            format!("$(CHATD_POD_IP):{}", ports::CHATD_GRPC),
+        ),
         plain("RUST_LOG", "info".into()),
     ];
     if kind == ServiceKind::Auth {
@@ -241,6 +250,28 @@ fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<E
         ));
     }
     env
+}
+
+/// The headless Service resolving to every ready pod of one chat service: how its replicas
+/// find each other for fan-out.
+pub fn peers_service(c: &ClusterRef, kind: ServiceKind) -> Service {
+    let component = kind.as_str();
+    Service {
+        metadata: c.meta(names::service_peers(c, kind), c.labels(component, "chatd")),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(c.selector(component)),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".into()),
+                port: ports::CHATD_GRPC,
+                target_port: Some(IntOrString::String("grpc".into())),
+                app_protocol: Some("kubernetes.io/h2c".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these

@@ -209,6 +209,7 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
         out.deployments
             .push(chat::deployment(&cluster, spec, kind, svc, replicas));
         out.services.push(chat::service(&cluster, kind));
+        out.services.push(chat::peers_service(&cluster, kind));
         out.pod_disruption_budgets.push(pod::disruption_budget(
             &cluster,
             &names::service(&cluster, kind),

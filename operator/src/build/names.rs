@@ -8,6 +8,11 @@ pub fn service(c: &ClusterRef, kind: ServiceKind) -> String {
     format!("{}-{kind}", c.name)
 }
 
+/// Headless Service listing a chat service's pods, for replica-to-replica fan-out.
+pub fn service_peers(c: &ClusterRef, kind: ServiceKind) -> String {
+    format!("{}-{kind}-peers", c.name)
+}
+
 /// Generated database credentials.
 pub fn db_secret(c: &ClusterRef) -> String {
     format!("{}-db", c.name)

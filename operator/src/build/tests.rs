@@ -93,13 +93,17 @@ fn empty_spec_builds_every_child() {
         names(d.services.iter().map(|x| x.name_any()).collect()),
         [
             "demo-auth",
+            "demo-auth-peers",
             "demo-db",
             "demo-db-primary",
             "demo-db-replicas",
             "demo-dms",
+            "demo-dms-peers",
             "demo-envoy",
             "demo-groups",
+            "demo-groups-peers",
             "demo-servers",
+            "demo-servers-peers",
             "demo-xds"
         ]
     );
@@ -143,7 +147,7 @@ fn empty_spec_builds_every_child() {
 fn every_child_is_owned_labelled_and_namespaced() {
     let d = build(ChatClusterSpec::default());
     let objects = d.objects().expect("objects");
-    assert_eq!(objects.len(), 30);
+    assert_eq!(objects.len(), 34);
     for obj in &objects {
         let name = obj.name_any();
         assert_eq!(obj.metadata.namespace.as_deref(), Some("chat"), "{name}");
@@ -258,6 +262,24 @@ fn chatd_deployment_is_wired_and_locked_down() {
             env_value(c, "CHATD_DB_REPLICAS").as_deref(),
             Some("demo-db-replicas.chat.svc:3306")
         );
+        assert_eq!(
+            env_value(c, "CHATD_PEERS_DNS"),
+            Some(format!("demo-{kind}-peers.chat.svc"))
+        );
+        assert_eq!(
+            env_value(c, "CHATD_METRICS_LISTEN").as_deref(),
+            Some("0.0.0.0:9090")
+        );
+        // The peers Service is headless over this service's pods only.
+        let peers = service(&d, &format!("demo-{kind}-peers"))
+            .spec
+            .clone()
+            .expect("spec");
+        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        assert!(selects(
+            &peers.selector.unwrap_or_default(),
+            &template_labels(&dep.spec.template)
+        ));
         let password = env(c, "CHATD_DB_PASSWORD")
             .and_then(|e| e.value_from.as_ref())
             .and_then(|v| v.secret_key_ref.as_ref())
