@@ -802,20 +802,42 @@ async fn reads_see_own_writes_with_a_lagging_replica() {
     let s = Setup::new();
     let mut c = Clients::new(&s.chatd).await;
     let a = register(&mut c.auth, "alice").await;
+    let b = register(&mut c.auth, "bob").await;
+    s.db.replica.wait_caught_up(&s.db.primary);
+    s.db.replica.pause_apply();
     let g = c
         .groups
         .create_group(authed(
             &a,
             CreateGroupRequest {
                 name: "ryw".into(),
-                member_ids: vec![],
+                member_ids: vec![uid(&b)],
             },
         ))
         .await
         .unwrap()
         .into_inner();
-    s.db.replica.wait_caught_up(&s.db.primary);
-    s.db.replica.pause_apply();
+    // Bob wrote nothing, carries no token, and the replica has not seen the group: a denial
+    // from the replica is re-checked on the primary, so he can read it at once.
+    let seen = c
+        .groups
+        .get_group(authed(&b, GetGroupRequest { group_id: g.id }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.members.len(), 2);
+    let mut bobs = c
+        .groups
+        .subscribe(authed(
+            &b,
+            SubscribeRequest {
+                conversation_id: g.id,
+                after_seq: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let sent = c
         .groups
         .send_message(authed(&a, send(g.id, "mine", "")))
@@ -849,6 +871,8 @@ async fn reads_see_own_writes_with_a_lagging_replica() {
         .unwrap()
         .into_inner();
     assert_eq!(h.messages.len(), 1);
+    // Bob's subscription got the message through the hint's token, replica still paused.
+    assert_eq!(next_seq(&mut bobs).await, 1);
     s.db.replica.resume_apply();
 }
 
@@ -932,4 +956,279 @@ fn refuses_to_start_without_services() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no service to run"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ownership_roles_invites_and_channels() {
+    use chatd::pb::{
+        dms::ListConversationsRequest,
+        groups::{LeaveRequest, ListMyGroupsRequest},
+        servers::{DeleteChannelRequest, RenameChannelRequest, Role as ServerRole, SetRoleRequest},
+    };
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let b = register(&mut c.auth, "bob").await;
+    let d = register(&mut c.auth, "dora").await;
+
+    // The owner leaving hands the group to the admin before older members.
+    let g = c
+        .groups
+        .create_group(authed(
+            &a,
+            CreateGroupRequest {
+                name: "g".into(),
+                member_ids: vec![uid(&d)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    c.groups
+        .add_member(authed(
+            &a,
+            AddMemberRequest {
+                group_id: g.id,
+                user_id: uid(&b),
+                role: Role::Admin as i32,
+            },
+        ))
+        .await
+        .unwrap();
+    c.groups
+        .leave(authed(&a, LeaveRequest { group_id: g.id }))
+        .await
+        .unwrap();
+    let after = c
+        .groups
+        .get_group(authed(&d, GetGroupRequest { group_id: g.id }))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = after
+        .members
+        .iter()
+        .find(|m| m.role == Role::Owner as i32)
+        .unwrap();
+    assert_eq!(owner.user_id, uid(&b));
+    assert!(after.members.iter().all(|m| m.user_id != uid(&a)));
+    let mine = c
+        .groups
+        .list_my_groups(authed(&d, ListMyGroupsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        mine.groups.iter().map(|g| g.id).collect::<Vec<_>>(),
+        vec![g.id]
+    );
+    let none = c
+        .groups
+        .list_my_groups(authed(&a, ListMyGroupsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.groups.is_empty());
+
+    // Invites expire.
+    let server = c
+        .servers
+        .create_server(authed(
+            &a,
+            CreateServerRequest {
+                name: "club".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let short = c
+        .servers
+        .create_invite(authed(
+            &a,
+            CreateInviteRequest {
+                server_id: server.id,
+                ttl_seconds: 1,
+                max_uses: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let open = c
+        .servers
+        .create_invite(authed(
+            &a,
+            CreateInviteRequest {
+                server_id: server.id,
+                ttl_seconds: 600,
+                max_uses: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = c
+        .servers
+        .join(authed(&b, JoinRequest { code: short.code }))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition);
+    c.servers
+        .join(authed(
+            &b,
+            JoinRequest {
+                code: open.code.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    c.servers
+        .join(authed(&d, JoinRequest { code: open.code }))
+        .await
+        .unwrap();
+
+    // Roles: only the owner changes them; an admin manages channels but not roles.
+    let denied = c
+        .servers
+        .set_role(authed(
+            &b,
+            SetRoleRequest {
+                server_id: server.id,
+                user_id: uid(&d),
+                role: ServerRole::Admin as i32,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    c.servers
+        .set_role(authed(
+            &a,
+            SetRoleRequest {
+                server_id: server.id,
+                user_id: uid(&b),
+                role: ServerRole::Admin as i32,
+            },
+        ))
+        .await
+        .unwrap();
+    let denied = c
+        .servers
+        .set_role(authed(
+            &b,
+            SetRoleRequest {
+                server_id: server.id,
+                user_id: uid(&d),
+                role: ServerRole::Admin as i32,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let channel = c
+        .servers
+        .create_channel(authed(
+            &b,
+            CreateChannelRequest {
+                server_id: server.id,
+                name: "random".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let renamed = c
+        .servers
+        .rename_channel(authed(
+            &b,
+            RenameChannelRequest {
+                channel_id: channel.id,
+                name: "off-topic".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renamed.name, "off-topic");
+    c.servers
+        .send_message(authed(&d, send(channel.id, "hi", "")))
+        .await
+        .unwrap();
+    let denied = c
+        .servers
+        .delete_channel(authed(
+            &d,
+            DeleteChannelRequest {
+                channel_id: channel.id,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    c.servers
+        .delete_channel(authed(
+            &b,
+            DeleteChannelRequest {
+                channel_id: channel.id,
+            },
+        ))
+        .await
+        .unwrap();
+    let gone = c
+        .servers
+        .send_message(authed(&d, send(channel.id, "hello?", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // Handing over ownership leaves exactly one owner; the old owner may then leave.
+    let server = c
+        .servers
+        .set_role(authed(
+            &a,
+            SetRoleRequest {
+                server_id: server.id,
+                user_id: uid(&d),
+                role: ServerRole::Owner as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let owners: Vec<u64> = server
+        .members
+        .iter()
+        .filter(|m| m.role == ServerRole::Owner as i32)
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(owners, vec![uid(&d)]);
+
+    // Each DM participant lists the conversation.
+    let conv = c
+        .dms
+        .open(authed(&a, OpenRequest { user_id: uid(&b) }))
+        .await
+        .unwrap()
+        .into_inner();
+    for who in [&a, &b] {
+        let list = c
+            .dms
+            .list_conversations(authed(who, ListConversationsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            list.conversations.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![conv.id]
+        );
+    }
+    let list = c
+        .dms
+        .list_conversations(authed(&d, ListConversationsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.conversations.is_empty());
 }

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
-use super::App;
+use super::{App, PooledConn};
 use crate::{
     error::{Error, Result},
     fanout::Topic,
@@ -147,6 +147,17 @@ impl<M: Membership> Conversations<M> {
         Ok(self.app.written(user, &written.token, written.message))
     }
 
+    /// A connection to read `conv` from, after checking `user` may (see [`App::granted`]).
+    async fn read_access(&self, user: u64, conv: u64, token: Option<&str>) -> Result<PooledConn> {
+        let membership = self.membership.clone();
+        self.app
+            .granted(token, move |conn| {
+                let membership = membership.clone();
+                Box::pin(async move { membership.access(conn, user, conv).await.map(|_| ()) })
+            })
+            .await
+    }
+
     /// A page of history.
     pub async fn history(
         &self,
@@ -155,13 +166,10 @@ impl<M: Membership> Conversations<M> {
         let caller = self.app.caller(&req)?;
         let token = self.app.read_token(&req, caller.sub);
         let req = req.into_inner();
-        {
-            let mut conn = self.app.db.reader(token.as_deref()).await?;
-            self.membership
-                .access(&mut conn, caller.sub, req.conversation_id)
-                .await?;
-        }
-        let page = messages::history(&self.app.db, self.tables, &req, token.as_deref()).await?;
+        let mut conn = self
+            .read_access(caller.sub, req.conversation_id, token.as_deref())
+            .await?;
+        let page = messages::history(&mut conn, self.tables, &req).await?;
         Ok(Response::new(page))
     }
 
@@ -174,12 +182,10 @@ impl<M: Membership> Conversations<M> {
         let caller = self.app.caller(&req)?;
         let token = self.app.read_token(&req, caller.sub);
         let req = req.into_inner();
-        {
-            let mut conn = self.app.db.reader(token.as_deref()).await?;
-            self.membership
-                .access(&mut conn, caller.sub, req.conversation_id)
-                .await?;
-        }
+        drop(
+            self.read_access(caller.sub, req.conversation_id, token.as_deref())
+                .await?,
+        );
         let (tx, rx) = mpsc::channel(64);
         let stream = Stream {
             app: self.app.clone(),

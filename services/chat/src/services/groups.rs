@@ -62,20 +62,18 @@ fn migrations() -> Vec<String> {
 /// Members may read and write; owners and admins moderate.
 pub struct GroupMembership;
 
+/// `user`'s role in `group` (None: not a member), in one round trip; NOT_FOUND without it.
 async fn role_of(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<Option<Role>> {
-    let exists: Option<u64> = sqlx::query_scalar("SELECT id FROM groups_groups WHERE id = ?")
-        .bind(group)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if exists.is_none() {
-        return Err(Error::NotFound(format!("group {group} not found")));
-    }
-    let role: Option<i8> =
-        sqlx::query_scalar("SELECT role FROM groups_members WHERE group_id = ? AND user_id = ?")
-            .bind(group)
-            .bind(user)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<(Option<i8>,)> = sqlx::query_as(
+        "SELECT m.role FROM groups_groups g
+         LEFT JOIN groups_members m ON m.group_id = g.id AND m.user_id = ?
+         WHERE g.id = ?",
+    )
+    .bind(user)
+    .bind(group)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (role,) = row.ok_or_else(|| Error::NotFound(format!("group {group} not found")))?;
     Ok(role.and_then(|r| Role::try_from(i32::from(r)).ok()))
 }
 
@@ -227,8 +225,13 @@ impl Groups for GroupsService {
         let caller = self.app.caller(&req)?;
         let token = self.app.read_token(&req, caller.sub);
         let id = req.into_inner().group_id;
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
-        require_role(&mut conn, id, caller.sub).await?;
+        let user = caller.sub;
+        let mut conn = self
+            .app
+            .granted(token.as_deref(), move |conn| {
+                Box::pin(async move { require_role(conn, id, user).await.map(|_| ()) })
+            })
+            .await?;
         Ok(Response::new(load_group(&mut conn, id).await?))
     }
 

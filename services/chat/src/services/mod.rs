@@ -13,6 +13,8 @@ use std::{
     time::Instant,
 };
 
+use futures::future::BoxFuture;
+use sqlx::{MySql, MySqlConnection, pool::PoolConnection};
 use tokio::sync::watch;
 use tonic::{Request, Response, metadata::MetadataValue};
 
@@ -22,6 +24,9 @@ use crate::{
     fanout::Hub,
     token::{Claims, Verifier},
 };
+
+/// A pooled database connection.
+pub type PooledConn = PoolConnection<MySql>;
 
 /// Response and request header carrying a consistency token (see [`crate::db`]).
 pub const CONSISTENCY_HEADER: &str = "x-chat-consistency";
@@ -111,6 +116,27 @@ impl App {
         let claims = self.caller(req)?;
         self.limiter.check(claims.sub)?;
         Ok(claims)
+    }
+
+    /// A connection on which `check` (an access check) passed: a replica that has applied
+    /// `token` when it grants access; when it denies, the primary decides, since the replica may
+    /// lack what was created a moment ago through another chatd replica. Reads that follow use
+    /// the returned connection, so they see what the check saw.
+    pub async fn granted<F>(&self, token: Option<&str>, check: F) -> Result<PooledConn>
+    where
+        F: for<'c> Fn(&'c mut MySqlConnection) -> BoxFuture<'c, Result<()>>,
+    {
+        let mut conn = self.db.reader(token).await?;
+        match check(&mut conn).await {
+            Ok(()) => Ok(conn),
+            Err(Error::NotFound(_) | Error::PermissionDenied(_)) => {
+                drop(conn);
+                let mut primary = self.db.primary().await.acquire().await?;
+                check(&mut primary).await?;
+                Ok(primary)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The token a read by `user` must observe: the request's, else the user's last write here.

@@ -110,20 +110,18 @@ fn role_code(role: Role) -> i8 {
     i8::try_from(role as i32).unwrap_or(0)
 }
 
+/// `user`'s role in `server` (None: not a member), in one round trip; NOT_FOUND without it.
 async fn role_of(conn: &mut MySqlConnection, server: u64, user: u64) -> Result<Option<Role>> {
-    let exists: Option<u64> = sqlx::query_scalar("SELECT id FROM servers_servers WHERE id = ?")
-        .bind(server)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if exists.is_none() {
-        return Err(Error::NotFound(format!("server {server} not found")));
-    }
-    let role: Option<i8> =
-        sqlx::query_scalar("SELECT role FROM servers_members WHERE server_id = ? AND user_id = ?")
-            .bind(server)
-            .bind(user)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<(Option<i8>,)> = sqlx::query_as(
+        "SELECT m.role FROM servers_servers s
+         LEFT JOIN servers_members m ON m.server_id = s.id AND m.user_id = ?
+         WHERE s.id = ?",
+    )
+    .bind(user)
+    .bind(server)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (role,) = row.ok_or_else(|| Error::NotFound(format!("server {server} not found")))?;
     Ok(role.and_then(|r| Role::try_from(i32::from(r)).ok()))
 }
 
@@ -298,8 +296,13 @@ impl Servers for ServersService {
         let caller = self.app.caller(&req)?;
         let token = self.app.read_token(&req, caller.sub);
         let id = req.into_inner().server_id;
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
-        require(&mut conn, id, caller.sub, None).await?;
+        let user = caller.sub;
+        let mut conn = self
+            .app
+            .granted(token.as_deref(), move |conn| {
+                Box::pin(async move { require(conn, id, user, None).await.map(|_| ()) })
+            })
+            .await?;
         Ok(Response::new(load_server(&mut conn, id).await?))
     }
 
