@@ -112,8 +112,12 @@ pub struct Db {
     dialect: Dialect,
 }
 
-/// How long a read waits for its replica to catch up with a token before using the primary.
-const REPLICA_WAIT_SECONDS: f64 = 0.25;
+/// How long a user's read waits for its replica to catch up with a token before using the
+/// primary: a little latency traded for load kept off the primary.
+pub const READ_WAIT: Duration = Duration::from_millis(100);
+/// How long a subscription's read of a just-announced message waits: deliveries are latency
+/// sensitive, and reading a few rows by primary key costs the primary little.
+pub const DELIVERY_WAIT: Duration = Duration::from_millis(20);
 
 impl Db {
     /// Pools for `cfg`; asks the primary for its version (retrying while it starts).
@@ -191,8 +195,17 @@ impl Db {
     }
 
     /// A connection to read from that has applied `token`: a replica when one can be had and
-    /// has caught up (waiting briefly), else the primary.
+    /// has caught up within [`READ_WAIT`], else the primary.
     pub async fn reader(&self, token: Option<&str>) -> Result<PoolConnection<MySql>> {
+        self.reader_within(token, READ_WAIT).await
+    }
+
+    /// As [`reader`](Self::reader), waiting at most `wait` for the replica.
+    pub async fn reader_within(
+        &self,
+        token: Option<&str>,
+        wait: Duration,
+    ) -> Result<PoolConnection<MySql>> {
         if let Some(replicas) = &self.replicas {
             match replicas.acquire().await {
                 Ok(mut conn) => match token.filter(|t| !t.is_empty()) {
@@ -200,7 +213,7 @@ impl Db {
                     Some(t) => {
                         let waited = sqlx::query(self.dialect.wait_sql())
                             .bind(t)
-                            .bind(REPLICA_WAIT_SECONDS)
+                            .bind(wait.as_secs_f64())
                             .fetch_one(&mut *conn)
                             .await;
                         match waited.and_then(|row| row.try_get::<Option<i64>, _>(0)) {

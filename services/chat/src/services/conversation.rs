@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, info_span};
 
 use super::{App, PooledConn};
 use crate::{
+    db::DELIVERY_WAIT,
     error::{Error, Result},
     fanout::Topic,
     messages::{self, Change, Tables},
@@ -275,7 +276,11 @@ impl Stream {
     async fn catch_up(&mut self) -> Result<Flow> {
         loop {
             let batch = {
-                let mut conn = self.app.db.reader(self.token.as_deref()).await?;
+                let mut conn = self
+                    .app
+                    .db
+                    .reader_within(self.token.as_deref(), DELIVERY_WAIT)
+                    .await?;
                 messages::range(
                     &mut conn,
                     self.tables,
@@ -310,7 +315,11 @@ impl Stream {
 
     async fn send_update(&mut self, seq: u64, token: &str) -> Result<()> {
         let message = {
-            let mut conn = self.app.db.reader(Some(token)).await?;
+            let mut conn = self
+                .app
+                .db
+                .reader_within(Some(token), DELIVERY_WAIT)
+                .await?;
             messages::get(&mut conn, self.tables, self.topic.conversation, seq).await?
         };
         if let Some(message) = message {
