@@ -42,6 +42,9 @@ pub struct XdsConfig {
     pub endpoint_selector: String,
     /// Port of Envoy's TLS listener.
     pub listener_port: i32,
+    /// A second, plain-text listener (laptop modes and tests); none in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_port: Option<i32>,
     /// Secret holding the certificate Envoy serves (sent to Envoy over SDS).
     pub tls_secret: String,
     /// Accept gRPC-Web beside gRPC.
@@ -60,6 +63,8 @@ pub struct XdsService {
     pub name: String,
     /// Protobuf package routed to it: requests to `/<package>.*`.
     pub grpc_package: String,
+    /// gRPC service name its backends report health under (active health checks).
+    pub health_service: String,
     /// Service name whose EndpointSlices hold the endpoints.
     pub kubernetes_service: String,
     /// Upstream gRPC port.
@@ -91,6 +96,7 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
         namespace: c.namespace.clone(),
         endpoint_selector: format!("{}={}", labels::CLUSTER, c.name),
         listener_port: ports::ENVOY_HTTPS,
+        plaintext_port: None,
         tls_secret: tls_secret_name(c, spec),
         grpc_web: spec.ingress.grpc_web,
         leader_lease: leader_lease(c),
@@ -100,6 +106,7 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
             .map(|(kind, svc)| XdsService {
                 name: kind.as_str().into(),
                 grpc_package: kind.grpc_package().into(),
+                health_service: kind.grpc_service().into(),
                 kubernetes_service: names::service(c, kind),
                 port: ports::CHATD_GRPC,
                 load_balancing: svc.load_balancing,

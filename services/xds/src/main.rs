@@ -1,25 +1,86 @@
-//! chat-xds: the Envoy control plane of a ChatCluster (tracked in issue #4).
-//!
-//! The operator already deploys it with the configuration it will read: `CHAT_XDS_CONFIG`
-//! points at the file the operator writes (see `chat_operator::build::XdsConfig`).
+//! chat-xds: serves Envoy its configuration over ADS (State-of-the-World and Delta).
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
+use chat_operator::build::XdsConfig;
+use chat_xds::{
+    ads::{Ads, Clients},
+    discovery::{self, Discovered},
+    pipeline,
+};
 use clap::Parser;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tracing::info;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "ChatCluster xDS control plane for Envoy")]
-struct Config {
-    /// The configuration file written by the operator.
+struct Args {
+    /// The configuration file written by the operator (or by the local runner).
     #[arg(long, env = "CHAT_XDS_CONFIG")]
-    config: Option<std::path::PathBuf>,
+    config: PathBuf,
+    /// Static endpoints file (laptop modes), watched for changes.
+    #[arg(long, env = "CHAT_XDS_ENDPOINTS_FILE")]
+    endpoints_file: Option<PathBuf>,
+    /// ADS address.
+    #[arg(long, env = "CHAT_XDS_LISTEN", default_value = "0.0.0.0:18000")]
+    listen: SocketAddr,
+    /// How often watched files are checked, in milliseconds.
+    #[arg(long, env = "CHAT_XDS_POLL_MS", default_value_t = 100)]
+    poll_ms: u64,
 }
 
-fn main() -> ExitCode {
-    let config = Config::parse();
-    eprintln!(
-        "chat-xds: configuration {:?}, but this build does not contain the control plane yet",
-        config.config
-    );
-    ExitCode::FAILURE
+/// Envoy's own limit is far above tonic's 4 MiB default; thousands of endpoints need it.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let config_text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let config: XdsConfig = serde_yaml::from_str(&config_text)
+        .with_context(|| format!("{} is not a chat-xds configuration", args.config.display()))?;
+    let Some(endpoints_file) = args.endpoints_file else {
+        anyhow::bail!(
+            "set CHAT_XDS_ENDPOINTS_FILE: Kubernetes EndpointSlice discovery is not in this build yet"
+        );
+    };
+    let initial = discovery::parse_file(&endpoints_file)?;
+    let poll = Duration::from_millis(args.poll_ms.max(10));
+
+    let snapshot = Arc::new(pipeline::rebuild(&config, &initial, None));
+    let (config_tx, config_rx) = watch::channel(config);
+    let (discovered_tx, discovered_rx) = watch::channel::<Discovered>(initial);
+    let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+    tokio::spawn(discovery::watch_yaml(args.config.clone(), poll, config_tx));
+    tokio::spawn(discovery::watch_file(endpoints_file, poll, discovered_tx));
+    tokio::spawn(pipeline::run(config_rx, discovered_rx, snapshot_tx));
+
+    let clients = Arc::new(Clients::default());
+    let ads = AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    info!(listen = %args.listen, "chat-xds serving");
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(ads)
+        .serve_with_shutdown(args.listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }

@@ -1,0 +1,171 @@
+//! Where endpoints (and the certificate) come from. The laptop modes use a file, watched for
+//! changes; a malformed file is refused with a clear error and the last good state is kept.
+//! (The Kubernetes EndpointSlice source is the other implementation of the same output.)
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::model::{Certificate, Endpoint};
+
+/// What a discovery source reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Discovered {
+    /// Endpoints by service name.
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// The serving certificate.
+    pub certificate: Option<Certificate>,
+}
+
+/// The static file's format.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StaticFile {
+    #[serde(default)]
+    services: BTreeMap<String, Vec<Endpoint>>,
+    #[serde(default)]
+    certificate: Option<CertificateFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CertificateFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// Why a file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid.
+    #[error("{path} is invalid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn read(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parse the static endpoints file (and read the certificate files it names).
+pub fn parse_file(path: &Path) -> Result<Discovered, FileError> {
+    let invalid = |message: String| FileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let parsed: StaticFile =
+        serde_yaml::from_str(&read(path)?).map_err(|e| invalid(e.to_string()))?;
+    for (service, endpoints) in &parsed.services {
+        for e in endpoints {
+            if e.address.is_empty() || e.port == 0 {
+                return Err(invalid(format!(
+                    "service {service}: endpoint {e:?} needs an address and a port"
+                )));
+            }
+        }
+    }
+    let certificate = match parsed.certificate {
+        None => None,
+        Some(files) => Some(Certificate {
+            cert_pem: read(&files.cert_file)?,
+            key_pem: read(&files.key_file)?,
+        }),
+    };
+    Ok(Discovered {
+        endpoints: parsed.services,
+        certificate,
+    })
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Watch the static file, publishing every valid version of it. Polls every `every`; the
+/// certificate files are re-read on each poll too, so a rotated certificate is picked up.
+pub async fn watch_file(path: PathBuf, every: Duration, tx: watch::Sender<Discovered>) {
+    let mut last_stamp = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        let file_changed = now != last_stamp;
+        if !file_changed && tx.borrow().certificate.is_none() {
+            continue;
+        }
+        match parse_file(&path) {
+            Ok(discovered) => {
+                if file_changed {
+                    info!(path = %path.display(), "endpoints file loaded");
+                }
+                tx.send_if_modified(|current| {
+                    let changed = *current != discovered;
+                    if changed {
+                        *current = discovered;
+                    }
+                    changed
+                });
+            }
+            Err(e) if file_changed => warn!(error = %e, "keeping the last good endpoints"),
+            Err(_) => {}
+        }
+        last_stamp = now;
+    }
+}
+
+/// Watch a YAML file of type `T` (the operator's configuration), publishing valid versions.
+pub async fn watch_yaml<T>(path: PathBuf, every: Duration, tx: watch::Sender<T>)
+where
+    T: for<'de> Deserialize<'de> + PartialEq + Send + Sync + 'static,
+{
+    let mut last_stamp = stamp(&path);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == last_stamp {
+            continue;
+        }
+        last_stamp = now;
+        match read(&path).and_then(|text| {
+            serde_yaml::from_str::<T>(&text).map_err(|e| FileError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        }) {
+            Ok(value) => {
+                info!(path = %path.display(), "configuration reloaded");
+                tx.send_if_modified(|current| {
+                    let changed = *current != value;
+                    if changed {
+                        *current = value;
+                    }
+                    changed
+                });
+            }
+            Err(e) => warn!(error = %e, "keeping the last good configuration"),
+        }
+    }
+}

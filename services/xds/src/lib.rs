@@ -1,0 +1,12 @@
+//! chat-xds: the Envoy control plane of a ChatCluster.
+//!
+//! - [`resources`]: pure functions from the cluster's state to Envoy resources;
+//! - [`ads`]: the State-of-the-World and Delta ADS streams;
+//! - [`discovery`]: where endpoints come from;
+//! - [`pipeline`]: inputs to snapshots, debounced for configuration, immediate for endpoints.
+
+pub mod ads;
+pub mod discovery;
+pub mod model;
+pub mod pipeline;
+pub mod resources;

@@ -1,0 +1,183 @@
+//! One upstream cluster per chat service, and its endpoints.
+
+use std::collections::HashMap;
+
+use chat_operator::{api::LoadBalancing, build::XdsService};
+use envoy_types::{
+    pb::{
+        envoy::{
+            config::{
+                cluster::v3::{
+                    CircuitBreakers, Cluster, OutlierDetection,
+                    circuit_breakers::Thresholds,
+                    cluster::{
+                        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+                        MaglevLbConfig, RingHashLbConfig,
+                    },
+                },
+                core::v3::{
+                    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthCheck,
+                    HealthStatus, Http2ProtocolOptions, RoutingPriority, SocketAddress, address,
+                    config_source::ConfigSourceSpecifier,
+                    health_check::{GrpcHealthCheck, HealthChecker},
+                    socket_address::PortSpecifier,
+                },
+                endpoint::v3::{
+                    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
+                    LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+                },
+            },
+            extensions::upstreams::http::v3::{
+                HttpProtocolOptions,
+                http_protocol_options::{
+                    ExplicitHttpConfig, UpstreamProtocolOptions,
+                    explicit_http_config::ProtocolConfig,
+                },
+            },
+        },
+        google::protobuf::{Duration, UInt32Value, UInt64Value},
+    },
+    util::pack_any,
+};
+
+use crate::model::Endpoint;
+
+/// Configuration delivered over the ADS stream itself.
+pub fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    }
+}
+
+fn secs(seconds: i64) -> Duration {
+    Duration { seconds, nanos: 0 }
+}
+
+fn millis(ms: i32) -> Duration {
+    Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: (ms % 1000) * 1_000_000,
+    }
+}
+
+/// The cluster of one chat service: HTTP/2 to the backends, endpoints over ADS, the spec's
+/// load-balancing policy, active gRPC health checks against the service's own health status,
+/// outlier ejection of backends that fail, and circuit breakers sized for streaming chat.
+pub fn cluster(svc: &XdsService) -> Cluster {
+    let (lb_policy, lb_config) = match svc.load_balancing {
+        LoadBalancing::LeastRequest => (LbPolicy::LeastRequest, None),
+        LoadBalancing::RoundRobin => (LbPolicy::RoundRobin, None),
+        LoadBalancing::RingHash => (
+            LbPolicy::RingHash,
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: 1024 }),
+                ..RingHashLbConfig::default()
+            })),
+        ),
+        LoadBalancing::Maglev => (
+            LbPolicy::Maglev,
+            Some(LbConfig::MaglevLbConfig(MaglevLbConfig::default())),
+        ),
+    };
+    let http2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..HttpProtocolOptions::default()
+    };
+    let threshold = |max: u32| Some(UInt32Value { value: max });
+    Cluster {
+        name: svc.name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(secs(1)),
+        // Envoy otherwise keeps a host discovery removed for as long as it passes health
+        // checks; removals must take effect (draining is signalled before, as DRAINING).
+        ignore_health_on_host_removal: true,
+        lb_policy: lb_policy as i32,
+        lb_config,
+        typed_extension_protocol_options: HashMap::from([(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            pack_any(http2),
+        )]),
+        health_checks: vec![HealthCheck {
+            timeout: Some(secs(1)),
+            interval: Some(secs(2)),
+            unhealthy_threshold: Some(UInt32Value { value: 2 }),
+            healthy_threshold: Some(UInt32Value { value: 1 }),
+            // A new endpoint takes traffic as soon as its first check passes.
+            no_traffic_interval: Some(secs(2)),
+            health_checker: Some(HealthChecker::GrpcHealthCheck(GrpcHealthCheck {
+                service_name: svc.health_service.clone(),
+                ..GrpcHealthCheck::default()
+            })),
+            ..HealthCheck::default()
+        }],
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx: Some(UInt32Value { value: 3 }),
+            consecutive_gateway_failure: Some(UInt32Value { value: 2 }),
+            consecutive_local_origin_failure: Some(UInt32Value { value: 2 }),
+            split_external_local_origin_errors: true,
+            interval: Some(millis(500)),
+            base_ejection_time: Some(secs(10)),
+            max_ejection_percent: Some(UInt32Value { value: 50 }),
+            ..OutlierDetection::default()
+        }),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                priority: RoutingPriority::Default as i32,
+                max_connections: threshold(10_000),
+                max_pending_requests: threshold(10_000),
+                max_requests: threshold(100_000),
+                max_retries: threshold(50),
+                ..Thresholds::default()
+            }],
+            ..CircuitBreakers::default()
+        }),
+        ..Cluster::default()
+    }
+}
+
+/// The endpoints of one service. Not-ready endpoints are left out; terminating ones are
+/// marked DRAINING, so Envoy sends them no new requests but lets running ones finish.
+pub fn load_assignment(service: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+    let lb_endpoints = endpoints
+        .iter()
+        .filter(|e| e.ready || e.terminating)
+        .map(|e| LbEndpoint {
+            health_status: if e.terminating {
+                HealthStatus::Draining as i32
+            } else {
+                HealthStatus::Unknown as i32
+            },
+            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: e.address.clone(),
+                        port_specifier: Some(PortSpecifier::PortValue(u32::from(e.port))),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..EnvoyEndpoint::default()
+            })),
+            ..LbEndpoint::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: service.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    }
+}

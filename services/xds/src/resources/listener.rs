@@ -1,0 +1,237 @@
+//! The ingress: listeners (TLS with the certificate over SDS, and an optional plain-text one),
+//! the route table sending each gRPC package to its service's cluster, and the certificate.
+
+use chat_operator::{
+    api::LoadBalancing,
+    build::{XdsConfig, XdsService},
+};
+use envoy_types::{
+    pb::{
+        envoy::{
+            config::{
+                core::v3::{
+                    Address, DataSource, SocketAddress, TransportSocket, address,
+                    data_source::Specifier, socket_address::PortSpecifier,
+                    transport_socket::ConfigType as SocketConfigType,
+                },
+                listener::v3::{Filter, FilterChain, Listener, filter::ConfigType},
+                route::v3::{
+                    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                    route::Action,
+                    route_action::{
+                        ClusterSpecifier, HashPolicy, MaxStreamDuration,
+                        hash_policy::{Header, PolicySpecifier},
+                    },
+                    route_match::PathSpecifier,
+                },
+            },
+            extensions::{
+                filters::{
+                    http::{cors::v3::Cors, grpc_web::v3::GrpcWeb, router::v3::Router},
+                    network::http_connection_manager::v3::{
+                        HttpConnectionManager, HttpFilter, Rds,
+                        http_connection_manager::{CodecType, RouteSpecifier},
+                        http_filter::ConfigType as HttpFilterConfig,
+                    },
+                },
+                transport_sockets::tls::v3::{
+                    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+                    TlsCertificate, secret,
+                },
+            },
+        },
+        google::protobuf::{Any, Duration, UInt32Value},
+    },
+    util::pack_any,
+};
+
+use super::cluster::ads;
+use crate::model::Certificate;
+
+/// The route table every ingress listener uses.
+pub const INGRESS_ROUTE: &str = "ingress";
+/// The SDS secret holding the serving certificate.
+pub const TLS_SECRET: &str = "ingress-cert";
+
+fn socket(port: i32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "0.0.0.0".into(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::try_from(port).unwrap_or(0))),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(config)),
+        ..HttpFilter::default()
+    }
+}
+
+fn connection_manager(config: &XdsConfig, prefix: &str) -> HttpConnectionManager {
+    let mut filters = Vec::new();
+    if config.grpc_web {
+        filters.push(http_filter(
+            "envoy.filters.http.grpc_web",
+            pack_any(GrpcWeb::default()),
+        ));
+        filters.push(http_filter(
+            "envoy.filters.http.cors",
+            pack_any(Cors::default()),
+        ));
+    }
+    filters.push(http_filter(
+        "envoy.filters.http.router",
+        pack_any(Router::default()),
+    ));
+    HttpConnectionManager {
+        stat_prefix: prefix.into(),
+        // HTTP/2 for gRPC, HTTP/1.1 for gRPC-Web from browsers.
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: INGRESS_ROUTE.into(),
+        })),
+        http_filters: filters,
+        // Subscriptions stay open for hours: no stream idle timeout from Envoy's side.
+        stream_idle_timeout: Some(Duration::default()),
+        ..HttpConnectionManager::default()
+    }
+}
+
+fn listener(
+    name: &str,
+    port: i32,
+    hcm: HttpConnectionManager,
+    tls: Option<TransportSocket>,
+) -> Listener {
+    Listener {
+        name: name.into(),
+        address: Some(socket(port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            transport_socket: tls,
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}
+
+/// The ingress listeners: TLS on `listener_port` once a certificate is known, plain text on
+/// `plaintext_port` when configured.
+pub fn listeners(config: &XdsConfig, has_certificate: bool) -> Vec<Listener> {
+    let mut out = Vec::new();
+    if has_certificate {
+        let tls = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                // The certificate comes over SDS: rotating it needs no listener change.
+                tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                    name: TLS_SECRET.into(),
+                    sds_config: Some(ads()),
+                }],
+                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                ..CommonTlsContext::default()
+            }),
+            ..DownstreamTlsContext::default()
+        };
+        out.push(listener(
+            "ingress-tls",
+            config.listener_port,
+            connection_manager(config, "ingress_tls"),
+            Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(SocketConfigType::TypedConfig(pack_any(tls))),
+            }),
+        ));
+    }
+    if let Some(port) = config.plaintext_port {
+        out.push(listener(
+            "ingress-plaintext",
+            port,
+            connection_manager(config, "ingress_plaintext"),
+            None,
+        ));
+    }
+    out
+}
+
+fn route(svc: &XdsService) -> Route {
+    let hash_policy = svc
+        .hash_header
+        .iter()
+        .filter(|_| {
+            matches!(
+                svc.load_balancing,
+                LoadBalancing::RingHash | LoadBalancing::Maglev
+            )
+        })
+        .map(|header| HashPolicy {
+            policy_specifier: Some(PolicySpecifier::Header(Header {
+                header_name: header.clone(),
+                ..Header::default()
+            })),
+            ..HashPolicy::default()
+        })
+        .collect();
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(format!("/{}.", svc.grpc_package))),
+            ..RouteMatch::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(svc.name.clone())),
+            // No overall timeout: a subscription is one long call.
+            timeout: Some(Duration::default()),
+            max_stream_duration: Some(MaxStreamDuration {
+                grpc_timeout_header_max: Some(Duration::default()),
+                ..MaxStreamDuration::default()
+            }),
+            hash_policy,
+            // Retry what never reached a backend or what it refused before doing anything.
+            retry_policy: Some(RetryPolicy {
+                retry_on: "unavailable,reset,connect-failure,refused-stream".into(),
+                num_retries: Some(UInt32Value { value: 2 }),
+                per_try_timeout: Some(Duration::default()),
+                ..RetryPolicy::default()
+            }),
+            ..RouteAction::default()
+        })),
+        ..Route::default()
+    }
+}
+
+/// Routes by gRPC package: `/chatcluster.auth.v1.*` to `auth`, and so on.
+pub fn route_configuration(config: &XdsConfig) -> RouteConfiguration {
+    RouteConfiguration {
+        name: INGRESS_ROUTE.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "chat".into(),
+            domains: vec!["*".into()],
+            routes: config.services.iter().map(route).collect(),
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    }
+}
+
+/// The serving certificate as an SDS secret.
+pub fn secret(cert: &Certificate) -> Secret {
+    let inline = |pem: &str| DataSource {
+        specifier: Some(Specifier::InlineString(pem.into())),
+        ..DataSource::default()
+    };
+    Secret {
+        name: TLS_SECRET.into(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&cert.cert_pem)),
+            private_key: Some(inline(&cert.key_pem)),
+            ..TlsCertificate::default()
+        })),
+    }
+}
