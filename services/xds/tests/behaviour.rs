@@ -1,0 +1,413 @@
+//! chat-xds and a real Envoy under the events that matter: a configuration Envoy rejects, the
+//! control plane dying and returning, sticky routing, certificate rotation over SDS, gRPC-Web
+//! from a browser, and a backend crashing under load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chat_operator::api::LoadBalancing;
+use common::{
+    Backend, Inputs, Stack, admin_get, call, call_with, eventually, healthy_ports, service, stat,
+    write_endpoints,
+};
+
+async fn ready(stack: &Stack, cluster: &'static str, n: usize) {
+    let admin = stack.admin;
+    eventually(
+        "endpoints healthy in Envoy",
+        Duration::from_secs(20),
+        || async move { healthy_ports(admin, cluster).await.len() == n },
+    )
+    .await;
+}
+
+async fn nack_is_not_resent(api_type: &str) {
+    let b = Backend::start("auth-1").await;
+    let s = Backend::start("servers-1").await;
+    let inputs = Inputs {
+        services: BTreeMap::from([
+            ("auth".to_string(), vec![b.port]),
+            ("servers".to_string(), vec![s.port]),
+        ]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        api_type,
+        vec![
+            service("auth", LoadBalancing::LeastRequest),
+            service("servers", LoadBalancing::RingHash),
+        ],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let channel = stack.channel().await;
+    assert_eq!(
+        call(&channel, "/chatcluster.auth.v1.Auth/Login")
+            .await
+            .unwrap(),
+        "auth-1"
+    );
+
+    // A hand-edited configuration with a header name Envoy refuses (empty; the operator's
+    // schema would not let it through): the route table is NACKed.
+    let rejected = "http.ingress_plaintext.rds.ingress.update_rejected";
+    let mut bad = stack.config.clone();
+    bad.services[1].hash_header = Some(String::new());
+    stack.write_config(&bad);
+    let admin = stack.admin;
+    eventually("the NACK", Duration::from_secs(10), || async move {
+        stat(admin, rejected).await == Some(1)
+    })
+    .await;
+    // Not sent again in a loop, and traffic keeps flowing on the last good routes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stat(admin, rejected).await, Some(1));
+    for _ in 0..5 {
+        assert_eq!(
+            call(&channel, "/chatcluster.auth.v1.Auth/Login")
+                .await
+                .unwrap(),
+            "auth-1"
+        );
+    }
+    assert_eq!(
+        call(&channel, "/chatcluster.servers.v1.Servers/Join")
+            .await
+            .unwrap(),
+        "servers-1"
+    );
+
+    // A corrected configuration (different from what Envoy kept) is sent and accepted. (Going
+    // back to exactly the kept version needs no update at all in Delta: chat-xds knows Envoy
+    // still has it.)
+    let success = "http.ingress_plaintext.rds.ingress.update_success";
+    let before = stat(admin, success).await.unwrap_or(0);
+    let mut fixed = stack.config.clone();
+    fixed.services[1].hash_header = Some("x-user".into());
+    stack.write_config(&fixed);
+    eventually("the fixed routes", Duration::from_secs(10), || async move {
+        stat(admin, success).await.unwrap_or(0) > before
+    })
+    .await;
+    assert_eq!(stat(admin, rejected).await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sotw_nack_is_not_resent() {
+    nack_is_not_resent("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_nack_is_not_resent() {
+    nack_is_not_resent("DELTA_GRPC").await;
+}
+
+async fn control_plane_restart_fails_no_request(api_type: &str) {
+    let b1 = Backend::start("auth-1").await;
+    let b2 = Backend::start("auth-2").await;
+    let mut inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b1.port])]),
+        certificate: None,
+    };
+    let mut stack = Stack::start(
+        api_type,
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let channel = stack.channel().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, channel) =
+            (stop.clone(), ok.clone(), failed.clone(), channel.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match call(&channel, "/chatcluster.auth.v1.Auth/Login").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.kill_xds();
+    let admin = stack.admin;
+    eventually("Envoy to notice", Duration::from_secs(10), || async move {
+        stat(admin, "control_plane.connected_state").await == Some(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.start_xds();
+    eventually(
+        "Envoy to reconnect",
+        Duration::from_secs(20),
+        || async move { stat(admin, "control_plane.connected_state").await == Some(1) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+
+    // The new control plane is in charge: endpoint changes are followed again.
+    inputs.services.insert("auth".into(), vec![b2.port]);
+    write_endpoints(&stack.endpoints, &inputs);
+    let want = b2.port;
+    eventually("auth-2 only", Duration::from_secs(10), || async move {
+        healthy_ports(admin, "auth").await == vec![want]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sotw_control_plane_restart_fails_no_request() {
+    control_plane_restart_fails_no_request("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_control_plane_restart_fails_no_request() {
+    control_plane_restart_fails_no_request("DELTA_GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ring_hash_is_sticky_per_key() {
+    let backends = [
+        Backend::start("servers-1").await,
+        Backend::start("servers-2").await,
+        Backend::start("servers-3").await,
+    ];
+    let inputs = Inputs {
+        services: BTreeMap::from([(
+            "servers".to_string(),
+            backends.iter().map(|b| b.port).collect(),
+        )]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("servers", LoadBalancing::RingHash)],
+        &inputs,
+    );
+    ready(&stack, "servers", 3).await;
+    let channel = stack.channel().await;
+    let mut owners = BTreeSet::new();
+    for key in 0..20 {
+        let headers = [("x-chat-affinity", format!("user-{key}"))];
+        let first = call_with(&channel, "/chatcluster.servers.v1.Servers/Join", &headers)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let again = call_with(&channel, "/chatcluster.servers.v1.Servers/Join", &headers)
+                .await
+                .unwrap();
+            assert_eq!(again, first, "key user-{key} moved");
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() >= 2, "20 keys all on {owners:?}");
+}
+
+fn certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let fingerprint = fingerprint_of_pem(&cert);
+    (cert, key, fingerprint)
+}
+
+fn fingerprint_of_pem(path: &std::path::Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The fingerprint of the certificate Envoy serves on `port` (real TLS handshake, openssl).
+fn served_fingerprint(port: u16) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_rotates_over_sds_without_a_listener_change() {
+    let b = Backend::start("auth-1").await;
+    let certs = chatcluster_tests::TempDir::new("certs");
+    let (cert_a, key_a, fp_a) = certificate(certs.path(), "a");
+    let mut inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
+        certificate: Some((cert_a.clone(), key_a.clone())),
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let port = stack.tls_port;
+    eventually("the TLS listener", Duration::from_secs(10), || {
+        let fp_a = fp_a.clone();
+        async move {
+            tokio::task::spawn_blocking(move || served_fingerprint(port))
+                .await
+                .unwrap()
+                == fp_a
+        }
+    })
+    .await;
+    let listener_updates = stat(stack.admin, "listener_manager.lds.update_success").await;
+
+    // Rotate: new files, same names in the endpoints file's certificate section.
+    let (cert_b, key_b, fp_b) = certificate(certs.path(), "b");
+    std::fs::copy(&cert_b, &cert_a).unwrap();
+    std::fs::copy(&key_b, &key_a).unwrap();
+    inputs.certificate = Some((cert_a, key_a));
+    write_endpoints(&stack.endpoints, &inputs);
+    eventually("the new certificate", Duration::from_secs(10), || {
+        let fp_b = fp_b.clone();
+        async move {
+            tokio::task::spawn_blocking(move || served_fingerprint(port))
+                .await
+                .unwrap()
+                == fp_b
+        }
+    })
+    .await;
+    assert_eq!(
+        stat(stack.admin, "listener_manager.lds.update_success").await,
+        listener_updates,
+        "the listener was not replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_from_a_browser_reaches_the_service() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("auth-1").await;
+    let inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let ingress = stack.ingress;
+    eventually("the listener", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", ingress))
+            .await
+            .is_ok()
+    })
+    .await;
+    // HTTP/1.1, as a browser sends it: an empty message in one gRPC-Web frame.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ingress))
+        .await
+        .unwrap();
+    let request = "POST /chatcluster.auth.v1.Auth/Login HTTP/1.1\r\nHost: chat.example\r\n\
+        Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nOrigin: https://chat.example\r\n\
+        Content-Length: 5\r\nConnection: close\r\n\r\n";
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.unwrap();
+    let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("content-type: application/grpc-web"),
+        "{text}"
+    );
+    assert!(text.contains("x-backend: auth-1"), "{text}");
+    // gRPC-Web carries the trailers in the body.
+    assert!(text.contains("grpc-status:0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_backend_fails_under_one_percent_of_requests() {
+    let mut backends = [
+        Backend::start("auth-1").await,
+        Backend::start("auth-2").await,
+        Backend::start("auth-3").await,
+    ];
+    let inputs = Inputs {
+        services: BTreeMap::from([(
+            "auth".to_string(),
+            backends.iter().map(|b| b.port).collect(),
+        )]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 3).await;
+    let channel = stack.channel().await;
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (ok, failed, channel) = (ok.clone(), failed.clone(), channel.clone());
+        workers.push(tokio::spawn(async move {
+            for _ in 0..400 {
+                match call(&channel, "/chatcluster.auth.v1.Auth/Login").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Crash one backend mid-load: its connections die, nothing tells the control plane.
+    backends[0].kill();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(ok + failed, 3200);
+    assert!(
+        failed * 100 < ok + failed,
+        "{failed} of {} failed",
+        ok + failed
+    );
+    // Health checks take it out of rotation.
+    let admin = stack.admin;
+    eventually(
+        "the dead backend marked unhealthy",
+        Duration::from_secs(15),
+        || async move { healthy_ports(admin, "auth").await.len() == 2 },
+    )
+    .await;
+    let _ = admin_get(admin, "/clusters").await;
+}
