@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::api::{ChatCluster, ServiceKind};
 
 pub use database::DB_NAME;
-pub use xds::{XdsConfig, XdsService};
+pub use xds::{RateLimit, XdsConfig, XdsService};
 
 /// Ports the workloads listen on, shared by builders, probes and Services.
 pub mod ports {

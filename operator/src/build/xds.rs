@@ -49,10 +49,23 @@ pub struct XdsConfig {
     pub tls_secret: String,
     /// Accept gRPC-Web beside gRPC.
     pub grpc_web: bool,
+    /// Requests per second each Envoy lets through (a local token bucket); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// Lease chat-xds replicas elect a leader with.
     pub leader_lease: String,
     /// One upstream cluster per chat service.
     pub services: Vec<XdsService>,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: u32,
+    /// Bucket size.
+    pub burst: u32,
 }
 
 /// One chat service as Envoy sees it.
@@ -99,6 +112,7 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
         plaintext_port: None,
         tls_secret: tls_secret_name(c, spec),
         grpc_web: spec.ingress.grpc_web,
+        rate_limit: None,
         leader_lease: leader_lease(c),
         services: spec
             .services

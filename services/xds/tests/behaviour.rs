@@ -411,3 +411,54 @@ async fn a_crashed_backend_fails_under_one_percent_of_requests() {
     .await;
     let _ = admin_get(admin, "/clusters").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_rate_limits_with_resource_exhausted() {
+    let b = Backend::start("auth-1").await;
+    let inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let channel = stack.channel().await;
+    for _ in 0..30 {
+        call(&channel, "/chatcluster.auth.v1.Auth/Login")
+            .await
+            .unwrap();
+    }
+    // Limit each Envoy to 5 requests per second with a burst of 10.
+    let mut limited = stack.config.clone();
+    limited.rate_limit = Some(chat_operator::build::RateLimit {
+        requests_per_second: 5,
+        burst: 10,
+    });
+    stack.write_config(&limited);
+    let admin = stack.admin;
+    eventually(
+        "the limited listener",
+        Duration::from_secs(10),
+        || async move {
+            admin_get(admin, "/config_dump?resource=dynamic_listeners")
+                .await
+                .contains("local_ratelimit")
+        },
+    )
+    .await;
+    let channel = stack.channel().await;
+    let (mut ok, mut exhausted) = (0, 0);
+    for _ in 0..30 {
+        match call(&channel, "/chatcluster.auth.v1.Auth/Login").await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                exhausted += 1;
+            }
+        }
+    }
+    assert!((10..=13).contains(&ok), "{ok} allowed, {exhausted} limited");
+}

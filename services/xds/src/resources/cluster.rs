@@ -9,7 +9,7 @@ use envoy_types::{
             config::{
                 cluster::v3::{
                     CircuitBreakers, Cluster, OutlierDetection,
-                    circuit_breakers::Thresholds,
+                    circuit_breakers::{Thresholds, thresholds::RetryBudget},
                     cluster::{
                         ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
                         MaglevLbConfig, RingHashLbConfig,
@@ -34,6 +34,7 @@ use envoy_types::{
                     explicit_http_config::ProtocolConfig,
                 },
             },
+            r#type::v3::Percent,
         },
         google::protobuf::{Duration, UInt32Value, UInt64Value},
     },
@@ -139,6 +140,13 @@ pub fn cluster(svc: &XdsService) -> Cluster {
                 max_pending_requests: threshold(10_000),
                 max_requests: threshold(100_000),
                 max_retries: threshold(50),
+                // Retries may add at most 20% to the load (at least 3 at once), so a failing
+                // backend cannot set off a retry storm.
+                retry_budget: Some(RetryBudget {
+                    budget_percent: Some(Percent { value: 20.0 }),
+                    min_retry_concurrency: Some(UInt32Value { value: 3 }),
+                    ..RetryBudget::default()
+                }),
                 ..Thresholds::default()
             }],
             ..CircuitBreakers::default()

@@ -3,15 +3,15 @@
 
 use chat_operator::{
     api::LoadBalancing,
-    build::{XdsConfig, XdsService},
+    build::{RateLimit, XdsConfig, XdsService},
 };
 use envoy_types::{
     pb::{
         envoy::{
             config::{
                 core::v3::{
-                    Address, DataSource, SocketAddress, TransportSocket, address,
-                    data_source::Specifier, socket_address::PortSpecifier,
+                    Address, DataSource, RuntimeFractionalPercent, SocketAddress, TransportSocket,
+                    address, data_source::Specifier, socket_address::PortSpecifier,
                     transport_socket::ConfigType as SocketConfigType,
                 },
                 listener::v3::{Filter, FilterChain, Listener, filter::ConfigType},
@@ -27,7 +27,10 @@ use envoy_types::{
             },
             extensions::{
                 filters::{
-                    http::{cors::v3::Cors, grpc_web::v3::GrpcWeb, router::v3::Router},
+                    http::{
+                        cors::v3::Cors, grpc_web::v3::GrpcWeb, local_ratelimit::v3::LocalRateLimit,
+                        router::v3::Router,
+                    },
                     network::http_connection_manager::v3::{
                         HttpConnectionManager, HttpFilter, Rds,
                         http_connection_manager::{CodecType, RouteSpecifier},
@@ -39,6 +42,7 @@ use envoy_types::{
                     TlsCertificate, secret,
                 },
             },
+            r#type::v3::{FractionalPercent, TokenBucket, fractional_percent::DenominatorType},
         },
         google::protobuf::{Any, Duration, UInt32Value},
     },
@@ -73,6 +77,12 @@ fn http_filter(name: &str, config: Any) -> HttpFilter {
 
 fn connection_manager(config: &XdsConfig, prefix: &str) -> HttpConnectionManager {
     let mut filters = Vec::new();
+    if let Some(limit) = config.rate_limit {
+        filters.push(http_filter(
+            "envoy.filters.http.local_ratelimit",
+            pack_any(local_rate_limit(prefix, limit)),
+        ));
+    }
     if config.grpc_web {
         filters.push(http_filter(
             "envoy.filters.http.grpc_web",
@@ -99,6 +109,35 @@ fn connection_manager(config: &XdsConfig, prefix: &str) -> HttpConnectionManager
         // Subscriptions stay open for hours: no stream idle timeout from Envoy's side.
         stream_idle_timeout: Some(Duration::default()),
         ..HttpConnectionManager::default()
+    }
+}
+
+/// Envoy's local token bucket, enforced on every request; a refused gRPC call gets
+/// RESOURCE_EXHAUSTED, which clients treat as "back off", not "server down".
+fn local_rate_limit(prefix: &str, limit: RateLimit) -> LocalRateLimit {
+    let always = || RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: DenominatorType::Hundred as i32,
+        }),
+        runtime_key: String::new(),
+    };
+    LocalRateLimit {
+        stat_prefix: format!("{prefix}_rate_limit"),
+        token_bucket: Some(TokenBucket {
+            max_tokens: limit.burst.max(1),
+            tokens_per_fill: Some(UInt32Value {
+                value: limit.requests_per_second.max(1),
+            }),
+            fill_interval: Some(Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        }),
+        filter_enabled: Some(always()),
+        filter_enforced: Some(always()),
+        rate_limited_as_resource_exhausted: true,
+        ..LocalRateLimit::default()
     }
 }
 

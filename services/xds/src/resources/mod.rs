@@ -176,6 +176,7 @@ pub fn snapshot(state: &State, previous: Option<&Snapshot>) -> Snapshot {
             config.listener_port,
             config.plaintext_port,
             config.grpc_web,
+            config.rate_limit,
             state.certificate.is_some(),
         ));
         add(Kind::Listener, name, version, &|| {

@@ -169,6 +169,7 @@ impl Stack {
             plaintext_port: Some(ingress as i32),
             tls_secret: "demo-tls".into(),
             grpc_web: true,
+            rate_limit: None,
             leader_lease: "demo-xds-leader".into(),
             services,
         };
