@@ -49,20 +49,34 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let config: XdsConfig = serde_yaml::from_str(&config_text)
         .with_context(|| format!("{} is not a chat-xds configuration", args.config.display()))?;
-    let Some(endpoints_file) = args.endpoints_file else {
-        anyhow::bail!(
-            "set CHAT_XDS_ENDPOINTS_FILE: Kubernetes EndpointSlice discovery is not in this build yet"
-        );
-    };
-    let initial = discovery::parse_file(&endpoints_file)?;
     let poll = Duration::from_millis(args.poll_ms.max(10));
+    // Laptop modes name a file; in Kubernetes the cluster is the source.
+    let initial = match &args.endpoints_file {
+        Some(file) => discovery::parse_file(file)?,
+        None => Discovered::default(),
+    };
 
     let snapshot = Arc::new(pipeline::rebuild(&config, &initial, None));
-    let (config_tx, config_rx) = watch::channel(config);
     let (discovered_tx, discovered_rx) = watch::channel::<Discovered>(initial);
+    match args.endpoints_file {
+        Some(file) => {
+            tokio::spawn(discovery::watch_file(file, poll, discovered_tx));
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no endpoints file and no Kubernetes configuration")?;
+            info!(namespace = %config.namespace, selector = %config.endpoint_selector, "watching EndpointSlices");
+            tokio::spawn(discovery::kubernetes::watch(
+                client,
+                config.clone(),
+                discovered_tx,
+            ));
+        }
+    }
+    let (config_tx, config_rx) = watch::channel(config);
     let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
     tokio::spawn(discovery::watch_yaml(args.config.clone(), poll, config_tx));
-    tokio::spawn(discovery::watch_file(endpoints_file, poll, discovered_tx));
     tokio::spawn(pipeline::run(config_rx, discovered_rx, snapshot_tx));
 
     let clients = Arc::new(Clients::default());

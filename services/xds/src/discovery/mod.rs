@@ -1,6 +1,8 @@
-//! Where endpoints (and the certificate) come from. The laptop modes use a file, watched for
-//! changes; a malformed file is refused with a clear error and the last good state is kept.
-//! (The Kubernetes EndpointSlice source is the other implementation of the same output.)
+//! Where endpoints (and the certificate) come from: in Kubernetes, EndpointSlices and a Secret
+//! ([`kubernetes`]); in the laptop modes, a file, watched for changes, where a malformed file
+//! is refused with a clear error and the last good state is kept. Both publish [`Discovered`].
+
+pub mod kubernetes;
 
 use std::{
     collections::BTreeMap,
