@@ -57,6 +57,14 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
             "lds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT }
         },
+        // Load reports (requests per cluster, every second) feed the autoscaler via chat-xds.
+        "cluster_manager": {
+            "load_stats_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }]
+            }
+        },
         "static_resources": {
             "clusters": [
                 {

@@ -7,10 +7,13 @@ use chat_operator::build::XdsConfig;
 use chat_xds::{
     ads::{Ads, Clients},
     discovery::{self, Discovered},
+    http::{self, Observed},
+    load::{Load, LoadReporting},
     pipeline,
 };
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tracing::info;
@@ -27,6 +30,9 @@ struct Args {
     /// ADS address.
     #[arg(long, env = "CHAT_XDS_LISTEN", default_value = "0.0.0.0:18000")]
     listen: SocketAddr,
+    /// Metrics, load signal and client status over HTTP.
+    #[arg(long, env = "CHAT_XDS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often watched files are checked, in milliseconds.
     #[arg(long, env = "CHAT_XDS_POLL_MS", default_value_t = 100)]
     poll_ms: u64,
@@ -80,6 +86,19 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(pipeline::run(config_rx, discovered_rx, snapshot_tx));
 
     let clients = Arc::new(Clients::default());
+    let load = Arc::new(Load::default());
+    if let Some(addr) = args.metrics_listen {
+        let observed = Observed {
+            clients: clients.clone(),
+            load: load.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, observed, std::future::pending()).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let lrs = LoadReportingServiceServer::new(LoadReporting::new(load));
     let ads = AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -92,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(ads)
+        .add_service(lrs)
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -462,3 +462,52 @@ async fn envoy_rate_limits_with_resource_exhausted() {
     }
     assert!((10..=13).contains(&ok), "{ok} allowed, {exhausted} limited");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_signal_and_client_status_over_http() {
+    let b = Backend::start("auth-1").await;
+    let inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 1).await;
+    let channel = stack.channel().await;
+    // About 100 requests per second for three seconds.
+    for _ in 0..300 {
+        call(&channel, "/chatcluster.auth.v1.Auth/Login")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = stack.http;
+    let load: serde_json::Value = serde_json::from_str(
+        admin_get(http, "/load")
+            .await
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default(),
+    )
+    .unwrap();
+    let rps = load["services"]["auth"]["requestsPerSecond"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!((20.0..=200.0).contains(&rps), "auth at {rps} req/s: {load}");
+    assert_eq!(load["services"]["auth"]["envoys"], 1);
+
+    let metrics = admin_get(http, "/metrics").await;
+    assert!(
+        metrics.contains("chat_xds_service_requests_per_second{service=\"auth\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("chat_xds_envoys 1"), "{metrics}");
+    assert!(metrics.contains("chat_xds_nacks_total 0"), "{metrics}");
+
+    let clients = admin_get(http, "/clients").await;
+    assert!(clients.contains("envoy-DELTA_GRPC"), "{clients}");
+    assert!(clients.contains("\"acked\""), "{clients}");
+}

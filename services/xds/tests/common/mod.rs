@@ -154,6 +154,8 @@ pub struct Stack {
     pub ingress: u16,
     pub tls_port: u16,
     pub admin: u16,
+    /// chat-xds's HTTP endpoint (metrics, load, clients).
+    pub http: u16,
 }
 
 impl Stack {
@@ -191,6 +193,11 @@ impl Stack {
                 "cds_config": { "ads": {}, "resource_api_version": "V3" },
                 "lds_config": { "ads": {}, "resource_api_version": "V3" }
             },
+            "cluster_manager": { "load_stats_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }]
+            }},
             "static_resources": { "clusters": [{
                 "name": "xds",
                 "type": "STATIC",
@@ -227,6 +234,7 @@ impl Stack {
             ingress,
             tls_port,
             admin,
+            http: free_port(),
         };
         stack.start_xds();
         stack
@@ -239,7 +247,11 @@ impl Stack {
                 .env("CHAT_XDS_CONFIG", &self.config_path)
                 .env("CHAT_XDS_ENDPOINTS_FILE", &self.endpoints)
                 .env("CHAT_XDS_LISTEN", format!("127.0.0.1:{}", self.xds_port))
-                .env("CHAT_XDS_POLL_MS", "20"),
+                .env("CHAT_XDS_POLL_MS", "20")
+                .env(
+                    "CHAT_XDS_METRICS_LISTEN",
+                    format!("127.0.0.1:{}", self.http),
+                ),
         ));
     }
 
