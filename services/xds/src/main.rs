@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use chat_operator::build::XdsConfig;
+use chat_xds::csds::Csds;
 use chat_xds::{
     ads::{Ads, Clients},
     discovery::{self, Discovered},
@@ -13,7 +14,10 @@ use chat_xds::{
 };
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
+use envoy_types::pb::envoy::service::{
+    load_stats::v3::load_reporting_service_server::LoadReportingServiceServer,
+    status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer,
+};
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tracing::info;
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let lrs = LoadReportingServiceServer::new(LoadReporting::new(load));
+    let csds = ClientStatusDiscoveryServiceServer::new(Csds::new(clients.clone()));
     let ads = AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -112,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(ads)
         .add_service(lrs)
+        .add_service(csds)
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })

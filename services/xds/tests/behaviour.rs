@@ -21,6 +21,13 @@ use common::{
     Backend, Inputs, Stack, admin_get, call, call_with, eventually, healthy_ports, service, stat,
     write_endpoints,
 };
+use envoy_types::pb::envoy::{
+    admin::v3::ClientResourceStatus,
+    service::status::v3::{
+        ClientStatusRequest, ConfigStatus,
+        client_status_discovery_service_client::ClientStatusDiscoveryServiceClient,
+    },
+};
 
 async fn ready(stack: &Stack, cluster: &'static str, n: usize) {
     let admin = stack.admin;
@@ -73,6 +80,41 @@ async fn nack_is_not_resent(api_type: &str) {
     // Not sent again in a loop, and traffic keeps flowing on the last good routes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stat(admin, rejected).await, Some(1));
+    // CSDS tells operators which Envoy rejected what, and why.
+    let xds =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", stack.xds_port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = ClientStatusDiscoveryServiceClient::new(xds)
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let envoy = status
+        .config
+        .iter()
+        .find(|c| {
+            c.node
+                .as_ref()
+                .is_some_and(|n| n.id == format!("envoy-{api_type}"))
+        })
+        .expect("our Envoy in CSDS");
+    let routes = envoy
+        .generic_xds_configs
+        .iter()
+        .find(|g| g.type_url.ends_with("RouteConfiguration"))
+        .expect("route status");
+    assert_eq!(routes.config_status, ConfigStatus::Error as i32);
+    assert_eq!(routes.client_status, ClientResourceStatus::Nacked as i32);
+    assert!(!routes.error_state.as_ref().unwrap().details.is_empty());
+    let clusters = envoy
+        .generic_xds_configs
+        .iter()
+        .find(|g| g.type_url.ends_with("Cluster"))
+        .expect("cluster status");
+    assert_eq!(clusters.config_status, ConfigStatus::Synced as i32);
     for _ in 0..5 {
         assert_eq!(
             call(&channel, "/chatcluster.auth.v1.Auth/Login")
