@@ -395,6 +395,12 @@ fn main() {
         );
         for n in [10usize, 100, 1000] {
             for envoys in [1usize, 20] {
+                if envoys * n > 2000 {
+                    // 20 Envoys each health-checking 1000 hosts every 2 s (10k checks/s, plus
+                    // 20 Envoy main threads) do not fit in 2 cores: nothing converges there.
+                    println!("{n:>9} {envoys:>6}   not measurable on this machine (health-check load on 2 cores)");
+                    continue;
+                }
                 let dir = TempDir::new("xds-bench");
                 let (xds, rss, cpu) = run_xds(dir.path(), envoys, n, port).await;
                 let files = run_files(dir.path(), envoys, n, port).await;

@@ -553,3 +553,98 @@ async fn load_signal_and_client_status_over_http() {
     assert!(clients.contains("envoy-DELTA_GRPC"), "{clients}");
     assert!(clients.contains("\"acked\""), "{clients}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_request_spreads_and_draining_fails_nothing() {
+    let b1 = Backend::start("auth-1").await;
+    let b2 = Backend::start("auth-2").await;
+    let inputs = Inputs {
+        services: BTreeMap::from([("auth".to_string(), vec![b1.port, b2.port])]),
+        certificate: None,
+    };
+    let stack = Stack::start(
+        "DELTA_GRPC",
+        vec![service("auth", LoadBalancing::LeastRequest)],
+        &inputs,
+    );
+    ready(&stack, "auth", 2).await;
+    let channel = stack.channel().await;
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        *seen
+            .entry(
+                call(&channel, "/chatcluster.auth.v1.Auth/Login")
+                    .await
+                    .unwrap(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "least request uses both: {seen:?}");
+
+    // Under load, auth-1 starts terminating (Kubernetes: terminating, still serving), then goes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, channel) =
+            (stop.clone(), ok.clone(), failed.clone(), channel.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match call(&channel, "/chatcluster.auth.v1.Auth/Login").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let draining = serde_json::json!({ "services": { "auth": [
+        { "address": "127.0.0.1", "port": b1.port, "ready": false, "terminating": true },
+        { "address": "127.0.0.1", "port": b2.port },
+    ]}});
+    common::write_atomically(&stack.endpoints, &serde_yaml::to_string(&draining).unwrap());
+    let admin = stack.admin;
+    let (p1, p2) = (b1.port, b2.port);
+    // Draining: still listed, no longer healthy for new requests.
+    eventually(
+        "auth-1 draining in Envoy",
+        Duration::from_secs(10),
+        || async move {
+            let clusters = admin_get(admin, "/clusters").await;
+            healthy_ports(admin, "auth").await == vec![p2]
+                && clusters.contains(&format!("auth::127.0.0.1:{p1}::health_flags::"))
+        },
+    )
+    .await;
+    // New calls go to auth-2 only.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            call(&channel, "/chatcluster.auth.v1.Auth/Login")
+                .await
+                .unwrap(),
+            "auth-2"
+        );
+    }
+    // Then it is gone, and then the process stops.
+    let mut only = inputs.clone();
+    only.services.insert("auth".into(), vec![b2.port]);
+    write_endpoints(&stack.endpoints, &only);
+    let want = b2.port;
+    eventually("auth-1 removed", Duration::from_secs(10), || async move {
+        healthy_ports(admin, "auth").await == vec![want]
+    })
+    .await;
+    drop(b1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+}
