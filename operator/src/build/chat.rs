@@ -9,9 +9,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
-            KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-            SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction, KeyToPath, PodSpec,
+            PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -177,45 +177,17 @@ pub fn deployment(
 }
 
 fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
-    let plain = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..EnvVar::default()
-    };
-    let secret = |name: &str, key: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: names::db_secret(c),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
-    let field = |name: &str, path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
     let db = |service: String| format!("{}:{}", c.service_host(&service), ports::DATABASE);
     let mut env = vec![
-        plain("CHATD_SERVICES", kind.as_str().into()),
-        plain("CHATD_LISTEN", format!("0.0.0.0:{}", ports::CHATD_GRPC)),
-        plain(
+        pod::env("CHATD_SERVICES", kind.as_str()),
+        pod::env("CHATD_LISTEN", format!("0.0.0.0:{}", ports::CHATD_GRPC)),
+        pod::env(
             "CHATD_METRICS_LISTEN",
             format!("0.0.0.0:{}", ports::METRICS),
         ),
-        plain("CHATD_DB_PRIMARY", db(names::db_primary(c))),
+        pod::env("CHATD_DB_PRIMARY", db(names::db_primary(c))),
         // Without replicas, reads go to the primary too.
-        plain(
+        pod::env(
             "CHATD_DB_REPLICAS",
             if spec.database.replicas > 0 {
                 db(names::db_replicas(c))
@@ -223,28 +195,36 @@ fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<E
                 db(names::db_primary(c))
             },
         ),
-        plain("CHATD_DB_NAME", database::DB_NAME.into()),
-        secret("CHATD_DB_USER", super::secrets::DB_APP_USER_KEY),
-        secret("CHATD_DB_PASSWORD", super::secrets::DB_APP_PASSWORD_KEY),
-        plain(
+        pod::env("CHATD_DB_NAME", database::DB_NAME),
+        pod::env_from_secret(
+            "CHATD_DB_USER",
+            &names::db_secret(c),
+            super::secrets::DB_APP_USER_KEY,
+        ),
+        pod::env_from_secret(
+            "CHATD_DB_PASSWORD",
+            &names::db_secret(c),
+            super::secrets::DB_APP_PASSWORD_KEY,
+        ),
+        pod::env(
             "CHATD_TOKEN_PUBLIC_KEY_FILE",
             format!("{TOKEN_MOUNT}/public.pem"),
         ),
-        field("CHATD_POD_NAME", "metadata.name"),
-        field("CHATD_POD_IP", "status.podIP"),
+        pod::env_from_field("CHATD_POD_NAME", "metadata.name"),
+        pod::env_from_field("CHATD_POD_IP", "status.podIP"),
         // Replicas push new-message hints to each other; they find each other by DNS.
-        plain(
+        pod::env(
             "CHATD_PEERS_DNS",
             c.service_host(&names::service_peers(c, kind)),
         ),
-        plain(
+        pod::env(
             "CHATD_ADVERTISE",
             format!("$(CHATD_POD_IP):{}", ports::CHATD_GRPC),
         ),
-        plain("RUST_LOG", "info".into()),
+        pod::env("RUST_LOG", "info"),
     ];
     if kind == ServiceKind::Auth {
-        env.push(plain(
+        env.push(pod::env(
             "CHATD_TOKEN_PRIVATE_KEY_FILE",
             format!("{TOKEN_MOUNT}/private.pem"),
         ));

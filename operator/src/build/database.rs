@@ -12,9 +12,8 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
-            PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service,
-            ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+            ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
+            Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
             VolumeResourceRequirements,
         },
     },
@@ -183,47 +182,29 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
     // The initial role; from then on the topology loop owns this label on each pod.
     pod_labels.insert(labels::DB_ROLE.into(), set.as_str().into());
 
-    let env_var = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..EnvVar::default()
-    };
-    let secret_var = |name: &str, key: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: names::db_secret(c),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
-    let pod_name = EnvVar {
-        name: "POD_NAME".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
+    let pod_name = pod::env_from_field("POD_NAME", "metadata.name");
     // The upstream images take the same settings under engine-specific names.
     let (prefix, client) = match db.engine {
         DatabaseEngine::Mysql => ("MYSQL", "mysql"),
         DatabaseEngine::Mariadb => ("MARIADB", "mariadb"),
     };
     let env = vec![
-        secret_var(
+        pod::env_from_secret(
             &format!("{prefix}_ROOT_PASSWORD"),
+            &names::db_secret(c),
             secrets::DB_ROOT_PASSWORD_KEY,
         ),
-        env_var(&format!("{prefix}_DATABASE"), DB_NAME.into()),
-        secret_var(&format!("{prefix}_USER"), secrets::DB_APP_USER_KEY),
-        secret_var(&format!("{prefix}_PASSWORD"), secrets::DB_APP_PASSWORD_KEY),
+        pod::env(&format!("{prefix}_DATABASE"), DB_NAME),
+        pod::env_from_secret(
+            &format!("{prefix}_USER"),
+            &names::db_secret(c),
+            secrets::DB_APP_USER_KEY,
+        ),
+        pod::env_from_secret(
+            &format!("{prefix}_PASSWORD"),
+            &names::db_secret(c),
+            secrets::DB_APP_PASSWORD_KEY,
+        ),
     ];
     let mount = |name: &str, path: &str| VolumeMount {
         name: name.into(),
@@ -261,10 +242,10 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
         command: Some(vec!["sh".into(), "/config/init.sh".into()]),
         env: Some(vec![
             pod_name.clone(),
-            env_var("SERVER_ID_BASE", set.server_id_base().to_string()),
-            env_var("DB_SET", set.as_str().into()),
-            env_var("HEADLESS_SERVICE", c.service_host(&names::db_headless(c))),
-            env_var("CONF_DIR", CONF_DIR.into()),
+            pod::env("SERVER_ID_BASE", set.server_id_base().to_string()),
+            pod::env("DB_SET", set.as_str()),
+            pod::env("HEADLESS_SERVICE", c.service_host(&names::db_headless(c))),
+            pod::env("CONF_DIR", CONF_DIR),
         ]),
         volume_mounts: Some(vec![mount("config", "/config"), mount("conf", CONF_DIR)]),
         security_context: Some(pod::container_security(true)),

@@ -8,9 +8,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-            PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, SleepAction,
-            TCPSocketAction, Volume, VolumeMount,
+            HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Service,
+            ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -168,17 +167,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
             "--log-level".into(),
             "info".into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![pod::env_from_field("POD_NAME", "metadata.name")]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("https".into()),

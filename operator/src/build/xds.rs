@@ -7,9 +7,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-            GRPCAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service,
-            ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, GRPCAction, PodSpec,
+            PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -219,22 +219,6 @@ pub fn role_binding(c: &ClusterRef) -> RoleBinding {
 pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deployment {
     let selector = c.selector(COMPONENT);
     let labels = c.labels(COMPONENT, "chat-xds");
-    let env = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..EnvVar::default()
-    };
-    let field = |name: &str, path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
     let probe = |period: i32, failures: i32| Probe {
         grpc: Some(GRPCAction {
             port: ports::XDS,
@@ -248,14 +232,14 @@ pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deploymen
         name: "chat-xds".into(),
         image: Some(xds.image.clone().unwrap_or_else(defaults::xds_image)),
         env: Some(vec![
-            env("CHAT_XDS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")),
-            env("CHAT_XDS_LISTEN", format!("0.0.0.0:{}", ports::XDS)),
-            env(
+            pod::env("CHAT_XDS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+            pod::env("CHAT_XDS_LISTEN", format!("0.0.0.0:{}", ports::XDS)),
+            pod::env(
                 "CHAT_XDS_METRICS_LISTEN",
                 format!("0.0.0.0:{}", ports::METRICS),
             ),
-            field("POD_NAME", "metadata.name"),
-            env("RUST_LOG", "info".into()),
+            pod::env_from_field("POD_NAME", "metadata.name"),
+            pod::env("RUST_LOG", "info"),
         ]),
         ports: Some(vec![
             ContainerPort {
