@@ -391,6 +391,98 @@ impl Delta {
     }
 }
 
+/// What the shared stream driver needs of a stream's protocol state.
+trait Protocol: Send + 'static {
+    /// Envoy's request type.
+    type Request: Send + 'static;
+    /// Handle one request; false when the stream should end.
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        snapshot: &Snapshot,
+    ) -> impl std::future::Future<Output = bool> + Send;
+    /// Send what changed of `kind` in `snapshot`; false when the stream should end.
+    fn on_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        kind: Kind,
+    ) -> impl std::future::Future<Output = bool> + Send;
+    /// The Envoy's node id, once known.
+    fn node(&self) -> &str;
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    async fn on_request(&mut self, req: DiscoveryRequest, snapshot: &Snapshot) -> bool {
+        Sotw::on_request(self, req, snapshot).await
+    }
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind) -> bool {
+        self.push(snapshot, kind, false).await
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
+        Delta::on_request(self, req, snapshot).await
+    }
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind) -> bool {
+        self.push(snapshot, kind).await
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Drive one stream: Envoy's requests, and every new snapshot (pushed in make-before-break
+/// order), until either side ends; then forget the Envoy's status.
+fn drive<P: Protocol>(
+    mut protocol: P,
+    mut inbound: Streaming<P::Request>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    clients: Arc<Clients>,
+    mode: &'static str,
+) {
+    tokio::spawn(
+        async move {
+            'stream: loop {
+                tokio::select! {
+                    req = inbound.next() => match req {
+                        Some(Ok(req)) => {
+                            let snapshot = snapshots.borrow().clone();
+                            if !protocol.on_request(req, &snapshot).await {
+                                break;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            debug!(error = %e, "stream error");
+                            break;
+                        }
+                        None => break,
+                    },
+                    changed = snapshots.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        for kind in Kind::ALL {
+                            if !protocol.on_snapshot(&snapshot, kind).await {
+                                break 'stream;
+                            }
+                        }
+                    }
+                }
+            }
+            info!(node = %protocol.node(), "stream closed");
+            clients.remove(protocol.node());
+        }
+        .instrument(info_span!("ads", mode)),
+    );
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = Stream<DiscoveryResponse>;
@@ -399,50 +491,20 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut inbound = request.into_inner();
-        let mut snapshots = self.snapshots.clone();
         let (tx, rx) = mpsc::channel(16);
-        let mut stream = Sotw {
+        let protocol = Sotw {
             node: "unknown".into(),
             nonce: 0,
             types: HashMap::new(),
             clients: self.clients.clone(),
             tx,
         };
-        tokio::spawn(
-            async move {
-                loop {
-                    tokio::select! {
-                        req = inbound.next() => match req {
-                            Some(Ok(req)) => {
-                                let snapshot = snapshots.borrow().clone();
-                                if !stream.on_request(req, &snapshot).await {
-                                    break;
-                                }
-                            }
-                            Some(Err(e)) => {
-                                debug!(error = %e, "stream error");
-                                break;
-                            }
-                            None => break,
-                        },
-                        changed = snapshots.changed() => {
-                            if changed.is_err() {
-                                break;
-                            }
-                            let snapshot = snapshots.borrow_and_update().clone();
-                            for kind in Kind::ALL {
-                                if !stream.push(&snapshot, kind, false).await {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                info!(node = %stream.node, "stream closed");
-                stream.clients.remove(&stream.node);
-            }
-            .instrument(info_span!("ads", mode = "sotw")),
+        drive(
+            protocol,
+            request.into_inner(),
+            self.snapshots.clone(),
+            self.clients.clone(),
+            "sotw",
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -453,50 +515,20 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut inbound = request.into_inner();
-        let mut snapshots = self.snapshots.clone();
         let (tx, rx) = mpsc::channel(16);
-        let mut stream = Delta {
+        let protocol = Delta {
             node: "unknown".into(),
             nonce: 0,
             types: HashMap::new(),
             clients: self.clients.clone(),
             tx,
         };
-        tokio::spawn(
-            async move {
-                loop {
-                    tokio::select! {
-                        req = inbound.next() => match req {
-                            Some(Ok(req)) => {
-                                let snapshot = snapshots.borrow().clone();
-                                if !stream.on_request(req, &snapshot).await {
-                                    break;
-                                }
-                            }
-                            Some(Err(e)) => {
-                                debug!(error = %e, "stream error");
-                                break;
-                            }
-                            None => break,
-                        },
-                        changed = snapshots.changed() => {
-                            if changed.is_err() {
-                                break;
-                            }
-                            let snapshot = snapshots.borrow_and_update().clone();
-                            for kind in Kind::ALL {
-                                if !stream.push(&snapshot, kind).await {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                info!(node = %stream.node, "stream closed");
-                stream.clients.remove(&stream.node);
-            }
-            .instrument(info_span!("ads", mode = "delta")),
+        drive(
+            protocol,
+            request.into_inner(),
+            self.snapshots.clone(),
+            self.clients.clone(),
+            "delta",
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
