@@ -277,7 +277,7 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
             .env("CHAT_XDS_CONFIG", &config_path)
             .env("CHAT_XDS_ENDPOINTS_FILE", &endpoints_path)
             .env("CHAT_XDS_LISTEN", format!("127.0.0.1:{xds_port}"))
-            .env("CHAT_XDS_POLL_MS", "10"),
+            .env("CHAT_XDS_POLL_MS", "1000"),
     );
     let pid = xds.pid();
     let bootstrap = json!({

@@ -37,8 +37,8 @@ struct Args {
     /// Metrics, load signal and client status over HTTP.
     #[arg(long, env = "CHAT_XDS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// How often watched files are checked, in milliseconds.
-    #[arg(long, env = "CHAT_XDS_POLL_MS", default_value_t = 100)]
+    /// How often watched files are re-read even without a change notification, in ms.
+    #[arg(long, env = "CHAT_XDS_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
 }
 

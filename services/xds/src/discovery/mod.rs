@@ -100,18 +100,70 @@ pub fn parse_file(path: &Path) -> Result<Discovered, FileError> {
     })
 }
 
+/// Wakes on every change in `path`'s directory (inotify: atomic renames and Kubernetes'
+/// ConfigMap symlink swaps included) and at least every `every` as a fallback. The returned
+/// watcher must be kept alive.
+struct Wake {
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    tick: tokio::time::Interval,
+}
+
+impl Wake {
+    fn new(path: &Path, every: Duration) -> Self {
+        use notify::Watcher;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let watcher = notify::recommended_watcher(move |_| {
+            // A closed receiver means the watch loop ended: nothing to wake.
+            let _ = tx.send(());
+        })
+        .and_then(|mut w| {
+            w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, dir = %dir.display(), "no file notifications, polling only");
+                None
+            }
+        };
+        Self {
+            _watcher: watcher,
+            events,
+            tick: tokio::time::interval(every),
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.events.recv() => {
+                // Take the whole burst (write, rename, chmod) as one wake-up.
+                while self.events.try_recv().is_ok() {}
+            }
+            _ = self.tick.tick() => {}
+        }
+    }
+}
+
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Watch the static file, publishing every valid version of it. Polls every `every`; the
-/// certificate files are re-read on each poll too, so a rotated certificate is picked up.
+/// Watch the static file, publishing every valid version of it: on change notifications, and
+/// every `every` as a fallback, when the certificate files are re-read too (so a rotated
+/// certificate is picked up even from another directory).
 pub async fn watch_file(path: PathBuf, every: Duration, tx: watch::Sender<Discovered>) {
     let mut last_stamp = None;
-    let mut tick = tokio::time::interval(every);
+    let mut wake = Wake::new(&path, every);
     loop {
-        tick.tick().await;
+        wake.next().await;
         let now = stamp(&path);
         let file_changed = now != last_stamp;
         if !file_changed && tx.borrow().certificate.is_none() {
@@ -143,9 +195,9 @@ where
     T: for<'de> Deserialize<'de> + PartialEq + Send + Sync + 'static,
 {
     let mut last_stamp = stamp(&path);
-    let mut tick = tokio::time::interval(every);
+    let mut wake = Wake::new(&path, every);
     loop {
-        tick.tick().await;
+        wake.next().await;
         let now = stamp(&path);
         if now == last_stamp {
             continue;

@@ -247,7 +247,7 @@ impl Stack {
                 .env("CHAT_XDS_CONFIG", &self.config_path)
                 .env("CHAT_XDS_ENDPOINTS_FILE", &self.endpoints)
                 .env("CHAT_XDS_LISTEN", format!("127.0.0.1:{}", self.xds_port))
-                .env("CHAT_XDS_POLL_MS", "20")
+                .env("CHAT_XDS_POLL_MS", "60000")
                 .env(
                     "CHAT_XDS_METRICS_LISTEN",
                     format!("127.0.0.1:{}", self.http),
