@@ -248,8 +248,21 @@ struct Delta {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
+/// Which part of a change a push sends: new and changed resources go out first, in
+/// make-before-break order; removals after, in reverse order, so nothing is removed while
+/// something still refers to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Additions and updates.
+    Upserts,
+    /// Removals.
+    Removals,
+    /// Both at once (answers to Envoy's own requests).
+    All,
+}
+
 impl Delta {
-    async fn push(&mut self, snapshot: &Snapshot, kind: Kind) -> bool {
+    async fn push(&mut self, snapshot: &Snapshot, kind: Kind, phase: Phase) -> bool {
         let Some(t) = self.types.get_mut(&kind) else {
             return true;
         };
@@ -268,10 +281,13 @@ impl Delta {
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let mut in_flight = BTreeMap::new();
+        let upserts = phase != Phase::Removals;
+        let removals = phase != Phase::Upserts;
         for name in &wanted {
             match snapshot.get(kind, name) {
                 Some(r) => {
-                    if t.known.get(name) != Some(&r.version)
+                    if upserts
+                        && t.known.get(name) != Some(&r.version)
                         && t.rejected.get(name) != Some(&r.version)
                     {
                         resources.push(DeltaResource {
@@ -285,7 +301,7 @@ impl Delta {
                     }
                 }
                 None => {
-                    if t.known.remove(name).is_some() {
+                    if removals && t.known.remove(name).is_some() {
                         removed.push(name.clone());
                     }
                 }
@@ -295,7 +311,7 @@ impl Delta {
         let gone: Vec<String> = t
             .known
             .keys()
-            .filter(|n| snapshot.get(kind, n).is_none())
+            .filter(|n| removals && snapshot.get(kind, n).is_none())
             .cloned()
             .collect();
         for name in gone {
@@ -387,7 +403,7 @@ impl Delta {
                 t.known.remove(name);
             }
         }
-        self.push(snapshot, kind).await
+        self.push(snapshot, kind, Phase::All).await
     }
 }
 
@@ -401,11 +417,13 @@ trait Protocol: Send + 'static {
         req: Self::Request,
         snapshot: &Snapshot,
     ) -> impl std::future::Future<Output = bool> + Send;
-    /// Send what changed of `kind` in `snapshot`; false when the stream should end.
+    /// Send what changed of `kind` in `snapshot` in this `phase`; false when the stream
+    /// should end.
     fn on_snapshot(
         &mut self,
         snapshot: &Snapshot,
         kind: Kind,
+        phase: Phase,
     ) -> impl std::future::Future<Output = bool> + Send;
     /// The Envoy's node id, once known.
     fn node(&self) -> &str;
@@ -416,8 +434,9 @@ impl Protocol for Sotw {
     async fn on_request(&mut self, req: DiscoveryRequest, snapshot: &Snapshot) -> bool {
         Sotw::on_request(self, req, snapshot).await
     }
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind) -> bool {
-        self.push(snapshot, kind, false).await
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind, phase: Phase) -> bool {
+        // State-of-the-World sends each type whole: a removal is part of its update.
+        phase == Phase::Removals || self.push(snapshot, kind, false).await
     }
     fn node(&self) -> &str {
         &self.node
@@ -429,8 +448,8 @@ impl Protocol for Delta {
     async fn on_request(&mut self, req: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
         Delta::on_request(self, req, snapshot).await
     }
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind) -> bool {
-        self.push(snapshot, kind).await
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, kind: Kind, phase: Phase) -> bool {
+        self.push(snapshot, kind, phase).await
     }
     fn node(&self) -> &str {
         &self.node
@@ -468,8 +487,10 @@ fn drive<P: Protocol>(
                             break;
                         }
                         let snapshot = snapshots.borrow_and_update().clone();
-                        for kind in Kind::ALL {
-                            if !protocol.on_snapshot(&snapshot, kind).await {
+                        let upserts = Kind::ALL.into_iter().map(|k| (k, Phase::Upserts));
+                        let removals = Kind::ALL.into_iter().rev().map(|k| (k, Phase::Removals));
+                        for (kind, phase) in upserts.chain(removals) {
+                            if !protocol.on_snapshot(&snapshot, kind, phase).await {
                                 break 'stream;
                             }
                         }

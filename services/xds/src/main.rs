@@ -7,7 +7,7 @@ use chat_operator::build::XdsConfig;
 use chat_xds::csds::Csds;
 use chat_xds::{
     ads::{Ads, Clients},
-    discovery::{self, Discovered},
+    discovery::{self, Discovered, FileSource, Source, kubernetes::KubernetesSource},
     http::{self, Observed},
     load::{Load, LoadReporting},
     pipeline,
@@ -69,19 +69,19 @@ async fn main() -> anyhow::Result<()> {
     let snapshot = Arc::new(pipeline::rebuild(&config, &initial, None));
     let (discovered_tx, discovered_rx) = watch::channel::<Discovered>(initial);
     match args.endpoints_file {
-        Some(file) => {
-            tokio::spawn(discovery::watch_file(file, poll, discovered_tx));
+        Some(path) => {
+            tokio::spawn(FileSource { path, every: poll }.run(discovered_tx));
         }
         None => {
             let client = kube::Client::try_default()
                 .await
                 .context("no endpoints file and no Kubernetes configuration")?;
             info!(namespace = %config.namespace, selector = %config.endpoint_selector, "watching EndpointSlices");
-            tokio::spawn(discovery::kubernetes::watch(
+            let source = KubernetesSource {
                 client,
-                config.clone(),
-                discovered_tx,
-            ));
+                config: config.clone(),
+            };
+            tokio::spawn(source.run(discovered_tx));
         }
     }
     let (config_tx, config_rx) = watch::channel(config);

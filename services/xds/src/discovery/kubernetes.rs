@@ -16,7 +16,21 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::Discovered;
+use super::{Discovered, Source};
+
+/// The Kubernetes source: one ChatCluster's EndpointSlices and its TLS Secret.
+pub struct KubernetesSource {
+    /// The API client.
+    pub client: Client,
+    /// What to watch (namespace, label selector, Secret name).
+    pub config: XdsConfig,
+}
+
+impl Source for KubernetesSource {
+    async fn run(self, tx: watch::Sender<Discovered>) {
+        watch(self.client, self.config, tx).await;
+    }
+}
 use crate::model::{Certificate, Endpoint};
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -25,6 +25,27 @@ pub struct Discovered {
     pub certificate: Option<Certificate>,
 }
 
+/// A place endpoints (and the certificate) come from. A source runs until it cannot go on,
+/// keeping `tx` at what it last saw; the pipeline turns that into snapshots.
+pub trait Source: Send + 'static {
+    /// Publish into `tx` until done.
+    fn run(self, tx: watch::Sender<Discovered>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The laptop modes' source: a YAML file (see [`parse_file`]), followed as it changes.
+pub struct FileSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Fallback re-read interval when no change notification arrives.
+    pub every: Duration,
+}
+
+impl Source for FileSource {
+    async fn run(self, tx: watch::Sender<Discovered>) {
+        watch_file(self.path, self.every, tx).await;
+    }
+}
+
 /// The static file's format.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
