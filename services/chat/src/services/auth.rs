@@ -199,14 +199,7 @@ impl Auth for AuthService {
         };
         check_profile_text("display_name", &display, 64)?;
         let hash = hash_password(req.password).await?;
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let inserted = sqlx::query(
             "INSERT INTO auth_users (username, password_hash, display_name, created_at_ms) VALUES (?, ?, ?, ?)",
         )
@@ -236,14 +229,7 @@ impl Auth for AuthService {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
         let denied = || Error::Unauthenticated("wrong username or password".into());
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let row = sqlx::query(
             "SELECT id, username, display_name, bio, created_at_ms, password_hash FROM auth_users WHERE username = ?",
         )
@@ -263,14 +249,7 @@ impl Auth for AuthService {
 
     async fn refresh(&self, req: Request<RefreshRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let hash = hash_refresh(&req.refresh_token);
         // Delete-then-use: a refresh token works once, even when two requests race.
         let row = sqlx::query(
@@ -346,14 +325,7 @@ impl Auth for AuthService {
         if let Some(bio) = &req.bio {
             check_profile_text("bio", bio, 512)?;
         }
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         sqlx::query(
             "UPDATE auth_users SET display_name = COALESCE(?, display_name), bio = COALESCE(?, bio) WHERE id = ?",
         )

@@ -63,7 +63,7 @@ impl<M: Membership> Conversations<M> {
 
     /// Access checked on the primary: authoritative, for writes.
     async fn write_access(&self, user: u64, conv: u64) -> Result<Access> {
-        let mut conn = self.app.db.primary().await.acquire().await?;
+        let mut conn = self.app.primary_conn().await?;
         self.membership.access(&mut conn, user, conv).await
     }
 

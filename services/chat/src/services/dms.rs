@@ -117,14 +117,7 @@ impl Dms for DmsService {
             );
         }
         let (low, high) = (caller.sub.min(other), caller.sub.max(other));
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         // Idempotent: the pair is unique, and both users get the same conversation.
         sqlx::query(
             "INSERT INTO dms_conversations (user_low, user_high, created_at_ms) VALUES (?, ?, ?)

@@ -180,14 +180,7 @@ impl Groups for GroupsService {
             ))
             .into());
         }
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let mut tx = conn.begin().await.map_err(Error::from)?;
         let now = now_ms();
         let id = sqlx::query("INSERT INTO groups_groups (name, created_at_ms) VALUES (?, ?)")
@@ -242,14 +235,7 @@ impl Groups for GroupsService {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
         check_name("group", &req.name)?;
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let role = require_role(&mut conn, req.group_id, caller.sub).await?;
         if !is_manager(role) {
             return Err(Error::PermissionDenied(
@@ -284,14 +270,7 @@ impl Groups for GroupsService {
         if req.user_id == 0 {
             return Err(Error::InvalidArgument("user_id is required".into()).into());
         }
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let mine = require_role(&mut conn, req.group_id, caller.sub).await?;
         if !is_manager(mine) || (role == Role::Admin && mine != Role::Owner) {
             return Err(Error::PermissionDenied(
@@ -334,14 +313,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<Group>, Status> {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let mine = require_role(&mut conn, req.group_id, caller.sub).await?;
         let theirs = role_of(&mut conn, req.group_id, req.user_id)
             .await?
@@ -376,14 +348,7 @@ impl Groups for GroupsService {
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         let caller = self.app.writer(&req)?;
         let group = req.into_inner().group_id;
-        let mut conn = self
-            .app
-            .db
-            .primary()
-            .await
-            .acquire()
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
         let mut tx = conn.begin().await.map_err(Error::from)?;
         let mine = require_role(&mut tx, group, caller.sub).await?;
         sqlx::query("DELETE FROM groups_members WHERE group_id = ? AND user_id = ?")

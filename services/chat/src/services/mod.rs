@@ -106,6 +106,11 @@ impl App {
         })
     }
 
+    /// A connection to the primary, for writes.
+    pub async fn primary_conn(&self) -> Result<PooledConn> {
+        Ok(self.db.primary().await.acquire().await?)
+    }
+
     /// The authenticated caller.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Claims> {
         self.verifier.authenticate(req)
@@ -131,7 +136,7 @@ impl App {
             Ok(()) => Ok(conn),
             Err(Error::NotFound(_) | Error::PermissionDenied(_)) => {
                 drop(conn);
-                let mut primary = self.db.primary().await.acquire().await?;
+                let mut primary = self.primary_conn().await?;
                 check(&mut primary).await?;
                 Ok(primary)
             }

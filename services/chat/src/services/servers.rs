@@ -247,10 +247,6 @@ impl ServersService {
         let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
         db::migrate(&db.primary().await, "servers", &steps).await
     }
-
-    async fn write_conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>> {
-        Ok(self.app.db.primary().await.acquire().await?)
-    }
 }
 
 #[tonic::async_trait]
@@ -262,7 +258,7 @@ impl Servers for ServersService {
         let caller = self.app.writer(&req)?;
         let name = req.into_inner().name;
         check_name("server", &name)?;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let mut tx = conn.begin().await.map_err(Error::from)?;
         let now = now_ms();
         let id = sqlx::query("INSERT INTO servers_servers (name, created_at_ms) VALUES (?, ?)")
@@ -343,7 +339,7 @@ impl Servers for ServersService {
             }
             t => t,
         };
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         require(
             &mut conn,
             req.server_id,
@@ -385,7 +381,7 @@ impl Servers for ServersService {
         if code.is_empty() || code.len() > 16 {
             return Err(Error::InvalidArgument("invalid invite code".into()).into());
         }
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let mut tx = conn.begin().await.map_err(Error::from)?;
         let invite = sqlx::query(
             "SELECT server_id, expires_at_ms, max_uses, uses FROM servers_invites WHERE code = ? FOR UPDATE",
@@ -434,7 +430,7 @@ impl Servers for ServersService {
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         let caller = self.app.writer(&req)?;
         let server = req.into_inner().server_id;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let role = require(&mut conn, server, caller.sub, None).await?;
         if role == Role::Owner {
             return Err(Error::FailedPrecondition(
@@ -455,7 +451,7 @@ impl Servers for ServersService {
     async fn kick(&self, req: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let mine = require(&mut conn, req.server_id, caller.sub, Some(Permission::Kick)).await?;
         let theirs = role_of(&mut conn, req.server_id, req.user_id)
             .await?
@@ -492,7 +488,7 @@ impl Servers for ServersService {
             .ok()
             .filter(|r| *r != Role::Unspecified)
             .ok_or_else(|| Error::InvalidArgument("role must be member, admin or owner".into()))?;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let mut tx = conn.begin().await.map_err(Error::from)?;
         require(
             &mut tx,
@@ -542,7 +538,7 @@ impl Servers for ServersService {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
         check_name("channel", &req.name)?;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         require(
             &mut conn,
             req.server_id,
@@ -585,7 +581,7 @@ impl Servers for ServersService {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
         check_name("channel", &req.name)?;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let server = channel_server(&mut conn, req.channel_id).await?;
         require(
             &mut conn,
@@ -611,7 +607,7 @@ impl Servers for ServersService {
     ) -> Result<Response<DeleteChannelResponse>, Status> {
         let caller = self.app.writer(&req)?;
         let channel = req.into_inner().channel_id;
-        let mut conn = self.write_conn().await?;
+        let mut conn = self.app.primary_conn().await?;
         let server = channel_server(&mut conn, channel).await?;
         require(
             &mut conn,
