@@ -5,7 +5,8 @@
 //! - [`build`]: pure functions from a spec to the desired child objects;
 //! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
-//! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint.
+//! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint;
+//! - [`topology`]: GTID sets and the failover decision (database high availability).
 
 pub mod api;
 pub mod build;
@@ -15,3 +16,4 @@ pub mod metrics;
 pub mod reconcile;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod topology;

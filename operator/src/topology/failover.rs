@@ -1,0 +1,300 @@
+//! The failover decision: a pure function from what the topology loop observed to what it
+//! should do, so every topology can be unit-tested without a server.
+//!
+//! Promote only when it is safe and lossless:
+//! - the primary has been unreachable (or cut off from every replica) past the timeout — a
+//!   primary that flaps back within it is left alone;
+//! - the candidate is a reachable replica with no errant transaction whose executed GTIDs
+//!   contain every other reachable candidate's (so it has everything any of them has);
+//! - with semi-sync waiting for `k` acknowledgements out of `r` replicas, an acknowledged write
+//!   is on at least `k` replicas, so at least `r - k + 1` must be reachable for one of them to
+//!   be certain to have it; with fewer, promoting could lose acknowledged writes: refuse.
+
+use std::collections::BTreeSet;
+
+use super::gtid::GtidSet;
+
+/// One database server as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Pod (or process) name.
+    pub name: String,
+    /// Answered the topology loop's queries.
+    pub reachable: bool,
+    /// Executed GTIDs (last known when unreachable).
+    pub executed: GtidSet,
+    /// For replicas: the IO thread is connected to the primary.
+    pub io_running: bool,
+    /// For replicas: holds transactions the primary does not have (written on it directly).
+    pub errant: bool,
+}
+
+/// What the loop saw, and the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The current primary.
+    pub primary: Server,
+    /// The replicas.
+    pub replicas: Vec<Server>,
+    /// Milliseconds the primary has been unreachable or isolated (0: it is fine).
+    pub primary_down_for_ms: u64,
+    /// How long it must be down before a failover.
+    pub timeout_ms: u64,
+    /// Semi-sync acknowledgements a commit waits for (0: asynchronous replication).
+    pub semi_sync_wait_count: u32,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing: the primary is serving.
+    Healthy,
+    /// The primary looks gone, but not for long enough yet.
+    Wait {
+        /// Milliseconds left before a failover.
+        remaining_ms: u64,
+    },
+    /// Promote `promote`; fence the old primary where reachable (read-only, connections
+    /// killed) and point `repoint` at the new one.
+    Failover {
+        /// The replica to promote.
+        promote: String,
+        /// Reachable replicas to follow it.
+        repoint: Vec<String>,
+        /// Replicas left out, and why (errant, unreachable).
+        excluded: Vec<(String, String)>,
+    },
+    /// A failover is needed but cannot be done safely; the reason says why.
+    Blocked(String),
+}
+
+/// Whether the primary is isolated: it answers, but no replica is connected to it.
+pub fn isolated(obs: &Observation) -> bool {
+    let reachable: Vec<&Server> = obs.replicas.iter().filter(|r| r.reachable).collect();
+    obs.primary.reachable && !reachable.is_empty() && reachable.iter().all(|r| !r.io_running)
+}
+
+/// Decide what to do about the primary.
+pub fn decide(obs: &Observation) -> Decision {
+    let primary_ok = obs.primary.reachable && !isolated(obs);
+    if primary_ok || obs.primary_down_for_ms == 0 {
+        return Decision::Healthy;
+    }
+    if obs.primary_down_for_ms < obs.timeout_ms {
+        return Decision::Wait {
+            remaining_ms: obs.timeout_ms - obs.primary_down_for_ms,
+        };
+    }
+
+    let mut excluded = Vec::new();
+    let mut candidates = Vec::new();
+    for r in &obs.replicas {
+        if !r.reachable {
+            excluded.push((r.name.clone(), "unreachable".to_string()));
+        } else if r.errant {
+            excluded.push((r.name.clone(), "errant transactions".to_string()));
+        } else {
+            candidates.push(r);
+        }
+    }
+    if candidates.is_empty() {
+        return Decision::Blocked("no reachable replica without errant transactions".into());
+    }
+
+    // Lossless: with k acknowledgements out of r replicas, r - k + 1 must be reachable.
+    let k = obs.semi_sync_wait_count as usize;
+    if k > 0 {
+        let reachable = obs.replicas.iter().filter(|r| r.reachable).count();
+        let needed = obs.replicas.len().saturating_sub(k) + 1;
+        if reachable < needed {
+            return Decision::Blocked(format!(
+                "only {reachable} of {} replicas reachable; {needed} are needed to be sure no acknowledged write is lost",
+                obs.replicas.len()
+            ));
+        }
+    }
+
+    // The candidate that has everything every other candidate has.
+    let Some(best) = candidates
+        .iter()
+        .find(|c| candidates.iter().all(|o| c.executed.contains(&o.executed)))
+    else {
+        let names: BTreeSet<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+        return Decision::Blocked(format!(
+            "replicas {names:?} have diverged: none has every transaction of the others"
+        ));
+    };
+    Decision::Failover {
+        promote: best.name.clone(),
+        repoint: candidates
+            .iter()
+            .filter(|c| c.name != best.name)
+            .map(|c| c.name.clone())
+            .collect(),
+        excluded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const X: &str = "4f22ab58-82db-22f2-8f44-d91bb0530673";
+
+    fn gtid(s: &str) -> GtidSet {
+        GtidSet::parse_mysql(s).unwrap_or_default()
+    }
+
+    fn server(name: &str, executed: &str) -> Server {
+        Server {
+            name: name.into(),
+            reachable: true,
+            executed: gtid(executed),
+            io_running: true,
+            errant: false,
+        }
+    }
+
+    fn observation(primary_down_for_ms: u64, replicas: Vec<Server>) -> Observation {
+        let mut primary = server("db-0", &format!("{P}:1-100"));
+        primary.reachable = primary_down_for_ms == 0;
+        Observation {
+            primary,
+            replicas,
+            primary_down_for_ms,
+            timeout_ms: 10_000,
+            semi_sync_wait_count: 1,
+        }
+    }
+
+    fn failover(promote: &str, repoint: &[&str]) -> Decision {
+        Decision::Failover {
+            promote: promote.into(),
+            repoint: repoint.iter().map(|s| s.to_string()).collect(),
+            excluded: vec![],
+        }
+    }
+
+    #[test]
+    fn a_serving_primary_is_left_alone() {
+        let obs = observation(0, vec![server("db-1", &format!("{P}:1-100"))]);
+        assert_eq!(decide(&obs), Decision::Healthy);
+    }
+
+    #[test]
+    fn a_flapping_primary_waits_out_the_timeout() {
+        let replicas = vec![server("db-1", &format!("{P}:1-99"))];
+        assert_eq!(
+            decide(&observation(3_000, replicas.clone())),
+            Decision::Wait {
+                remaining_ms: 7_000
+            }
+        );
+        // Back before the timeout: nothing happens.
+        assert_eq!(decide(&observation(0, replicas.clone())), Decision::Healthy);
+        assert_eq!(
+            decide(&observation(10_000, replicas)),
+            failover("db-1", &[])
+        );
+    }
+
+    #[test]
+    fn the_most_advanced_replica_is_promoted_and_the_lagging_one_follows_it() {
+        let obs = observation(
+            15_000,
+            vec![
+                server("db-1", &format!("{P}:1-90")),
+                server("db-2", &format!("{P}:1-100")),
+            ],
+        );
+        assert_eq!(decide(&obs), failover("db-2", &["db-1"]));
+    }
+
+    #[test]
+    fn an_errant_replica_is_never_promoted() {
+        let mut errant = server("db-2", &format!("{P}:1-100,{X}:1-3"));
+        errant.errant = true;
+        let obs = observation(15_000, vec![server("db-1", &format!("{P}:1-100")), errant]);
+        assert_eq!(
+            decide(&obs),
+            Decision::Failover {
+                promote: "db-1".into(),
+                repoint: vec![],
+                excluded: vec![("db-2".into(), "errant transactions".into())],
+            }
+        );
+        // Only errant replicas left: no promotion.
+        let mut only = server("db-1", &format!("{P}:1-100,{X}:1"));
+        only.errant = true;
+        assert!(matches!(
+            decide(&observation(15_000, vec![only])),
+            Decision::Blocked(_)
+        ));
+    }
+
+    #[test]
+    fn all_replicas_down_blocks() {
+        let mut down = server("db-1", &format!("{P}:1-100"));
+        down.reachable = false;
+        assert!(matches!(
+            decide(&observation(15_000, vec![down])),
+            Decision::Blocked(reason) if reason.contains("no reachable replica")
+        ));
+    }
+
+    #[test]
+    fn too_few_reachable_replicas_could_lose_acknowledged_writes() {
+        // Semi-sync waits for 1 ack of 2 replicas: the one that acked may be the one down.
+        let mut down = server("db-2", &format!("{P}:1-100"));
+        down.reachable = false;
+        let obs = observation(
+            15_000,
+            vec![server("db-1", &format!("{P}:1-99")), down.clone()],
+        );
+        assert!(
+            matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("acknowledged write"))
+        );
+        // Waiting for 2 acks of 2: every acked write is on db-1 too, so it is safe.
+        let mut obs = observation(15_000, vec![server("db-1", &format!("{P}:1-100")), down]);
+        obs.semi_sync_wait_count = 2;
+        assert!(matches!(decide(&obs), Decision::Failover { promote, .. } if promote == "db-1"));
+    }
+
+    #[test]
+    fn diverged_replicas_block() {
+        let obs = observation(
+            15_000,
+            vec![
+                server("db-1", &format!("{P}:1-90:95")),
+                server("db-2", &format!("{P}:1-93")),
+            ],
+        );
+        assert!(matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("diverged")));
+    }
+
+    #[test]
+    fn a_primary_cut_off_from_its_replicas_is_replaced() {
+        // The operator still reaches it, but no replica does: it cannot acknowledge a
+        // semi-sync write, and after the timeout a replica takes over (the old one is fenced).
+        let mut replicas = vec![
+            server("db-1", &format!("{P}:1-100")),
+            server("db-2", &format!("{P}:1-100")),
+        ];
+        for r in &mut replicas {
+            r.io_running = false;
+        }
+        let mut obs = observation(12_000, replicas);
+        obs.primary.reachable = true;
+        assert!(isolated(&obs));
+        assert_eq!(decide(&obs), failover("db-1", &["db-2"]));
+        // Not yet past the timeout: wait.
+        obs.primary_down_for_ms = 2_000;
+        assert_eq!(
+            decide(&obs),
+            Decision::Wait {
+                remaining_ms: 8_000
+            }
+        );
+    }
+}

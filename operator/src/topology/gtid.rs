@@ -1,0 +1,254 @@
+//! GTID sets of both engines, compared the way failover needs: does one server have every
+//! transaction another has, and which transactions does a replica have that the primary does
+//! not (errant ones).
+//!
+//! - MySQL: `uuid:1-100:200-300,uuid2:1-5` — per source server, intervals of sequence numbers.
+//! - MariaDB: `0-1-100,1-2-50` — per replication domain, the last `server-seq` applied; a
+//!   domain's history is linear, so position `seq` stands for 1..=seq of that domain.
+
+use std::{collections::BTreeMap, fmt};
+
+/// A GTID set: per stream (MySQL source uuid, or MariaDB domain), sorted disjoint intervals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidSet {
+    streams: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// A GTID set that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid GTID set {input:?}: {reason}")]
+pub struct ParseError {
+    input: String,
+    reason: &'static str,
+}
+
+fn normalise(mut intervals: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    intervals.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
+    for (lo, hi) in intervals {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+impl GtidSet {
+    /// Parse MySQL's `gtid_executed` format.
+    pub fn parse_mysql(input: &str) -> Result<Self, ParseError> {
+        let err = |reason| ParseError {
+            input: input.to_string(),
+            reason,
+        };
+        let mut streams: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut fields = part.split(':');
+            let uuid = fields.next().ok_or_else(|| err("missing source uuid"))?;
+            if uuid.len() != 36 || !uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                return Err(err("source uuid is not a uuid"));
+            }
+            let intervals = streams.entry(uuid.to_ascii_lowercase()).or_default();
+            let mut any = false;
+            for range in fields {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse(), b.parse()),
+                    None => (range.parse(), range.parse()),
+                };
+                let (lo, hi): (u64, u64) = (
+                    lo.map_err(|_| err("interval is not a number"))?,
+                    hi.map_err(|_| err("interval is not a number"))?,
+                );
+                if lo == 0 || lo > hi {
+                    return Err(err("interval is empty or starts at 0"));
+                }
+                intervals.push((lo, hi));
+                any = true;
+            }
+            if !any {
+                return Err(err("source without an interval"));
+            }
+        }
+        for v in streams.values_mut() {
+            *v = normalise(std::mem::take(v));
+        }
+        Ok(Self { streams })
+    }
+
+    /// Parse MariaDB's `gtid_current_pos` / `gtid_binlog_pos` format.
+    pub fn parse_mariadb(input: &str) -> Result<Self, ParseError> {
+        let err = |reason| ParseError {
+            input: input.to_string(),
+            reason,
+        };
+        let mut streams: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let fields: Vec<&str> = part.split('-').collect();
+            let [domain, server, seq] = fields.as_slice() else {
+                return Err(err("expected domain-server-seq"));
+            };
+            let domain: u32 = domain.parse().map_err(|_| err("domain is not a number"))?;
+            let _server: u32 = server
+                .parse()
+                .map_err(|_| err("server id is not a number"))?;
+            let seq: u64 = seq.parse().map_err(|_| err("sequence is not a number"))?;
+            if streams
+                .insert(
+                    domain.to_string(),
+                    if seq == 0 { vec![] } else { vec![(1, seq)] },
+                )
+                .is_some()
+            {
+                return Err(err("domain listed twice"));
+            }
+        }
+        streams.retain(|_, v| !v.is_empty());
+        Ok(Self { streams })
+    }
+
+    /// Whether every transaction of `other` is in `self`.
+    pub fn contains(&self, other: &GtidSet) -> bool {
+        other.streams.iter().all(|(stream, intervals)| {
+            let mine = self.streams.get(stream).map(Vec::as_slice).unwrap_or(&[]);
+            intervals
+                .iter()
+                .all(|&(lo, hi)| mine.iter().any(|&(a, b)| a <= lo && hi <= b))
+        })
+    }
+
+    /// The transactions of `self` that are not in `other` (`GTID_SUBTRACT(self, other)`).
+    pub fn subtract(&self, other: &GtidSet) -> GtidSet {
+        let mut streams = BTreeMap::new();
+        for (stream, intervals) in &self.streams {
+            let theirs = other.streams.get(stream).map(Vec::as_slice).unwrap_or(&[]);
+            let mut rest = Vec::new();
+            for &(lo, hi) in intervals {
+                let mut start = lo;
+                for &(a, b) in theirs {
+                    if b < start || a > hi {
+                        continue;
+                    }
+                    if a > start {
+                        rest.push((start, a - 1));
+                    }
+                    start = b.saturating_add(1);
+                    if start > hi {
+                        break;
+                    }
+                }
+                if start <= hi {
+                    rest.push((start, hi));
+                }
+            }
+            if !rest.is_empty() {
+                streams.insert(stream.clone(), rest);
+            }
+        }
+        GtidSet { streams }
+    }
+
+    /// Whether the set has no transaction.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Number of transactions.
+    pub fn count(&self) -> u64 {
+        self.streams
+            .values()
+            .flatten()
+            .map(|(lo, hi)| hi - lo + 1)
+            .sum()
+    }
+}
+
+impl fmt::Display for GtidSet {
+    /// MySQL's notation (MariaDB sets print as `domain:1-seq`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .streams
+            .iter()
+            .map(|(s, iv)| {
+                let ranges: Vec<String> = iv
+                    .iter()
+                    .map(|(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                format!("{s}:{}", ranges.join(":"))
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const B: &str = "4f22ab58-82db-22f2-8f44-d91bb0530673";
+
+    fn my(s: &str) -> GtidSet {
+        GtidSet::parse_mysql(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn maria(s: &str) -> GtidSet {
+        GtidSet::parse_mariadb(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn mysql_sets_parse_merge_and_print() {
+        let s = my(&format!("{A}:1-5:6-10:20, {B}:3"));
+        assert_eq!(s.to_string(), format!("{A}:1-10:20,{B}:3"));
+        assert_eq!(s.count(), 12);
+        assert!(my("").is_empty());
+        for bad in [
+            A.to_string(),
+            format!("{A}:0-3"),
+            format!("{A}:5-3"),
+            "nope:1-2".into(),
+            format!("{A}:x"),
+        ] {
+            assert!(GtidSet::parse_mysql(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn containment_and_subtraction() {
+        let primary = my(&format!("{A}:1-100"));
+        let behind = my(&format!("{A}:1-90"));
+        let errant = my(&format!("{A}:1-100,{B}:1-2"));
+        assert!(primary.contains(&behind));
+        assert!(!behind.contains(&primary));
+        assert!(errant.contains(&primary));
+        assert_eq!(errant.subtract(&primary).to_string(), format!("{B}:1-2"));
+        assert!(behind.subtract(&primary).is_empty());
+        assert_eq!(primary.subtract(&behind).to_string(), format!("{A}:91-100"));
+        let holes = my(&format!("{A}:1-10:20-30"));
+        assert_eq!(
+            my(&format!("{A}:1-40")).subtract(&holes).to_string(),
+            format!("{A}:11-19:31-40")
+        );
+    }
+
+    #[test]
+    fn mariadb_positions() {
+        let primary = maria("0-1-100");
+        let replica = maria("0-1-90");
+        assert!(primary.contains(&replica));
+        assert!(!replica.contains(&primary));
+        assert_eq!(primary.subtract(&replica).count(), 10);
+        // A replica that wrote in its own domain has errant transactions.
+        let errant = maria("0-1-100,1-2-3");
+        assert_eq!(errant.subtract(&primary).count(), 3);
+        assert!(maria("").is_empty());
+        for bad in ["0-1", "a-1-2", "0-1-2,0-2-3"] {
+            assert!(GtidSet::parse_mariadb(bad).is_err(), "{bad}");
+        }
+    }
+}
