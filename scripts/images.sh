@@ -40,6 +40,10 @@ if ! docker version >/dev/null 2>&1; then
 fi
 export DOCKER_BUILDKIT=0
 
+# Wherever cargo builds (CARGO_TARGET_DIR, config), ask it.
+target_dir="$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+
 log "building static binaries ($target)"
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" \
   -p chat-operator -p chatd -p chat-xds --bin chat-operator --bin chatd --bin chat-xds
@@ -48,7 +52,7 @@ build() { # name dockerfile-dir
   local name=$1 dir=$2 ctx
   ctx="$(mktemp -d)"
   cp "$dir/Dockerfile" "$ctx/"
-  cp "target/$target/release/$name" "$ctx/"
+  cp "$target_dir/$target/release/$name" "$ctx/"
   # (The legacy builder warns that it is deprecated; it needs nothing from the network.)
   docker build -q -t "chatcluster/$name:$tag" "$ctx" >/dev/null 2>&1
   docker image inspect "chatcluster/$name:$tag" >/dev/null
