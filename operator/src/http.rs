@@ -34,3 +34,49 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )
+            .await
+            .unwrap_or_else(|e| match e {});
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_leader(true);
+        let app = router(metrics);
+        assert_eq!(
+            get(app.clone(), "/healthz").await,
+            (StatusCode::OK, "ok".into())
+        );
+        assert_eq!(
+            get(app.clone(), "/readyz").await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (status, text) = get(app.clone(), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains("chat_operator_leader 1"), "{text}");
+        assert_eq!(get(app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}
