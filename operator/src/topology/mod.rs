@@ -6,3 +6,4 @@
 pub mod dialect;
 pub mod failover;
 pub mod gtid;
+pub mod semisync;
