@@ -97,9 +97,10 @@ fn row_to_message(row: &MySqlRow) -> Result<Message> {
 const COLUMNS: &str =
     "conversation_id, seq, sender_id, text, client_key, sent_at_ms, edited_at_ms, deleted";
 
-/// Send a message to conversation `conv` as `sender`.
+/// Send a message to conversation `conv` as `sender`, on `conn` (a primary connection).
 pub async fn send(
     db: &Db,
+    conn: &mut MySqlConnection,
     t: Tables,
     conv: u64,
     sender: u64,
@@ -113,21 +114,20 @@ pub async fn send(
         )));
     }
     let key = (!client_key.is_empty()).then_some(client_key);
-    let mut conn = db.primary().await.acquire().await?;
     if let Some(key) = key
-        && let Some(existing) = by_client_key(&mut conn, t, conv, sender, key).await?
+        && let Some(existing) = by_client_key(conn, t, conv, sender, key).await?
     {
-        let token = db.commit_token(&mut conn).await?;
+        let token = db.commit_token(conn).await?;
         return Ok(Written {
             message: existing,
             token,
             fresh: false,
         });
     }
-    let inserted = insert(&mut conn, t, conv, sender, text, key).await;
+    let inserted = insert(conn, t, conv, sender, text, key).await;
     match inserted {
         Ok(message) => {
-            let token = db.commit_token(&mut conn).await?;
+            let token = db.commit_token(conn).await?;
             Ok(Written {
                 message,
                 token,
@@ -137,10 +137,10 @@ pub async fn send(
         // A concurrent retry with the same key won: return its message.
         Err(Error::Database(e)) if is_duplicate(&e) => {
             let key = key.unwrap_or_default();
-            let existing = by_client_key(&mut conn, t, conv, sender, key)
+            let existing = by_client_key(conn, t, conv, sender, key)
                 .await?
                 .ok_or_else(|| Error::Internal("duplicate key without a row".into()))?;
-            let token = db.commit_token(&mut conn).await?;
+            let token = db.commit_token(conn).await?;
             Ok(Written {
                 message: existing,
                 token,
@@ -229,9 +229,10 @@ pub enum Change<'a> {
     },
 }
 
-/// Edit or delete message `seq` of `conv` as `caller`.
+/// Edit or delete message `seq` of `conv` as `caller`, on `conn` (a primary connection).
 pub async fn change(
     db: &Db,
+    conn: &mut MySqlConnection,
     t: Tables,
     conv: u64,
     seq: u64,
@@ -241,7 +242,6 @@ pub async fn change(
     if let Change::Edit(text) = change {
         check_text(text)?;
     }
-    let mut conn = db.primary().await.acquire().await?;
     let mut tx = conn.begin().await?;
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM {} WHERE conversation_id = ? AND seq = ? FOR UPDATE",
@@ -291,7 +291,7 @@ pub async fn change(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let token = db.commit_token(&mut conn).await?;
+    let token = db.commit_token(conn).await?;
     Ok(Written {
         message,
         token,

@@ -61,10 +61,12 @@ impl<M: Membership> Conversations<M> {
         }
     }
 
-    /// Access checked on the primary: authoritative, for writes.
-    async fn write_access(&self, user: u64, conv: u64) -> Result<Access> {
+    /// A primary connection, after checking access on it (the primary is authoritative for
+    /// writes); the write then uses the same connection: one pool checkout per call.
+    async fn write_access(&self, user: u64, conv: u64) -> Result<(PooledConn, Access)> {
         let mut conn = self.app.primary_conn().await?;
-        self.membership.access(&mut conn, user, conv).await
+        let access = self.membership.access(&mut conn, user, conv).await?;
+        Ok((conn, access))
     }
 
     /// Send a message.
@@ -75,9 +77,10 @@ impl<M: Membership> Conversations<M> {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
         messages::check_text(&req.text)?;
-        self.write_access(caller.sub, req.conversation_id).await?;
+        let (mut conn, _) = self.write_access(caller.sub, req.conversation_id).await?;
         let written = messages::send(
             &self.app.db,
+            &mut conn,
             self.tables,
             req.conversation_id,
             caller.sub,
@@ -105,8 +108,9 @@ impl<M: Membership> Conversations<M> {
     ) -> Result<Response<Message>, Status> {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
-        self.write_access(caller.sub, req.conversation_id).await?;
+        let (conn, _) = self.write_access(caller.sub, req.conversation_id).await?;
         self.changed(
+            conn,
             caller.sub,
             req.conversation_id,
             req.seq,
@@ -122,8 +126,9 @@ impl<M: Membership> Conversations<M> {
     ) -> Result<Response<Message>, Status> {
         let caller = self.app.writer(&req)?;
         let req = req.into_inner();
-        let access = self.write_access(caller.sub, req.conversation_id).await?;
+        let (conn, access) = self.write_access(caller.sub, req.conversation_id).await?;
         self.changed(
+            conn,
             caller.sub,
             req.conversation_id,
             req.seq,
@@ -136,12 +141,22 @@ impl<M: Membership> Conversations<M> {
 
     async fn changed(
         &self,
+        mut conn: PooledConn,
         user: u64,
         conv: u64,
         seq: u64,
         change: Change<'_>,
     ) -> Result<Response<Message>, Status> {
-        let written = messages::change(&self.app.db, self.tables, conv, seq, user, change).await?;
+        let written = messages::change(
+            &self.app.db,
+            &mut conn,
+            self.tables,
+            conv,
+            seq,
+            user,
+            change,
+        )
+        .await?;
         self.app
             .hub
             .publish(&self.topic(conv), seq, &written.token, true);
