@@ -39,6 +39,24 @@ async fn ready(stack: &Stack, cluster: &'static str, n: usize) {
     .await;
 }
 
+/// One service with `ports` as its endpoints (and optionally a certificate), started, with
+/// every endpoint healthy in Envoy.
+async fn single(
+    api_type: &str,
+    name: &'static str,
+    lb: LoadBalancing,
+    ports: Vec<u16>,
+    certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> (Inputs, Stack) {
+    let inputs = Inputs {
+        services: BTreeMap::from([(name.to_string(), ports.clone())]),
+        certificate,
+    };
+    let stack = Stack::start(api_type, vec![service(name, lb)], &inputs);
+    ready(&stack, name, ports.len()).await;
+    (inputs, stack)
+}
+
 async fn nack_is_not_resent(api_type: &str) {
     let b = Backend::start("auth-1").await;
     let s = Backend::start("servers-1").await;
@@ -158,16 +176,14 @@ async fn delta_nack_is_not_resent() {
 async fn control_plane_restart_fails_no_request(api_type: &str) {
     let b1 = Backend::start("auth-1").await;
     let b2 = Backend::start("auth-2").await;
-    let mut inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b1.port])]),
-        certificate: None,
-    };
-    let mut stack = Stack::start(
+    let (mut inputs, mut stack) = single(
         api_type,
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 1).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b1.port],
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -307,16 +323,14 @@ async fn certificate_rotates_over_sds_without_a_listener_change() {
     let b = Backend::start("auth-1").await;
     let certs = chatcluster_tests::TempDir::new("certs");
     let (cert_a, key_a, fp_a) = certificate(certs.path(), "a");
-    let mut inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
-        certificate: Some((cert_a.clone(), key_a.clone())),
-    };
-    let stack = Stack::start(
+    let (mut inputs, stack) = single(
         "DELTA_GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 1).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        Some((cert_a.clone(), key_a.clone())),
+    )
+    .await;
     let port = stack.tls_port;
     eventually("the TLS listener", Duration::from_secs(10), || {
         let fp_a = fp_a.clone();
@@ -357,16 +371,14 @@ async fn certificate_rotates_over_sds_without_a_listener_change() {
 async fn grpc_web_from_a_browser_reaches_the_service() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start("auth-1").await;
-    let inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let (_, stack) = single(
         "GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 1).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        None,
+    )
+    .await;
     let ingress = stack.ingress;
     eventually("the listener", Duration::from_secs(10), || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", ingress))
@@ -457,16 +469,14 @@ async fn a_crashed_backend_fails_under_one_percent_of_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_rate_limits_with_resource_exhausted() {
     let b = Backend::start("auth-1").await;
-    let inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let (_, stack) = single(
         "DELTA_GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 1).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
     for _ in 0..30 {
         call(&channel, "/chatcluster.auth.v1.Auth/Login")
@@ -508,16 +518,14 @@ async fn envoy_rate_limits_with_resource_exhausted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn load_signal_and_client_status_over_http() {
     let b = Backend::start("auth-1").await;
-    let inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b.port])]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let (_, stack) = single(
         "DELTA_GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 1).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
     // About 100 requests per second for three seconds.
     for _ in 0..300 {
@@ -558,16 +566,14 @@ async fn load_signal_and_client_status_over_http() {
 async fn least_request_spreads_and_draining_fails_nothing() {
     let b1 = Backend::start("auth-1").await;
     let b2 = Backend::start("auth-2").await;
-    let inputs = Inputs {
-        services: BTreeMap::from([("auth".to_string(), vec![b1.port, b2.port])]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let (inputs, stack) = single(
         "DELTA_GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 2).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b1.port, b2.port],
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
     let mut seen = BTreeMap::new();
     for _ in 0..40 {
