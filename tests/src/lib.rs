@@ -2,6 +2,8 @@
 //! dirs, and child processes that are killed when the test ends, pass or fail.
 
 pub mod mariadb;
+pub mod netns;
+pub mod writer;
 
 use std::{
     collections::HashSet,

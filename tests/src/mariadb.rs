@@ -29,6 +29,12 @@ pub struct MariaDb {
     /// Its `server_id`.
     pub server_id: u32,
     extra: Vec<String>,
+    /// Address it listens on.
+    bind: String,
+    /// Address others reach it at.
+    pub host: String,
+    /// Network namespace it runs in (`None`: the host's).
+    netns: Option<String>,
     process: Option<Process>,
 }
 
@@ -40,6 +46,18 @@ impl MariaDb {
     /// Initialise a data directory and start a server with `server_id`, binary logging,
     /// strict GTIDs, the semi-sync settings given and the users tests need.
     pub fn start(server_id: u32, extra: &[&str]) -> Self {
+        Self::start_at(server_id, extra, "127.0.0.1", "127.0.0.1", None)
+    }
+
+    /// As [`start`](Self::start), listening on `bind`, reached at `host`, inside network
+    /// namespace `netns` if given.
+    pub fn start_at(
+        server_id: u32,
+        extra: &[&str],
+        bind: &str,
+        host: &str,
+        netns: Option<&str>,
+    ) -> Self {
         let dir = TempDir::new(&format!("mariadb-{server_id}"));
         let data = dir.path().join("data");
         // Each server its own tmpdir: nothing shared between servers started side by side.
@@ -67,6 +85,9 @@ impl MariaDb {
             port: free_port(),
             server_id,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            bind: bind.to_string(),
+            host: host.to_string(),
+            netns: netns.map(String::from),
             process: None,
         };
         db.spawn();
@@ -87,35 +108,39 @@ impl MariaDb {
 
     fn spawn(&mut self) {
         let d = self.dir.path();
-        let mut cmd = Command::new("mariadbd");
-        cmd.args([
-            "--no-defaults",
-            "--user=root",
-            "--bind-address=127.0.0.1",
-            "--skip-name-resolve",
-        ])
-        .arg(format!("--datadir={}", d.join("data").display()))
-        .arg(format!("--tmpdir={}", d.join("tmp").display()))
-        .env("TMPDIR", d.join("tmp"))
-        .arg(format!("--socket={}", socket(&self.dir).display()))
-        .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
-        .arg(format!("--log-error={}", d.join("error.log").display()))
-        .arg(format!("--port={}", self.port))
-        .arg(format!("--server-id={}", self.server_id))
-        .args([
-            "--log-bin=binlog",
-            "--binlog-format=ROW",
-            "--log-slave-updates=ON",
-            "--gtid-strict-mode=ON",
-            "--skip-slave-start",
-            "--relay-log-recovery=ON",
-            "--innodb-buffer-pool-size=32M",
-            "--innodb-log-file-size=16M",
-            "--max-connections=500",
-        ])
-        .args(&self.extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        // `ip netns exec` execs the server: the process killed is the server itself.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mariadbd"]);
+                c
+            }
+            None => Command::new("mariadbd"),
+        };
+        cmd.args(["--no-defaults", "--user=root", "--skip-name-resolve"])
+            .arg(format!("--bind-address={}", self.bind))
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
+            .env("TMPDIR", d.join("tmp"))
+            .arg(format!("--socket={}", socket(&self.dir).display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--server-id={}", self.server_id))
+            .args([
+                "--log-bin=binlog",
+                "--binlog-format=ROW",
+                "--log-slave-updates=ON",
+                "--gtid-strict-mode=ON",
+                "--skip-slave-start",
+                "--relay-log-recovery=ON",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--max-connections=500",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         self.process = Some(Process::spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -155,7 +180,10 @@ impl MariaDb {
 
     /// `mysql://` URL for `user`:`password` on the application schema.
     pub fn url(&self, user: &str, password: &str) -> String {
-        format!("mysql://{user}:{password}@127.0.0.1:{}/{APP_DB}", self.port)
+        format!(
+            "mysql://{user}:{password}@{}:{}/{APP_DB}",
+            self.host, self.port
+        )
     }
 
     /// URL of the application user.
@@ -165,7 +193,7 @@ impl MariaDb {
 
     /// `host:port` of this server.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Make this server a read-only GTID replica of `primary`, starting from nothing (both

@@ -73,7 +73,11 @@ fn image(db: &DatabaseSpec) -> String {
 
 /// Server configuration common to every pod: GTIDs, row binlogs, crash-safe replication and,
 /// when there are replicas to wait for, lossless (AFTER_SYNC) semi-synchronous replication.
-/// Replication is never started by the server itself: the topology loop decides who follows whom.
+/// Every server starts read-only and never starts replication by itself: the topology loop
+/// decides who is primary (and makes it writable, with semi-sync sized from the caught-up
+/// replicas) and who follows whom — so a restarted old primary cannot take writes. A primary
+/// never falls back to asynchronous commits on its own (a day's timeout): cut off from its
+/// replicas, it acknowledges nothing.
 pub fn server_config(db: &DatabaseSpec) -> String {
     let semi_sync = db.semi_sync && db.replicas > 0;
     let mut lines: Vec<&str> = Vec::new();
@@ -90,15 +94,16 @@ pub fn server_config(db: &DatabaseSpec) -> String {
                 "sync_binlog=1",
                 "innodb_flush_log_at_trx_commit=1",
                 "skip_name_resolve=ON",
+                "read_only=ON",
+                "super_read_only=ON",
                 "plugin_load_add=semisync_source.so",
                 "plugin_load_add=semisync_replica.so",
             ]);
             if semi_sync {
                 lines.extend([
-                    "rpl_semi_sync_source_enabled=ON",
                     "rpl_semi_sync_replica_enabled=ON",
                     "rpl_semi_sync_source_wait_point=AFTER_SYNC",
-                    "rpl_semi_sync_source_timeout=10000",
+                    "rpl_semi_sync_source_timeout=86400000",
                 ]);
             }
         }
@@ -114,13 +119,13 @@ pub fn server_config(db: &DatabaseSpec) -> String {
                 "sync_binlog=1",
                 "innodb_flush_log_at_trx_commit=1",
                 "skip_name_resolve=ON",
+                "read_only=ON",
             ]);
             if semi_sync {
                 lines.extend([
-                    "rpl_semi_sync_master_enabled=ON",
                     "rpl_semi_sync_slave_enabled=ON",
                     "rpl_semi_sync_master_wait_point=AFTER_SYNC",
-                    "rpl_semi_sync_master_timeout=10000",
+                    "rpl_semi_sync_master_timeout=86400000",
                 ]);
             }
         }
@@ -130,8 +135,8 @@ pub fn server_config(db: &DatabaseSpec) -> String {
     out
 }
 
-/// Init script: gives each pod a unique `server_id` (set base + ordinal), a `report_host` peers
-/// can reach, and starts replica-set pods read-only.
+/// Init script: gives each pod a unique `server_id` (set base + ordinal) and a `report_host`
+/// peers can reach.
 const INIT_SCRIPT: &str = r#"#!/bin/sh
 set -eu
 ordinal="${POD_NAME##*-}"
@@ -140,7 +145,6 @@ cp /config/chatcluster.cnf "$CONF_DIR/chatcluster.cnf"
   echo "[mysqld]"
   echo "server_id=$((SERVER_ID_BASE + ordinal))"
   echo "report_host=${POD_NAME}.${HEADLESS_SERVICE}"
-  if [ "$DB_SET" = replica ]; then echo "read_only=ON"; fi
 } > "$CONF_DIR/server-id.cnf"
 "#;
 

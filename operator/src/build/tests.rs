@@ -428,11 +428,6 @@ fn init_script_gives_every_database_pod_a_unique_server_id() {
                 written.contains(&format!("report_host={pod}.demo-db.chat.svc")),
                 "{written}"
             );
-            assert_eq!(
-                written.contains("read_only=ON"),
-                db_set == "replica",
-                "{written}"
-            );
             let id = written
                 .lines()
                 .find_map(|l| l.strip_prefix("server_id="))
@@ -456,9 +451,12 @@ fn database_config_per_engine() {
     for line in [
         "gtid_mode=ON",
         "enforce_gtid_consistency=ON",
-        "rpl_semi_sync_source_enabled=ON",
+        "rpl_semi_sync_replica_enabled=ON",
         "rpl_semi_sync_source_wait_point=AFTER_SYNC",
+        "rpl_semi_sync_source_timeout=86400000",
         "skip_replica_start=ON",
+        "read_only=ON",
+        "super_read_only=ON",
     ] {
         assert!(mysql.lines().any(|l| l == line), "mysql lacks {line}");
     }
@@ -468,14 +466,18 @@ fn database_config_per_engine() {
     for line in [
         "gtid_strict_mode=ON",
         "log_slave_updates=ON",
-        "rpl_semi_sync_master_enabled=ON",
+        "rpl_semi_sync_slave_enabled=ON",
         "rpl_semi_sync_master_wait_point=AFTER_SYNC",
+        "rpl_semi_sync_master_timeout=86400000",
+        "read_only=ON",
     ] {
         assert!(maria.lines().any(|l| l == line), "mariadb lacks {line}");
     }
-    // Semi-sync with nobody to wait for would stall every write: off without replicas.
+    // Semi-sync with nobody to wait for would stall every write: off without replicas. With
+    // them, the topology loop turns the primary's side on, sized from the caught-up replicas.
+    assert!(!maria.contains("semi_sync_master_enabled"));
     spec.database.replicas = 0;
-    assert!(!database::server_config(&spec.database).contains("semi_sync_master_enabled"));
+    assert!(!database::server_config(&spec.database).contains("semi_sync"));
     spec.database.replicas = 2;
     spec.database.semi_sync = false;
     assert!(!database::server_config(&spec.database).contains("semi_sync"));

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use super::gtid::{GtidSet, ParseError};
+
 /// Where a replica replicates from, and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source<'a> {
@@ -19,10 +21,61 @@ pub struct Source<'a> {
     pub tls: bool,
 }
 
+/// Column names of the engine's replica status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaColumns {
+    /// `Yes` / `Connecting` / `No`.
+    pub io_running: &'static str,
+    /// `Yes` / `No`.
+    pub sql_running: &'static str,
+    /// Host replicated from.
+    pub source_host: &'static str,
+    /// Port replicated from.
+    pub source_port: &'static str,
+    /// Last receiver error number and text.
+    pub io_errno: &'static str,
+    /// See `io_errno`.
+    pub io_error: &'static str,
+    /// Last applier error number and text.
+    pub sql_errno: &'static str,
+    /// See `sql_errno`.
+    pub sql_error: &'static str,
+    /// GTIDs received (possibly not applied yet).
+    pub received: &'static str,
+}
+
+/// How a replica is re-seeded from the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seed {
+    /// Copy the application schemas from a consistent snapshot (MariaDB has no clone).
+    Logical,
+    /// Run these statements on the replica: the server copies itself and restarts.
+    Clone(Vec<String>),
+}
+
 /// Statements that differ between engines.
 pub trait Dialect: Send + Sync {
+    /// Parse the engine's GTID notation.
+    fn parse_gtids(&self, text: &str) -> Result<GtidSet, ParseError>;
     /// Query returning the executed GTID set.
     fn executed_gtids(&self) -> &'static str;
+    /// The replica status statement (one row when replication is configured).
+    fn replica_status(&self) -> &'static str;
+    /// Its column names.
+    fn replica_columns(&self) -> ReplicaColumns;
+    /// Before pointing a server that may have been a primary at a source: make it resume from
+    /// everything it has executed, not only what it replicated.
+    fn adopt_own_position(&self) -> Option<&'static str>;
+    /// Forget replication settings.
+    fn reset_replica(&self) -> &'static str;
+    /// Forget this server's binary logs and GTID history (re-seeding).
+    fn reset_binlog(&self) -> &'static str;
+    /// Declare `gtids` applied (after re-seeding from a snapshot at that position).
+    fn set_applied(&self, gtids: &str) -> String;
+    /// How a replica is re-seeded from `source`.
+    fn seed(&self, source: &Source<'_>) -> Seed;
+    /// Turn the primary's semi-sync off (degraded: no caught-up replica to wait for).
+    fn semi_sync_source_off(&self) -> &'static str;
     /// Point this server at `source`, resuming from its own GTID position.
     fn change_source(&self, source: &Source<'_>) -> String;
     /// Start replicating.
@@ -37,7 +90,10 @@ pub trait Dialect: Send + Sync {
     fn make_read_only(&self) -> &'static str;
     /// Make this server the primary: stop and forget replication, accept writes.
     fn promote(&self) -> Vec<&'static str>;
-    /// Lossless semi-sync as a primary, waiting for `wait_count` replicas.
+    /// Lossless semi-sync as a primary, waiting for `wait_count` replicas. The server's own
+    /// fall-back to asynchronous commits is pushed out to a day: a primary cut off from its
+    /// replicas must not acknowledge writes by itself; the topology loop, which sees every
+    /// server, decides when to degrade.
     fn semi_sync_source(&self, wait_count: u32) -> Vec<String>;
     /// Semi-sync as a replica.
     fn semi_sync_replica(&self) -> &'static str;
@@ -51,12 +107,66 @@ pub struct MySql;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MariaDb;
 
+/// How long a primary waits for a semi-sync acknowledgement before committing without one.
+const SEMI_SYNC_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Quote a string literal for SQL.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 impl Dialect for MySql {
+    fn parse_gtids(&self, text: &str) -> Result<GtidSet, ParseError> {
+        GtidSet::parse_mysql(text)
+    }
+    fn replica_status(&self) -> &'static str {
+        "SHOW REPLICA STATUS"
+    }
+    fn replica_columns(&self) -> ReplicaColumns {
+        ReplicaColumns {
+            io_running: "Replica_IO_Running",
+            sql_running: "Replica_SQL_Running",
+            source_host: "Source_Host",
+            source_port: "Source_Port",
+            io_errno: "Last_IO_Errno",
+            io_error: "Last_IO_Error",
+            sql_errno: "Last_SQL_Errno",
+            sql_error: "Last_SQL_Error",
+            received: "Retrieved_Gtid_Set",
+        }
+    }
+    fn adopt_own_position(&self) -> Option<&'static str> {
+        // Auto-positioning already sends everything in gtid_executed.
+        None
+    }
+    fn reset_replica(&self) -> &'static str {
+        "RESET REPLICA ALL"
+    }
+    fn reset_binlog(&self) -> &'static str {
+        "RESET BINARY LOGS AND GTIDS"
+    }
+    fn set_applied(&self, gtids: &str) -> String {
+        format!("SET GLOBAL gtid_purged = {}", quote(gtids))
+    }
+    fn seed(&self, s: &Source<'_>) -> Seed {
+        Seed::Clone(vec![
+            format!(
+                "SET GLOBAL clone_valid_donor_list = {}",
+                quote(&format!("{}:{}", s.host, s.port))
+            ),
+            format!(
+                "CLONE INSTANCE FROM {}@{}:{} IDENTIFIED BY {}{}",
+                quote(s.user),
+                quote(s.host),
+                s.port,
+                quote(s.password),
+                if s.tls { " REQUIRE SSL" } else { "" }
+            ),
+        ])
+    }
+    fn semi_sync_source_off(&self) -> &'static str {
+        "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
+    }
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_executed"
     }
@@ -99,6 +209,7 @@ impl Dialect for MySql {
     fn semi_sync_source(&self, wait_count: u32) -> Vec<String> {
         vec![
             "SET GLOBAL rpl_semi_sync_source_wait_point = 'AFTER_SYNC'".into(),
+            format!("SET GLOBAL rpl_semi_sync_source_timeout = {SEMI_SYNC_TIMEOUT_MS}"),
             format!(
                 "SET GLOBAL rpl_semi_sync_source_wait_for_replica_count = {}",
                 wait_count.max(1)
@@ -112,6 +223,45 @@ impl Dialect for MySql {
 }
 
 impl Dialect for MariaDb {
+    fn parse_gtids(&self, text: &str) -> Result<GtidSet, ParseError> {
+        GtidSet::parse_mariadb(text)
+    }
+    fn replica_status(&self) -> &'static str {
+        "SHOW SLAVE STATUS"
+    }
+    fn replica_columns(&self) -> ReplicaColumns {
+        ReplicaColumns {
+            io_running: "Slave_IO_Running",
+            sql_running: "Slave_SQL_Running",
+            source_host: "Master_Host",
+            source_port: "Master_Port",
+            io_errno: "Last_IO_Errno",
+            io_error: "Last_IO_Error",
+            sql_errno: "Last_SQL_Errno",
+            sql_error: "Last_SQL_Error",
+            received: "Gtid_IO_Pos",
+        }
+    }
+    fn adopt_own_position(&self) -> Option<&'static str> {
+        // gtid_slave_pos holds only what was replicated; a former primary's own writes are in
+        // gtid_current_pos.
+        Some("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+    }
+    fn reset_replica(&self) -> &'static str {
+        "RESET SLAVE ALL"
+    }
+    fn reset_binlog(&self) -> &'static str {
+        "RESET MASTER"
+    }
+    fn set_applied(&self, gtids: &str) -> String {
+        format!("SET GLOBAL gtid_slave_pos = {}", quote(gtids))
+    }
+    fn seed(&self, _source: &Source<'_>) -> Seed {
+        Seed::Logical
+    }
+    fn semi_sync_source_off(&self) -> &'static str {
+        "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
+    }
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_current_pos"
     }
@@ -154,6 +304,7 @@ impl Dialect for MariaDb {
         // MariaDB waits for one acknowledgement; its semi-sync has no wait count.
         vec![
             "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'".into(),
+            format!("SET GLOBAL rpl_semi_sync_master_timeout = {SEMI_SYNC_TIMEOUT_MS}"),
             "SET GLOBAL rpl_semi_sync_master_enabled = ON".into(),
         ]
     }
@@ -220,6 +371,7 @@ mod tests {
             MySql.semi_sync_source(2),
             [
                 "SET GLOBAL rpl_semi_sync_source_wait_point = 'AFTER_SYNC'",
+                "SET GLOBAL rpl_semi_sync_source_timeout = 86400000",
                 "SET GLOBAL rpl_semi_sync_source_wait_for_replica_count = 2",
                 "SET GLOBAL rpl_semi_sync_source_enabled = ON"
             ]
@@ -229,6 +381,26 @@ mod tests {
             "SET GLOBAL rpl_semi_sync_replica_enabled = ON"
         );
         assert_eq!(MySql.executed_gtids(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(MySql.replica_status(), "SHOW REPLICA STATUS");
+        assert_eq!(MySql.replica_columns().received, "Retrieved_Gtid_Set");
+        assert_eq!(MySql.reset_binlog(), "RESET BINARY LOGS AND GTIDS");
+        assert_eq!(
+            MySql.set_applied("a:1-3"),
+            "SET GLOBAL gtid_purged = 'a:1-3'"
+        );
+        assert_eq!(
+            MySql.seed(&source(true)),
+            Seed::Clone(vec![
+                "SET GLOBAL clone_valid_donor_list = 'demo-db-replica-0.demo-db.chat.svc:3306'"
+                    .into(),
+                "CLONE INSTANCE FROM 'repl'@'demo-db-replica-0.demo-db.chat.svc':3306 IDENTIFIED BY 'p''w\\\\d' REQUIRE SSL".into(),
+            ])
+        );
+        assert_eq!(
+            MySql.semi_sync_source_off(),
+            "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
+        );
+        assert_eq!(MySql.adopt_own_position(), None);
         assert_eq!(
             MySql.wait_for_gtids(),
             "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
@@ -250,5 +422,17 @@ mod tests {
             ]
         );
         assert_eq!(MariaDb.executed_gtids(), "SELECT @@GLOBAL.gtid_current_pos");
+        assert_eq!(MariaDb.replica_status(), "SHOW SLAVE STATUS");
+        assert_eq!(MariaDb.replica_columns().io_running, "Slave_IO_Running");
+        assert_eq!(
+            MariaDb.adopt_own_position(),
+            Some("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+        );
+        assert_eq!(MariaDb.reset_binlog(), "RESET MASTER");
+        assert_eq!(
+            MariaDb.set_applied("0-1-5"),
+            "SET GLOBAL gtid_slave_pos = '0-1-5'"
+        );
+        assert_eq!(MariaDb.seed(&source(false)), Seed::Logical);
     }
 }

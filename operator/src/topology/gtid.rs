@@ -12,6 +12,9 @@ use std::{collections::BTreeMap, fmt};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GtidSet {
     streams: BTreeMap<String, Vec<(u64, u64)>>,
+    /// MariaDB only: the server id of each domain's last GTID. Two servers at the same
+    /// sequence number with different origins have diverged.
+    origins: BTreeMap<String, u32>,
 }
 
 /// A GTID set that cannot be parsed.
@@ -72,7 +75,10 @@ impl GtidSet {
         for v in streams.values_mut() {
             *v = normalise(std::mem::take(v));
         }
-        Ok(Self { streams })
+        Ok(Self {
+            streams,
+            origins: BTreeMap::new(),
+        })
     }
 
     /// Parse MariaDB's `gtid_current_pos` / `gtid_binlog_pos` format.
@@ -82,13 +88,14 @@ impl GtidSet {
             reason,
         };
         let mut streams: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut origins = BTreeMap::new();
         for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let fields: Vec<&str> = part.split('-').collect();
             let [domain, server, seq] = fields.as_slice() else {
                 return Err(err("expected domain-server-seq"));
             };
             let domain: u32 = domain.parse().map_err(|_| err("domain is not a number"))?;
-            let _server: u32 = server
+            let server: u32 = server
                 .parse()
                 .map_err(|_| err("server id is not a number"))?;
             let seq: u64 = seq.parse().map_err(|_| err("sequence is not a number"))?;
@@ -101,9 +108,12 @@ impl GtidSet {
             {
                 return Err(err("domain listed twice"));
             }
+            if seq > 0 {
+                origins.insert(domain.to_string(), server);
+            }
         }
         streams.retain(|_, v| !v.is_empty());
-        Ok(Self { streams })
+        Ok(Self { streams, origins })
     }
 
     /// Whether every transaction of `other` is in `self`.
@@ -144,7 +154,50 @@ impl GtidSet {
                 streams.insert(stream.clone(), rest);
             }
         }
-        GtidSet { streams }
+        GtidSet {
+            streams,
+            origins: BTreeMap::new(),
+        }
+    }
+
+    /// Every transaction of either set. A MariaDB domain keeps the origin of the longer history.
+    pub fn union(&self, other: &GtidSet) -> GtidSet {
+        let mut out = self.clone();
+        for (stream, intervals) in &other.streams {
+            let mine = out.streams.entry(stream.clone()).or_default();
+            let longer = intervals.last().map(|i| i.1) > mine.last().map(|i| i.1);
+            mine.extend(intervals.iter().copied());
+            *mine = normalise(std::mem::take(mine));
+            if let Some(origin) = other.origins.get(stream).filter(|_| longer) {
+                out.origins.insert(stream.clone(), *origin);
+            }
+        }
+        out
+    }
+
+    /// What makes a replica holding `self` errant against a primary holding `primary`, if
+    /// anything: transactions the primary lacks (`GTID_SUBTRACT`), or — MariaDB, where a
+    /// position names only a domain's last GTID — the same position written by another server.
+    /// A replica behind the primary on a diverged history is caught by its replication error
+    /// instead (MariaDB refuses to resume it).
+    pub fn errant_against(&self, primary: &GtidSet) -> Option<String> {
+        let extra = self.subtract(primary);
+        if !extra.is_empty() {
+            return Some(format!("transactions the primary lacks: {extra}"));
+        }
+        for (domain, origin) in &self.origins {
+            let same_end = self.streams.get(domain).and_then(|v| v.last())
+                == primary.streams.get(domain).and_then(|v| v.last());
+            match primary.origins.get(domain) {
+                Some(theirs) if same_end && theirs != origin => {
+                    return Some(format!(
+                        "domain {domain} ends with a transaction of server {origin}, the primary's with one of server {theirs}"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Whether the set has no transaction.
@@ -247,6 +300,14 @@ mod tests {
         let errant = maria("0-1-100,1-2-3");
         assert_eq!(errant.subtract(&primary).count(), 3);
         assert!(maria("").is_empty());
+        // Same position, written by another server: diverged.
+        assert!(maria("0-7-100").errant_against(&primary).is_some());
+        assert_eq!(maria("0-1-100").errant_against(&primary), None);
+        assert_eq!(replica.errant_against(&primary), None);
+        assert!(maria("0-7-101").errant_against(&primary).is_some());
+        let both = replica.union(&maria("0-1-95,1-3-4"));
+        assert!(both.contains(&maria("0-1-95,1-3-4")) && both.contains(&replica));
+        assert_eq!(both.count(), 99);
         for bad in ["0-1", "a-1-2", "0-1-2,0-2-3"] {
             assert!(GtidSet::parse_mariadb(bad).is_err(), "{bad}");
         }
