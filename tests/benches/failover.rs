@@ -115,9 +115,9 @@ async fn failover_run(semi_sync: bool) -> Run {
     let new: usize = after.primary.trim_start_matches("db-").parse().unwrap();
     let other = 3 - new;
     wait(&mut rx, |s| {
-        s.servers
-            .iter()
-            .any(|x| x.name == format!("db-{other}") && x.role == Role::Replica && x.error.is_none())
+        s.servers.iter().any(|x| {
+            x.name == format!("db-{other}") && x.role == Role::Replica && x.error.is_none()
+        })
     })
     .await;
     let record = handle.switchover(&format!("db-{other}")).await.unwrap();
@@ -136,7 +136,10 @@ async fn failover_run(semi_sync: bool) -> Run {
 
 /// Writes stopped by killing a lone primary and restarting it in place.
 async fn restart_run() -> u64 {
-    let mut db = MariaDb::start(9, &["--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1"]);
+    let mut db = MariaDb::start(
+        9,
+        &["--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1"],
+    );
     db.sql(&Writer::create_table());
     let (tx, rx) = tokio::sync::watch::channel(manager::TopologyStatus {
         primary: "db".into(),
@@ -181,7 +184,9 @@ async fn main() {
         "failover timeout {} ms; writes acknowledged one at a time; {RUNS} runs each\n",
         TIMEOUT.as_millis()
     );
-    println!("| semi-sync | failover p50 | max | beyond the timeout p50 | p50 / baseline | writes acknowledged | lost | switchover pause p50 | max |");
+    println!(
+        "| semi-sync | failover p50 | max | beyond the timeout p50 | p50 / baseline | writes acknowledged | lost | switchover pause p50 | max |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for semi_sync in [true, false] {
         let mut runs = Vec::new();

@@ -8,9 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chat_operator::topology::dialect::{Dialect, MariaDb as MariaDbDialect};
+
 use crate::{Process, TempDir, free_port};
 
-/// Password of the `admin` user (all privileges, from any host) on every test server.
+/// Password of the `admin` user on every test server: the topology loop's user, with the
+/// operator's least privileges ([`Dialect::admin_privileges`](chat_operator::topology::dialect::Dialect::admin_privileges)).
 pub const ADMIN_PASSWORD: &str = "admin-pw";
 /// Password of the `repl` replication user.
 pub const REPL_PASSWORD: &str = "repl-pw";
@@ -93,10 +96,11 @@ impl MariaDb {
         db.spawn();
         // Set up outside the binary log, as every server gets the same: a replica must hold no
         // transaction of its own (it would be errant).
+        let admin_privileges = MariaDbDialect.admin_privileges();
         db.sql(&format!(
             "SET SESSION sql_log_bin = 0;
              CREATE USER 'admin'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}';
-             GRANT ALL PRIVILEGES ON *.* TO 'admin'@'%' WITH GRANT OPTION;
+             GRANT {admin_privileges} ON *.* TO 'admin'@'%';
              CREATE USER 'repl'@'%' IDENTIFIED BY '{REPL_PASSWORD}';
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
              CREATE DATABASE {APP_DB};

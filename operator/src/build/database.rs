@@ -25,7 +25,10 @@ use k8s_openapi::{
 };
 
 use super::{CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports, secrets};
-use crate::api::{DatabaseEngine, DatabaseSpec, defaults};
+use crate::{
+    api::{DatabaseEngine, DatabaseSpec, defaults},
+    topology::{self, dialect::Dialect},
+};
 
 /// Component label of every database object.
 pub const COMPONENT: &str = "database";
@@ -34,6 +37,20 @@ pub const DB_NAME: &str = "chat";
 /// uid/gid of the `mysql` user in both upstream images.
 const MYSQL_UID: i64 = 999;
 const CONF_DIR: &str = "/etc/mysql/conf.d";
+/// Scripts the upstream images run once, when they initialise an empty data directory.
+const INITDB_DIR: &str = "/docker-entrypoint-initdb.d";
+/// The topology loop's user (least privileges: [`Dialect::admin_privileges`]).
+pub const ADMIN_USER: &str = "chatcluster-admin";
+/// The replication user (`REPLICATION SLAVE` only).
+pub const REPL_USER: &str = "chatcluster-repl";
+
+/// The engine's statements.
+pub fn dialect(db: &DatabaseSpec) -> &'static dyn Dialect {
+    match db.engine {
+        DatabaseEngine::Mysql => &topology::dialect::MySql,
+        DatabaseEngine::Mariadb => &topology::dialect::MariaDb,
+    }
+}
 
 /// The two StatefulSets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +153,8 @@ pub fn server_config(db: &DatabaseSpec) -> String {
 }
 
 /// Init script: gives each pod a unique `server_id` (set base + ordinal) and a `report_host`
-/// peers can reach.
+/// peers can reach, and leaves the topology loop's users for the image's first-start
+/// initialisation (outside the binary log: every server gets the same, none is errant).
 const INIT_SCRIPT: &str = r#"#!/bin/sh
 set -eu
 ordinal="${POD_NAME##*-}"
@@ -146,6 +164,13 @@ cp /config/chatcluster.cnf "$CONF_DIR/chatcluster.cnf"
   echo "server_id=$((SERVER_ID_BASE + ordinal))"
   echo "report_host=${POD_NAME}.${HEADLESS_SERVICE}"
 } > "$CONF_DIR/server-id.cnf"
+cat > "$INITDB_DIR/10-chatcluster-users.sql" <<EOF
+SET SESSION sql_log_bin = 0;
+CREATE USER IF NOT EXISTS '${ADMIN_USER}'@'%' IDENTIFIED BY '${ADMIN_PASSWORD}';
+GRANT ${ADMIN_PRIVILEGES} ON *.* TO '${ADMIN_USER}'@'%';
+CREATE USER IF NOT EXISTS '${REPL_USER}'@'%' IDENTIFIED BY '${REPL_PASSWORD}';
+GRANT REPLICATION SLAVE ON *.* TO '${REPL_USER}'@'%';
+EOF
 "#;
 
 /// The database ConfigMap: server configuration and the init script.
@@ -183,8 +208,8 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
     let selector = set_selector(c, set);
     let mut pod_labels = c.labels(COMPONENT, engine_app(db));
     pod_labels.extend(selector.clone());
-    // The initial role; from then on the topology loop owns this label on each pod.
-    pod_labels.insert(labels::DB_ROLE.into(), set.as_str().into());
+    // No role label: a pod (also a restarted old primary) serves neither Service until the
+    // topology loop, which owns the label, has seen what it is.
 
     let pod_name = pod::env_from_field("POD_NAME", "metadata.name");
     // The upstream images take the same settings under engine-specific names.
@@ -250,8 +275,26 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
             pod::env("DB_SET", set.as_str()),
             pod::env("HEADLESS_SERVICE", c.service_host(&names::db_headless(c))),
             pod::env("CONF_DIR", CONF_DIR),
+            pod::env("INITDB_DIR", INITDB_DIR),
+            pod::env("ADMIN_USER", ADMIN_USER),
+            pod::env("REPL_USER", REPL_USER),
+            pod::env("ADMIN_PRIVILEGES", dialect(db).admin_privileges()),
+            pod::env_from_secret(
+                "ADMIN_PASSWORD",
+                &names::db_secret(c),
+                secrets::DB_ADMIN_PASSWORD_KEY,
+            ),
+            pod::env_from_secret(
+                "REPL_PASSWORD",
+                &names::db_secret(c),
+                secrets::DB_REPLICATION_PASSWORD_KEY,
+            ),
         ]),
-        volume_mounts: Some(vec![mount("config", "/config"), mount("conf", CONF_DIR)]),
+        volume_mounts: Some(vec![
+            mount("config", "/config"),
+            mount("conf", CONF_DIR),
+            mount("initdb", INITDB_DIR),
+        ]),
         security_context: Some(pod::container_security(true)),
         ..Container::default()
     };
@@ -279,6 +322,7 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
         volume_mounts: Some(vec![
             mount("data", "/var/lib/mysql"),
             mount("conf", CONF_DIR),
+            mount("initdb", INITDB_DIR),
             mount("run", "/var/run/mysqld"),
             mount("tmp", "/tmp"),
         ]),
@@ -328,6 +372,7 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
                             ..Volume::default()
                         },
                         empty_dir("conf"),
+                        empty_dir("initdb"),
                         empty_dir("run"),
                         empty_dir("tmp"),
                     ]),

@@ -224,9 +224,29 @@ fn selectors_match_their_pods() {
             );
         }
     }
-    // The write Service reaches the primary set's pod and not the replicas; reads the reverse.
-    let primary_pods = template_labels(&d.stateful_sets[0].spec.template);
-    let replica_pods = template_labels(&d.stateful_sets[1].spec.template);
+    // The write Service reaches the pod the topology loop labels primary and not the
+    // replicas; reads the reverse. Unlabelled (just started) pods are in neither.
+    let with_role = |set: usize, role: &str| {
+        let mut l = template_labels(&d.stateful_sets[set].spec.template);
+        assert_eq!(l.get(labels::DB_ROLE), None, "the loop owns the role label");
+        l.insert(labels::DB_ROLE.to_string(), role.to_string());
+        l
+    };
+    let primary_pods = with_role(0, "primary");
+    let replica_pods = with_role(1, "replica");
+    let unlabelled = template_labels(&d.stateful_sets[1].spec.template);
+    assert!(!selects(
+        &selector_of_db(&d, "demo-db-primary"),
+        &unlabelled
+    ));
+    assert!(!selects(
+        &selector_of_db(&d, "demo-db-replicas"),
+        &unlabelled
+    ));
+    assert!(!selects(
+        &selector_of_db(&d, "demo-db-replicas"),
+        &with_role(1, "errant")
+    ));
     let selector_of = |name: &str| {
         service(&d, name)
             .spec
@@ -415,6 +435,12 @@ fn init_script_gives_every_database_pod_a_unique_server_id() {
                 .env("DB_SET", &db_set)
                 .env("HEADLESS_SERVICE", "demo-db.chat.svc")
                 .env("CONF_DIR", &conf)
+                .env("INITDB_DIR", &conf)
+                .env("ADMIN_USER", "chatcluster-admin")
+                .env("REPL_USER", "chatcluster-repl")
+                .env("ADMIN_PRIVILEGES", "SELECT")
+                .env("ADMIN_PASSWORD", "apw")
+                .env("REPL_PASSWORD", "rpw")
                 .output()
                 .expect("run sh");
             assert!(
@@ -552,8 +578,16 @@ fn database_sets_have_volumes_probes_and_roles() {
             .get(labels::DB_ROLE)
             .cloned()
     };
-    assert_eq!(role(primary).as_deref(), Some("primary"));
-    assert_eq!(role(replicas).as_deref(), Some("replica"));
+    assert_eq!(role(primary), None);
+    assert_eq!(role(replicas), None);
+}
+
+fn selector_of_db(d: &Desired, name: &str) -> BTreeMap<String, String> {
+    service(d, name)
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default()
 }
 
 #[test]

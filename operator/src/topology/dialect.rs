@@ -76,6 +76,10 @@ pub trait Dialect: Send + Sync {
     fn seed(&self, source: &Source<'_>) -> Seed;
     /// Turn the primary's semi-sync off (degraded: no caught-up replica to wait for).
     fn semi_sync_source_off(&self) -> &'static str;
+    /// What the topology loop's user is granted on `*.*` (no GRANT OPTION, no ALL): control
+    /// replication and semi-sync, switch read-only, end client sessions, and re-seed the
+    /// application schemas on a read-only server.
+    fn admin_privileges(&self) -> &'static str;
     /// Point this server at `source`, resuming from its own GTID position.
     fn change_source(&self, source: &Source<'_>) -> String;
     /// Start replicating.
@@ -166,6 +170,9 @@ impl Dialect for MySql {
     }
     fn semi_sync_source_off(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
+    }
+    fn admin_privileges(&self) -> &'static str {
+        "SYSTEM_VARIABLES_ADMIN, REPLICATION_SLAVE_ADMIN, CONNECTION_ADMIN, CLONE_ADMIN, BACKUP_ADMIN, RELOAD, PROCESS, REPLICATION CLIENT, SHOW DATABASES, SELECT, INSERT, CREATE, DROP, ALTER, INDEX, REFERENCES, LOCK TABLES"
     }
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_executed"
@@ -261,6 +268,9 @@ impl Dialect for MariaDb {
     }
     fn semi_sync_source_off(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
+    }
+    fn admin_privileges(&self) -> &'static str {
+        "SUPER, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, BINLOG ADMIN, CONNECTION ADMIN, RELOAD, PROCESS, SHOW DATABASES, SELECT, INSERT, CREATE, DROP, ALTER, INDEX, REFERENCES, LOCK TABLES"
     }
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_current_pos"
