@@ -125,12 +125,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = stopped(stop_rx.clone()) => return Ok(()),
     }
     metrics.set_leader(true);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(identity),
-    ));
-    let controller = reconcile::run(client, ctx, stopped(stop_rx.clone()));
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(identity))
+            .with_topologies(Arc::new(reconcile::topology::Topologies::new(wake_tx))),
+    );
+    let controller = reconcile::run(client, ctx, wake_rx, stopped(stop_rx.clone()));
     let outcome = elector.lead(controller).await;
     metrics.set_leader(false);
     if let Err(e) = server.await.context("metrics server task")? {

@@ -574,9 +574,11 @@ async fn generated_secrets_are_created_once() {
 async fn controller_watches_and_repairs_children() {
     let h = Harness::new();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (_wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
     let controller = tokio::spawn(reconcile::run(
         h.client.clone(),
         h.ctx.clone(),
+        wake_rx,
         async move {
             let _ = stop_rx.await;
         },

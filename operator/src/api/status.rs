@@ -58,6 +58,58 @@ pub struct DatabaseStatus {
     pub primary_ready: bool,
     /// Read replicas ready, over desired, e.g. `2/2`.
     pub replicas_ready: String,
+    /// Every server as the topology loop sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<DatabaseServerStatus>,
+    /// Replicas holding transactions the primary lacks: out of the read Service, never
+    /// promoted (re-seeded when allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errant: Vec<String>,
+    /// Semi-sync on the primary: `off`, `waiting for N`, or `degraded` (no caught-up replica:
+    /// commits are acknowledged without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semi_sync: Option<String>,
+    /// The last failover or switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverStatus>,
+    /// Why a needed failover has not happened (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_pending: Option<String>,
+}
+
+/// One database server.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseServerStatus {
+    /// Pod name.
+    pub name: String,
+    /// primary, replica, errant, broken, seeding or unreachable.
+    pub role: String,
+    /// Executed GTIDs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gtids: String,
+    /// Transactions behind the primary.
+    #[serde(default)]
+    pub behind: u64,
+    /// Last replication error, or why it is not serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A failover or switchover.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// When it finished (RFC 3339).
+    pub time: String,
+    /// Old primary.
+    pub from: String,
+    /// New primary.
+    pub to: String,
+    /// The cause, or `switchover`.
+    pub reason: String,
+    /// Failover: primary first seen gone → new primary writable. Switchover: the write pause.
+    pub duration_ms: u64,
 }
 
 /// One-word summary of a ChatCluster.
@@ -93,4 +145,6 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// The primary and every read replica are ready.
     pub const DATABASE_READY: &str = "DatabaseReady";
+    /// Semi-sync runs degraded: no replica is caught up, commits are acknowledged without one.
+    pub const SEMI_SYNC_DEGRADED: &str = "SemiSyncDegraded";
 }

@@ -3,7 +3,7 @@
 //! object can be unit-tested field by field.
 
 mod chat;
-mod database;
+pub mod database;
 mod ingress;
 pub mod names;
 mod pod;
@@ -55,7 +55,8 @@ pub mod labels {
     pub const COMPONENT: &str = "chatcluster.io/component";
     /// Which database StatefulSet a pod belongs to (`primary` or `replica`); fixed per pod.
     pub const DB_SET: &str = "chatcluster.io/db-set";
-    /// The database role a pod has now (`primary` or `replica`); moved by failover.
+    /// The database role a pod has now (`primary`, `replica`, or why it serves neither:
+    /// `errant`, `broken`, `seeding`, `unreachable`); set by the topology loop, moved by failover.
     pub const DB_ROLE: &str = "chatcluster.io/db-role";
     /// Who manages an object; the operator watches only its own children.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";

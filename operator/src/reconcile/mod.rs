@@ -6,6 +6,7 @@
 pub mod apply;
 mod controller;
 pub mod status;
+pub mod topology;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -58,6 +59,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The database topology loop could not be started.
+    #[error("database topology: {0}")]
+    Topology(String),
 }
 
 impl Error {
@@ -68,6 +72,7 @@ impl Error {
             Self::Generate(_) => "generate",
             Self::InvalidObject(_) => "invalid_object",
             Self::Kube { .. } => "kube",
+            Self::Topology(_) => "topology",
         }
     }
 }
@@ -92,6 +97,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per ChatCluster, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ChatCluster>, u32>>,
+    /// The database topology loops, when this operator runs them (not in the in-memory API
+    /// tests: no database server answers there).
+    pub topologies: Option<Arc<topology::Topologies>>,
 }
 
 impl Context {
@@ -106,7 +114,14 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            topologies: None,
         }
+    }
+
+    /// Run database topology loops (see [`topology`]).
+    pub fn with_topologies(mut self, topologies: Arc<topology::Topologies>) -> Self {
+        self.topologies = Some(topologies);
+        self
     }
 
     fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, u32>> {
@@ -162,6 +177,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
             &cluster,
             &children,
             Some(&Degradation::InvalidSpec(problems)),
+            None,
             Timestamp::now(),
         );
         publish_status(ctx, cc, &status).await?;
@@ -204,11 +220,16 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     let degradation = apply_error
         .as_ref()
         .map(|e| Degradation::ApplyFailed(e.to_string()));
+    let topology = match &ctx.topologies {
+        Some(t) => Some(database_topology(ctx, t, cc, &cluster).await?),
+        None => None,
+    };
     let status = status::compute(
         cc,
         &cluster,
         &children,
         degradation.as_ref(),
+        topology.as_ref(),
         Timestamp::now(),
     );
     tracing::Span::current().record("phase", status.phase.as_str());
@@ -219,6 +240,68 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         None if status.phase == Phase::Ready => Ok(Action::requeue(RESYNC)),
         None => Ok(Action::requeue(CONVERGING_RESYNC)),
     }
+}
+
+/// Keep the cluster's topology loop in step, publish its view on the pods, announce
+/// failovers, and start a switchover the annotation asks for.
+async fn database_topology(
+    ctx: &Context,
+    topologies: &Arc<topology::Topologies>,
+    cc: &ChatCluster,
+    cluster: &ClusterRef,
+) -> Result<crate::topology::manager::TopologyStatus, Error> {
+    let now = topologies.ensure(&ctx.client, cc, cluster).await?;
+    topology::label_pods(&ctx.client, cluster, &now).await?;
+    let recorded = cc
+        .status
+        .as_ref()
+        .and_then(|s| s.database.as_ref())
+        .and_then(|d| d.last_failover.as_ref())
+        .map(|f| (f.from.clone(), f.to.clone(), f.reason.clone()));
+    if let Some(p) = &now.last_promotion
+        && recorded != Some((p.from.clone(), p.to.clone(), p.reason.clone()))
+    {
+        let (reason, type_) = if p.reason == "switchover" {
+            ("Switchover", EventType::Normal)
+        } else {
+            ("Failover", EventType::Warning)
+        };
+        record(
+            ctx,
+            cc,
+            type_,
+            reason,
+            format!(
+                "primary moved from {} to {} ({}) in {} ms",
+                p.from, p.to, p.reason, p.duration_ms
+            ),
+        )
+        .await;
+    }
+    let recorder = ctx.recorder.clone();
+    let reference = cc.object_ref(&());
+    let done_topologies = topologies.clone();
+    let done_cc = cc.clone();
+    topologies.switchover(&ctx.client, cc, move |outcome| {
+        done_topologies.switchover_done(&done_cc);
+        let (type_, note) = match outcome {
+            Ok(note) => (EventType::Normal, note),
+            Err(note) => (EventType::Warning, note),
+        };
+        tokio::spawn(async move {
+            let event = Event {
+                type_,
+                reason: "SwitchoverRequest".into(),
+                note: Some(note),
+                action: "Switchover".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %e, "cannot publish event");
+            }
+        });
+    });
+    Ok(now)
 }
 
 /// What the builders need from the cluster: the current replica counts of autoscaled services.

@@ -14,10 +14,11 @@ use k8s_openapi::{
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ChatCluster, ChatClusterStatus, DatabaseStatus, Phase, ReplicaStatus, ServiceKind, SpecError,
-    condition,
+    ChatCluster, ChatClusterStatus, DatabaseServerStatus, DatabaseStatus, FailoverStatus, Phase,
+    ReplicaStatus, ServiceKind, SpecError, condition,
 };
 use crate::build::{ClusterRef, names};
+use crate::topology::manager::{Role, SemiSyncState, TopologyStatus};
 
 /// The children whose status makes up the ChatCluster's; `None` where the object is missing.
 #[derive(Debug, Clone, Default)]
@@ -150,6 +151,7 @@ pub fn compute(
     c: &ClusterRef,
     children: &Children,
     degraded: Option<&Degradation>,
+    topology: Option<&TopologyStatus>,
     now: Timestamp,
 ) -> ChatClusterStatus {
     let previous = cc.status.clone().unwrap_or_default();
@@ -173,11 +175,16 @@ pub fn compute(
 
     let (primary, primary_done) = stateful_set_state(children.db_primary.as_ref());
     let (replicas, replicas_done) = stateful_set_state(children.db_replicas.as_ref());
-    let db_ready = primary_done && replicas_done;
-    let db_message = format!(
+    // With a topology loop, the primary must also answer and take writes.
+    let loop_ready = topology.is_none_or(|t| t.primary_ready);
+    let db_ready = primary_done && replicas_done && loop_ready;
+    let mut db_message = format!(
         "primary {}/{} ready, replicas {}/{} ready",
         primary.ready, primary.desired, replicas.ready, replicas.desired
     );
+    if let Some(pending) = topology.and_then(|t| t.failover_pending.as_ref()) {
+        db_message = format!("{db_message}; {pending}");
+    }
     if !db_ready {
         waiting.push(format!("database ({db_message})"));
     }
@@ -254,19 +261,40 @@ pub fn compute(
             generation,
             now,
         ),
+        condition(
+            &previous.conditions,
+            condition::SEMI_SYNC_DEGRADED,
+            topology.is_some_and(|t| t.semi_sync == SemiSyncState::Degraded),
+            match topology.map(|t| t.semi_sync) {
+                Some(SemiSyncState::Degraded) => "NoCaughtUpReplica",
+                Some(SemiSyncState::Off) => "Off",
+                _ => "Waiting",
+            },
+            match topology.map(|t| t.semi_sync) {
+                Some(SemiSyncState::Degraded) => {
+                    "no replica is caught up: commits are acknowledged without one".to_string()
+                }
+                Some(SemiSyncState::Waiting(n)) => format!("commits wait for {n} replica(s)"),
+                _ => String::new(),
+            },
+            generation,
+            now,
+        ),
     ];
     let phase = match (degraded, ready) {
         (Some(_), _) => Phase::Degraded,
         (None, true) => Phase::Ready,
         (None, false) => Phase::Progressing,
     };
-    // The topology loop records failovers in status; until it has, the primary is the pod the
-    // primary StatefulSet starts with.
+    // The topology loop says who the primary is; until it has, the last recorded one, or the
+    // pod the primary StatefulSet starts with.
     let current_primary = previous
         .database
         .as_ref()
         .and_then(|d| d.primary.clone())
+        .or_else(|| topology.map(|t| t.primary.clone()))
         .unwrap_or_else(|| names::db_initial_primary_pod(c));
+    let current_primary = topology.map_or(current_primary, |t| t.primary.clone());
 
     ChatClusterStatus {
         observed_generation: generation,
@@ -274,12 +302,183 @@ pub fn compute(
         conditions,
         services,
         services_ready: Some(services_ready),
-        database: Some(DatabaseStatus {
-            primary: Some(current_primary),
-            primary_ready: primary_done,
-            replicas_ready: format!("{}/{}", replicas.ready, replicas.desired),
-        }),
+        database: Some(database_status(
+            topology,
+            current_primary,
+            primary_done,
+            format!("{}/{}", replicas.ready, replicas.desired),
+        )),
         ingress: Some(envoy),
         endpoint: endpoint(c, children.envoy_service.as_ref()),
+    }
+}
+
+/// The database part of the status: the pods' readiness, and what the topology loop saw.
+fn database_status(
+    topology: Option<&TopologyStatus>,
+    primary: String,
+    primary_pod_ready: bool,
+    replicas_ready: String,
+) -> DatabaseStatus {
+    let Some(t) = topology else {
+        return DatabaseStatus {
+            primary: Some(primary),
+            primary_ready: primary_pod_ready,
+            replicas_ready,
+            ..DatabaseStatus::default()
+        };
+    };
+    DatabaseStatus {
+        primary: Some(primary),
+        primary_ready: primary_pod_ready && t.primary_ready,
+        replicas_ready,
+        servers: t
+            .servers
+            .iter()
+            .map(|s| DatabaseServerStatus {
+                name: s.name.clone(),
+                role: s.role.as_str().to_string(),
+                gtids: s.gtids.clone(),
+                behind: s.behind,
+                error: s.error.clone(),
+            })
+            .collect(),
+        errant: t
+            .in_role(Role::Errant)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        semi_sync: Some(match t.semi_sync {
+            SemiSyncState::Off => "off".to_string(),
+            SemiSyncState::Waiting(n) => format!("waiting for {n}"),
+            SemiSyncState::Degraded => "degraded".to_string(),
+        }),
+        last_failover: t.last_promotion.as_ref().map(|p| FailoverStatus {
+            time: i64::try_from(p.at_unix_ms)
+                .ok()
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+                .map(|ts| ts.to_string())
+                .unwrap_or_default(),
+            from: p.from.clone(),
+            to: p.to.clone(),
+            reason: p.reason.clone(),
+            duration_ms: p.duration_ms,
+        }),
+        failover_pending: t.failover_pending.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::manager::{Promotion, ServerStatus};
+
+    fn cluster() -> (ChatCluster, ClusterRef) {
+        let mut cc = ChatCluster::new("demo", Default::default());
+        cc.metadata.namespace = Some("chat".into());
+        cc.metadata.uid = Some("uid".into());
+        let c = ClusterRef::new(&cc).expect("ref");
+        (cc, c)
+    }
+
+    fn topology(semi_sync: SemiSyncState) -> TopologyStatus {
+        let server = |name: &str, role| ServerStatus {
+            name: name.into(),
+            address: format!("{name}:3306"),
+            role,
+            gtids: "0-101-7".into(),
+            behind: 0,
+            error: None,
+        };
+        TopologyStatus {
+            primary: "demo-db-replica-0".into(),
+            primary_address: "demo-db-replica-0:3306".into(),
+            primary_ready: true,
+            servers: vec![
+                server("demo-db-primary-0", Role::Errant),
+                server("demo-db-replica-0", Role::Primary),
+                server("demo-db-replica-1", Role::Replica),
+            ],
+            semi_sync,
+            last_promotion: Some(Promotion {
+                at_unix_ms: 1_700_000_000_000,
+                from: "demo-db-primary-0".into(),
+                to: "demo-db-replica-0".into(),
+                reason: "primary unreachable".into(),
+                duration_ms: 2100,
+            }),
+            failover_pending: None,
+        }
+    }
+
+    fn cond<'a>(s: &'a ChatClusterStatus, kind: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("no {kind} condition"))
+    }
+
+    #[test]
+    fn the_topology_loop_decides_the_primary_and_fills_the_database_status() {
+        let (cc, c) = cluster();
+        let t = topology(SemiSyncState::Waiting(1));
+        let s = compute(
+            &cc,
+            &c,
+            &Children::default(),
+            None,
+            Some(&t),
+            Timestamp::UNIX_EPOCH,
+        );
+        let db = s.database.clone().expect("database");
+        assert_eq!(db.primary.as_deref(), Some("demo-db-replica-0"));
+        assert_eq!(db.errant, ["demo-db-primary-0"]);
+        assert_eq!(db.semi_sync.as_deref(), Some("waiting for 1"));
+        assert_eq!(db.servers.len(), 3);
+        assert_eq!(db.servers[0].role, "errant");
+        let f = db.last_failover.expect("failover");
+        assert_eq!(
+            (f.from.as_str(), f.to.as_str()),
+            ("demo-db-primary-0", "demo-db-replica-0")
+        );
+        assert_eq!(f.time, "2023-11-14T22:13:20Z");
+        assert_eq!(f.duration_ms, 2100);
+        assert_eq!(cond(&s, condition::SEMI_SYNC_DEGRADED).status, "False");
+
+        let degraded = topology(SemiSyncState::Degraded);
+        let s = compute(
+            &cc,
+            &c,
+            &Children::default(),
+            None,
+            Some(&degraded),
+            Timestamp::UNIX_EPOCH,
+        );
+        let c2 = cond(&s, condition::SEMI_SYNC_DEGRADED);
+        assert_eq!(
+            (c2.status.as_str(), c2.reason.as_str()),
+            ("True", "NoCaughtUpReplica")
+        );
+
+        // A primary that does not take writes keeps the database from being ready.
+        let mut down = topology(SemiSyncState::Waiting(1));
+        down.primary_ready = false;
+        down.failover_pending =
+            Some("primary unreachable; failover in 3000 ms unless it returns".into());
+        let s = compute(
+            &cc,
+            &c,
+            &Children::default(),
+            None,
+            Some(&down),
+            Timestamp::UNIX_EPOCH,
+        );
+        let ready = cond(&s, condition::DATABASE_READY);
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("failover in 3000 ms"),
+            "{}",
+            ready.message
+        );
     }
 }
