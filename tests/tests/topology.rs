@@ -102,7 +102,11 @@ fn healthy(s: &TopologyStatus, primary: &str, replicas: usize) -> bool {
 
 /// A loop over three fresh servers, healthy, with the writer's table created.
 async fn cluster(policy: Policy) -> (Vec<MariaDb>, Handle) {
-    let dbs = servers();
+    cluster_on(servers(), policy).await
+}
+
+/// A loop over `dbs` (`db-0` the primary), healthy, with the writer's table created.
+async fn cluster_on(dbs: Vec<MariaDb>, policy: Policy) -> (Vec<MariaDb>, Handle) {
     let handle = spawn_loop(&dbs, policy);
     wait_status(
         &handle,
@@ -136,6 +140,19 @@ fn assert_none_lost(acks: &[Ack], db: &MariaDb) {
         lost.len(),
         acks.len()
     );
+}
+
+/// Wait until the old primary (`db-0`) serves as a replica of `primary` and has caught up.
+async fn rejoined(handle: &Handle, dbs: &[MariaDb], primary: &str) {
+    wait_status(
+        handle,
+        "the old primary rejoining",
+        Duration::from_secs(60),
+        |s| healthy(s, primary, 2),
+    )
+    .await;
+    let index: usize = primary.trim_start_matches("db-").parse().unwrap();
+    dbs[0].wait_caught_up(&dbs[index]);
 }
 
 fn index_of(status: &TopologyStatus) -> usize {
@@ -188,15 +205,7 @@ async fn killed_primary_fails_over_without_losing_acknowledged_writes_and_rejoin
 
     // The old primary comes back: fenced and turned into a replica of the new one.
     dbs[0].restart();
-    let primary = after.primary.clone();
-    wait_status(
-        &handle,
-        "the old primary rejoining",
-        Duration::from_secs(60),
-        |s| healthy(s, &primary, 2),
-    )
-    .await;
-    dbs[0].wait_caught_up(&dbs[new_primary]);
+    rejoined(&handle, &dbs, &after.primary).await;
     assert_eq!(dbs[0].sql("SELECT @@read_only"), "1");
     assert_none_lost(&acks, &dbs[0]);
     assert_eq!(ids_on(&dbs[0]), ids_on(&dbs[new_primary]));
@@ -348,15 +357,7 @@ async fn partitioned_primary_is_replaced_and_acknowledges_nothing_alone() {
     });
     let mut dbs = vec![primary];
     dbs.extend(replicas);
-    let handle = spawn_loop(&dbs, policy());
-    wait_status(
-        &handle,
-        "a healthy topology",
-        Duration::from_secs(30),
-        |s| healthy(s, "db-0", 2) && s.semi_sync == SemiSyncState::Waiting(1),
-    )
-    .await;
-    dbs[0].sql(&Writer::create_table());
+    let (mut dbs, handle) = cluster_on(dbs, policy()).await;
     let writer = Writer::start(handle.status.clone());
     writer.wait_for(100, Duration::from_secs(30)).await;
 
@@ -403,15 +404,7 @@ async fn partitioned_primary_is_replaced_and_acknowledges_nothing_alone() {
     // Healed, the old primary is fenced and rejoins (re-seeded if it kept a write the
     // others never received); exactly one writable server all along.
     ns.heal();
-    let primary = after.primary.clone();
-    wait_status(
-        &handle,
-        "the old primary rejoining",
-        Duration::from_secs(60),
-        |s| healthy(s, &primary, 2),
-    )
-    .await;
-    dbs[0].wait_caught_up(&dbs[new_primary]);
+    rejoined(&handle, &dbs, &after.primary).await;
     let writable: Vec<usize> = (0..3)
         .filter(|&i| dbs[i].sql("SELECT @@read_only") == "0")
         .collect();

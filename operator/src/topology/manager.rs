@@ -394,22 +394,22 @@ impl Topology {
         None
     }
 
-    fn replica_source(&self) -> (String, u16, Credentials) {
+    /// Where replicas replicate from now, and as whom.
+    fn replica_source(&self) -> PrimarySource {
         let (host, port) = self.source(self.primary);
-        (host, port, self.credentials.clone())
+        PrimarySource {
+            host,
+            port,
+            credentials: self.credentials.clone(),
+            tls: self.policy.tls,
+        }
     }
 
     /// Point server `i` at the primary and start it.
     async fn follow_primary(&mut self, i: usize) -> Result<(), server::Error> {
-        let (host, port, creds) = self.replica_source();
+        let primary = self.replica_source();
+        let source = primary.source();
         let dialect = self.servers[i].dialect();
-        let source = Source {
-            host: &host,
-            port,
-            user: &creds.repl_user,
-            password: &creds.repl_password,
-            tls: self.policy.tls,
-        };
         // Fenced and without clients before its own semi-sync wait is lifted: commits that
         // were waiting complete, but nobody is left to be told they did.
         self.servers[i].fence().await?;
@@ -428,14 +428,8 @@ impl Topology {
 
     /// Re-seed server `i` from the primary and make it follow.
     async fn reseed(&mut self, i: usize) -> Result<(), seed::Error> {
-        let (host, port, creds) = self.replica_source();
-        let source = Source {
-            host: &host,
-            port,
-            user: &creds.repl_user,
-            password: &creds.repl_password,
-            tls: self.policy.tls,
-        };
+        let primary = self.replica_source();
+        let source = primary.source();
         let name = self.servers[i].member.name.clone();
         info!(replica = %name, "re-seeding from the primary");
         let (primary, replica) = pair(&mut self.servers, self.primary, i);
@@ -941,6 +935,27 @@ fn semi_sync_statements(dialect: &dyn Dialect, state: SemiSyncState) -> Vec<Stri
     match state {
         SemiSyncState::Waiting(n) => dialect.semi_sync_source(n),
         SemiSyncState::Off | SemiSyncState::Degraded => vec![dialect.semi_sync_source_off().into()],
+    }
+}
+
+/// The primary's address and the replication user, owned (the loop's state changes while a
+/// [`Source`] borrowed from it is in use).
+struct PrimarySource {
+    host: String,
+    port: u16,
+    credentials: Credentials,
+    tls: bool,
+}
+
+impl PrimarySource {
+    fn source(&self) -> Source<'_> {
+        Source {
+            host: &self.host,
+            port: self.port,
+            user: &self.credentials.repl_user,
+            password: &self.credentials.repl_password,
+            tls: self.tls,
+        }
     }
 }
 
