@@ -74,3 +74,27 @@ fn k3d_scripts_know_the_release_and_name_what_is_missing() {
     assert_eq!(config["agents"], 2);
     assert_eq!(config["ports"][0]["port"], "8443:443");
 }
+
+/// The end-to-end driver k3d/e2e.sh runs: without a cluster it fails at its first step and
+/// says which (it never passes without one).
+#[test]
+fn e2e_driver_fails_clearly_without_a_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e"))
+        .args(["--namespace", "nowhere", "--cluster", "none"])
+        // No kubectl here, or one with no cluster to talk to: either way, no cluster.
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kubectl"), "{err}");
+    // And the script checks its tools first.
+    let out = Command::new("bash")
+        .arg(root().join("k3d/e2e.sh"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("missing"));
+}
