@@ -9,6 +9,7 @@
 //! - [`topology`]: GTID sets and the failover decision (database high availability).
 
 pub mod api;
+pub mod autoscale;
 pub mod build;
 pub mod http;
 pub mod leader;
