@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: real binaries (Envoy, MariaDB), free ports, temp
 //! dirs, and child processes that are killed when the test ends, pass or fail.
 
+pub mod chat;
 pub mod mariadb;
 pub mod netns;
 pub mod writer;

@@ -18,10 +18,7 @@ use chatcluster_tests::{
     free_port,
     mariadb::{ADMIN_PASSWORD, MariaDb, REPL_PASSWORD},
 };
-use chatd::pb::{
-    chat::{HistoryRequest, SendMessageRequest},
-    groups::CreateGroupRequest,
-};
+use chatd::pb::{chat::SendMessageRequest, groups::CreateGroupRequest};
 use common::{Chatd, Clients, Keys, Options, authed, register};
 
 const FLAGS: &[&str] = &[
@@ -142,35 +139,10 @@ async fn acknowledged_messages_survive_a_primary_killed_mid_stream() {
         "a failover happened"
     );
 
-    // Every acknowledged message, once, in order, with gap-free sequence numbers. History
-    // pages newest first, each page before the previous one's oldest.
-    let mut history = Vec::new();
-    let mut before = 0;
-    loop {
-        let page = c
-            .groups
-            .history(authed(
-                &alice,
-                HistoryRequest {
-                    conversation_id: group.id,
-                    before,
-                    limit: 200,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let more = page.more;
-        for m in page.messages {
-            before = m.seq;
-            history.push((m.text, m.seq));
-        }
-        if !more {
-            break;
-        }
-    }
-    history.reverse();
+    // Every acknowledged message, once, in order, with gap-free sequence numbers.
+    let history = chatcluster_tests::chat::group_history(&mut c.groups, &alice, group.id)
+        .await
+        .unwrap();
     assert_eq!(
         history, acked,
         "history differs from the acknowledged sends"

@@ -16,16 +16,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use chatcluster_tests::chat::{authed, group_history};
 use chatd::pb::{
     auth::{RegisterRequest, Session, auth_client::AuthClient},
     chat::{HistoryRequest, SendMessageRequest, SubscribeRequest},
     groups::{CreateGroupRequest, groups_client::GroupsClient},
 };
 use clap::Parser;
-use tonic::{
-    Request,
-    transport::{Certificate, Channel, ClientTlsConfig},
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -52,15 +50,6 @@ fn kubectl(args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn authed<T>(session: &Session, body: T) -> Result<Request<T>> {
-    let mut req = Request::new(body);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", session.access_token).parse()?,
-    );
-    Ok(req)
 }
 
 async fn register(auth: &mut AuthClient<Channel>, name: &str) -> Result<Session> {
@@ -164,15 +153,18 @@ async fn main() -> Result<()> {
     println!("e2e: chat ok (bob got {event:?})");
 
     // 2. The primary's pod is deleted under continuous sends.
-    let primary = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "chatcluster",
-        &args.cluster,
-        "-o",
-        "jsonpath={.status.database.primary}",
-    ])?;
+    let current_primary = || {
+        kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "chatcluster",
+            &args.cluster,
+            "-o",
+            "jsonpath={.status.database.primary}",
+        ])
+    };
+    let primary = current_primary()?;
     ensure!(!primary.is_empty(), "the status names no primary");
     let mut acked: Vec<(String, u64)> = vec![("hello bob".into(), 1)];
     let mut n = 1;
@@ -211,43 +203,12 @@ async fn main() -> Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    let mut history = Vec::new();
-    let mut before = 0;
-    loop {
-        let page = groups
-            .history(authed(
-                &alice,
-                HistoryRequest {
-                    conversation_id: group.id,
-                    before,
-                    limit: 200,
-                    ..Default::default()
-                },
-            )?)
-            .await?
-            .into_inner();
-        for m in &page.messages {
-            before = m.seq;
-            history.push((m.text.clone(), m.seq));
-        }
-        if !page.more {
-            break;
-        }
-    }
-    history.reverse();
+    let history = group_history(&mut groups, &alice, group.id).await?;
     ensure!(
         history == acked,
         "history differs from the acknowledged sends:\n{history:?}\n{acked:?}"
     );
-    let now = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "chatcluster",
-        &args.cluster,
-        "-o",
-        "jsonpath={.status.database.primary}",
-    ])?;
+    let now = current_primary()?;
     println!(
         "e2e: {} acknowledged messages kept; primary {primary} → {now}",
         acked.len()

@@ -1,0 +1,47 @@
+//! Client-side helpers shared by tests that talk to chatd (directly or through Envoy).
+
+use chatd::pb::{auth::Session, chat::HistoryRequest, groups::groups_client::GroupsClient};
+use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+
+/// A request carrying `session`'s access token.
+pub fn authed<T>(session: &Session, body: T) -> Result<Request<T>, Status> {
+    let mut req = Request::new(body);
+    let token = MetadataValue::try_from(format!("Bearer {}", session.access_token))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    req.metadata_mut().insert("authorization", token);
+    Ok(req)
+}
+
+/// A group's whole history, oldest first, as (text, seq). History pages newest first, each
+/// page before the previous one's oldest message.
+pub async fn group_history(
+    groups: &mut GroupsClient<Channel>,
+    session: &Session,
+    conversation_id: u64,
+) -> Result<Vec<(String, u64)>, Status> {
+    let mut history = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = groups
+            .history(authed(
+                session,
+                HistoryRequest {
+                    conversation_id,
+                    before,
+                    limit: 200,
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        for m in page.messages {
+            before = m.seq;
+            history.push((m.text, m.seq));
+        }
+        if !page.more {
+            break;
+        }
+    }
+    history.reverse();
+    Ok(history)
+}
