@@ -138,18 +138,7 @@ async fn group_authz_matrix() {
     let admin = register(&mut c.auth, "admin").await;
     let member = register(&mut c.auth, "member").await;
     let outsider = register(&mut c.auth, "outsider").await;
-    let group = c
-        .groups
-        .create_group(authed(
-            &owner,
-            CreateGroupRequest {
-                name: "team".into(),
-                member_ids: vec![uid(&member)],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let group = c.group(&owner, "team", &[uid(&member)]).await;
     c.groups
         .add_member(authed(
             &owner,
@@ -485,18 +474,7 @@ async fn sends_are_idempotent_and_history_pages() {
     let s = Setup::new();
     let mut c = Clients::new(&s.chatd).await;
     let a = register(&mut c.auth, "alice").await;
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "g".into(),
-                member_ids: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "g", &[]).await;
     let first = c
         .groups
         .send_message(authed(&a, send(g.id, "once", "k-1")))
@@ -584,18 +562,7 @@ async fn bad_input_gets_proper_statuses() {
     let s = Setup::with_rate(5.0);
     let mut c = Clients::new(&s.chatd).await;
     let a = register(&mut c.auth, "alice").await;
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "g".into(),
-                member_ids: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "g", &[]).await;
     let long = "x".repeat(4001);
     for (text, key) in [
         ("", ""),
@@ -708,18 +675,7 @@ async fn fan_out_across_replicas_in_order_and_resume_without_gap() {
     let mut cb = Clients::new(&b).await;
     let sender = register(&mut ca.auth, "sender").await;
     let reader = register(&mut ca.auth, "reader").await;
-    let g = ca
-        .groups
-        .create_group(authed(
-            &sender,
-            CreateGroupRequest {
-                name: "fan".into(),
-                member_ids: vec![uid(&reader)],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = ca.group(&sender, "fan", &[uid(&reader)]).await;
 
     // Subscribe on replica B, send through replica A.
     let mut stream = cb
@@ -805,18 +761,7 @@ async fn reads_see_own_writes_with_a_lagging_replica() {
     let b = register(&mut c.auth, "bob").await;
     s.db.replica.wait_caught_up(&s.db.primary);
     s.db.replica.pause_apply();
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "ryw".into(),
-                member_ids: vec![uid(&b)],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "ryw", &[uid(&b)]).await;
     // Bob wrote nothing, carries no token, and the replica has not seen the group: a denial
     // from the replica is re-checked on the primary, so he can read it at once.
     let seen = c
@@ -893,18 +838,7 @@ async fn replicas_down_and_primary_moved() {
     );
     let mut c = Clients::new(&chatd).await;
     let a = register(&mut c.auth, "alice").await;
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "ha".into(),
-                member_ids: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "ha", &[]).await;
     c.groups
         .send_message(authed(&a, send(g.id, "one", "")))
         .await
@@ -972,18 +906,7 @@ async fn ownership_roles_invites_and_channels() {
     let d = register(&mut c.auth, "dora").await;
 
     // The owner leaving hands the group to the admin before older members.
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "g".into(),
-                member_ids: vec![uid(&d)],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "g", &[uid(&d)]).await;
     c.groups
         .add_member(authed(
             &a,

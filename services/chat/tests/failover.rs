@@ -18,7 +18,7 @@ use chatcluster_tests::{
     free_port,
     mariadb::{ADMIN_PASSWORD, MariaDb, REPL_PASSWORD},
 };
-use chatd::pb::{chat::SendMessageRequest, groups::CreateGroupRequest};
+use chatd::pb::chat::SendMessageRequest;
 use common::{Chatd, Clients, Keys, Options, authed, register};
 
 const FLAGS: &[&str] = &[
@@ -90,18 +90,7 @@ async fn acknowledged_messages_survive_a_primary_killed_mid_stream() {
     );
     let mut c = Clients::new(&chatd).await;
     let alice = register(&mut c.auth, "alice").await;
-    let group = c
-        .groups
-        .create_group(authed(
-            &alice,
-            CreateGroupRequest {
-                name: "failover".into(),
-                member_ids: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let group = c.group(&alice, "failover", &[]).await;
 
     // Send m1, m2, … one at a time; an unacknowledged send is retried with the same key.
     let mut acked: Vec<(String, u64)> = Vec::new();

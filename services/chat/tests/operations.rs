@@ -8,10 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chatcluster_tests::free_port;
-use chatd::pb::{
-    chat::{SendMessageRequest, SubscribeRequest},
-    groups::CreateGroupRequest,
-};
+use chatd::pb::chat::{SendMessageRequest, SubscribeRequest};
 use common::{Chatd, Clients, Db, Keys, Options, authed, register};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -45,18 +42,7 @@ async fn metrics_count_calls_by_code_and_drain_ends_streams_cleanly() {
     );
     let mut c = Clients::new(&chatd).await;
     let a = register(&mut c.auth, "alice").await;
-    let g = c
-        .groups
-        .create_group(authed(
-            &a,
-            CreateGroupRequest {
-                name: "ops".into(),
-                member_ids: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.group(&a, "ops", &[]).await;
     let send = |text: &str| SendMessageRequest {
         conversation_id: g.id,
         text: text.into(),

@@ -12,7 +12,7 @@ use chatcluster_tests::{
 use chatd::pb::{
     auth::{RegisterRequest, Session, auth_client::AuthClient},
     dms::dms_client::DmsClient,
-    groups::groups_client::GroupsClient,
+    groups::{CreateGroupRequest, Group, groups_client::GroupsClient},
     servers::servers_client::ServersClient,
 };
 use ed25519_dalek::{
@@ -244,6 +244,23 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// `owner` creates group `name` with `members` (user ids).
+    pub async fn group(&mut self, owner: &Session, name: &str, members: &[u64]) -> Group {
+        self.groups
+            .create_group(authed(
+                owner,
+                CreateGroupRequest {
+                    name: name.into(),
+                    member_ids: members.to_vec(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
 pub async fn register(auth: &mut AuthClient<Channel>, name: &str) -> Session {
     auth.register(RegisterRequest {
         username: name.into(),
@@ -257,12 +274,7 @@ pub async fn register(auth: &mut AuthClient<Channel>, name: &str) -> Session {
 
 /// A request carrying `session`'s access token.
 pub fn authed<T>(session: &Session, body: T) -> Request<T> {
-    let mut req = Request::new(body);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", session.access_token).parse().unwrap(),
-    );
-    req
+    chatcluster_tests::chat::authed(session, body).unwrap()
 }
 
 pub fn uid(s: &Session) -> u64 {
