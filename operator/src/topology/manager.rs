@@ -200,8 +200,6 @@ pub struct Topology {
     policy: Policy,
     credentials: Credentials,
     down_since: Option<Instant>,
-    /// The primary's executed GTIDs when last seen: what a failover must not lose.
-    primary_last_seen: GtidSet,
     semi_sync: Option<SemiSyncState>,
     last_promotion: Option<Promotion>,
     status: watch::Sender<TopologyStatus>,
@@ -252,7 +250,6 @@ impl Topology {
                 policy,
                 credentials,
                 down_since: None,
-                primary_last_seen: GtidSet::default(),
                 semi_sync: None,
                 last_promotion: None,
                 status,
@@ -334,7 +331,6 @@ impl Topology {
         let status = match &reports[self.primary] {
             Some(p) if !isolated => {
                 self.down_since = None;
-                self.primary_last_seen = p.executed.clone();
                 let p = p.clone();
                 self.maintain(&p, &reports).await
             }
@@ -646,7 +642,18 @@ impl Topology {
             primary: failover::Server {
                 name: self.servers[self.primary].member.name.clone(),
                 reachable: reports[self.primary].is_some(),
-                executed: self.primary_last_seen.clone(),
+                // As last published (the decision does not need it; the record does).
+                executed: previous
+                    .servers
+                    .iter()
+                    .find(|x| x.name == previous.primary)
+                    .and_then(|x| {
+                        self.servers[self.primary]
+                            .dialect()
+                            .parse_gtids(&x.gtids)
+                            .ok()
+                    })
+                    .unwrap_or_default(),
                 io_running: true,
                 errant: false,
             },
