@@ -6,13 +6,15 @@
 //! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
 //! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint;
-//! - [`topology`]: GTID sets and the failover decision (database high availability).
+//! - [`topology`]: GTID sets and the failover decision (database high availability);
+//! - [`local`]: the same cluster as supervised processes on one machine (local mode).
 
 pub mod api;
 pub mod autoscale;
 pub mod build;
 pub mod http;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod reconcile;
 #[cfg(any(test, feature = "testkit"))]

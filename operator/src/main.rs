@@ -1,12 +1,13 @@
 //! chat-operator: runs the ChatCluster controller in a Kubernetes cluster.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use chat_operator::{
     api::ChatCluster,
     http,
     leader::{LeaderElector, Timing},
+    local,
     metrics::Metrics,
     reconcile::{self, Context},
 };
@@ -26,6 +27,31 @@ struct Cli {
 enum Command {
     /// Run the controller against the cluster in the kubeconfig or the pod's service account.
     Run(RunArgs),
+    /// Run the cluster a ChatCluster file describes as processes on this machine.
+    Local(LocalArgs),
+}
+
+#[derive(clap::Args)]
+struct LocalArgs {
+    /// The ChatCluster file (the same one `kubectl apply` takes).
+    #[arg(short = 'f', long)]
+    file: PathBuf,
+    /// Where the servers keep their data (default `.chatcluster/<name>`); a second run on the
+    /// same directory resumes the cluster.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Envoy's plain-text port: gRPC, gRPC-Web and the web page.
+    #[arg(long, default_value_t = 8080)]
+    plaintext_port: u16,
+    /// Envoy's TLS port (self-signed certificate in the data directory).
+    #[arg(long, default_value_t = 8443)]
+    port: u16,
+    /// First of the internal ports (databases, chatd, chat-xds, Envoy admin: ~500 from here).
+    #[arg(long, default_value_t = 17000)]
+    base_port: u16,
+    /// Where chatd and chat-xds are (default: beside this program, then the PATH).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +167,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let cc: ChatCluster = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a ChatCluster", args.file.display()))?;
+    if cc.spec.database.engine != chat_operator::api::DatabaseEngine::Mariadb {
+        warn!(
+            "spec.database.engine is mysql: local mode runs MariaDB, the server this machine has (same replication and failover, MariaDB dialect)"
+        );
+    }
+    let name = cc.metadata.name.clone().unwrap_or_default();
+    let options = local::Options {
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(".chatcluster").join(&name)),
+        base_port: args.base_port,
+        port: args.port,
+        plaintext_port: args.plaintext_port,
+        binaries: local::Binaries::find(args.bin_dir.as_deref())?,
+    };
+    let plan = local::plan(&cc, &options)?;
+    println!(
+        "starting {name} from {} (data in {})",
+        args.file.display(),
+        options.data_dir.display()
+    );
+    local::run(
+        plan,
+        (args.plaintext_port, args.port),
+        shutdown_signal(),
+        |status| println!("{}", status.table()),
+    )
+    .await?;
+    println!("stopped");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -148,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             init_tracing(args.log_json);
             run(args).await
+        }
+        Command::Local(args) => {
+            init_tracing(false);
+            local(args).await
         }
     }
 }

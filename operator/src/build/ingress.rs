@@ -31,17 +31,74 @@ const INITIAL_FETCH_TIMEOUT: &str = "10s";
 /// uid/gid of the `envoy` user in the upstream image.
 const ENVOY_UID: i64 = 101;
 
-/// Envoy's bootstrap: a node identity, the admin API on loopback only, ADS (Delta) to chat-xds
-/// for listeners and clusters, and one static listener that exposes just `/ready` and
-/// `/stats/prometheus` from the admin API for probes and scraping.
+/// Where an Envoy finds its control plane and keeps its own endpoints: what differs between a
+/// pod and a local process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyPlace {
+    /// Envoy node cluster (the same for every replica).
+    pub node_cluster: String,
+    /// chat-xds `host:port`s (DNS names are resolved and followed).
+    pub xds: Vec<(String, i32)>,
+    /// Admin API port, on loopback only.
+    pub admin_port: i32,
+    /// Port of the listener exposing `/ready` and `/stats/prometheus` to probes and scrapers.
+    pub ready_port: Option<i32>,
+}
+
+/// Envoy's bootstrap in a pod: chat-xds through its Service, the readiness listener on.
 pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
-    let xds_host = c.service_host(&names::xds(c));
+    envoy_bootstrap(&EnvoyPlace {
+        node_cluster: names::envoy(c),
+        xds: vec![(c.service_host(&names::xds(c)), ports::XDS)],
+        admin_port: ports::ENVOY_ADMIN,
+        ready_port: Some(ports::ENVOY_READY),
+    })
+}
+
+/// Envoy's bootstrap: a node identity, the admin API on loopback only, ADS (Delta) to chat-xds
+/// for listeners and clusters, load reports to chat-xds, and optionally one static listener
+/// that exposes just `/ready` and `/stats/prometheus` from the admin API.
+pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
     let socket = |address: &str, port: i32| json!({ "socket_address": { "address": address, "port_value": port } });
     let admin_route =
         |path: &str| json!({ "match": { "path": path }, "route": { "cluster": "admin" } });
+    let xds_endpoints: Vec<_> = place
+        .xds
+        .iter()
+        .map(|(host, port)| json!({ "endpoint": { "address": socket(host, *port) } }))
+        .collect();
+    let listeners: Vec<_> = place.ready_port.iter().map(|&port| json!({
+                "name": "ready",
+                "address": socket("0.0.0.0", port),
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ready",
+                        "route_config": {
+                            "name": "ready",
+                            "virtual_hosts": [{
+                                "name": "ready",
+                                "domains": ["*"],
+                                "routes": [
+                                    admin_route("/ready"),
+                                    admin_route("/stats/prometheus"),
+                                    { "match": { "prefix": "/" }, "direct_response": { "status": 404 } }
+                                ]
+                            }]
+                        },
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            }
+                        }]
+                    }
+                }]}]
+            })).collect();
     json!({
-        "node": { "cluster": names::envoy(c) },
-        "admin": { "address": socket("127.0.0.1", ports::ENVOY_ADMIN) },
+        "node": { "cluster": place.node_cluster },
+        "admin": { "address": socket("127.0.0.1", place.admin_port) },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC",
@@ -82,9 +139,7 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
                     },
                     "load_assignment": {
                         "cluster_name": "xds",
-                        "endpoints": [{ "lb_endpoints": [
-                            { "endpoint": { "address": socket(&xds_host, ports::XDS) } }
-                        ]}]
+                        "endpoints": [{ "lb_endpoints": xds_endpoints }]
                     }
                 },
                 {
@@ -94,40 +149,12 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
                     "load_assignment": {
                         "cluster_name": "admin",
                         "endpoints": [{ "lb_endpoints": [
-                            { "endpoint": { "address": socket("127.0.0.1", ports::ENVOY_ADMIN) } }
+                            { "endpoint": { "address": socket("127.0.0.1", place.admin_port) } }
                         ]}]
                     }
                 }
             ],
-            "listeners": [{
-                "name": "ready",
-                "address": socket("0.0.0.0", ports::ENVOY_READY),
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ready",
-                        "route_config": {
-                            "name": "ready",
-                            "virtual_hosts": [{
-                                "name": "ready",
-                                "domains": ["*"],
-                                "routes": [
-                                    admin_route("/ready"),
-                                    admin_route("/stats/prometheus"),
-                                    { "match": { "prefix": "/" }, "direct_response": { "status": 404 } }
-                                ]
-                            }]
-                        },
-                        "http_filters": [{
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                            }
-                        }]
-                    }
-                }]}]
-            }]
+            "listeners": listeners
         }
     })
 }

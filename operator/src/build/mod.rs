@@ -26,8 +26,10 @@ use serde::Serialize;
 
 use crate::api::{ChatCluster, ServiceKind};
 
+pub use chat::replicas;
 pub use database::DB_NAME;
-pub use xds::{RateLimit, XdsConfig, XdsService};
+pub use ingress::{EnvoyPlace, envoy_bootstrap};
+pub use xds::{RateLimit, XdsConfig, XdsService, config as xds_config};
 
 /// Ports the workloads listen on, shared by builders, probes and Services.
 pub mod ports {

@@ -33,8 +33,8 @@ pub struct GenerateError {
     source: rcgen::Error,
 }
 
-/// Passwords of the database users.
-#[derive(Clone, PartialEq, Eq)]
+/// Passwords of the database users (the local runner keeps them in its data directory).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DbCredentials {
     root: String,
     admin: String,
@@ -65,6 +65,21 @@ impl DbCredentials {
             app: password(),
         }
     }
+
+    /// The topology loop's password ([`database::ADMIN_USER`]).
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// The replication user's password ([`database::REPL_USER`]).
+    pub fn replication(&self) -> &str {
+        &self.replication
+    }
+
+    /// chatd's password ([`DB_APP_USER`]).
+    pub fn app(&self) -> &str {
+        &self.app
+    }
 }
 
 /// A PEM certificate and its private key.
@@ -87,6 +102,16 @@ impl TlsMaterial {
             key_pem: certified.signing_key.serialize_pem(),
         })
     }
+
+    /// The certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Its private key, PEM.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
 }
 
 /// An Ed25519 key pair in PEM (PKCS#8 private key, SPKI public key).
@@ -108,6 +133,16 @@ impl TokenKey {
             private_pem: pair.serialize_pem(),
             public_pem: pair.public_key_pem(),
         })
+    }
+
+    /// The signing key (PKCS#8 PEM), for auth.
+    pub fn private_pem(&self) -> &str {
+        &self.private_pem
+    }
+
+    /// The verifying key (SPKI PEM), for every service.
+    pub fn public_pem(&self) -> &str {
+        &self.public_pem
     }
 }
 

@@ -161,7 +161,19 @@ pub async fn serve(
         None
     };
 
-    let db = Db::connect(config.db.clone()).await?;
+    let mut db_config = config.db.clone();
+    // A restarted replica starts on the primary as published now, not the one it was given
+    // at first: the migrations below need a writable server.
+    if let Some(address) = config
+        .db_primary_file
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+    {
+        db_config.primary = address;
+    }
+    let db = Db::connect(db_config).await?;
     for service in &config.services {
         match service {
             ServiceName::Auth => AuthService::migrate(&db).await?,

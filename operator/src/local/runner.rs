@@ -1,0 +1,590 @@
+//! The local runner: brings a [`Plan`] up as supervised processes, keeps the database topology
+//! with the same loop as in Kubernetes, publishes the primary to chatd and the serving chatd
+//! replicas to chat-xds, reports a status table (and `status.json`), and on shutdown stops
+//! everything in order: Envoy, chatd, chat-xds, the topology loop, the databases.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::{process::Command, sync::watch};
+use tracing::{info, warn};
+
+use super::{
+    plan::{DbServer, Plan},
+    supervisor::{ProcessState, ProcessStatus, Supervised},
+};
+use crate::{
+    api::ServiceKind,
+    build::secrets::{DbCredentials, GenerateError, TlsMaterial, TokenKey},
+    topology::{
+        self,
+        manager::{Handle, Topology, TopologyStatus},
+    },
+};
+
+/// How long a stopped process may take before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long the databases may take to come up, and the primary to be chosen.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Envoy re-reads the endpoints within this time of a change (chat-xds polls every 500 ms).
+const ENDPOINT_PROPAGATION: Duration = Duration::from_secs(2);
+
+/// Why the runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A key or certificate could not be generated.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// Something else already listens on a port of the plan.
+    #[error(
+        "port {port} ({what}) is in use: another local cluster running? Stop it, or pick other ports with --base-port / --port / --plaintext-port"
+    )]
+    PortBusy {
+        /// The port.
+        port: u16,
+        /// What the plan uses it for.
+        what: String,
+    },
+    /// An empty database directory could not be initialised.
+    #[error("mariadb-install-db for {server} failed: {message}")]
+    InstallDb {
+        /// The server.
+        server: String,
+        /// Its output.
+        message: String,
+    },
+    /// Something did not come up in time.
+    #[error("{0} did not come up within {1:?} (see the logs in the data directory)")]
+    Timeout(String, Duration),
+    /// The topology loop refused its members.
+    #[error("database topology: {0}")]
+    Topology(#[from] topology::manager::Error),
+    /// State files are not valid.
+    #[error("{path} is not valid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RunError + 'a {
+    move |source| RunError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write then rename, so no reader sees half a file.
+fn write_atomically(path: &Path, text: &str) -> Result<(), RunError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    write_atomically(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("cannot protect", path))
+}
+
+/// What survives a restart besides the servers' data: which server is the primary.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    primary: Option<String>,
+}
+
+/// The credentials of this data directory: generated on first run, then read back (the
+/// servers hold these passwords).
+fn secrets(plan: &Plan) -> Result<DbCredentials, RunError> {
+    let f = &plan.files;
+    let credentials = if f.credentials.exists() {
+        let text =
+            std::fs::read_to_string(&f.credentials).map_err(io("cannot read", &f.credentials))?;
+        serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+            path: f.credentials.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        let c = DbCredentials::generate();
+        let text = serde_json::to_string_pretty(&c).map_err(|e| RunError::Invalid {
+            path: f.credentials.clone(),
+            message: e.to_string(),
+        })?;
+        write_private(&f.credentials, &text)?;
+        c
+    };
+    if !f.token_private.exists() {
+        let key = TokenKey::generate()?;
+        write_private(&f.token_private, key.private_pem())?;
+        write_atomically(&f.token_public, key.public_pem())?;
+    }
+    if !f.tls_cert.exists() {
+        let tls = TlsMaterial::self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+        write_private(&f.tls_key, tls.key_pem())?;
+        write_atomically(&f.tls_cert, tls.cert_pem())?;
+    }
+    Ok(credentials)
+}
+
+fn check_ports(plan: &Plan, ingress: &[u16]) -> Result<(), RunError> {
+    let named = plan
+        .ports()
+        .into_iter()
+        .map(|p| (p, "internal".to_string()))
+        .chain(ingress.iter().map(|&p| (p, "ingress".to_string())));
+    for (port, what) in named {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(RunError::PortBusy { port, what });
+        }
+    }
+    Ok(())
+}
+
+async fn install_db(plan: &Plan, db: &DbServer) -> Result<(), RunError> {
+    if db.data().join("mysql").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(db.tmp()).map_err(io("cannot create", &db.tmp()))?;
+    let mut cmd = Command::new(&plan.binaries().install_db);
+    cmd.args([
+        "--no-defaults",
+        "--skip-test-db",
+        "--auth-root-authentication-method=socket",
+    ])
+    .arg(format!("--datadir={}", db.data().display()))
+    .arg(format!("--tmpdir={}", db.tmp().display()))
+    .env("TMPDIR", db.tmp());
+    if nix::unistd::geteuid().is_root() {
+        cmd.arg("--user=root");
+    }
+    let out = cmd.output().await.map_err(|e| RunError::InstallDb {
+        server: db.name.clone(),
+        message: format!("cannot run {}: {e}", plan.binaries().install_db.display()),
+    })?;
+    if !out.status.success() {
+        // A half-initialised directory would be taken for a real one next time.
+        let _ = std::fs::remove_dir_all(db.data());
+        return Err(RunError::InstallDb {
+            server: db.name.clone(),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+async fn port_open(port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+async fn wait_until<F, Fut>(what: &str, f: F) -> Result<(), RunError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !f().await {
+        if Instant::now() > deadline {
+            return Err(RunError::Timeout(what.to_string(), START_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// One row of the status table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessRow {
+    /// Process name.
+    pub name: String,
+    /// What it is: database, chatd service, xds, envoy.
+    pub component: String,
+    /// Its port.
+    pub port: u16,
+    /// Supervision state.
+    #[serde(flatten)]
+    pub status: ProcessStatus,
+    /// Its port answers.
+    pub up: bool,
+    /// Database role, as the topology loop sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The runner's status, also written to `status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalStatus {
+    /// Cluster name.
+    pub cluster: String,
+    /// Every process is up and the primary takes writes.
+    pub ready: bool,
+    /// gRPC and gRPC-Web in plain text (chatctl's default; the web page is at `/`).
+    pub endpoint: String,
+    /// The same over TLS (self-signed certificate in the data directory).
+    pub tls_endpoint: String,
+    /// The database primary's address.
+    pub primary: String,
+    /// Every process.
+    pub processes: Vec<ProcessRow>,
+    /// The topology loop's view.
+    pub database: TopologyStatus,
+}
+
+impl LocalStatus {
+    /// The status as a table for people.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "cluster {}: {}  gRPC/web {}  TLS {}  primary {}\n",
+            self.cluster,
+            if self.ready { "Ready" } else { "NotReady" },
+            self.endpoint,
+            self.tls_endpoint,
+            self.primary,
+        );
+        out.push_str(&format!(
+            "  {:<12} {:<10} {:<8} {:>6} {:>8}  {}\n",
+            "NAME", "COMPONENT", "PID", "PORT", "RESTARTS", "STATE"
+        ));
+        for p in &self.processes {
+            let state = match &p.status.state {
+                ProcessState::Running { .. } if !p.up => "starting".to_string(),
+                ProcessState::Running { .. } => p.role.clone().unwrap_or_else(|| "up".into()),
+                ProcessState::Restarting { reason } => format!("restarting ({reason})"),
+                ProcessState::Stopped => "stopped".into(),
+            };
+            let pid = match p.status.state {
+                ProcessState::Running { pid } => pid.to_string(),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(
+                "  {:<12} {:<10} {:<8} {:>6} {:>8}  {}\n",
+                p.name, p.component, pid, p.port, p.status.restarts, state
+            ));
+        }
+        out
+    }
+}
+
+/// The running cluster.
+struct Cluster {
+    plan: Plan,
+    credentials: DbCredentials,
+    ingress: (u16, u16),
+    databases: Vec<Supervised>,
+    xds: Vec<Supervised>,
+    envoys: Vec<Supervised>,
+    chatd: BTreeMap<ServiceKind, BTreeMap<usize, Supervised>>,
+    topology: Option<Handle>,
+}
+
+impl Cluster {
+    fn serving(&self) -> BTreeMap<ServiceKind, Vec<usize>> {
+        self.chatd
+            .iter()
+            .map(|(kind, replicas)| (*kind, replicas.keys().copied().collect()))
+            .collect()
+    }
+
+    fn write_endpoints(&self) -> Result<(), RunError> {
+        let doc = self.plan.endpoints_file(&self.serving());
+        write_atomically(&self.plan.files.endpoints, &doc.to_string())
+    }
+
+    /// Start or stop chatd replicas of `kind` until `n` run. New replicas join the endpoints
+    /// at once (Envoy's health checks send them traffic once they serve); removed ones leave
+    /// the endpoints first, and are stopped once Envoy has stopped using them.
+    async fn scale(&mut self, kind: ServiceKind, n: usize) -> Result<(), RunError> {
+        let Some(service) = self.plan.services.iter().find(|s| s.kind == kind).cloned() else {
+            return Ok(());
+        };
+        let replicas = self.chatd.entry(kind).or_default();
+        let mut removed = Vec::new();
+        while replicas.len() > n {
+            if let Some((_, r)) = replicas.pop_last() {
+                removed.push(r);
+            }
+        }
+        for i in 0..service.bounds.1.min(n) {
+            if !replicas.contains_key(&i) {
+                let launch = self.plan.chatd_launch(&service, i, &self.credentials);
+                replicas.insert(i, Supervised::start(launch, &self.plan.files.logs, GRACE));
+            }
+        }
+        self.write_endpoints()?;
+        if !removed.is_empty() {
+            tokio::time::sleep(ENDPOINT_PROPAGATION).await;
+            futures::future::join_all(removed.into_iter().map(Supervised::stop)).await;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, db: &TopologyStatus) -> LocalStatus {
+        let mut rows = Vec::new();
+        let roles: BTreeMap<&str, &str> = db
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.role.as_str()))
+            .collect();
+        let mut add = |p: &Supervised, component: String, role: Option<String>| {
+            rows.push((
+                p.name.clone(),
+                component,
+                p.port,
+                p.status.borrow().clone(),
+                role,
+            ));
+        };
+        for p in &self.databases {
+            add(
+                p,
+                "database".into(),
+                roles.get(p.name.as_str()).map(|r| r.to_string()),
+            );
+        }
+        for (kind, replicas) in &self.chatd {
+            for p in replicas.values() {
+                add(p, kind.to_string(), None);
+            }
+        }
+        for p in &self.xds {
+            add(p, "xds".into(), None);
+        }
+        for p in &self.envoys {
+            add(p, "envoy".into(), None);
+        }
+        let mut processes = Vec::new();
+        for (name, component, port, status, role) in rows {
+            let up = matches!(status.state, ProcessState::Running { .. }) && port_open(port).await;
+            processes.push(ProcessRow {
+                name,
+                component,
+                port,
+                status,
+                up,
+                role,
+            });
+        }
+        let (plain, tls) = self.ingress;
+        let ingress_up = port_open(plain).await;
+        LocalStatus {
+            cluster: self.plan.name.clone(),
+            ready: db.primary_ready && ingress_up && processes.iter().all(|p| p.up),
+            endpoint: format!("http://127.0.0.1:{plain}"),
+            tls_endpoint: format!("https://localhost:{tls}"),
+            primary: db.primary_address.clone(),
+            processes,
+            database: db.clone(),
+        }
+    }
+
+    async fn stop(mut self) {
+        let stop_all = |list: Vec<Supervised>| {
+            futures::future::join_all(list.into_iter().map(Supervised::stop))
+        };
+        stop_all(std::mem::take(&mut self.envoys)).await;
+        let chatd: Vec<Supervised> = std::mem::take(&mut self.chatd)
+            .into_values()
+            .flat_map(BTreeMap::into_values)
+            .collect();
+        stop_all(chatd).await;
+        stop_all(std::mem::take(&mut self.xds)).await;
+        // Dropping the handle ends the loop: nothing fails over while the servers stop.
+        self.topology = None;
+        stop_all(std::mem::take(&mut self.databases)).await;
+    }
+}
+
+/// Run `plan` until `shutdown` completes; `ingress` is Envoy's (plain-text, TLS) ports.
+/// `on_status` receives every status that differs from the last.
+pub async fn run(
+    plan: Plan,
+    ingress: (u16, u16),
+    shutdown: impl Future<Output = ()>,
+    mut on_status: impl FnMut(&LocalStatus),
+) -> Result<(), RunError> {
+    let files = plan.files.clone();
+    for dir in [
+        files.root.join("secrets"),
+        files.root.join("run"),
+        files.logs.clone(),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    }
+    check_ports(&plan, &[ingress.0, ingress.1])?;
+    let credentials = secrets(&plan)?;
+
+    let mut cluster = Cluster {
+        plan,
+        credentials,
+        ingress,
+        databases: Vec::new(),
+        xds: Vec::new(),
+        envoys: Vec::new(),
+        chatd: BTreeMap::new(),
+        topology: None,
+    };
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        r = start(&mut cluster) => r,
+        _ = &mut shutdown => Ok(None),
+    };
+    let status_rx = match started {
+        Ok(Some(rx)) => rx,
+        Ok(None) => {
+            info!("stopping before the cluster came up");
+            cluster.stop().await;
+            return Ok(());
+        }
+        Err(e) => {
+            cluster.stop().await;
+            return Err(e);
+        }
+    };
+
+    let mut last: Option<LocalStatus> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {
+                let db = status_rx.borrow().clone();
+                if let Err(e) = remember_primary(&files.state, &db) {
+                    warn!(error = %e, "cannot save the primary");
+                }
+                let status = cluster.status(&db).await;
+                if last.as_ref() != Some(&status) {
+                    let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+                    if let Err(e) = write_atomically(&files.status, &json) {
+                        break Err(e);
+                    }
+                    on_status(&status);
+                    last = Some(status);
+                }
+            }
+        }
+    };
+    info!("stopping the local cluster");
+    cluster.stop().await;
+    let _ = std::fs::remove_file(&files.status);
+    outcome
+}
+
+fn remember_primary(path: &Path, db: &TopologyStatus) -> Result<(), RunError> {
+    if !db.primary_ready {
+        return Ok(());
+    }
+    let state = State {
+        primary: Some(db.primary.clone()),
+    };
+    let text = serde_json::to_string(&state).unwrap_or_default();
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+        write_atomically(path, &text)?;
+    }
+    Ok(())
+}
+
+fn remembered_primary(plan: &Plan) -> String {
+    std::fs::read_to_string(&plan.files.state)
+        .ok()
+        .and_then(|t| serde_json::from_str::<State>(&t).ok())
+        .and_then(|s| s.primary)
+        .filter(|p| plan.databases.iter().any(|d| &d.name == p))
+        .unwrap_or_else(|| plan.first_primary().to_string())
+}
+
+/// Bring everything up; the topology loop's status, or `None` if interrupted.
+async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyStatus>>, RunError> {
+    let plan = cluster.plan.clone();
+    let as_root = nix::unistd::geteuid().is_root();
+    let init_sql = plan.database_init_sql(&cluster.credentials);
+    for db in &plan.databases {
+        install_db(&plan, db).await?;
+        std::fs::create_dir_all(db.tmp()).map_err(io("cannot create", &db.tmp()))?;
+        write_atomically(&db.config_file(), &plan.database_config(db, as_root))?;
+        write_private(&db.init_file(), &init_sql)?;
+        cluster.databases.push(Supervised::start(
+            plan.database_launch(db),
+            &plan.files.logs,
+            // InnoDB flushes on a clean stop; give it time rather than crash-recover next run.
+            GRACE * 3,
+        ));
+    }
+    for db in &plan.databases {
+        wait_until(&format!("database {}", db.name), || port_open(db.port)).await?;
+    }
+
+    let primary = remembered_primary(&plan);
+    info!(%primary, "starting the topology loop");
+    let members = plan.databases.iter().map(DbServer::member).collect();
+    let (topology, status) = Topology::new(
+        members,
+        &primary,
+        plan.topology_credentials(&cluster.credentials),
+        plan.policy.clone(),
+    )?;
+    let handle = topology::manager::spawn(topology, status.clone(), Duration::from_secs(1));
+    tokio::spawn(topology::publish::primary_file(
+        status.clone(),
+        plan.files.primary.clone(),
+    ));
+    cluster.topology = Some(handle);
+    let mut ready = status.clone();
+    tokio::time::timeout(START_TIMEOUT, ready.wait_for(|s| s.primary_ready))
+        .await
+        .map_err(|_| RunError::Timeout("the database primary".into(), START_TIMEOUT))?
+        .map_err(|_| RunError::Timeout("the database primary".into(), START_TIMEOUT))?;
+    wait_until("the primary's address file", || async {
+        plan.files.primary.exists()
+    })
+    .await?;
+
+    let xds_yaml = serde_yaml::to_string(&plan.xds_config).map_err(|e| RunError::Invalid {
+        path: plan.files.xds_config.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomically(&plan.files.xds_config, &xds_yaml)?;
+    cluster.write_endpoints()?;
+    for launch in &plan.xds {
+        cluster
+            .xds
+            .push(Supervised::start(launch.clone(), &plan.files.logs, GRACE));
+    }
+    for service in &plan.services {
+        cluster.scale(service.kind, service.initial).await?;
+    }
+    for (i, (launch, bootstrap)) in plan.envoys.iter().zip(&plan.envoy_bootstraps).enumerate() {
+        write_atomically(&plan.files.envoy_bootstrap(i), &bootstrap.to_string())?;
+        cluster
+            .envoys
+            .push(Supervised::start(launch.clone(), &plan.files.logs, GRACE));
+    }
+    Ok(Some(status))
+}
