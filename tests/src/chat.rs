@@ -1,16 +1,8 @@
 //! Client-side helpers shared by tests that talk to chatd (directly or through Envoy).
 
+pub use chatd::client::authed;
 use chatd::pb::{auth::Session, chat::HistoryRequest, groups::groups_client::GroupsClient};
-use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
-
-/// A request carrying `session`'s access token.
-pub fn authed<T>(session: &Session, body: T) -> Result<Request<T>, Status> {
-    let mut req = Request::new(body);
-    let token = MetadataValue::try_from(format!("Bearer {}", session.access_token))
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    req.metadata_mut().insert("authorization", token);
-    Ok(req)
-}
+use tonic::{Status, transport::Channel};
 
 /// A group's whole history, oldest first, as (text, seq). History pages newest first, each
 /// page before the previous one's oldest message.

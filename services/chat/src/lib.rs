@@ -5,8 +5,10 @@
 //!   (primary/replica routing with read-your-writes);
 //! - [`fanout`]: delivery of new messages to subscribers on every replica;
 //! - [`token`]: signed access tokens, verified by every service;
-//! - [`server`]: assembling a process from its configuration.
+//! - [`server`]: assembling a process from its configuration;
+//! - [`client`]: helpers for callers (chatctl, tests).
 
+pub mod client;
 pub mod db;
 pub mod error;
 pub mod fanout;
