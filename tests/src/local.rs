@@ -1,0 +1,264 @@
+//! A local cluster for tests: `chat-operator local` started as a real process from an example
+//! file, on free ports and its own data directory, stopped with Ctrl-C (SIGINT) when dropped —
+//! and if that fails, every process it ran is killed, so nothing is left behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chat_operator::{
+    api::ChatCluster,
+    local::{self, Binaries, Options},
+};
+use serde_json::Value;
+
+use crate::{Process, TempDir, free_port, repo};
+
+/// Where cargo put the workspace's binaries (the test executable is in `<that>/deps`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
+        .to_path_buf();
+    for bin in ["chat-operator", "chatd", "chat-xds", "chatctl"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{bin} is not built in {}: run `cargo build --workspace` (cargo test --workspace builds it)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    /// Its data directory.
+    pub dir: TempDir,
+    /// The cluster file it runs.
+    pub file: PathBuf,
+    /// Envoy's plain-text port.
+    pub plaintext_port: u16,
+    /// Envoy's TLS port.
+    pub tls_port: u16,
+    /// First internal port.
+    pub base_port: u16,
+    /// Its plan (ports and names of every process).
+    pub plan: local::Plan,
+    runner: Option<Process>,
+}
+
+/// A base port whose whole block of plan ports is free right now.
+fn free_block(cc: &ChatCluster, options: &Options) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + 600 * (rand_below(60) as u16);
+        let plan = local::plan(
+            cc,
+            &Options {
+                base_port: base,
+                ..options.clone()
+            },
+        )
+        .unwrap_or_else(|e| panic!("plan: {e}"));
+        if plan
+            .ports()
+            .iter()
+            .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free block of ports");
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) % n
+}
+
+impl LocalCluster {
+    /// Start the cluster `file` (relative to the repository) describes and wait until it is
+    /// ready.
+    pub fn start(file: &str) -> Self {
+        let file = repo().join(file);
+        let dir = TempDir::new("local-cluster");
+        Self::start_in(file, dir, None)
+    }
+
+    /// Start `file` in `dir` (a previous run's data directory to resume it), on the previous
+    /// run's ports if given.
+    pub fn start_in(file: PathBuf, dir: TempDir, ports: Option<(u16, u16, u16)>) -> Self {
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let bins = bin_dir();
+        let binaries = Binaries::find(Some(&bins)).unwrap_or_else(|e| panic!("{e}"));
+        let mut options = Options {
+            data_dir: dir.path().to_path_buf(),
+            base_port: 0,
+            port: 0,
+            plaintext_port: 0,
+            binaries,
+        };
+        let (base_port, plaintext_port, tls_port) =
+            ports.unwrap_or_else(|| (free_block(&cc, &options), free_port(), free_port()));
+        options.base_port = base_port;
+        options.port = tls_port;
+        options.plaintext_port = plaintext_port;
+        let plan = local::plan(&cc, &options).unwrap_or_else(|e| panic!("plan: {e}"));
+        let runner = Process::spawn(
+            Command::new(bins.join("chat-operator"))
+                .arg("local")
+                .arg("-f")
+                .arg(&file)
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--base-port", &base_port.to_string()])
+                .args(["--port", &tls_port.to_string()])
+                .args(["--plaintext-port", &plaintext_port.to_string()])
+                .arg("--bin-dir")
+                .arg(&bins)
+                .env("RUST_LOG", "warn")
+                .stdout(
+                    std::fs::File::create(dir.path().join("runner.out"))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|e| panic!("runner.out: {e}")),
+                )
+                .stderr(
+                    std::fs::File::create(dir.path().join("runner.err"))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|e| panic!("runner.err: {e}")),
+                ),
+        );
+        let cluster = Self {
+            dir,
+            file,
+            plaintext_port,
+            tls_port,
+            base_port,
+            plan,
+            runner: Some(runner),
+        };
+        cluster.wait_for("the cluster to be ready", Duration::from_secs(180), |s| {
+            s["ready"] == true
+        });
+        cluster
+    }
+
+    /// `http://127.0.0.1:<plain-text port>`: gRPC, gRPC-Web and the web page through Envoy.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.plaintext_port)
+    }
+
+    /// The runner's `status.json` (null while it has none).
+    pub fn status(&self) -> Value {
+        std::fs::read_to_string(self.dir.path().join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The status row of process `name`.
+    pub fn process(&self, name: &str) -> Value {
+        self.status()["processes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Pid of process `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.process(name)["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Wait until `check` holds for the status; panics with the runner's output otherwise.
+    pub fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if check(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status: {status:#}\nrunner stderr:\n{}",
+                    std::fs::read_to_string(self.dir.path().join("runner.err")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Send `signal` (as `kill` names it: KILL, STOP, CONT, …) to process `name`.
+    pub fn signal(&self, name: &str, signal: &str) -> u32 {
+        let pid = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running: {:#}", self.status()));
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid} ({name}) failed");
+        pid
+    }
+
+    /// Every process the runner reported running.
+    fn pids(&self) -> Vec<u32> {
+        self.status()["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+            .collect()
+    }
+
+    /// Stop with Ctrl-C and wait for the runner to exit; its exit code and the pids it ran.
+    pub fn interrupt(&mut self) -> (Option<i32>, Vec<u32>) {
+        let pids = self.pids();
+        let Some(mut runner) = self.runner.take() else {
+            return (None, pids);
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &runner.pid().to_string()])
+            .status();
+        let code = runner
+            .wait_exit(Duration::from_secs(90))
+            .and_then(|s| s.code());
+        (code, pids)
+    }
+
+    /// Stop the runner and keep the data directory (to start it again).
+    pub fn stop_keeping_data(mut self) -> (TempDir, (u16, u16, u16)) {
+        let (code, _) = self.interrupt();
+        assert_eq!(code, Some(0), "runner exit");
+        let ports = (self.base_port, self.plaintext_port, self.tls_port);
+        let dir = std::mem::replace(&mut self.dir, TempDir::new("local-cluster-spent"));
+        (dir, ports)
+    }
+}
+
+/// Whether process `pid` still exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let (code, pids) = self.interrupt();
+        if code.is_none() {
+            // The runner did not stop: take everything down the hard way.
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Local mode end to end: `chat-operator local` brings the example files up as real processes
+//! (MariaDB, chatd, chat-xds, Envoy); users chat through Envoy with chatctl, gRPC and the web
+//! page in headless Chromium, while chatd and database processes are killed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use chat_operator::api::ServiceKind;
+use chatcluster_tests::{
+    chat::{authed, group_history},
+    local::{LocalCluster, alive, bin_dir},
+    repo,
+};
+use chatd::pb::{
+    auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
+    chat::{Event, SendMessageRequest, SubscribeRequest, event},
+    dms::{OpenRequest, dms_client::DmsClient},
+    groups::{CreateGroupRequest, groups_client::GroupsClient},
+    servers::{
+        CreateInviteRequest, CreateServerRequest, JoinRequest, servers_client::ServersClient,
+    },
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+async fn channel(address: &str) -> Channel {
+    let endpoint = Channel::from_shared(address.to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot reach {address}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn register(ch: &Channel, name: &str) -> (Session, u64) {
+    let mut auth = AuthClient::new(ch.clone());
+    let session = auth
+        .register(RegisterRequest {
+            username: name.into(),
+            password: "correct horse battery".into(),
+            display_name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = auth
+        .get_profile(authed(&session, GetProfileRequest { user_id: 0 }).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    (session, me.user_id)
+}
+
+/// A live subscription directly on one chatd replica; messages arrive on the receiver.
+async fn subscribe_on(
+    address: String,
+    kind: ServiceKind,
+    session: Session,
+    conversation_id: u64,
+) -> mpsc::UnboundedReceiver<(u64, String)> {
+    let ch = channel(&address).await;
+    let req = authed(
+        &session,
+        SubscribeRequest {
+            conversation_id,
+            after_seq: 0,
+        },
+    )
+    .unwrap();
+    let mut stream: tonic::Streaming<Event> = match kind {
+        ServiceKind::Groups => GroupsClient::new(ch).subscribe(req).await,
+        ServiceKind::Dms => DmsClient::new(ch).subscribe(req).await,
+        ServiceKind::Servers => ServersClient::new(ch).subscribe(req).await,
+        ServiceKind::Auth => unreachable!("auth has no conversations"),
+    }
+    .unwrap()
+    .into_inner();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            if let Some(event::Kind::Message(m)) = e.kind {
+                let _ = tx.send((m.seq, m.text));
+            }
+        }
+    });
+    rx
+}
+
+async fn received(rx: &mut mpsc::UnboundedReceiver<(u64, String)>, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(m)) => out.push(m),
+            other => panic!("subscription ended or stalled after {out:?}: {other:?}"),
+        }
+    }
+    out
+}
+
+async fn send(
+    ch: &Channel,
+    kind: ServiceKind,
+    session: &Session,
+    id: u64,
+    text: &str,
+) -> Result<u64, tonic::Status> {
+    let req = authed(
+        session,
+        SendMessageRequest {
+            conversation_id: id,
+            text: text.into(),
+            client_key: text.into(),
+        },
+    )?;
+    let m = match kind {
+        ServiceKind::Groups => GroupsClient::new(ch.clone()).send_message(req).await,
+        ServiceKind::Dms => DmsClient::new(ch.clone()).send_message(req).await,
+        ServiceKind::Servers => ServersClient::new(ch.clone()).send_message(req).await,
+        ServiceKind::Auth => unreachable!("auth has no conversations"),
+    }?;
+    Ok(m.into_inner().seq)
+}
+
+/// Through Envoy, `count` messages; each live subscriber (one per replica of the service)
+/// receives all of them in order.
+async fn chat_with_subscribers_on_every_replica(
+    cluster: &LocalCluster,
+    envoy: &Channel,
+    kind: ServiceKind,
+    (sender, reader): (&Session, &Session),
+    conversation: u64,
+    count: usize,
+) {
+    let service = cluster
+        .plan
+        .services
+        .iter()
+        .find(|s| s.kind == kind)
+        .unwrap();
+    let mut subscribers = Vec::new();
+    for i in 0..service.initial {
+        let address = format!("http://{}", service.address(i));
+        subscribers.push(subscribe_on(address, kind, reader.clone(), conversation).await);
+    }
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let text = format!("{kind}-{conversation}-{n}");
+        let seq = send(envoy, kind, sender, conversation, &text)
+            .await
+            .unwrap();
+        sent.push((seq, text));
+    }
+    for (i, rx) in subscribers.iter_mut().enumerate() {
+        assert_eq!(received(rx, count).await, sent, "subscriber on {kind}-{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/ha.yaml"))
+        .await
+        .unwrap();
+    let envoy = channel(&cluster.endpoint()).await;
+    let (alice, _) = register(&envoy, "alice").await;
+    let (bob, bob_id) = register(&envoy, "bob").await;
+
+    // A group, a DM and a server channel, each with a live subscriber on every replica.
+    let group = GroupsClient::new(envoy.clone())
+        .create_group(
+            authed(
+                &alice,
+                CreateGroupRequest {
+                    name: "friends".into(),
+                    member_ids: vec![bob_id],
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    chat_with_subscribers_on_every_replica(
+        &cluster,
+        &envoy,
+        ServiceKind::Groups,
+        (&alice, &bob),
+        group.id,
+        10,
+    )
+    .await;
+    let dm = DmsClient::new(envoy.clone())
+        .open(authed(&alice, OpenRequest { user_id: bob_id }).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    chat_with_subscribers_on_every_replica(
+        &cluster,
+        &envoy,
+        ServiceKind::Dms,
+        (&alice, &bob),
+        dm.id,
+        10,
+    )
+    .await;
+    let mut servers = ServersClient::new(envoy.clone());
+    let server = servers
+        .create_server(
+            authed(
+                &alice,
+                CreateServerRequest {
+                    name: "guild".into(),
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let invite = servers
+        .create_invite(
+            authed(
+                &alice,
+                CreateInviteRequest {
+                    server_id: server.id,
+                    ttl_seconds: 0,
+                    max_uses: 0,
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    servers
+        .join(authed(&bob, JoinRequest { code: invite.code }).unwrap())
+        .await
+        .unwrap();
+    let general = server.channels[0].id;
+    chat_with_subscribers_on_every_replica(
+        &cluster,
+        &envoy,
+        ServiceKind::Servers,
+        (&bob, &alice),
+        general,
+        10,
+    )
+    .await;
+
+    // A chatd process killed: every send through Envoy still succeeds (the others serve,
+    // Envoy retries what the dead one refused), and the runner restarts it.
+    let old = cluster.signal("groups-0", "KILL");
+    for n in 0..40 {
+        let text = format!("after-kill-{n}");
+        send(&envoy, ServiceKind::Groups, &alice, group.id, &text)
+            .await
+            .unwrap_or_else(|e| panic!("{text} failed while groups-0 was down: {e}"));
+    }
+    cluster.wait_for("groups-0 restarted", Duration::from_secs(30), |s| {
+        s["processes"].as_array().into_iter().flatten().any(|p| {
+            p["name"] == "groups-0"
+                && p["restarts"].as_u64() >= Some(1)
+                && p["up"] == true
+                && p["pid"].as_u64() != Some(u64::from(old))
+        })
+    });
+
+    // The database primary, first killed (restarted in place), then frozen (a hung host:
+    // replaced by failover), under continuous sends retried with the same key until
+    // acknowledged. The history must hold exactly the acknowledged messages.
+    let fresh = GroupsClient::new(envoy.clone())
+        .create_group(
+            authed(
+                &alice,
+                CreateGroupRequest {
+                    name: "durable".into(),
+                    member_ids: vec![],
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first_primary = cluster.status()["database"]["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut frozen: Option<String> = None;
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.len() < 240 {
+        assert!(
+            Instant::now() < deadline,
+            "sends did not resume after {} acknowledged; status {:#}",
+            acked.len(),
+            cluster.status()
+        );
+        if acked.len() == 60 && !killed {
+            cluster.signal(&first_primary, "KILL");
+            killed = true;
+        }
+        if acked.len() == 140 && frozen.is_none() {
+            let primary = cluster.status()["database"]["primary"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            cluster.signal(&primary, "STOP");
+            frozen = Some(primary);
+        }
+        let text = format!("m{}", acked.len() + 1);
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            send(&envoy, ServiceKind::Groups, &alice, fresh.id, &text),
+        )
+        .await
+        {
+            Ok(Ok(seq)) => acked.push((text, seq)),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let frozen = frozen.unwrap();
+    let status = cluster.status();
+    assert_ne!(
+        status["database"]["primary"],
+        frozen.as_str(),
+        "the frozen primary was replaced: {status:#}"
+    );
+    cluster.signal(&frozen, "CONT");
+    let mut groups = GroupsClient::new(envoy.clone());
+    let history = group_history(&mut groups, &alice, fresh.id).await.unwrap();
+    assert_eq!(
+        history, acked,
+        "the history is exactly the acknowledged messages, in order"
+    );
+    assert_eq!(
+        history.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        (1..=240).collect::<Vec<u64>>()
+    );
+    // The old primary comes back as a replica (fenced; re-seeded if it kept a write nobody
+    // acknowledged).
+    cluster.wait_for(
+        "the frozen primary to rejoin as a replica",
+        Duration::from_secs(90),
+        |s| {
+            s["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == frozen.as_str() && p["role"] == "replica")
+        },
+    );
+}
+
+fn chatctl(cluster: &LocalCluster, home: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin_dir().join("chatctl"))
+        .args(["--endpoint", &cluster.endpoint()])
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("CHATCTL_PASSWORD", "correct horse battery")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chatctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/laptop.yaml"))
+        .await
+        .unwrap();
+    let home = cluster.dir.path().join("chatctl");
+    let out = chatctl(&cluster, &home, &["register", "carol"]);
+    assert!(out.contains("registered and logged in as carol"), "{out}");
+    let out = chatctl(&cluster, &home, &["group", "create", "notes"]);
+    let group = out.split_whitespace().next().unwrap().to_string();
+    assert!(group.starts_with("group:"), "{out}");
+    chatctl(&cluster, &home, &["send", &group, "remember me"]);
+    let out = chatctl(&cluster, &home, &["history", &group]);
+    assert!(out.contains("carol: remember me"), "{out}");
+
+    let file = cluster.file.clone();
+    let pids: Vec<u32> = cluster.status()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    assert_eq!(pids.len(), 8, "2 databases, 4 chatd, chat-xds, Envoy");
+    let (dir, ports) = tokio::task::spawn_blocking(move || cluster.stop_keeping_data())
+        .await
+        .unwrap();
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived Ctrl-C");
+    }
+
+    let cluster =
+        tokio::task::spawn_blocking(move || LocalCluster::start_in(file, dir, Some(ports)))
+            .await
+            .unwrap();
+    let out = chatctl(&cluster, &home, &["login", "carol"]);
+    assert!(out.contains("logged in as carol"), "{out}");
+    let out = chatctl(&cluster, &home, &["history", &group]);
+    assert!(
+        out.contains("carol: remember me"),
+        "the restarted cluster kept the message: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/laptop.yaml"))
+        .await
+        .unwrap();
+    let envoy = channel(&cluster.endpoint()).await;
+    let (dave, _) = register(&envoy, "dave").await;
+    let (_, erin_id) = register(&envoy, "erin").await;
+    let group = GroupsClient::new(envoy.clone())
+        .create_group(
+            authed(
+                &dave,
+                CreateGroupRequest {
+                    name: "web".into(),
+                    member_ids: vec![erin_id],
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    send(
+        &envoy,
+        ServiceKind::Groups,
+        &dave,
+        group.id,
+        "before the page opened",
+    )
+    .await
+    .unwrap();
+
+    let script = repo().join("tests/web/chat.mjs");
+    let mut browser = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("CHAT_URL", format!("{}/", cluster.endpoint()))
+        .env("CHAT_USER", "erin")
+        .env("CHAT_PASSWORD", "correct horse battery")
+        .env("CHAT_CONVERSATION", format!("group:{}", group.id))
+        .env("CHAT_HISTORY", "before the page opened")
+        .env("CHAT_SEND", "hello from the browser")
+        .env("CHAT_EXPECT", "hello from gRPC")
+        .env("PLAYWRIGHT_DIR", repo().join(".tools/web/node_modules"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (run scripts/setup.sh)");
+    let stdout = browser.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // The page subscribed and sent its message; now a message from outside must reach it live.
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the page did not get ready")
+            .unwrap();
+        match line.as_deref() {
+            Some("sent") => break,
+            Some(_) => continue,
+            None => panic!(
+                "the browser script ended early: {:?}",
+                browser.wait_with_output().await
+            ),
+        }
+    }
+    send(
+        &envoy,
+        ServiceKind::Groups,
+        &dave,
+        group.id,
+        "hello from gRPC",
+    )
+    .await
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), browser.wait_with_output())
+        .await
+        .expect("the browser script did not finish")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history = group_history(&mut GroupsClient::new(envoy.clone()), &dave, group.id)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = history.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "before the page opened",
+            "hello from the browser",
+            "hello from gRPC"
+        ]
+    );
+}
