@@ -27,7 +27,7 @@ pub fn bin_dir() -> PathBuf {
     for bin in ["chat-operator", "chatd", "chat-xds", "chatctl"] {
         assert!(
             dir.join(bin).is_file(),
-            "{bin} is not built in {}: run `cargo build --workspace` (cargo test --workspace builds it)",
+            "{bin} is not built in {}: run `cargo build --workspace` (`--release` for benchmarks; cargo test --workspace builds them)",
             dir.display()
         );
     }
@@ -83,14 +83,25 @@ impl LocalCluster {
     /// Start the cluster `file` (relative to the repository) describes and wait until it is
     /// ready.
     pub fn start(file: &str) -> Self {
+        Self::start_with(file, &[])
+    }
+
+    /// As [`start`](Self::start), with `env` set for the runner and so for every process it
+    /// starts (for example chatd's `CHATD_RATE_PER_SECOND`).
+    pub fn start_with(file: &str, env: &[(&str, &str)]) -> Self {
         let file = repo().join(file);
         let dir = TempDir::new("local-cluster");
-        Self::start_in(file, dir, None)
+        Self::start_in(file, dir, None, env)
     }
 
     /// Start `file` in `dir` (a previous run's data directory to resume it), on the previous
     /// run's ports if given.
-    pub fn start_in(file: PathBuf, dir: TempDir, ports: Option<(u16, u16, u16)>) -> Self {
+    pub fn start_in(
+        file: PathBuf,
+        dir: TempDir,
+        ports: Option<(u16, u16, u16)>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let text =
             std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
@@ -122,6 +133,7 @@ impl LocalCluster {
                 .arg("--bin-dir")
                 .arg(&bins)
                 .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdout(
                     std::fs::File::create(dir.path().join("runner.out"))
                         .map(Stdio::from)

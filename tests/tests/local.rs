@@ -407,7 +407,7 @@ async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
     }
 
     let cluster =
-        tokio::task::spawn_blocking(move || LocalCluster::start_in(file, dir, Some(ports)))
+        tokio::task::spawn_blocking(move || LocalCluster::start_in(file, dir, Some(ports), &[]))
             .await
             .unwrap();
     let out = chatctl(&cluster, &home, &["login", "carol"]);

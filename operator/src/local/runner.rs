@@ -333,9 +333,9 @@ impl Cluster {
             }
         }
         for i in 0..service.bounds.1.min(n) {
-            if !replicas.contains_key(&i) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = replicas.entry(i) {
                 let launch = self.plan.chatd_launch(&service, i, &self.credentials);
-                replicas.insert(i, Supervised::start(launch, &self.plan.files.logs, GRACE));
+                slot.insert(Supervised::start(launch, &self.plan.files.logs, GRACE));
             }
         }
         self.write_endpoints()?;
