@@ -14,11 +14,14 @@
 use std::time::{Duration, Instant};
 
 use chat_operator::api::ServiceKind;
-use chatcluster_tests::{chat::authed, local::LocalCluster};
+use chatcluster_tests::{
+    chat::{authed, create_group},
+    local::LocalCluster,
+};
 use chatd::pb::{
     auth::{RegisterRequest, Session, auth_client::AuthClient},
     chat::SendMessageRequest,
-    groups::{CreateGroupRequest, groups_client::GroupsClient},
+    groups::groups_client::GroupsClient,
 };
 use tonic::transport::Channel;
 
@@ -56,20 +59,7 @@ async fn users(via: &str, tag: &str, users: usize) -> Vec<(Session, u64)> {
             .await
             .unwrap()
             .into_inner();
-        let group = GroupsClient::new(ch.clone())
-            .create_group(
-                authed(
-                    &session,
-                    CreateGroupRequest {
-                        name: "bench".into(),
-                        member_ids: vec![],
-                    },
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap()
-            .into_inner();
+        let group = create_group(&ch, &session, "bench", vec![]).await.unwrap();
         out.push((session, group.id));
     }
     out

@@ -1,7 +1,11 @@
 //! Client-side helpers shared by tests that talk to chatd (directly or through Envoy).
 
 pub use chatd::client::authed;
-use chatd::pb::{auth::Session, chat::HistoryRequest, groups::groups_client::GroupsClient};
+use chatd::pb::{
+    auth::Session,
+    chat::HistoryRequest,
+    groups::{CreateGroupRequest, Group, groups_client::GroupsClient},
+};
 use tonic::{Status, transport::Channel};
 
 /// A group's whole history, oldest first, as (text, seq). History pages newest first, each
@@ -36,4 +40,23 @@ pub async fn group_history(
     }
     history.reverse();
     Ok(history)
+}
+
+/// Create a group owned by `session`'s user with `member_ids`.
+pub async fn create_group(
+    channel: &Channel,
+    session: &Session,
+    name: &str,
+    member_ids: Vec<u64>,
+) -> Result<Group, Status> {
+    Ok(GroupsClient::new(channel.clone())
+        .create_group(authed(
+            session,
+            CreateGroupRequest {
+                name: name.into(),
+                member_ids,
+            },
+        )?)
+        .await?
+        .into_inner())
 }

@@ -11,7 +11,7 @@ use std::{
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::{authed, group_history},
+    chat::{authed, create_group, group_history},
     local::{LocalCluster, alive, bin_dir},
     repo,
 };
@@ -19,7 +19,7 @@ use chatd::pb::{
     auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
     chat::{Event, SendMessageRequest, SubscribeRequest, event},
     dms::{OpenRequest, dms_client::DmsClient},
-    groups::{CreateGroupRequest, groups_client::GroupsClient},
+    groups::groups_client::GroupsClient,
     servers::{
         CreateInviteRequest, CreateServerRequest, JoinRequest, servers_client::ServersClient,
     },
@@ -172,20 +172,9 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     let (bob, bob_id) = register(&envoy, "bob").await;
 
     // A group, a DM and a server channel, each with a live subscriber on every replica.
-    let group = GroupsClient::new(envoy.clone())
-        .create_group(
-            authed(
-                &alice,
-                CreateGroupRequest {
-                    name: "friends".into(),
-                    member_ids: vec![bob_id],
-                },
-            )
-            .unwrap(),
-        )
+    let group = create_group(&envoy, &alice, "friends", vec![bob_id])
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     chat_with_subscribers_on_every_replica(
         &cluster,
         &envoy,
@@ -274,20 +263,9 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     // The database primary, first killed (restarted in place), then frozen (a hung host:
     // replaced by failover), under continuous sends retried with the same key until
     // acknowledged. The history must hold exactly the acknowledged messages.
-    let fresh = GroupsClient::new(envoy.clone())
-        .create_group(
-            authed(
-                &alice,
-                CreateGroupRequest {
-                    name: "durable".into(),
-                    member_ids: vec![],
-                },
-            )
-            .unwrap(),
-        )
+    let fresh = create_group(&envoy, &alice, "durable", vec![])
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let first_primary = cluster.status()["database"]["primary"]
         .as_str()
         .unwrap()
@@ -427,20 +405,9 @@ async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
     let envoy = channel(&cluster.endpoint()).await;
     let (dave, _) = register(&envoy, "dave").await;
     let (_, erin_id) = register(&envoy, "erin").await;
-    let group = GroupsClient::new(envoy.clone())
-        .create_group(
-            authed(
-                &dave,
-                CreateGroupRequest {
-                    name: "web".into(),
-                    member_ids: vec![erin_id],
-                },
-            )
-            .unwrap(),
-        )
+    let group = create_group(&envoy, &dave, "web", vec![erin_id])
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     send(
         &envoy,
         ServiceKind::Groups,

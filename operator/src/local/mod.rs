@@ -67,29 +67,17 @@ impl Binaries {
                 .filter(|p| p.is_file())
                 .or_else(|| on_path(name))
         };
-        let build_hint = "build the workspace first (cargo build --release), or pass --bin-dir";
-        let setup_hint = "run ./scripts/setup.sh";
+        let need = |program: &'static str, found: Option<PathBuf>, hint: &'static str| {
+            found.ok_or(MissingBinary { program, hint })
+        };
+        let build = "build the workspace first (cargo build --release), or pass --bin-dir";
+        let setup = "run ./scripts/setup.sh";
         Ok(Self {
-            chatd: ours("chatd").ok_or(MissingBinary {
-                program: "chatd",
-                hint: build_hint,
-            })?,
-            xds: ours("chat-xds").ok_or(MissingBinary {
-                program: "chat-xds",
-                hint: build_hint,
-            })?,
-            envoy: envoy().ok_or(MissingBinary {
-                program: "envoy",
-                hint: setup_hint,
-            })?,
-            mariadbd: on_path("mariadbd").ok_or(MissingBinary {
-                program: "mariadbd",
-                hint: setup_hint,
-            })?,
-            install_db: on_path("mariadb-install-db").ok_or(MissingBinary {
-                program: "mariadb-install-db",
-                hint: setup_hint,
-            })?,
+            chatd: need("chatd", ours("chatd"), build)?,
+            xds: need("chat-xds", ours("chat-xds"), build)?,
+            envoy: need("envoy", envoy(), setup)?,
+            mariadbd: need("mariadbd", on_path("mariadbd"), setup)?,
+            install_db: need("mariadb-install-db", on_path("mariadb-install-db"), setup)?,
         })
     }
 }
