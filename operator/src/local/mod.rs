@@ -5,10 +5,12 @@
 //!
 //! - [`plan`]: pure — the file and the options to every process, port and file;
 //! - [`supervisor`]: one process kept running (restarts with backoff, graceful stop);
-//! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status.
+//! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status;
+//! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
 pub mod plan;
 pub mod runner;
+pub mod scaler;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};

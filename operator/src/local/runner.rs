@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     plan::{DbServer, Plan},
+    scaler::{AutoscaleStatus, Scaler},
     supervisor::{ProcessState, ProcessStatus, Supervised},
 };
 use crate::{
@@ -256,6 +257,8 @@ pub struct LocalStatus {
     pub processes: Vec<ProcessRow>,
     /// The topology loop's view.
     pub database: TopologyStatus,
+    /// Autoscaled services: replicas, the policy's choice and the signal.
+    pub autoscaling: BTreeMap<String, AutoscaleStatus>,
 }
 
 impl LocalStatus {
@@ -289,6 +292,12 @@ impl LocalStatus {
                 p.name, p.component, pid, p.port, p.status.restarts, state
             ));
         }
+        for (service, a) in &self.autoscaling {
+            out.push_str(&format!(
+                "  autoscaling {service}: {} replicas, desired {} (min {}, max {})\n",
+                a.replicas, a.desired, a.min, a.max
+            ));
+        }
         out
     }
 }
@@ -302,6 +311,8 @@ struct Cluster {
     xds: Vec<Supervised>,
     envoys: Vec<Supervised>,
     chatd: BTreeMap<ServiceKind, BTreeMap<usize, Supervised>>,
+    /// Replicas scaled away, finishing their drain.
+    draining: Vec<tokio::task::JoinHandle<()>>,
     topology: Option<Handle>,
 }
 
@@ -320,7 +331,8 @@ impl Cluster {
 
     /// Start or stop chatd replicas of `kind` until `n` run. New replicas join the endpoints
     /// at once (Envoy's health checks send them traffic once they serve); removed ones leave
-    /// the endpoints first, and are stopped once Envoy has stopped using them.
+    /// the endpoints first, and are stopped (drained) in the background once Envoy has
+    /// stopped sending them requests.
     async fn scale(&mut self, kind: ServiceKind, n: usize) -> Result<(), RunError> {
         let Some(service) = self.plan.services.iter().find(|s| s.kind == kind).cloned() else {
             return Ok(());
@@ -339,11 +351,22 @@ impl Cluster {
             }
         }
         self.write_endpoints()?;
+        self.draining.retain(|t| !t.is_finished());
         if !removed.is_empty() {
-            tokio::time::sleep(ENDPOINT_PROPAGATION).await;
-            futures::future::join_all(removed.into_iter().map(Supervised::stop)).await;
+            self.draining.push(tokio::spawn(async move {
+                tokio::time::sleep(ENDPOINT_PROPAGATION).await;
+                futures::future::join_all(removed.into_iter().map(Supervised::stop)).await;
+            }));
         }
         Ok(())
+    }
+
+    /// Pids of each service's replicas (`None`: not running right now).
+    fn running(&self) -> BTreeMap<ServiceKind, Vec<Option<u32>>> {
+        self.chatd
+            .iter()
+            .map(|(kind, replicas)| (*kind, replicas.values().map(Supervised::pid).collect()))
+            .collect()
     }
 
     async fn status(&self, db: &TopologyStatus) -> LocalStatus {
@@ -402,6 +425,7 @@ impl Cluster {
             primary: db.primary_address.clone(),
             processes,
             database: db.clone(),
+            autoscaling: BTreeMap::new(),
         }
     }
 
@@ -415,6 +439,7 @@ impl Cluster {
             .flat_map(BTreeMap::into_values)
             .collect();
         stop_all(chatd).await;
+        futures::future::join_all(std::mem::take(&mut self.draining)).await;
         stop_all(std::mem::take(&mut self.xds)).await;
         // Dropping the handle ends the loop: nothing fails over while the servers stop.
         self.topology = None;
@@ -449,6 +474,7 @@ pub async fn run(
         xds: Vec::new(),
         envoys: Vec::new(),
         chatd: BTreeMap::new(),
+        draining: Vec::new(),
         topology: None,
     };
     tokio::pin!(shutdown);
@@ -469,24 +495,36 @@ pub async fn run(
         }
     };
 
-    let mut last: Option<LocalStatus> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut scaler = Scaler::new(&cluster.plan);
+    let mut printed = String::new();
+    let mut tick = tokio::time::interval(super::scaler::PERIOD);
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
+                if scaler.active() {
+                    for (kind, n) in scaler.sample(&cluster.running()).await {
+                        info!(service = %kind, from = cluster.chatd.get(&kind).map_or(0, BTreeMap::len), to = n, "autoscaling");
+                        if let Err(e) = cluster.scale(kind, usize::try_from(n).unwrap_or(0)).await {
+                            warn!(service = %kind, error = %e, "cannot scale");
+                        }
+                    }
+                }
                 let db = status_rx.borrow().clone();
                 if let Err(e) = remember_primary(&files.state, &db) {
                     warn!(error = %e, "cannot save the primary");
                 }
-                let status = cluster.status(&db).await;
-                if last.as_ref() != Some(&status) {
-                    let json = serde_json::to_string_pretty(&status).unwrap_or_default();
-                    if let Err(e) = write_atomically(&files.status, &json) {
-                        break Err(e);
-                    }
+                let mut status = cluster.status(&db).await;
+                status.autoscaling = scaler.status();
+                let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+                if let Err(e) = write_atomically(&files.status, &json) {
+                    break Err(e);
+                }
+                // People get the table when something they would see changed.
+                let table = status.table();
+                if table != printed {
                     on_status(&status);
-                    last = Some(status);
+                    printed = table;
                 }
             }
         }

@@ -4,6 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use chat_operator::autoscale::signal::LoadReport;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::ConstCounter, family::Family, gauge::Gauge},
@@ -68,8 +69,10 @@ async fn metrics(State(observed): State<Observed>) -> (StatusCode, String) {
     }
 }
 
-async fn load(State(observed): State<Observed>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "services": observed.load.services() }))
+async fn load(State(observed): State<Observed>) -> Json<LoadReport> {
+    Json(LoadReport {
+        services: observed.load.services(),
+    })
 }
 
 async fn clients(State(observed): State<Observed>) -> Json<serde_json::Value> {

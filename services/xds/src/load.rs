@@ -16,7 +16,6 @@ use envoy_types::pb::{
     google::protobuf::Duration as ProtoDuration,
 };
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,17 +33,7 @@ struct Report {
     in_flight: u64,
 }
 
-/// The load of one service, summed over the Envoys.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceLoad {
-    /// Requests issued per second.
-    pub requests_per_second: f64,
-    /// Requests in progress.
-    pub in_flight: u64,
-    /// Envoys reporting.
-    pub envoys: usize,
-}
+pub use chat_operator::autoscale::signal::ServiceLoad;
 
 /// Latest report per (Envoy, service).
 #[derive(Default)]

@@ -11,8 +11,8 @@ use envoy_types::{
                     CircuitBreakers, Cluster, OutlierDetection,
                     circuit_breakers::{Thresholds, thresholds::RetryBudget},
                     cluster::{
-                        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
-                        MaglevLbConfig, RingHashLbConfig,
+                        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig,
+                        LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig,
                     },
                 },
                 core::v3::{
@@ -106,6 +106,13 @@ pub fn cluster(svc: &XdsService) -> Cluster {
         ignore_health_on_host_removal: true,
         lb_policy: lb_policy as i32,
         lb_config,
+        // A replica added by scaling out gets traffic only once its first health check has
+        // passed; without this, 1 → 4 replicas puts the cluster below Envoy's panic threshold
+        // (3 of 4 hosts not yet checked) and Envoy spreads requests over every host, ready or not.
+        common_lb_config: Some(CommonLbConfig {
+            ignore_new_hosts_until_first_hc: true,
+            ..CommonLbConfig::default()
+        }),
         typed_extension_protocol_options: HashMap::from([(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
             pack_any(http2),

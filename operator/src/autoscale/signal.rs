@@ -1,0 +1,216 @@
+//! The load signal and what the spec asks of it: chat-xds's `/load` (request rate and in-flight
+//! requests per service, as Envoy reports them), read over plain HTTP, and the spec's targets
+//! and bounds in the policy's terms.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::policy::{Bounds, Targets};
+use crate::api::AutoscalingSpec;
+
+/// Requests per second one replica should carry when the spec sets no target.
+pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 400.0;
+/// Longest a `/load` request may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The load of one service, summed over the Envoys reporting to one chat-xds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceLoad {
+    /// Requests issued per second.
+    pub requests_per_second: f64,
+    /// Requests in progress.
+    pub in_flight: u64,
+    /// Envoys reporting.
+    pub envoys: usize,
+}
+
+/// The body of chat-xds's `/load`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Load by service name.
+    pub services: BTreeMap<String, ServiceLoad>,
+}
+
+impl LoadReport {
+    /// The whole cluster's load from every chat-xds replica's report: each Envoy reports to
+    /// one replica, so the reports add up.
+    pub fn sum(reports: impl IntoIterator<Item = LoadReport>) -> Self {
+        let mut out = Self::default();
+        for r in reports {
+            for (name, l) in r.services {
+                let t = out.services.entry(name).or_default();
+                t.requests_per_second += l.requests_per_second;
+                t.in_flight += l.in_flight;
+                t.envoys += l.envoys;
+            }
+        }
+        out
+    }
+}
+
+/// Why the signal could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// No connection or no answer in time.
+    #[error("cannot reach chat-xds at {address}: {message}")]
+    Unreachable {
+        /// Where.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// An answer that is not a load report.
+    #[error("chat-xds at {address} answered {message}")]
+    Invalid {
+        /// Where.
+        address: String,
+        /// What came back.
+        message: String,
+    },
+}
+
+/// GET `/load` from chat-xds's HTTP endpoint at `address` (`host:port`).
+pub async fn fetch(address: &str) -> Result<LoadReport, SignalError> {
+    let unreachable = |message: String| SignalError::Unreachable {
+        address: address.to_string(),
+        message,
+    };
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(address).await?;
+        s.write_all(
+            format!("GET /load HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let raw = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {FETCH_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    parse(address, &String::from_utf8_lossy(&raw))
+}
+
+fn parse(address: &str, response: &str) -> Result<LoadReport, SignalError> {
+    let invalid = |message: String| SignalError::Invalid {
+        address: address.to_string(),
+        message,
+    };
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| invalid("no HTTP response".into()))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(invalid(status.to_string()));
+    }
+    serde_json::from_str(body).map_err(|e| invalid(format!("{e}: {body}")))
+}
+
+/// The policy's targets from the spec (a request-rate target of
+/// [`DEFAULT_REQUESTS_PER_SECOND`] when the spec sets none).
+pub fn targets(spec: &AutoscalingSpec) -> Targets {
+    let cpu = spec.target_cpu_utilization.map(|p| f64::from(p) / 100.0);
+    let rps = spec.target_requests_per_second.map(f64::from);
+    Targets {
+        requests_per_second: match (rps, cpu) {
+            (None, None) => Some(DEFAULT_REQUESTS_PER_SECOND),
+            (rps, _) => rps,
+        },
+        cpu,
+    }
+}
+
+/// The policy's bounds from the spec; `period` is how often the signal is sampled (scale-up
+/// follows the last two samples).
+pub fn bounds(spec: &AutoscalingSpec, period: Duration) -> Bounds {
+    Bounds {
+        min: spec.min_replicas,
+        max: spec.max_replicas.max(spec.min_replicas),
+        scale_down_window: Duration::from_secs(
+            u64::try_from(spec.scale_down_stabilization_seconds).unwrap_or(0),
+        ),
+        scale_up_window: period * 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn spec(rps: Option<i32>, cpu: Option<i32>) -> AutoscalingSpec {
+        AutoscalingSpec {
+            min_replicas: 2,
+            max_replicas: 8,
+            target_requests_per_second: rps,
+            target_cpu_utilization: cpu,
+            scale_down_stabilization_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn targets_and_bounds_come_from_the_spec() {
+        assert_eq!(targets(&spec(None, None)).requests_per_second, Some(400.0));
+        let t = targets(&spec(Some(50), Some(70)));
+        assert_eq!((t.requests_per_second, t.cpu), (Some(50.0), Some(0.7)));
+        let t = targets(&spec(None, Some(70)));
+        assert_eq!((t.requests_per_second, t.cpu), (None, Some(0.7)));
+        let b = bounds(&spec(None, None), Duration::from_secs(15));
+        assert_eq!((b.min, b.max), (2, 8));
+        assert_eq!(b.scale_down_window, Duration::from_secs(60));
+        assert_eq!(b.scale_up_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn reports_of_every_xds_replica_add_up() {
+        let one = |rps: f64, envoys| LoadReport {
+            services: BTreeMap::from([(
+                "groups".to_string(),
+                ServiceLoad {
+                    requests_per_second: rps,
+                    in_flight: 2,
+                    envoys,
+                },
+            )]),
+        };
+        let total = LoadReport::sum([one(100.0, 1), one(50.0, 2), LoadReport::default()]);
+        assert_eq!(
+            total.services["groups"],
+            ServiceLoad {
+                requests_per_second: 150.0,
+                in_flight: 4,
+                envoys: 3
+            }
+        );
+    }
+
+    #[test]
+    fn responses_are_parsed_or_refused_clearly() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"services\":{\"auth\":{\"requestsPerSecond\":3.5,\"inFlight\":1,\"envoys\":2}}}";
+        assert_eq!(
+            parse("x", ok).unwrap().services["auth"].requests_per_second,
+            3.5
+        );
+        let e = parse("x:1", "HTTP/1.1 404 Not Found\r\n\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("404"), "{e}");
+        assert!(parse("x", "garbage").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_xds_is_an_error_not_zero_load() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = fetch(&format!("127.0.0.1:{port}")).await.unwrap_err();
+        assert!(matches!(e, SignalError::Unreachable { .. }), "{e}");
+    }
+}
