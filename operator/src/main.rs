@@ -154,7 +154,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity))
-            .with_topologies(Arc::new(reconcile::topology::Topologies::new(wake_tx))),
+            .with_topologies(Arc::new(reconcile::topology::Topologies::new(
+                wake_tx.clone(),
+            )))
+            .with_autoscalers(Arc::new(reconcile::autoscaling::Autoscalers::new(
+                wake_tx,
+                Arc::new(reconcile::autoscaling::XdsPods),
+                reconcile::autoscaling::PERIOD,
+            ))),
     );
     let controller = reconcile::run(client, ctx, wake_rx, stopped(stop_rx.clone()));
     let outcome = elector.lead(controller).await;

@@ -15,9 +15,26 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    namespace: String,
+    cluster: String,
+    service: String,
+}
+
+/// The autoscaler's gauges, per autoscaled service.
+#[derive(Default)]
+struct Autoscaling {
+    current: Family<ServiceLabels, Gauge>,
+    desired: Family<ServiceLabels, Gauge>,
+    requests: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    in_flight: Family<ServiceLabels, Gauge>,
+}
+
 /// The operator's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
+    autoscaling: Autoscaling,
     reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
@@ -47,8 +64,30 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let autoscaling = Autoscaling::default();
+        registry.register(
+            "autoscaler_current_replicas",
+            "Replicas an autoscaled service's Deployment has",
+            autoscaling.current.clone(),
+        );
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Replicas the autoscaler wants for the service",
+            autoscaling.desired.clone(),
+        );
+        registry.register(
+            "autoscaler_requests_per_second",
+            "Request rate Envoy reports for the service (the autoscaler's signal)",
+            autoscaling.requests.clone(),
+        );
+        registry.register(
+            "autoscaler_in_flight",
+            "Requests in progress Envoy reports for the service",
+            autoscaling.in_flight.clone(),
+        );
         Self {
             registry,
+            autoscaling,
             reconciles,
             failures,
             duration,
@@ -58,6 +97,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Record the autoscaler's view of one service.
+    pub fn observe_autoscaling(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        service: &str,
+        status: &crate::api::AutoscalingStatus,
+    ) {
+        let labels = ServiceLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+            service: service.into(),
+        };
+        let a = &self.autoscaling;
+        a.current
+            .get_or_create(&labels)
+            .set(i64::from(status.current_replicas));
+        a.desired
+            .get_or_create(&labels)
+            .set(i64::from(status.desired_replicas));
+        a.requests
+            .get_or_create(&labels)
+            .set(status.requests_per_second.parse().unwrap_or(0.0));
+        a.in_flight.get_or_create(&labels).set(status.in_flight);
+    }
+
     /// Count one finished reconcile.
     pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
         self.reconciles.inc();

@@ -655,3 +655,113 @@ async fn controller_watches_and_repairs_children() {
         .expect("controller stops on shutdown")
         .unwrap();
 }
+
+/// A load signal the test sets: the groups service's request rate.
+struct Scripted(std::sync::Mutex<f64>);
+
+impl reconcile::autoscaling::LoadSource for Scripted {
+    fn load<'a>(
+        &'a self,
+        _client: &'a Client,
+        _cluster: &'a chat_operator::build::ClusterRef,
+    ) -> futures::future::BoxFuture<'a, Result<chat_operator::autoscale::signal::LoadReport, String>>
+    {
+        let rps = *self.0.lock().unwrap();
+        Box::pin(async move {
+            Ok(chat_operator::autoscale::signal::LoadReport {
+                services: [(
+                    "groups".to_string(),
+                    chat_operator::autoscale::signal::ServiceLoad {
+                        requests_per_second: rps,
+                        in_flight: 1,
+                        envoys: 2,
+                    },
+                )]
+                .into(),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
+    let api = FakeApi::new();
+    let client = api.client();
+    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel();
+    let source = Arc::new(Scripted(std::sync::Mutex::new(50.0)));
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some("test".into())).with_autoscalers(
+            Arc::new(reconcile::autoscaling::Autoscalers::new(
+                wake_tx,
+                source.clone(),
+                Duration::from_millis(50),
+            )),
+        ),
+    );
+    let h = Harness { api, client, ctx };
+    h.create(
+        "demo",
+        json!({ "services": { "groups": { "autoscaling": {
+            "minReplicas": 2, "maxReplicas": 10, "targetRequestsPerSecond": 100,
+            "scaleDownStabilizationSeconds": 0
+        }}}}),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    let replicas = |d: Deployment| d.spec.replicas;
+    assert_eq!(
+        replicas(h.deployments().get("demo-groups").await.unwrap()),
+        Some(2)
+    );
+    assert_eq!(
+        h.status("demo").await.autoscaling["groups"].desired_replicas,
+        2
+    );
+
+    // A load step: 600 requests/s against 100 per replica.
+    *source.0.lock().unwrap() = 600.0;
+    tokio::time::timeout(Duration::from_secs(5), wake.recv())
+        .await
+        .expect("the autoscaler wakes the reconciler")
+        .unwrap();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(
+        replicas(h.deployments().get("demo-groups").await.unwrap()),
+        Some(6)
+    );
+    let status = h.status("demo").await;
+    let groups = &status.autoscaling["groups"];
+    assert_eq!(
+        (groups.desired_replicas, groups.requests_per_second.as_str()),
+        (6, "600.0")
+    );
+    assert!(
+        h.api
+            .writes()
+            .iter()
+            .any(|w| w.key.resource.starts_with("events.k8s.io/")),
+        "a Scaled event"
+    );
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("chat_operator_autoscaler_desired_replicas{")
+                && l.contains("service=\"groups\"")
+                && l.ends_with(" 6")
+        ),
+        "{text}"
+    );
+
+    // Load gone, window 0: back to the minimum.
+    *source.0.lock().unwrap() = 0.0;
+    tokio::time::timeout(Duration::from_secs(5), wake.recv())
+        .await
+        .expect("woken again")
+        .unwrap();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(
+        replicas(h.deployments().get("demo-groups").await.unwrap()),
+        Some(2)
+    );
+}

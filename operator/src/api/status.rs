@@ -35,6 +35,31 @@ pub struct ChatClusterStatus {
     /// Where clients connect (`host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Autoscaled services: the autoscaler's decision and the signal behind it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub autoscaling: BTreeMap<String, AutoscalingStatus>,
+}
+
+/// The autoscaler's view of one service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Replicas the Deployment has.
+    pub current_replicas: i32,
+    /// Replicas the autoscaler wants.
+    pub desired_replicas: i32,
+    /// The last sample's recommendation, before the windows and bounds.
+    #[serde(default)]
+    pub recommended_replicas: i32,
+    /// Requests per second Envoy sends the service, whole service (decimal string).
+    #[serde(default)]
+    pub requests_per_second: String,
+    /// Requests in progress, whole service.
+    #[serde(default)]
+    pub in_flight: i64,
+    /// Why the last sample could not be taken (no decision is made without a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_error: Option<String>,
 }
 
 /// Ready against desired replicas of one workload.

@@ -29,7 +29,7 @@ use crate::api::{ChatCluster, ServiceKind};
 pub use chat::replicas;
 pub use database::DB_NAME;
 pub use ingress::{EnvoyPlace, envoy_bootstrap};
-pub use xds::{RateLimit, XdsConfig, XdsService, config as xds_config};
+pub use xds::{COMPONENT as XDS_COMPONENT, RateLimit, XdsConfig, XdsService, config as xds_config};
 
 /// Ports the workloads listen on, shared by builders, probes and Services.
 pub mod ports {

@@ -51,6 +51,16 @@ pub async fn run(
             }
         });
     }
+    if let Some(autoscalers) = ctx.autoscalers.clone() {
+        let store = controller.store();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                autoscalers.retain(|key| store.get(key).is_some());
+            }
+        });
+    }
     controller
         .reconcile_on(wake)
         .owns(Api::<Deployment>::all(client.clone()), children.clone())

@@ -4,11 +4,16 @@
 //! server-side apply, status and events, and the error policy with per-object backoff.
 
 pub mod apply;
+pub mod autoscaling;
 mod controller;
 pub mod status;
 pub mod topology;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
 use kube::{
@@ -100,6 +105,8 @@ pub struct Context {
     /// The database topology loops, when this operator runs them (not in the in-memory API
     /// tests: no database server answers there).
     pub topologies: Option<Arc<topology::Topologies>>,
+    /// The autoscalers' sampling loops, when this operator runs them.
+    pub autoscalers: Option<Arc<autoscaling::Autoscalers>>,
 }
 
 impl Context {
@@ -115,7 +122,14 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             topologies: None,
+            autoscalers: None,
         }
+    }
+
+    /// Scale autoscaled services with their load (see [`autoscaling`]).
+    pub fn with_autoscalers(mut self, autoscalers: Arc<autoscaling::Autoscalers>) -> Self {
+        self.autoscalers = Some(autoscalers);
+        self
     }
 
     /// Run database topology loops (see [`topology`]).
@@ -200,8 +214,16 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         }
     }
 
-    // Build, then apply in dependency order.
-    let observed = observe(client, cc, &cluster).await?;
+    // Build, then apply in dependency order; autoscaled services get the replicas the
+    // autoscaler decided.
+    let mut observed = observe(client, cc, &cluster).await?;
+    let scaling = match &ctx.autoscalers {
+        Some(a) => a.ensure(client, cc, &cluster, &observed.current_replicas),
+        None => BTreeMap::new(),
+    };
+    for (kind, s) in &scaling {
+        observed.current_replicas.insert(*kind, s.desired_replicas);
+    }
     let desired = build::desired(cc, &observed)?;
     let mut apply_error = None;
     for obj in desired.objects()? {
@@ -224,7 +246,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         Some(t) => Some(database_topology(ctx, t, cc, &cluster).await?),
         None => None,
     };
-    let status = status::compute(
+    let mut status = status::compute(
         cc,
         &cluster,
         &children,
@@ -232,6 +254,11 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         topology.as_ref(),
         Timestamp::now(),
     );
+    status.autoscaling = scaling
+        .into_iter()
+        .map(|(kind, s)| (kind.to_string(), s))
+        .collect();
+    record_scaling(ctx, cc, &status).await;
     tracing::Span::current().record("phase", status.phase.as_str());
     publish_status(ctx, cc, &status).await?;
 
@@ -239,6 +266,35 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         Some(e) => Err(e),
         None if status.phase == Phase::Ready => Ok(Action::requeue(RESYNC)),
         None => Ok(Action::requeue(CONVERGING_RESYNC)),
+    }
+}
+
+/// An event and the metrics for each autoscaled service whose desired replicas changed.
+async fn record_scaling(ctx: &Context, cc: &ChatCluster, status: &ChatClusterStatus) {
+    let namespace = cc.namespace().unwrap_or_default();
+    for (service, now) in &status.autoscaling {
+        ctx.metrics
+            .observe_autoscaling(&namespace, &cc.name_any(), service, now);
+        let before = cc
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.get(service))
+            .map(|s| s.desired_replicas);
+        if before.is_some_and(|b| b != now.desired_replicas) {
+            record(
+                ctx,
+                cc,
+                EventType::Normal,
+                "Scaled",
+                format!(
+                    "{service}: {} → {} replicas ({} requests/s)",
+                    before.unwrap_or_default(),
+                    now.desired_replicas,
+                    now.requests_per_second
+                ),
+            )
+            .await;
+        }
     }
 }
 

@@ -310,6 +310,8 @@ pub fn compute(
         )),
         ingress: Some(envoy),
         endpoint: endpoint(c, children.envoy_service.as_ref()),
+        // Filled by the reconciler from the autoscalers.
+        autoscaling: BTreeMap::new(),
     }
 }
 

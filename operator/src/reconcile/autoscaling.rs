@@ -1,0 +1,362 @@
+//! Autoscaling in Kubernetes: one sampling loop per ChatCluster with autoscaled services. Every
+//! period it reads the load signal (chat-xds's `/load` from every chat-xds pod, summed: each
+//! Envoy reports to one of them), runs the shared policy per service and, when a desired count
+//! changes, wakes the reconciler — which sets the Deployment's replicas (the operator owns that
+//! field; no HorizontalPodAutoscaler fights it), records an event, and shows the decision and
+//! the signal in the status and the metrics.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client, api::ListParams, runtime::reflector::ObjectRef};
+use tokio::sync::mpsc;
+use tracing::{Instrument, info_span, warn};
+
+use crate::{
+    api::{AutoscalingSpec, AutoscalingStatus, ChatCluster, ServiceKind},
+    autoscale::{
+        policy::{Autoscaler, Sample},
+        signal::{self, LoadReport},
+    },
+    build::{ClusterRef, ports},
+};
+
+/// How often the signal is sampled (the HPA's default sync period).
+pub const PERIOD: Duration = Duration::from_secs(15);
+
+/// Where the load signal comes from.
+pub trait LoadSource: Send + Sync + 'static {
+    /// The cluster's load, or why it cannot be had.
+    fn load<'a>(
+        &'a self,
+        client: &'a Client,
+        cluster: &'a ClusterRef,
+    ) -> BoxFuture<'a, Result<LoadReport, String>>;
+}
+
+/// The production source: `/load` of every running chat-xds pod of the cluster.
+pub struct XdsPods;
+
+impl LoadSource for XdsPods {
+    fn load<'a>(
+        &'a self,
+        client: &'a Client,
+        cluster: &'a ClusterRef,
+    ) -> BoxFuture<'a, Result<LoadReport, String>> {
+        Box::pin(async move {
+            let selector = cluster
+                .selector(crate::build::XDS_COMPONENT)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| format!("cannot list chat-xds pods: {e}"))?;
+            let ips: Vec<String> = pods
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                .collect();
+            if ips.is_empty() {
+                return Err("no chat-xds pod is running".into());
+            }
+            let mut reports = Vec::new();
+            for ip in ips {
+                let address = format!("{ip}:{}", ports::METRICS);
+                reports.push(signal::fetch(&address).await.map_err(|e| e.to_string())?);
+            }
+            Ok(LoadReport::sum(reports))
+        })
+    }
+}
+
+struct ServiceState {
+    spec: AutoscalingSpec,
+    autoscaler: Autoscaler,
+    status: AutoscalingStatus,
+}
+
+type Shared = Arc<Mutex<BTreeMap<ServiceKind, ServiceState>>>;
+
+struct Entry {
+    services: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every sampling loop.
+pub struct Autoscalers {
+    loops: Mutex<HashMap<ObjectRef<ChatCluster>, Entry>>,
+    changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
+    source: Arc<dyn LoadSource>,
+    period: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is one assignment: the state stays consistent even after a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Autoscalers {
+    /// No loops yet; a loop whose decision changes sends its cluster on `changed`.
+    pub fn new(
+        changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
+        source: Arc<dyn LoadSource>,
+        period: Duration,
+    ) -> Self {
+        Self {
+            loops: Mutex::new(HashMap::new()),
+            changed,
+            source,
+            period,
+        }
+    }
+
+    /// Start the cluster's loop or bring it in step with the spec; `current` holds the
+    /// replicas the Deployments have now. The desired replicas of every autoscaled service
+    /// with the signal behind them.
+    pub fn ensure(
+        &self,
+        client: &Client,
+        cc: &ChatCluster,
+        cluster: &ClusterRef,
+        current: &BTreeMap<ServiceKind, i32>,
+    ) -> BTreeMap<ServiceKind, AutoscalingStatus> {
+        let key = ObjectRef::from_obj(cc);
+        let specs: BTreeMap<ServiceKind, AutoscalingSpec> = cc
+            .spec
+            .services
+            .iter()
+            .filter_map(|(k, s)| Some((k, s.autoscaling.clone()?)))
+            .collect();
+        let mut loops = lock(&self.loops);
+        if specs.is_empty() {
+            loops.remove(&key);
+            return BTreeMap::new();
+        }
+        let entry = loops.entry(key.clone()).or_insert_with(|| {
+            let services: Shared = Arc::default();
+            let task = tokio::spawn(sample_loop(
+                client.clone(),
+                cluster.clone(),
+                key.clone(),
+                services.clone(),
+                self.source.clone(),
+                self.changed.clone(),
+                self.period,
+            ));
+            Entry { services, task }
+        });
+        let mut services = lock(&entry.services);
+        services.retain(|k, _| specs.contains_key(k));
+        for (kind, spec) in specs {
+            let replicas = current.get(&kind).copied().unwrap_or(spec.min_replicas);
+            let state = services.entry(kind).or_insert_with(|| ServiceState {
+                spec: spec.clone(),
+                autoscaler: Autoscaler::default(),
+                status: AutoscalingStatus {
+                    current_replicas: replicas,
+                    desired_replicas: replicas,
+                    ..AutoscalingStatus::default()
+                },
+            });
+            state.spec = spec;
+            state.status.current_replicas = replicas;
+            // The bounds may have changed since the last decision.
+            state.status.desired_replicas = state.status.desired_replicas.clamp(
+                state.spec.min_replicas,
+                state.spec.max_replicas.max(state.spec.min_replicas),
+            );
+        }
+        services
+            .iter()
+            .map(|(k, s)| (*k, s.status.clone()))
+            .collect()
+    }
+
+    /// Stop the loops of clusters `keep` rejects (deleted ones).
+    pub fn retain(&self, keep: impl Fn(&ObjectRef<ChatCluster>) -> bool) {
+        lock(&self.loops).retain(|key, _| keep(key));
+    }
+}
+
+async fn sample_loop(
+    client: Client,
+    cluster: ClusterRef,
+    key: ObjectRef<ChatCluster>,
+    services: Shared,
+    source: Arc<dyn LoadSource>,
+    changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
+    period: Duration,
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let span = info_span!("autoscale", cluster = %cluster.name, namespace = %cluster.namespace);
+        let load = source
+            .load(&client, &cluster)
+            .instrument(span.clone())
+            .await;
+        let at = started.elapsed();
+        let changes = {
+            let mut services = lock(&services);
+            apply_sample(&mut services, load, at, period)
+        };
+        if changes {
+            span.in_scope(|| tracing::info!("desired replicas changed"));
+            if changed.send(key.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Feed one sample to every service's policy; whether a desired count changed. Pure apart from
+/// the state it updates, so it is tested without a cluster.
+fn apply_sample(
+    services: &mut BTreeMap<ServiceKind, ServiceState>,
+    load: Result<LoadReport, String>,
+    at: Duration,
+    period: Duration,
+) -> bool {
+    let mut changed = false;
+    match load {
+        Err(e) => {
+            // No signal, no decision: keep the replicas rather than act on a guess.
+            warn!(error = %e, "no load signal: not scaling");
+            for s in services.values_mut() {
+                s.status.signal_error = Some(e.clone());
+            }
+        }
+        Ok(report) => {
+            for (kind, s) in services.iter_mut() {
+                let l = report
+                    .services
+                    .get(kind.as_str())
+                    .copied()
+                    .unwrap_or_default();
+                let sample = Sample {
+                    at,
+                    requests_per_second: l.requests_per_second,
+                    cpu: None,
+                    replicas: s.status.current_replicas,
+                };
+                let decision = s.autoscaler.decide(
+                    &sample,
+                    &signal::targets(&s.spec),
+                    &signal::bounds(&s.spec, period),
+                );
+                changed |= decision.desired != s.status.desired_replicas;
+                s.status.desired_replicas = decision.desired;
+                s.status.recommended_replicas = decision.recommended;
+                s.status.requests_per_second = format!("{:.1}", l.requests_per_second);
+                s.status.in_flight = i64::try_from(l.in_flight).unwrap_or(i64::MAX);
+                s.status.signal_error = None;
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::autoscale::signal::ServiceLoad;
+
+    fn state(min: i32, max: i32, current: i32) -> ServiceState {
+        ServiceState {
+            spec: AutoscalingSpec {
+                min_replicas: min,
+                max_replicas: max,
+                target_requests_per_second: Some(100),
+                target_cpu_utilization: None,
+                scale_down_stabilization_seconds: 60,
+            },
+            autoscaler: Autoscaler::default(),
+            status: AutoscalingStatus {
+                current_replicas: current,
+                desired_replicas: current,
+                ..AutoscalingStatus::default()
+            },
+        }
+    }
+
+    fn load(rps: f64) -> Result<LoadReport, String> {
+        Ok(LoadReport {
+            services: BTreeMap::from([(
+                "groups".to_string(),
+                ServiceLoad {
+                    requests_per_second: rps,
+                    in_flight: 3,
+                    envoys: 2,
+                },
+            )]),
+        })
+    }
+
+    #[test]
+    fn a_load_step_raises_the_desired_count_and_reports_the_signal() {
+        let mut services = BTreeMap::from([(ServiceKind::Groups, state(2, 10, 2))]);
+        assert!(!apply_sample(
+            &mut services,
+            load(150.0),
+            Duration::ZERO,
+            PERIOD
+        ));
+        assert!(apply_sample(&mut services, load(600.0), PERIOD, PERIOD));
+        let s = &services[&ServiceKind::Groups].status;
+        assert_eq!((s.desired_replicas, s.recommended_replicas), (6, 6));
+        assert_eq!((s.requests_per_second.as_str(), s.in_flight), ("600.0", 3));
+    }
+
+    #[test]
+    fn without_a_signal_nothing_changes_and_the_status_says_why() {
+        let mut services = BTreeMap::from([(ServiceKind::Groups, state(2, 10, 4))]);
+        assert!(!apply_sample(
+            &mut services,
+            Err("no chat-xds pod is running".into()),
+            Duration::ZERO,
+            PERIOD
+        ));
+        let s = &services[&ServiceKind::Groups].status;
+        assert_eq!(s.desired_replicas, 4);
+        assert_eq!(
+            s.signal_error.as_deref(),
+            Some("no chat-xds pod is running")
+        );
+    }
+
+    #[test]
+    fn load_dropping_to_zero_scales_in_only_after_the_window() {
+        let mut services = BTreeMap::from([(ServiceKind::Groups, state(1, 10, 5))]);
+        apply_sample(&mut services, load(500.0), Duration::ZERO, PERIOD);
+        let mut at = PERIOD;
+        while at < Duration::from_secs(60) {
+            apply_sample(&mut services, load(0.0), at, PERIOD);
+            assert_eq!(
+                services[&ServiceKind::Groups].status.desired_replicas,
+                5,
+                "held at {at:?}"
+            );
+            at += PERIOD;
+        }
+        apply_sample(&mut services, load(0.0), at + PERIOD, PERIOD);
+        assert_eq!(services[&ServiceKind::Groups].status.desired_replicas, 1);
+    }
+}
