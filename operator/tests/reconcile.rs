@@ -664,20 +664,22 @@ impl reconcile::autoscaling::LoadSource for Scripted {
         &'a self,
         _client: &'a Client,
         _cluster: &'a chat_operator::build::ClusterRef,
-    ) -> futures::future::BoxFuture<'a, Result<chat_operator::autoscale::signal::LoadReport, String>>
-    {
+    ) -> futures::future::BoxFuture<'a, Result<reconcile::autoscaling::Observation, String>> {
         let rps = *self.0.lock().unwrap();
         Box::pin(async move {
-            Ok(chat_operator::autoscale::signal::LoadReport {
-                services: [(
-                    "groups".to_string(),
-                    chat_operator::autoscale::signal::ServiceLoad {
-                        requests_per_second: rps,
-                        in_flight: 1,
-                        envoys: 2,
-                    },
-                )]
-                .into(),
+            Ok(reconcile::autoscaling::Observation {
+                load: chat_operator::autoscale::signal::LoadReport {
+                    services: [(
+                        "groups".to_string(),
+                        chat_operator::autoscale::signal::ServiceLoad {
+                            requests_per_second: rps,
+                            in_flight: 1,
+                            envoys: 2,
+                        },
+                    )]
+                    .into(),
+                },
+                cpu: Default::default(),
             })
         })
     }

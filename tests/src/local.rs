@@ -14,7 +14,7 @@ use chat_operator::{
 };
 use serde_json::Value;
 
-use crate::{Process, TempDir, free_port, repo};
+use crate::{Process, TempDir, repo};
 
 /// Where cargo put the workspace's binaries (the test executable is in `<that>/deps`).
 pub fn bin_dir() -> PathBuf {
@@ -51,10 +51,21 @@ pub struct LocalCluster {
     runner: Option<Process>,
 }
 
-/// A base port whose whole block of plan ports is free right now.
+/// A base port whose whole block of plan ports is free right now, never handed out before by
+/// this process (tests run in parallel). Blocks lie below Linux's ephemeral range (32768+), so
+/// no outgoing connection's local port can take one between the check and the bind.
 fn free_block(cc: &ChatCluster, options: &Options) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + 600 * (rand_below(60) as u16);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 600;
+    const BLOCKS: u16 = 20;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let start = std::process::id() as u16 % BLOCKS;
+    for n in 0..BLOCKS {
+        let base = FIRST + SPAN * ((start + n) % BLOCKS);
+        if given.contains(&base) {
+            continue;
+        }
         let plan = local::plan(
             cc,
             &Options {
@@ -66,17 +77,17 @@ fn free_block(cc: &ChatCluster, options: &Options) -> u16 {
         if plan
             .ports()
             .iter()
+            .chain(&[base + 550, base + 551])
             .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         {
+            given.push(base);
             return base;
         }
     }
-    panic!("no free block of ports");
-}
-
-fn rand_below(n: u64) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now()) % n
+    panic!(
+        "no free block of ports between {FIRST} and {}",
+        FIRST + SPAN * BLOCKS
+    );
 }
 
 impl LocalCluster {
@@ -114,8 +125,11 @@ impl LocalCluster {
             plaintext_port: 0,
             binaries,
         };
-        let (base_port, plaintext_port, tls_port) =
-            ports.unwrap_or_else(|| (free_block(&cc, &options), free_port(), free_port()));
+        // Envoy's ports too come from the block, past the last one the plan uses.
+        let (base_port, plaintext_port, tls_port) = ports.unwrap_or_else(|| {
+            let base = free_block(&cc, &options);
+            (base, base + 550, base + 551)
+        });
         options.base_port = base_port;
         options.port = tls_port;
         options.plaintext_port = plaintext_port;

@@ -180,6 +180,8 @@ fn default_values_render_valid_objects() {
         ("discovery.k8s.io", "endpointslices", "watch"),
         ("coordination.k8s.io", "leases", "update"),
         ("events.k8s.io", "events", "create"),
+        ("", "pods", "list"),
+        ("metrics.k8s.io", "pods", "list"),
     ] {
         assert!(
             allows(group, resource, verb),

@@ -57,6 +57,9 @@ pub struct AutoscalingStatus {
     /// Requests in progress, whole service.
     #[serde(default)]
     pub in_flight: i64,
+    /// Average CPU of its pods, percent of their request (with the metrics API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_utilization_percent: Option<i32>,
     /// Why the last sample could not be taken (no decision is made without a signal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_error: Option<String>,

@@ -111,6 +111,19 @@ fn parse(address: &str, response: &str) -> Result<LoadReport, SignalError> {
     serde_json::from_str(body).map_err(|e| invalid(format!("{e}: {body}")))
 }
 
+/// Cores in a Kubernetes CPU quantity (`250m`, `12345678n`, `1500u`, `2`).
+pub fn cpu_cores(quantity: &str) -> Option<f64> {
+    let q = quantity.trim();
+    let (number, scale) = match q.char_indices().last()? {
+        (i, 'n') => (&q[..i], 1e-9),
+        (i, 'u') => (&q[..i], 1e-6),
+        (i, 'm') => (&q[..i], 1e-3),
+        _ => (q, 1.0),
+    };
+    let n: f64 = number.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * scale)
+}
+
 /// The policy's targets from the spec (a request-rate target of
 /// [`DEFAULT_REQUESTS_PER_SECOND`] when the spec sets none).
 pub fn targets(spec: &AutoscalingSpec) -> Targets {
@@ -165,6 +178,17 @@ mod tests {
         assert_eq!((b.min, b.max), (2, 8));
         assert_eq!(b.scale_down_window, Duration::from_secs(60));
         assert_eq!(b.scale_up_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn cpu_quantities_in_every_unit_metrics_servers_use() {
+        assert_eq!(cpu_cores("250m"), Some(0.25));
+        assert_eq!(cpu_cores("2"), Some(2.0));
+        assert!((cpu_cores("12345678n").unwrap() - 0.012_345_678).abs() < 1e-12);
+        assert!((cpu_cores("1500u").unwrap() - 0.0015).abs() < 1e-12);
+        assert_eq!(cpu_cores("lots"), None);
+        assert_eq!(cpu_cores("-1"), None);
+        assert_eq!(cpu_cores(""), None);
     }
 
     #[test]

@@ -141,6 +141,15 @@ impl ClusterRef {
         ])
     }
 
+    /// [`selector`](Self::selector) as a label-selector query (`k=v,k=v`).
+    pub fn selector_query(&self, component: &str) -> String {
+        self.selector(component)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Every label a child of `component` carries: its selector plus the well-known
     /// `app.kubernetes.io` ones.
     pub fn labels(&self, component: &str, app: &str) -> BTreeMap<String, String> {

@@ -13,7 +13,11 @@ use std::{
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::ListParams, runtime::reflector::ObjectRef};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, ListParams},
+    runtime::reflector::ObjectRef,
+};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info_span, warn};
 
@@ -29,17 +33,28 @@ use crate::{
 /// How often the signal is sampled (the HPA's default sync period).
 pub const PERIOD: Duration = Duration::from_secs(15);
 
-/// Where the load signal comes from.
+/// One sample of the signals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    /// Request rate and in-flight requests per service, from Envoy.
+    pub load: LoadReport,
+    /// Average CPU of each service's pods as a fraction of their request, where the cluster
+    /// has the metrics API.
+    pub cpu: BTreeMap<ServiceKind, f64>,
+}
+
+/// Where the signals come from.
 pub trait LoadSource: Send + Sync + 'static {
     /// The cluster's load, or why it cannot be had.
     fn load<'a>(
         &'a self,
         client: &'a Client,
         cluster: &'a ClusterRef,
-    ) -> BoxFuture<'a, Result<LoadReport, String>>;
+    ) -> BoxFuture<'a, Result<Observation, String>>;
 }
 
-/// The production source: `/load` of every running chat-xds pod of the cluster.
+/// The production source: `/load` of every running chat-xds pod of the cluster, and the pods'
+/// CPU from the metrics API (`metrics.k8s.io`, served by metrics-server) when it exists.
 pub struct XdsPods;
 
 impl LoadSource for XdsPods {
@@ -47,35 +62,94 @@ impl LoadSource for XdsPods {
         &'a self,
         client: &'a Client,
         cluster: &'a ClusterRef,
-    ) -> BoxFuture<'a, Result<LoadReport, String>> {
+    ) -> BoxFuture<'a, Result<Observation, String>> {
         Box::pin(async move {
-            let selector = cluster
-                .selector(crate::build::XDS_COMPONENT)
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| format!("cannot list chat-xds pods: {e}"))?;
-            let ips: Vec<String> = pods
-                .items
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-                .collect();
-            if ips.is_empty() {
-                return Err("no chat-xds pod is running".into());
+            let load = xds_load(client, cluster).await?;
+            let mut cpu = BTreeMap::new();
+            for kind in ServiceKind::ALL {
+                if let Some(u) = cpu_utilisation(client, cluster, kind).await {
+                    cpu.insert(kind, u);
+                }
             }
-            let mut reports = Vec::new();
-            for ip in ips {
-                let address = format!("{ip}:{}", ports::METRICS);
-                reports.push(signal::fetch(&address).await.map_err(|e| e.to_string())?);
-            }
-            Ok(LoadReport::sum(reports))
+            Ok(Observation { load, cpu })
         })
     }
+}
+
+async fn xds_load(client: &Client, cluster: &ClusterRef) -> Result<LoadReport, String> {
+    let selector = cluster.selector_query(crate::build::XDS_COMPONENT);
+    let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("cannot list chat-xds pods: {e}"))?;
+    let ips: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    if ips.is_empty() {
+        return Err("no chat-xds pod is running".into());
+    }
+    let mut reports = Vec::new();
+    for ip in ips {
+        let address = format!("{ip}:{}", ports::METRICS);
+        reports.push(signal::fetch(&address).await.map_err(|e| e.to_string())?);
+    }
+    Ok(LoadReport::sum(reports))
+}
+
+/// Average CPU use over request of `kind`'s pods; `None` without the metrics API, metrics or
+/// requests (a missing signal, not zero load).
+async fn cpu_utilisation(client: &Client, cluster: &ClusterRef, kind: ServiceKind) -> Option<f64> {
+    let selector = cluster.selector_query(kind.as_str());
+    let params = ListParams::default().labels(&selector);
+    let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+        .list(&params)
+        .await
+        .ok()?;
+    let resource = ApiResource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metrics.k8s.io/v1beta1".into(),
+        kind: "PodMetrics".into(),
+        plural: "pods".into(),
+    };
+    let metrics =
+        Api::<DynamicObject>::namespaced_with(client.clone(), &cluster.namespace, &resource)
+            .list(&params)
+            .await
+            .ok()?;
+    let requested: BTreeMap<String, f64> = pods
+        .items
+        .iter()
+        .filter_map(|p| {
+            let cores: f64 = p
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .filter_map(|c| {
+                    signal::cpu_cores(&c.resources.as_ref()?.requests.as_ref()?.get("cpu")?.0)
+                })
+                .sum();
+            (cores > 0.0).then(|| (p.metadata.name.clone().unwrap_or_default(), cores))
+        })
+        .collect();
+    let ratios: Vec<f64> = metrics
+        .items
+        .iter()
+        .filter_map(|m| {
+            let request = requested.get(m.metadata.name.as_deref()?)?;
+            let used: f64 = m.data["containers"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| signal::cpu_cores(c["usage"]["cpu"].as_str()?))
+                .sum();
+            Some(used / request)
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| ratios.iter().sum::<f64>() / ratios.len() as f64)
 }
 
 struct ServiceState {
@@ -229,12 +303,12 @@ async fn sample_loop(
 /// the state it updates, so it is tested without a cluster.
 fn apply_sample(
     services: &mut BTreeMap<ServiceKind, ServiceState>,
-    load: Result<LoadReport, String>,
+    observation: Result<Observation, String>,
     at: Duration,
     period: Duration,
 ) -> bool {
     let mut changed = false;
-    match load {
+    match observation {
         Err(e) => {
             // No signal, no decision: keep the replicas rather than act on a guess.
             warn!(error = %e, "no load signal: not scaling");
@@ -242,17 +316,19 @@ fn apply_sample(
                 s.status.signal_error = Some(e.clone());
             }
         }
-        Ok(report) => {
+        Ok(observation) => {
             for (kind, s) in services.iter_mut() {
-                let l = report
+                let l = observation
+                    .load
                     .services
                     .get(kind.as_str())
                     .copied()
                     .unwrap_or_default();
+                let cpu = observation.cpu.get(kind).copied();
                 let sample = Sample {
                     at,
                     requests_per_second: l.requests_per_second,
-                    cpu: None,
+                    cpu,
                     replicas: s.status.current_replicas,
                 };
                 let decision = s.autoscaler.decide(
@@ -265,6 +341,7 @@ fn apply_sample(
                 s.status.recommended_replicas = decision.recommended;
                 s.status.requests_per_second = format!("{:.1}", l.requests_per_second);
                 s.status.in_flight = i64::try_from(l.in_flight).unwrap_or(i64::MAX);
+                s.status.cpu_utilization_percent = cpu.map(|c| (c * 100.0).round() as i32);
                 s.status.signal_error = None;
             }
         }
@@ -297,16 +374,19 @@ mod tests {
         }
     }
 
-    fn load(rps: f64) -> Result<LoadReport, String> {
-        Ok(LoadReport {
-            services: BTreeMap::from([(
-                "groups".to_string(),
-                ServiceLoad {
-                    requests_per_second: rps,
-                    in_flight: 3,
-                    envoys: 2,
-                },
-            )]),
+    fn load(rps: f64) -> Result<Observation, String> {
+        Ok(Observation {
+            load: LoadReport {
+                services: BTreeMap::from([(
+                    "groups".to_string(),
+                    ServiceLoad {
+                        requests_per_second: rps,
+                        in_flight: 3,
+                        envoys: 2,
+                    },
+                )]),
+            },
+            cpu: BTreeMap::new(),
         })
     }
 
@@ -323,6 +403,29 @@ mod tests {
         let s = &services[&ServiceKind::Groups].status;
         assert_eq!((s.desired_replicas, s.recommended_replicas), (6, 6));
         assert_eq!((s.requests_per_second.as_str(), s.in_flight), ("600.0", 3));
+    }
+
+    #[test]
+    fn cpu_over_its_target_scales_out_even_at_a_low_request_rate() {
+        let mut services = BTreeMap::from([(ServiceKind::Groups, state(2, 10, 2))]);
+        services
+            .get_mut(&ServiceKind::Groups)
+            .unwrap()
+            .spec
+            .target_cpu_utilization = Some(50);
+        let mut busy = load(10.0).unwrap();
+        busy.cpu.insert(ServiceKind::Groups, 1.5);
+        assert!(apply_sample(
+            &mut services,
+            Ok(busy),
+            Duration::ZERO,
+            PERIOD
+        ));
+        let s = &services[&ServiceKind::Groups].status;
+        assert_eq!(
+            (s.desired_replicas, s.cpu_utilization_percent),
+            (6, Some(150))
+        );
     }
 
     #[test]

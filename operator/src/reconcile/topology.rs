@@ -268,12 +268,7 @@ pub async fn label_pods(
     status: &TopologyStatus,
 ) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
-    let selector = c
-        .selector(database::COMPONENT)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = c.selector_query(database::COMPONENT);
     let pods = api
         .list(&ListParams::default().labels(&selector))
         .await
