@@ -166,7 +166,7 @@ fn main() {
     });
     let (first, all) = (median(first), median(all));
     println!("| measure (median of {RUNS}) | seconds | ratio to baseline |\n|---|---|---|");
-    println!("| baseline: chatd launched → first call answered | {baseline:.2} | 1.00 |");
+    println!("| baseline: chatd launched → first call answered | {baseline:.3} | 1.00 |");
     println!(
         "| load step → first new replica serving | {first:.2} | {:.1} |",
         first / baseline
