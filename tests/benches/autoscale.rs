@@ -16,15 +16,11 @@ use std::time::{Duration, Instant};
 use chat_operator::{api::ServiceKind, build::secrets::DbCredentials};
 use chatcluster_tests::{
     Process,
-    chat::{authed, create_group},
-    load::{Load, served},
+    chat::authed,
+    load::{Load, reader, served},
     local::LocalCluster,
 };
-use chatd::pb::{
-    auth::{RegisterRequest, auth_client::AuthClient},
-    chat::HistoryRequest,
-    groups::groups_client::GroupsClient,
-};
+use chatd::pb::{chat::HistoryRequest, groups::groups_client::GroupsClient};
 use tonic::transport::Channel;
 
 const RUNS: usize = 3;
@@ -46,34 +42,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let service = cluster
-        .plan
-        .services
-        .iter()
-        .find(|s| s.kind == ServiceKind::Groups)
-        .unwrap()
-        .clone();
+    let service = cluster.plan.service(ServiceKind::Groups).unwrap().clone();
     let replicas = |c: &LocalCluster| c.status()["autoscaling"]["groups"]["replicas"].as_u64();
 
     let (first, all, failed, total, baseline) = rt.block_on(async {
-        let envoy = Channel::from_shared(cluster.endpoint())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let session = AuthClient::new(envoy.clone())
-            .register(RegisterRequest {
-                username: "bench".into(),
-                password: "bench bench".into(),
-                display_name: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let group = create_group(&envoy, &session, "bench", vec![])
-            .await
-            .unwrap();
-        let load = Load::start(&cluster.endpoint(), session.clone(), group.id, 8.0).await;
+        let (session, group) = reader(&cluster.endpoint(), "bench").await;
+        let load = Load::start(&cluster.endpoint(), session.clone(), group, 8.0).await;
         let (mut first, mut all, mut failed, mut total) = (Vec::new(), Vec::new(), 0, 0);
         for run in 0..RUNS {
             while replicas(&cluster) != Some(1) {
@@ -148,7 +122,7 @@ fn main() {
                     let req = authed(
                         &session,
                         HistoryRequest {
-                            conversation_id: group.id,
+                            conversation_id: group,
                             limit: 1,
                             ..Default::default()
                         },

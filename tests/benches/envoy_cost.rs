@@ -15,14 +15,10 @@ use std::time::{Duration, Instant};
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::{authed, create_group},
+    chat::{authed, create_group, register},
     local::LocalCluster,
 };
-use chatd::pb::{
-    auth::{RegisterRequest, Session, auth_client::AuthClient},
-    chat::SendMessageRequest,
-    groups::groups_client::GroupsClient,
-};
+use chatd::pb::{auth::Session, chat::SendMessageRequest, groups::groups_client::GroupsClient};
 use tonic::transport::Channel;
 
 const LEVEL: Duration = Duration::from_secs(5);
@@ -50,15 +46,7 @@ async fn users(via: &str, tag: &str, users: usize) -> Vec<(Session, u64)> {
     let ch = connect(via).await;
     let mut out = Vec::new();
     for i in 0..users {
-        let session = AuthClient::new(ch.clone())
-            .register(RegisterRequest {
-                username: format!("{tag}-{i}"),
-                password: "bench password".into(),
-                display_name: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let (session, _) = register(&ch, &format!("{tag}-{i}")).await.unwrap();
         let group = create_group(&ch, &session, "bench", vec![]).await.unwrap();
         out.push((session, group.id));
     }
@@ -117,12 +105,7 @@ fn main() {
             ("CHATD_RATE_BURST", "100000"),
         ],
     );
-    let groups = cluster
-        .plan
-        .services
-        .iter()
-        .find(|s| s.kind == ServiceKind::Groups)
-        .unwrap();
+    let groups = cluster.plan.service(ServiceKind::Groups).unwrap();
     let direct = format!("http://{}", groups.address(0));
     let envoy = cluster.endpoint();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,7 +2,7 @@
 
 pub use chatd::client::authed;
 use chatd::pb::{
-    auth::Session,
+    auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
     chat::HistoryRequest,
     groups::{CreateGroupRequest, Group, groups_client::GroupsClient},
 };
@@ -59,4 +59,25 @@ pub async fn create_group(
         )?)
         .await?
         .into_inner())
+}
+
+/// Password of the users [`register`] creates.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Register `name` (password [`PASSWORD`]) through `channel`: the session and the user id.
+pub async fn register(channel: &Channel, name: &str) -> Result<(Session, u64), Status> {
+    let mut auth = AuthClient::new(channel.clone());
+    let session = auth
+        .register(RegisterRequest {
+            username: name.into(),
+            password: PASSWORD.into(),
+            display_name: name.into(),
+        })
+        .await?
+        .into_inner();
+    let me = auth
+        .get_profile(authed(&session, GetProfileRequest { user_id: 0 })?)
+        .await?
+        .into_inner();
+    Ok((session, me.user_id))
 }

@@ -31,6 +31,22 @@ pub struct Load {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A new user `name` with a group of its own to read, through `endpoint`.
+pub async fn reader(endpoint: &str, name: &str) -> (Session, u64) {
+    let ch = Channel::from_shared(endpoint.to_string())
+        .unwrap_or_else(|e| panic!("{endpoint}: {e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    let (session, _) = crate::chat::register(&ch, name)
+        .await
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    let group = crate::chat::create_group(&ch, &session, name, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("create a group: {e}"));
+    (session, group.id)
+}
+
 /// How many connections the load is spread over (as many users would).
 const CONNECTIONS: usize = 8;
 

@@ -10,12 +10,9 @@ use std::time::Duration;
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::create_group,
-    load::{Load, quantile, served},
+    load::{Load, quantile, reader, served},
     local::LocalCluster,
 };
-use chatd::pb::auth::{RegisterRequest, auth_client::AuthClient};
-use tonic::transport::Channel;
 
 fn replicas(cluster: &LocalCluster) -> Option<u64> {
     cluster.status()["autoscaling"]["groups"]["replicas"].as_u64()
@@ -35,26 +32,10 @@ async fn groups_scale_out_with_load_and_back_in_after_the_window_without_failure
     .await
     .unwrap();
     assert_eq!(replicas(&cluster), Some(1), "{:#}", cluster.status());
-    let envoy = Channel::from_shared(cluster.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let session = AuthClient::new(envoy.clone())
-        .register(RegisterRequest {
-            username: "loader".into(),
-            password: "load load load".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let group = create_group(&envoy, &session, "load", vec![])
-        .await
-        .unwrap();
+    let (session, group) = reader(&cluster.endpoint(), "loader").await;
 
     // Light load: one replica is enough (20/s per replica is the target).
-    let load = Load::start(&cluster.endpoint(), session, group.id, 8.0).await;
+    let load = Load::start(&cluster.endpoint(), session, group, 8.0).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         replicas(&cluster),
@@ -94,13 +75,7 @@ async fn groups_scale_out_with_load_and_back_in_after_the_window_without_failure
         cluster.status()["autoscaling"]
     );
     // Every new replica serves traffic once healthy.
-    let service = cluster
-        .plan
-        .services
-        .iter()
-        .find(|s| s.kind == ServiceKind::Groups)
-        .unwrap()
-        .clone();
+    let service = cluster.plan.service(ServiceKind::Groups).unwrap().clone();
     for i in 1..4 {
         let mut n = 0;
         for _ in 0..100 {

@@ -11,12 +11,12 @@ use std::{
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::{authed, create_group, group_history},
+    chat::{PASSWORD, authed, create_group, group_history, register},
     local::{LocalCluster, alive, bin_dir},
     repo,
 };
 use chatd::pb::{
-    auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
+    auth::Session,
     chat::{Event, SendMessageRequest, SubscribeRequest, event},
     dms::{OpenRequest, dms_client::DmsClient},
     groups::groups_client::GroupsClient,
@@ -37,25 +37,6 @@ async fn channel(address: &str) -> Channel {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-async fn register(ch: &Channel, name: &str) -> (Session, u64) {
-    let mut auth = AuthClient::new(ch.clone());
-    let session = auth
-        .register(RegisterRequest {
-            username: name.into(),
-            password: "correct horse battery".into(),
-            display_name: name.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let me = auth
-        .get_profile(authed(&session, GetProfileRequest { user_id: 0 }).unwrap())
-        .await
-        .unwrap()
-        .into_inner();
-    (session, me.user_id)
 }
 
 /// A live subscription directly on one chatd replica; messages arrive on the receiver.
@@ -138,12 +119,7 @@ async fn chat_with_subscribers_on_every_replica(
     conversation: u64,
     count: usize,
 ) {
-    let service = cluster
-        .plan
-        .services
-        .iter()
-        .find(|s| s.kind == kind)
-        .unwrap();
+    let service = cluster.plan.service(kind).unwrap();
     let mut subscribers = Vec::new();
     for i in 0..service.initial {
         let address = format!("http://{}", service.address(i));
@@ -168,8 +144,8 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
         .await
         .unwrap();
     let envoy = channel(&cluster.endpoint()).await;
-    let (alice, _) = register(&envoy, "alice").await;
-    let (bob, bob_id) = register(&envoy, "bob").await;
+    let (alice, _) = register(&envoy, "alice").await.unwrap();
+    let (bob, bob_id) = register(&envoy, "bob").await.unwrap();
 
     // A group, a DM and a server channel, each with a live subscriber on every replica.
     let group = create_group(&envoy, &alice, "friends", vec![bob_id])
@@ -343,7 +319,7 @@ fn chatctl(cluster: &LocalCluster, home: &std::path::Path, args: &[&str]) -> Str
         .arg("--home")
         .arg(home)
         .args(args)
-        .env("CHATCTL_PASSWORD", "correct horse battery")
+        .env("CHATCTL_PASSWORD", PASSWORD)
         .output()
         .unwrap();
     assert!(
@@ -403,8 +379,8 @@ async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
         .await
         .unwrap();
     let envoy = channel(&cluster.endpoint()).await;
-    let (dave, _) = register(&envoy, "dave").await;
-    let (_, erin_id) = register(&envoy, "erin").await;
+    let (dave, _) = register(&envoy, "dave").await.unwrap();
+    let (_, erin_id) = register(&envoy, "erin").await.unwrap();
     let group = create_group(&envoy, &dave, "web", vec![erin_id])
         .await
         .unwrap();
@@ -423,7 +399,7 @@ async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
         .arg(&script)
         .env("CHAT_URL", format!("{}/", cluster.endpoint()))
         .env("CHAT_USER", "erin")
-        .env("CHAT_PASSWORD", "correct horse battery")
+        .env("CHAT_PASSWORD", PASSWORD)
         .env("CHAT_CONVERSATION", format!("group:{}", group.id))
         .env("CHAT_HISTORY", "before the page opened")
         .env("CHAT_SEND", "hello from the browser")

@@ -462,6 +462,11 @@ fn env<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
 }
 
 impl Plan {
+    /// The plan of service `kind`.
+    pub fn service(&self, kind: ServiceKind) -> Option<&ServicePlan> {
+        self.services.iter().find(|s| s.kind == kind)
+    }
+
     /// The primary's initial member name.
     pub fn first_primary(&self) -> &str {
         &self.databases[0].name
@@ -691,17 +696,9 @@ spec:
                 .collect::<Vec<_>>(),
             [("db-0", 20000), ("db-1", 20001), ("db-2", 20002)]
         );
-        let groups = p
-            .services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Groups)
-            .unwrap();
+        let groups = p.service(ServiceKind::Groups).unwrap();
         assert_eq!((groups.initial, groups.bounds), (2, (2, 5)));
-        let auth = p
-            .services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Auth)
-            .unwrap();
+        let auth = p.service(ServiceKind::Auth).unwrap();
         assert_eq!((auth.initial, auth.bounds), (2, (2, 2)));
         assert_ne!(groups.port(0), auth.port(0));
         assert_eq!(
@@ -723,11 +720,7 @@ spec:
     fn chatd_replicas_follow_the_published_primary_and_know_their_peers() {
         let p = plan(&cluster(HA), &options()).unwrap();
         let creds = secrets::DbCredentials::generate();
-        let groups = p
-            .services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Groups)
-            .unwrap();
+        let groups = p.service(ServiceKind::Groups).unwrap();
         let l = p.chatd_launch(groups, 1, &creds);
         assert_eq!(l.name, "groups-1");
         assert_eq!(l.env["CHATD_SERVICES"], "groups");
@@ -747,11 +740,7 @@ spec:
             !l.env.contains_key("CHATD_TOKEN_PRIVATE_KEY_FILE"),
             "only auth signs"
         );
-        let auth = p
-            .services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Auth)
-            .unwrap();
+        let auth = p.service(ServiceKind::Auth).unwrap();
         assert!(
             p.chatd_launch(auth, 0, &creds)
                 .env
@@ -811,11 +800,7 @@ spec:
     #[test]
     fn the_endpoints_file_lists_the_serving_replicas() {
         let p = plan(&cluster(HA), &options()).unwrap();
-        let groups = p
-            .services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Groups)
-            .unwrap();
+        let groups = p.service(ServiceKind::Groups).unwrap();
         let serving = BTreeMap::from([(ServiceKind::Groups, vec![0, 2])]);
         let doc = p.endpoints_file(&serving);
         assert_eq!(

@@ -41,26 +41,22 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     // Loops of deleted ChatClusters stop (no finalizer: the Controller never sees a deletion).
-    if let Some(topologies) = ctx.topologies.clone() {
-        let store = controller.store();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                topologies.retain(|key| store.get(key).is_some());
+    let store = controller.store();
+    let topologies = ctx.topologies.clone();
+    let autoscalers = ctx.autoscalers.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            let exists = |key: &_| store.get(key).is_some();
+            if let Some(t) = &topologies {
+                t.retain(exists);
             }
-        });
-    }
-    if let Some(autoscalers) = ctx.autoscalers.clone() {
-        let store = controller.store();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                autoscalers.retain(|key| store.get(key).is_some());
+            if let Some(a) = &autoscalers {
+                a.retain(exists);
             }
-        });
-    }
+        }
+    });
     controller
         .reconcile_on(wake)
         .owns(Api::<Deployment>::all(client.clone()), children.clone())
