@@ -43,7 +43,8 @@ fn main() {
         .build()
         .unwrap();
     let service = cluster.plan.service(ServiceKind::Groups).unwrap().clone();
-    let replicas = |c: &LocalCluster| c.status()["autoscaling"]["groups"]["replicas"].as_u64();
+    let replicas =
+        |c: &LocalCluster| c.status()["autoscaling"]["groups"]["currentReplicas"].as_u64();
 
     let (first, all, failed, total, baseline) = rt.block_on(async {
         let (session, group) = reader(&cluster.endpoint(), "bench").await;

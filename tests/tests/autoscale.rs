@@ -15,7 +15,7 @@ use chatcluster_tests::{
 };
 
 fn replicas(cluster: &LocalCluster) -> Option<u64> {
-    cluster.status()["autoscaling"]["groups"]["replicas"].as_u64()
+    cluster.status()["autoscaling"]["groups"]["currentReplicas"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,7 +57,7 @@ async fn groups_scale_out_with_load_and_back_in_after_the_window_without_failure
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
                 let groups = &s["autoscaling"]["groups"];
-                if groups["replicas"] == 4 {
+                if groups["currentReplicas"] == 4 {
                     return true;
                 }
                 if std::time::Instant::now() > deadline {
@@ -73,6 +73,20 @@ async fn groups_scale_out_with_load_and_back_in_after_the_window_without_failure
         grown,
         "groups did not grow to 4: {:#}",
         cluster.status()["autoscaling"]
+    );
+    // The runner's metrics show the decision and the signal.
+    let metrics = chatcluster_tests::http_get(cluster.plan.metrics_port, "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("chat_operator_autoscaler_desired_replicas{")
+                && l.contains("service=\"groups\"")
+                && l.ends_with(" 4")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chat_operator_autoscaler_requests_per_second{"),
+        "{metrics}"
     );
     // Every new replica serves traffic once healthy.
     let service = cluster.plan.service(ServiceKind::Groups).unwrap().clone();
@@ -112,7 +126,7 @@ async fn groups_scale_out_with_load_and_back_in_after_the_window_without_failure
         cluster.status()["autoscaling"]
     );
     cluster.wait_for("groups back to one replica", Duration::from_secs(30), |s| {
-        s["autoscaling"]["groups"]["replicas"] == 1
+        s["autoscaling"]["groups"]["currentReplicas"] == 1
     });
     // Let the last removed replicas finish draining under load.
     tokio::time::sleep(Duration::from_secs(6)).await;

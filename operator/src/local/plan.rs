@@ -11,6 +11,7 @@
 //! | 20 + i | chat-xds i, ADS |
 //! | 30 + i | chat-xds i, HTTP (metrics, `/load`) |
 //! | 40 + i | Envoy i, admin API (loopback) |
+//! | 50 | the runner's metrics (`/metrics`) |
 //! | 100 × (s + 1) + 2i | chatd replica i of service s, gRPC (+1: metrics) |
 //!
 //! Envoy replicas share the ingress ports (`SO_REUSEPORT`): the kernel spreads connections over
@@ -246,6 +247,8 @@ pub struct Plan {
     pub envoy_bootstraps: Vec<serde_json::Value>,
     /// Their admin ports.
     pub envoy_admin: Vec<u16>,
+    /// The runner's own metrics and health endpoint.
+    pub metrics_port: u16,
     /// chat-xds's configuration.
     pub xds_config: XdsConfig,
     /// The topology loop's policy.
@@ -441,6 +444,7 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
         envoys,
         envoy_bootstraps,
         envoy_admin,
+        metrics_port: base + 50,
         xds_config,
         policy,
         files,
@@ -636,6 +640,7 @@ impl Plan {
         out.extend(self.xds.iter().map(|l| l.port));
         out.extend(&self.xds_http);
         out.extend(&self.envoy_admin);
+        out.push(self.metrics_port);
         for s in &self.services {
             for i in 0..s.bounds.1 {
                 out.extend([s.port(i), s.port(i) + 1]);

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     future::Future,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,12 +17,13 @@ use tracing::{info, warn};
 
 use super::{
     plan::{DbServer, Plan},
-    scaler::{AutoscaleStatus, Scaler},
+    scaler::Scaler,
     supervisor::{ProcessState, ProcessStatus, Supervised},
 };
 use crate::{
-    api::ServiceKind,
+    api::{AutoscalingStatus, ServiceKind},
     build::secrets::{DbCredentials, GenerateError, TlsMaterial, TokenKey},
+    metrics::Metrics,
     topology::{
         self,
         manager::{Handle, Topology, TopologyStatus},
@@ -258,7 +260,9 @@ pub struct LocalStatus {
     /// The topology loop's view.
     pub database: TopologyStatus,
     /// Autoscaled services: replicas, the policy's choice and the signal.
-    pub autoscaling: BTreeMap<String, AutoscaleStatus>,
+    pub autoscaling: BTreeMap<String, AutoscalingStatus>,
+    /// Prometheus metrics of the runner (autoscaling), `http://…/metrics`.
+    pub metrics: String,
 }
 
 impl LocalStatus {
@@ -294,8 +298,8 @@ impl LocalStatus {
         }
         for (service, a) in &self.autoscaling {
             out.push_str(&format!(
-                "  autoscaling {service}: {} replicas, desired {} (min {}, max {})\n",
-                a.replicas, a.desired, a.min, a.max
+                "  autoscaling {service}: {} replicas, desired {}\n",
+                a.current_replicas, a.desired_replicas
             ));
         }
         out
@@ -426,6 +430,7 @@ impl Cluster {
             processes,
             database: db.clone(),
             autoscaling: BTreeMap::new(),
+            metrics: format!("http://127.0.0.1:{}/metrics", self.plan.metrics_port),
         }
     }
 
@@ -495,6 +500,15 @@ pub async fn run(
         }
     };
 
+    let metrics = Arc::new(Metrics::default());
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(crate::http::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], cluster.plan.metrics_port)),
+        metrics.clone(),
+        async move {
+            let _ = metrics_stopped.await;
+        },
+    ));
     let mut scaler = Scaler::new(&cluster.plan);
     let mut printed = String::new();
     let mut tick = tokio::time::interval(super::scaler::PERIOD);
@@ -516,6 +530,9 @@ pub async fn run(
                 }
                 let mut status = cluster.status(&db).await;
                 status.autoscaling = scaler.status();
+                for (service, a) in &status.autoscaling {
+                    metrics.observe_autoscaling("local", &status.cluster, service, a);
+                }
                 let json = serde_json::to_string_pretty(&status).unwrap_or_default();
                 if let Err(e) = write_atomically(&files.status, &json) {
                     break Err(e);
@@ -530,6 +547,12 @@ pub async fn run(
         }
     };
     info!("stopping the local cluster");
+    let _ = metrics_stop.send(());
+    match metrics_server.await {
+        Ok(Err(e)) => warn!(error = %e, "metrics endpoint failed"),
+        Err(e) => warn!(error = %e, "metrics endpoint task failed"),
+        Ok(Ok(())) => {}
+    }
     cluster.stop().await;
     let _ = std::fs::remove_file(&files.status);
     outcome

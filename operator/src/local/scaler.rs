@@ -1,19 +1,18 @@
 //! Autoscaling in local mode: every sample period, the request rate Envoy reports for each
 //! autoscaled service (summed over the chat-xds replicas) and the CPU its chatd processes use
-//! (from `/proc`) go through the same policy as in Kubernetes; the runner starts or stops chatd
-//! processes to match.
+//! (from `/proc`, as a share of one core) go through the same policy as in Kubernetes; the
+//! runner starts or stops chatd processes to match, and reports the same status and metrics.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
 use tracing::warn;
 
 use super::plan::Plan;
 use crate::{
-    api::ServiceKind,
+    api::{AutoscalingStatus, ServiceKind},
     autoscale::{
         policy::{Autoscaler, Bounds, Sample, Targets},
         signal::{self, LoadReport},
@@ -23,37 +22,11 @@ use crate::{
 /// How often the signal is sampled.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
-/// One autoscaled service, as the status shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AutoscaleStatus {
-    /// Replicas running now.
-    pub replicas: i32,
-    /// Replicas the policy wants.
-    pub desired: i32,
-    /// The last sample's recommendation (before windows and bounds).
-    pub recommended: i32,
-    /// Fewest replicas.
-    pub min: i32,
-    /// Most replicas.
-    pub max: i32,
-    /// Requests per second, whole service.
-    pub requests_per_second: f64,
-    /// Requests in progress, whole service.
-    pub in_flight: u64,
-    /// Average CPU of its processes, in cores.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<f64>,
-    /// Why the last sample could not be taken.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 struct Service {
     autoscaler: Autoscaler,
     targets: Targets,
     bounds: Bounds,
-    status: Option<AutoscaleStatus>,
+    status: Option<AutoscalingStatus>,
 }
 
 /// The autoscaled services of a plan.
@@ -129,16 +102,15 @@ impl Scaler {
                 .get(kind.as_str())
                 .copied()
                 .unwrap_or_default();
-            let mut status = AutoscaleStatus {
-                replicas,
-                desired: svc.status.as_ref().map_or(replicas, |s| s.desired),
-                recommended: svc.status.as_ref().map_or(replicas, |s| s.recommended),
-                min: svc.bounds.min,
-                max: svc.bounds.max,
-                requests_per_second: l.requests_per_second,
-                in_flight: l.in_flight,
-                cpu,
-                error: error.clone(),
+            let last = svc.status.as_ref();
+            let mut status = AutoscalingStatus {
+                current_replicas: replicas,
+                desired_replicas: last.map_or(replicas, |s| s.desired_replicas),
+                recommended_replicas: last.map_or(replicas, |s| s.recommended_replicas),
+                requests_per_second: format!("{:.1}", l.requests_per_second),
+                in_flight: i64::try_from(l.in_flight).unwrap_or(i64::MAX),
+                cpu_utilization_percent: cpu.map(|c| (c * 100.0).round() as i32),
+                signal_error: error.clone(),
             };
             if complete {
                 let sample = Sample {
@@ -148,8 +120,8 @@ impl Scaler {
                     replicas,
                 };
                 let decision = svc.autoscaler.decide(&sample, &svc.targets, &svc.bounds);
-                status.desired = decision.desired;
-                status.recommended = decision.recommended;
+                status.desired_replicas = decision.desired;
+                status.recommended_replicas = decision.recommended;
                 if decision.desired != replicas {
                     changes.insert(*kind, decision.desired);
                 }
@@ -161,8 +133,8 @@ impl Scaler {
         changes
     }
 
-    /// The latest status of every autoscaled service.
-    pub fn status(&self) -> BTreeMap<String, AutoscaleStatus> {
+    /// The latest status of every autoscaled service (the same shape as the Kubernetes status).
+    pub fn status(&self) -> BTreeMap<String, AutoscalingStatus> {
         self.services
             .iter()
             .filter_map(|(k, s)| Some((k.to_string(), s.status.clone()?)))
