@@ -7,7 +7,8 @@
 //! window 10 s; the runner samples Envoy's request rate every second. Each run: 8 reads/s,
 //! then a step to 70/s (→ 4 replicas), then back to 8/s (→ 1 replica after the window).
 //! Baseline in the same run: one chatd started by hand with the same configuration, from
-//! launch to its first answered call — the part of the delay no policy can remove.
+//! launch to its first answered call — the part of the delay no policy can remove. Then 20 s
+//! of steady load worth 1.5 replicas: the replica count must not change.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +25,7 @@ use chatd::pb::{chat::HistoryRequest, groups::groups_client::GroupsClient};
 use tonic::transport::Channel;
 
 const RUNS: usize = 3;
+const STEADY: Duration = Duration::from_secs(20);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -46,7 +48,7 @@ fn main() {
     let replicas =
         |c: &LocalCluster| c.status()["autoscaling"]["groups"]["currentReplicas"].as_u64();
 
-    let (first, all, failed, total, baseline) = rt.block_on(async {
+    let (first, all, failed, total, baseline, flaps) = rt.block_on(async {
         let (session, group) = reader(&cluster.endpoint(), "bench").await;
         let load = Load::start(&cluster.endpoint(), session.clone(), group, 8.0).await;
         let (mut first, mut all, mut failed, mut total) = (Vec::new(), Vec::new(), 0, 0);
@@ -89,6 +91,29 @@ fn main() {
             let during = load.between(drop, load.now());
             failed += during.iter().filter(|o| o.error.is_some()).count();
             total += during.len();
+        }
+
+        // Steady load between two replica counts' worth: no replica change for 20 s.
+        load.set_rate(30.0);
+        let settle = Instant::now();
+        while replicas(&cluster) != Some(2) {
+            assert!(
+                settle.elapsed() < Duration::from_secs(60),
+                "never settled at 2 replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut flaps = 0;
+        let mut last = replicas(&cluster);
+        let steady = Instant::now();
+        while steady.elapsed() < STEADY {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = replicas(&cluster);
+            if now != last {
+                flaps += 1;
+                last = now;
+            }
         }
 
         // Baseline: a chatd like the runner's, started by hand on a spare port.
@@ -137,7 +162,7 @@ fn main() {
             }
             baseline.push(started.elapsed().as_secs_f64());
         }
-        (first, all, failed, total, median(baseline))
+        (first, all, failed, total, median(baseline), flaps)
     });
     let (first, all) = (median(first), median(all));
     println!("| measure (median of {RUNS}) | seconds | ratio to baseline |\n|---|---|---|");
@@ -151,7 +176,12 @@ fn main() {
         all / baseline
     );
     println!("requests failed while scaling in: {failed} of {total} (over {RUNS} scale-ins)");
+    println!(
+        "replica changes during {}s of steady 30 requests/s (2 replicas' worth): {flaps}",
+        STEADY.as_secs()
+    );
     assert_eq!(failed, 0, "requests failed during scale-in");
+    assert_eq!(flaps, 0, "the replica count changed under steady load");
 }
 
 /// History calls each replica slot 0–3 has served so far (0 when not running).
