@@ -282,6 +282,7 @@ impl LocalStatus {
         ));
         for p in &self.processes {
             let state = match &p.status.state {
+                ProcessState::Starting => "starting".to_string(),
                 ProcessState::Running { .. } if !p.up => "starting".to_string(),
                 ProcessState::Running { .. } => p.role.clone().unwrap_or_else(|| "up".into()),
                 ProcessState::Restarting { reason } => format!("restarting ({reason})"),

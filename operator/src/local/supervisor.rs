@@ -32,6 +32,8 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "state")]
 pub enum ProcessState {
+    /// Not started yet.
+    Starting,
     /// Running with this pid.
     Running {
         /// Its process id.
@@ -73,9 +75,7 @@ impl Supervised {
     /// Start `launch`, writing its output to `logs/<name>.log`, and keep it running.
     pub fn start(launch: Launch, logs: &Path, grace: Duration) -> Self {
         let (status_tx, status) = watch::channel(ProcessStatus {
-            state: ProcessState::Restarting {
-                reason: "starting".into(),
-            },
+            state: ProcessState::Starting,
             restarts: 0,
         });
         let (stop, stop_rx) = watch::channel(false);
