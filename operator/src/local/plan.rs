@@ -241,12 +241,10 @@ pub struct Plan {
     pub xds: Vec<Launch>,
     /// Their HTTP ports (metrics, `/load`).
     pub xds_http: Vec<u16>,
-    /// Envoy replicas.
+    /// Envoy replicas (each one's port is its admin API).
     pub envoys: Vec<Launch>,
     /// Their bootstraps, in the same order.
     pub envoy_bootstraps: Vec<serde_json::Value>,
-    /// Their admin ports.
-    pub envoy_admin: Vec<u16>,
     /// The runner's own metrics and health endpoint.
     pub metrics_port: u16,
     /// chat-xds's configuration.
@@ -443,7 +441,6 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
         xds_http,
         envoys,
         envoy_bootstraps,
-        envoy_admin,
         metrics_port: base + 50,
         xds_config,
         policy,
@@ -639,7 +636,7 @@ impl Plan {
         let mut out: Vec<u16> = self.databases.iter().map(|d| d.port).collect();
         out.extend(self.xds.iter().map(|l| l.port));
         out.extend(&self.xds_http);
-        out.extend(&self.envoy_admin);
+        out.extend(self.envoys.iter().map(|l| l.port));
         out.push(self.metrics_port);
         for s in &self.services {
             for i in 0..s.bounds.1 {
@@ -710,7 +707,10 @@ spec:
             p.xds.iter().map(|l| l.port).collect::<Vec<_>>(),
             [20020, 20021]
         );
-        assert_eq!(p.envoy_admin, [20040, 20041]);
+        assert_eq!(
+            p.envoys.iter().map(|l| l.port).collect::<Vec<_>>(),
+            [20040, 20041]
+        );
         let mut ports = p.ports();
         let n = ports.len();
         ports.sort();
