@@ -721,17 +721,20 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
         2
     );
 
+    // Set the signal, wait until the autoscaler wakes the reconciler, reconcile; the groups
+    // Deployment's replicas.
+    let step = async |rps: f64, wake: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        *source.0.lock().unwrap() = rps;
+        tokio::time::timeout(Duration::from_secs(5), wake.recv())
+            .await
+            .expect("the autoscaler wakes the reconciler")
+            .unwrap();
+        h.reconcile("demo").await.unwrap();
+        replicas(h.deployments().get("demo-groups").await.unwrap())
+    };
+
     // A load step: 600 requests/s against 100 per replica.
-    *source.0.lock().unwrap() = 600.0;
-    tokio::time::timeout(Duration::from_secs(5), wake.recv())
-        .await
-        .expect("the autoscaler wakes the reconciler")
-        .unwrap();
-    h.reconcile("demo").await.unwrap();
-    assert_eq!(
-        replicas(h.deployments().get("demo-groups").await.unwrap()),
-        Some(6)
-    );
+    assert_eq!(step(600.0, &mut wake).await, Some(6));
     let status = h.status("demo").await;
     let groups = &status.autoscaling["groups"];
     assert_eq!(
@@ -756,14 +759,5 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
     );
 
     // Load gone, window 0: back to the minimum.
-    *source.0.lock().unwrap() = 0.0;
-    tokio::time::timeout(Duration::from_secs(5), wake.recv())
-        .await
-        .expect("woken again")
-        .unwrap();
-    h.reconcile("demo").await.unwrap();
-    assert_eq!(
-        replicas(h.deployments().get("demo-groups").await.unwrap()),
-        Some(2)
-    );
+    assert_eq!(step(0.0, &mut wake).await, Some(2));
 }
