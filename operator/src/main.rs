@@ -11,10 +11,10 @@ use chat_operator::{
     metrics::Metrics,
     reconcile::{self, Context},
 };
+use chatcluster_common::Shutdown;
 use clap::{Parser, Subcommand};
 use kube::{Api, Client, api::ListParams};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator for ChatCluster")]
@@ -88,52 +88,26 @@ fn init_tracing(json: bool) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (kubeconfig or in-cluster service account)")?;
-    // Fail fast with a clear message when the CRD is missing.
-    Api::<ChatCluster>::all(client.clone())
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .context("cannot list ChatClusters: is the CRD installed (kubectl apply -f crds/)?")?;
+    // Fail fast with a clear message when the CRD is missing; an API server that does not
+    // answer must not keep a stop request waiting.
+    let clusters = Api::<ChatCluster>::all(client.clone());
+    let first = ListParams::default().limit(1);
+    tokio::select! {
+        listed = clusters.list_metadata(&first) => {
+            listed.context("cannot list ChatClusters: is the CRD installed (kubectl apply -f crds/)?")?;
+        }
+        () = shutdown.wait() => return Ok(()),
+    }
 
     let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
     let server = tokio::spawn(http::serve(
         args.metrics_addr,
         metrics.clone(),
-        stopped(stop_rx.clone()),
+        shutdown.wait(),
     ));
 
     let identity = args
@@ -148,7 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = elector.acquire() => {}
-        _ = stopped(stop_rx.clone()) => return Ok(()),
+        () = shutdown.wait() => return Ok(()),
     }
     metrics.set_leader(true);
     let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,7 +137,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 reconcile::autoscaling::PERIOD,
             ))),
     );
-    let controller = reconcile::run(client, ctx, wake_rx, stopped(stop_rx.clone()));
+    let controller = reconcile::run(client, ctx, wake_rx, shutdown.wait());
     let outcome = elector.lead(controller).await;
     metrics.set_leader(false);
     if let Err(e) = server.await.context("metrics server task")? {
@@ -174,7 +148,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn local(args: LocalArgs) -> anyhow::Result<()> {
+async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let cc: ChatCluster = serde_yaml::from_str(&text)
@@ -185,14 +159,22 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     let name = cc.metadata.name.clone().unwrap_or_default();
-    let options = local::Options {
-        data_dir: args
-            .data_dir
+    // Children resolve relative paths against their own working or base directory (mariadbd
+    // against its basedir, /usr): hand them absolute ones, whatever form the user gave.
+    let absolute = |path: PathBuf| {
+        std::path::absolute(&path).with_context(|| format!("cannot resolve {}", path.display()))
+    };
+    let data_dir = absolute(
+        args.data_dir
             .unwrap_or_else(|| PathBuf::from(".chatcluster").join(&name)),
+    )?;
+    let bin_dir = args.bin_dir.map(absolute).transpose()?;
+    let options = local::Options {
+        data_dir,
         base_port: args.base_port,
         port: args.port,
         plaintext_port: args.plaintext_port,
-        binaries: local::Binaries::find(args.bin_dir.as_deref())?,
+        binaries: local::Binaries::find(bin_dir.as_deref())?,
     };
     let plan = local::plan(&cc, &options)?;
     println!(
@@ -203,7 +185,7 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     local::run(
         plan,
         (args.plaintext_port, args.port),
-        shutdown_signal(),
+        shutdown.wait(),
         |status| println!("{}", status.table()),
     )
     .await?;
@@ -214,14 +196,16 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // First thing: as PID 1 in its image, the operator would otherwise ignore SIGTERM.
+    let shutdown = Shutdown::install().context("cannot handle signals")?;
     match cli.command {
         Command::Run(args) => {
             init_tracing(args.log_json);
-            run(args).await
+            run(args, shutdown).await
         }
         Command::Local(args) => {
             init_tracing(false);
-            local(args).await
+            local(args, shutdown).await
         }
     }
 }

@@ -80,24 +80,17 @@ struct Args {
     drain_seconds: f64,
 }
 
-async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // First thing: as PID 1 in its image, chatd would otherwise ignore SIGTERM.
+    let shutdown = match chatcluster_common::Shutdown::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chatd: cannot handle signals: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -145,7 +138,7 @@ async fn main() -> ExitCode {
         rate: (args.rate_per_second, args.rate_burst),
         drain: Duration::from_secs_f64(args.drain_seconds.max(0.0)),
     };
-    match serve(config, terminated()).await {
+    match serve(config, shutdown.wait()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chatd: {e}");

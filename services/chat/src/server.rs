@@ -4,6 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use futures::FutureExt as _;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -173,15 +174,27 @@ pub async fn serve(
     {
         db_config.primary = address;
     }
-    let db = Db::connect(db_config).await?;
-    for service in &config.services {
-        match service {
-            ServiceName::Auth => AuthService::migrate(&db).await?,
-            ServiceName::Groups => GroupsService::migrate(&db).await?,
-            ServiceName::Dms => DmsService::migrate(&db).await?,
-            ServiceName::Servers => ServersService::migrate(&db).await?,
+    // Waiting for the database (it may not be up yet) must not outlast a stop request.
+    let shutdown = shutdown.boxed().shared();
+    let ready = async {
+        let db = Db::connect(db_config).await?;
+        for service in &config.services {
+            match service {
+                ServiceName::Auth => AuthService::migrate(&db).await?,
+                ServiceName::Groups => GroupsService::migrate(&db).await?,
+                ServiceName::Dms => DmsService::migrate(&db).await?,
+                ServiceName::Servers => ServersService::migrate(&db).await?,
+            }
         }
-    }
+        Ok::<_, StartError>(db)
+    };
+    let db = tokio::select! {
+        db = ready => db?,
+        () = shutdown.clone() => {
+            info!("stopped before the database was ready");
+            return Ok(());
+        }
+    };
     if let Some(path) = config.db_primary_file.clone() {
         tokio::spawn(follow_primary_file(db.clone(), path));
     }

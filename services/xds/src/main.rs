@@ -48,6 +48,8 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // First thing: as PID 1 in its image, chat-xds would otherwise ignore SIGTERM.
+    let shutdown = chatcluster_common::Shutdown::install().context("cannot handle signals")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -118,9 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(ads)
         .add_service(lrs)
         .add_service(csds)
-        .serve_with_shutdown(args.listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(args.listen, shutdown.wait())
         .await?;
     Ok(())
 }

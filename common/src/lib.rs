@@ -1,0 +1,5 @@
+//! What ChatCluster's binaries (chat-operator, chatd, chat-xds) share at run time.
+
+pub mod shutdown;
+
+pub use shutdown::Shutdown;
