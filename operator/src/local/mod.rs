@@ -69,8 +69,12 @@ impl Binaries {
                 .filter(|p| p.is_file())
                 .or_else(|| on_path(name))
         };
+        // A relative PATH entry or $ENVOY_BIN would name another file once a child runs
+        // elsewhere: every program is kept as an absolute path.
         let need = |program: &'static str, found: Option<PathBuf>, hint: &'static str| {
-            found.ok_or(MissingBinary { program, hint })
+            found
+                .and_then(|p| std::path::absolute(p).ok())
+                .ok_or(MissingBinary { program, hint })
         };
         let build = "build the workspace first (cargo build --release), or pass --bin-dir";
         let setup = "run ./scripts/setup.sh";

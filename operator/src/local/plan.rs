@@ -278,6 +278,14 @@ pub enum PlanError {
     /// The builders refused the cluster's identity.
     #[error(transparent)]
     Build(#[from] build::BuildError),
+    /// A path handed to the children is relative (they resolve it elsewhere).
+    #[error("{what} must be an absolute path, got {path}")]
+    RelativePath {
+        /// Which path.
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
     /// The ports would run past 65535.
     #[error("--base-port {0} leaves no room for the cluster's ports (use at most {max})", max = u32::from(u16::MAX) - PORT_SPAN)]
     Ports(u16),
@@ -312,6 +320,22 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
     // The fourth service's last possible replica's metrics port is the highest one.
     if u32::from(base) + PORT_SPAN > u32::from(u16::MAX) {
         return Err(PlanError::Ports(base));
+    }
+    let b = &options.binaries;
+    for (what, path) in [
+        ("the data directory", &options.data_dir),
+        ("chatd", &b.chatd),
+        ("chat-xds", &b.xds),
+        ("envoy", &b.envoy),
+        ("mariadbd", &b.mariadbd),
+        ("mariadb-install-db", &b.install_db),
+    ] {
+        if !path.is_absolute() {
+            return Err(PlanError::RelativePath {
+                what,
+                path: path.clone(),
+            });
+        }
     }
     let files = Files::new(&options.data_dir);
 
@@ -843,5 +867,63 @@ spec:
                 .to_string()
                 .contains("--base-port")
         );
+    }
+
+    /// Paths in arguments (`--flag=/path`, `/path`), environment values and the server's
+    /// configuration lines (`datadir = /path`): a value that names a file starts with `/`.
+    fn relative_paths<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        values
+            .into_iter()
+            .map(|v| v.rsplit_once('=').map_or(v, |(_, value)| value).trim())
+            .filter(|v| v.contains('/') && !v.contains("://") && !v.starts_with('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn children_get_only_absolute_paths() {
+        let mut o = options();
+        o.data_dir = ".chatcluster/ha".into();
+        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        assert!(
+            e.contains("data directory") && e.contains(".chatcluster/ha"),
+            "{e}"
+        );
+        let mut o = options();
+        o.binaries.envoy = "bin/envoy".into();
+        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        assert!(e.contains("envoy") && e.contains("bin/envoy"), "{e}");
+
+        let p = plan(&cluster(HA), &options()).unwrap();
+        let creds = secrets::DbCredentials::generate();
+        let mut launches: Vec<Launch> = p.databases.iter().map(|d| p.database_launch(d)).collect();
+        launches.extend(p.xds.iter().cloned());
+        launches.extend(p.envoys.iter().cloned());
+        for s in &p.services {
+            launches.push(p.chatd_launch(s, 0, &creds));
+        }
+        for l in &launches {
+            assert!(
+                l.program.is_absolute(),
+                "{}: {}",
+                l.name,
+                l.program.display()
+            );
+            let values = l.args.iter().chain(l.env.values()).map(String::as_str);
+            assert_eq!(relative_paths(values), Vec::<String>::new(), "{}", l.name);
+        }
+        for db in &p.databases {
+            let config = p.database_config(db, true);
+            assert_eq!(
+                relative_paths(config.lines()),
+                Vec::<String>::new(),
+                "{config}"
+            );
+        }
+        let endpoints = p.endpoints_file(&BTreeMap::new());
+        for file in ["certFile", "keyFile"] {
+            let path = endpoints["certificate"][file].as_str().unwrap();
+            assert!(path.starts_with('/'), "{file}: {path}");
+        }
     }
 }
