@@ -93,6 +93,11 @@ fn read(path: &Path) -> Result<String, FileError> {
 
 /// Parse the static endpoints file (and read the certificate files it names).
 pub fn parse_file(path: &Path) -> Result<Discovered, FileError> {
+    parse_naming_files(path).map(|(discovered, _)| discovered)
+}
+
+/// [`parse_file`], also returning the certificate files it read.
+fn parse_naming_files(path: &Path) -> Result<(Discovered, Option<CertificateFiles>), FileError> {
     let invalid = |message: String| FileError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -108,26 +113,40 @@ pub fn parse_file(path: &Path) -> Result<Discovered, FileError> {
             }
         }
     }
-    let certificate = match parsed.certificate {
+    let certificate = match &parsed.certificate {
         None => None,
         Some(files) => Some(Certificate {
             cert_pem: read(&files.cert_file)?,
             key_pem: read(&files.key_file)?,
         }),
     };
-    Ok(Discovered {
+    let discovered = Discovered {
         endpoints: parsed.services,
         certificate,
-    })
+    };
+    Ok((discovered, parsed.certificate))
 }
 
-/// Wakes on every change in `path`'s directory (inotify: atomic renames and Kubernetes'
-/// ConfigMap symlink swaps included) and at least every `every` as a fallback. The returned
-/// watcher must be kept alive.
+/// Wakes when something in `path`'s directory changes (inotify: writes, atomic renames and
+/// Kubernetes' ConfigMap symlink swaps) and at least every `every` as a fallback.
+///
+/// Only changes wake it: notify also reports opening and closing a file, so a watcher that
+/// woke on those would wake itself by reading the file, as would every other reader of the
+/// directory (chatd reads the primary's address there every second).
 struct Wake {
     _watcher: Option<notify::RecommendedWatcher>,
     events: tokio::sync::mpsc::UnboundedReceiver<()>,
     tick: tokio::time::Interval,
+}
+
+/// Whether an event can mean a file's content changed.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
 }
 
 impl Wake {
@@ -139,9 +158,12 @@ impl Wake {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let watcher = notify::recommended_watcher(move |_| {
-            // A closed receiver means the watch loop ended: nothing to wake.
-            let _ = tx.send(());
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // An error may hide a change: look.
+            if event.as_ref().map_or(true, |e| is_change(&e.kind)) {
+                // A closed receiver means the watch loop ended: nothing to wake.
+                let _ = tx.send(());
+            }
         })
         .and_then(|mut w| {
             w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
@@ -154,10 +176,12 @@ impl Wake {
                 None
             }
         };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             _watcher: watcher,
             events,
-            tick: tokio::time::interval(every),
+            tick,
         }
     }
 
@@ -172,41 +196,59 @@ impl Wake {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What says a file changed without reading it: modification time, size and inode (a
+/// renamed-over or re-linked file has a new one even within the same timestamp).
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// Watch the static file, publishing every valid version of it: on change notifications, and
-/// every `every` as a fallback, when the certificate files are re-read too (so a rotated
-/// certificate is picked up even from another directory).
+/// The stamps of the endpoints file and of the certificate files it names: the certificate
+/// may be rotated in another directory, without the endpoints file changing.
+fn stamps(
+    path: &Path,
+    certificate: Option<&CertificateFiles>,
+) -> Vec<Option<(SystemTime, u64, u64)>> {
+    let mut out = vec![stamp(path)];
+    if let Some(files) = certificate {
+        out.push(stamp(&files.cert_file));
+        out.push(stamp(&files.key_file));
+    }
+    out
+}
+
+/// Watch the static file, publishing every valid version of it. Nothing is read unless a
+/// stamp of the file or of the certificate files changed, whatever woke the loop.
 pub async fn watch_file(path: PathBuf, every: Duration, tx: watch::Sender<Discovered>) {
-    let mut last_stamp = None;
+    // Nothing seen yet: the first wake-up (at once) reads the file.
+    let mut certificate = None;
+    let mut last = Vec::new();
     let mut wake = Wake::new(&path, every);
     loop {
         wake.next().await;
-        let now = stamp(&path);
-        let file_changed = now != last_stamp;
-        if !file_changed && tx.borrow().certificate.is_none() {
+        let now = stamps(&path, certificate.as_ref());
+        if now == last {
             continue;
         }
-        match parse_file(&path) {
-            Ok(discovered) => {
-                if file_changed {
-                    info!(path = %path.display(), "endpoints file loaded");
-                }
-                tx.send_if_modified(|current| {
+        match parse_naming_files(&path) {
+            Ok((discovered, files)) => {
+                certificate = files;
+                if tx.send_if_modified(|current| {
                     let changed = *current != discovered;
                     if changed {
                         *current = discovered;
                     }
                     changed
-                });
+                }) {
+                    info!(path = %path.display(), "endpoints file loaded");
+                }
             }
-            Err(e) if file_changed => warn!(error = %e, "keeping the last good endpoints"),
-            Err(_) => {}
+            Err(e) => warn!(error = %e, "keeping the last good endpoints"),
         }
-        last_stamp = now;
+        // Stamped before the read, so a change during it is read at the next wake-up (and
+        // when the file now names other certificate files, they are stamped then).
+        last = now;
     }
 }
 
