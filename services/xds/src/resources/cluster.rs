@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use chat_operator::{api::LoadBalancing, build::XdsService};
+use chat_operator::api::LoadBalancing;
 use envoy_types::{
     pb::{
         envoy::{
@@ -41,7 +41,7 @@ use envoy_types::{
     util::pack_any,
 };
 
-use crate::model::Endpoint;
+use super::{ClusterInput, EndpointsInput};
 
 /// Configuration delivered over the ADS stream itself.
 pub fn ads() -> ConfigSource {
@@ -66,7 +66,7 @@ fn millis(ms: i32) -> Duration {
 /// The cluster of one chat service: HTTP/2 to the backends, endpoints over ADS, the spec's
 /// load-balancing policy, active gRPC health checks against the service's own health status,
 /// outlier ejection of backends that fail, and circuit breakers sized for streaming chat.
-pub fn cluster(svc: &XdsService) -> Cluster {
+pub fn cluster(svc: &ClusterInput) -> Cluster {
     let (lb_policy, lb_config) = match svc.load_balancing {
         LoadBalancing::LeastRequest => (LbPolicy::LeastRequest, None),
         LoadBalancing::RoundRobin => (LbPolicy::RoundRobin, None),
@@ -164,8 +164,9 @@ pub fn cluster(svc: &XdsService) -> Cluster {
 
 /// The endpoints of one service. Not-ready endpoints are left out; terminating ones are
 /// marked DRAINING, so Envoy sends them no new requests but lets running ones finish.
-pub fn load_assignment(service: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
-    let lb_endpoints = endpoints
+pub fn load_assignment(input: &EndpointsInput) -> ClusterLoadAssignment {
+    let lb_endpoints = input
+        .endpoints
         .iter()
         .filter(|e| e.ready || e.terminating)
         .map(|e| LbEndpoint {
@@ -188,7 +189,7 @@ pub fn load_assignment(service: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
         })
         .collect();
     ClusterLoadAssignment {
-        cluster_name: service.to_string(),
+        cluster_name: input.service.clone(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
             ..LocalityLbEndpoints::default()

@@ -1,10 +1,7 @@
 //! The ingress: listeners (TLS with the certificate over SDS, and an optional plain-text one),
 //! the route table sending each gRPC package to its service's cluster, and the certificate.
 
-use chat_operator::{
-    api::LoadBalancing,
-    build::{RateLimit, XdsConfig, XdsService},
-};
+use chat_operator::build::RateLimit;
 use envoy_types::{
     pb::{
         envoy::{
@@ -51,7 +48,7 @@ use envoy_types::{
     util::pack_any,
 };
 
-use super::cluster::ads;
+use super::{ListenerInput, ListenerKind, RouteEntry, RouteInput, cluster::ads};
 use crate::model::Certificate;
 
 /// The route table every ingress listener uses.
@@ -77,15 +74,15 @@ fn http_filter(name: &str, config: Any) -> HttpFilter {
     }
 }
 
-fn connection_manager(config: &XdsConfig, prefix: &str) -> HttpConnectionManager {
+fn connection_manager(input: &ListenerInput, prefix: &str) -> HttpConnectionManager {
     let mut filters = Vec::new();
-    if let Some(limit) = config.rate_limit {
+    if let Some(limit) = input.rate_limit {
         filters.push(http_filter(
             "envoy.filters.http.local_ratelimit",
             pack_any(local_rate_limit(prefix, limit)),
         ));
     }
-    if config.grpc_web {
+    if input.grpc_web {
         filters.push(http_filter(
             "envoy.filters.http.grpc_web",
             pack_any(GrpcWeb::default()),
@@ -143,15 +140,42 @@ fn local_rate_limit(prefix: &str, limit: RateLimit) -> LocalRateLimit {
     }
 }
 
-fn listener(
-    name: &str,
-    port: i32,
-    hcm: HttpConnectionManager,
-    tls: Option<TransportSocket>,
-) -> Listener {
+/// The listener's resource name.
+pub fn listener_name(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Tls => "ingress-tls",
+        ListenerKind::Plaintext => "ingress-plaintext",
+    }
+}
+
+/// One ingress listener: TLS with the certificate over SDS, or plain text.
+pub fn listener(input: &ListenerInput) -> Listener {
+    let (prefix, tls) = match input.kind {
+        ListenerKind::Tls => {
+            let context = DownstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    // The certificate comes over SDS: rotating it needs no listener change.
+                    tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                        name: TLS_SECRET.into(),
+                        sds_config: Some(ads()),
+                    }],
+                    alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                    ..CommonTlsContext::default()
+                }),
+                ..DownstreamTlsContext::default()
+            };
+            let socket = TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(SocketConfigType::TypedConfig(pack_any(context))),
+            };
+            ("ingress_tls", Some(socket))
+        }
+        ListenerKind::Plaintext => ("ingress_plaintext", None),
+    };
+    let hcm = connection_manager(input, prefix);
     Listener {
-        name: name.into(),
-        address: Some(socket(port)),
+        name: listener_name(input.kind).into(),
+        address: Some(socket(input.port)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
@@ -164,54 +188,10 @@ fn listener(
     }
 }
 
-/// The ingress listeners: TLS on `listener_port` once a certificate is known, plain text on
-/// `plaintext_port` when configured.
-pub fn listeners(config: &XdsConfig, has_certificate: bool) -> Vec<Listener> {
-    let mut out = Vec::new();
-    if has_certificate {
-        let tls = DownstreamTlsContext {
-            common_tls_context: Some(CommonTlsContext {
-                // The certificate comes over SDS: rotating it needs no listener change.
-                tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
-                    name: TLS_SECRET.into(),
-                    sds_config: Some(ads()),
-                }],
-                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
-                ..CommonTlsContext::default()
-            }),
-            ..DownstreamTlsContext::default()
-        };
-        out.push(listener(
-            "ingress-tls",
-            config.listener_port,
-            connection_manager(config, "ingress_tls"),
-            Some(TransportSocket {
-                name: "envoy.transport_sockets.tls".into(),
-                config_type: Some(SocketConfigType::TypedConfig(pack_any(tls))),
-            }),
-        ));
-    }
-    if let Some(port) = config.plaintext_port {
-        out.push(listener(
-            "ingress-plaintext",
-            port,
-            connection_manager(config, "ingress_plaintext"),
-            None,
-        ));
-    }
-    out
-}
-
-fn route(svc: &XdsService) -> Route {
-    let hash_policy = svc
+fn route(entry: &RouteEntry) -> Route {
+    let hash_policy = entry
         .hash_header
         .iter()
-        .filter(|_| {
-            matches!(
-                svc.load_balancing,
-                LoadBalancing::RingHash | LoadBalancing::Maglev
-            )
-        })
         .map(|header| HashPolicy {
             policy_specifier: Some(PolicySpecifier::Header(Header {
                 header_name: header.clone(),
@@ -222,11 +202,11 @@ fn route(svc: &XdsService) -> Route {
         .collect();
     Route {
         r#match: Some(RouteMatch {
-            path_specifier: Some(PathSpecifier::Prefix(format!("/{}.", svc.grpc_package))),
+            path_specifier: Some(PathSpecifier::Prefix(format!("/{}.", entry.grpc_package))),
             ..RouteMatch::default()
         }),
         action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(svc.name.clone())),
+            cluster_specifier: Some(ClusterSpecifier::Cluster(entry.cluster.clone())),
             // No overall timeout: a subscription is one long call.
             timeout: Some(Duration::default()),
             max_stream_duration: Some(MaxStreamDuration {
@@ -251,7 +231,7 @@ fn route(svc: &XdsService) -> Route {
 pub const WEB_PAGE: &str = include_str!("../../web/index.html");
 
 /// `/` answered by Envoy with the web page.
-fn web_page_route() -> Route {
+fn web_page_route(page: &str) -> Route {
     Route {
         r#match: Some(RouteMatch {
             path_specifier: Some(PathSpecifier::Path("/".into())),
@@ -260,7 +240,7 @@ fn web_page_route() -> Route {
         action: Some(Action::DirectResponse(DirectResponseAction {
             status: 200,
             body: Some(DataSource {
-                specifier: Some(Specifier::InlineString(WEB_PAGE.into())),
+                specifier: Some(Specifier::InlineString(page.into())),
                 ..DataSource::default()
             }),
             ..DirectResponseAction::default()
@@ -279,11 +259,9 @@ fn web_page_route() -> Route {
 
 /// Routes by gRPC package: `/chatcluster.auth.v1.*` to `auth`, and so on; with gRPC-Web, the
 /// web page at `/`.
-pub fn route_configuration(config: &XdsConfig) -> RouteConfiguration {
-    let mut routes: Vec<Route> = config.services.iter().map(route).collect();
-    if config.grpc_web {
-        routes.push(web_page_route());
-    }
+pub fn route_configuration(input: &RouteInput) -> RouteConfiguration {
+    let mut routes: Vec<Route> = input.services.iter().map(route).collect();
+    routes.extend(input.web_page.map(web_page_route));
     RouteConfiguration {
         name: INGRESS_ROUTE.into(),
         virtual_hosts: vec![VirtualHost {
@@ -293,8 +271,8 @@ pub fn route_configuration(config: &XdsConfig) -> RouteConfiguration {
             ..VirtualHost::default()
         }],
         // Envoy's default cap on a direct response body (4 KiB) is below the page's size.
-        max_direct_response_body_size_bytes: Some(UInt32Value {
-            value: u32::try_from(WEB_PAGE.len() * 2).unwrap_or(u32::MAX),
+        max_direct_response_body_size_bytes: input.web_page.map(|page| UInt32Value {
+            value: u32::try_from(page.len() * 2).unwrap_or(u32::MAX),
         }),
         ..RouteConfiguration::default()
     }

@@ -15,10 +15,17 @@ use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::State;
+use chat_operator::{
+    api::LoadBalancing,
+    build::{RateLimit, XdsService},
+};
+
+use crate::model::{Endpoint, State};
 
 pub use cluster::{cluster, load_assignment};
-pub use listener::{INGRESS_ROUTE, TLS_SECRET, listeners, route_configuration, secret};
+pub use listener::{
+    INGRESS_ROUTE, TLS_SECRET, WEB_PAGE, listener, listener_name, route_configuration, secret,
+};
 
 /// The xDS resource types, in the order a make-before-break push sends them: clusters and
 /// their endpoints, and the certificate, before the listeners and routes that use them.
@@ -138,64 +145,198 @@ pub fn version_of<T: Serialize>(inputs: &T) -> String {
     hex(&h.finalize()[..8])
 }
 
+/// Everything one service's Envoy cluster is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterInput {
+    /// The service (and Envoy cluster) name.
+    pub name: String,
+    /// gRPC service name its backends report health under.
+    pub health_service: String,
+    /// Load-balancing policy.
+    pub load_balancing: LoadBalancing,
+}
+
+/// One service's endpoints: everything its load assignment is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointsInput {
+    /// The service (and Envoy cluster) name.
+    pub service: String,
+    /// Its endpoints, sorted, so the order discovery found them in does not matter.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The two ingress listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum ListenerKind {
+    /// TLS, with the certificate over SDS.
+    Tls,
+    /// Plain text (laptop modes and tests).
+    Plaintext,
+}
+
+/// Everything one ingress listener is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ListenerInput {
+    /// Which listener.
+    pub kind: ListenerKind,
+    /// Its port.
+    pub port: i32,
+    /// Accept gRPC-Web (and CORS) beside gRPC.
+    pub grpc_web: bool,
+    /// Envoy's local token bucket, if any.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// One service's route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteEntry {
+    /// The Envoy cluster it sends to.
+    pub cluster: String,
+    /// Protobuf package routed: requests to `/<package>.*`.
+    pub grpc_package: String,
+    /// Header to hash on, for the policies that hash (ring hash, maglev).
+    pub hash_header: Option<String>,
+}
+
+/// Everything the route table is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteInput {
+    /// One route per service.
+    pub services: Vec<RouteEntry>,
+    /// The web page served at `/` (with gRPC-Web on), hashed too: a new page is a new version.
+    pub web_page: Option<&'static str>,
+}
+
+fn route_entry(svc: &XdsService) -> RouteEntry {
+    let hashes = matches!(
+        svc.load_balancing,
+        LoadBalancing::RingHash | LoadBalancing::Maglev
+    );
+    RouteEntry {
+        cluster: svc.name.clone(),
+        grpc_package: svc.grpc_package.clone(),
+        hash_header: svc.hash_header.clone().filter(|_| hashes),
+    }
+}
+
+/// Collects a snapshot, reusing what `previous` built from the same inputs.
+struct Builder<'a> {
+    out: Snapshot,
+    previous: Option<&'a Snapshot>,
+}
+
+impl Builder<'_> {
+    /// Add the resource `build` makes of `input`, versioned by `input`. `build` is a plain
+    /// function, not a closure: it cannot read anything but `input`, so nothing it depends on
+    /// can be left out of the version.
+    fn add<I: Serialize, M: prost::Name>(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        input: &I,
+        build: fn(&I) -> M,
+    ) {
+        let version = version_of(input);
+        let reused = self
+            .previous
+            .and_then(|p| p.get(kind, name))
+            .filter(|r| r.version == version);
+        match reused {
+            Some(r) => {
+                self.out
+                    .resources
+                    .entry(kind)
+                    .or_default()
+                    .insert(name.to_string(), r.clone());
+            }
+            None => self.out.insert(
+                kind,
+                name.to_string(),
+                version,
+                envoy_types::util::pack_any(build(input)),
+            ),
+        }
+    }
+}
+
+/// The inputs of every resource of `state`: the only place that reads [`State`].
+fn inputs(
+    state: &State,
+) -> (
+    Vec<ClusterInput>,
+    Vec<EndpointsInput>,
+    Vec<ListenerInput>,
+    RouteInput,
+) {
+    let config = &state.config;
+    let clusters = config
+        .services
+        .iter()
+        .map(|svc| ClusterInput {
+            name: svc.name.clone(),
+            health_service: svc.health_service.clone(),
+            load_balancing: svc.load_balancing,
+        })
+        .collect();
+    let endpoints = config
+        .services
+        .iter()
+        .map(|svc| {
+            let mut endpoints = state.endpoints.get(&svc.name).cloned().unwrap_or_default();
+            endpoints.sort();
+            EndpointsInput {
+                service: svc.name.clone(),
+                endpoints,
+            }
+        })
+        .collect();
+    let listener = |kind, port| ListenerInput {
+        kind,
+        port,
+        grpc_web: config.grpc_web,
+        rate_limit: config.rate_limit,
+    };
+    let listeners = state
+        .certificate
+        .is_some()
+        .then(|| listener(ListenerKind::Tls, config.listener_port))
+        .into_iter()
+        .chain(
+            config
+                .plaintext_port
+                .map(|port| listener(ListenerKind::Plaintext, port)),
+        )
+        .collect();
+    let route = RouteInput {
+        services: config.services.iter().map(route_entry).collect(),
+        web_page: config.grpc_web.then_some(WEB_PAGE),
+    };
+    (clusters, endpoints, listeners, route)
+}
+
 /// Build every resource of `state`. Resources whose inputs did not change keep their version;
 /// `previous` lets unchanged ones be reused without encoding them again.
 pub fn snapshot(state: &State, previous: Option<&Snapshot>) -> Snapshot {
-    let mut out = Snapshot::default();
-    let mut add =
-        |kind: Kind, name: String, version: String, build: &dyn Fn() -> Any| match previous
-            .and_then(|p| p.get(kind, &name))
-            .filter(|r| r.version == version)
-        {
-            Some(reused) => {
-                out.resources
-                    .entry(kind)
-                    .or_default()
-                    .insert(name, reused.clone());
-            }
-            None => out.insert(kind, name, version, build()),
-        };
-    let config = &state.config;
-    for svc in &config.services {
-        add(Kind::Cluster, svc.name.clone(), version_of(svc), &|| {
-            envoy_types::util::pack_any(cluster(svc))
-        });
-        let mut endpoints = state.endpoints.get(&svc.name).cloned().unwrap_or_default();
-        endpoints.sort();
-        add(
-            Kind::Endpoint,
-            svc.name.clone(),
-            version_of(&(&svc.name, &endpoints)),
-            &|| envoy_types::util::pack_any(load_assignment(&svc.name, &endpoints)),
-        );
+    let mut b = Builder {
+        out: Snapshot::default(),
+        previous,
+    };
+    let (clusters, endpoints, listeners, route) = inputs(state);
+    for c in &clusters {
+        b.add(Kind::Cluster, &c.name, c, cluster);
     }
-    for l in listeners(config, state.certificate.is_some()) {
-        let name = l.name.clone();
-        let version = version_of(&(
-            &name,
-            config.listener_port,
-            config.plaintext_port,
-            config.grpc_web,
-            config.rate_limit,
-            state.certificate.is_some(),
-        ));
-        add(Kind::Listener, name, version, &|| {
-            envoy_types::util::pack_any(l.clone())
-        });
+    for e in &endpoints {
+        b.add(Kind::Endpoint, &e.service, e, load_assignment);
     }
-    add(
-        Kind::Route,
-        INGRESS_ROUTE.to_string(),
-        version_of(&config.services),
-        &|| envoy_types::util::pack_any(route_configuration(config)),
-    );
+    for l in &listeners {
+        b.add(Kind::Listener, listener_name(l.kind), l, listener);
+    }
+    b.add(Kind::Route, INGRESS_ROUTE, &route, route_configuration);
     if let Some(cert) = &state.certificate {
-        add(
-            Kind::Secret,
-            TLS_SECRET.to_string(),
-            version_of(cert),
-            &|| envoy_types::util::pack_any(secret(cert)),
-        );
+        b.add(Kind::Secret, TLS_SECRET, cert, secret);
     }
-    out
+    b.out
 }
+
+#[cfg(test)]
+mod tests;

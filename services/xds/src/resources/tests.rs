@@ -1,0 +1,302 @@
+//! Versions against content: every input field is changed in turn, and each resource whose
+//! content changed must have changed version (else Envoy would never get it), and only the
+//! resources that field feeds may change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chat_operator::{
+    api::LoadBalancing,
+    build::{RateLimit, XdsConfig, XdsService},
+};
+use envoy_types::pb::envoy::{
+    config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    extensions::transport_sockets::tls::v3::Secret,
+};
+use prost::Message;
+
+use super::*;
+use crate::model::{Certificate, Endpoint};
+
+fn service(name: &str) -> XdsService {
+    XdsService {
+        name: name.into(),
+        grpc_package: format!("chatcluster.{name}.v1"),
+        health_service: format!("chatcluster.{name}.v1.Service"),
+        kubernetes_service: format!("demo-{name}"),
+        port: 50051,
+        load_balancing: LoadBalancing::RingHash,
+        hash_header: Some("x-chat-affinity".into()),
+    }
+}
+
+fn endpoint(port: u16) -> Endpoint {
+    Endpoint {
+        address: "10.0.0.1".into(),
+        port,
+        ready: true,
+        terminating: false,
+    }
+}
+
+fn base() -> State {
+    State {
+        config: XdsConfig {
+            cluster: "demo".into(),
+            namespace: "chat".into(),
+            endpoint_selector: "chatcluster.io/cluster=demo".into(),
+            listener_port: 8443,
+            plaintext_port: Some(8080),
+            tls_secret: "demo-tls".into(),
+            grpc_web: true,
+            rate_limit: Some(RateLimit {
+                requests_per_second: 100,
+                burst: 200,
+            }),
+            services: vec![
+                service("auth"),
+                XdsService {
+                    load_balancing: LoadBalancing::LeastRequest,
+                    hash_header: None,
+                    ..service("groups")
+                },
+            ],
+        },
+        endpoints: BTreeMap::from([
+            ("auth".into(), vec![endpoint(1), endpoint(2)]),
+            ("groups".into(), vec![endpoint(3)]),
+        ]),
+        certificate: Some(Certificate {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        }),
+    }
+}
+
+/// A resource's content, decoded: encodings of map fields have no fixed order, so bytes
+/// cannot be compared.
+#[derive(Debug, PartialEq)]
+enum Decoded {
+    Cluster(Box<Cluster>),
+    Endpoint(ClusterLoadAssignment),
+    Secret(Secret),
+    Listener(Box<Listener>),
+    Route(RouteConfiguration),
+}
+
+fn decode(kind: Kind, r: &Resource) -> Decoded {
+    let bytes = r.body.value.as_slice();
+    match kind {
+        Kind::Cluster => Decoded::Cluster(Box::new(Cluster::decode(bytes).unwrap())),
+        Kind::Endpoint => Decoded::Endpoint(ClusterLoadAssignment::decode(bytes).unwrap()),
+        Kind::Secret => Decoded::Secret(Secret::decode(bytes).unwrap()),
+        Kind::Listener => Decoded::Listener(Box::new(Listener::decode(bytes).unwrap())),
+        Kind::Route => Decoded::Route(RouteConfiguration::decode(bytes).unwrap()),
+    }
+}
+
+/// The resources (kind, name) whose content differs between `a` and `b`, checking that every
+/// one of them also differs in version (or is added or removed).
+fn changed(a: &Snapshot, b: &Snapshot, what: &str) -> BTreeSet<(Kind, String)> {
+    let mut out = BTreeSet::new();
+    for kind in Kind::ALL {
+        let names: BTreeSet<&String> = a.of(kind).chain(b.of(kind)).map(|r| &r.name).collect();
+        for name in names {
+            match (a.get(kind, name), b.get(kind, name)) {
+                (Some(x), Some(y)) => {
+                    if decode(kind, x) != decode(kind, y) {
+                        assert_ne!(
+                            x.version, y.version,
+                            "{what}: {kind:?} {name} changed but kept its version"
+                        );
+                        out.insert((kind, name.clone()));
+                    }
+                }
+                _ => {
+                    out.insert((kind, name.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+type Change = (
+    &'static str,
+    fn(&mut State),
+    &'static [(Kind, &'static str)],
+);
+
+const ALL_LISTENERS: &[(Kind, &str)] = &[
+    (Kind::Listener, "ingress-tls"),
+    (Kind::Listener, "ingress-plaintext"),
+];
+
+#[test]
+fn every_input_changes_the_version_of_exactly_what_it_feeds() {
+    let changes: &[Change] = &[
+        (
+            "listenerPort",
+            |s| s.config.listener_port = 9443,
+            &[(Kind::Listener, "ingress-tls")],
+        ),
+        (
+            "plaintextPort",
+            |s| s.config.plaintext_port = Some(9080),
+            &[(Kind::Listener, "ingress-plaintext")],
+        ),
+        (
+            "plaintextPort off",
+            |s| s.config.plaintext_port = None,
+            &[(Kind::Listener, "ingress-plaintext")],
+        ),
+        (
+            "grpcWeb",
+            |s| s.config.grpc_web = false,
+            &[
+                (Kind::Listener, "ingress-tls"),
+                (Kind::Listener, "ingress-plaintext"),
+                (Kind::Route, INGRESS_ROUTE),
+            ],
+        ),
+        (
+            "rateLimit",
+            |s| {
+                s.config.rate_limit = Some(RateLimit {
+                    requests_per_second: 5,
+                    burst: 200,
+                })
+            },
+            ALL_LISTENERS,
+        ),
+        (
+            "rateLimit burst",
+            |s| {
+                s.config.rate_limit = Some(RateLimit {
+                    requests_per_second: 100,
+                    burst: 7,
+                })
+            },
+            ALL_LISTENERS,
+        ),
+        (
+            "rateLimit off",
+            |s| s.config.rate_limit = None,
+            ALL_LISTENERS,
+        ),
+        (
+            "service added",
+            |s| s.config.services.push(service("dms")),
+            &[
+                (Kind::Cluster, "dms"),
+                (Kind::Endpoint, "dms"),
+                (Kind::Route, INGRESS_ROUTE),
+            ],
+        ),
+        (
+            "grpcPackage",
+            |s| s.config.services[0].grpc_package = "other.v1".into(),
+            &[(Kind::Route, INGRESS_ROUTE)],
+        ),
+        (
+            "healthService",
+            |s| s.config.services[0].health_service = "other".into(),
+            &[(Kind::Cluster, "auth")],
+        ),
+        ("port", |s| s.config.services[0].port = 50052, &[]),
+        (
+            "loadBalancing",
+            |s| s.config.services[0].load_balancing = LoadBalancing::LeastRequest,
+            &[(Kind::Cluster, "auth"), (Kind::Route, INGRESS_ROUTE)],
+        ),
+        (
+            "hashHeader",
+            |s| s.config.services[0].hash_header = Some("x-other".into()),
+            &[(Kind::Route, INGRESS_ROUTE)],
+        ),
+        (
+            "endpoint added",
+            |s| s.endpoints.get_mut("auth").unwrap().push(endpoint(9)),
+            &[(Kind::Endpoint, "auth")],
+        ),
+        (
+            "endpoint not ready",
+            |s| s.endpoints.get_mut("groups").unwrap()[0].ready = false,
+            &[(Kind::Endpoint, "groups")],
+        ),
+        (
+            "endpoint terminating",
+            |s| s.endpoints.get_mut("groups").unwrap()[0].terminating = true,
+            &[(Kind::Endpoint, "groups")],
+        ),
+        (
+            "certificate rotated",
+            |s| s.certificate.as_mut().unwrap().key_pem = "key2".into(),
+            &[(Kind::Secret, TLS_SECRET)],
+        ),
+        (
+            "certificate gone",
+            |s| s.certificate = None,
+            &[(Kind::Secret, TLS_SECRET), (Kind::Listener, "ingress-tls")],
+        ),
+        // Read by discovery (the port: from EndpointSlices), not by any resource.
+        ("cluster", |s| s.config.cluster = "other".into(), &[]),
+        ("namespace", |s| s.config.namespace = "other".into(), &[]),
+        (
+            "endpointSelector",
+            |s| s.config.endpoint_selector = "a=b".into(),
+            &[],
+        ),
+        ("tlsSecret", |s| s.config.tls_secret = "other".into(), &[]),
+        (
+            "kubernetesService",
+            |s| s.config.services[0].kubernetes_service = "other".into(),
+            &[],
+        ),
+        // A header only the hashing policies use.
+        (
+            "hashHeader, least request",
+            |s| s.config.services[1].hash_header = Some("x-unused".into()),
+            &[],
+        ),
+        (
+            "endpoint order",
+            |s| s.endpoints.get_mut("auth").unwrap().reverse(),
+            &[],
+        ),
+    ];
+    let before = snapshot(&base(), None);
+    for (what, change, expected) in changes {
+        let mut state = base();
+        change(&mut state);
+        let after = snapshot(&state, None);
+        let expected: BTreeSet<(Kind, String)> =
+            expected.iter().map(|(k, n)| (*k, n.to_string())).collect();
+        assert_eq!(changed(&before, &after, what), expected, "{what}");
+        // Built on the previous snapshot, the unchanged resources are the very same ones.
+        let incremental = snapshot(&state, Some(&before));
+        assert_eq!(incremental, after, "{what}: incremental build");
+        for kind in Kind::ALL {
+            for r in incremental.of(kind) {
+                if !expected.contains(&(kind, r.name.clone())) {
+                    assert!(
+                        Arc::ptr_eq(r, before.get(kind, &r.name).unwrap()),
+                        "{what}: {kind:?} {} rebuilt though unchanged",
+                        r.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_same_inputs_give_the_same_versions() {
+    let a = snapshot(&base(), None);
+    let b = snapshot(&base(), None);
+    for kind in Kind::ALL {
+        assert_eq!(a.kind_version(kind), b.kind_version(kind), "{kind:?}");
+    }
+}
