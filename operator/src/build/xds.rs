@@ -52,8 +52,6 @@ pub struct XdsConfig {
     /// Requests per second each Envoy lets through (a local token bucket); none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
-    /// Lease chat-xds replicas elect a leader with.
-    pub leader_lease: String,
     /// One upstream cluster per chat service.
     pub services: Vec<XdsService>,
 }
@@ -98,10 +96,6 @@ pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
         .unwrap_or_else(|| names::self_signed_tls(c))
 }
 
-fn leader_lease(c: &ClusterRef) -> String {
-    format!("{}-leader", names::xds(c))
-}
-
 /// chat-xds's view of the cluster.
 pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
     XdsConfig {
@@ -113,7 +107,6 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
         tls_secret: tls_secret_name(c, spec),
         grpc_web: spec.ingress.grpc_web,
         rate_limit: None,
-        leader_lease: leader_lease(c),
         services: spec
             .services
             .iter()
@@ -159,8 +152,8 @@ pub fn service_account(c: &ClusterRef) -> ServiceAccount {
     }
 }
 
-/// The least chat-xds needs, in its namespace only: read EndpointSlices, read the one TLS
-/// Secret, and hold its leader Lease.
+/// The least chat-xds needs, in its namespace only: read EndpointSlices and the one TLS
+/// Secret. Every chat-xds replica serves (Envoys connect to any), so none elects a leader.
 pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
     let rule =
         |group: &str, resource: &str, verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
@@ -184,14 +177,6 @@ pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
                 "secrets",
                 &["get", "list", "watch"],
                 Some(vec![tls_secret_name(c, spec)]),
-            ),
-            // `create` cannot be limited by name; the rest can.
-            rule("coordination.k8s.io", "leases", &["create"], None),
-            rule(
-                "coordination.k8s.io",
-                "leases",
-                &["get", "update"],
-                Some(vec![leader_lease(c)]),
             ),
         ]),
     }

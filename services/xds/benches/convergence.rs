@@ -266,7 +266,6 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
         tls_secret: String::new(),
         grpc_web: false,
         rate_limit: None,
-        leader_lease: String::new(),
         services: vec![service("auth", LoadBalancing::LeastRequest)],
     };
     let config_path = dir.join("xds.yaml");

@@ -31,7 +31,6 @@ fn config() -> XdsConfig {
         tls_secret: "demo-envoy-tls".into(),
         grpc_web: true,
         rate_limit: None,
-        leader_lease: "demo-xds-leader".into(),
         services: vec![
             common::service("auth", LoadBalancing::LeastRequest),
             common::service("groups", LoadBalancing::LeastRequest),

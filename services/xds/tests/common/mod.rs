@@ -172,7 +172,6 @@ impl Stack {
             tls_secret: "demo-tls".into(),
             grpc_web: true,
             rate_limit: None,
-            leader_lease: "demo-xds-leader".into(),
             services,
         };
         let config_path = dir.path().join("xds.yaml");
