@@ -41,13 +41,13 @@ struct LocalArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Envoy's plain-text port: gRPC, gRPC-Web and the web page.
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, env = "CHATCLUSTER_PLAINTEXT_PORT", default_value_t = 8080)]
     plaintext_port: u16,
     /// Envoy's TLS port (self-signed certificate in the data directory).
-    #[arg(long, default_value_t = 8443)]
+    #[arg(long, env = "CHATCLUSTER_PORT", default_value_t = 8443)]
     port: u16,
     /// First of the internal ports (databases, chatd, chat-xds, Envoy admin: ~500 from here).
-    #[arg(long, default_value_t = 17000)]
+    #[arg(long, env = "CHATCLUSTER_BASE_PORT", default_value_t = 17000)]
     base_port: u16,
     /// Where chatd and chat-xds are (default: beside this program, then the PATH).
     #[arg(long)]

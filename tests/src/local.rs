@@ -36,8 +36,11 @@ pub fn bin_dir() -> PathBuf {
 
 /// A running local cluster.
 pub struct LocalCluster {
-    /// Its data directory.
+    /// Everything the test made (removed when dropped): the data directory, or the clone
+    /// holding it; the runner's output (`runner.out`, `runner.err`).
     pub dir: TempDir,
+    /// The data directory: `dir` itself, or where the runner puts it by default.
+    pub data: PathBuf,
     /// The cluster file it runs.
     pub file: PathBuf,
     /// Envoy's plain-text port.
@@ -134,33 +137,92 @@ impl LocalCluster {
         options.port = tls_port;
         options.plaintext_port = plaintext_port;
         let plan = local::plan(&cc, &options).unwrap_or_else(|e| panic!("plan: {e}"));
-        let runner = Process::spawn(
-            Command::new(bins.join("chat-operator"))
-                .arg("local")
-                .arg("-f")
-                .arg(&file)
-                .arg("--data-dir")
-                .arg(dir.path())
-                .args(["--base-port", &base_port.to_string()])
-                .args(["--port", &tls_port.to_string()])
-                .args(["--plaintext-port", &plaintext_port.to_string()])
-                .arg("--bin-dir")
-                .arg(&bins)
-                .env("RUST_LOG", "warn")
-                .envs(env.iter().copied())
-                .stdout(
-                    std::fs::File::create(dir.path().join("runner.out"))
-                        .map(Stdio::from)
-                        .unwrap_or_else(|e| panic!("runner.out: {e}")),
-                )
-                .stderr(
-                    std::fs::File::create(dir.path().join("runner.err"))
-                        .map(Stdio::from)
-                        .unwrap_or_else(|e| panic!("runner.err: {e}")),
-                ),
-        );
+        let mut runner = Command::new(bins.join("chat-operator"));
+        runner
+            .arg("local")
+            .arg("-f")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--base-port", &base_port.to_string()])
+            .args(["--port", &tls_port.to_string()])
+            .args(["--plaintext-port", &plaintext_port.to_string()])
+            .arg("--bin-dir")
+            .arg(&bins)
+            .envs(env.iter().copied());
+        let data = dir.path().to_path_buf();
+        let ports = (base_port, plaintext_port, tls_port);
+        Self::launch(dir, data, file, plan, ports, runner)
+    }
+
+    /// Run the README's first command, `./scripts/local.sh`, as a newcomer would: `script`
+    /// and `args` as typed in `cwd` (inside `dir`, a fresh clone), with the default, relative
+    /// data directory, which is `data_dir` below `cwd`. Only the ports (free ones, through
+    /// the runner's environment variables) and the binaries (the ones this test build made,
+    /// `CHATCLUSTER_BIN_DIR`) differ.
+    pub fn newcomer(
+        dir: TempDir,
+        cwd: &Path,
+        script: &str,
+        args: &[&str],
+        file: &Path,
+        data_dir: &Path,
+    ) -> Self {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let bins = bin_dir();
+        let binaries = Binaries::find(Some(&bins)).unwrap_or_else(|e| panic!("{e}"));
+        let data = cwd.join(data_dir);
+        let mut options = Options {
+            data_dir: data.clone(),
+            base_port: 0,
+            port: 0,
+            plaintext_port: 0,
+            binaries,
+        };
+        let base_port = free_block(&cc, &options);
+        options.base_port = base_port;
+        options.plaintext_port = base_port + 550;
+        options.port = base_port + 551;
+        let plan = local::plan(&cc, &options).unwrap_or_else(|e| panic!("plan: {e}"));
+        let mut runner = Command::new(script);
+        runner
+            .args(args)
+            .current_dir(cwd)
+            .env("CHATCLUSTER_BIN_DIR", &bins)
+            .env("CHATCLUSTER_BASE_PORT", base_port.to_string())
+            .env(
+                "CHATCLUSTER_PLAINTEXT_PORT",
+                options.plaintext_port.to_string(),
+            )
+            .env("CHATCLUSTER_PORT", options.port.to_string());
+        let ports = (base_port, options.plaintext_port, options.port);
+        Self::launch(dir, data, file.to_path_buf(), plan, ports, runner)
+    }
+
+    /// Start `runner` and wait until the cluster is ready; `ports`: base, plain text, TLS.
+    fn launch(
+        dir: TempDir,
+        data: PathBuf,
+        file: PathBuf,
+        plan: local::Plan,
+        (base_port, plaintext_port, tls_port): (u16, u16, u16),
+        mut runner: Command,
+    ) -> Self {
+        let output = |name: &str| {
+            std::fs::File::create(dir.path().join(name))
+                .map(Stdio::from)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        runner
+            .env("RUST_LOG", "warn")
+            .stdout(output("runner.out"))
+            .stderr(output("runner.err"));
+        let runner = Process::spawn(&mut runner);
         let cluster = Self {
             dir,
+            data,
             file,
             plaintext_port,
             tls_port,
@@ -181,7 +243,7 @@ impl LocalCluster {
 
     /// The runner's `status.json` (null while it has none).
     pub fn status(&self) -> Value {
-        std::fs::read_to_string(self.dir.path().join("status.json"))
+        std::fs::read_to_string(self.data.join("status.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null)
@@ -218,6 +280,39 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Run `chatctl` against the cluster's endpoint with its session in `home`; its output.
+    pub fn chatctl(&self, home: &Path, args: &[&str]) -> String {
+        let out = Command::new(bin_dir().join("chatctl"))
+            .args(["--endpoint", &self.endpoint()])
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env("CHATCTL_PASSWORD", crate::chat::PASSWORD)
+            .output()
+            .unwrap_or_else(|e| panic!("chatctl: {e}"));
+        assert!(
+            out.status.success(),
+            "chatctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The runner (named `runner`) and every process it reported running, by name.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let runner = self.runner.iter().map(|r| ("runner".to_string(), r.pid()));
+        let children = self.status()["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let pid = p["pid"].as_u64().and_then(|p| u32::try_from(p).ok())?;
+                Some((p["name"].as_str()?.to_string(), pid))
+            })
+            .collect::<Vec<_>>();
+        runner.chain(children).collect()
     }
 
     /// Send `signal` (as `kill` names it: KILL, STOP, CONT, …) to process `name`.
@@ -286,7 +381,7 @@ impl Drop for LocalCluster {
             ));
             let _ = Command::new("cp")
                 .arg("-r")
-                .arg(self.dir.path().join("logs"))
+                .arg(self.data.join("logs"))
                 .arg(&kept)
                 .status();
             let _ = Command::new("cp")

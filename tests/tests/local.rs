@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
     chat::{PASSWORD, authed, create_group, group_history, register},
-    local::{LocalCluster, alive, bin_dir},
+    local::{LocalCluster, alive},
     repo,
 };
 use chatd::pb::{
@@ -313,36 +310,19 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     );
 }
 
-fn chatctl(cluster: &LocalCluster, home: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(bin_dir().join("chatctl"))
-        .args(["--endpoint", &cluster.endpoint()])
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env("CHATCTL_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chatctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
     let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/laptop.yaml"))
         .await
         .unwrap();
     let home = cluster.dir.path().join("chatctl");
-    let out = chatctl(&cluster, &home, &["register", "carol"]);
+    let out = cluster.chatctl(&home, &["register", "carol"]);
     assert!(out.contains("registered and logged in as carol"), "{out}");
-    let out = chatctl(&cluster, &home, &["group", "create", "notes"]);
+    let out = cluster.chatctl(&home, &["group", "create", "notes"]);
     let group = out.split_whitespace().next().unwrap().to_string();
     assert!(group.starts_with("group:"), "{out}");
-    chatctl(&cluster, &home, &["send", &group, "remember me"]);
-    let out = chatctl(&cluster, &home, &["history", &group]);
+    cluster.chatctl(&home, &["send", &group, "remember me"]);
+    let out = cluster.chatctl(&home, &["history", &group]);
     assert!(out.contains("carol: remember me"), "{out}");
 
     let file = cluster.file.clone();
@@ -364,9 +344,9 @@ async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
         tokio::task::spawn_blocking(move || LocalCluster::start_in(file, dir, Some(ports), &[]))
             .await
             .unwrap();
-    let out = chatctl(&cluster, &home, &["login", "carol"]);
+    let out = cluster.chatctl(&home, &["login", "carol"]);
     assert!(out.contains("logged in as carol"), "{out}");
-    let out = chatctl(&cluster, &home, &["history", &group]);
+    let out = cluster.chatctl(&home, &["history", &group]);
     assert!(
         out.contains("carol: remember me"),
         "the restarted cluster kept the message: {out}"

@@ -512,6 +512,7 @@ pub async fn run(
     ));
     let mut scaler = Scaler::new(&cluster.plan);
     let mut printed = String::new();
+    let mut written = String::new();
     let mut tick = tokio::time::interval(super::scaler::PERIOD);
     let outcome = loop {
         tokio::select! {
@@ -534,9 +535,13 @@ pub async fn run(
                 for (service, a) in &status.autoscaling {
                     metrics.observe_autoscaling("local", &status.cluster, service, a);
                 }
+                // Written when it changes, not every tick: an idle cluster writes nothing.
                 let json = serde_json::to_string_pretty(&status).unwrap_or_default();
-                if let Err(e) = write_atomically(&files.status, &json) {
-                    break Err(e);
+                if json != written {
+                    if let Err(e) = write_atomically(&files.status, &json) {
+                        break Err(e);
+                    }
+                    written = json;
                 }
                 // People get the table when something they would see changed.
                 let table = status.table();

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatcluster_common::procfs;
 use tracing::warn;
 
 use super::plan::Plan;
@@ -145,40 +146,22 @@ impl Scaler {
 /// CPU time of processes between samples, from `/proc/<pid>/stat`.
 #[derive(Default)]
 struct CpuMeter {
-    last: BTreeMap<u32, (u64, Instant)>,
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn ticks_per_second() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |t| t as f64)
+    last: BTreeMap<u32, (f64, Instant)>,
 }
 
 impl CpuMeter {
     /// Average cores used per process since the last call (`None` before a second sample).
     fn average(&mut self, pids: &[Option<u32>]) -> Option<f64> {
         let now = Instant::now();
-        let per_second = ticks_per_second();
         let mut used = Vec::new();
         for pid in pids.iter().flatten() {
-            let Some(ticks) = cpu_ticks(*pid) else {
+            let Some(cpu) = procfs::cpu_seconds(*pid) else {
                 continue;
             };
-            if let Some((before, at)) = self.last.insert(*pid, (ticks, now)) {
+            if let Some((before, at)) = self.last.insert(*pid, (cpu, now)) {
                 let seconds = now.duration_since(at).as_secs_f64();
                 if seconds > 0.0 {
-                    used.push(ticks.saturating_sub(before) as f64 / per_second / seconds);
+                    used.push((cpu - before).max(0.0) / seconds);
                 }
             }
         }

@@ -21,6 +21,7 @@ use std::{
 };
 
 use chat_operator::api::LoadBalancing;
+use chatcluster_common::procfs;
 use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
 use common::{admin_get, service, write_atomically};
 use serde_json::json;
@@ -209,29 +210,10 @@ async fn converge(
     }
 }
 
+/// (RSS in MiB, CPU seconds) of process `pid`.
 fn proc_stats(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    (rss_kib / 1024.0, ticks / 100.0)
+    let rss = procfs::rss_bytes(pid).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    (rss, procfs::cpu_seconds(pid).unwrap_or(0.0))
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> f64 {
