@@ -42,6 +42,9 @@ struct Args {
     poll_ms: u64,
 }
 
+/// How long a stop waits for calls in flight before ending the streams that never finish.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// Envoy's own limit is far above tonic's 4 MiB default; thousands of endpoints need it.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -114,13 +117,23 @@ async fn main() -> anyhow::Result<()> {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     info!(listen = %args.listen, "chat-xds serving");
-    Server::builder()
+    let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(ads)
         .add_service(lrs)
         .add_service(csds)
-        .serve_with_shutdown(args.listen, shutdown.wait())
-        .await?;
+        .serve_with_shutdown(args.listen, shutdown.wait());
+    // A graceful stop waits for every stream to end, and an Envoy's ADS and LRS streams never
+    // do: after a short grace the process ends them by exiting. Envoy keeps serving its last
+    // configuration and reconnects to another replica.
+    let grace = async {
+        shutdown.wait().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace => info!("streams still open after the grace period; stopping"),
+    }
     Ok(())
 }

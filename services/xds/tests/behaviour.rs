@@ -18,8 +18,8 @@ use std::{
 
 use chat_operator::api::LoadBalancing;
 use common::{
-    Backend, Inputs, Stack, admin_get, call, call_with, eventually, healthy_ports, service, stat,
-    write_endpoints,
+    Backend, Inputs, Stack, admin_get, call, call_with, eventually, healthy_ports, ready, service,
+    single, stat, write_endpoints,
 };
 use envoy_types::pb::envoy::{
     admin::v3::ClientResourceStatus,
@@ -28,34 +28,6 @@ use envoy_types::pb::envoy::{
         client_status_discovery_service_client::ClientStatusDiscoveryServiceClient,
     },
 };
-
-async fn ready(stack: &Stack, cluster: &'static str, n: usize) {
-    let admin = stack.admin;
-    eventually(
-        "endpoints healthy in Envoy",
-        Duration::from_secs(20),
-        || async move { healthy_ports(admin, cluster).await.len() == n },
-    )
-    .await;
-}
-
-/// One service with `ports` as its endpoints (and optionally a certificate), started, with
-/// every endpoint healthy in Envoy.
-async fn single(
-    api_type: &str,
-    name: &'static str,
-    lb: LoadBalancing,
-    ports: Vec<u16>,
-    certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
-) -> (Inputs, Stack) {
-    let inputs = Inputs {
-        services: BTreeMap::from([(name.to_string(), ports.clone())]),
-        certificate,
-    };
-    let stack = Stack::start(api_type, vec![service(name, lb)], &inputs);
-    ready(&stack, name, ports.len()).await;
-    (inputs, stack)
-}
 
 async fn nack_is_not_resent(api_type: &str) {
     let b = Backend::start("auth-1").await;

@@ -351,3 +351,31 @@ pub async fn call_with(
 pub async fn call(channel: &Channel, path: &'static str) -> Result<String, tonic::Status> {
     call_with(channel, path, &[]).await
 }
+
+pub async fn ready(stack: &Stack, cluster: &'static str, n: usize) {
+    let admin = stack.admin;
+    eventually(
+        "endpoints healthy in Envoy",
+        Duration::from_secs(20),
+        || async move { healthy_ports(admin, cluster).await.len() == n },
+    )
+    .await;
+}
+
+/// One service with `ports` as its endpoints (and optionally a certificate), started, with
+/// every endpoint healthy in Envoy.
+pub async fn single(
+    api_type: &str,
+    name: &'static str,
+    lb: LoadBalancing,
+    ports: Vec<u16>,
+    certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> (Inputs, Stack) {
+    let inputs = Inputs {
+        services: BTreeMap::from([(name.to_string(), ports.clone())]),
+        certificate,
+    };
+    let stack = Stack::start(api_type, vec![service(name, lb)], &inputs);
+    ready(&stack, name, ports.len()).await;
+    (inputs, stack)
+}

@@ -1,0 +1,81 @@
+//! chat-xds as a process: it stops at once on SIGTERM with Envoys connected (in its image it
+//! is PID 1, so without a handler the signal would be ignored), and reading the files it
+//! watches — as chatd and Envoy do in local mode — does not wake it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chat_operator::api::LoadBalancing;
+use chatcluster_common::procfs;
+use common::{Backend, admin_get, eventually, single};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_chat_xds_within_two_seconds_with_an_envoy_connected() {
+    let b = Backend::start("auth-1").await;
+    let (_, mut stack) = single(
+        "DELTA_GRPC",
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        None,
+    )
+    .await;
+    let http = stack.http;
+    eventually("Envoy connected", Duration::from_secs(10), || async move {
+        admin_get(http, "/metrics")
+            .await
+            .contains("chat_xds_envoys 1")
+    })
+    .await;
+    let mut xds = stack.xds.take().unwrap();
+    xds.terminate();
+    let status = xds
+        .wait_exit(Duration::from_secs(2))
+        .expect("chat-xds still running 2 s after SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_the_watched_files_does_not_wake_chat_xds() {
+    let b = Backend::start("auth-1").await;
+    let certs = chatcluster_tests::TempDir::new("xds-certs");
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let (_, stack) = single(
+        "DELTA_GRPC",
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        Some((cert.clone(), key.clone())),
+    )
+    .await;
+    let pid = stack.xds.as_ref().unwrap().pid();
+    // Others read every file in the watched directories, as chatd reads the primary's
+    // address every second beside the endpoints file.
+    let files: BTreeMap<_, _> = std::fs::read_dir(stack.dir.path())
+        .unwrap()
+        .chain(std::fs::read_dir(certs.path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), ()))
+        .collect();
+    let before = procfs::cpu_seconds(pid).unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        for file in files.keys() {
+            let _ = std::fs::read(file).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let share = (procfs::cpu_seconds(pid).unwrap() - before) / started.elapsed().as_secs_f64();
+    assert!(
+        share < 0.05,
+        "chat-xds used {:.1} % of a core while its files were read",
+        share * 100.0
+    );
+}
