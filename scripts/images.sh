@@ -83,6 +83,89 @@ for name in chat-operator chatd chat-xds; do
   [ "$user" = "65532:65532" ] || { log "$name runs as '$user'"; exit 1; }
 done
 
+# Each binary is PID 1 in its image, where the kernel ignores a signal without a handler:
+# SIGTERM must end it within 2 s, also while it waits for something that does not answer.
+files="$(mktemp -d)"
+silent_pid=""
+cleanup_signals() {
+  if [ -n "$silent_pid" ]; then kill "$silent_pid" 2>/dev/null || true; fi
+  rm -rf "$files"
+}
+trap 'cleanup_signals; cleanup' EXIT
+stops_on_sigterm() { # name, log line that shows it is up (or "" for: still running after 1 s), docker run args…
+  local name=$1 ready=$2 id start code ms
+  shift 2
+  id="$(docker run -d "$@")"
+  if [ -n "$ready" ]; then
+    for _ in $(seq 1 50); do
+      docker logs "$id" 2>&1 | grep -q "$ready" && break
+      sleep 0.2
+    done
+  else
+    sleep 1
+  fi
+  if [ "$(docker inspect -f '{{.State.Running}}' "$id")" != true ] ||
+    { [ -n "$ready" ] && ! docker logs "$id" 2>&1 | grep -q "$ready"; }; then
+    log "$name did not come up:"
+    docker logs "$id" 2>&1 | tail -n 20
+    docker rm -f "$id" >/dev/null
+    exit 1
+  fi
+  start=$(date +%s%N)
+  docker kill --signal TERM "$id" >/dev/null
+  code="$(timeout 10 docker wait "$id" || echo none)"
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  docker rm -f "$id" >/dev/null
+  if [ "$code" != 0 ] || [ "$ms" -ge 2000 ]; then
+    log "$name on SIGTERM: exit $code after ${ms} ms"
+    exit 1
+  fi
+  log "$name stops on SIGTERM as PID 1 in ${ms} ms"
+}
+chmod 755 "$files"
+openssl genpkey -algorithm ed25519 -out "$files/private.pem" 2>/dev/null
+openssl pkey -in "$files/private.pem" -pubout -out "$files/public.pem"
+printf 'services: {}\n' >"$files/endpoints.yaml"
+cat >"$files/xds.yaml" <<'YAML'
+cluster: demo
+namespace: chat
+endpointSelector: chatcluster.io/cluster=demo
+listenerPort: 8443
+tlsSecret: demo-tls
+grpcWeb: true
+services: []
+YAML
+chmod 644 "$files"/*
+# chat-xds serving (no Envoy connected); chatd waiting for a database that is not there.
+stops_on_sigterm chat-xds "chat-xds serving" --network none -v "$files:/cfg:ro" \
+  -e CHAT_XDS_CONFIG=/cfg/xds.yaml -e CHAT_XDS_ENDPOINTS_FILE=/cfg/endpoints.yaml \
+  "chatcluster/chat-xds:$tag"
+stops_on_sigterm chatd "database not reachable yet" --network none -v "$files:/cfg:ro" \
+  -e CHATD_SERVICES=groups -e CHATD_TOKEN_PUBLIC_KEY_FILE=/cfg/public.pem \
+  "chatcluster/chatd:$tag"
+# The operator against an API server that accepts connections and never answers (on this
+# machine's loopback, hence the host network).
+silent_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+python3 -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16); time.sleep(600)' "$silent_port" &
+silent_pid=$!
+# A CA, as in-cluster configuration always has one (without it the client would look for the
+# system's roots, which a FROM scratch image has none of).
+openssl req -x509 -newkey ed25519 -nodes -keyout /dev/null -out "$files/ca.crt" -subj /CN=silent \
+  -days 1 2>/dev/null
+cat >"$files/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters: [{ name: silent, cluster: { server: "http://127.0.0.1:$silent_port", certificate-authority-data: "$(base64 -w0 "$files/ca.crt")" } }]
+users: [{ name: nobody, user: { token: x } }]
+contexts: [{ name: silent, context: { cluster: silent, user: nobody } }]
+current-context: silent
+YAML
+chmod 644 "$files/kubeconfig"
+stops_on_sigterm chat-operator "" --network host -v "$files:/cfg:ro" -e KUBECONFIG=/cfg/kubeconfig \
+  "chatcluster/chat-operator:$tag" run --metrics-addr 127.0.0.1:0
+
 log "sizes"
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep "^chatcluster/" | sort
 log "ok"

@@ -166,3 +166,31 @@ async fn ten_replicas_migrating_at_once_apply_each_step_once() {
         assert!(t.starts_with("groups_") || t.starts_with("servers_"), "{t}");
     }
 }
+
+/// A pod whose database is not up yet still stops at once: as PID 1 in its image chatd would
+/// otherwise ignore SIGTERM, and its wait for the database must not outlast the request.
+#[test]
+fn sigterm_while_waiting_for_the_database_stops_chatd_at_once() {
+    let keys = Keys::new();
+    // Nothing listens there: chatd retries the database once a second.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let opts = Options {
+        services: "groups",
+        primary: nowhere,
+        replicas: None,
+        peers: vec![],
+        primary_file: None,
+        rate: 10.0,
+        metrics_port: None,
+        drain_seconds: 5.0,
+    };
+    let mut chatd = Chatd::spawn(&keys, opts, free_port());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(chatd.running(), "chatd gave up on the database too early");
+    let process = chatd.process();
+    process.terminate();
+    let status = process
+        .wait_exit(Duration::from_secs(2))
+        .expect("chatd still running 2 s after SIGTERM");
+    assert!(status.success(), "{status}");
+}

@@ -102,7 +102,15 @@ impl<'a> Options<'a> {
 }
 
 impl Chatd {
+    /// Start chatd and wait until it serves.
     pub fn start(keys: &Keys, opts: Options<'_>, port: u16) -> Self {
+        let me = Self::spawn(keys, opts, port);
+        me.wait_serving();
+        me
+    }
+
+    /// Start chatd without waiting for it.
+    pub fn spawn(keys: &Keys, opts: Options<'_>, port: u16) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -138,9 +146,7 @@ impl Chatd {
             cmd.env("CHATD_DB_PRIMARY_FILE", f);
         }
         let process = Process::spawn(&mut cmd);
-        let me = Self { port, process };
-        me.wait_serving();
-        me
+        Self { port, process }
     }
 
     /// Blocks until chatd reports SERVING; on its own thread and runtime, so it can be called
