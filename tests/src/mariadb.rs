@@ -46,6 +46,11 @@ fn socket(dir: &TempDir) -> PathBuf {
 }
 
 impl MariaDb {
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// Initialise a data directory and start a server with `server_id`, binary logging,
     /// strict GTIDs, the semi-sync settings given and the users tests need.
     pub fn start(server_id: u32, extra: &[&str]) -> Self {
