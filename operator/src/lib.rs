@@ -17,6 +17,7 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod reconcile;
+pub mod render;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod topology;

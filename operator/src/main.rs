@@ -29,6 +29,21 @@ enum Command {
     Run(RunArgs),
     /// Run the cluster a ChatCluster file describes as processes on this machine.
     Local(LocalArgs),
+    /// Print every object the operator would create for a ChatCluster file (no cluster needed).
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// The ChatCluster file.
+    #[arg(short = 'f', long)]
+    file: PathBuf,
+    /// Namespace of the objects (default: the file's, else `default`).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Print a Markdown table of the objects by kind instead of YAML.
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(clap::Args)]
@@ -148,11 +163,27 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Read a ChatCluster file.
+fn read_cluster(file: &std::path::Path) -> anyhow::Result<ChatCluster> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("{} is not a ChatCluster", file.display()))
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<()> {
+    let cc = read_cluster(&args.file)?;
+    let objects = chat_operator::render::render(&cc, args.namespace.as_deref())
+        .with_context(|| format!("cannot render {}", args.file.display()))?;
+    if args.summary {
+        print!("{}", chat_operator::render::summary(&objects));
+    } else {
+        print!("{}", chat_operator::render::to_yaml(&objects)?);
+    }
+    Ok(())
+}
+
 async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let cc: ChatCluster = serde_yaml::from_str(&text)
-        .with_context(|| format!("{} is not a ChatCluster", args.file.display()))?;
+    let cc = read_cluster(&args.file)?;
     if cc.spec.database.engine != chat_operator::api::DatabaseEngine::Mariadb {
         warn!(
             "spec.database.engine is mysql: local mode runs MariaDB, the server this machine has (same replication and failover, MariaDB dialect)"
@@ -207,5 +238,6 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(false);
             local(args, shutdown).await
         }
+        Command::Render(args) => render(args),
     }
 }

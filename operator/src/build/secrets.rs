@@ -217,6 +217,13 @@ pub fn tls_secret(c: &ClusterRef, tls: &TlsMaterial) -> Secret {
     s
 }
 
+/// Annotation on a Secret as `chat-operator render` shows it: its keys are the real ones, its
+/// values stand-ins. The real values are generated in the cluster, once, and never leave it.
+pub const PLACEHOLDER_ANNOTATION: &str = "chatcluster.io/render-placeholder";
+
+/// The value every key of a rendered generated Secret carries.
+pub const PLACEHOLDER: &str = "generated-in-the-cluster-at-first-reconcile";
+
 /// A Secret the cluster needs that the operator generates when it is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generated {
@@ -236,6 +243,42 @@ impl Generated {
             Self::TokenKey => names::token_key_secret(c),
             Self::SelfSignedTls => names::self_signed_tls(c),
         }
+    }
+
+    /// The Secret as `render` shows it: the same name, type and keys, placeholder values,
+    /// marked with [`PLACEHOLDER_ANNOTATION`].
+    pub fn placeholder(self, c: &ClusterRef) -> Secret {
+        let p = || PLACEHOLDER.to_string();
+        let mut secret = match self {
+            Self::DbCredentials => db_secret(
+                c,
+                &DbCredentials {
+                    root: p(),
+                    admin: p(),
+                    replication: p(),
+                    app: p(),
+                },
+            ),
+            Self::TokenKey => token_key_secret(
+                c,
+                &TokenKey {
+                    private_pem: p(),
+                    public_pem: p(),
+                },
+            ),
+            Self::SelfSignedTls => tls_secret(
+                c,
+                &TlsMaterial {
+                    cert_pem: p(),
+                    key_pem: p(),
+                },
+            ),
+        };
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            PLACEHOLDER_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]));
+        secret
     }
 
     /// Generate fresh material and build the Secret.

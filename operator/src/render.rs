@@ -1,0 +1,203 @@
+//! `chat-operator render`: every object the reconciler would apply for a `ChatCluster` file,
+//! from the same pure builders, without a cluster — for reviewers and GitOps, and so the
+//! objects can be checked against Kubernetes' own schemas and policy scanners.
+//!
+//! What only the cluster knows is shown as a placeholder: the ChatCluster's uid (in every
+//! owner reference) and the values of the Secrets the operator generates (their names, types
+//! and keys are the real ones; they carry [`PLACEHOLDER_ANNOTATION`]).
+
+use kube::api::DynamicObject;
+
+use crate::{
+    api::{ChatCluster, validate},
+    build::{
+        self, BuildError, ClusterRef, Observed,
+        secrets::{self, PLACEHOLDER_ANNOTATION},
+    },
+};
+
+/// The uid owner references carry in rendered objects; the API server assigns the real one.
+pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Why a file cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The spec is invalid: the same check the operator makes, naming each field.
+    #[error("invalid ChatCluster: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The file names no cluster.
+    #[error("metadata.name: a ChatCluster needs a name")]
+    NoName,
+    /// The builders refused it.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// The objects for `cc` in `namespace` (default: the file's, else `default`), in the order the
+/// reconciler applies them: the generated Secrets (created first), then configuration and
+/// identities, Services, workloads and their disruption budgets.
+pub fn render(
+    cc: &ChatCluster,
+    namespace: Option<&str>,
+) -> Result<Vec<DynamicObject>, RenderError> {
+    let problems = validate(&cc.spec);
+    if !problems.is_empty() {
+        return Err(RenderError::Invalid(
+            problems.iter().map(ToString::to_string).collect(),
+        ));
+    }
+    if cc.metadata.name.is_none() {
+        return Err(RenderError::NoName);
+    }
+    let mut cc = cc.clone();
+    let namespace = namespace
+        .map(str::to_string)
+        .or_else(|| cc.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    cc.metadata.namespace = Some(namespace);
+    cc.metadata.uid = Some(PLACEHOLDER_UID.into());
+    let cluster = ClusterRef::new(&cc)?;
+
+    let mut out = Vec::new();
+    for what in secrets::generated(&cc.spec) {
+        out.push(build::to_dynamic(&what.placeholder(&cluster))?);
+    }
+    out.extend(build::desired(&cc, &Observed::default())?.objects()?);
+    Ok(out)
+}
+
+/// The objects as multi-document YAML, with a header saying what is a placeholder.
+pub fn to_yaml(objects: &[DynamicObject]) -> Result<String, BuildError> {
+    let mut out = format!(
+        "# Rendered by chat-operator {}: what the operator applies for this ChatCluster.\n\
+         # Placeholders: ownerReferences carry uid {PLACEHOLDER_UID} (the API server assigns\n\
+         # the real one); Secrets annotated {PLACEHOLDER_ANNOTATION} are generated in the\n\
+         # cluster at the first reconcile, and only their values here are stand-ins.\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for obj in objects {
+        let yaml = serde_yaml::to_string(obj).map_err(|e| BuildError::Encode {
+            what: "rendered object",
+            message: e.to_string(),
+        })?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    Ok(out)
+}
+
+/// A Markdown table of the objects by kind, in apply order (the README's "what it creates").
+pub fn summary(objects: &[DynamicObject]) -> String {
+    let mut kinds: Vec<(String, Vec<String>)> = Vec::new();
+    for obj in objects {
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let name = format!("`{}`", obj.metadata.name.clone().unwrap_or_default());
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, names)) => names.push(name),
+            None => kinds.push((kind, vec![name])),
+        }
+    }
+    let mut out = String::from("| kind | count | objects |\n| --- | --- | --- |\n");
+    for (kind, names) in &kinds {
+        out.push_str(&format!(
+            "| {kind} | {} | {} |\n",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn cluster(yaml: &str) -> ChatCluster {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const MINIMAL: &str = "
+apiVersion: chatcluster.io/v1alpha1
+kind: ChatCluster
+metadata: { name: demo }
+spec: {}
+";
+
+    #[test]
+    fn secrets_come_first_as_marked_placeholders_and_everything_is_namespaced() {
+        let objects = render(&cluster(MINIMAL), Some("chat")).unwrap();
+        let kinds: Vec<String> = objects
+            .iter()
+            .map(|o| o.types.as_ref().unwrap().kind.clone())
+            .collect();
+        assert_eq!(&kinds[..3], ["Secret", "Secret", "Secret"]);
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("PodDisruptionBudget")
+        );
+        for o in &objects {
+            assert_eq!(o.metadata.namespace.as_deref(), Some("chat"));
+            let owner = &o.metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!(owner.uid, PLACEHOLDER_UID);
+            assert_eq!(owner.name, "demo");
+        }
+        for secret in &objects[..3] {
+            assert_eq!(
+                secret.metadata.annotations.as_ref().unwrap()[PLACEHOLDER_ANNOTATION],
+                "true"
+            );
+            // Every generated value is a stand-in; only the user name is not generated.
+            let data = secret.data["stringData"].as_object().unwrap();
+            assert!(!data.is_empty());
+            for (key, value) in data {
+                assert!(
+                    key == "app-user" || value == secrets::PLACEHOLDER,
+                    "{key}: {value}"
+                );
+            }
+        }
+        // The file's namespace, else `default`.
+        let objects = render(&cluster(MINIMAL), None).unwrap();
+        assert_eq!(objects[0].metadata.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn a_named_certificate_generates_none() {
+        let with_tls = MINIMAL.replace(
+            "spec: {}",
+            "spec: { ingress: { tls: { secretName: my-cert } } }",
+        );
+        let objects = render(&cluster(&with_tls), None).unwrap();
+        let secrets = objects
+            .iter()
+            .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
+            .count();
+        assert_eq!(secrets, 2, "database credentials and the token key");
+    }
+
+    #[test]
+    fn an_invalid_spec_is_refused_naming_the_field() {
+        let invalid = MINIMAL.replace(
+            "spec: {}",
+            "spec: { services: { groups: { autoscaling: { minReplicas: 5, maxReplicas: 2 } } } }",
+        );
+        let e = render(&cluster(&invalid), None).unwrap_err().to_string();
+        assert!(e.contains("spec.services.groups.autoscaling"), "{e}");
+    }
+
+    #[test]
+    fn yaml_has_one_document_per_object_and_the_summary_one_row_per_kind() {
+        let objects = render(&cluster(MINIMAL), None).unwrap();
+        let yaml = to_yaml(&objects).unwrap();
+        assert_eq!(yaml.lines().filter(|l| *l == "---").count(), objects.len());
+        let table = summary(&objects);
+        assert!(table.contains("| Secret | 3 | `demo-db`"), "{table}");
+        assert!(table.contains("| Deployment | 6 |"), "{table}");
+    }
+}
