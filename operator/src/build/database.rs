@@ -295,6 +295,8 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
             mount("conf", CONF_DIR),
             mount("initdb", INITDB_DIR),
         ]),
+        // A shell writing two files: little, but bounded like every container.
+        resources: Some(pod::resources(None, "50m", "64Mi", "128Mi")),
         security_context: Some(pod::container_security(true)),
         ..Container::default()
     };
