@@ -75,6 +75,21 @@ PY
   chmod +x "$tools/bin/helm"
 fi
 
+# Kubernetes 1.37's published schemas, for strict validation of what `chat-operator render`
+# and the chart produce (PyPI kubernetes-validate).
+if ! python3 -c 'import kubernetes_validate, importlib.metadata as m; assert m.version("kubernetes-validate") == "1.37.0"' 2>/dev/null; then
+  log "installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+
+# checkov, the policy scanner the rendered objects are checked with: in its own virtualenv
+# under .tools/, as it pins many libraries of its own.
+if [ ! -x "$tools/checkov/bin/checkov" ]; then
+  log "installing checkov (PyPI) into .tools/checkov"
+  python3 -m venv "$tools/checkov"
+  "$tools/checkov/bin/pip" install --quiet --disable-pip-version-check 'checkov==3.3.30'
+fi
+
 # Playwright's core (no bundled browser) drives Chromium in the web page's test.
 if [ ! -d "$tools/web/node_modules/playwright-core" ]; then
   log "installing playwright-core (npm) into .tools/web"

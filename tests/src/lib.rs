@@ -6,6 +6,7 @@ pub mod load;
 pub mod local;
 pub mod mariadb;
 pub mod netns;
+pub mod objects;
 pub mod writer;
 
 use std::{

@@ -269,3 +269,39 @@ fn chart_crd_is_the_generated_one() {
         "charts/chat-operator/crds/chatcluster.yaml is stale: cp crds/chatcluster.yaml charts/chat-operator/crds/"
     );
 }
+
+/// The chart's objects (with its CRD, default and non-default values) and the generated CRD
+/// pass strict validation against Kubernetes 1.37's published schemas. (A ChatCluster has no
+/// published schema: its own checks are the CRD's and `check_objects`'.)
+#[test]
+fn the_chart_and_the_crd_pass_strict_kubernetes_validation() {
+    for values in [
+        &["--include-crds"][..],
+        &[
+            "--set",
+            "replicas=1",
+            "--set",
+            "serviceAccount.create=false",
+            "--set",
+            "serviceAccount.name=x",
+        ][..],
+    ] {
+        let out = helm()
+            .args(["template", "demo"])
+            .arg(chart())
+            .args(["--namespace", "ops"])
+            .args(values)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        chatcluster_tests::objects::kubernetes_validate(&yaml)
+            .unwrap_or_else(|e| panic!("helm template {values:?}:\n{e}"));
+    }
+    let crd = std::fs::read_to_string(root().join("crds/chatcluster.yaml")).unwrap();
+    chatcluster_tests::objects::kubernetes_validate(&crd).unwrap();
+}
