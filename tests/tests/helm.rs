@@ -41,7 +41,8 @@ fn helm() -> Command {
     cmd
 }
 
-fn template(args: &[&str]) -> Result<Vec<Value>, String> {
+/// `helm template` of the chart in namespace `ops` with `args`: its YAML, or its error.
+fn template_yaml(args: &[&str]) -> Result<String, String> {
     let out = helm()
         .args(["template", "demo"])
         .arg(chart())
@@ -52,7 +53,11 @@ fn template(args: &[&str]) -> Result<Vec<Value>, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let text = String::from_utf8(out.stdout).unwrap();
+    Ok(String::from_utf8(out.stdout).unwrap())
+}
+
+fn template(args: &[&str]) -> Result<Vec<Value>, String> {
+    let text = template_yaml(args)?;
     Ok(serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
@@ -286,19 +291,7 @@ fn the_chart_and_the_crd_pass_strict_kubernetes_validation() {
             "serviceAccount.name=x",
         ][..],
     ] {
-        let out = helm()
-            .args(["template", "demo"])
-            .arg(chart())
-            .args(["--namespace", "ops"])
-            .args(values)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let yaml = String::from_utf8(out.stdout).unwrap();
+        let yaml = template_yaml(values).unwrap();
         chatcluster_tests::objects::kubernetes_validate(&yaml)
             .unwrap_or_else(|e| panic!("helm template {values:?}:\n{e}"));
     }
