@@ -166,15 +166,20 @@ impl MariaDb {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
-    /// Run `sql` as root over the socket; tab-separated rows.
-    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "-uroot", "-N", "-B"])
+    /// The client command running `sql` as root over the socket (not started): to run a
+    /// statement that blocks, as a child process.
+    pub fn sql_command(&self, sql: &str) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "-uroot", "-N", "-B"])
             .arg(format!("--socket={}", socket(&self.dir).display()))
             .arg("-e")
-            .arg(sql)
-            .output()
-            .map_err(|e| e.to_string())?;
+            .arg(sql);
+        cmd
+    }
+
+    /// Run `sql` as root over the socket; tab-separated rows.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = self.sql_command(sql).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
         } else {

@@ -54,8 +54,13 @@ fn member(i: usize, db: &MariaDb) -> Member {
 
 /// Three servers started side by side.
 fn servers() -> Vec<MariaDb> {
+    servers_n(3)
+}
+
+/// `n` servers started side by side.
+fn servers_n(n: u32) -> Vec<MariaDb> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = (1..=3)
+        let handles: Vec<_> = (1..=n)
             .map(|id| s.spawn(move || MariaDb::start(id, FLAGS)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -411,4 +416,85 @@ async fn partitioned_primary_is_replaced_and_acknowledges_nothing_alone() {
     assert_eq!(writable, [new_primary]);
     assert_eq!(ids_on(&dbs[0]), ids_on(&dbs[new_primary]));
     dbs[0].kill();
+}
+
+fn signal(db: &MariaDb, signal: &str) {
+    let pid = db.pid().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// The laptop shape, one replica. The replication stream is cut first, so the primary's next
+/// commit waits in its binary log for an acknowledgement that cannot come; then the primary
+/// freezes. The replica is promoted (nothing acknowledged is lost), and the thawed old primary
+/// holds a commit nobody else has: the new primary refuses it (1236). That refusal is the old
+/// primary's problem, not a cut between the new primary and its replicas: it is re-seeded and
+/// the cluster is healthy again by itself (it used to fail over again, every tick, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_heals() {
+    let dbs = servers_n(2);
+    let handle = spawn_loop(&dbs, policy());
+    wait_status(&handle, "a healthy pair", Duration::from_secs(30), |s| {
+        healthy(s, "db-0", 1) && s.semi_sync == SemiSyncState::Waiting(1)
+    })
+    .await;
+    dbs[0].sql(&Writer::create_table());
+    dbs[0].sql("INSERT INTO chat.acks (id) VALUES (1)");
+    dbs[1].wait_caught_up(&dbs[0]);
+
+    dbs[1].sql("STOP SLAVE IO_THREAD");
+    let mut pending = dbs[0]
+        .sql_command("INSERT INTO chat.acks (id) VALUES (2)")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pending.try_wait().unwrap().is_none(),
+        "the commit waits for an acknowledgement"
+    );
+    signal(&dbs[0], "STOP");
+    wait_status(
+        &handle,
+        "the replica promoted",
+        Duration::from_secs(30),
+        |s| s.primary == "db-1" && s.primary_ready,
+    )
+    .await;
+    // The new primary takes writes: its GTIDs move past the old primary's, so the old
+    // primary's extra commit no longer shows as errant by position, only as a divergence when
+    // it asks the new primary for what follows.
+    for id in 3..=10 {
+        dbs[1].sql(&format!("INSERT INTO chat.acks (id) VALUES ({id})"));
+    }
+    signal(&dbs[0], "CONT");
+    let thawed = Instant::now();
+
+    wait_status(
+        &handle,
+        "the cluster healed",
+        Duration::from_secs(30),
+        |s| healthy(s, "db-1", 1),
+    )
+    .await;
+    eprintln!("healthy {:?} after the thaw", thawed.elapsed());
+    // The waiting commit was never acknowledged: its client was cut off when the old primary
+    // was fenced.
+    let status = pending.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the unacknowledged insert reported success"
+    );
+    dbs[0].wait_caught_up(&dbs[1]);
+    let acknowledged: BTreeSet<u64> = [1].into_iter().chain(3..=10).collect();
+    assert_eq!(ids_on(&dbs[1]), acknowledged);
+    assert_eq!(
+        ids_on(&dbs[0]),
+        acknowledged,
+        "the old primary was re-seeded"
+    );
 }

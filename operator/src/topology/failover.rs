@@ -29,6 +29,33 @@ pub struct Server {
     pub errant: bool,
 }
 
+/// The receiver error a source sends when it refuses a replica: the replica diverged, or needs
+/// binary logs the source has purged (MariaDB and MySQL: 1236).
+pub const SOURCE_REFUSED: u32 = 1236;
+
+/// A replica's receiver (IO thread) replicating from the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receiver {
+    /// Connected to the primary.
+    pub connected: bool,
+    /// Its last error (0: none).
+    pub errno: u32,
+}
+
+/// Whether the primary, though it answers the loop, is cut off from its replicas: every
+/// replica following it has lost its receiver's connection with an error. A receiver stopped
+/// without an error is not a cut, and neither is one the primary refused
+/// ([`SOURCE_REFUSED`]): that replica diverged or fell behind the purged logs, re-seeding
+/// mends it, and failing over because of it would never end (a one-replica cluster whose
+/// thawed old primary kept an unacknowledged commit).
+pub fn primary_cut_off(receivers: &[Receiver]) -> bool {
+    let reaching: Vec<&Receiver> = receivers
+        .iter()
+        .filter(|r| r.errno != SOURCE_REFUSED)
+        .collect();
+    !reaching.is_empty() && reaching.iter().all(|r| !r.connected && r.errno != 0)
+}
+
 /// What the loop saw, and the policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -138,6 +165,43 @@ pub fn decide(obs: &Observation) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_primary_is_cut_off_only_when_every_receiver_lost_its_connection() {
+        let lost = Receiver {
+            connected: false,
+            errno: 2013,
+        };
+        let up = Receiver {
+            connected: true,
+            errno: 0,
+        };
+        let stopped = Receiver {
+            connected: false,
+            errno: 0,
+        };
+        let refused = Receiver {
+            connected: false,
+            errno: SOURCE_REFUSED,
+        };
+        assert!(primary_cut_off(&[lost, lost]));
+        assert!(
+            !primary_cut_off(&[lost, up]),
+            "one replica still reaches it"
+        );
+        assert!(
+            !primary_cut_off(&[lost, stopped]),
+            "a stopped receiver is no cut"
+        );
+        assert!(!primary_cut_off(&[]), "nobody follows it");
+        // The one-replica cluster after a failover: the old primary kept a commit nobody
+        // else has, and the new primary refuses it. That is the replica's problem.
+        assert!(!primary_cut_off(&[refused]));
+        assert!(
+            primary_cut_off(&[refused, lost]),
+            "the other replica is cut off"
+        );
+    }
 
     const P: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
     const X: &str = "4f22ab58-82db-22f2-8f44-d91bb0530673";

@@ -30,9 +30,9 @@ use super::{
 };
 
 /// Replication errors after which a replica cannot resume by itself: its source no longer has
-/// the binary logs it needs, or it diverged (MariaDB: 1236 on the receiver; 1950, an
-/// out-of-order GTID, on the applier).
-const CANNOT_RESUME_IO: u32 = 1236;
+/// the binary logs it needs, or it diverged (MariaDB: [`failover::SOURCE_REFUSED`] on the
+/// receiver; 1950, an out-of-order GTID, on the applier).
+const CANNOT_RESUME_IO: u32 = failover::SOURCE_REFUSED;
 const OUT_OF_ORDER_GTID: u32 = 1950;
 /// Longest a re-seed may take before the loop gives up on it for this tick.
 const SEED_TIMEOUT: Duration = Duration::from_secs(300);
@@ -347,18 +347,22 @@ impl Topology {
         status
     }
 
-    /// The primary answers, but every replica replicating from it has lost its connection.
+    /// The primary answers, but every replica replicating from it has lost its connection
+    /// ([`failover::primary_cut_off`]).
     fn primary_isolated(&self, reports: &[Option<Report>]) -> bool {
         let (host, port) = self.source(self.primary);
-        let following: Vec<&server::Replication> = reports
+        let receivers: Vec<failover::Receiver> = reports
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != self.primary)
             .filter_map(|(_, r)| r.as_ref()?.replication.as_ref())
             .filter(|r| r.source_host == host && r.source_port == port)
+            .map(|r| failover::Receiver {
+                connected: r.io_running,
+                errno: r.io_errno,
+            })
             .collect();
-        // Disconnected without an error is a stopped replica, not a cut.
-        !following.is_empty() && following.iter().all(|r| !r.io_running && r.io_errno != 0)
+        failover::primary_cut_off(&receivers)
     }
 
     /// Why `report` cannot serve as a replica of a primary holding `primary`, if it cannot.
