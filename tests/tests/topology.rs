@@ -498,3 +498,51 @@ async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_hea
         "the old primary was re-seeded"
     );
 }
+
+/// The laptop shape, one replica, under acknowledged writes: the primary freezes (SIGSTOP),
+/// so its replica's receiver hangs on a connection that still looks alive, and stopping that
+/// receiver takes MariaDB 2 s. The failover must not give up there: the replica is promoted
+/// within the failover timeout plus a few seconds, nothing acknowledged is lost, and the
+/// thawed old primary rejoins as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_primary_with_one_replica_is_replaced_promptly_and_rejoins() {
+    let dbs = servers_n(2);
+    let handle = spawn_loop(&dbs, policy());
+    wait_status(&handle, "a healthy pair", Duration::from_secs(30), |s| {
+        healthy(s, "db-0", 1) && s.semi_sync == SemiSyncState::Waiting(1)
+    })
+    .await;
+    dbs[0].sql(&Writer::create_table());
+    let writer = Writer::start(handle.status.clone());
+    writer.wait_for(20, Duration::from_secs(10)).await;
+    signal(&dbs[0], "STOP");
+    let frozen = Instant::now();
+    let status = wait_status(
+        &handle,
+        "the replica promoted",
+        Duration::from_secs(30),
+        |s| s.primary == "db-1" && s.primary_ready,
+    )
+    .await;
+    let promoted = frozen.elapsed();
+    let attempts = status.last_promotion.as_ref().map(|p| p.duration_ms);
+    eprintln!("promoted {promoted:?} after the freeze (down for {attempts:?} ms)");
+    // Detection (a 1 s statement timeout per tick), the 2 s timeout, then the failover itself
+    // with a 2 s receiver stop: well under 10 s when the first attempt succeeds.
+    assert!(
+        promoted < Duration::from_secs(10),
+        "promoted only after {promoted:?}"
+    );
+    let before = writer.acks().len();
+    writer.wait_for(before + 20, Duration::from_secs(10)).await;
+    signal(&dbs[0], "CONT");
+    wait_status(
+        &handle,
+        "the old primary rejoining",
+        Duration::from_secs(30),
+        |s| healthy(s, "db-1", 1),
+    )
+    .await;
+    let acks = writer.stop().await;
+    assert_none_lost(&acks, &dbs[1]);
+}

@@ -36,6 +36,10 @@ const CANNOT_RESUME_IO: u32 = failover::SOURCE_REFUSED;
 const OUT_OF_ORDER_GTID: u32 = 1950;
 /// Longest a re-seed may take before the loop gives up on it for this tick.
 const SEED_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest stopping a replica's receiver may take. MariaDB waits in steps of 2 s for a
+/// receiver blocked on a source that no longer answers (measured: 2.0 s with the source
+/// frozen), longer than the statement timeout; a failover that gave up there failed.
+const RECEIVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the new primary may take to apply its relay log during a failover or switchover.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -770,28 +774,31 @@ impl Topology {
         cause: &str,
     ) -> Result<(), Error> {
         let old = self.primary;
-        // Fence the old primary where it can be reached: it must not take writes any more.
-        if let Err(e) = self.servers[old].fence().await {
-            info!(error = %e, "old primary not fenced (unreachable)");
-        }
-        // Freeze what every candidate has received.
         let mut candidates = vec![self.index(promote)?];
         for name in repoint {
             candidates.push(self.index(name)?);
         }
-        // All at once: a receiver stuck on a dead connection can take a while to stop.
-        let stops = self
+        // All at once, as each can take seconds against a dead server: fence the old primary
+        // where it can be reached (it must not take writes any more), and freeze what every
+        // candidate has received.
+        let work = self
             .servers
             .iter_mut()
             .enumerate()
-            .filter(|(i, _)| candidates.contains(i))
-            .map(|(_, s)| async move {
+            .filter(|(i, _)| *i == old || candidates.contains(i))
+            .map(|(i, s)| async move {
+                if i == old {
+                    if let Err(e) = s.fence().await {
+                        info!(error = %e, "old primary not fenced (unreachable)");
+                    }
+                    return;
+                }
                 let stop = s.dialect().stop_io_thread();
-                if let Err(e) = s.exec(&[stop]).await {
+                if let Err(e) = s.exec_within(&[stop], RECEIVER_STOP_TIMEOUT).await {
                     warn!(server = %s.member.name, error = %e, "cannot stop receiving");
                 }
             });
-        join_all(stops).await;
+        join_all(work).await;
         // The decision was taken on reports from before the receivers stopped: take it again
         // on what they hold now.
         let mut held = Vec::new();

@@ -215,15 +215,28 @@ impl Server {
             }
             Err(_) => {
                 self.conn = None;
-                Err(self.timeout_err())
+                Err(Error::Timeout {
+                    server: self.member.name.clone(),
+                    timeout,
+                })
             }
         }
     }
 
-    /// Run statements in order.
+    /// Run statements in order, each call bounded by the statement timeout.
     pub async fn exec<S: AsRef<str>>(&mut self, statements: &[S]) -> Result<()> {
+        self.exec_within(statements, self.timeout).await
+    }
+
+    /// [`exec`](Self::exec) bounded by `timeout` instead: for a statement known to take
+    /// longer than a query should.
+    pub async fn exec_within<S: AsRef<str>>(
+        &mut self,
+        statements: &[S],
+        timeout: Duration,
+    ) -> Result<()> {
         let statements: Vec<String> = statements.iter().map(|s| s.as_ref().to_string()).collect();
-        self.with(self.timeout, move |conn| {
+        self.with(timeout, move |conn| {
             Box::pin(async move {
                 for s in statements {
                     sqlx::query(AssertSqlSafe(s)).execute(&mut *conn).await?;
