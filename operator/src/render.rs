@@ -31,6 +31,17 @@ pub enum RenderError {
     /// The builders refused it.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// `--namespace` names another namespace than the file (`kubectl` refuses the same).
+    #[error("the file's namespace is {file}, and --namespace says {given}")]
+    NamespaceMismatch {
+        /// `metadata.namespace`.
+        file: String,
+        /// `--namespace`.
+        given: String,
+    },
+    /// Not a namespace name.
+    #[error("namespace {0:?} is not a DNS label (lower-case letters, digits, '-', at most 63)")]
+    BadNamespace(String),
 }
 
 /// The objects for `cc` in `namespace` (default: the file's, else `default`), in the order the
@@ -50,10 +61,21 @@ pub fn render(
         return Err(RenderError::NoName);
     }
     let mut cc = cc.clone();
+    if let (Some(file), Some(given)) = (&cc.metadata.namespace, namespace)
+        && file != given
+    {
+        return Err(RenderError::NamespaceMismatch {
+            file: file.clone(),
+            given: given.into(),
+        });
+    }
     let namespace = namespace
         .map(str::to_string)
         .or_else(|| cc.metadata.namespace.clone())
         .unwrap_or_else(|| "default".into());
+    if !crate::api::file::is_dns_label(&namespace, 63) {
+        return Err(RenderError::BadNamespace(namespace));
+    }
     cc.metadata.namespace = Some(namespace);
     cc.metadata.uid = Some(PLACEHOLDER_UID.into());
     let cluster = ClusterRef::new(&cc)?;
@@ -66,13 +88,24 @@ pub fn render(
     Ok(out)
 }
 
-/// The objects as multi-document YAML, with a header saying what is a placeholder.
+/// Whether `obj` is a generated Secret shown with placeholder values.
+pub fn is_placeholder(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(PLACEHOLDER_ANNOTATION))
+}
+
+/// The objects as multi-document YAML, with a header saying what is a placeholder. The
+/// generated Secrets are printed commented out: applying rendered output must not create
+/// Secrets whose values everyone knows (the operator refuses such a Secret, naming it).
 pub fn to_yaml(objects: &[DynamicObject]) -> Result<String, BuildError> {
     let mut out = format!(
         "# Rendered by chat-operator {}: what the operator applies for this ChatCluster.\n\
          # Placeholders: ownerReferences carry uid {PLACEHOLDER_UID} (the API server assigns\n\
-         # the real one); Secrets annotated {PLACEHOLDER_ANNOTATION} are generated in the\n\
-         # cluster at the first reconcile, and only their values here are stand-ins.\n",
+         # the real one). The Secrets the operator generates in the cluster at the first\n\
+         # reconcile are shown commented out, with stand-in values. Autoscaled services show\n\
+         # their minReplicas; in the cluster the autoscaler sets their replicas.\n",
         env!("CARGO_PKG_VERSION")
     );
     for obj in objects {
@@ -80,8 +113,17 @@ pub fn to_yaml(objects: &[DynamicObject]) -> Result<String, BuildError> {
             what: "rendered object",
             message: e.to_string(),
         })?;
-        out.push_str("---\n");
-        out.push_str(&yaml);
+        if is_placeholder(obj) {
+            out.push_str("# generated in the cluster, not applied from here:\n# ---\n");
+            for line in yaml.lines() {
+                out.push_str("# ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        } else {
+            out.push_str("---\n");
+            out.push_str(&yaml);
+        }
     }
     Ok(out)
 }
@@ -162,9 +204,20 @@ spec: {}
                 );
             }
         }
-        // The file's namespace, else `default`.
+        // The file's namespace, else `default`; never both disagreeing.
         let objects = render(&cluster(MINIMAL), None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("default"));
+        let mut in_file = cluster(MINIMAL);
+        in_file.metadata.namespace = Some("team".into());
+        let objects = render(&in_file, None).unwrap();
+        assert_eq!(objects[0].metadata.namespace.as_deref(), Some("team"));
+        assert!(render(&in_file, Some("team")).is_ok());
+        let e = render(&in_file, Some("other")).unwrap_err().to_string();
+        assert!(e.contains("team") && e.contains("other"), "{e}");
+        let e = render(&cluster(MINIMAL), Some("BAD NS!"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a DNS label"), "{e}");
     }
 
     #[test]
@@ -195,7 +248,18 @@ spec: {}
     fn yaml_has_one_document_per_object_and_the_summary_one_row_per_kind() {
         let objects = render(&cluster(MINIMAL), None).unwrap();
         let yaml = to_yaml(&objects).unwrap();
-        assert_eq!(yaml.lines().filter(|l| *l == "---").count(), objects.len());
+        let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
+        assert_eq!(placeholders, 3);
+        assert_eq!(
+            yaml.lines().filter(|l| *l == "---").count(),
+            objects.len() - placeholders,
+            "the generated Secrets are comments"
+        );
+        assert_eq!(yaml.lines().filter(|l| *l == "# ---").count(), placeholders);
+        assert!(
+            !yaml.contains("\nstringData"),
+            "no Secret data outside comments"
+        );
         let table = summary(&objects);
         assert!(table.contains("| Secret | 3 | `demo-db`"), "{table}");
         assert!(table.contains("| Deployment | 6 |"), "{table}");

@@ -568,6 +568,33 @@ async fn generated_secrets_are_created_once() {
     );
 }
 
+/// `chat-operator render` output applied as is (its generated Secrets uncommented): the
+/// operator refuses to run a cluster on passwords everyone knows, says which Secret, and
+/// applies nothing.
+#[tokio::test]
+async fn a_rendered_placeholder_secret_is_refused() {
+    let h = Harness::new();
+    let cc = h.create("demo", json!({})).await;
+    let rendered = chat_operator::render::render(&cc, Some(NS)).unwrap();
+    let placeholder = rendered
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some("demo-db"))
+        .unwrap();
+    assert!(chat_operator::render::is_placeholder(placeholder));
+    let secret: Secret =
+        serde_json::from_value(serde_json::to_value(placeholder).unwrap()).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    secrets.create(&Default::default(), &secret).await.unwrap();
+
+    let e = h.reconcile("demo").await.unwrap_err().to_string();
+    assert!(e.contains("demo-db") && e.contains("placeholders"), "{e}");
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), NS);
+    assert!(
+        sets.get_opt("demo-db-primary").await.unwrap().is_none(),
+        "nothing applied"
+    );
+}
+
 /// The whole controller, with its watches: children appear by themselves, and a deleted or
 /// hand-edited child is put back without anyone calling reconcile.
 #[tokio::test]

@@ -8,7 +8,10 @@ use kube::{
 };
 
 use super::Error;
-use crate::build::{ClusterRef, secrets::Generated};
+use crate::build::{
+    ClusterRef,
+    secrets::{Generated, PLACEHOLDER_ANNOTATION},
+};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "chat-operator";
@@ -52,12 +55,19 @@ pub async fn ensure_generated(
         name: name.clone(),
         source,
     };
-    if api
+    if let Some(existing) = api
         .get_metadata_opt(&name)
         .await
         .map_err(|e| kube_err("get", e))?
-        .is_some()
     {
+        // Rendered output applied as is: its values are the same for everyone.
+        if existing
+            .metadata
+            .annotations
+            .is_some_and(|a| a.contains_key(PLACEHOLDER_ANNOTATION))
+        {
+            return Err(Error::PlaceholderSecret(name));
+        }
         return Ok(false);
     }
     let secret = what.generate(c)?;

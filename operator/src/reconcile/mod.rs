@@ -67,6 +67,13 @@ pub enum Error {
     /// The database topology loop could not be started.
     #[error("database topology: {0}")]
     Topology(String),
+    /// A generated Secret exists but holds `chat-operator render`'s placeholders: it was
+    /// applied from rendered output. Its values are public, so nothing may use it.
+    #[error(
+        "Secret {0} holds the placeholders of `chat-operator render` (annotation {ann}), not generated values: delete it and the operator generates it",
+        ann = secrets::PLACEHOLDER_ANNOTATION
+    )]
+    PlaceholderSecret(String),
 }
 
 impl Error {
@@ -78,6 +85,7 @@ impl Error {
             Self::InvalidObject(_) => "invalid_object",
             Self::Kube { .. } => "kube",
             Self::Topology(_) => "topology",
+            Self::PlaceholderSecret(_) => "placeholder_secret",
         }
     }
 }
