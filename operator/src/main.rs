@@ -163,11 +163,11 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a ChatCluster file.
+/// Read a ChatCluster file, held to what the API server would hold it to.
 fn read_cluster(file: &std::path::Path) -> anyhow::Result<ChatCluster> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("{} is not a ChatCluster", file.display()))
+    chat_operator::api::file::from_yaml(&text).with_context(|| format!("{}", file.display()))
 }
 
 fn render(args: RenderArgs) -> anyhow::Result<()> {

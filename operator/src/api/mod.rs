@@ -6,6 +6,7 @@
 //! field; [`validate`] repeats those checks for objects that slipped past the schema.
 
 pub mod defaults;
+pub mod file;
 mod spec;
 mod status;
 mod validate;
