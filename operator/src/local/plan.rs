@@ -40,6 +40,9 @@ const MAX_CONTROL: usize = 10;
 const MAX_SERVICE_REPLICAS: usize = 50;
 /// Ports from the base port to the last one a plan may use.
 const PORT_SPAN: u32 = 100 * 5 + 2 * MAX_SERVICE_REPLICAS as u32;
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL); mariadbd
+/// refuses a longer one and exits, so a deep data directory would crash-loop every server.
+const MAX_SOCKET_PATH: usize = 107;
 /// server_id of database server 0; server i gets base + i.
 const SERVER_ID_BASE: u32 = 1;
 
@@ -110,6 +113,11 @@ impl DbServer {
     /// Its temporary directory.
     pub fn tmp(&self) -> PathBuf {
         self.dir.join("tmp")
+    }
+
+    /// Its Unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
     }
 
     /// Its configuration file.
@@ -286,6 +294,16 @@ pub enum PlanError {
         /// The path given.
         path: PathBuf,
     },
+    /// The data directory is too deep for the servers' Unix sockets.
+    #[error("--data-dir {path} is too long: the database socket {socket} would be {len} bytes, and Unix sockets take at most {max}; use a shorter data directory", max = MAX_SOCKET_PATH)]
+    DataDirTooLong {
+        /// The data directory.
+        path: PathBuf,
+        /// The longest socket path.
+        socket: PathBuf,
+        /// Its length.
+        len: usize,
+    },
     /// The ports would run past 65535.
     #[error("--base-port {0} leaves no room for the cluster's ports (use at most {max})", max = u32::from(u16::MAX) - PORT_SPAN)]
     Ports(u16),
@@ -341,7 +359,7 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
 
     let servers = 1 + count(spec.database.replicas);
     at_most("spec.database.replicas", servers - 1, MAX_DATABASES - 1)?;
-    let databases = (0..servers)
+    let databases: Vec<DbServer> = (0..servers)
         .map(|i| DbServer {
             name: format!("db-{i}"),
             port: base + i as u16,
@@ -349,6 +367,18 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
             dir: files.root.join(format!("db/db-{i}")),
         })
         .collect();
+    if let Some(socket) = databases
+        .iter()
+        .map(DbServer::socket)
+        .max_by_key(|s| s.as_os_str().len())
+        && socket.as_os_str().len() > MAX_SOCKET_PATH
+    {
+        return Err(PlanError::DataDirTooLong {
+            path: options.data_dir.clone(),
+            len: socket.as_os_str().len(),
+            socket,
+        });
+    }
 
     let mut services = Vec::new();
     for (s, (kind, svc)) in spec.services.iter().enumerate() {
@@ -538,7 +568,7 @@ impl Plan {
             "report_host=127.0.0.1".into(),
             format!("datadir={}", db.data().display()),
             format!("tmpdir={}", db.tmp().display()),
-            format!("socket={}", db.dir.join("mysqld.sock").display()),
+            format!("socket={}", db.socket().display()),
             format!("pid_file={}", db.dir.join("mysqld.pid").display()),
             format!("log_error={}", db.error_log().display()),
             format!("init_file={}", db.init_file().display()),
@@ -893,6 +923,12 @@ spec:
         o.binaries.envoy = "bin/envoy".into();
         let e = plan(&cluster(HA), &o).unwrap_err().to_string();
         assert!(e.contains("envoy") && e.contains("bin/envoy"), "{e}");
+
+        // A data directory too deep for the servers' sockets is refused, naming it.
+        let mut o = options();
+        o.data_dir = PathBuf::from("/").join("d".repeat(100));
+        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        assert!(e.contains("--data-dir") && e.contains("too long"), "{e}");
 
         let p = plan(&cluster(HA), &options()).unwrap();
         let creds = secrets::DbCredentials::generate();
