@@ -780,7 +780,10 @@ impl Topology {
         }
         // All at once, as each can take seconds against a dead server: fence the old primary
         // where it can be reached (it must not take writes any more), and freeze what every
-        // candidate has received.
+        // candidate has received. Fencing need not come first: with semi-sync, a commit the
+        // old primary makes meanwhile waits for an acknowledgement (its own timeout is a day)
+        // and its client is cut off by the fence; without semi-sync, a primary the replicas
+        // no longer reach can lose writes whatever the order.
         let work = self
             .servers
             .iter_mut()
