@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -18,8 +17,8 @@ use std::{
 
 use chat_operator::api::LoadBalancing;
 use common::{
-    Backend, Inputs, Stack, admin_get, call, call_with, eventually, healthy_ports, ready, service,
-    single, stat, write_endpoints,
+    Backend, Inputs, Stack, admin_get, call, call_with, certificate, eventually, healthy_ports,
+    ready, served_fingerprint, service, single, stat, write_endpoints,
 };
 use envoy_types::pb::envoy::{
     admin::v3::ClientResourceStatus,
@@ -255,39 +254,6 @@ async fn ring_hash_is_sticky_per_key() {
         owners.insert(first);
     }
     assert!(owners.len() >= 2, "20 keys all on {owners:?}");
-}
-
-fn certificate(
-    dir: &std::path::Path,
-    name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    let fingerprint = fingerprint_of_pem(&cert);
-    (cert, key, fingerprint)
-}
-
-fn fingerprint_of_pem(path: &std::path::Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The fingerprint of the certificate Envoy serves on `port` (real TLS handshake, openssl).
-fn served_fingerprint(port: u16) -> String {
-    let script = format!(
-        "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chat_operator::api::LoadBalancing;
 use chatcluster_common::procfs;
-use common::{Backend, admin_get, eventually, single};
+use common::{
+    Backend, admin_get, certificate, eventually, served_fingerprint, single, write_endpoints,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_chat_xds_within_two_seconds_with_an_envoy_connected() {
@@ -78,4 +80,50 @@ async fn reading_the_watched_files_does_not_wake_chat_xds() {
         "chat-xds used {:.1} % of a core while its files were read",
         share * 100.0
     );
+}
+
+/// The endpoints file names certificate files that do not exist yet (the change is refused,
+/// the last good certificate kept); when they appear, they are served, although the
+/// endpoints file itself did not change again.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_files_named_before_they_exist_are_served_once_they_appear() {
+    let b = Backend::start("auth-1").await;
+    let certs = chatcluster_tests::TempDir::new("xds-certs-later");
+    let (cert_a, key_a, fp_a) = certificate(certs.path(), "a");
+    let (mut inputs, stack) = single(
+        "DELTA_GRPC",
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        Some((cert_a, key_a)),
+    )
+    .await;
+    let port = stack.tls_port;
+    let serves = |fp: String| async move {
+        eventually("the certificate served", Duration::from_secs(10), || {
+            let fp = fp.clone();
+            async move {
+                tokio::task::spawn_blocking(move || served_fingerprint(port))
+                    .await
+                    .unwrap()
+                    == fp
+            }
+        })
+        .await;
+    };
+    serves(fp_a).await;
+
+    // Beside the endpoints file, so the directory watch sees them arrive.
+    let made = chatcluster_tests::TempDir::new("xds-certs-made");
+    let (cert_c, key_c, fp_c) = certificate(made.path(), "c");
+    let (later_cert, later_key) = (
+        stack.dir.path().join("c.crt"),
+        stack.dir.path().join("c.key"),
+    );
+    inputs.certificate = Some((later_cert.clone(), later_key.clone()));
+    write_endpoints(&stack.endpoints, &inputs);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::copy(&key_c, &later_key).unwrap();
+    std::fs::copy(&cert_c, &later_cert).unwrap();
+    serves(fp_c).await;
 }

@@ -93,38 +93,53 @@ fn read(path: &Path) -> Result<String, FileError> {
 
 /// Parse the static endpoints file (and read the certificate files it names).
 pub fn parse_file(path: &Path) -> Result<Discovered, FileError> {
-    parse_naming_files(path).map(|(discovered, _)| discovered)
+    parse_naming_files(path).0
 }
 
-/// [`parse_file`], also returning the certificate files it read.
-fn parse_naming_files(path: &Path) -> Result<(Discovered, Option<CertificateFiles>), FileError> {
+/// Every endpoint has an address and a port.
+fn check_endpoints(services: &BTreeMap<String, Vec<Endpoint>>) -> Result<(), String> {
+    for (service, endpoints) in services {
+        for e in endpoints {
+            if e.address.is_empty() || e.port == 0 {
+                return Err(format!(
+                    "service {service}: endpoint {e:?} needs an address and a port"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`parse_file`], and the certificate files the file names, also when reading them failed
+/// (they may appear later, and must then be noticed).
+fn parse_naming_files(path: &Path) -> (Result<Discovered, FileError>, Option<CertificateFiles>) {
     let invalid = |message: String| FileError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    let parsed: StaticFile =
-        serde_yaml::from_str(&read(path)?).map_err(|e| invalid(e.to_string()))?;
-    for (service, endpoints) in &parsed.services {
-        for e in endpoints {
-            if e.address.is_empty() || e.port == 0 {
-                return Err(invalid(format!(
-                    "service {service}: endpoint {e:?} needs an address and a port"
-                )));
-            }
-        }
-    }
-    let certificate = match &parsed.certificate {
-        None => None,
-        Some(files) => Some(Certificate {
-            cert_pem: read(&files.cert_file)?,
-            key_pem: read(&files.key_file)?,
-        }),
+    let parsed: StaticFile = match read(path)
+        .and_then(|text| serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string())))
+    {
+        Ok(parsed) => parsed,
+        Err(e) => return (Err(e), None),
     };
-    let discovered = Discovered {
-        endpoints: parsed.services,
-        certificate,
-    };
-    Ok((discovered, parsed.certificate))
+    let discovered = check_endpoints(&parsed.services)
+        .map_err(invalid)
+        .and_then(|()| {
+            let certificate = match &parsed.certificate {
+                None => None,
+                Some(files) => Some(Certificate {
+                    cert_pem: read(&files.cert_file)?,
+                    key_pem: read(&files.key_file)?,
+                }),
+            };
+            Ok(Discovered {
+                endpoints: parsed.services,
+                certificate,
+            })
+        });
+    let files = parsed.certificate;
+    (discovered, files)
 }
 
 /// Wakes when something in `path`'s directory changes (inotify: writes, atomic renames and
@@ -231,9 +246,11 @@ pub async fn watch_file(path: PathBuf, every: Duration, tx: watch::Sender<Discov
         if now == last {
             continue;
         }
-        match parse_naming_files(&path) {
-            Ok((discovered, files)) => {
-                certificate = files;
+        let (discovered, files) = parse_naming_files(&path);
+        // Stamped whether they could be read or not: one that appears later is noticed.
+        certificate = files;
+        match discovered {
+            Ok(discovered) => {
                 if tx.send_if_modified(|current| {
                     let changed = *current != discovered;
                     if changed {
