@@ -213,13 +213,20 @@ async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         args.file.display(),
         options.data_dir.display()
     );
-    local::run(
+    let run = local::run(
         plan,
         (args.plaintext_port, args.port),
         shutdown.wait(),
         |status| println!("{}", status.table()),
-    )
-    .await?;
+    );
+    tokio::select! {
+        ran = run => ran?,
+        // A second Ctrl-C: leaving drops every supervised child, and each is killed on drop.
+        () = shutdown.forced() => {
+            println!("stopped at once: every process killed");
+            return Ok(());
+        }
+    }
     println!("stopped");
     Ok(())
 }

@@ -438,3 +438,31 @@ async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
         ]
     );
 }
+
+/// A second Ctrl-C stops at once, even while a graceful stop waits on a process that does not
+/// stop (here a frozen Envoy, which the first Ctrl-C would give 10 s): every process is gone.
+#[test]
+fn a_second_ctrl_c_stops_everything_at_once() {
+    let cluster = LocalCluster::start("examples/laptop.yaml");
+    let processes = cluster.processes();
+    let runner = processes.iter().find(|(n, _)| n == "runner").unwrap().1;
+    cluster.signal("envoy-0", "STOP");
+    let interrupt = || {
+        std::process::Command::new("kill")
+            .args(["-INT", &runner.to_string()])
+            .status()
+            .unwrap();
+    };
+    interrupt();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    interrupt();
+    while alive(runner) && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(runner), "the runner outlived a second Ctrl-C by 5 s");
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, pid) in processes {
+        assert!(!alive(pid), "{name} ({pid}) outlived the runner");
+    }
+}
