@@ -418,6 +418,19 @@ async fn partitioned_primary_is_replaced_and_acknowledges_nothing_alone() {
     dbs[0].kill();
 }
 
+/// The laptop shape: a primary and one replica under the loop, healthy, with the writer's
+/// table created.
+async fn pair() -> (Vec<MariaDb>, Handle) {
+    let dbs = servers_n(2);
+    let handle = spawn_loop(&dbs, policy());
+    wait_status(&handle, "a healthy pair", Duration::from_secs(30), |s| {
+        healthy(s, "db-0", 1) && s.semi_sync == SemiSyncState::Waiting(1)
+    })
+    .await;
+    dbs[0].sql(&Writer::create_table());
+    (dbs, handle)
+}
+
 fn signal(db: &MariaDb, signal: &str) {
     let pid = db.pid().unwrap().to_string();
     let ok = std::process::Command::new("kill")
@@ -436,13 +449,7 @@ fn signal(db: &MariaDb, signal: &str) {
 /// the cluster is healthy again by itself (it used to fail over again, every tick, for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_heals() {
-    let dbs = servers_n(2);
-    let handle = spawn_loop(&dbs, policy());
-    wait_status(&handle, "a healthy pair", Duration::from_secs(30), |s| {
-        healthy(s, "db-0", 1) && s.semi_sync == SemiSyncState::Waiting(1)
-    })
-    .await;
-    dbs[0].sql(&Writer::create_table());
+    let (dbs, handle) = pair().await;
     dbs[0].sql("INSERT INTO chat.acks (id) VALUES (1)");
     dbs[1].wait_caught_up(&dbs[0]);
 
@@ -506,13 +513,7 @@ async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_hea
 /// thawed old primary rejoins as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_primary_with_one_replica_is_replaced_promptly_and_rejoins() {
-    let dbs = servers_n(2);
-    let handle = spawn_loop(&dbs, policy());
-    wait_status(&handle, "a healthy pair", Duration::from_secs(30), |s| {
-        healthy(s, "db-0", 1) && s.semi_sync == SemiSyncState::Waiting(1)
-    })
-    .await;
-    dbs[0].sql(&Writer::create_table());
+    let (dbs, handle) = pair().await;
     let writer = Writer::start(handle.status.clone());
     writer.wait_for(20, Duration::from_secs(10)).await;
     signal(&dbs[0], "STOP");

@@ -18,7 +18,7 @@ use std::{
 use chat_operator::api::LoadBalancing;
 use common::{
     Backend, Inputs, Stack, admin_get, call, call_with, certificate, eventually, healthy_ports,
-    ready, served_fingerprint, service, single, stat, write_endpoints,
+    ready, serves_certificate, service, single, stat, write_endpoints,
 };
 use envoy_types::pb::envoy::{
     admin::v3::ClientResourceStatus,
@@ -270,16 +270,7 @@ async fn certificate_rotates_over_sds_without_a_listener_change() {
     )
     .await;
     let port = stack.tls_port;
-    eventually("the TLS listener", Duration::from_secs(10), || {
-        let fp_a = fp_a.clone();
-        async move {
-            tokio::task::spawn_blocking(move || served_fingerprint(port))
-                .await
-                .unwrap()
-                == fp_a
-        }
-    })
-    .await;
+    serves_certificate(port, &fp_a).await;
     let listener_updates = stat(stack.admin, "listener_manager.lds.update_success").await;
 
     // Rotate: new files, same names in the endpoints file's certificate section.
@@ -288,16 +279,7 @@ async fn certificate_rotates_over_sds_without_a_listener_change() {
     std::fs::copy(&key_b, &key_a).unwrap();
     inputs.certificate = Some((cert_a, key_a));
     write_endpoints(&stack.endpoints, &inputs);
-    eventually("the new certificate", Duration::from_secs(10), || {
-        let fp_b = fp_b.clone();
-        async move {
-            tokio::task::spawn_blocking(move || served_fingerprint(port))
-                .await
-                .unwrap()
-                == fp_b
-        }
-    })
-    .await;
+    serves_certificate(port, &fp_b).await;
     assert_eq!(
         stat(stack.admin, "listener_manager.lds.update_success").await,
         listener_updates,

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 use chat_operator::api::LoadBalancing;
 use chatcluster_common::procfs;
 use common::{
-    Backend, admin_get, certificate, eventually, served_fingerprint, single, write_endpoints,
+    Backend, admin_get, certificate, eventually, serves_certificate, single, write_endpoints,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,19 +99,7 @@ async fn certificate_files_named_before_they_exist_are_served_once_they_appear()
     )
     .await;
     let port = stack.tls_port;
-    let serves = |fp: String| async move {
-        eventually("the certificate served", Duration::from_secs(10), || {
-            let fp = fp.clone();
-            async move {
-                tokio::task::spawn_blocking(move || served_fingerprint(port))
-                    .await
-                    .unwrap()
-                    == fp
-            }
-        })
-        .await;
-    };
-    serves(fp_a).await;
+    serves_certificate(port, &fp_a).await;
 
     // Beside the endpoints file, so the directory watch sees them arrive.
     let made = chatcluster_tests::TempDir::new("xds-certs-made");
@@ -125,5 +113,5 @@ async fn certificate_files_named_before_they_exist_are_served_once_they_appear()
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::copy(&key_c, &later_key).unwrap();
     std::fs::copy(&cert_c, &later_cert).unwrap();
-    serves(fp_c).await;
+    serves_certificate(port, &fp_c).await;
 }

@@ -412,3 +412,18 @@ pub fn served_fingerprint(port: u16) -> String {
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Wait until Envoy's TLS listener on `port` serves the certificate with `fingerprint`.
+pub async fn serves_certificate(port: u16, fingerprint: &str) {
+    let fingerprint = fingerprint.to_string();
+    eventually("the certificate served", Duration::from_secs(10), || {
+        let fingerprint = fingerprint.clone();
+        async move {
+            tokio::task::spawn_blocking(move || served_fingerprint(port))
+                .await
+                .unwrap()
+                == fingerprint
+        }
+    })
+    .await;
+}
