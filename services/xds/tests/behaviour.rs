@@ -18,7 +18,7 @@ use std::{
 use chat_operator::api::LoadBalancing;
 use common::{
     Backend, Inputs, Stack, admin_get, call, call_with, certificate, eventually, healthy_ports,
-    ready, serves_certificate, service, single, stat, write_endpoints,
+    ready, serves_certificate, service, single, stat, tls_stack, write_endpoints,
 };
 use envoy_types::pb::envoy::{
     admin::v3::ClientResourceStatus,
@@ -258,19 +258,9 @@ async fn ring_hash_is_sticky_per_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_rotates_over_sds_without_a_listener_change() {
-    let b = Backend::start("auth-1").await;
     let certs = chatcluster_tests::TempDir::new("certs");
-    let (cert_a, key_a, fp_a) = certificate(certs.path(), "a");
-    let (mut inputs, stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        Some((cert_a.clone(), key_a.clone())),
-    )
-    .await;
+    let (_backend, mut inputs, stack, (cert_a, key_a, _)) = tls_stack(certs.path()).await;
     let port = stack.tls_port;
-    serves_certificate(port, &fp_a).await;
     let listener_updates = stat(stack.admin, "listener_manager.lds.update_success").await;
 
     // Rotate: new files, same names in the endpoints file's certificate section.

@@ -11,7 +11,8 @@ use std::{collections::BTreeMap, time::Duration};
 use chat_operator::api::LoadBalancing;
 use chatcluster_common::procfs;
 use common::{
-    Backend, admin_get, certificate, eventually, serves_certificate, single, write_endpoints,
+    Backend, admin_get, certificate, eventually, serves_certificate, single, tls_stack,
+    write_endpoints,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,19 +88,9 @@ async fn reading_the_watched_files_does_not_wake_chat_xds() {
 /// endpoints file itself did not change again.
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_files_named_before_they_exist_are_served_once_they_appear() {
-    let b = Backend::start("auth-1").await;
     let certs = chatcluster_tests::TempDir::new("xds-certs-later");
-    let (cert_a, key_a, fp_a) = certificate(certs.path(), "a");
-    let (mut inputs, stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        Some((cert_a, key_a)),
-    )
-    .await;
+    let (_backend, mut inputs, stack, _) = tls_stack(certs.path()).await;
     let port = stack.tls_port;
-    serves_certificate(port, &fp_a).await;
 
     // Beside the endpoints file, so the directory watch sees them arrive.
     let made = chatcluster_tests::TempDir::new("xds-certs-made");

@@ -427,3 +427,21 @@ pub async fn serves_certificate(port: u16, fingerprint: &str) {
     })
     .await;
 }
+
+/// One `auth` backend behind Envoy's TLS listener serving certificate `a` (made in `certs`),
+/// already served: the backend, the inputs, the stack and certificate `a`'s files and
+/// fingerprint.
+pub async fn tls_stack(certs: &Path) -> (Backend, Inputs, Stack, (PathBuf, PathBuf, String)) {
+    let b = Backend::start("auth-1").await;
+    let (cert, key, fingerprint) = certificate(certs, "a");
+    let (inputs, stack) = single(
+        "DELTA_GRPC",
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        Some((cert.clone(), key.clone())),
+    )
+    .await;
+    serves_certificate(stack.tls_port, &fingerprint).await;
+    (b, inputs, stack, (cert, key, fingerprint))
+}
