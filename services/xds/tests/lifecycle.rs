@@ -43,20 +43,8 @@ async fn sigterm_stops_chat_xds_within_two_seconds_with_an_envoy_connected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reading_the_watched_files_does_not_wake_chat_xds() {
-    let b = Backend::start("auth-1").await;
     let certs = chatcluster_tests::TempDir::new("xds-certs");
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    let (_, stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        Some((cert.clone(), key.clone())),
-    )
-    .await;
+    let (_backend, _, stack, _) = tls_stack(certs.path()).await;
     let pid = stack.xds.as_ref().unwrap().pid();
     // Others read every file in the watched directories, as chatd reads the primary's
     // address every second beside the endpoints file.
