@@ -16,8 +16,10 @@ use std::{
 };
 
 use chat_operator::topology::{
-    manager::{self, Policy, Role, SemiSyncState, Topology},
+    manager::{self, Topology},
+    plan::Policy,
     server::{Credentials, Member},
+    status::{self, Role, SemiSyncState},
 };
 use chatcluster_tests::{
     mariadb::{ADMIN_PASSWORD, MariaDb, REPL_PASSWORD},
@@ -58,10 +60,10 @@ fn ids(db: &MariaDb) -> BTreeSet<u64> {
         .collect()
 }
 
-async fn wait<F: Fn(&manager::TopologyStatus) -> bool>(
-    rx: &mut tokio::sync::watch::Receiver<manager::TopologyStatus>,
+async fn wait<F: Fn(&status::TopologyStatus) -> bool>(
+    rx: &mut tokio::sync::watch::Receiver<status::TopologyStatus>,
     f: F,
-) -> manager::TopologyStatus {
+) -> status::TopologyStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = rx.borrow_and_update().clone();
@@ -141,7 +143,7 @@ async fn restart_run() -> u64 {
         &["--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1"],
     );
     db.sql(&Writer::create_table());
-    let (tx, rx) = tokio::sync::watch::channel(manager::TopologyStatus {
+    let (tx, rx) = tokio::sync::watch::channel(status::TopologyStatus {
         primary: "db".into(),
         primary_address: db.address(),
         primary_ready: true,
@@ -149,6 +151,7 @@ async fn restart_run() -> u64 {
         semi_sync: SemiSyncState::Off,
         last_promotion: None,
         failover_pending: None,
+        findings: vec![],
     });
     let writer = Writer::start(rx);
     writer.wait_for(300, Duration::from_secs(30)).await;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_operator::topology::manager::TopologyStatus;
+use chat_operator::topology::status::TopologyStatus;
 use sqlx::{Connection, MySqlConnection, mysql::MySqlConnectOptions};
 use tokio::sync::watch;
 

@@ -10,8 +10,10 @@ use std::{
 };
 
 use chat_operator::topology::{
-    manager::{self, Handle, Policy, Role, SemiSyncState, Topology, TopologyStatus},
+    manager::{self, Handle, Topology},
+    plan::Policy,
     server::{Credentials, Member},
+    status::{Role, SemiSyncState, TopologyStatus},
 };
 use chatcluster_tests::{
     mariadb::{ADMIN_PASSWORD, MariaDb, REPL_PASSWORD},
@@ -169,8 +171,6 @@ async fn killed_primary_fails_over_without_losing_acknowledged_writes_and_rejoin
     let (mut dbs, handle) = cluster(policy()).await;
     let writer = Writer::start(handle.status.clone());
     assert!(writer.wait_for(200, Duration::from_secs(30)).await >= 200);
-    eprintln!("DEBUG {:#?}", handle.status.borrow().clone());
-    eprintln!("DEBUG {}", dbs[0].sql("select @@GLOBAL.gtid_current_pos"));
 
     dbs[0].kill();
     let killed = Instant::now();

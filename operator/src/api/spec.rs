@@ -221,6 +221,12 @@ pub struct FailoverSpec {
     #[serde(default = "defaults::failover_timeout_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
+    /// Promote even when the replica may lack writes acknowledged while semi-sync was
+    /// degraded (no replica caught up) or off (default false). Left false, such a failover is
+    /// held, and the status and an event say why: bring the primary back, or set this to
+    /// trade those writes for availability. Writes a replica acknowledged are kept either way.
+    #[serde(default)]
+    pub allow_data_loss: bool,
 }
 
 impl Default for FailoverSpec {
@@ -228,6 +234,7 @@ impl Default for FailoverSpec {
         Self {
             enabled: defaults::yes(),
             timeout_seconds: defaults::failover_timeout_seconds(),
+            allow_data_loss: false,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     build::{self, EnvoyPlace, XdsConfig, database, secrets},
     topology::{
         dialect::Dialect,
-        manager::Policy,
+        plan::Policy,
         server::{Credentials, Member},
     },
 };
@@ -93,7 +93,7 @@ pub struct Launch {
 
 /// One database server.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DbServer {
+pub struct DbProcess {
     /// Member name (`db-0`, …).
     pub name: String,
     /// Its port on loopback.
@@ -104,7 +104,7 @@ pub struct DbServer {
     pub dir: PathBuf,
 }
 
-impl DbServer {
+impl DbProcess {
     /// The server's data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
@@ -242,7 +242,7 @@ pub struct Plan {
     /// The file's spec.
     pub spec: ChatClusterSpec,
     /// Database servers, the first one the initial primary.
-    pub databases: Vec<DbServer>,
+    pub databases: Vec<DbProcess>,
     /// The chat services.
     pub services: Vec<ServicePlan>,
     /// chat-xds replicas.
@@ -359,8 +359,8 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
 
     let servers = 1 + count(spec.database.replicas);
     at_most("spec.database.replicas", servers - 1, MAX_DATABASES - 1)?;
-    let databases: Vec<DbServer> = (0..servers)
-        .map(|i| DbServer {
+    let databases: Vec<DbProcess> = (0..servers)
+        .map(|i| DbProcess {
             name: format!("db-{i}"),
             port: base + i as u16,
             server_id: SERVER_ID_BASE + i as u32,
@@ -369,7 +369,7 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
         .collect();
     if let Some(socket) = databases
         .iter()
-        .map(DbServer::socket)
+        .map(DbProcess::socket)
         .max_by_key(|s| s.as_os_str().len())
         && socket.as_os_str().len() > MAX_SOCKET_PATH
     {
@@ -538,7 +538,7 @@ impl Plan {
     }
 
     /// How to start database server `db`.
-    pub fn database_launch(&self, db: &DbServer) -> Launch {
+    pub fn database_launch(&self, db: &DbProcess) -> Launch {
         Launch {
             name: db.name.clone(),
             program: self.binaries.mariadbd.clone(),
@@ -556,7 +556,7 @@ impl Plan {
     /// `my.cnf` of `db`: the operator's server configuration (the same replication settings as
     /// in Kubernetes) plus this server's identity, paths and port. `as_root`: the runner runs
     /// as root, which the server refuses unless told.
-    pub fn database_config(&self, db: &DbServer, as_root: bool) -> String {
+    pub fn database_config(&self, db: &DbProcess, as_root: bool) -> String {
         let mut spec = self.spec.database.clone();
         // Local mode runs the server this machine has: MariaDB.
         spec.engine = crate::api::DatabaseEngine::Mariadb;

@@ -16,7 +16,7 @@ use tokio::{process::Command, sync::watch};
 use tracing::{info, warn};
 
 use super::{
-    plan::{DbServer, Plan},
+    plan::{DbProcess, Plan},
     scaler::Scaler,
     supervisor::{ProcessState, ProcessStatus, Supervised},
 };
@@ -26,7 +26,8 @@ use crate::{
     metrics::Metrics,
     topology::{
         self,
-        manager::{Handle, Topology, TopologyStatus},
+        manager::{Handle, Topology},
+        status::TopologyStatus,
     },
 };
 
@@ -163,7 +164,7 @@ fn check_ports(plan: &Plan, ingress: &[u16]) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn install_db(plan: &Plan, db: &DbServer) -> Result<(), RunError> {
+async fn install_db(plan: &Plan, db: &DbProcess) -> Result<(), RunError> {
     if db.data().join("mysql").exists() {
         return Ok(());
     }
@@ -610,7 +611,7 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
 
     let primary = remembered_primary(&plan);
     info!(%primary, "starting the topology loop");
-    let members = plan.databases.iter().map(DbServer::member).collect();
+    let members = plan.databases.iter().map(DbProcess::member).collect();
     let (topology, status) = Topology::new(
         members,
         &primary,

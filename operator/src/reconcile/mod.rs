@@ -313,7 +313,7 @@ async fn database_topology(
     topologies: &Arc<topology::Topologies>,
     cc: &ChatCluster,
     cluster: &ClusterRef,
-) -> Result<crate::topology::manager::TopologyStatus, Error> {
+) -> Result<crate::topology::status::TopologyStatus, Error> {
     let now = topologies.ensure(&ctx.client, cc, cluster).await?;
     topology::label_pods(&ctx.client, cluster, &now).await?;
     let recorded = cc

@@ -18,7 +18,7 @@ use crate::api::{
     ReplicaStatus, ServiceKind, SpecError, condition,
 };
 use crate::build::{ClusterRef, names};
-use crate::topology::manager::{Role, SemiSyncState, TopologyStatus};
+use crate::topology::status::{Role, SemiSyncState, TopologyStatus};
 
 /// The children whose status makes up the ChatCluster's; `None` where the object is missing.
 #[derive(Debug, Clone, Default)]
@@ -373,7 +373,7 @@ fn database_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::manager::{Promotion, ServerStatus};
+    use crate::topology::status::{Promotion, ServerStatus};
 
     fn cluster() -> (ChatCluster, ClusterRef) {
         let mut cc = ChatCluster::new("demo", Default::default());
@@ -410,6 +410,7 @@ mod tests {
                 duration_ms: 2100,
             }),
             failover_pending: None,
+            findings: vec![],
         }
     }
 

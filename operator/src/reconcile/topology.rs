@@ -22,11 +22,13 @@ use tracing::warn;
 
 use super::{Error, kube_err};
 use crate::{
-    api::{ChatCluster, DatabaseSpec},
+    api::{ChatCluster, DatabaseEngine, DatabaseSpec},
     build::{ClusterRef, database, labels, names, ports, secrets},
     topology::{
-        manager::{self, Handle, Policy, Role, TopologyStatus},
+        manager::{self, Handle},
+        plan::Policy,
         server::{Credentials, Member},
+        status::{Role, TopologyStatus},
     },
 };
 
@@ -38,7 +40,7 @@ pub const SWITCHOVER_ANNOTATION: &str = "chatcluster.io/switchover-to";
 struct Entry {
     handle: Handle,
     members: Vec<Member>,
-    policy: (bool, i32, bool),
+    policy: Policy,
     switchover: Option<String>,
 }
 
@@ -70,7 +72,12 @@ pub fn policy(db: &DatabaseSpec) -> Policy {
         failover_timeout: Duration::from_secs(
             u64::try_from(db.failover.timeout_seconds).unwrap_or(10),
         ),
+        allow_data_loss: db.failover.allow_data_loss,
         semi_sync: db.semi_sync && db.replicas > 0,
+        max_semi_sync_acks: match db.engine {
+            DatabaseEngine::Mariadb => 1,
+            DatabaseEngine::Mysql => u32::MAX,
+        },
         ..Policy::default()
     }
 }
@@ -116,18 +123,13 @@ impl Topologies {
         let key = ObjectRef::from_obj(cc);
         let members = members(c, &cc.spec.database);
         let policy = policy(&cc.spec.database);
-        let policy_key = (
-            policy.failover,
-            cc.spec.database.failover.timeout_seconds,
-            policy.semi_sync,
-        );
         let update = {
             let loops = self.lock();
             loops.get(&key).map(|e| {
                 (
                     e.handle.clone(),
                     (e.members != members).then(|| members.clone()),
-                    e.policy != policy_key,
+                    e.policy != policy,
                 )
             })
         };
@@ -136,11 +138,11 @@ impl Topologies {
                 handle.set_members(m).await;
             }
             if new_policy {
-                handle.set_policy(policy).await;
+                handle.set_policy(policy.clone()).await;
             }
             if let Some(e) = self.lock().get_mut(&key) {
                 e.members = members;
-                e.policy = policy_key;
+                e.policy = policy;
             }
             return Ok(handle.status.borrow().clone());
         }
@@ -173,7 +175,7 @@ impl Topologies {
             .filter(|p| members.iter().any(|m| &m.name == p))
             .unwrap_or_else(|| names::db_initial_primary_pod(c));
         let (topology, status) =
-            manager::Topology::new(members.clone(), &primary, credentials, policy)
+            manager::Topology::new(members.clone(), &primary, credentials, policy.clone())
                 .map_err(|e| Error::Topology(e.to_string()))?;
         let handle = manager::spawn(topology, status, TICK);
         let mut watch = handle.status.clone();
@@ -192,7 +194,7 @@ impl Topologies {
             Entry {
                 handle,
                 members,
-                policy: policy_key,
+                policy,
                 switchover: None,
             },
         );
@@ -293,7 +295,7 @@ pub async fn label_pods(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::manager::{SemiSyncState, ServerStatus};
+    use crate::topology::status::{SemiSyncState, ServerStatus};
 
     fn server(name: &str, role: Role, error: Option<&str>) -> ServerStatus {
         ServerStatus {
@@ -322,6 +324,7 @@ mod tests {
             semi_sync: SemiSyncState::Waiting(1),
             last_promotion: None,
             failover_pending: None,
+            findings: vec![],
         };
         let labels = role_labels(&status);
         assert_eq!(labels["p"].as_deref(), Some("primary"));

@@ -101,6 +101,10 @@ pub trait Dialect: Send + Sync {
     fn semi_sync_source(&self, wait_count: u32) -> Vec<String>;
     /// Semi-sync as a replica.
     fn semi_sync_replica(&self) -> &'static str;
+    /// How long a replica's receiver waits on a silent source ([`NET_TIMEOUT_SECONDS`]).
+    fn net_timeout(&self) -> String;
+    /// The variable saying whether commits wait for a semi-sync acknowledgement.
+    fn semi_sync_source_enabled(&self) -> &'static str;
 }
 
 /// MySQL 8.4 (the `REPLICA`/`SOURCE` vocabulary; `super_read_only` also binds SUPER users).
@@ -113,6 +117,12 @@ pub struct MariaDb;
 
 /// How long a primary waits for a semi-sync acknowledgement before committing without one.
 const SEMI_SYNC_TIMEOUT_MS: u64 = 86_400_000;
+/// Seconds between heartbeats a source sends an idle replica.
+pub const HEARTBEAT_SECONDS: u32 = 1;
+/// Seconds of silence after which a replica's receiver gives up on its source and reconnects
+/// (the engines' default is 60): with a heartbeat every second, a replica notices a dead or
+/// frozen primary within this, and the loop sees it cut off.
+pub const NET_TIMEOUT_SECONDS: u32 = 4;
 
 /// Quote a string literal for SQL.
 fn quote(s: &str) -> String {
@@ -179,7 +189,7 @@ impl Dialect for MySql {
     }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
-            "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1",
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={HEARTBEAT_SECONDS}, GET_SOURCE_PUBLIC_KEY=1",
             quote(s.host),
             s.port,
             quote(s.user),
@@ -226,6 +236,12 @@ impl Dialect for MySql {
     }
     fn semi_sync_replica(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_replica_enabled = ON"
+    }
+    fn net_timeout(&self) -> String {
+        format!("SET GLOBAL replica_net_timeout = {NET_TIMEOUT_SECONDS}")
+    }
+    fn semi_sync_source_enabled(&self) -> &'static str {
+        "@@GLOBAL.rpl_semi_sync_source_enabled"
     }
 }
 
@@ -277,7 +293,7 @@ impl Dialect for MariaDb {
     }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
-            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD={HEARTBEAT_SECONDS}",
             quote(s.host),
             s.port,
             quote(s.user),
@@ -321,6 +337,12 @@ impl Dialect for MariaDb {
     fn semi_sync_replica(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_slave_enabled = ON"
     }
+    fn net_timeout(&self) -> String {
+        format!("SET GLOBAL slave_net_timeout = {NET_TIMEOUT_SECONDS}")
+    }
+    fn semi_sync_source_enabled(&self) -> &'static str {
+        "@@GLOBAL.rpl_semi_sync_master_enabled"
+    }
 }
 
 /// The dialect of a server reporting `version` from `SELECT VERSION()`.
@@ -359,7 +381,7 @@ mod tests {
     fn mysql_statements_exact_text() {
         assert_eq!(
             MySql.change_source(&source(false)),
-            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='demo-db-replica-0.demo-db.chat.svc', SOURCE_PORT=3306, SOURCE_USER='repl', SOURCE_PASSWORD='p''w\\\\d', SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1"
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='demo-db-replica-0.demo-db.chat.svc', SOURCE_PORT=3306, SOURCE_USER='repl', SOURCE_PASSWORD='p''w\\\\d', SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD=1, GET_SOURCE_PUBLIC_KEY=1"
         );
         assert!(
             MySql
@@ -421,7 +443,7 @@ mod tests {
     fn mariadb_statements_exact_text() {
         assert_eq!(
             MariaDb.change_source(&source(false)),
-            "CHANGE MASTER TO MASTER_HOST='demo-db-replica-0.demo-db.chat.svc', MASTER_PORT=3306, MASTER_USER='repl', MASTER_PASSWORD='p''w\\\\d', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+            "CHANGE MASTER TO MASTER_HOST='demo-db-replica-0.demo-db.chat.svc', MASTER_PORT=3306, MASTER_USER='repl', MASTER_PASSWORD='p''w\\\\d', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1"
         );
         assert_eq!(
             MariaDb.promote(),

@@ -23,10 +23,12 @@ pub struct Server {
     pub reachable: bool,
     /// Executed GTIDs (last known when unreachable).
     pub executed: GtidSet,
-    /// For replicas: the IO thread is connected to the primary.
-    pub io_running: bool,
-    /// For replicas: holds transactions the primary does not have (written on it directly).
+    /// For replicas: may not be promoted (errant, broken, being re-seeded, or not serving
+    /// when last seen).
     pub errant: bool,
+    /// For replicas: known to have diverged from the primary before it was lost (and stopped
+    /// replicating then), so it holds no write acknowledged since.
+    pub diverged: bool,
 }
 
 /// The receiver error a source sends when it refuses a replica: the replica diverged, or needs
@@ -67,8 +69,14 @@ pub struct Observation {
     pub primary_down_for_ms: u64,
     /// How long it must be down before a failover.
     pub timeout_ms: u64,
-    /// Semi-sync acknowledgements a commit waits for (0: asynchronous replication).
+    /// Semi-sync acknowledgements a commit waited for when the primary was last seen (0:
+    /// none: degraded, off, or not known).
     pub semi_sync_wait_count: u32,
+    /// Every write acknowledged without a replica's acknowledgement is within this set: the
+    /// promoted replica must have it.
+    pub must_have: Option<GtidSet>,
+    /// Promote even when a replica may lack acknowledged writes.
+    pub allow_data_loss: bool,
 }
 
 /// What to do.
@@ -95,16 +103,10 @@ pub enum Decision {
     Blocked(String),
 }
 
-/// Whether the primary is isolated: it answers, but no replica is connected to it.
-pub fn isolated(obs: &Observation) -> bool {
-    let reachable: Vec<&Server> = obs.replicas.iter().filter(|r| r.reachable).collect();
-    obs.primary.reachable && !reachable.is_empty() && reachable.iter().all(|r| !r.io_running)
-}
-
-/// Decide what to do about the primary.
+/// Decide what to do about the primary (`primary.reachable`: it serves, cut off from no
+/// replica).
 pub fn decide(obs: &Observation) -> Decision {
-    let primary_ok = obs.primary.reachable && !isolated(obs);
-    if primary_ok || obs.primary_down_for_ms == 0 {
+    if obs.primary.reachable || obs.primary_down_for_ms == 0 {
         return Decision::Healthy;
     }
     if obs.primary_down_for_ms < obs.timeout_ms {
@@ -130,15 +132,23 @@ pub fn decide(obs: &Observation) -> Decision {
 
     // Lossless: with k acknowledgements out of r replicas, r - k + 1 must be reachable.
     let k = obs.semi_sync_wait_count as usize;
-    if k > 0 {
-        let reachable = obs.replicas.iter().filter(|r| r.reachable).count();
-        let needed = obs.replicas.len().saturating_sub(k) + 1;
-        if reachable < needed {
-            return Decision::Blocked(format!(
-                "only {reachable} of {} replicas reachable; {needed} are needed to be sure no acknowledged write is lost",
-                obs.replicas.len()
-            ));
-        }
+    if k == 0 && !obs.allow_data_loss {
+        return Decision::Blocked(
+            "semi-sync was not waiting for a replica (degraded, off, or unknown since the loop started), so writes acknowledged meanwhile may exist only on the old primary; bring it back, or set database.failover.allowDataLoss to promote anyway".into(),
+        );
+    }
+    // Writes acknowledged while semi-sync waited were promised to survive: allowing data
+    // loss never gives them up. Nor may a replica out of reach keep following the old
+    // primary, still writable, and acknowledge its writes after the failover: with one
+    // acknowledgement enough (MariaDB), every replica must be reachable to be repointed.
+    let k = k.max(1);
+    let reachable = obs.replicas.iter().filter(|r| r.reachable).count();
+    let needed = obs.replicas.len().saturating_sub(k) + 1;
+    if reachable < needed {
+        return Decision::Blocked(format!(
+            "only {reachable} of {} replicas reachable; {needed} are needed to be sure no acknowledged write is lost",
+            obs.replicas.len()
+        ));
     }
 
     // The candidate that has everything every other candidate has.
@@ -151,6 +161,29 @@ pub fn decide(obs: &Observation) -> Decision {
             "replicas {names:?} have diverged: none has every transaction of the others"
         ));
     };
+    // A replica that may not be promoted can still be the one that acknowledged a write.
+    if let Some(other) = obs
+        .replicas
+        .iter()
+        .find(|o| o.reachable && !o.diverged && !best.executed.contains(&o.executed))
+    {
+        return Decision::Blocked(format!(
+            "{} holds writes {} lacks ({}) but cannot be promoted",
+            other.name,
+            best.name,
+            other.executed.subtract(&best.executed)
+        ));
+    }
+    if let Some(e) = &obs.must_have
+        && !obs.allow_data_loss
+        && !best.executed.contains(e)
+    {
+        return Decision::Blocked(format!(
+            "{} lacks writes acknowledged while semi-sync was degraded ({}); bring the primary back, or set database.failover.allowDataLoss to promote anyway",
+            best.name,
+            e.subtract(&best.executed)
+        ));
+    }
     Decision::Failover {
         promote: best.name.clone(),
         repoint: candidates
@@ -215,8 +248,8 @@ mod tests {
             name: name.into(),
             reachable: true,
             executed: gtid(executed),
-            io_running: true,
             errant: false,
+            diverged: false,
         }
     }
 
@@ -229,6 +262,8 @@ mod tests {
             primary_down_for_ms,
             timeout_ms: 10_000,
             semi_sync_wait_count: 1,
+            must_have: None,
+            allow_data_loss: false,
         }
     }
 
@@ -279,6 +314,7 @@ mod tests {
     fn an_errant_replica_is_never_promoted() {
         let mut errant = server("db-2", &format!("{P}:1-100,{X}:1-3"));
         errant.errant = true;
+        errant.diverged = true;
         let obs = observation(15_000, vec![server("db-1", &format!("{P}:1-100")), errant]);
         assert_eq!(
             decide(&obs),
@@ -338,27 +374,45 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_cut_off_from_its_replicas_is_replaced() {
-        // The operator still reaches it, but no replica does: it cannot acknowledge a
-        // semi-sync write, and after the timeout a replica takes over (the old one is fenced).
-        let mut replicas = vec![
-            server("db-1", &format!("{P}:1-100")),
-            server("db-2", &format!("{P}:1-100")),
-        ];
-        for r in &mut replicas {
-            r.io_running = false;
-        }
-        let mut obs = observation(12_000, replicas);
-        obs.primary.reachable = true;
-        assert!(isolated(&obs));
-        assert_eq!(decide(&obs), failover("db-1", &["db-2"]));
-        // Not yet past the timeout: wait.
-        obs.primary_down_for_ms = 2_000;
-        assert_eq!(
-            decide(&obs),
-            Decision::Wait {
-                remaining_ms: 8_000
-            }
+    fn a_possible_loss_of_acknowledged_writes_is_held_unless_allowed() {
+        // Semi-sync degraded (or off) when the primary went: writes acknowledged meanwhile may
+        // be on no replica.
+        let mut obs = observation(15_000, vec![server("db-1", &format!("{P}:1-100"))]);
+        obs.semi_sync_wait_count = 0;
+        assert!(
+            matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("allowDataLoss"))
         );
+        obs.allow_data_loss = true;
+        assert_eq!(decide(&obs), failover("db-1", &[]));
+        // Too few replicas answer to be sure a write acknowledged while semi-sync waited is
+        // kept: that promise holds even then.
+        let mut down = server("db-2", &format!("{P}:1-100"));
+        down.reachable = false;
+        let mut obs = observation(15_000, vec![server("db-1", &format!("{P}:1-99")), down]);
+        obs.allow_data_loss = true;
+        assert!(
+            matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("acknowledged write"))
+        );
+    }
+
+    #[test]
+    fn a_replica_that_cannot_be_promoted_but_holds_more_blocks() {
+        // db-1 acknowledged the last writes but was not serving when last seen: promoting
+        // db-2 would lose them.
+        let mut ahead = server("db-1", &format!("{P}:1-100"));
+        ahead.errant = true;
+        let obs = observation(15_000, vec![ahead, server("db-2", &format!("{P}:1-97"))]);
+        assert!(
+            matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("db-1 holds writes db-2 lacks"))
+        );
+    }
+
+    #[test]
+    fn writes_acknowledged_while_degraded_must_be_on_the_promoted_replica() {
+        let mut obs = observation(15_000, vec![server("db-1", &format!("{P}:1-90"))]);
+        obs.must_have = Some(gtid(&format!("{P}:1-95")));
+        assert!(matches!(decide(&obs), Decision::Blocked(reason) if reason.contains("91-95")));
+        obs.must_have = Some(gtid(&format!("{P}:1-90")));
+        assert_eq!(decide(&obs), failover("db-1", &[]));
     }
 }

@@ -117,7 +117,17 @@ impl GtidSet {
     }
 
     /// Whether every transaction of `other` is in `self`.
+    /// MariaDB: a domain ending at the same position as `other`'s but written by another
+    /// server is a different history, so not contained.
     pub fn contains(&self, other: &GtidSet) -> bool {
+        let same_end_other_origin = other.origins.iter().any(|(domain, origin)| {
+            self.streams.get(domain).and_then(|v| v.last())
+                == other.streams.get(domain).and_then(|v| v.last())
+                && self.origins.get(domain).is_some_and(|mine| mine != origin)
+        });
+        if same_end_other_origin {
+            return false;
+        }
         other.streams.iter().all(|(stream, intervals)| {
             let mine = self.streams.get(stream).map(Vec::as_slice).unwrap_or(&[]);
             intervals
@@ -198,6 +208,32 @@ impl GtidSet {
             }
         }
         None
+    }
+
+    /// MariaDB: the domains whose last transaction was written by server `origin`.
+    pub fn ends_written_by(&self, origin: u32) -> Vec<&str> {
+        self.origins
+            .iter()
+            .filter(|(_, o)| **o == origin)
+            .map(|(d, _)| d.as_str())
+            .collect()
+    }
+
+    /// MariaDB: whether domain `domain` ends at the same transaction in both sets, or `self`
+    /// is past it there.
+    pub fn reaches_end_of(&self, other: &GtidSet, domain: &str) -> bool {
+        let mine = self.streams.get(domain).and_then(|v| v.last()).map(|i| i.1);
+        let theirs = other
+            .streams
+            .get(domain)
+            .and_then(|v| v.last())
+            .map(|i| i.1);
+        match (mine, theirs) {
+            (Some(m), Some(t)) if m == t => self.origins.get(domain) == other.origins.get(domain),
+            (Some(m), Some(t)) => m > t,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        }
     }
 
     /// Whether the set has no transaction.
@@ -305,6 +341,12 @@ mod tests {
         assert_eq!(maria("0-1-100").errant_against(&primary), None);
         assert_eq!(replica.errant_against(&primary), None);
         assert!(maria("0-7-101").errant_against(&primary).is_some());
+        // The same position written by two servers: neither history contains the other.
+        assert!(!maria("0-7-100").contains(&primary) && !primary.contains(&maria("0-7-100")));
+        assert_eq!(maria("0-7-100,1-1-3").ends_written_by(7), ["0"]);
+        assert!(primary.reaches_end_of(&maria("0-1-100"), "0"));
+        assert!(!primary.reaches_end_of(&maria("0-7-100"), "0"));
+        assert!(primary.reaches_end_of(&maria("0-7-99"), "0"));
         let both = replica.union(&maria("0-1-95,1-3-4"));
         assert!(both.contains(&maria("0-1-95,1-3-4")) && both.contains(&replica));
         assert_eq!(both.count(), 99);

@@ -1,16 +1,23 @@
 //! Database topology: who is primary, who replicates from whom, and failover.
 //!
-//! Pure parts need no server: GTID sets of both engines ([`gtid`]), each engine's statements
-//! ([`dialect`]), semi-sync sizing ([`semisync`]) and the failover decision ([`failover`]). The
-//! loop ([`manager`]) observes real servers ([`server`]), carries decisions out and re-seeds
-//! replicas ([`seed`]); the Kubernetes reconciler and the laptop runner ([`publish`]) both run it and publish
-//! what it concludes their own way.
+//! One loop per cluster ([`manager`]) goes observe → classify → plan → execute. Its pure parts
+//! need no server: GTID sets of both engines ([`gtid`]), each engine's statements
+//! ([`dialect`]), the cluster's state ([`classify`]), what to do about it ([`plan`]), semi-sync
+//! sizing ([`semisync`]) and the failover decision ([`failover`]). The executor ([`execute`])
+//! acts through the [`db::DbServer`] trait: real servers over SQL ([`server`], re-seeding in
+//! [`seed`]) or the test suite's simulator. The Kubernetes reconciler and the laptop runner
+//! ([`publish`]) both run the loop and publish its [`status`] their own way.
 
+pub mod classify;
+pub mod db;
 pub mod dialect;
+pub mod execute;
 pub mod failover;
 pub mod gtid;
 pub mod manager;
+pub mod plan;
 pub mod publish;
 pub mod seed;
 pub mod semisync;
 pub mod server;
+pub mod status;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::manager::TopologyStatus;
+use super::status::TopologyStatus;
 
 /// Replace `path`'s content with `text` atomically (readers never see a partial file).
 async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

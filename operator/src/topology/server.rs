@@ -10,8 +10,11 @@ use sqlx::{
 };
 
 use super::{
-    dialect::{self, Dialect},
+    db::DbServer,
+    dialect::{self, Dialect, Source},
     gtid::GtidSet,
+    seed,
+    status::SemiSyncState,
 };
 
 /// Errors talking to one server.
@@ -104,6 +107,11 @@ pub struct Report {
     pub version: String,
     /// Refuses writes from ordinary users.
     pub read_only: bool,
+    /// Its commits wait for a semi-sync acknowledgement (as a primary). A restarted server
+    /// comes back without: the loop must set it again.
+    pub semi_sync_source: bool,
+    /// `@@server_id`: the origin of the transactions it writes itself (MariaDB GTIDs name it).
+    pub server_id: u32,
     /// GTIDs executed, as the server prints them.
     pub executed_text: String,
     /// GTIDs executed.
@@ -279,7 +287,7 @@ impl Server {
     /// Fence: end ordinary users' sessions and refuse their writes. Sessions go first: a
     /// commit waiting for a semi-sync acknowledgement that will never come would hold off the
     /// read-only switch (it waits for commits in progress); killed, it is never acknowledged.
-    pub async fn fence(&mut self) -> Result<()> {
+    async fn fence_now(&mut self) -> Result<()> {
         self.kill_clients().await?;
         let read_only = self.dialect.make_read_only();
         self.exec(&[read_only]).await?;
@@ -288,7 +296,7 @@ impl Server {
     }
 
     /// Wait up to `wait` until the server has applied `gtids`; whether it has.
-    pub async fn wait_applied(&mut self, gtids: &str, wait: Duration) -> Result<bool> {
+    async fn wait_for(&mut self, gtids: &str, wait: Duration) -> Result<bool> {
         let query = self.dialect.wait_for_gtids();
         let gtids = gtids.to_string();
         let secs = wait.as_secs_f64();
@@ -307,16 +315,19 @@ impl Server {
     }
 
     /// Ask the server about itself.
-    pub async fn report(&mut self) -> Result<Report> {
+    async fn ask(&mut self) -> Result<Report> {
         // Connect first: the dialect comes from the server's version.
         self.connection().await?;
         let dialect = self.dialect;
         let (row, executed_text, status) = self
             .with(self.timeout, move |conn| {
                 Box::pin(async move {
-                    let row = sqlx::query("SELECT VERSION() AS version, @@GLOBAL.read_only AS ro")
-                        .fetch_one(&mut *conn)
-                        .await?;
+                    let row = sqlx::query(AssertSqlSafe(format!(
+                        "SELECT VERSION() AS version, @@GLOBAL.read_only AS ro, {} AS ss, @@GLOBAL.server_id AS sid",
+                        dialect.semi_sync_source_enabled()
+                    )))
+                    .fetch_one(&mut *conn)
+                    .await?;
                     let executed: String = sqlx::query_scalar(dialect.executed_gtids())
                         .fetch_one(&mut *conn)
                         .await?;
@@ -329,6 +340,8 @@ impl Server {
             .await?;
         let version = text(&row, "version");
         let read_only = text(&row, "ro") != "0";
+        let semi_sync_source = !matches!(text(&row, "ss").as_str(), "0" | "OFF" | "");
+        let server_id = text(&row, "sid").parse().unwrap_or(0);
         let parse = |text: &str| {
             dialect.parse_gtids(text).map_err(|source| Error::Gtid {
                 server: self.member.name.clone(),
@@ -363,6 +376,8 @@ impl Server {
         Ok(Report {
             version,
             read_only,
+            semi_sync_source,
+            server_id,
             executed_text,
             executed,
             replication,
@@ -377,6 +392,80 @@ impl Server {
     /// The timeout of single statements.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+}
+
+impl DbServer for Server {
+    fn member(&self) -> &Member {
+        &self.member
+    }
+
+    async fn report(&mut self) -> Result<Report> {
+        self.ask().await
+    }
+
+    async fn fence(&mut self) -> Result<()> {
+        self.fence_now().await
+    }
+
+    async fn stop_receiver(&mut self, within: Duration) -> Result<()> {
+        let stop = self.dialect.stop_io_thread();
+        self.exec_within(&[stop], within).await
+    }
+
+    async fn stop_replication(&mut self) -> Result<()> {
+        let stop = self.dialect.stop_replica();
+        self.exec(&[stop]).await
+    }
+
+    async fn follow(&mut self, source: &Source<'_>, semi_sync: bool) -> Result<()> {
+        // Fenced and without clients before its own semi-sync wait is lifted: commits that
+        // were waiting complete, but nobody is left to be told they did.
+        self.fence_now().await?;
+        let dialect = self.dialect;
+        let mut statements: Vec<String> = vec![
+            dialect.stop_replica().into(),
+            dialect.semi_sync_source_off().into(),
+            dialect.net_timeout(),
+        ];
+        statements.extend(dialect.adopt_own_position().map(String::from));
+        statements.push(dialect.change_source(source));
+        if semi_sync {
+            statements.push(dialect.semi_sync_replica().into());
+        }
+        statements.push(dialect.start_replica().into());
+        self.exec(&statements).await
+    }
+
+    async fn set_semi_sync(&mut self, state: SemiSyncState) -> Result<()> {
+        let statements = match state {
+            SemiSyncState::Waiting(n) => self.dialect.semi_sync_source(n),
+            SemiSyncState::Off | SemiSyncState::Degraded => {
+                vec![self.dialect.semi_sync_source_off().into()]
+            }
+        };
+        self.exec(&statements).await
+    }
+
+    async fn make_writable(&mut self) -> Result<()> {
+        let statements = self.dialect.promote();
+        self.exec(&statements).await
+    }
+
+    async fn wait_applied(&mut self, gtids: &str, wait: Duration) -> Result<bool> {
+        self.wait_for(gtids, wait).await
+    }
+
+    fn another(&self) -> Self {
+        Self::new(self.member.clone(), self.credentials.clone(), self.timeout)
+    }
+
+    async fn reseed_from(
+        &mut self,
+        primary: &mut Self,
+        source: &Source<'_>,
+    ) -> Result<(), seed::Error> {
+        seed::reseed(primary, self, source).await
     }
 }
 

@@ -10,9 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat_operator::topology::{
-    manager::{self, Policy, Role, SemiSyncState, Topology},
+    manager::{self, Topology},
+    plan::Policy,
     publish,
     server::{Credentials, Member},
+    status::{Role, SemiSyncState},
 };
 use chatcluster_tests::{
     free_port,
