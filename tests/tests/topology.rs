@@ -547,3 +547,44 @@ async fn a_frozen_primary_with_one_replica_is_replaced_promptly_and_rejoins() {
     let acks = writer.stop().await;
     assert_none_lost(&acks, &dbs[1]);
 }
+
+/// A re-seed streams the primary's tables through the operator in bounded batches: a table
+/// several batches large, binary values and NULLs arrive intact, and the replica's errant row
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reseed_copies_a_table_larger_than_a_batch_intact() {
+    let (dbs, handle) = pair().await;
+    dbs[0].sql(
+        "CREATE TABLE chat.big (id INT PRIMARY KEY, b LONGBLOB, t TEXT NULL); \
+         INSERT INTO chat.big SELECT seq, REPEAT(UNHEX(SHA2(seq, 256)), 32), \
+         IF(seq % 7 = 0, NULL, CONCAT('row ', seq, ' ''quoted'' \\\\ back')) FROM chat.seq_1_to_4000",
+    );
+    dbs[1].wait_caught_up(&dbs[0]);
+    // Errant: written on the replica directly.
+    dbs[1].sql("INSERT INTO chat.acks (id) VALUES (999999)");
+    wait_status(
+        &handle,
+        "the errant replica",
+        Duration::from_secs(30),
+        |s| s.in_role(Role::Errant) == ["db-1"] || s.in_role(Role::Seeding) == ["db-1"],
+    )
+    .await;
+    wait_status(
+        &handle,
+        "the replica re-seeded",
+        Duration::from_secs(60),
+        |s| healthy(s, "db-0", 1),
+    )
+    .await;
+    dbs[0].sql("INSERT INTO chat.acks (id) VALUES (1)");
+    dbs[1].wait_caught_up(&dbs[0]);
+    let checksum = |db: &MariaDb| db.sql("CHECKSUM TABLE chat.big");
+    assert_eq!(checksum(&dbs[0]), checksum(&dbs[1]));
+    assert_eq!(
+        dbs[1].sql("SELECT COUNT(*) FROM chat.big WHERE t IS NULL"),
+        "571"
+    );
+    assert_eq!(ids_on(&dbs[1]), BTreeSet::from([1]));
+    let staging = dbs[1].sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '\\_chatcluster\\_seed\\_%'");
+    assert_eq!(staging, "0", "no staging schema left");
+}

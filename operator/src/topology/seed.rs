@@ -4,10 +4,16 @@
 //! MySQL copies itself with the clone plugin (see [`Dialect::seed`]). MariaDB has no clone, so
 //! the application schemas are copied logically from one consistent snapshot, and the replica
 //! resumes from the snapshot's GTID position: every transaction after it arrives through
-//! replication, none twice. The copy is written outside the replica's binary log, and the
-//! replica's own GTID history (where errant transactions live) is reset. Fine for the chat
-//! schemas of a laptop or a test; a large production dataset wants a physical copy
-//! (mariadb-backup) instead, which this module does not do.
+//! replication, none twice. The copy:
+//! - streams: rows go from the primary's cursor to the replica in INSERTs of at most
+//!   [`BATCH_BYTES`], so the operator holds one batch whatever the database's size;
+//! - keeps the replica's data until it is complete: tables are loaded into staging schemas
+//!   and only then moved into place (`RENAME TABLE`);
+//! - is written outside the replica's binary log, and the replica's own GTID history (where
+//!   errant transactions live) is reset.
+//!
+//! The loop runs it beside its ticks (see [`super::execute`]). A physical copy
+//! (mariadb-backup) would be faster for large datasets; this module does not do it.
 
 use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, MySqlConnection};
@@ -19,41 +25,49 @@ use super::{
 
 /// Schemas never copied: the server's own (users are created on every server alike).
 const SYSTEM_SCHEMAS: &str = "'mysql','information_schema','performance_schema','sys'";
+/// Staging schemas are named this, then the schema's position.
+const STAGING: &str = "_chatcluster_seed_";
 /// Largest INSERT statement the copy sends.
-const BATCH_BYTES: usize = 1 << 20;
+pub const BATCH_BYTES: usize = 1 << 20;
 
 fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// One table's definition and rows as SQL value tuples.
-struct Table {
-    name: String,
-    create: String,
-    rows: Vec<String>,
-}
-
-/// One schema's definition and tables.
-struct Schema {
-    name: String,
-    create: String,
-    tables: Vec<Table>,
-}
-
-/// A consistent copy of the application schemas, and the GTID position it was taken at.
-struct Snapshot {
-    gtids: String,
-    schemas: Vec<Schema>,
-}
-
-/// Read the snapshot from `source` inside one consistent-snapshot transaction.
-async fn snapshot(conn: &mut MySqlConnection) -> Result<Snapshot, sqlx::Error> {
-    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+async fn run(conn: &mut MySqlConnection, sql: impl Into<String>) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(sql.into()))
         .execute(&mut *conn)
-        .await?;
-    sqlx::query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        .execute(&mut *conn)
-        .await?;
+        .await
+        .map(|_| ())
+}
+
+/// Application schemas on a server, staging ones included.
+async fn schemas(conn: &mut MySqlConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({SYSTEM_SCHEMAS}) ORDER BY 1"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Base tables of `schema`.
+async fn tables(conn: &mut MySqlConnection, schema: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Open a consistent snapshot on the primary; the GTID position it was taken at.
+async fn open_snapshot(conn: &mut MySqlConnection) -> Result<String, sqlx::Error> {
+    run(
+        conn,
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )
+    .await?;
+    run(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
     // MariaDB names the binary log position matching the snapshot; its GTID position follows.
     let rows = sqlx::query("SHOW STATUS LIKE 'binlog_snapshot_%'")
         .fetch_all(&mut *conn)
@@ -71,53 +85,17 @@ async fn snapshot(conn: &mut MySqlConnection) -> Result<Snapshot, sqlx::Error> {
         .bind(pos.parse::<u64>().unwrap_or(0))
         .fetch_one(&mut *conn)
         .await?;
-    let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({SYSTEM_SCHEMAS}) ORDER BY 1"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut schemas = Vec::new();
-    for name in names {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SHOW CREATE DATABASE {}",
-            ident(&name)
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
-        let create = server::text(&row, "Create Database");
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
-        )
-        .bind(&name)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut copied = Vec::new();
-        for table in tables {
-            copied.push(copy_table(conn, &name, &table).await?);
-        }
-        schemas.push(Schema {
-            name,
-            create,
-            tables: copied,
-        });
-    }
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
-    Ok(Snapshot {
-        gtids: gtids.unwrap_or_default(),
-        schemas,
-    })
+    Ok(gtids.unwrap_or_default())
 }
 
-async fn copy_table(
+/// The expression printing a row of `schema.table` as an SQL value tuple, built by the
+/// server: QUOTE() for text and numbers (it prints NULL for NULL), hex for binary data, which
+/// need not be valid text.
+async fn row_literal(
     conn: &mut MySqlConnection,
     schema: &str,
     table: &str,
-) -> Result<Table, sqlx::Error> {
-    let qualified = format!("{}.{}", ident(schema), ident(table));
-    let row = sqlx::query(AssertSqlSafe(format!("SHOW CREATE TABLE {qualified}")))
-        .fetch_one(&mut *conn)
-        .await?;
-    let create = server::text(&row, "Create Table");
+) -> Result<String, sqlx::Error> {
     let columns = sqlx::query(
         "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS type FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
     )
@@ -125,8 +103,6 @@ async fn copy_table(
     .bind(table)
     .fetch_all(&mut *conn)
     .await?;
-    // Each value as an SQL literal built by the server: QUOTE() for text and numbers (it
-    // prints NULL for NULL), hex for binary data, which need not be valid text.
     let values: Vec<String> = columns
         .iter()
         .map(|c| {
@@ -139,80 +115,106 @@ async fn copy_table(
             }
         })
         .collect();
-    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT CONCAT('(', CONCAT_WS(',', {}), ')') FROM {qualified}",
+    Ok(format!(
+        "CONCAT('(', CONCAT_WS(',', {}), ')')",
         values.join(", ")
-    )))
-    .fetch(&mut *conn)
-    .try_collect()
-    .await?;
-    Ok(Table {
-        name: table.to_string(),
-        create,
-        rows,
-    })
+    ))
 }
 
-/// Load `snap` into `replica`: outside its binary log, replacing every application schema,
-/// then reset its GTID history to the snapshot's position.
-async fn load(
-    conn: &mut MySqlConnection,
-    snap: &Snapshot,
-    reset_binlog: &str,
-    set_applied: &str,
+/// Stream `schema.table` from the primary's snapshot into schema `staging` on the replica.
+async fn copy_table(
+    primary: &mut MySqlConnection,
+    replica: &mut MySqlConnection,
+    schema: &str,
+    table: &str,
+    staging: &str,
 ) -> Result<(), sqlx::Error> {
+    let qualified = format!("{}.{}", ident(schema), ident(table));
+    let row = sqlx::query(AssertSqlSafe(format!("SHOW CREATE TABLE {qualified}")))
+        .fetch_one(&mut *primary)
+        .await?;
+    run(replica, format!("USE {}", ident(staging))).await?;
+    run(replica, server::text(&row, "Create Table")).await?;
+    let literal = row_literal(primary, schema, table).await?;
+    let head = format!("INSERT INTO {} VALUES ", ident(table));
+    let mut batch = String::new();
+    let mut rows = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+        "SELECT {literal} FROM {qualified}"
+    )))
+    .fetch(&mut *primary);
+    while let Some(row) = rows.try_next().await? {
+        if !batch.is_empty() && batch.len() + row.len() > BATCH_BYTES {
+            run(replica, std::mem::take(&mut batch)).await?;
+        }
+        batch.push_str(if batch.is_empty() { &head } else { "," });
+        batch.push_str(&row);
+    }
+    if !batch.is_empty() {
+        run(replica, batch).await?;
+    }
+    Ok(())
+}
+
+/// Copy every application schema of the primary's snapshot into staging schemas on the
+/// replica, then replace the replica's schemas with them; the snapshot's GTID position.
+async fn copy(
+    primary: &mut MySqlConnection,
+    replica: &mut MySqlConnection,
+) -> Result<String, sqlx::Error> {
     for s in [
         "SET SESSION sql_log_bin = 0",
         "SET SESSION foreign_key_checks = 0",
         "SET SESSION unique_checks = 0",
     ] {
-        sqlx::query(s).execute(&mut *conn).await?;
+        run(replica, s).await?;
     }
-    let existing: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({SYSTEM_SCHEMAS})"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    for name in existing {
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE {}", ident(&name))))
-            .execute(&mut *conn)
-            .await?;
-    }
-    for schema in &snap.schemas {
-        sqlx::query(AssertSqlSafe(schema.create.clone()))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(AssertSqlSafe(format!("USE {}", ident(&schema.name))))
-            .execute(&mut *conn)
-            .await?;
-        for table in &schema.tables {
-            sqlx::query(AssertSqlSafe(table.create.clone()))
-                .execute(&mut *conn)
-                .await?;
-            let head = format!("INSERT INTO {} VALUES ", ident(&table.name));
-            let mut batch = String::new();
-            for row in &table.rows {
-                if !batch.is_empty() && batch.len() + row.len() > BATCH_BYTES {
-                    sqlx::query(AssertSqlSafe(std::mem::take(&mut batch)))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                batch.push_str(if batch.is_empty() { &head } else { "," });
-                batch.push_str(row);
-            }
-            if !batch.is_empty() {
-                sqlx::query(AssertSqlSafe(batch))
-                    .execute(&mut *conn)
-                    .await?;
-            }
+    // Whatever an interrupted copy left behind.
+    for name in schemas(replica).await? {
+        if name.starts_with(STAGING) {
+            run(replica, format!("DROP DATABASE {}", ident(&name))).await?;
         }
     }
-    for s in [reset_binlog, set_applied, "SET SESSION sql_log_bin = 1"] {
-        sqlx::query(AssertSqlSafe(s.to_string()))
-            .execute(&mut *conn)
-            .await?;
+    let gtids = open_snapshot(primary).await?;
+    let wanted = schemas(primary).await?;
+    let mut creates = Vec::new();
+    for (n, schema) in wanted.iter().enumerate() {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SHOW CREATE DATABASE {}",
+            ident(schema)
+        )))
+        .fetch_one(&mut *primary)
+        .await?;
+        creates.push(server::text(&row, "Create Database"));
+        let staging = format!("{STAGING}{n}");
+        run(replica, format!("CREATE DATABASE {}", ident(&staging))).await?;
+        for table in tables(primary, schema).await? {
+            copy_table(primary, replica, schema, &table, &staging).await?;
+        }
     }
-    Ok(())
+    run(primary, "COMMIT").await?;
+    // Complete: only now does the replica's own data go.
+    for name in schemas(replica).await? {
+        if !name.starts_with(STAGING) {
+            run(replica, format!("DROP DATABASE {}", ident(&name))).await?;
+        }
+    }
+    for (n, (schema, create)) in wanted.iter().zip(creates).enumerate() {
+        let staging = format!("{STAGING}{n}");
+        run(replica, create).await?;
+        let moves: Vec<String> = tables(replica, &staging)
+            .await?
+            .iter()
+            .map(|t| {
+                let (from, to) = (ident(&staging), ident(schema));
+                format!("{from}.{t} TO {to}.{t}", t = ident(t))
+            })
+            .collect();
+        if !moves.is_empty() {
+            run(replica, format!("RENAME TABLE {}", moves.join(", "))).await?;
+        }
+        run(replica, format!("DROP DATABASE {}", ident(&staging))).await?;
+    }
+    Ok(gtids)
 }
 
 /// Errors re-seeding.
@@ -255,26 +257,24 @@ pub async fn reseed(
             replica.exec(&statements).await?;
         }
         Seed::Logical => {
-            let copy_err = |replica: &Server, primary: &Server| {
-                let (r, p) = (replica.member.name.clone(), primary.member.name.clone());
-                move |error| Error::Copy {
-                    source_name: p,
-                    replica: r,
-                    error,
-                }
-            };
-            let err = copy_err(replica, primary);
-            let snap = snapshot(primary.session().await?).await.map_err(err)?;
-            let err = copy_err(replica, primary);
-            let set_applied = dialect.set_applied(&snap.gtids);
-            let reset = dialect.reset_binlog();
-            let result = load(replica.session().await?, &snap, reset, &set_applied)
-                .await
-                .map_err(err);
-            // The session carried session settings: start clean next time.
+            let names = (primary.member.name.clone(), replica.member.name.clone());
+            let result = copy(primary.session().await?, replica.session().await?).await;
+            // The sessions carried settings and a snapshot: start clean next time.
             replica.disconnect();
             primary.disconnect();
-            result?;
+            let gtids = result.map_err(|error| Error::Copy {
+                source_name: names.0,
+                replica: names.1,
+                error,
+            })?;
+            replica
+                .exec(&[
+                    "SET SESSION sql_log_bin = 0".to_string(),
+                    dialect.reset_binlog().to_string(),
+                    dialect.set_applied(&gtids),
+                    "SET SESSION sql_log_bin = 1".to_string(),
+                ])
+                .await?;
         }
     }
     Ok(())
