@@ -103,6 +103,24 @@ pub struct DatabaseStatus {
     /// Why a needed failover has not happened (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_pending: Option<String>,
+    /// What the topology loop finds wrong, most serious first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<DatabaseFinding>,
+}
+
+/// Something the topology loop finds wrong with the database.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseFinding {
+    /// What: primaryLost, primaryIsolated, failoverHeld, semiSyncDegraded, replicaLagging,
+    /// replicaDiverged, replicaBroken, replicaUnreachable, replicaSeeding, secondWritable or
+    /// actionFailing.
+    pub kind: String,
+    /// The server it concerns (none: the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// One database server.

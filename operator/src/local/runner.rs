@@ -298,6 +298,14 @@ impl LocalStatus {
                 p.name, p.component, pid, p.port, p.status.restarts, state
             ));
         }
+        for f in &self.database.findings {
+            let server = f
+                .server
+                .as_deref()
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            out.push_str(&format!("  database{server}: {}\n", f.reason));
+        }
         for (service, a) in &self.autoscaling {
             out.push_str(&format!(
                 "  autoscaling {service}: {} replicas, desired {}\n",

@@ -342,6 +342,21 @@ async fn database_topology(
         )
         .await;
     }
+    // A held failover needs a person: say so once per reason.
+    let held = now
+        .failover_pending
+        .as_ref()
+        .filter(|p| p.contains("failover held"));
+    let recorded_pending = cc
+        .status
+        .as_ref()
+        .and_then(|s| s.database.as_ref())
+        .and_then(|d| d.failover_pending.as_ref());
+    if let Some(why) = held
+        && recorded_pending != Some(why)
+    {
+        record(ctx, cc, EventType::Warning, "FailoverHeld", why.clone()).await;
+    }
     let recorder = ctx.recorder.clone();
     let reference = cc.object_ref(&());
     let done_topologies = topologies.clone();

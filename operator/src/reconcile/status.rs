@@ -14,8 +14,8 @@ use k8s_openapi::{
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ChatCluster, ChatClusterStatus, DatabaseServerStatus, DatabaseStatus, FailoverStatus, Phase,
-    ReplicaStatus, ServiceKind, SpecError, condition,
+    ChatCluster, ChatClusterStatus, DatabaseFinding, DatabaseServerStatus, DatabaseStatus,
+    FailoverStatus, Phase, ReplicaStatus, ServiceKind, SpecError, condition,
 };
 use crate::build::{ClusterRef, names};
 use crate::topology::status::{Role, SemiSyncState, TopologyStatus};
@@ -367,13 +367,22 @@ fn database_status(
             duration_ms: p.duration_ms,
         }),
         failover_pending: t.failover_pending.clone(),
+        findings: t
+            .findings
+            .iter()
+            .map(|f| DatabaseFinding {
+                kind: f.kind.as_str().to_string(),
+                server: f.server.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::status::{Promotion, ServerStatus};
+    use crate::topology::status::{Finding, FindingKind, Promotion, ServerStatus};
 
     fn cluster() -> (ChatCluster, ClusterRef) {
         let mut cc = ChatCluster::new("demo", Default::default());
@@ -410,7 +419,11 @@ mod tests {
                 duration_ms: 2100,
             }),
             failover_pending: None,
-            findings: vec![],
+            findings: vec![Finding::about(
+                FindingKind::ReplicaDiverged,
+                "demo-db-primary-0",
+                "transactions the primary lacks: 0:8",
+            )],
         }
     }
 
@@ -439,6 +452,14 @@ mod tests {
         assert_eq!(db.semi_sync.as_deref(), Some("waiting for 1"));
         assert_eq!(db.servers.len(), 3);
         assert_eq!(db.servers[0].role, "errant");
+        assert_eq!(
+            db.findings,
+            [DatabaseFinding {
+                kind: "replicaDiverged".into(),
+                server: Some("demo-db-primary-0".into()),
+                reason: "transactions the primary lacks: 0:8".into(),
+            }]
+        );
         let f = db.last_failover.expect("failover");
         assert_eq!(
             (f.from.as_str(), f.to.as_str()),

@@ -21,3 +21,6 @@ pub mod seed;
 pub mod semisync;
 pub mod server;
 pub mod status;
+
+#[cfg(test)]
+mod tests;

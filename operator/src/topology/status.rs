@@ -159,6 +159,25 @@ pub enum FindingKind {
     ActionFailing,
 }
 
+impl FindingKind {
+    /// Its name as status shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrimaryLost => "primaryLost",
+            Self::PrimaryIsolated => "primaryIsolated",
+            Self::FailoverHeld => "failoverHeld",
+            Self::SemiSyncDegraded => "semiSyncDegraded",
+            Self::ReplicaLagging => "replicaLagging",
+            Self::ReplicaDiverged => "replicaDiverged",
+            Self::ReplicaBroken => "replicaBroken",
+            Self::ReplicaUnreachable => "replicaUnreachable",
+            Self::ReplicaSeeding => "replicaSeeding",
+            Self::SecondWritable => "secondWritable",
+            Self::ActionFailing => "actionFailing",
+        }
+    }
+}
+
 /// One finding: what, about which server, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
