@@ -1,12 +1,17 @@
-//! Failover benchmark with real MariaDB servers: a primary and two replicas under continuous
-//! acknowledged writes; the primary is killed (SIGKILL) and the time until the first write is
-//! accepted again is measured, with and without semi-sync, over 5 runs each; then a planned
-//! switchover's write pause. Every acknowledged write is checked on the new primary.
+//! Failover benchmark with real MariaDB servers, in the shapes of `examples/laptop.yaml` (a
+//! primary and one replica) and `examples/ha.yaml` (two replicas), with their defaults (10 s
+//! failover timeout, semi-sync, a 1 s loop tick), under continuous acknowledged writes: the
+//! primary is frozen (SIGSTOP) or killed (SIGKILL); once a replica took over, it is thawed or
+//! restarted. Per run: the write pause (the longest gap between acknowledgements after the
+//! fault), the time
+//! from the fault's end to Ready (every server replicating from the new primary, semi-sync
+//! sized), and acknowledged writes lost (must be 0). Then a planned switchover back, and its
+//! write pause.
 //!
 //! Baseline, same run: the same killed server restarted in place (crash recovery, no
-//! replicas) — how long writes stop without failover. Ratios are failover / baseline.
+//! replicas) — how long writes stop without failover. Ratios are pause / baseline.
 //!
-//! `cargo bench -p chatcluster-tests --bench failover`
+//! `cargo bench -p chatcluster-tests --bench failover` (`FAILOVER_RUNS`, default 10 per case)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,15 +24,15 @@ use chat_operator::topology::{
     manager::{self, Topology},
     plan::Policy,
     server::{Credentials, Member},
-    status::{self, Role, SemiSyncState},
+    status::{self, SemiSyncState},
 };
 use chatcluster_tests::{
     mariadb::{ADMIN_PASSWORD, MariaDb, REPL_PASSWORD},
     writer::Writer,
 };
 
-const RUNS: usize = 5;
-const TIMEOUT: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_secs(1);
 const FLAGS: &[&str] = &[
     "--read-only=ON",
     "--rpl-semi-sync-slave-enabled=ON",
@@ -35,8 +40,22 @@ const FLAGS: &[&str] = &[
     "--innodb-flush-log-at-trx-commit=1",
 ];
 
+fn runs() -> usize {
+    std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Freeze,
+    Kill,
+}
+
 struct Run {
-    failover_ms: u64,
+    pause_ms: u64,
+    ready_ms: u64,
     lost: usize,
     acked: usize,
     switchover_pause_ms: u64,
@@ -64,7 +83,7 @@ async fn wait<F: Fn(&status::TopologyStatus) -> bool>(
     rx: &mut tokio::sync::watch::Receiver<status::TopologyStatus>,
     f: F,
 ) -> status::TopologyStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = rx.borrow_and_update().clone();
         if f(&s) {
@@ -75,16 +94,39 @@ async fn wait<F: Fn(&status::TopologyStatus) -> bool>(
     }
 }
 
-async fn failover_run(semi_sync: bool) -> Run {
+fn signal(db: &MariaDb, signal: &str) {
+    let pid = db.pid().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// The write pause: the longest gap between two acknowledgements around `fault` (a write in
+/// flight when it struck may still be acknowledged just after it).
+fn longest_gap_after(acks: &[chatcluster_tests::writer::Ack], fault: Instant) -> Duration {
+    acks.windows(2)
+        .filter(|w| w[1].at > fault)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap()
+}
+
+async fn failover_run(replicas: usize, fault: Fault) -> Run {
     let mut dbs: Vec<MariaDb> = std::thread::scope(|s| {
-        let h: Vec<_> = (1..=3)
+        let h: Vec<_> = (1..=u32::try_from(replicas).unwrap() + 1)
             .map(|id| s.spawn(move || MariaDb::start(id, FLAGS)))
             .collect();
         h.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let policy = Policy {
         failover_timeout: TIMEOUT,
-        semi_sync,
         ..Policy::default()
     };
     let credentials = Credentials {
@@ -94,42 +136,43 @@ async fn failover_run(semi_sync: bool) -> Run {
         repl_password: REPL_PASSWORD.into(),
     };
     let (topology, status) = Topology::new(members(&dbs), "db-0", credentials, policy).unwrap();
-    let handle = manager::spawn(topology, status, Duration::from_millis(250));
+    let handle = manager::spawn(topology, status, TICK);
     let mut rx = handle.status.clone();
-    let want = if semi_sync {
-        SemiSyncState::Waiting(1)
-    } else {
-        SemiSyncState::Off
-    };
     wait(&mut rx, |s| {
-        s.primary_ready && s.in_role(Role::Replica).len() == 2 && s.semi_sync == want
+        s.ready() && s.semi_sync == SemiSyncState::Waiting(1)
     })
     .await;
     dbs[0].sql(&Writer::create_table());
     let writer = Writer::start(handle.status.clone());
-    writer.wait_for(300, Duration::from_secs(30)).await;
+    writer.wait_for(100, Duration::from_secs(30)).await;
 
-    dbs[0].kill();
-    let killed = Instant::now();
+    let faulted = Instant::now();
+    match fault {
+        Fault::Freeze => signal(&dbs[0], "STOP"),
+        Fault::Kill => dbs[0].kill(),
+    }
     let after = wait(&mut rx, |s| s.primary != "db-0" && s.primary_ready).await;
     let n = writer.acks().len();
-    writer.wait_for(n + 100, Duration::from_secs(30)).await;
-    let new: usize = after.primary.trim_start_matches("db-").parse().unwrap();
-    let other = 3 - new;
+    writer.wait_for(n + 20, Duration::from_secs(30)).await;
+    match fault {
+        Fault::Freeze => signal(&dbs[0], "CONT"),
+        Fault::Kill => tokio::task::block_in_place(|| dbs[0].restart()),
+    }
+    let ended = Instant::now();
     wait(&mut rx, |s| {
-        s.servers.iter().any(|x| {
-            x.name == format!("db-{other}") && x.role == Role::Replica && x.error.is_none()
-        })
+        s.ready() && s.primary == after.primary && s.servers.len() == replicas + 1
     })
     .await;
-    let record = handle.switchover(&format!("db-{other}")).await.unwrap();
+    let ready_ms = ms(ended.elapsed());
+    let record = handle.switchover("db-0").await.unwrap();
     let n = writer.acks().len();
-    writer.wait_for(n + 100, Duration::from_secs(30)).await;
+    writer.wait_for(n + 20, Duration::from_secs(30)).await;
     let acks = writer.stop().await;
-    let first = acks.iter().find(|a| a.at > killed).unwrap();
-    let present = ids(&dbs[other]);
+    let pause = longest_gap_after(&acks, faulted);
+    let present = ids(&dbs[0]);
     Run {
-        failover_ms: u64::try_from(first.at.duration_since(killed).as_millis()).unwrap(),
+        pause_ms: ms(pause),
+        ready_ms,
         lost: acks.iter().filter(|a| !present.contains(&a.id)).count(),
         acked: acks.len(),
         switchover_pause_ms: record.duration_ms,
@@ -162,8 +205,7 @@ async fn restart_run() -> u64 {
     writer.wait_for(n + 100, Duration::from_secs(30)).await;
     let acks = writer.stop().await;
     drop(tx);
-    let first = acks.iter().find(|a| a.at > killed).unwrap();
-    u64::try_from(first.at.duration_since(killed).as_millis()).unwrap()
+    ms(longest_gap_after(&acks, killed))
 }
 
 fn p50(v: &[u64]) -> u64 {
@@ -174,8 +216,9 @@ fn p50(v: &[u64]) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
+    let runs = runs();
     let mut baseline = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         baseline.push(restart_run().await);
     }
     let base = p50(&baseline);
@@ -184,32 +227,36 @@ async fn main() {
         baseline.iter().max().unwrap()
     );
     println!(
-        "failover timeout {} ms; writes acknowledged one at a time; {RUNS} runs each\n",
-        TIMEOUT.as_millis()
+        "failover timeout {} ms, tick {} ms; writes acknowledged one at a time; {runs} runs each\n",
+        TIMEOUT.as_millis(),
+        TICK.as_millis()
     );
     println!(
-        "| semi-sync | failover p50 | max | beyond the timeout p50 | p50 / baseline | writes acknowledged | lost | switchover pause p50 | max |"
+        "| shape | fault | write pause p50 | max | p50 / baseline | fault end → Ready p50 | max | acknowledged | lost | switchover pause p50 | max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for semi_sync in [true, false] {
-        let mut runs = Vec::new();
-        for _ in 0..RUNS {
-            runs.push(failover_run(semi_sync).await);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (shape, replicas) in [("laptop (1 replica)", 1), ("ha (2 replicas)", 2)] {
+        for fault in [Fault::Freeze, Fault::Kill] {
+            let mut done = Vec::new();
+            for _ in 0..runs {
+                done.push(failover_run(replicas, fault).await);
+            }
+            let pauses: Vec<u64> = done.iter().map(|r| r.pause_ms).collect();
+            let ready: Vec<u64> = done.iter().map(|r| r.ready_ms).collect();
+            let switch: Vec<u64> = done.iter().map(|r| r.switchover_pause_ms).collect();
+            let lost: usize = done.iter().map(|r| r.lost).sum();
+            let acked: usize = done.iter().map(|r| r.acked).sum();
+            println!(
+                "| {shape} | {fault:?} | {} ms | {} ms | {:.1} | {} ms | {} ms | {acked} | {lost} | {} ms | {} ms |",
+                p50(&pauses),
+                pauses.iter().max().unwrap(),
+                p50(&pauses) as f64 / base.max(1) as f64,
+                p50(&ready),
+                ready.iter().max().unwrap(),
+                p50(&switch),
+                switch.iter().max().unwrap(),
+            );
+            assert_eq!(lost, 0, "acknowledged writes lost");
         }
-        let times: Vec<u64> = runs.iter().map(|r| r.failover_ms).collect();
-        let pauses: Vec<u64> = runs.iter().map(|r| r.switchover_pause_ms).collect();
-        let lost: usize = runs.iter().map(|r| r.lost).sum();
-        let acked: usize = runs.iter().map(|r| r.acked).sum();
-        println!(
-            "| {} | {} ms | {} ms | {} ms | {:.2} | {acked} | {lost} | {} ms | {} ms |",
-            if semi_sync { "on" } else { "off" },
-            p50(&times),
-            times.iter().max().unwrap(),
-            p50(&times).saturating_sub(u64::try_from(TIMEOUT.as_millis()).unwrap()),
-            p50(&times) as f64 / base.max(1) as f64,
-            p50(&pauses),
-            pauses.iter().max().unwrap(),
-        );
-        assert_eq!(lost, 0, "acknowledged writes lost");
     }
 }

@@ -399,6 +399,7 @@ impl<S: DbServer> Topology<S> {
                 .find(|(i, _)| *i == target)
                 .map(|(_, r)| r.has())
                 .unwrap_or_default(),
+            primary_seen_ms: Some(now_ms(self)),
         };
         let source = self.replica_source();
         for i in others {

@@ -79,6 +79,9 @@ impl Exposure {
     }
 }
 
+/// Longest time before the first failed look at the primary counted as down time.
+const DETECTION_CREDIT_MS: u64 = 2_000;
+
 /// What the loop remembers between ticks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
@@ -90,6 +93,8 @@ pub struct Memory {
     pub exposure: Exposure,
     /// Everything the primary had when last seen serving.
     pub primary_seen: GtidSet,
+    /// When (loop milliseconds) it was last seen serving.
+    pub primary_seen_ms: Option<u64>,
     /// Each server's role when it last answered: a replica that was unreachable for a while
     /// is judged by what it was before.
     pub known_roles: BTreeMap<String, Role>,
@@ -216,9 +221,9 @@ pub fn plan(
                     exposure: Exposure::Unbounded,
                     ..memory.clone()
                 };
-                maintain(o, c, policy, &forgot, read_only)
+                maintain(o, c, policy, &forgot, read_only, now_ms)
             } else {
-                maintain(o, c, policy, memory, read_only)
+                maintain(o, c, policy, memory, read_only, now_ms)
             }
         }
         PrimaryHealth::Lost | PrimaryHealth::Isolated => primary_down(o, c, policy, memory, now_ms),
@@ -233,6 +238,7 @@ fn maintain(
     policy: &Policy,
     memory: &Memory,
     read_only: bool,
+    now_ms: u64,
 ) -> Plan {
     let mut fences = Vec::new();
     let mut actions = Vec::new();
@@ -338,6 +344,7 @@ fn maintain(
             exposure,
             known_roles: known_roles(memory, &servers),
             primary_seen: c.primary_has.clone().unwrap_or_default(),
+            primary_seen_ms: Some(now_ms),
         },
         servers,
         primary_ready: !read_only,
@@ -356,7 +363,15 @@ fn primary_down(
     memory: &Memory,
     now_ms: u64,
 ) -> Plan {
-    let since = memory.down_since_ms.unwrap_or(now_ms);
+    // Down since it was last seen serving, not since this tick failed to reach it: the tick
+    // interval and the statement timeout are no part of the failover timeout. At most
+    // DETECTION_CREDIT_MS is credited, so a loop that itself stalled does not fail over on
+    // its first look.
+    let since = memory.down_since_ms.unwrap_or_else(|| {
+        memory.primary_seen_ms.map_or(now_ms, |seen| {
+            seen.max(now_ms.saturating_sub(DETECTION_CREDIT_MS))
+        })
+    });
     let lost = c.primary == PrimaryHealth::Lost;
     let cause = if lost {
         "primary unreachable"

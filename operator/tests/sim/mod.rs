@@ -16,6 +16,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod scenario;
+
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
