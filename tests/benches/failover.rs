@@ -55,6 +55,8 @@ enum Fault {
 
 struct Run {
     pause_ms: u64,
+    /// The loop's own measure: primary last seen → new primary writable.
+    promotion_ms: u64,
     ready_ms: u64,
     lost: usize,
     acked: usize,
@@ -172,6 +174,7 @@ async fn failover_run(replicas: usize, fault: Fault) -> Run {
     let present = ids(&dbs[0]);
     Run {
         pause_ms: ms(pause),
+        promotion_ms: after.last_promotion.as_ref().map_or(0, |p| p.duration_ms),
         ready_ms,
         lost: acks.iter().filter(|a| !present.contains(&a.id)).count(),
         acked: acks.len(),
@@ -232,9 +235,9 @@ async fn main() {
         TICK.as_millis()
     );
     println!(
-        "| shape | fault | write pause p50 | max | p50 / baseline | fault end → Ready p50 | max | acknowledged | lost | switchover pause p50 | max |"
+        "| shape | fault | write pause p50 | max | p50 / baseline | loop: last seen → promoted p50 | fault end → Ready p50 | max | acknowledged | lost | switchover pause p50 | max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (shape, replicas) in [("laptop (1 replica)", 1), ("ha (2 replicas)", 2)] {
         for fault in [Fault::Freeze, Fault::Kill] {
             let mut done = Vec::new();
@@ -243,14 +246,16 @@ async fn main() {
             }
             let pauses: Vec<u64> = done.iter().map(|r| r.pause_ms).collect();
             let ready: Vec<u64> = done.iter().map(|r| r.ready_ms).collect();
+            let promoted: Vec<u64> = done.iter().map(|r| r.promotion_ms).collect();
             let switch: Vec<u64> = done.iter().map(|r| r.switchover_pause_ms).collect();
             let lost: usize = done.iter().map(|r| r.lost).sum();
             let acked: usize = done.iter().map(|r| r.acked).sum();
             println!(
-                "| {shape} | {fault:?} | {} ms | {} ms | {:.1} | {} ms | {} ms | {acked} | {lost} | {} ms | {} ms |",
+                "| {shape} | {fault:?} | {} ms | {} ms | {:.1} | {} ms | {} ms | {} ms | {acked} | {lost} | {} ms | {} ms |",
                 p50(&pauses),
                 pauses.iter().max().unwrap(),
                 p50(&pauses) as f64 / base.max(1) as f64,
+                p50(&promoted),
                 p50(&ready),
                 ready.iter().max().unwrap(),
                 p50(&switch),
