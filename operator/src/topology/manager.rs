@@ -58,6 +58,8 @@ pub struct Topology<S: DbServer = Server> {
     pub(super) failures: BTreeMap<String, u32>,
     pub(super) status: watch::Sender<TopologyStatus>,
     clock: Clock,
+    /// When the last tick wants the next one sooner than the regular interval.
+    wake_after: Option<Duration>,
 }
 
 pub(super) fn unix_ms() -> u64 {
@@ -168,6 +170,7 @@ impl<S: DbServer> Topology<S> {
                 failures: BTreeMap::new(),
                 status,
                 clock,
+                wake_after: None,
             },
             rx,
         ))
@@ -240,6 +243,7 @@ impl<S: DbServer> Topology<S> {
         for (i, result) in reaped {
             self.note(&mut plan, "re-seed", i, result);
         }
+        self.wake_after = plan.wake_after_ms.map(Duration::from_millis);
         if self.execute(&mut plan).await {
             return Box::pin(self.tick()).await;
         }
@@ -309,8 +313,7 @@ pub fn spawn(
 ) -> Handle {
     let (tx, mut rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 command = rx.recv() => match command {
@@ -325,8 +328,13 @@ pub fn spawn(
                     }
                     Some(Command::Policy(policy)) => topology.set_policy(policy),
                 },
-                _ = interval.tick() => {
+                () = tokio::time::sleep_until(due) => {
+                    let started = tokio::time::Instant::now();
                     topology.tick().instrument(info_span!("topology_tick")).await;
+                    // The regular interval, or sooner when a failover falls due before it
+                    // (without waiting for the next tick, the timeout would stretch by up to
+                    // one interval).
+                    due = started + topology.wake_after.map_or(tick, |w| w.min(tick));
                 }
             }
         }

@@ -146,6 +146,8 @@ pub struct Plan {
     pub failover_pending: Option<String>,
     /// What is wrong.
     pub findings: Vec<Finding>,
+    /// Look again this soon rather than at the next regular tick: a failover falls due.
+    pub wake_after_ms: Option<u64>,
 }
 
 fn address(m: &Member) -> String {
@@ -351,6 +353,7 @@ fn maintain(
         semi_sync,
         failover_pending: None,
         findings,
+        wake_after_ms: None,
     }
 }
 
@@ -455,14 +458,18 @@ fn primary_down(
         .map(|r| Action::Fence(r.index))
         .collect();
     let mut findings = c.findings.clone();
+    let mut wake_after_ms = None;
     let pending = if !policy.failover {
         Some(format!("{cause}; automatic failover is disabled"))
     } else {
         match failover::decide(&observation) {
             Decision::Healthy => Some(cause.to_string()),
-            Decision::Wait { remaining_ms } => Some(format!(
-                "{cause}; failover in {remaining_ms} ms unless it returns"
-            )),
+            Decision::Wait { remaining_ms } => {
+                wake_after_ms = Some(remaining_ms);
+                Some(format!(
+                    "{cause}; failover in {remaining_ms} ms unless it returns"
+                ))
+            }
             Decision::Blocked(why) => Some(format!("{cause}; failover held: {why}")),
             Decision::Failover {
                 promote, repoint, ..
@@ -496,5 +503,6 @@ fn primary_down(
         semi_sync: memory.semi_sync.unwrap_or(SemiSyncState::Off),
         failover_pending: pending,
         findings,
+        wake_after_ms,
     }
 }
