@@ -453,7 +453,18 @@ async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_hea
     dbs[0].sql("INSERT INTO chat.acks (id) VALUES (1)");
     dbs[1].wait_caught_up(&dbs[0]);
 
-    dbs[1].sql("STOP SLAVE IO_THREAD");
+    // Cut the replication stream: the replica may no longer replicate (outside the binary
+    // log, so the replica keeps its grants) and its stream ends. (Stopping its receiver would
+    // not do: the loop starts a stopped receiver again.)
+    dbs[0].sql(
+        "SET SESSION sql_log_bin = 0; REVOKE REPLICATION SLAVE ON *.* FROM 'repl'@'%'; FLUSH PRIVILEGES",
+    );
+    for id in dbs[0]
+        .sql("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+        .lines()
+    {
+        dbs[0].sql(&format!("KILL {id}"));
+    }
     let mut pending = dbs[0]
         .sql_command("INSERT INTO chat.acks (id) VALUES (2)")
         .stderr(std::process::Stdio::null())
@@ -625,4 +636,22 @@ async fn a_reseed_copies_a_table_larger_than_a_batch_intact() {
     assert_eq!(ids_on(&dbs[1]), BTreeSet::from([1]));
     let staging = dbs[1].sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '\\_chatcluster\\_seed\\_%'");
     assert_eq!(staging, "0", "no staging schema left");
+}
+
+/// Someone stops a replica's replication: the loop starts it again (a stopped receiver is no
+/// sign of a cut), and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_replica_is_started_again() {
+    let (dbs, handle) = pair().await;
+    dbs[1].sql("STOP SLAVE");
+    dbs[0].sql("INSERT INTO chat.acks (id) VALUES (1)");
+    wait_status(
+        &handle,
+        "replication running again",
+        Duration::from_secs(10),
+        |s| healthy(s, "db-0", 1),
+    )
+    .await;
+    dbs[1].wait_caught_up(&dbs[0]);
+    assert_eq!(ids_on(&dbs[1]), BTreeSet::from([1]));
 }

@@ -129,7 +129,8 @@ fn isolated(primary: &Member, reports: &[Option<Report>], primary_index: usize) 
         .enumerate()
         .filter(|(i, _)| *i != primary_index)
         .filter_map(|(_, r)| r.as_ref()?.replication.as_ref())
-        .filter(|r| follows(r, primary))
+        // A receiver stopped (by the loop, before a failover) says nothing about a cut.
+        .filter(|r| follows(r, primary) && !r.io_stopped)
         .map(|r| failover::Receiver {
             connected: r.io_running,
             errno: r.io_errno,
@@ -157,26 +158,24 @@ fn replica_health(
         None => {}
     }
     let behind = primary_has.map_or(0, |p| p.count().saturating_sub(report.has().count()));
-    match (r.io_running, r.sql_running, r.io_errno) {
-        (true, true, _) => ReplicaHealth::Following {
-            connected: true,
-            behind,
-            error: None,
-        },
-        (_, _, errno) if errno != 0 => ReplicaHealth::Following {
+    if r.io_stopped || !r.sql_running {
+        // Stopped (by someone, or by the loop before a failover that did not come): start
+        // it again.
+        return ReplicaHealth::Astray;
+    }
+    if !r.io_running && r.io_errno != 0 {
+        return ReplicaHealth::Following {
             connected: false,
             behind,
             error: Some(r.io_error.clone()),
-        },
-        // Connecting without an error (just started): counts, so a repointed replica does
-        // not degrade the new primary.
-        (false, true, _) => ReplicaHealth::Following {
-            connected: true,
-            behind,
-            error: None,
-        },
-        // Stopped by someone: start it again.
-        _ => ReplicaHealth::Astray,
+        };
+    }
+    // Connected, or connecting without an error (just started): counts, so a repointed
+    // replica does not degrade the new primary.
+    ReplicaHealth::Following {
+        connected: true,
+        behind,
+        error: None,
     }
 }
 

@@ -142,6 +142,7 @@ impl<S: DbServer> Topology<S> {
                     self.note(plan, "follow the primary", i, r);
                 }
                 Action::Reseed(i) => self.start_reseed(i, plan),
+                Action::StopReceivers(candidates) => self.stop_receivers(&candidates).await,
                 Action::SetSemiSync(state) => {
                     let p = self.primary;
                     match self.servers[p].set_semi_sync(state).await {
@@ -197,6 +198,22 @@ impl<S: DbServer> Topology<S> {
             }
         }
         moved
+    }
+
+    /// Stop the receivers of `candidates`, all at once; a failure is only logged (what each
+    /// holds is read again when the failover comes).
+    async fn stop_receivers(&mut self, candidates: &[usize]) {
+        let work = self
+            .servers
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| candidates.contains(i))
+            .map(|(_, s)| async move {
+                if let Err(e) = s.stop_receiver(RECEIVER_STOP_TIMEOUT).await {
+                    warn!(server = %s.member().name, error = %e, "cannot stop receiving");
+                }
+            });
+        join_all(work).await;
     }
 
     /// Re-seed server `i` beside the loop (a large copy must not stall failover detection),

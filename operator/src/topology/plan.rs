@@ -79,6 +79,9 @@ impl Exposure {
     }
 }
 
+/// How long before a failover falls due its candidates' receivers are stopped.
+const PREPARE_MS: u64 = 2_500;
+
 /// Longest time before the first failed look at the primary counted as down time.
 const DETECTION_CREDIT_MS: u64 = 2_000;
 
@@ -115,6 +118,9 @@ pub enum Action {
     SetSemiSync(SemiSyncState),
     /// Make the primary writable (last: every other server is fenced by then).
     MakeWritable,
+    /// Stop these replicas' receivers, keeping what they received: a failover is about to
+    /// fall due, and stopping takes seconds against a frozen source.
+    StopReceivers(Vec<usize>),
     /// Fail over: fence the old primary, stop the candidates' receivers, promote the one
     /// holding the most, repoint the others.
     Failover {
@@ -466,6 +472,25 @@ fn primary_down(
             Decision::Healthy => Some(cause.to_string()),
             Decision::Wait { remaining_ms } => {
                 wake_after_ms = Some(remaining_ms);
+                // Stopping a receiver hung on a frozen source takes MariaDB 2 s: do it just
+                // before the failover falls due, when it would be carried out then. Should
+                // the primary come back instead, the replicas are simply pointed at it again.
+                let due = failover::Observation {
+                    primary_down_for_ms: observation.timeout_ms,
+                    ..observation.clone()
+                };
+                if remaining_ms <= PREPARE_MS
+                    && let Decision::Failover {
+                        promote, repoint, ..
+                    } = failover::decide(&due)
+                {
+                    let index = |name: &str| o.members.iter().position(|m| m.name == name);
+                    let candidates: Vec<usize> = std::iter::once(&promote)
+                        .chain(&repoint)
+                        .filter_map(|n| index(n))
+                        .collect();
+                    actions.push(Action::StopReceivers(candidates));
+                }
                 Some(format!(
                     "{cause}; failover in {remaining_ms} ms unless it returns"
                 ))

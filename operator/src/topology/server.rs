@@ -84,6 +84,8 @@ pub struct Replication {
     pub source_port: u16,
     /// The receiver thread is connected.
     pub io_running: bool,
+    /// The receiver thread is stopped: neither connected nor trying to connect.
+    pub io_stopped: bool,
     /// The applier thread runs.
     pub sql_running: bool,
     /// Last receiver error (0: none).
@@ -361,6 +363,7 @@ impl Server {
                         source_host,
                         source_port: text(&row, c.source_port).parse().unwrap_or(0),
                         io_running: text(&row, c.io_running) == "Yes",
+                        io_stopped: text(&row, c.io_running) == "No",
                         sql_running: text(&row, c.sql_running) == "Yes",
                         io_errno: text(&row, c.io_errno).parse().unwrap_or(0),
                         io_error: text(&row, c.io_error),

@@ -428,6 +428,7 @@ impl DbServer for SimServer {
                     source_host: HOST.into(),
                     source_port: World::port(s),
                     io_running: d.io_on && d.io_connected,
+                    io_stopped: !d.io_on,
                     sql_running: d.sql_on,
                     io_errno: d.io_errno,
                     io_error: d.io_error.clone(),
