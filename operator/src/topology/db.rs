@@ -22,8 +22,8 @@ pub trait DbServer: Send + Sized + 'static {
     fn report(&mut self) -> impl Future<Output = Result<Report>> + Send;
 
     /// Refuse ordinary users' writes and end their sessions, so no commit that was waiting
-    /// for a semi-sync acknowledgement is ever acknowledged.
-    fn fence(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// for a semi-sync acknowledgement is ever acknowledged; each step within `within`.
+    fn fence(&mut self, within: Duration) -> impl Future<Output = Result<()>> + Send;
 
     /// Stop the receiver (keeping what it received), within `within`.
     fn stop_receiver(&mut self, within: Duration) -> impl Future<Output = Result<()>> + Send;

@@ -26,6 +26,8 @@ pub const SEED_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RECEIVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the new primary may take to apply its relay log during a promotion.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long fencing a failed primary may take before the failover goes on without it.
+pub const FENCE_ATTEMPT: Duration = Duration::from_millis(300);
 /// Failures in a row after which an action shows as a finding.
 const FAILING_AFTER: u32 = 3;
 
@@ -122,7 +124,11 @@ impl<S: DbServer> Topology<S> {
             match action {
                 Action::Fence(i) => {
                     warn!(server = %self.name(i), "a second writable server: fencing it");
-                    let r = self.servers[i].fence().await.map_err(|e| e.to_string());
+                    let within = self.policy.query_timeout;
+                    let r = self.servers[i]
+                        .fence(within)
+                        .await
+                        .map_err(|e| e.to_string());
                     self.note(plan, "fence", i, r);
                 }
                 Action::StopReplication(i) => {
@@ -316,6 +322,12 @@ impl<S: DbServer> Topology<S> {
         let indices: Vec<usize> = (0..self.servers.len())
             .filter(|i| *i == old || candidates.contains(i))
             .collect();
+        // A failed primary most likely does not answer: the attempt must not hold the
+        // promotion up (with semi-sync its commits wait for replicas now stopped).
+        let fence_within = match leaving {
+            Leaving::Failed => FENCE_ATTEMPT,
+            Leaving::Planned => self.policy.query_timeout,
+        };
         let work = self
             .servers
             .iter_mut()
@@ -323,7 +335,7 @@ impl<S: DbServer> Topology<S> {
             .filter(|(i, _)| *i == old || candidates.contains(i))
             .map(|(i, s)| async move {
                 if i == old {
-                    return s.fence().await.map_err(Error::from);
+                    return s.fence(fence_within).await.map_err(Error::from);
                 }
                 if leaving == Leaving::Failed
                     && let Err(e) = s.stop_receiver(RECEIVER_STOP_TIMEOUT).await

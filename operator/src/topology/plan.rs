@@ -80,7 +80,9 @@ impl Exposure {
 }
 
 /// How long before a failover falls due its candidates' receivers are stopped.
-const PREPARE_MS: u64 = 2_500;
+/// Stopping takes MariaDB up to 2 s against a frozen source, and the tick doing it spends up
+/// to a statement timeout looking at the primary first.
+const PREPARE_MS: u64 = 4_500;
 
 /// Longest time before the first failed look at the primary counted as down time.
 const DETECTION_CREDIT_MS: u64 = 2_000;
@@ -471,7 +473,14 @@ fn primary_down(
         match failover::decide(&observation) {
             Decision::Healthy => Some(cause.to_string()),
             Decision::Wait { remaining_ms } => {
-                wake_after_ms = Some(remaining_ms);
+                // Early by a statement timeout: the next tick spends that looking at the
+                // primary before it decides.
+                let look = u64::try_from(policy.query_timeout.as_millis()).unwrap_or(u64::MAX);
+                wake_after_ms = Some(if remaining_ms > look {
+                    remaining_ms - look
+                } else {
+                    remaining_ms
+                });
                 // Stopping a receiver hung on a frozen source takes MariaDB 2 s: do it just
                 // before the failover falls due, when it would be carried out then. Should
                 // the primary come back instead, the replicas are simply pointed at it again.

@@ -178,7 +178,8 @@ impl Server {
         self.conn = None;
     }
 
-    async fn connection(&mut self) -> Result<&mut MySqlConnection> {
+    /// The connection, opened within `timeout` if there is none.
+    async fn connection(&mut self, timeout: Duration) -> Result<&mut MySqlConnection> {
         if self.conn.is_none() {
             let options = MySqlConnectOptions::from_str("mysql://localhost")
                 .map_err(|e| self.sql_err(e))?
@@ -186,13 +187,12 @@ impl Server {
                 .port(self.member.port)
                 .username(&self.credentials.admin_user)
                 .password(&self.credentials.admin_password);
-            let mut conn =
-                tokio::time::timeout(self.timeout, MySqlConnection::connect_with(&options))
-                    .await
+            let mut conn = tokio::time::timeout(timeout, MySqlConnection::connect_with(&options))
+                .await
                     .map_err(|_| self.timeout_err())?
                     .map_err(|e| self.sql_err(e))?;
             let version: String = tokio::time::timeout(
-                self.timeout,
+                timeout,
                 sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut conn),
             )
             .await
@@ -213,7 +213,7 @@ impl Server {
             &'c mut MySqlConnection,
         ) -> futures::future::BoxFuture<'c, Result<T, sqlx::Error>>,
     ) -> Result<T> {
-        let conn = self.connection().await?;
+        let conn = self.connection(timeout).await?;
         let out = tokio::time::timeout(timeout, f(conn)).await;
         match out {
             Ok(Ok(v)) => Ok(v),
@@ -260,12 +260,12 @@ impl Server {
     /// Disconnect every client session but the loop's own and replication's: a fenced server
     /// must not hand out acknowledgements for commits that were waiting (semi-sync) when it
     /// lost its place.
-    pub async fn kill_clients(&mut self) -> Result<()> {
+    pub async fn kill_clients(&mut self, timeout: Duration) -> Result<()> {
         let keep = [
             self.credentials.admin_user.clone(),
             self.credentials.repl_user.clone(),
         ];
-        self.with(self.timeout, move |conn| {
+        self.with(timeout, move |conn| {
             Box::pin(async move {
                 let ids: Vec<u64> = sqlx::query_scalar(
                     "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER NOT IN (?, ?, 'system user', 'event_scheduler')",
@@ -289,12 +289,12 @@ impl Server {
     /// Fence: end ordinary users' sessions and refuse their writes. Sessions go first: a
     /// commit waiting for a semi-sync acknowledgement that will never come would hold off the
     /// read-only switch (it waits for commits in progress); killed, it is never acknowledged.
-    async fn fence_now(&mut self) -> Result<()> {
-        self.kill_clients().await?;
+    async fn fence_now(&mut self, timeout: Duration) -> Result<()> {
+        self.kill_clients(timeout).await?;
         let read_only = self.dialect.make_read_only();
-        self.exec(&[read_only]).await?;
+        self.exec_within(&[read_only], timeout).await?;
         // Whoever connected in between.
-        self.kill_clients().await
+        self.kill_clients(timeout).await
     }
 
     /// Wait up to `wait` until the server has applied `gtids`; whether it has.
@@ -319,7 +319,7 @@ impl Server {
     /// Ask the server about itself.
     async fn ask(&mut self) -> Result<Report> {
         // Connect first: the dialect comes from the server's version.
-        self.connection().await?;
+        self.connection(self.timeout).await?;
         let dialect = self.dialect;
         let (row, executed_text, status) = self
             .with(self.timeout, move |conn| {
@@ -389,7 +389,7 @@ impl Server {
 
     /// The connection, for multi-statement work that needs one session (re-seeding).
     pub async fn session(&mut self) -> Result<&mut MySqlConnection> {
-        self.connection().await
+        self.connection(self.timeout).await
     }
 
     /// The timeout of single statements.
@@ -407,8 +407,8 @@ impl DbServer for Server {
         self.ask().await
     }
 
-    async fn fence(&mut self) -> Result<()> {
-        self.fence_now().await
+    async fn fence(&mut self, within: Duration) -> Result<()> {
+        self.fence_now(within).await
     }
 
     async fn stop_receiver(&mut self, within: Duration) -> Result<()> {
@@ -424,7 +424,7 @@ impl DbServer for Server {
     async fn follow(&mut self, source: &Source<'_>, semi_sync: bool) -> Result<()> {
         // Fenced and without clients before its own semi-sync wait is lifted: commits that
         // were waiting complete, but nobody is left to be told they did.
-        self.fence_now().await?;
+        self.fence_now(self.timeout).await?;
         let dialect = self.dialect;
         let mut statements: Vec<String> = vec![
             dialect.stop_replica().into(),

@@ -450,7 +450,7 @@ impl DbServer for SimServer {
         })
     }
 
-    async fn fence(&mut self) -> server::Result<()> {
+    async fn fence(&mut self, _within: Duration) -> server::Result<()> {
         self.with(fence)
     }
 
