@@ -96,16 +96,6 @@ async fn wait<F: Fn(&status::TopologyStatus) -> bool>(
     }
 }
 
-fn signal(db: &MariaDb, signal: &str) {
-    let pid = db.pid().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} {pid}");
-}
-
 /// The write pause: the longest gap between two acknowledgements around `fault` (a write in
 /// flight when it struck may still be acknowledged just after it).
 fn longest_gap_after(acks: &[chatcluster_tests::writer::Ack], fault: Instant) -> Duration {
@@ -150,14 +140,14 @@ async fn failover_run(replicas: usize, fault: Fault) -> Run {
 
     let faulted = Instant::now();
     match fault {
-        Fault::Freeze => signal(&dbs[0], "STOP"),
+        Fault::Freeze => dbs[0].signal("STOP"),
         Fault::Kill => dbs[0].kill(),
     }
     let after = wait(&mut rx, |s| s.primary != "db-0" && s.primary_ready).await;
     let n = writer.acks().len();
     writer.wait_for(n + 20, Duration::from_secs(30)).await;
     match fault {
-        Fault::Freeze => signal(&dbs[0], "CONT"),
+        Fault::Freeze => dbs[0].signal("CONT"),
         Fault::Kill => tokio::task::block_in_place(|| dbs[0].restart()),
     }
     let ended = Instant::now();

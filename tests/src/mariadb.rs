@@ -51,6 +51,18 @@ impl MariaDb {
         self.process.as_ref().map(Process::pid)
     }
 
+    /// Send the server `signal` (`STOP` freezes it, `CONT` thaws it).
+    pub fn signal(&self, signal: &str) {
+        let Some(pid) = self.pid() else {
+            panic!("kill -{signal}: the server does not run");
+        };
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Initialise a data directory and start a server with `server_id`, binary logging,
     /// strict GTIDs, the semi-sync settings given and the users tests need.
     pub fn start(server_id: u32, extra: &[&str]) -> Self {

@@ -431,16 +431,6 @@ async fn pair() -> (Vec<MariaDb>, Handle) {
     (dbs, handle)
 }
 
-fn signal(db: &MariaDb, signal: &str) {
-    let pid = db.pid().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} {pid}");
-}
-
 /// The laptop shape, one replica. The replication stream is cut first, so the primary's next
 /// commit waits in its binary log for an acknowledgement that cannot come; then the primary
 /// freezes. The replica is promoted (nothing acknowledged is lost), and the thawed old primary
@@ -475,7 +465,7 @@ async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_hea
         pending.try_wait().unwrap().is_none(),
         "the commit waits for an acknowledgement"
     );
-    signal(&dbs[0], "STOP");
+    dbs[0].signal("STOP");
     wait_status(
         &handle,
         "the replica promoted",
@@ -489,7 +479,7 @@ async fn a_diverged_old_primary_with_one_replica_is_reseeded_and_the_cluster_hea
     for id in 3..=10 {
         dbs[1].sql(&format!("INSERT INTO chat.acks (id) VALUES ({id})"));
     }
-    signal(&dbs[0], "CONT");
+    dbs[0].signal("CONT");
     let thawed = Instant::now();
 
     wait_status(
@@ -543,7 +533,7 @@ async fn fault_under_writes(replicas: usize, fault: Fault) {
     writer.wait_for(50, Duration::from_secs(30)).await;
     let faulted = Instant::now();
     match fault {
-        Fault::Freeze => signal(&dbs[0], "STOP"),
+        Fault::Freeze => dbs[0].signal("STOP"),
         Fault::Kill => dbs[0].kill(),
     }
     let after = wait_status(
@@ -561,7 +551,7 @@ async fn fault_under_writes(replicas: usize, fault: Fault) {
     let n = writer.acks().len();
     writer.wait_for(n + 20, Duration::from_secs(10)).await;
     match fault {
-        Fault::Freeze => signal(&dbs[0], "CONT"),
+        Fault::Freeze => dbs[0].signal("CONT"),
         Fault::Kill => tokio::task::block_in_place(|| dbs[0].restart()),
     }
     let ended = Instant::now();

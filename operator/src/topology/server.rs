@@ -189,8 +189,8 @@ impl Server {
                 .password(&self.credentials.admin_password);
             let mut conn = tokio::time::timeout(timeout, MySqlConnection::connect_with(&options))
                 .await
-                    .map_err(|_| self.timeout_err())?
-                    .map_err(|e| self.sql_err(e))?;
+                .map_err(|_| self.timeout_err())?
+                .map_err(|e| self.sql_err(e))?;
             let version: String = tokio::time::timeout(
                 timeout,
                 sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut conn),

@@ -360,6 +360,13 @@ impl Db {
     fn answers_self(&self) -> bool {
         !self.crashed && !self.frozen
     }
+
+    /// STOP SLAVE: both threads stop; what was received stays.
+    fn stop_threads(&mut self) {
+        self.io_on = false;
+        self.io_connected = false;
+        self.sql_on = false;
+    }
 }
 
 /// One server of the world, as the loop sees it.
@@ -463,12 +470,7 @@ impl DbServer for SimServer {
     }
 
     async fn stop_replication(&mut self) -> server::Result<()> {
-        self.with(|w, i| {
-            let d = &mut w.dbs[i];
-            d.io_on = false;
-            d.io_connected = false;
-            d.sql_on = false;
-        })
+        self.with(|w, i| w.dbs[i].stop_threads())
     }
 
     async fn follow(&mut self, source: &Source<'_>, semi_sync: bool) -> server::Result<()> {
@@ -508,10 +510,8 @@ impl DbServer for SimServer {
     async fn make_writable(&mut self) -> server::Result<()> {
         self.with(|w, i| {
             let d = &mut w.dbs[i];
+            d.stop_threads();
             d.source = None;
-            d.io_on = false;
-            d.io_connected = false;
-            d.sql_on = false;
             d.relay.clear();
             d.io_errno = 0;
             d.io_error.clear();
@@ -544,10 +544,8 @@ impl DbServer for SimServer {
         self.with(|w, i| {
             fence(w, i);
             let d = &mut w.dbs[i];
+            d.stop_threads();
             d.source = None;
-            d.io_on = false;
-            d.io_connected = false;
-            d.sql_on = false;
             d.relay.clear();
             d.log = snapshot;
             // RESET MASTER: its own binary log starts empty after the copy.
