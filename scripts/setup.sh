@@ -26,6 +26,8 @@ done
 # used) and protoc (chatd's gRPC code is generated at build time).
 apt_missing=()
 command -v mariadbd >/dev/null 2>&1 || apt_missing+=(mariadb-server mariadb-client)
+# Local mode re-seeds a replica from a physical copy of the primary.
+command -v mariadb-backup >/dev/null 2>&1 || apt_missing+=(mariadb-backup)
 command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
 # Images: a Docker engine we start ourselves, and musl's C compiler for static binaries.
 command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)

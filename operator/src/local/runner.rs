@@ -27,6 +27,8 @@ use crate::{
     topology::{
         self,
         manager::{Handle, Topology},
+        physical::LocalFiles,
+        server::Server,
         status::TopologyStatus,
     },
 };
@@ -619,12 +621,27 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
 
     let primary = remembered_primary(&plan);
     info!(%primary, "starting the topology loop");
-    let members = plan.databases.iter().map(DbProcess::member).collect();
-    let (topology, status) = Topology::new(
-        members,
+    // Every server's files are on this machine: re-seeding copies them physically.
+    let credentials = plan.topology_credentials(&cluster.credentials);
+    let servers = plan
+        .databases
+        .iter()
+        .map(|db| {
+            Server::new(db.member(), credentials.clone(), plan.policy.query_timeout).with_files(
+                LocalFiles {
+                    data_dir: db.data(),
+                    socket: db.socket(),
+                    config: db.config_file(),
+                },
+            )
+        })
+        .collect();
+    let (topology, status) = Topology::with_servers(
+        servers,
         &primary,
-        plan.topology_credentials(&cluster.credentials),
+        credentials,
         plan.policy.clone(),
+        topology::manager::monotonic_clock(),
     )?;
     let handle = topology::manager::spawn(topology, status.clone(), Duration::from_secs(1));
     tokio::spawn(topology::publish::primary_file(

@@ -26,6 +26,8 @@ pub const SEED_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RECEIVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the new primary may take to apply its relay log during a promotion.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait before a failed re-seed is tried again; it doubles with each failure.
+const SEED_RETRY_MS: u64 = 2_000;
 /// How long fencing a failed primary may take before the failover goes on without it.
 pub const FENCE_ATTEMPT: Duration = Duration::from_millis(300);
 /// Failures in a row after which an action shows as a finding.
@@ -226,7 +228,8 @@ impl<S: DbServer> Topology<S> {
     /// unless one is running already.
     fn start_reseed(&mut self, i: usize, plan: &mut Plan) {
         let name = self.name(i);
-        if self.seeding.contains_key(&name) {
+        let retry_at = self.seed_retry_at.get(&name).copied().unwrap_or(0);
+        if self.seeding.contains_key(&name) || now_ms(self) < retry_at {
             return;
         }
         info!(replica = %name, "re-seeding from the primary");
@@ -271,11 +274,16 @@ impl<S: DbServer> Topology<S> {
             match &result {
                 Ok(()) => {
                     info!(replica = %name, "re-seeded");
+                    self.seed_retry_at.remove(&name);
                     // A copy of the primary, following it: whatever it was before is gone.
                     self.memory.known_roles.insert(name.clone(), Role::Replica);
                 }
                 Err(e) => {
-                    warn!(replica = %name, error = %e, "re-seed failed; the next tick retries")
+                    // A copy is costly: retry after 2, 4, … 64 s, not every tick.
+                    let failed = self.failures.get(&format!("re-seed {name}")).copied();
+                    let backoff = SEED_RETRY_MS << failed.unwrap_or(0).min(5);
+                    warn!(replica = %name, error = %e, retry_in_ms = backoff, "re-seed failed");
+                    self.seed_retry_at.insert(name.clone(), now_ms(self) + backoff);
                 }
             }
             if let Some(i) = self.servers.iter().position(|s| s.member().name == name) {

@@ -54,6 +54,8 @@ pub struct Topology<S: DbServer = Server> {
     pub(super) last_promotion: Option<Promotion>,
     /// Re-seeds running beside the loop, by member name; each ends with the error, if any.
     pub(super) seeding: BTreeMap<String, JoinHandle<Result<(), String>>>,
+    /// When (loop milliseconds) a failed re-seed may be tried again, by member name.
+    pub(super) seed_retry_at: BTreeMap<String, u64>,
     /// Consecutive failures of each action, by "action server".
     pub(super) failures: BTreeMap<String, u32>,
     pub(super) status: watch::Sender<TopologyStatus>,
@@ -67,6 +69,12 @@ pub(super) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Milliseconds since now, from a monotonic clock: the loop's clock for real servers.
+pub fn monotonic_clock() -> Clock {
+    let started = Instant::now();
+    Arc::new(move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The loop's clock now.
@@ -91,10 +99,7 @@ impl Topology<Server> {
             .into_iter()
             .map(|m| Server::new(m, credentials.clone(), policy.query_timeout))
             .collect();
-        let started = Instant::now();
-        let clock: Clock =
-            Arc::new(move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        Self::with_servers(servers, primary, credentials, policy, clock)
+        Self::with_servers(servers, primary, credentials, policy, monotonic_clock())
     }
 
     /// Replace the member list (replicas added or removed), keeping connections to the ones
@@ -167,6 +172,7 @@ impl<S: DbServer> Topology<S> {
                 memory: Memory::default(),
                 last_promotion: None,
                 seeding: BTreeMap::new(),
+                seed_retry_at: BTreeMap::new(),
                 failures: BTreeMap::new(),
                 status,
                 clock,

@@ -4,9 +4,10 @@
 //! need no server: GTID sets of both engines ([`gtid`]), each engine's statements
 //! ([`dialect`]), the cluster's state ([`classify`]), what to do about it ([`plan`]), semi-sync
 //! sizing ([`semisync`]) and the failover decision ([`failover`]). The executor ([`execute`])
-//! acts through the [`db::DbServer`] trait: real servers over SQL ([`server`], re-seeding in
-//! [`seed`]) or the test suite's simulator. The Kubernetes reconciler and the laptop runner
-//! ([`publish`]) both run the loop and publish its [`status`] their own way.
+//! acts through the [`db::DbServer`] trait: real servers over SQL ([`server`]; re-seeding in
+//! [`seed`], or from a physical copy in [`physical`] where the files are at hand) or the test
+//! suite's simulator. The Kubernetes reconciler and the laptop runner ([`publish`]) both run
+//! the loop and publish its [`status`] their own way.
 
 pub mod classify;
 pub mod db;
@@ -15,6 +16,7 @@ pub mod execute;
 pub mod failover;
 pub mod gtid;
 pub mod manager;
+pub mod physical;
 pub mod plan;
 pub mod publish;
 pub mod seed;

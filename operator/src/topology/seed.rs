@@ -223,6 +223,9 @@ pub enum Error {
     /// Talking to a server failed.
     #[error(transparent)]
     Server(#[from] server::Error),
+    /// The physical copy failed.
+    #[error(transparent)]
+    Physical(#[from] super::physical::Error),
     /// Copying failed.
     #[error("copying from {source_name} to {replica}: {error}")]
     Copy {

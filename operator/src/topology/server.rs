@@ -13,6 +13,7 @@ use super::{
     db::DbServer,
     dialect::{self, Dialect, Source},
     gtid::GtidSet,
+    physical::{self, LocalFiles},
     seed,
     status::SemiSyncState,
 };
@@ -140,6 +141,8 @@ pub struct Server {
     timeout: Duration,
     conn: Option<MySqlConnection>,
     dialect: &'static dyn Dialect,
+    /// Its files, when they are on this machine: re-seeding copies them physically.
+    files: Option<LocalFiles>,
 }
 
 impl Server {
@@ -151,7 +154,14 @@ impl Server {
             timeout,
             conn: None,
             dialect: &dialect::MariaDb,
+            files: None,
         }
+    }
+
+    /// The same, with its files on this machine at `files` (local mode).
+    pub fn with_files(mut self, files: LocalFiles) -> Self {
+        self.files = Some(files);
+        self
     }
 
     /// The engine's statements (known once it has answered).
@@ -460,7 +470,11 @@ impl DbServer for Server {
     }
 
     fn another(&self) -> Self {
-        Self::new(self.member.clone(), self.credentials.clone(), self.timeout)
+        let another = Self::new(self.member.clone(), self.credentials.clone(), self.timeout);
+        match &self.files {
+            Some(files) => another.with_files(files.clone()),
+            None => another,
+        }
     }
 
     async fn reseed_from(
@@ -468,7 +482,24 @@ impl DbServer for Server {
         primary: &mut Self,
         source: &Source<'_>,
     ) -> Result<(), seed::Error> {
-        seed::reseed(primary, self, source).await
+        // Physically where both servers' files are at hand and the engine is MariaDB (MySQL
+        // clones itself).
+        let mariadb = self
+            .report()
+            .await?
+            .version
+            .to_ascii_lowercase()
+            .contains("mariadb");
+        match (primary.files.clone(), self.files.clone()) {
+            (Some(from), Some(to)) if mariadb => {
+                let credentials = self.credentials.clone();
+                self.exec(&[self.dialect.stop_replica(), self.dialect.reset_replica()])
+                    .await?;
+                physical::reseed(&from, self, &to, &credentials).await?;
+                Ok(())
+            }
+            _ => seed::reseed(primary, self, source).await,
+        }
     }
 }
 
