@@ -283,7 +283,8 @@ impl<S: DbServer> Topology<S> {
                     let failed = self.failures.get(&format!("re-seed {name}")).copied();
                     let backoff = SEED_RETRY_MS << failed.unwrap_or(0).min(5);
                     warn!(replica = %name, error = %e, retry_in_ms = backoff, "re-seed failed");
-                    self.seed_retry_at.insert(name.clone(), now_ms(self) + backoff);
+                    self.seed_retry_at
+                        .insert(name.clone(), now_ms(self) + backoff);
                 }
             }
             if let Some(i) = self.servers.iter().position(|s| s.member().name == name) {
