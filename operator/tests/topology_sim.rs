@@ -118,3 +118,34 @@ fn a_failover_that_could_lose_acknowledged_writes_waits_for_permission() {
         });
     }
 }
+
+/// A primary the loop still reaches but no replica does is replaced while the cut lasts (the
+/// receivers stopped before a failover must not hide the cut and start the wait over).
+#[test]
+fn an_isolated_primary_is_replaced_while_the_cut_lasts() {
+    for replicas in 1..=3 {
+        let mut events: Vec<Event> = (1..=replicas).map(|r| Event::Cut(0, r)).collect();
+        events.extend(vec![Event::Quiet; 16]);
+        let sc = Scenario {
+            replicas,
+            allow_data_loss: false,
+            events,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut run = Run::new(&sc);
+            for _ in 0..3 {
+                run.step(true).await.unwrap();
+            }
+            for e in &sc.events {
+                apply(&mut run.world.lock().unwrap(), e);
+                run.step(true).await.unwrap();
+            }
+            assert_ne!(run.status.primary, "db-0", "{:#?}", run.status);
+            assert!(run.status.primary_ready, "{:#?}", run.status);
+        });
+    }
+}

@@ -1,6 +1,8 @@
 //! Observations → the cluster's state: what each server is, judged by small pure predicates.
 //! Nothing here talks to a server; [`super::plan`] decides what to do about it.
 
+use std::collections::BTreeSet;
+
 use super::{
     failover::{self, SOURCE_REFUSED},
     gtid::GtidSet,
@@ -24,6 +26,9 @@ pub struct Observed<'a> {
     pub previous: &'a [ServerStatus],
     /// Members being re-seeded right now.
     pub seeding: Vec<bool>,
+    /// Replicas seen receiving from the current primary since it became primary (`None`:
+    /// since the loop started, all count).
+    pub received_once: Option<&'a BTreeSet<String>>,
 }
 
 /// How the primary is.
@@ -79,6 +84,8 @@ pub struct ReplicaView {
     pub has: GtidSet,
     /// Executed GTIDs as it printed them.
     pub gtids: Option<String>,
+    /// Its receiver is connected to the primary.
+    pub receiving: bool,
     /// Domains whose last transaction it wrote itself (MariaDB): a replica writes nothing,
     /// so unless another server has that transaction too, it is errant.
     pub self_written: Vec<String>,
@@ -123,11 +130,21 @@ pub fn unrecoverable(r: &Replication) -> Option<(Role, String)> {
 
 /// The primary is cut off: it answers, but no replica following it is connected
 /// ([`failover::primary_cut_off`]).
-fn isolated(primary: &Member, reports: &[Option<Report>], primary_index: usize) -> bool {
-    let receivers: Vec<failover::Receiver> = reports
+///
+/// Only replicas that have received from it count: one that never reached the new primary
+/// (the old primary, on the far side of the cut that caused the failover) says nothing about
+/// it, and counting it would fail over back and forth across that cut.
+fn isolated(o: &Observed<'_>) -> bool {
+    let primary = &o.members[o.primary];
+    let receivers: Vec<failover::Receiver> = o
+        .reports
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != primary_index)
+        .filter(|(i, _)| *i != o.primary)
+        .filter(|(i, _)| {
+            o.received_once
+                .is_none_or(|seen| seen.contains(&o.members[*i].name))
+        })
         .filter_map(|(_, r)| r.as_ref()?.replication.as_ref())
         // A receiver stopped (by the loop, before a failover) says nothing about a cut.
         .filter(|r| follows(r, primary) && !r.io_stopped)
@@ -193,7 +210,7 @@ pub fn classify(o: &Observed<'_>) -> Classified {
             ));
             PrimaryHealth::Lost
         }
-        Some(_) if isolated(primary_member, o.reports, o.primary) => {
+        Some(_) if isolated(o) => {
             findings.push(Finding::about(
                 FindingKind::PrimaryIsolated,
                 &primary_member.name,
@@ -265,6 +282,10 @@ pub fn classify(o: &Observed<'_>) -> Classified {
             writable,
             has: report.as_ref().map(Report::has).unwrap_or_default(),
             gtids: report.as_ref().map(|r| r.executed_text.clone()),
+            receiving: report
+                .as_ref()
+                .and_then(|r| r.replication.as_ref())
+                .is_some_and(|r| r.io_running && follows(r, primary_member)),
             self_written: report
                 .as_ref()
                 .map(|r| {

@@ -65,8 +65,12 @@ pub fn most_advanced(held: &[(usize, GtidSet)]) -> Option<usize> {
 /// How the old primary leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leaving {
-    /// Lost or cut off: fenced where it can be reached; the candidates keep what they hold.
-    Failed,
+    /// Lost or cut off; the candidates keep what they hold. One that still answers the loop
+    /// (cut off from its replicas only) must be fenced first; a lost one is tried briefly.
+    Failed {
+        /// It answers the loop.
+        primary_answers: bool,
+    },
     /// Planned: it must be fenced, and the target must apply all it wrote.
     Planned,
 }
@@ -153,6 +157,13 @@ impl<S: DbServer> Topology<S> {
                 Action::StopReceivers(candidates) => self.stop_receivers(&candidates).await,
                 Action::SetSemiSync(state) => {
                     let p = self.primary;
+                    if !matches!(state, SemiSyncState::Waiting(_)) {
+                        // Switching off releases the commits that were waiting, acknowledged
+                        // alone, even if the answer to the statement is lost: assume the worst
+                        // first.
+                        self.memory.semi_sync = None;
+                        self.memory.exposure = Exposure::Unbounded;
+                    }
                     match self.servers[p].set_semi_sync(state).await {
                         Ok(()) => {
                             info!(state = ?state, "semi-sync set");
@@ -182,6 +193,7 @@ impl<S: DbServer> Topology<S> {
                     promote,
                     repoint,
                     cause,
+                    primary_answers,
                 } => {
                     let since = plan.memory.down_since_ms.unwrap_or_default();
                     let span = info_span!("failover", from = %self.name(self.primary), to = %self.name(promote));
@@ -189,7 +201,7 @@ impl<S: DbServer> Topology<S> {
                     candidates.extend(repoint);
                     let old = self.primary;
                     match self
-                        .hand_over(candidates, Leaving::Failed)
+                        .hand_over(candidates, Leaving::Failed { primary_answers })
                         .instrument(span)
                         .await
                     {
@@ -294,13 +306,6 @@ impl<S: DbServer> Topology<S> {
         out
     }
 
-    /// Stop every running re-seed (the primary they copy from is changing).
-    fn abort_seeds(&mut self) {
-        for (_, task) in std::mem::take(&mut self.seeding) {
-            task.abort();
-        }
-    }
-
     fn record(&mut self, old: usize, new: usize, reason: &str, duration_ms: u64) -> Promotion {
         let record = Promotion {
             at_unix_ms: super::manager::unix_ms(),
@@ -323,7 +328,8 @@ impl<S: DbServer> Topology<S> {
         leaving: Leaving,
     ) -> Result<usize, Error> {
         let old = self.primary;
-        self.abort_seeds();
+        // Re-seeds in flight are left to finish (or fail): one stopped half-way through its
+        // swap would leave a replica with neither its data nor the copy.
         // All at once, as each can take seconds against a dead server: fence the old primary
         // (it must not take writes any more) and freeze what every candidate has received.
         // Fencing need not come first: with semi-sync, a commit the old primary makes
@@ -333,9 +339,14 @@ impl<S: DbServer> Topology<S> {
             .collect();
         // A failed primary most likely does not answer: the attempt must not hold the
         // promotion up (with semi-sync its commits wait for replicas now stopped).
-        let fence_within = match leaving {
-            Leaving::Failed => FENCE_ATTEMPT,
-            Leaving::Planned => self.policy.query_timeout,
+        let (fence_within, must_fence) = match leaving {
+            Leaving::Failed {
+                primary_answers: false,
+            } => (FENCE_ATTEMPT, false),
+            Leaving::Failed {
+                primary_answers: true,
+            }
+            | Leaving::Planned => (self.policy.query_timeout, true),
         };
         let work = self
             .servers
@@ -346,7 +357,7 @@ impl<S: DbServer> Topology<S> {
                 if i == old {
                     return s.fence(fence_within).await.map_err(Error::from);
                 }
-                if leaving == Leaving::Failed
+                if leaving != Leaving::Planned
                     && let Err(e) = s.stop_receiver(RECEIVER_STOP_TIMEOUT).await
                 {
                     // Stopped or not, what it holds is re-read below; a receiver stuck on a
@@ -357,7 +368,7 @@ impl<S: DbServer> Topology<S> {
             });
         for (i, result) in indices.into_iter().zip(join_all(work).await) {
             match (result, leaving) {
-                (Err(e), Leaving::Planned) if i == old => return Err(e),
+                (Err(e), _) if i == old && must_fence => return Err(e),
                 (Err(e), _) => info!(error = %e, "old primary not fenced (unreachable)"),
                 (Ok(()), _) => {}
             }
@@ -368,7 +379,7 @@ impl<S: DbServer> Topology<S> {
             held.push((i, report));
         }
         let target = match leaving {
-            Leaving::Failed => {
+            Leaving::Failed { .. } => {
                 let sets: Vec<(usize, GtidSet)> = held.iter().map(|(i, r)| (*i, r.has())).collect();
                 most_advanced(&sets).ok_or_else(|| {
                     Error::Refused("candidates diverged after stopping their receivers".into())
@@ -379,7 +390,7 @@ impl<S: DbServer> Topology<S> {
         // What the target must apply before taking writes: what it received (failover), or
         // everything the fenced old primary wrote (switchover).
         let wanted = match leaving {
-            Leaving::Failed => held
+            Leaving::Failed { .. } => held
                 .iter()
                 .find(|(i, _)| *i == target)
                 .and_then(|(_, r)| r.replication.as_ref())
@@ -438,6 +449,7 @@ impl<S: DbServer> Topology<S> {
                 .map(|(_, r)| r.has())
                 .unwrap_or_default(),
             primary_seen_ms: Some(now_ms(self)),
+            received_once: Some(Default::default()),
         };
         let source = self.replica_source();
         for i in others {

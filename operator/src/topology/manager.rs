@@ -236,6 +236,7 @@ impl<S: DbServer> Topology<S> {
             reports: &reports,
             previous: &previous,
             seeding,
+            received_once: self.memory.received_once.as_ref(),
         };
         let classified = classify(&observed);
         let mut plan = plan::plan(

@@ -241,27 +241,40 @@ pub async fn reseed(
     tokio::fs::rename(&staging, &files.data_dir)
         .await
         .map_err(io("move into place", &staging))?;
-    // The connection ends with the server: the statement's own outcome says nothing. Then
-    // wait to see it gone (so nothing below reaches the old process), and back.
+    // The connection ends with the server: the statement's own outcome says nothing. What
+    // tells the new process from the old is its uptime: it must have started after this.
+    let shutdown = Instant::now();
     let _ = replica.exec(&["SHUTDOWN"]).await;
-    let deadline = Instant::now() + RESTART_TIMEOUT;
-    let gone = format!("{} did not stop", replica.member.name);
-    while replica.exec(&["DO 1"]).await.is_ok() {
-        if Instant::now() > deadline {
-            return Err(Error::NotBack(gone));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let deadline = shutdown + RESTART_TIMEOUT;
     loop {
         replica.disconnect();
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let set = replica
-            .exec(&[format!("SET GLOBAL gtid_slave_pos = '{gtids}'")])
-            .await;
-        match set {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline => {}
-            Err(_) => return Err(Error::NotBack(replica.member.name.clone())),
+        let uptime: Option<u64> = replica
+            .scalar("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'")
+            .await
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let restarted = uptime.is_some_and(|secs| {
+            secs.saturating_mul(1000)
+                < u64::try_from(shutdown.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        if restarted
+            && replica
+                .exec(&[format!("SET GLOBAL gtid_slave_pos = '{gtids}'")])
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            if uptime.is_some() && !restarted {
+                // The old process never stopped: give it back its own data.
+                let discard = beside(&files.data_dir, "seed.discard");
+                let _ = tokio::fs::rename(&files.data_dir, &discard).await;
+                let _ = tokio::fs::rename(&old, &files.data_dir).await;
+                let _ = tokio::fs::remove_dir_all(&discard).await;
+            }
+            return Err(Error::NotBack(replica.member.name.clone()));
         }
     }
     let _ = tokio::fs::remove_dir_all(&old).await;

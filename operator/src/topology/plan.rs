@@ -2,7 +2,10 @@
 //! publish. Pure: the executor ([`super::execute`]) carries the actions out, and the test
 //! suite's simulator checks the plans against thousands of fault sequences.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use super::{
     classify::{
@@ -100,6 +103,9 @@ pub struct Memory {
     pub primary_seen: GtidSet,
     /// When (loop milliseconds) it was last seen serving.
     pub primary_seen_ms: Option<u64>,
+    /// Replicas seen receiving from the current primary since it became primary (`None`:
+    /// none promoted since the loop started).
+    pub received_once: Option<BTreeSet<String>>,
     /// Each server's role when it last answered: a replica that was unreachable for a while
     /// is judged by what it was before.
     pub known_roles: BTreeMap<String, Role>,
@@ -133,6 +139,9 @@ pub enum Action {
         repoint: Vec<usize>,
         /// Why the primary is being replaced.
         cause: String,
+        /// The old primary answers the loop (it is cut off from its replicas only): it must
+        /// be fenced before another server takes writes.
+        primary_answers: bool,
     },
 }
 
@@ -355,6 +364,16 @@ fn maintain(
             known_roles: known_roles(memory, &servers),
             primary_seen: c.primary_has.clone().unwrap_or_default(),
             primary_seen_ms: Some(now_ms),
+            received_once: memory.received_once.as_ref().map(|seen| {
+                let mut seen = seen.clone();
+                seen.extend(
+                    c.replicas
+                        .iter()
+                        .filter(|r| r.receiving)
+                        .map(|r| o.members[r.index].name.clone()),
+                );
+                seen
+            }),
         },
         servers,
         primary_ready: !read_only,
@@ -441,9 +460,11 @@ fn primary_down(
                 executed: r.has.clone(),
                 errant: !promotable(r, known(r))
                     || holds_own_writes_alone(r, &c.replicas, &memory.primary_seen),
-                // Found errant while the primary served (and stopped then): it holds no write
-                // acknowledged since. One found diverged only now may still hold some.
-                diverged: known(r) == Some(Role::Errant),
+                // Found errant while the primary served (and stopped then), or being
+                // re-seeded: what it holds says nothing of acknowledged writes. One found
+                // diverged only now may still hold some.
+                diverged: matches!(known(r), Some(Role::Errant | Role::Seeding))
+                    || r.health == ReplicaHealth::Seeding,
             })
             .collect(),
         primary_down_for_ms: now_ms.saturating_sub(since).max(1),
@@ -488,7 +509,10 @@ fn primary_down(
                     primary_down_for_ms: observation.timeout_ms,
                     ..observation.clone()
                 };
+                // Only for a primary that does not answer: an isolated one's replicas are
+                // not hung on it, and their stopped receivers would hide the cut.
                 if remaining_ms <= PREPARE_MS
+                    && lost
                     && let Decision::Failover {
                         promote, repoint, ..
                     } = failover::decide(&due)
@@ -515,6 +539,7 @@ fn primary_down(
                             promote,
                             repoint: repoint.iter().filter_map(|n| index(n)).collect(),
                             cause: cause.to_string(),
+                            primary_answers: !lost,
                         });
                         None
                     }

@@ -397,6 +397,21 @@ impl Server {
         })
     }
 
+    /// One value of `query`, as text.
+    pub async fn scalar(&mut self, query: &str) -> Result<String> {
+        let query = query.to_string();
+        let row = self
+            .with(self.timeout, move |conn| {
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(query))
+                        .fetch_one(&mut *conn)
+                        .await
+                })
+            })
+            .await?;
+        Ok(text(&row, 0usize))
+    }
+
     /// The connection, for multi-statement work that needs one session (re-seeding).
     pub async fn session(&mut self) -> Result<&mut MySqlConnection> {
         self.connection(self.timeout).await
@@ -504,7 +519,7 @@ impl DbServer for Server {
 }
 
 /// A column of a status row as text, whatever type the server gave it.
-pub(crate) fn text(row: &MySqlRow, column: &str) -> String {
+pub(crate) fn text<I: sqlx::ColumnIndex<MySqlRow> + Copy>(row: &MySqlRow, column: I) -> String {
     if let Ok(Some(s)) = row.try_get::<Option<String>, _>(column) {
         return s;
     }

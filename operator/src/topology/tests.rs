@@ -74,6 +74,7 @@ fn observed<'a>(
         reports,
         previous,
         seeding: vec![false; members.len()],
+        received_once: None,
     }
 }
 
@@ -228,6 +229,7 @@ fn a_lost_primary_is_waited_for_then_replaced_and_a_returning_writer_fenced() {
             promote: 1,
             repoint: vec![2],
             cause: "primary unreachable".into(),
+            primary_answers: false,
         }]
     );
     // db-2 comes back writable (a former primary) while db-0 is still lost.
