@@ -18,7 +18,7 @@
 mod sim;
 
 use proptest::prelude::*;
-use sim::scenario::{Event, Run, Scenario, apply, run, scenario};
+use sim::scenario::{Event, Run, Scenario, apply, deterministic, run, scenario};
 
 fn cases() -> u32 {
     std::env::var("SIM_CASES")
@@ -84,15 +84,8 @@ fn a_failover_that_could_lose_acknowledged_writes_waits_for_permission() {
             allow_data_loss: allow,
             events: vec![],
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut run = Run::new(&sc);
-            for _ in 0..3 {
-                run.step(true).await.unwrap();
-            }
+        deterministic(async {
+            let mut run = Run::started(&sc).await.unwrap();
             apply(&mut run.world.lock().unwrap(), &Event::CutOperator(1));
             for _ in 0..3 {
                 run.step(true).await.unwrap();
@@ -131,15 +124,8 @@ fn an_isolated_primary_is_replaced_while_the_cut_lasts() {
             allow_data_loss: false,
             events,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut run = Run::new(&sc);
-            for _ in 0..3 {
-                run.step(true).await.unwrap();
-            }
+        deterministic(async {
+            let mut run = Run::started(&sc).await.unwrap();
             for e in &sc.events {
                 apply(&mut run.world.lock().unwrap(), e);
                 run.step(true).await.unwrap();

@@ -286,16 +286,30 @@ fn trace(status: &TopologyStatus, w: &World) {
     }
 }
 
-pub fn run(sc: &Scenario) -> Result<BTreeSet<String>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Drive `f` on a single-threaded runtime: re-seed tasks and the loop interleave the same
+/// way on every run.
+pub fn deterministic<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+impl Run {
+    /// A new world for `sc`, three steps in (a healthy cluster, with writes).
+    pub async fn started(sc: &Scenario) -> Result<Self, String> {
         let mut run = Run::new(sc);
         for _ in 0..3 {
             run.step(true).await?;
         }
+        Ok(run)
+    }
+}
+
+pub fn run(sc: &Scenario) -> Result<BTreeSet<String>, String> {
+    deterministic(async {
+        let mut run = Run::started(sc).await?;
         if !run.healed() {
             return Err(format!("a new cluster is not Ready: {:#?}", run.status));
         }
