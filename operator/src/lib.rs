@@ -7,7 +7,8 @@
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
 //! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint;
 //! - [`topology`]: GTID sets and the failover decision (database high availability);
-//! - [`local`]: the same cluster as supervised processes on one machine (local mode).
+//! - [`local`]: the same cluster as supervised processes on one machine (local mode);
+//! - [`seed`]: physical copies of a MariaDB server, run beside the database in Kubernetes.
 
 pub mod api;
 pub mod autoscale;
@@ -18,6 +19,7 @@ pub mod local;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
+pub mod seed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod topology;

@@ -31,6 +31,61 @@ enum Command {
     Local(LocalArgs),
     /// Print every object the operator would create for a ChatCluster file (no cluster needed).
     Render(RenderArgs),
+    /// Physical re-seeding in Kubernetes: what runs beside a MariaDB server (not for people).
+    #[command(subcommand)]
+    Seed(SeedCommand),
+}
+
+/// The programs of a physical re-seed (see `chat_operator::seed`). The key (the database's
+/// administrative password) comes from the environment only: an argument would show in every
+/// process listing.
+#[derive(Subcommand)]
+enum SeedCommand {
+    /// Copy this binary to a path (the init container that brings it into the database image).
+    Install {
+        /// Where to.
+        dest: PathBuf,
+    },
+    /// The donor agent: stream hot backups of the server to clients that hold the key.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:3307")]
+        listen: String,
+        /// The server's data directory.
+        #[arg(long, default_value = "/var/lib/mysql")]
+        data_dir: PathBuf,
+        /// The server's Unix socket.
+        #[arg(long, default_value = "/var/run/mysqld/mysqld.sock")]
+        socket: PathBuf,
+        /// The server's whole configuration (default: its usual option files).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Scratch space for each backup.
+        #[arg(long, default_value = "/tmp")]
+        work_dir: PathBuf,
+        /// mariadb-backup's user.
+        #[arg(long, env = "CHATCLUSTER_SEED_USER")]
+        user: String,
+    },
+    /// Fetch a copy from a donor into the staging directory of a data directory, prepare it
+    /// and mark it ready; prints its GTID position (also to the termination log, if given).
+    Fetch {
+        /// The donor agent (`host:port`).
+        #[arg(long)]
+        from: String,
+        /// The replica's data directory.
+        #[arg(long, default_value = "/var/lib/mysql")]
+        data_dir: PathBuf,
+        /// Where Kubernetes reads a container's termination message.
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
+    },
+    /// Put a ready copy in place (or finish doing so) before the server starts.
+    Swap {
+        /// The data directory.
+        #[arg(long, default_value = "/var/lib/mysql")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -90,6 +145,9 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "CHAT_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// The image this operator runs (MariaDB pods and re-seed Jobs copy the binary from it).
+    #[arg(long, env = "CHAT_OPERATOR_IMAGE", default_value_t = chat_operator::api::defaults::operator_image())]
+    image: String,
 }
 
 fn init_tracing(json: bool) {
@@ -101,6 +159,18 @@ fn init_tracing(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Logs on stderr, for the programs whose stdout is their answer (`seed fetch` prints the
+/// copy's position).
+fn init_tracing_stderr() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -143,6 +213,7 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity))
+            .with_operator_image(args.image)
             .with_topologies(Arc::new(reconcile::topology::Topologies::new(
                 wake_tx.clone(),
             )))
@@ -246,5 +317,81 @@ async fn main() -> anyhow::Result<()> {
             local(args, shutdown).await
         }
         Command::Render(args) => render(args),
+        Command::Seed(command) => {
+            init_tracing_stderr();
+            seed(command, shutdown).await
+        }
     }
+}
+
+/// The re-seed key, from `CHATCLUSTER_SEED_KEY`.
+fn seed_key() -> anyhow::Result<String> {
+    std::env::var("CHATCLUSTER_SEED_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .context("CHATCLUSTER_SEED_KEY (the database's administrative password) is not set")
+}
+
+async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
+    use chat_operator::seed;
+    match command {
+        SeedCommand::Install { dest } => seed::install::install(&dest)?,
+        SeedCommand::Serve {
+            listen,
+            data_dir,
+            socket,
+            config,
+            work_dir,
+            user,
+        } => {
+            let key = seed_key()?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("re-seed donor listening on {}", listener.local_addr()?);
+            let donor = seed::donor::Donor {
+                key: key.into_bytes(),
+                user,
+                data_dir,
+                socket,
+                config,
+                work_dir,
+            };
+            seed::donor::serve(listener, donor, shutdown.wait()).await?;
+        }
+        SeedCommand::Fetch {
+            from,
+            data_dir,
+            termination_log,
+        } => {
+            let key = seed_key()?;
+            let fetch = seed::fetch::Fetch {
+                from,
+                key: key.into_bytes(),
+                data_dir,
+            };
+            let outcome = tokio::select! {
+                fetched = seed::fetch::fetch(&fetch) => fetched,
+                () = shutdown.wait() => anyhow::bail!("stopped before the copy was complete"),
+            };
+            let message = match &outcome {
+                Ok(gtids) => gtids.clone(),
+                Err(e) => format!("re-seed copy failed: {e}"),
+            };
+            if let Some(path) = termination_log {
+                std::fs::write(&path, &message)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            println!("{}", outcome?);
+        }
+        SeedCommand::Swap { data_dir } => {
+            let outcome =
+                tokio::task::spawn_blocking(move || seed::swap::swap(&data_dir)).await??;
+            match outcome {
+                seed::swap::Outcome::Nothing => println!("no copy to put in place"),
+                seed::swap::Outcome::Swapped(gtids) => println!("copy in place at {gtids}"),
+            }
+        }
+    }
+    Ok(())
 }

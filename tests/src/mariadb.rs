@@ -173,6 +173,21 @@ impl MariaDb {
         panic!("mariadbd did not start: {}", self.error_log());
     }
 
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Its Unix socket.
+    pub fn socket(&self) -> PathBuf {
+        socket(&self.dir)
+    }
+
+    /// Start it again after [`kill`](Self::kill), on whatever its data directory holds now.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// The server's error log, for assertion messages.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()

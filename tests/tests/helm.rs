@@ -153,6 +153,7 @@ fn default_values_render_valid_objects() {
         "POD_NAMESPACE",
         "CHAT_OPERATOR_LEASE",
         "CHAT_OPERATOR_METRICS_ADDR",
+        "CHAT_OPERATOR_IMAGE",
     ] {
         assert!(env.contains(&wanted), "{wanted} missing: {env:?}");
     }
@@ -187,6 +188,10 @@ fn default_values_render_valid_objects() {
         ("events.k8s.io", "events", "create"),
         ("", "pods", "list"),
         ("metrics.k8s.io", "pods", "list"),
+        // A physical re-seed: a Job fetches the copy, then the replica's pod is restarted.
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("", "pods", "delete"),
     ] {
         assert!(
             allows(group, resource, verb),

@@ -459,3 +459,91 @@ fn the_readme_lists_what_render_creates() {
         "README is stale: paste `chat-operator render -f examples/minimal.yaml --summary`"
     );
 }
+
+/// The Job that re-seeds a MariaDB replica is not among the applied objects (the topology loop
+/// creates it when a replica needs a copy), so it is checked here: strict schemas, the
+/// restricted profile, and references that meet the rendered cluster — its Secret, the
+/// replica's volume claim and pod, the binary's image.
+#[test]
+fn the_reseed_job_is_valid_restricted_and_meets_the_replica_it_fetches_for() {
+    use chat_operator::{
+        api::defaults,
+        build::{ClusterRef, seed},
+        reconcile::topology::members,
+    };
+    let file = repo().join("examples/laptop.yaml");
+    let mut cc: ChatCluster =
+        serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let objects = documents(&render_file(&file, &["--namespace", "chat"]));
+    cc.metadata.namespace = Some("chat".into());
+    cc.metadata.uid = Some(render::PLACEHOLDER_UID.into());
+    let c = ClusterRef::new(&cc).unwrap();
+    let servers = members(&c, &cc.spec.database);
+    let (donor, replica) = (&servers[0], &servers[1]);
+    let job = seed::job(
+        &c,
+        &cc.spec.database,
+        &defaults::operator_image(),
+        &replica.name,
+        &donor.host,
+    );
+    let yaml = serde_yaml::to_string(&job).unwrap();
+    kubernetes_validate(&yaml).unwrap();
+    let job = documents(&yaml).remove(0);
+    let mut all = objects.clone();
+    all.push(job.clone());
+    assert_eq!(problems(&cc, &all), Vec::<String>::new());
+
+    // It lands on the replica's node, with the replica's volume.
+    let pod = &job["spec"]["template"]["spec"];
+    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"]["statefulset.kubernetes.io/pod-name"],
+        replica.name.as_str()
+    );
+    let set = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "StatefulSet"
+                && replica
+                    .name
+                    .starts_with(o["metadata"]["name"].as_str().unwrap())
+        })
+        .unwrap();
+    let claim = set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .unwrap();
+    assert_eq!(
+        volume,
+        format!("{claim}-{}", replica.name),
+        "StatefulSet claim naming"
+    );
+    // The donor it fetches from is the agent every MariaDB pod runs, on the port it listens on.
+    let fetch = &pod["containers"][0]["command"];
+    let from = fetch
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip_while(|a| *a != "--from")
+        .nth(1)
+        .unwrap();
+    let agent = set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "seed-donor")
+        .unwrap();
+    let port = agent["ports"][0]["containerPort"].as_i64().unwrap();
+    assert_eq!(from.as_str().unwrap(), format!("{}:{port}", donor.host));
+    assert_eq!(
+        job["spec"]["backoffLimit"], 0,
+        "the loop retries, with backoff"
+    );
+}

@@ -14,6 +14,12 @@ pub fn xds_image() -> String {
     format!("chatcluster/chat-xds:{VERSION}")
 }
 
+/// The operator's own image: MariaDB pods and re-seed Jobs copy the binary from it (the
+/// physical re-seed's programs run in the database's image, where mariadb-backup is).
+pub fn operator_image() -> String {
+    format!("chatcluster/chat-operator:{VERSION}")
+}
+
 /// Upstream Envoy image, pinned.
 pub const ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 /// Upstream MySQL image, pinned (8.4 LTS).

@@ -24,7 +24,7 @@ use k8s_openapi::{
     },
 };
 
-use super::{CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports, secrets};
+use super::{CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports, secrets, seed};
 use crate::{
     api::{DatabaseEngine, DatabaseSpec, defaults},
     topology::{self, dialect::Dialect},
@@ -35,8 +35,10 @@ pub const COMPONENT: &str = "database";
 /// The schema chatd's services create their tables in.
 pub const DB_NAME: &str = "chat";
 /// uid/gid of the `mysql` user in both upstream images.
-const MYSQL_UID: i64 = 999;
-const CONF_DIR: &str = "/etc/mysql/conf.d";
+pub(super) const MYSQL_UID: i64 = 999;
+pub(super) const CONF_DIR: &str = "/etc/mysql/conf.d";
+/// The data directory in both upstream images: the volume's root.
+pub(super) const DATA_DIR: &str = "/var/lib/mysql";
 /// Scripts the upstream images run once, when they initialise an empty data directory.
 const INITDB_DIR: &str = "/docker-entrypoint-initdb.d";
 /// The topology loop's user (least privileges: [`Dialect::admin_privileges`]).
@@ -78,7 +80,7 @@ impl Set {
     }
 }
 
-fn image(db: &DatabaseSpec) -> String {
+pub(super) fn image(db: &DatabaseSpec) -> String {
     db.image.clone().unwrap_or_else(|| {
         match db.engine {
             DatabaseEngine::Mysql => defaults::MYSQL_IMAGE,
@@ -137,6 +139,9 @@ pub fn server_config(db: &DatabaseSpec) -> String {
                 "innodb_flush_log_at_trx_commit=1",
                 "skip_name_resolve=ON",
                 "read_only=ON",
+                // Not schemas: where a physical re-seed stages its copy, and the volume's own.
+                "ignore_db_dirs=.chatcluster-seed",
+                "ignore_db_dirs=lost+found",
             ]);
             if semi_sync {
                 lines.extend([
@@ -200,7 +205,14 @@ fn set_selector(c: &ClusterRef, set: Set) -> BTreeMap<String, String> {
 
 /// One of the two database StatefulSets. `config_hash` rolls the pods when the server
 /// configuration changes.
-pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &str) -> StatefulSet {
+/// `operator_image` is where the pods copy the re-seed programs from (MariaDB).
+pub fn stateful_set(
+    c: &ClusterRef,
+    db: &DatabaseSpec,
+    set: Set,
+    config_hash: &str,
+    operator_image: &str,
+) -> StatefulSet {
     let (name, replicas) = match set {
         Set::Primary => (names::db_primary(c), 1),
         Set::Replica => (names::db_replicas_set(c), db.replicas),
@@ -322,7 +334,7 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
         // The upstream entrypoints write outside the mounted volumes on first start.
         security_context: Some(pod::container_security(false)),
         volume_mounts: Some(vec![
-            mount("data", "/var/lib/mysql"),
+            mount("data", DATA_DIR),
             mount("conf", CONF_DIR),
             mount("initdb", INITDB_DIR),
             mount("run", "/var/run/mysqld"),
@@ -336,6 +348,16 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
         ..Volume::default()
     };
 
+    // MariaDB pods also carry the physical re-seed: the binary copied in first, a ready copy
+    // swapped in last, the donor agent beside the server.
+    let (init_containers, containers, seed_volumes) = match seed::pod_parts(c, db, operator_image) {
+        Some(p) => (
+            vec![p.first_init, init, p.last_init],
+            vec![server, p.sidecar],
+            p.volumes.to_vec(),
+        ),
+        None => (vec![init], vec![server], Vec::new()),
+    };
     StatefulSet {
         metadata: c.meta(name, c.labels(COMPONENT, engine_app(db))),
         spec: StatefulSetSpec {
@@ -357,27 +379,32 @@ pub fn stateful_set(c: &ClusterRef, db: &DatabaseSpec, set: Set, config_hash: &s
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    init_containers: Some(vec![init]),
-                    containers: vec![server],
+                    init_containers: Some(init_containers),
+                    containers,
                     security_context: Some(pod::pod_security(MYSQL_UID)),
                     topology_spread_constraints: Some(pod::topology_spread(&c.selector(COMPONENT))),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(60),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: names::db_config(c),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        empty_dir("conf"),
-                        empty_dir("initdb"),
-                        empty_dir("run"),
-                        empty_dir("tmp"),
-                    ]),
+                    volumes: Some(
+                        vec![
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: names::db_config(c),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            empty_dir("conf"),
+                            empty_dir("initdb"),
+                            empty_dir("run"),
+                            empty_dir("tmp"),
+                        ]
+                        .into_iter()
+                        .chain(seed_volumes)
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },

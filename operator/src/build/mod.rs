@@ -8,6 +8,7 @@ mod ingress;
 pub mod names;
 mod pod;
 pub mod secrets;
+pub mod seed;
 mod xds;
 
 use std::collections::BTreeMap;
@@ -102,6 +103,9 @@ pub struct Observed {
     /// Current replicas of each autoscaled service's Deployment; the autoscaler owns that
     /// number, so a rebuild keeps it (clamped to the spec's bounds).
     pub current_replicas: BTreeMap<ServiceKind, i32>,
+    /// The image the operator runs (MariaDB pods copy the re-seed programs from it);
+    /// `None`: this release's default.
+    pub operator_image: Option<String>,
 }
 
 /// The identity of a ChatCluster, from which every child's name, labels and owner derive.
@@ -229,6 +233,10 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
         ));
     }
 
+    let operator_image = observed
+        .operator_image
+        .clone()
+        .unwrap_or_else(crate::api::defaults::operator_image);
     let db_config = database::config_map(&cluster, &spec.database);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);
@@ -237,12 +245,14 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
         &spec.database,
         database::Set::Primary,
         &db_hash,
+        &operator_image,
     ));
     out.stateful_sets.push(database::stateful_set(
         &cluster,
         &spec.database,
         database::Set::Replica,
         &db_hash,
+        &operator_image,
     ));
     out.services.extend(database::services(&cluster));
     out.pod_disruption_budgets.push(pod::disruption_budget(

@@ -72,3 +72,8 @@ pub fn envoy(c: &ClusterRef) -> String {
 pub fn db_budget(c: &ClusterRef) -> String {
     format!("{}-db", c.name)
 }
+
+/// The Job that fetches a physical copy into database pod `pod`'s volume.
+pub fn db_seed_job(pod: &str) -> String {
+    format!("{pod}-seed")
+}

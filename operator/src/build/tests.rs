@@ -388,6 +388,7 @@ fn replicas_follow_the_spec_and_the_autoscaler() {
     // …keeps what the autoscaler chose…
     let chosen = |n| Observed {
         current_replicas: BTreeMap::from([(ServiceKind::Groups, n)]),
+        ..Observed::default()
     };
     assert_eq!(replicas(chosen(7), "demo-groups"), Some(7));
     // …and is clamped to the bounds when they change.
@@ -580,6 +581,65 @@ fn database_sets_have_volumes_probes_and_roles() {
     };
     assert_eq!(role(primary), None);
     assert_eq!(role(replicas), None);
+}
+
+#[test]
+fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
+    let mut spec = ChatClusterSpec::default();
+    spec.database.engine = DatabaseEngine::Mariadb;
+    let observed = Observed {
+        operator_image: Some("registry.example/chat-operator:9".into()),
+        ..Observed::default()
+    };
+    let d = desired(&cluster(spec), &observed).unwrap();
+    for set in &d.stateful_sets {
+        let pod = set.spec.template.spec.as_ref().unwrap();
+        let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let inits = pod.init_containers.as_deref().unwrap();
+        // The binary first, the swap last: after init-config, before the server starts.
+        assert_eq!(names(inits), ["seed-agent", "init-config", "seed-swap"]);
+        assert_eq!(
+            inits[0].image.as_deref(),
+            Some("registry.example/chat-operator:9")
+        );
+        assert_eq!(names(&pod.containers), ["database", "seed-donor"]);
+        let donor = &pod.containers[1];
+        let key = env(donor, "CHATCLUSTER_SEED_KEY")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str()),
+            ("demo-db", secrets::DB_ADMIN_PASSWORD_KEY)
+        );
+        assert_eq!(
+            donor.ports.as_ref().unwrap()[0].container_port,
+            i32::from(crate::seed::DONOR_PORT)
+        );
+        // The swap and the donor see the server's data; the donor also its socket.
+        for c in [&inits[2], donor] {
+            assert!(c.volume_mounts.iter().flatten().any(|m| m.name == "data"));
+        }
+        assert!(
+            donor
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/var/run/mysqld")
+        );
+    }
+    let config = &d.config_maps[0].data.as_ref().unwrap()["chatcluster.cnf"];
+    assert!(
+        config.contains("ignore_db_dirs=.chatcluster-seed"),
+        "{config}"
+    );
+
+    let mysql = build(ChatClusterSpec::default());
+    for set in &mysql.stateful_sets {
+        let pod = set.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.init_containers.as_ref().unwrap().len(), 1);
+        assert_eq!(pod.containers.len(), 1, "MySQL clones itself");
+    }
 }
 
 fn selector_of_db(d: &Desired, name: &str) -> BTreeMap<String, String> {

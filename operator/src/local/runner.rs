@@ -27,7 +27,7 @@ use crate::{
     topology::{
         self,
         manager::{Handle, Topology},
-        physical::LocalFiles,
+        physical::{LocalFiles, LocalSeeder, Seeder},
         server::Server,
         status::TopologyStatus,
     },
@@ -623,17 +623,27 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
     info!(%primary, "starting the topology loop");
     // Every server's files are on this machine: re-seeding copies them physically.
     let credentials = plan.topology_credentials(&cluster.credentials);
+    let seeder: Arc<dyn Seeder> = Arc::new(LocalSeeder {
+        files: plan
+            .databases
+            .iter()
+            .map(|db| {
+                let files = LocalFiles {
+                    data_dir: db.data(),
+                    socket: db.socket(),
+                    config: db.config_file(),
+                };
+                (db.name.clone(), files)
+            })
+            .collect(),
+        credentials: credentials.clone(),
+    });
     let servers = plan
         .databases
         .iter()
         .map(|db| {
-            Server::new(db.member(), credentials.clone(), plan.policy.query_timeout).with_files(
-                LocalFiles {
-                    data_dir: db.data(),
-                    socket: db.socket(),
-                    config: db.config_file(),
-                },
-            )
+            Server::new(db.member(), credentials.clone(), plan.policy.query_timeout)
+                .with_seeder(seeder.clone())
         })
         .collect();
     let (topology, status) = Topology::with_servers(

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod autoscaling;
 mod controller;
+pub mod seed;
 pub mod status;
 pub mod topology;
 
@@ -115,6 +116,8 @@ pub struct Context {
     pub topologies: Option<Arc<topology::Topologies>>,
     /// The autoscalers' sampling loops, when this operator runs them.
     pub autoscalers: Option<Arc<autoscaling::Autoscalers>>,
+    /// The image this operator runs: MariaDB pods and re-seed Jobs copy the binary from it.
+    pub operator_image: String,
 }
 
 impl Context {
@@ -131,7 +134,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             topologies: None,
             autoscalers: None,
+            operator_image: crate::api::defaults::operator_image(),
         }
+    }
+
+    /// Name the image this operator runs (from the chart), for what copies the binary.
+    pub fn with_operator_image(mut self, image: String) -> Self {
+        self.operator_image = image;
+        self
     }
 
     /// Scale autoscaled services with their load (see [`autoscaling`]).
@@ -225,6 +235,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     // Build, then apply in dependency order; autoscaled services get the replicas the
     // autoscaler decided.
     let mut observed = observe(client, cc, &cluster).await?;
+    observed.operator_image = Some(ctx.operator_image.clone());
     let scaling = match &ctx.autoscalers {
         Some(a) => a.ensure(client, cc, &cluster, &observed.current_replicas),
         None => BTreeMap::new(),
@@ -314,7 +325,9 @@ async fn database_topology(
     cc: &ChatCluster,
     cluster: &ClusterRef,
 ) -> Result<crate::topology::status::TopologyStatus, Error> {
-    let now = topologies.ensure(&ctx.client, cc, cluster).await?;
+    let now = topologies
+        .ensure(&ctx.client, cc, cluster, &ctx.operator_image)
+        .await?;
     topology::label_pods(&ctx.client, cluster, &now).await?;
     let recorded = cc
         .status

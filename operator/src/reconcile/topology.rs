@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -20,14 +20,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{Error, kube_err};
+use super::{Error, kube_err, seed::PodSeeder};
 use crate::{
     api::{ChatCluster, DatabaseEngine, DatabaseSpec},
     build::{ClusterRef, database, labels, names, ports, secrets},
     topology::{
         manager::{self, Handle},
+        physical::Seeder,
         plan::Policy,
-        server::{Credentials, Member},
+        server::{Credentials, Member, Server},
         status::{Role, TopologyStatus},
     },
 };
@@ -119,6 +120,7 @@ impl Topologies {
         client: &Client,
         cc: &ChatCluster,
         c: &ClusterRef,
+        operator_image: &str,
     ) -> Result<TopologyStatus, Error> {
         let key = ObjectRef::from_obj(cc);
         let members = members(c, &cc.spec.database);
@@ -174,9 +176,34 @@ impl Topologies {
             .and_then(|d| d.primary.clone())
             .filter(|p| members.iter().any(|m| &m.name == p))
             .unwrap_or_else(|| names::db_initial_primary_pod(c));
-        let (topology, status) =
-            manager::Topology::new(members.clone(), &primary, credentials, policy.clone())
-                .map_err(|e| Error::Topology(e.to_string()))?;
+        // MariaDB pods re-seed physically, through a Job; MySQL clones itself over SQL.
+        let seeder: Option<Arc<dyn Seeder>> = (cc.spec.database.engine == DatabaseEngine::Mariadb)
+            .then(|| {
+                Arc::new(PodSeeder::new(
+                    client.clone(),
+                    c.clone(),
+                    cc.spec.database.clone(),
+                    operator_image.to_string(),
+                )) as Arc<dyn Seeder>
+            });
+        let servers = members
+            .iter()
+            .map(|m| {
+                let server = Server::new(m.clone(), credentials.clone(), policy.query_timeout);
+                match &seeder {
+                    Some(s) => server.with_seeder(s.clone()),
+                    None => server,
+                }
+            })
+            .collect();
+        let (topology, status) = manager::Topology::with_servers(
+            servers,
+            &primary,
+            credentials,
+            policy.clone(),
+            manager::monotonic_clock(),
+        )
+        .map_err(|e| Error::Topology(e.to_string()))?;
         let handle = manager::spawn(topology, status, TICK);
         let mut watch = handle.status.clone();
         let changed = self.changed.clone();

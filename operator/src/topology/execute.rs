@@ -18,8 +18,10 @@ use super::{
     status::{Finding, FindingKind, Promotion, Role, SemiSyncState},
 };
 
-/// Longest a re-seed may take.
-pub const SEED_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a re-seed may take: a physical copy of a large database in Kubernetes (its Job
+/// may run 30 minutes, the pod's restart 10 more). Each step inside has a shorter bound of its
+/// own, so a stuck copy fails long before this.
+pub const SEED_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 /// Longest stopping a replica's receiver may take. MariaDB waits in steps of 2 s for a
 /// receiver blocked on a source that no longer answers (measured: 2.0 s with the source
 /// frozen), longer than the statement timeout; a failover that gave up there failed.

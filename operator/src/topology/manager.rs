@@ -111,6 +111,8 @@ impl Topology<Server> {
                 "the primary {primary} cannot be removed"
             )));
         }
+        // Every server of a cluster is copied the same way: new ones get the others' seeder.
+        let seeder = self.servers.iter().find_map(Server::seeder);
         let mut old: BTreeMap<String, Server> = self
             .servers
             .drain(..)
@@ -119,7 +121,14 @@ impl Topology<Server> {
         for m in members {
             let server = match old.remove(&m.name) {
                 Some(s) if s.member == m => s,
-                _ => Server::new(m, self.credentials.clone(), self.policy.query_timeout),
+                _ => {
+                    let server =
+                        Server::new(m, self.credentials.clone(), self.policy.query_timeout);
+                    match &seeder {
+                        Some(seeder) => server.with_seeder(seeder.clone()),
+                        None => server,
+                    }
+                }
             };
             self.servers.push(server);
         }

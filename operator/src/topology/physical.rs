@@ -1,251 +1,91 @@
-//! Physical re-seeding, where the primary's and the replica's data directories are on this
-//! machine (local mode): mariadb-backup takes a hot copy of the primary's files and streams it
-//! (mbstream) straight into a staging directory beside the replica's, never through memory;
-//! the copy is prepared there, swapped in for the replica's data, and the replica restarted on
-//! it (its supervisor starts it again). The replica's own data stays until the copy is
-//! complete and prepared, and is removed only once the server runs on the new one.
+//! Physical re-seeding of a MariaDB replica: a hot copy of the primary's files
+//! (mariadb-backup) is prepared beside the replica's data while the replica runs on its own,
+//! then put in place and the replica restarted on it; it replicates from the copy's GTID
+//! position. The replica's own data stays until the copy is complete and prepared.
+//!
+//! Where the files are, and how a server restarts, differ: a [`Seeder`] says. Local mode's
+//! ([`LocalSeeder`]) pipes mariadb-backup into mbstream on this machine and renames data
+//! directories; Kubernetes' (in `reconcile::seed`) runs a Job and restarts the pod. What
+//! both share — waiting for the new process and setting its position — is [`reseed`].
 //!
 //! Only MariaDB: MySQL copies itself with `CLONE INSTANCE` (see [`super::dialect::Seed`]).
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use tokio::process::Command;
+use futures::future::BoxFuture;
 use tracing::info;
 
-use super::server::{Credentials, Error as ServerError, Server};
-
-/// Where a server's files are, for a physical copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalFiles {
-    /// Its data directory.
-    pub data_dir: PathBuf,
-    /// Its Unix socket (mariadb-backup talks to the server there while copying).
-    pub socket: PathBuf,
-    /// Its configuration file (mariadb-backup reads the storage engine's settings there).
-    pub config: PathBuf,
-}
-
-/// How long the replica may take to come back on its new data.
-const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+use super::server::{Credentials, Error as ServerError, Member, Server};
+use crate::seed::{self, io, mariabackup};
 
 /// Errors of a physical re-seed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file operation failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// mariadb-backup or mbstream failed.
-    #[error("{step} failed ({status}); see {log}")]
-    Tool {
-        /// Which step.
-        step: &'static str,
-        /// How it ended.
-        status: String,
-        /// Its output.
-        log: PathBuf,
-    },
-    /// The copy names no GTID position.
-    #[error("the copy in {0} names no GTID position")]
-    NoPosition(PathBuf),
+    /// Making the copy failed.
+    #[error(transparent)]
+    Copy(#[from] seed::Error),
     /// Talking to the replica failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The platform (Kubernetes) refused or failed a step.
+    #[error("{0}")]
+    Platform(String),
     /// The replica did not come back on its new data.
-    #[error("{0} did not come back on its new data within {RESTART_TIMEOUT:?}")]
-    NotBack(String),
+    #[error("{0} did not come back on its new data within {1:?}")]
+    NotBack(String, Duration),
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { what, path, source }
+/// Where a physical copy comes from and goes to, and how a replica restarts on it.
+pub trait Seeder: Send + Sync + std::fmt::Debug {
+    /// Make a complete, prepared copy of `donor`'s files where `replica` can be restarted on
+    /// it, leaving the replica running on its own data; the copy's GTID position.
+    fn copy<'a>(
+        &'a self,
+        donor: &'a Member,
+        replica: &'a Member,
+    ) -> BoxFuture<'a, Result<String, Error>>;
+
+    /// Put the copy in place and have the replica restart on it.
+    fn restart_on_copy<'a>(&'a self, replica: &'a mut Server) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// The replica did not come back in time; `old_still_runs` when the old process answers.
+    fn abandon<'a>(&'a self, replica: &'a Member, old_still_runs: bool) -> BoxFuture<'a, ()>;
+
+    /// The replica runs on the copy: remove what is left of its old data.
+    fn finish<'a>(&'a self, replica: &'a Member) -> BoxFuture<'a, ()>;
+
+    /// How long the replica may take to come back on the copy.
+    fn restart_timeout(&self) -> Duration;
 }
 
-/// Beside `data_dir`: `data_dir` with its last component replaced by `name`.
-fn beside(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.with_file_name(name)
-}
-
-/// The options mariadb-backup runs with: the primary's configuration (the storage engine's
-/// settings must match the server's) and the administrative user, in a file readable by its
-/// owner only — a password on the command line would show in every process listing.
-async fn options_file(
-    dir: &Path,
-    primary: &LocalFiles,
-    credentials: &Credentials,
-) -> Result<PathBuf, Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("seed.cnf");
-    let config = tokio::fs::read_to_string(&primary.config)
-        .await
-        .map_err(io("read", &primary.config))?;
-    let text = format!(
-        "{config}\n[mariadb-backup]\nuser={}\npassword={}\n",
-        credentials.admin_user, credentials.admin_password
-    );
-    let file = path.clone();
-    tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_file(&file);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())
-    })
-    .await
-    .map_err(|e| Error::Io {
-        what: "write",
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?
-    .map_err(io("write", &path))?;
-    Ok(path)
-}
-
-/// Copy `primary`'s files into a prepared directory beside `replica`'s data; the copy's
-/// GTID position.
-async fn copy(
-    primary: &LocalFiles,
-    replica: &LocalFiles,
-    credentials: &Credentials,
-    staging: &Path,
-) -> Result<String, Error> {
-    let dir = replica.data_dir.parent().unwrap_or(Path::new("/"));
-    let log_path = dir.join("seed.log");
-    let log = std::fs::File::create(&log_path).map_err(io("create", &log_path))?;
-    let options = options_file(dir, primary, credentials).await?;
-    let backup_tmp = beside(&replica.data_dir, "seed.tmp");
-    for d in [staging, backup_tmp.as_path()] {
-        let _ = tokio::fs::remove_dir_all(d).await;
-        tokio::fs::create_dir_all(d)
-            .await
-            .map_err(io("create", d))?;
-    }
-    let stderr = |log: &std::fs::File| -> Result<Stdio, Error> {
-        Ok(log.try_clone().map_err(io("open", &log_path))?.into())
-    };
-    let mut backup = Command::new("mariadb-backup")
-        .arg(format!("--defaults-file={}", options.display()))
-        .arg("--backup")
-        .arg("--stream=mbstream")
-        .arg(format!("--datadir={}", primary.data_dir.display()))
-        .arg(format!("--socket={}", primary.socket.display()))
-        .arg(format!("--target-dir={}", backup_tmp.display()))
-        .stdout(Stdio::piped())
-        .stderr(stderr(&log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("run mariadb-backup for", &primary.data_dir))?;
-    let stream: Stdio = backup
-        .stdout
-        .take()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| Error::Tool {
-            step: "mariadb-backup --backup",
-            status: "no output".into(),
-            log: log_path.clone(),
-        })?;
-    let mut extract = Command::new("mbstream")
-        .arg("-x")
-        .arg("-C")
-        .arg(staging)
-        .stdin(stream)
-        .stderr(stderr(&log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("run mbstream into", staging))?;
-    let (backed_up, extracted) = tokio::join!(backup.wait(), extract.wait());
-    let _ = tokio::fs::remove_file(&options).await;
-    let _ = tokio::fs::remove_dir_all(&backup_tmp).await;
-    for (step, status) in [
-        ("mariadb-backup --backup", backed_up),
-        ("mbstream -x", extracted),
-    ] {
-        let status = status.map_err(io("wait for", staging))?;
-        if !status.success() {
-            return Err(Error::Tool {
-                step,
-                status: status.to_string(),
-                log: log_path,
-            });
-        }
-    }
-    let prepared = Command::new("mariadb-backup")
-        .arg("--prepare")
-        .arg(format!("--target-dir={}", staging.display()))
-        .stdout(stderr(&log)?)
-        .stderr(stderr(&log)?)
-        .status()
-        .await
-        .map_err(io("prepare", staging))?;
-    if !prepared.success() {
-        return Err(Error::Tool {
-            step: "mariadb-backup --prepare",
-            status: prepared.to_string(),
-            log: log_path,
-        });
-    }
-    // "binlog.000003\t1234\t0-1-42": the GTID position the copy is consistent with (named
-    // xtrabackup_binlog_info before MariaDB 11).
-    let mut info = staging.join("mariadb_backup_binlog_info");
-    if !info.exists() {
-        info = staging.join("xtrabackup_binlog_info");
-    }
-    let text = tokio::fs::read_to_string(&info)
-        .await
-        .map_err(io("read", &info))?;
-    text.split_whitespace()
-        .nth(2)
-        .map(String::from)
-        .ok_or_else(|| Error::NoPosition(staging.to_path_buf()))
-}
-
-/// Replace `replica`'s data with a physical copy of `primary`'s, restart it on the copy, and
+/// Replace `replica`'s data with a physical copy of `donor`'s, restart it on the copy, and
 /// leave it ready to replicate from the copy's position (the caller points it at the primary).
 pub async fn reseed(
-    primary: &LocalFiles,
+    seeder: &dyn Seeder,
+    donor: &Member,
     replica: &mut Server,
-    files: &LocalFiles,
-    credentials: &Credentials,
 ) -> Result<(), Error> {
-    let staging = beside(&files.data_dir, "seed.new");
     let started = Instant::now();
-    let gtids = match copy(primary, files, credentials, &staging).await {
-        Ok(g) => g,
-        Err(e) => {
-            // The replica's data was never touched.
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            return Err(e);
-        }
-    };
-    info!(replica = %replica.member.name, gtids = %gtids, copy_ms = started.elapsed().as_millis(), "physical copy prepared");
-    // The running server keeps its files open (and its working directory) across the
-    // renames; it is restarted on the new directory.
-    let old = beside(&files.data_dir, "data.old");
-    let _ = tokio::fs::remove_dir_all(&old).await;
-    tokio::fs::rename(&files.data_dir, &old)
-        .await
-        .map_err(io("move aside", &files.data_dir))?;
-    tokio::fs::rename(&staging, &files.data_dir)
-        .await
-        .map_err(io("move into place", &staging))?;
-    // The connection ends with the server: the statement's own outcome says nothing. What
-    // tells the new process from the old is its uptime: it must have started after this.
-    let shutdown = Instant::now();
-    let _ = replica.exec(&["SHUTDOWN"]).await;
-    let deadline = shutdown + RESTART_TIMEOUT;
+    let member = replica.member.clone();
+    let gtids = seeder.copy(donor, &member).await?;
+    // It goes into a statement: whatever made the copy, nothing but a position passes.
+    if !is_position(&gtids) {
+        return Err(Error::Platform(format!(
+            "the copy for {} names no GTID position: {gtids:?}",
+            member.name
+        )));
+    }
+    info!(replica = %member.name, %gtids, copy_ms = started.elapsed().as_millis(), "physical copy prepared");
+    // The connection ends with the server: the restart's own outcome says little. What tells
+    // the new process from the old is its uptime: it must have started after this.
+    let restart = Instant::now();
+    seeder.restart_on_copy(replica).await?;
+    let timeout = seeder.restart_timeout();
     loop {
         replica.disconnect();
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -256,7 +96,7 @@ pub async fn reseed(
             .and_then(|v| v.parse().ok());
         let restarted = uptime.is_some_and(|secs| {
             secs.saturating_mul(1000)
-                < u64::try_from(shutdown.elapsed().as_millis()).unwrap_or(u64::MAX)
+                < u64::try_from(restart.elapsed().as_millis()).unwrap_or(u64::MAX)
         });
         if restarted
             && replica
@@ -266,18 +106,199 @@ pub async fn reseed(
         {
             break;
         }
-        if Instant::now() > deadline {
-            if uptime.is_some() && !restarted {
-                // The old process never stopped: give it back its own data.
-                let discard = beside(&files.data_dir, "seed.discard");
-                let _ = tokio::fs::rename(&files.data_dir, &discard).await;
-                let _ = tokio::fs::rename(&old, &files.data_dir).await;
-                let _ = tokio::fs::remove_dir_all(&discard).await;
-            }
-            return Err(Error::NotBack(replica.member.name.clone()));
+        if restart.elapsed() > timeout {
+            seeder
+                .abandon(&member, uptime.is_some() && !restarted)
+                .await;
+            return Err(Error::NotBack(member.name, timeout));
         }
     }
-    let _ = tokio::fs::remove_dir_all(&old).await;
-    info!(replica = %replica.member.name, total_ms = started.elapsed().as_millis(), "re-seeded physically");
+    seeder.finish(&member).await;
+    info!(replica = %member.name, total_ms = started.elapsed().as_millis(), "re-seeded physically");
     Ok(())
+}
+
+/// Whether `text` reads as a GTID position ("0-1-42,1-2-7", or empty for none).
+fn is_position(text: &str) -> bool {
+    text.split(',').filter(|p| !p.is_empty()).all(|p| {
+        let parts: Vec<&str> = p.trim().split('-').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Where a server's files are on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFiles {
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its Unix socket (mariadb-backup talks to the server there while copying).
+    pub socket: PathBuf,
+    /// Its configuration file (mariadb-backup reads the storage engine's settings there).
+    pub config: PathBuf,
+}
+
+/// Local mode's seeder: every server's files are on this machine, and its supervisor
+/// starts a stopped server again.
+#[derive(Debug, Clone)]
+pub struct LocalSeeder {
+    /// Each server's files, by member name.
+    pub files: BTreeMap<String, LocalFiles>,
+    /// mariadb-backup's user.
+    pub credentials: Credentials,
+}
+
+/// How long a local replica may take to come back on its new data.
+const LOCAL_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Beside `data_dir`: `data_dir` with its last component replaced by `name`.
+fn beside(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.with_file_name(name)
+}
+
+impl LocalSeeder {
+    fn files(&self, member: &Member) -> Result<&LocalFiles, Error> {
+        self.files
+            .get(&member.name)
+            .ok_or_else(|| Error::Platform(format!("no files known for {}", member.name)))
+    }
+
+    /// Copy `donor`'s files into `staging` and prepare them there; the copy's GTID position.
+    async fn copy_into(
+        &self,
+        donor: &LocalFiles,
+        replica: &LocalFiles,
+        staging: &Path,
+    ) -> Result<String, seed::Error> {
+        let dir = replica.data_dir.parent().unwrap_or(Path::new("/"));
+        let log_path = dir.join("seed.log");
+        let log = std::fs::File::create(&log_path).map_err(io("create", &log_path))?;
+        let options = mariabackup::options_file(
+            dir,
+            Some(&donor.config),
+            &self.credentials.admin_user,
+            &self.credentials.admin_password,
+        )
+        .await?;
+        let scratch = beside(&replica.data_dir, "seed.tmp");
+        for d in [staging, scratch.as_path()] {
+            let _ = tokio::fs::remove_dir_all(d).await;
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(io("create", d))?;
+        }
+        let stderr = |log: &std::fs::File| -> Result<Stdio, seed::Error> {
+            Ok(log.try_clone().map_err(io("open", &log_path))?.into())
+        };
+        let copied = async {
+            let mut backup = mariabackup::start_backup(
+                &mariabackup::Source {
+                    options: &options,
+                    options_complete: true,
+                    data_dir: &donor.data_dir,
+                    socket: &donor.socket,
+                    scratch: &scratch,
+                },
+                stderr(&log)?,
+            )?;
+            let stream: Stdio = backup
+                .stdout
+                .take()
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| seed::Error::Tool {
+                    step: "mariadb-backup --backup",
+                    status: "no output".into(),
+                    log: log_path.clone(),
+                })?;
+            let mut unpack = mariabackup::start_unpack(staging, stream, stderr(&log)?)?;
+            let (backed_up, unpacked) = tokio::join!(backup.wait(), unpack.wait());
+            mariabackup::check("mariadb-backup --backup", backed_up, &log_path)?;
+            mariabackup::check("mbstream -x", unpacked, &log_path)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&options).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        copied?;
+        mariabackup::prepare(staging, &log_path).await
+    }
+}
+
+impl Seeder for LocalSeeder {
+    fn copy<'a>(
+        &'a self,
+        donor: &'a Member,
+        replica: &'a Member,
+    ) -> BoxFuture<'a, Result<String, Error>> {
+        Box::pin(async move {
+            let (from, to) = (self.files(donor)?, self.files(replica)?);
+            let staging = beside(&to.data_dir, "seed.new");
+            let copied = self.copy_into(from, to, &staging).await;
+            if copied.is_err() {
+                // The replica's data was never touched.
+                let _ = tokio::fs::remove_dir_all(&staging).await;
+            }
+            Ok(copied?)
+        })
+    }
+
+    fn restart_on_copy<'a>(&'a self, replica: &'a mut Server) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let to = self.files(&replica.member)?;
+            // The running server keeps its files open (and its working directory) across the
+            // renames; its supervisor starts it again on the new directory.
+            let old = beside(&to.data_dir, "data.old");
+            let staging = beside(&to.data_dir, "seed.new");
+            let _ = tokio::fs::remove_dir_all(&old).await;
+            tokio::fs::rename(&to.data_dir, &old)
+                .await
+                .map_err(io("move aside", &to.data_dir))?;
+            tokio::fs::rename(&staging, &to.data_dir)
+                .await
+                .map_err(io("move into place", &staging))?;
+            let _ = replica.exec(&["SHUTDOWN"]).await;
+            Ok(())
+        })
+    }
+
+    fn abandon<'a>(&'a self, replica: &'a Member, old_still_runs: bool) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Ok(to) = self.files(replica) else { return };
+            if old_still_runs {
+                // The old process never stopped: give it back its own data.
+                let discard = beside(&to.data_dir, "seed.discard");
+                let _ = tokio::fs::rename(&to.data_dir, &discard).await;
+                let _ = tokio::fs::rename(beside(&to.data_dir, "data.old"), &to.data_dir).await;
+                let _ = tokio::fs::remove_dir_all(&discard).await;
+            }
+        })
+    }
+
+    fn finish<'a>(&'a self, replica: &'a Member) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok(to) = self.files(replica) {
+                let _ = tokio::fs::remove_dir_all(beside(&to.data_dir, "data.old")).await;
+            }
+        })
+    }
+
+    fn restart_timeout(&self) -> Duration {
+        LOCAL_RESTART_TIMEOUT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_position;
+
+    #[test]
+    fn only_gtid_positions_pass_as_a_copy_position() {
+        assert!(is_position("0-1-42"));
+        assert!(is_position("0-1-42,1-200-7"));
+        assert!(is_position(""));
+        assert!(!is_position("re-seed copy failed: no space left"));
+        assert!(!is_position("0-1-42'; DROP TABLE x; --"));
+        assert!(!is_position("0-1"));
+    }
 }

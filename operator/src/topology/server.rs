@@ -2,7 +2,7 @@
 //! server behind a network cut must not stall the loop), what it reports about itself, and the
 //! statements the loop runs on it.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     AssertSqlSafe, Connection, MySqlConnection, Row,
@@ -13,7 +13,7 @@ use super::{
     db::DbServer,
     dialect::{self, Dialect, Source},
     gtid::GtidSet,
-    physical::{self, LocalFiles},
+    physical::{self, Seeder},
     seed,
     status::SemiSyncState,
 };
@@ -141,8 +141,9 @@ pub struct Server {
     timeout: Duration,
     conn: Option<MySqlConnection>,
     dialect: &'static dyn Dialect,
-    /// Its files, when they are on this machine: re-seeding copies them physically.
-    files: Option<LocalFiles>,
+    /// How its files are copied physically, where they can be (MariaDB in local mode and in
+    /// Kubernetes); without one, re-seeding copies logically.
+    seeder: Option<Arc<dyn Seeder>>,
 }
 
 impl Server {
@@ -154,14 +155,19 @@ impl Server {
             timeout,
             conn: None,
             dialect: &dialect::MariaDb,
-            files: None,
+            seeder: None,
         }
     }
 
-    /// The same, with its files on this machine at `files` (local mode).
-    pub fn with_files(mut self, files: LocalFiles) -> Self {
-        self.files = Some(files);
+    /// The same, re-seeded physically through `seeder`.
+    pub fn with_seeder(mut self, seeder: Arc<dyn Seeder>) -> Self {
+        self.seeder = Some(seeder);
         self
+    }
+
+    /// How its files are copied physically, if they can be.
+    pub fn seeder(&self) -> Option<Arc<dyn Seeder>> {
+        self.seeder.clone()
     }
 
     /// The engine's statements (known once it has answered).
@@ -486,8 +492,8 @@ impl DbServer for Server {
 
     fn another(&self) -> Self {
         let another = Self::new(self.member.clone(), self.credentials.clone(), self.timeout);
-        match &self.files {
-            Some(files) => another.with_files(files.clone()),
+        match &self.seeder {
+            Some(seeder) => another.with_seeder(seeder.clone()),
             None => another,
         }
     }
@@ -497,7 +503,7 @@ impl DbServer for Server {
         primary: &mut Self,
         source: &Source<'_>,
     ) -> Result<(), seed::Error> {
-        // Physically where both servers' files are at hand and the engine is MariaDB (MySQL
+        // Physically where a seeder can reach the files and the engine is MariaDB (MySQL
         // clones itself).
         let mariadb = self
             .report()
@@ -505,12 +511,11 @@ impl DbServer for Server {
             .version
             .to_ascii_lowercase()
             .contains("mariadb");
-        match (primary.files.clone(), self.files.clone()) {
-            (Some(from), Some(to)) if mariadb => {
-                let credentials = self.credentials.clone();
+        match self.seeder.clone() {
+            Some(seeder) if mariadb => {
                 self.exec(&[self.dialect.stop_replica(), self.dialect.reset_replica()])
                     .await?;
-                physical::reseed(&from, self, &to, &credentials).await?;
+                physical::reseed(seeder.as_ref(), &primary.member, self).await?;
                 Ok(())
             }
             _ => seed::reseed(primary, self, source).await,

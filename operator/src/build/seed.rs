@@ -1,0 +1,283 @@
+//! The Kubernetes side of a physical MariaDB re-seed (see [`crate::seed`]): what every
+//! MariaDB pod carries — the binary copied in, the swap before the server starts, the donor
+//! agent beside it — and the Job that fetches a copy into one pod's volume. MySQL pods carry
+//! none of it: MySQL clones itself over SQL.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::{
+            Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+            PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSpec,
+            PodTemplateSpec, Probe, TCPSocketAction, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{
+    ClusterRef,
+    database::{ADMIN_USER, COMPONENT, DATA_DIR, MYSQL_UID, image},
+    names, pod, secrets,
+};
+use crate::{
+    api::{DatabaseEngine, DatabaseSpec},
+    seed::DONOR_PORT,
+};
+
+/// Where the binary is copied to, in a volume every container of the pod mounts.
+const AGENT_DIR: &str = "/agent";
+const AGENT_VOLUME: &str = "seed-agent";
+/// Label naming the pod a re-seed Job fetches for.
+pub const SEED_FOR_LABEL: &str = "chatcluster.io/seed-for";
+/// How long a re-seed Job may run before Kubernetes stops it.
+pub const JOB_DEADLINE_SECONDS: i64 = 1800;
+/// Where Kubernetes reads a container's termination message (the copy's GTID position).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+fn agent() -> String {
+    format!("{AGENT_DIR}/chat-operator")
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// The key both ends of the stream prove: the administrative password.
+fn key_env(c: &ClusterRef) -> EnvVar {
+    pod::env_from_secret(
+        "CHATCLUSTER_SEED_KEY",
+        &names::db_secret(c),
+        secrets::DB_ADMIN_PASSWORD_KEY,
+    )
+}
+
+/// The init container copying the binary into the shared volume (the operator's image holds
+/// nothing else, so the binary copies itself).
+fn install_agent(operator_image: &str) -> Container {
+    Container {
+        name: "seed-agent".into(),
+        image: Some(operator_image.into()),
+        args: Some(vec!["seed".into(), "install".into(), agent()]),
+        volume_mounts: Some(vec![mount(AGENT_VOLUME, AGENT_DIR)]),
+        resources: Some(pod::resources(None, "10m", "16Mi", "64Mi")),
+        security_context: Some(pod::container_security(true)),
+        ..Container::default()
+    }
+}
+
+fn tcp_probe(period: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("seed".into()),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// What a MariaDB pod carries for re-seeding.
+#[derive(Debug, Clone)]
+pub struct PodParts {
+    /// Init containers to run before the others: the binary copied in.
+    pub first_init: Container,
+    /// Init containers to run last: a ready copy put in place.
+    pub last_init: Container,
+    /// The donor agent.
+    pub sidecar: Container,
+    /// The volumes they mount beside the database's own.
+    pub volumes: [Volume; 2],
+}
+
+/// The re-seed parts of a database pod; `None` for MySQL.
+pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Option<PodParts> {
+    if db.engine != DatabaseEngine::Mariadb {
+        return None;
+    }
+    let swap = Container {
+        name: "seed-swap".into(),
+        image: Some(image(db)),
+        command: Some(vec![
+            agent(),
+            "seed".into(),
+            "swap".into(),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+        ]),
+        volume_mounts: Some(vec![
+            mount("data", DATA_DIR),
+            mount(AGENT_VOLUME, AGENT_DIR),
+        ]),
+        resources: Some(pod::resources(None, "10m", "16Mi", "64Mi")),
+        security_context: Some(pod::container_security(true)),
+        ..Container::default()
+    };
+    let donor = Container {
+        name: "seed-donor".into(),
+        image: Some(image(db)),
+        command: Some(vec![
+            agent(),
+            "seed".into(),
+            "serve".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{DONOR_PORT}"),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+            "--socket".into(),
+            "/var/run/mysqld/mysqld.sock".into(),
+            "--work-dir".into(),
+            "/tmp".into(),
+        ]),
+        env: Some(vec![
+            pod::env("CHATCLUSTER_SEED_USER", ADMIN_USER),
+            key_env(c),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("seed".into()),
+            container_port: i32::from(DONOR_PORT),
+            ..ContainerPort::default()
+        }]),
+        // It listens from its first moment; a probe's connection ends its session at once.
+        readiness_probe: Some(tcp_probe(10)),
+        liveness_probe: Some(tcp_probe(20)),
+        // mariadb-backup streams through a small buffer; copying reads the files, it does
+        // not hold them.
+        resources: Some(pod::resources(None, "10m", "32Mi", "512Mi")),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![
+            // mariadb-backup reads the server's configuration and talks to it on its socket.
+            mount("data", DATA_DIR),
+            mount("conf", super::database::CONF_DIR),
+            mount("run", "/var/run/mysqld"),
+            mount("seed-tmp", "/tmp"),
+            mount(AGENT_VOLUME, AGENT_DIR),
+        ]),
+        ..Container::default()
+    };
+    Some(PodParts {
+        first_init: install_agent(operator_image),
+        last_init: swap,
+        sidecar: donor,
+        volumes: pod_volumes(),
+    })
+}
+
+/// The binary's volume and the donor's scratch space.
+fn pod_volumes() -> [Volume; 2] {
+    [empty_dir(AGENT_VOLUME), empty_dir("seed-tmp")]
+}
+
+/// The Job fetching a copy of `donor_host`'s files into `replica_pod`'s volume: scheduled on
+/// the replica's node (its ReadWriteOnce volume is attached there), never retried by
+/// Kubernetes (the topology loop retries with backoff), its GTID position left as the
+/// termination message.
+pub fn job(
+    c: &ClusterRef,
+    db: &DatabaseSpec,
+    operator_image: &str,
+    replica_pod: &str,
+    donor_host: &str,
+) -> Job {
+    let mut labels = c.labels(COMPONENT, "mariadb");
+    labels.insert(SEED_FOR_LABEL.into(), replica_pod.into());
+    let fetch = Container {
+        name: "fetch".into(),
+        image: Some(image(db)),
+        command: Some(vec![
+            agent(),
+            "seed".into(),
+            "fetch".into(),
+            "--from".into(),
+            format!("{donor_host}:{DONOR_PORT}"),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+            "--termination-log".into(),
+            TERMINATION_LOG.into(),
+        ]),
+        env: Some(vec![key_env(c)]),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("File".into()),
+        // mariadb-backup --prepare applies the redo log with a 100 MiB buffer by default.
+        resources: Some(pod::resources(None, "100m", "128Mi", "512Mi")),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![
+            mount("data", DATA_DIR),
+            mount(AGENT_VOLUME, AGENT_DIR),
+            mount("seed-tmp", "/tmp"),
+        ]),
+        ..Container::default()
+    };
+    let [agent_volume, tmp] = pod_volumes();
+    let data = Volume {
+        name: "data".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: format!("data-{replica_pod}"),
+            read_only: Some(false),
+        }),
+        ..Volume::default()
+    };
+    Job {
+        metadata: c.meta(names::db_seed_job(replica_pod), labels.clone()),
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    affinity: Some(Affinity {
+                        pod_affinity: Some(PodAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(vec![
+                                PodAffinityTerm {
+                                    label_selector: Some(LabelSelector {
+                                        match_labels: Some(BTreeMap::from([(
+                                            "statefulset.kubernetes.io/pod-name".to_string(),
+                                            replica_pod.to_string(),
+                                        )])),
+                                        ..LabelSelector::default()
+                                    }),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..PodAffinityTerm::default()
+                                },
+                            ]),
+                            ..PodAffinity::default()
+                        }),
+                        ..Affinity::default()
+                    }),
+                    init_containers: Some(vec![install_agent(operator_image)]),
+                    containers: vec![fetch],
+                    security_context: Some(pod::pod_security(MYSQL_UID)),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    volumes: Some(vec![data, agent_volume, tmp]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}

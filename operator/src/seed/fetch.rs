@@ -1,0 +1,137 @@
+//! The receiving end, run by the re-seed Job on the replica's node with the replica's volume
+//! mounted: the donor's stream is unpacked into a staging directory inside that volume, the
+//! copy prepared, and marked ready with its GTID position (which the Job also leaves as its
+//! termination message, for the operator). The replica keeps running on its own data the
+//! whole time; [`super::swap`] puts the copy in place when the pod starts again.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tracing::info;
+
+use super::{
+    Error, STAGING_DIR, io, mariabackup,
+    wire::{self, Frame, Trailer},
+};
+
+/// How long connecting to the donor may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the donor may stay silent (mariadb-backup can wait a while for its locks).
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the staging directory of `data_dir` is.
+pub fn staging(data_dir: &Path) -> PathBuf {
+    data_dir.join(STAGING_DIR)
+}
+
+/// The file marking a complete, prepared copy; it holds the copy's GTID position.
+pub fn ready_file(data_dir: &Path) -> PathBuf {
+    staging(data_dir).join("ready")
+}
+
+/// The unpacked copy.
+pub fn new_dir(data_dir: &Path) -> PathBuf {
+    staging(data_dir).join("new")
+}
+
+/// The swap's progress (see [`super::swap`]).
+pub fn phase_file(data_dir: &Path) -> PathBuf {
+    staging(data_dir).join("phase")
+}
+
+/// What to fetch, and where to.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The donor agent's address (`host:port`).
+    pub from: String,
+    /// The key to prove (the administrative password).
+    pub key: Vec<u8>,
+    /// The replica's data directory (its volume).
+    pub data_dir: PathBuf,
+}
+
+/// Fetch, unpack and prepare a copy into the staging directory; its GTID position. On
+/// failure nothing of the copy is left, and the replica's own data is never touched.
+pub async fn fetch(f: &Fetch) -> Result<String, Error> {
+    let staging = staging(&f.data_dir);
+    if phase_file(&f.data_dir).exists() {
+        return Err(Error::Io {
+            what: "stage a copy in",
+            path: staging,
+            source: std::io::Error::other("a swap is in progress there"),
+        });
+    }
+    let new = new_dir(&f.data_dir);
+    let _ = tokio::fs::remove_file(ready_file(&f.data_dir)).await;
+    let _ = tokio::fs::remove_dir_all(&new).await;
+    tokio::fs::create_dir_all(&new)
+        .await
+        .map_err(io("create", &new))?;
+    let result = unpack_and_prepare(f, &staging, &new).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_dir_all(&new).await;
+    }
+    result
+}
+
+async fn unpack_and_prepare(f: &Fetch, staging: &Path, new: &Path) -> Result<String, Error> {
+    let log_path = staging.join("seed.log");
+    let log = std::fs::File::create(&log_path).map_err(io("create", &log_path))?;
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&f.from))
+        .await
+        .map_err(|_| Error::Timeout(f.from.clone(), CONNECT_TIMEOUT))?
+        .map_err(|e| Error::Wire(wire::Error::Io(e)))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, wire::authenticate(&mut stream, &f.key))
+        .await
+        .map_err(|_| Error::Timeout(f.from.clone(), CONNECT_TIMEOUT))??;
+    let mut unpack = mariabackup::start_unpack(new, Stdio::piped(), Stdio::from(log))?;
+    let Some(mut input) = unpack.stdin.take() else {
+        return Err(Error::Io {
+            what: "write to mbstream for",
+            path: new.to_path_buf(),
+            source: std::io::Error::other("no stdin"),
+        });
+    };
+    let mut received: u64 = 0;
+    loop {
+        let frame = tokio::time::timeout(READ_TIMEOUT, wire::read_frame(&mut stream))
+            .await
+            .map_err(|_| Error::Timeout(format!("the donor {}", f.from), READ_TIMEOUT))??;
+        match frame {
+            Frame::Data(bytes) => {
+                input
+                    .write_all(&bytes)
+                    .await
+                    .map_err(io("write to mbstream for", new))?;
+                received += bytes.len() as u64;
+            }
+            Frame::End(Trailer::Complete) => break,
+            Frame::End(Trailer::Failed(why)) => return Err(wire::Error::Failed(why).into()),
+        }
+    }
+    drop(input);
+    mariabackup::check("mbstream -x", unpack.wait().await, &log_path)?;
+    info!(bytes = received, "copy received");
+    let gtids = mariabackup::prepare(new, &log_path).await?;
+    write_durably(&ready_file(&f.data_dir), gtids.as_bytes()).await?;
+    info!(%gtids, "copy prepared and ready");
+    Ok(gtids)
+}
+
+/// Write `path` so that it either holds `data` or does not exist, after a crash too.
+pub async fn write_durably(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let path = path.to_path_buf();
+    let data = data.to_vec();
+    let at = path.clone();
+    tokio::task::spawn_blocking(move || super::swap::write_durably(&path, &data))
+        .await
+        .map_err(|e| Error::Io {
+            what: "write",
+            path: at,
+            source: std::io::Error::other(e),
+        })?
+}

@@ -1,0 +1,212 @@
+//! Kubernetes' physical re-seed, its programs run as the pods run them, against real MariaDB
+//! servers: the donor agent (`chat-operator seed serve`, a sidecar of every MariaDB pod) beside
+//! the primary; the Job's `seed fetch` into the replica's data directory while the replica
+//! runs; the init container's `seed swap` once the replica has stopped. The replica comes back
+//! on the copy, replicates from the copy's position, and its errant write is gone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::TcpStream,
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use chatcluster_tests::{
+    Process, TempDir, free_port,
+    local::bin_dir,
+    mariadb::{ADMIN_PASSWORD, MariaDb},
+};
+
+/// The server settings the operator gives MariaDB pods that matter here.
+const IGNORE: [&str; 2] = [
+    "--ignore-db-dirs=.chatcluster-seed",
+    "--ignore-db-dirs=lost+found",
+];
+
+fn operator() -> Command {
+    Command::new(bin_dir().join("chat-operator"))
+}
+
+/// The donor agent beside `db`, listening on a free loopback port.
+fn donor(db: &MariaDb, work: &TempDir) -> (Process, String) {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let process = Process::spawn(
+        operator()
+            .args(["seed", "serve", "--listen", &address])
+            .arg("--data-dir")
+            .arg(db.data_dir())
+            .arg("--socket")
+            .arg(db.socket())
+            .arg("--work-dir")
+            .arg(work.path())
+            .env("CHATCLUSTER_SEED_USER", "admin")
+            .env("CHATCLUSTER_SEED_KEY", ADMIN_PASSWORD)
+            .env("RUST_LOG", "info"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "the donor agent did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (process, address)
+}
+
+fn fetch(from: &str, key: &str, data_dir: &Path, termination_log: &Path) -> Output {
+    operator()
+        .args(["seed", "fetch", "--from", from])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--termination-log")
+        .arg(termination_log)
+        .env("CHATCLUSTER_SEED_KEY", key)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
+    let primary = MariaDb::start(1, &IGNORE);
+    let mut replica = MariaDb::start(2, &IGNORE);
+    replica.replicate_from(&primary);
+    primary.sql(
+        "USE chat;
+         CREATE TABLE t (id INT PRIMARY KEY, body VARBINARY(200)) ENGINE=InnoDB;
+         INSERT INTO t SELECT seq, RANDOM_BYTES(100) FROM seq_1_to_5000;",
+    );
+    replica.wait_caught_up(&primary);
+    // Errant: a write of the replica's own, which only a copy of the primary undoes.
+    replica.sql("CREATE DATABASE errant");
+    let work = TempDir::new("seed-donor");
+    let (_agent, address) = donor(&primary, &work);
+    let staging = replica.data_dir().join(".chatcluster-seed");
+    let log = TempDir::new("seed-termination");
+    let termination = log.path().join("termination-log");
+
+    // Without the key: refused, nothing staged, the replica's data untouched.
+    let refused = fetch(&address, "not-the-key", &replica.data_dir(), &termination);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("not authorised"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        std::fs::read_to_string(&termination)
+            .unwrap()
+            .contains("not authorised")
+    );
+    assert!(!staging.join("new").exists(), "no partial copy left");
+    assert!(!staging.join("ready").exists());
+
+    // With it: the copy is staged and prepared while the replica runs and the primary writes.
+    primary.sql("INSERT INTO chat.t VALUES (5001, 'during')");
+    let fetched = fetch(&address, ADMIN_PASSWORD, &replica.data_dir(), &termination);
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    let gtids = std::fs::read_to_string(&termination).unwrap();
+    assert_eq!(String::from_utf8_lossy(&fetched.stdout).trim(), gtids);
+    assert!(
+        gtids.starts_with("0-1-"),
+        "a position of the primary's: {gtids}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(staging.join("ready")).unwrap(),
+        gtids
+    );
+    assert_eq!(replica.sql("SHOW DATABASES LIKE 'errant'"), "errant");
+    assert_eq!(
+        replica.sql("SHOW DATABASES LIKE '%seed%'"),
+        "",
+        "the staging directory is no schema"
+    );
+    assert!(
+        std::fs::read_dir(work.path()).unwrap().next().is_none(),
+        "the donor leaves no scratch files (nor the password) behind"
+    );
+    primary.sql("INSERT INTO chat.t VALUES (5002, 'after the copy')");
+
+    // The pod restarts: the server stops, the init container swaps, the server starts.
+    replica.kill();
+    let swapped = operator()
+        .args(["seed", "swap", "--data-dir"])
+        .arg(replica.data_dir())
+        .output()
+        .unwrap();
+    assert!(swapped.status.success(), "{}", text(&swapped));
+    assert!(text(&swapped).contains(&gtids), "{}", text(&swapped));
+    assert!(
+        !staging.exists(),
+        "the old data and the staging directory are gone"
+    );
+    replica.start_again();
+    assert_eq!(
+        replica.sql("SHOW DATABASES LIKE 'errant'"),
+        "",
+        "errant write gone"
+    );
+
+    // What the operator does next: the copy's position, then replication from the primary.
+    replica.sql(&format!("SET GLOBAL gtid_slave_pos = '{gtids}'"));
+    replica.sql(&format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl',
+           MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1;
+         START SLAVE;",
+        primary.port
+    ));
+    replica.wait_caught_up(&primary);
+    let checksum = "SELECT COUNT(*), SUM(CRC32(body)) FROM chat.t";
+    assert_eq!(replica.sql(checksum), primary.sql(checksum));
+    assert_eq!(
+        replica.sql("SELECT body FROM chat.t WHERE id = 5002"),
+        "after the copy"
+    );
+    // Running the swap again finds nothing to do.
+    replica.kill();
+    let again = operator()
+        .args(["seed", "swap", "--data-dir"])
+        .arg(replica.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        text(&again).contains("no copy to put in place"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn a_donor_drops_a_client_that_never_answers_and_serves_the_next() {
+    let primary = MariaDb::start(1, &IGNORE);
+    let work = TempDir::new("seed-donor");
+    let (_agent, address) = donor(&primary, &work);
+    // A client that connects and says nothing holds no backup and is dropped.
+    let mut silent = TcpStream::connect(&address).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut silent, &mut sink);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "dropped after {waited:?}"
+    );
+    assert!(sink.starts_with(b"CCSEED1\n"), "the greeting came first");
+    // The agent still serves a client with the key.
+    let target = TempDir::new("seed-target");
+    std::fs::create_dir_all(target.path().join("data")).unwrap();
+    let log = target.path().join("termination-log");
+    let fetched = fetch(&address, ADMIN_PASSWORD, &target.path().join("data"), &log);
+    assert!(fetched.status.success(), "{}", text(&fetched));
+}
