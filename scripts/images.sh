@@ -77,6 +77,14 @@ if [ "$code" -ne 2 ] || ! grep -q "no service to run" <<<"$out"; then
   exit 1
 fi
 log "chatd without services: exit 2, \"$out\""
+# MariaDB pods and re-seed Jobs copy the operator's binary out of its image into a shared
+# volume and run it in the database's image: the copy must run with nothing of its image.
+agent="$(mktemp -d)"
+chmod 777 "$agent"
+run -v "$agent:/agent" "chatcluster/chat-operator:$tag" seed install /agent/chat-operator
+env -i "$agent/chat-operator" --version >/dev/null
+rm -rf "$agent"
+log "chat-operator seed install: the copied binary runs"
 # The images run as non-root.
 for name in chat-operator chatd chat-xds; do
   user="$(docker image inspect "chatcluster/$name:$tag" --format '{{.Config.User}}')"

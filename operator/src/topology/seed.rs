@@ -12,8 +12,10 @@
 //! - is written outside the replica's binary log, and the replica's own GTID history (where
 //!   errant transactions live) is reset.
 //!
-//! The loop runs it beside its ticks (see [`super::execute`]). A physical copy
-//! (mariadb-backup) would be faster for large datasets; this module does not do it.
+//! The loop runs it beside its ticks (see [`super::execute`]). Where a
+//! [`Seeder`](super::physical::Seeder) reaches the files — local mode, and every MariaDB pod
+//! in Kubernetes — MariaDB is copied physically instead ([`super::physical`]); the logical copy
+//! serves servers no seeder reaches (a loop built with [`Topology::new`](super::manager::Topology::new)).
 
 use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, MySqlConnection};
