@@ -158,6 +158,12 @@ python3 -c 'import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16); time.sleep(600)' "$silent_port" &
 silent_pid=$!
+# It must listen before the operator starts (a loaded machine starts Python slowly).
+for _ in $(seq 1 100); do
+  python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' \
+    "$silent_port" 2>/dev/null && break
+  sleep 0.1
+done
 # A CA, as in-cluster configuration always has one (without it the client would look for the
 # system's roots, which a FROM scratch image has none of).
 openssl req -x509 -newkey ed25519 -nodes -keyout /dev/null -out "$files/ca.crt" -subj /CN=silent \

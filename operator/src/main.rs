@@ -76,15 +76,28 @@ enum SeedCommand {
         /// The replica's data directory.
         #[arg(long, default_value = "/var/lib/mysql")]
         data_dir: PathBuf,
+        /// This attempt's id (the operator names each).
+        #[arg(long)]
+        copy_id: String,
         /// Where Kubernetes reads a container's termination message.
         #[arg(long)]
         termination_log: Option<PathBuf>,
     },
-    /// Put a ready copy in place (or finish doing so) before the server starts.
+    /// Put a ready copy in place (or finish doing so) before the server starts, if the
+    /// operator approved it; throw it away if not.
     Swap {
         /// The data directory.
         #[arg(long, default_value = "/var/lib/mysql")]
         data_dir: PathBuf,
+        /// The directory of approvals: a file per pod, holding the copy id it may take.
+        #[arg(long)]
+        approvals: PathBuf,
+        /// This pod's name.
+        #[arg(long, env = "POD_NAME")]
+        pod: String,
+        /// Where Kubernetes reads a container's termination message.
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
     },
 }
 
@@ -324,6 +337,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Leave `message` where Kubernetes reads a container's termination message.
+fn write_termination_log(path: Option<&std::path::Path>, message: &str) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, message)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The re-seed key, from `CHATCLUSTER_SEED_KEY`.
 fn seed_key() -> anyhow::Result<String> {
     std::env::var("CHATCLUSTER_SEED_KEY")
@@ -362,6 +384,7 @@ async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
         SeedCommand::Fetch {
             from,
             data_dir,
+            copy_id,
             termination_log,
         } => {
             let key = seed_key()?;
@@ -369,28 +392,39 @@ async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
                 from,
                 key: key.into_bytes(),
                 data_dir,
+                copy_id,
             };
             let outcome = tokio::select! {
-                fetched = seed::fetch::fetch(&fetch) => fetched,
-                () = shutdown.wait() => anyhow::bail!("stopped before the copy was complete"),
+                fetched = seed::fetch::fetch(&fetch) => fetched.map_err(anyhow::Error::from),
+                () = shutdown.wait() => {
+                    seed::fetch::discard(&fetch.data_dir).await;
+                    Err(anyhow::anyhow!("stopped before the copy was complete"))
+                }
             };
             let message = match &outcome {
-                Ok(gtids) => gtids.clone(),
-                Err(e) => format!("re-seed copy failed: {e}"),
+                Ok(ready) => format!("copy {}", ready.to_line()),
+                Err(e) => format!("re-seed copy failed: {e:#}"),
             };
-            if let Some(path) = termination_log {
-                std::fs::write(&path, &message)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            println!("{}", outcome?);
+            write_termination_log(termination_log.as_deref(), &message)?;
+            outcome?;
+            println!("{message}");
         }
-        SeedCommand::Swap { data_dir } => {
-            let outcome =
-                tokio::task::spawn_blocking(move || seed::swap::swap(&data_dir)).await??;
-            match outcome {
-                seed::swap::Outcome::Nothing => println!("no copy to put in place"),
-                seed::swap::Outcome::Swapped(gtids) => println!("copy in place at {gtids}"),
-            }
+        SeedCommand::Swap {
+            data_dir,
+            approvals,
+            pod,
+            termination_log,
+        } => {
+            // The ConfigMap is optional: no file, no approval.
+            let approved = std::fs::read_to_string(approvals.join(&pod))
+                .ok()
+                .map(|s| s.trim().to_string());
+            let outcome = tokio::task::spawn_blocking(move || {
+                seed::swap::swap(&data_dir, approved.as_deref())
+            })
+            .await??;
+            write_termination_log(termination_log.as_deref(), &outcome.message())?;
+            println!("{}", outcome.message());
         }
     }
     Ok(())

@@ -486,6 +486,7 @@ fn the_reseed_job_is_valid_restricted_and_meets_the_replica_it_fetches_for() {
         &defaults::operator_image(),
         &replica.name,
         &donor.host,
+        "c1",
     );
     let yaml = serde_yaml::to_string(&job).unwrap();
     kubernetes_validate(&yaml).unwrap();

@@ -7,12 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    io::{Read, Write},
     net::TcpStream,
     path::Path,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
+use chat_operator::seed::wire;
 use chatcluster_tests::{
     Process, TempDir, free_port,
     local::bin_dir,
@@ -56,12 +58,28 @@ fn donor(db: &MariaDb, work: &TempDir) -> (Process, String) {
 
 fn fetch(from: &str, key: &str, data_dir: &Path, termination_log: &Path) -> Output {
     operator()
-        .args(["seed", "fetch", "--from", from])
+        .args(["seed", "fetch", "--from", from, "--copy-id", "c1"])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--termination-log")
         .arg(termination_log)
         .env("CHATCLUSTER_SEED_KEY", key)
+        .output()
+        .unwrap()
+}
+
+/// `seed swap` as the init container runs it, `approved` naming the copy the operator
+/// approved for the pod (none: no approval).
+fn swap(data_dir: &Path, approved: Option<&str>) -> Output {
+    let approvals = TempDir::new("seed-approvals");
+    if let Some(id) = approved {
+        std::fs::write(approvals.path().join("db-1"), id).unwrap();
+    }
+    operator()
+        .args(["seed", "swap", "--pod", "db-1", "--data-dir"])
+        .arg(data_dir)
+        .arg("--approvals")
+        .arg(approvals.path())
         .output()
         .unwrap()
 }
@@ -110,18 +128,44 @@ fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
     assert!(!staging.join("ready").exists());
 
     // With it: the copy is staged and prepared while the replica runs and the primary writes.
-    primary.sql("INSERT INTO chat.t VALUES (5001, 'during')");
-    let fetched = fetch(&address, ADMIN_PASSWORD, &replica.data_dir(), &termination);
+    // Junk in the donor's own staging directory (a copy it once fetched) is not copied.
+    let junk = primary.data_dir().join(".chatcluster-seed/new/chat");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("junk.ibd"), b"not a table").unwrap();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let fetched = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut id = 10_000;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                primary.sql(&format!("INSERT INTO chat.t VALUES ({id}, 'during')"));
+                id += 1;
+            }
+            id - 10_000
+        });
+        let fetched = fetch(&address, ADMIN_PASSWORD, &replica.data_dir(), &termination);
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        assert!(written > 0, "the primary wrote during the copy");
+        fetched
+    });
     assert!(fetched.status.success(), "{}", text(&fetched));
-    let gtids = std::fs::read_to_string(&termination).unwrap();
-    assert_eq!(String::from_utf8_lossy(&fetched.stdout).trim(), gtids);
+    let message = std::fs::read_to_string(&termination).unwrap();
+    assert_eq!(String::from_utf8_lossy(&fetched.stdout).trim(), message);
+    let gtids = message
+        .strip_prefix("copy c1 ")
+        .unwrap_or_else(|| panic!("{message}"))
+        .to_string();
     assert!(
         gtids.starts_with("0-1-"),
         "a position of the primary's: {gtids}"
     );
     assert_eq!(
         std::fs::read_to_string(staging.join("ready")).unwrap(),
-        gtids
+        format!("c1 {gtids}")
+    );
+    assert!(
+        !staging.join("new/chat/junk.ibd").exists(),
+        "the donor's staging directory is not part of its backup"
     );
     assert_eq!(replica.sql("SHOW DATABASES LIKE 'errant'"), "errant");
     assert_eq!(
@@ -135,15 +179,26 @@ fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
     );
     primary.sql("INSERT INTO chat.t VALUES (5002, 'after the copy')");
 
-    // The pod restarts: the server stops, the init container swaps, the server starts.
+    // The pod restarts without the operator's approval (a drain, say): the copy is thrown
+    // away and the replica keeps its own data.
     replica.kill();
-    let swapped = operator()
-        .args(["seed", "swap", "--data-dir"])
-        .arg(replica.data_dir())
-        .output()
-        .unwrap();
+    let refused = swap(&replica.data_dir(), Some("another-copy"));
+    assert!(refused.status.success(), "{}", text(&refused));
+    assert_eq!(text(&refused).trim(), "discarded c1");
+    assert!(!staging.join("ready").exists() && !staging.join("new").exists());
+    replica.start_again();
+    assert_eq!(replica.sql("SHOW DATABASES LIKE 'errant'"), "errant");
+
+    // Fetched again and approved: the server stops, the init container swaps, the server
+    // starts on the copy.
+    let fetched = fetch(&address, ADMIN_PASSWORD, &replica.data_dir(), &termination);
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    let message = std::fs::read_to_string(&termination).unwrap();
+    let gtids = message.strip_prefix("copy c1 ").unwrap().to_string();
+    replica.kill();
+    let swapped = swap(&replica.data_dir(), Some("c1"));
     assert!(swapped.status.success(), "{}", text(&swapped));
-    assert!(text(&swapped).contains(&gtids), "{}", text(&swapped));
+    assert_eq!(text(&swapped).trim(), format!("swapped c1 {gtids}"));
     assert!(
         !staging.exists(),
         "the old data and the staging directory are gone"
@@ -172,16 +227,8 @@ fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
     );
     // Running the swap again finds nothing to do.
     replica.kill();
-    let again = operator()
-        .args(["seed", "swap", "--data-dir"])
-        .arg(replica.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        text(&again).contains("no copy to put in place"),
-        "{}",
-        text(&again)
-    );
+    let again = swap(&replica.data_dir(), Some("c1"));
+    assert_eq!(text(&again).trim(), "nothing");
 }
 
 #[test]
@@ -196,17 +243,44 @@ fn a_donor_drops_a_client_that_never_answers_and_serves_the_next() {
         .unwrap();
     let started = Instant::now();
     let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut silent, &mut sink);
+    let _ = silent.read_to_end(&mut sink);
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
         "dropped after {waited:?}"
     );
-    assert!(sink.starts_with(b"CCSEED1\n"), "the greeting came first");
-    // The agent still serves a client with the key.
+    assert!(sink.starts_with(wire::MAGIC), "the greeting came first");
+    // A client with the key that stops reading holds the one backup: the next is told the
+    // donor is busy. Once it leaves, its backup is killed and the next client is served.
+    let mut slow = TcpStream::connect(&address).unwrap();
+    let mut greeting = [0u8; 8 + wire::NONCE_LEN];
+    slow.read_exact(&mut greeting).unwrap();
+    let proof = wire::client_proof(ADMIN_PASSWORD.as_bytes(), &greeting[8..]).unwrap();
+    slow.write_all(&proof).unwrap();
+    slow.write_all(&wire::nonce()).unwrap();
+    let mut donor_proof = [0u8; wire::MAC_LEN];
+    slow.read_exact(&mut donor_proof).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let target = TempDir::new("seed-target");
     std::fs::create_dir_all(target.path().join("data")).unwrap();
     let log = target.path().join("termination-log");
-    let fetched = fetch(&address, ADMIN_PASSWORD, &target.path().join("data"), &log);
-    assert!(fetched.status.success(), "{}", text(&fetched));
+    let busy = fetch(&address, ADMIN_PASSWORD, &target.path().join("data"), &log);
+    assert!(!busy.status.success());
+    assert!(text(&busy).contains("busy"), "{}", text(&busy));
+    drop(slow);
+    // The agent still serves a client with the key.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fetched = fetch(&address, ADMIN_PASSWORD, &target.path().join("data"), &log);
+        if fetched.status.success() {
+            break;
+        }
+        // The slow client's backup ends at the donor's next write.
+        assert!(text(&fetched).contains("busy"), "{}", text(&fetched));
+        assert!(
+            Instant::now() < deadline,
+            "the slow client's backup never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -237,6 +237,9 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
         .operator_image
         .clone()
         .unwrap_or_else(crate::api::defaults::operator_image);
+    if spec.database.engine == crate::api::DatabaseEngine::Mariadb {
+        out.config_maps.push(seed::approvals_config_map(&cluster));
+    }
     let db_config = database::config_map(&cluster, &spec.database);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);

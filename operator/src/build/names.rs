@@ -73,6 +73,11 @@ pub fn db_budget(c: &ClusterRef) -> String {
     format!("{}-db", c.name)
 }
 
+/// The ConfigMap naming, per MariaDB pod, the copy its next start may swap in.
+pub fn db_seed_approvals(c: &ClusterRef) -> String {
+    format!("{}-db-seed", c.name)
+}
+
 /// The Job that fetches a physical copy into database pod `pod`'s volume.
 pub fn db_seed_job(pod: &str) -> String {
     format!("{pod}-seed")

@@ -9,9 +9,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-            PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSpec,
-            PodTemplateSpec, Probe, TCPSocketAction, Volume, VolumeMount,
+            Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodAffinity,
+            PodAffinityTerm, PodSpec, PodTemplateSpec, Probe, TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -35,6 +35,10 @@ const AGENT_DIR: &str = "/agent";
 const AGENT_VOLUME: &str = "seed-agent";
 /// Label naming the pod a re-seed Job fetches for.
 pub const SEED_FOR_LABEL: &str = "chatcluster.io/seed-for";
+/// Label naming the attempt a re-seed Job (and its pod) belongs to.
+pub const SEED_COPY_LABEL: &str = "chatcluster.io/seed-copy";
+/// Where the swap finds the approvals ConfigMap.
+const APPROVALS_DIR: &str = "/seed-approvals";
 /// How long a re-seed Job may run before Kubernetes stops it.
 pub const JOB_DEADLINE_SECONDS: i64 = 1800;
 /// Where Kubernetes reads a container's termination message (the copy's GTID position).
@@ -105,7 +109,7 @@ pub struct PodParts {
     /// The donor agent.
     pub sidecar: Container,
     /// The volumes they mount beside the database's own.
-    pub volumes: [Volume; 2],
+    pub volumes: [Volume; 3],
 }
 
 /// The re-seed parts of a database pod; `None` for MySQL.
@@ -122,10 +126,19 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
             "swap".into(),
             "--data-dir".into(),
             DATA_DIR.into(),
+            "--approvals".into(),
+            APPROVALS_DIR.into(),
+            "--termination-log".into(),
+            TERMINATION_LOG.into(),
         ]),
+        env: Some(vec![pod::env_from_field("POD_NAME", "metadata.name")]),
+        // The operator reads the outcome here before it sets the replica's position.
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("File".into()),
         volume_mounts: Some(vec![
             mount("data", DATA_DIR),
             mount(AGENT_VOLUME, AGENT_DIR),
+            mount("seed-approvals", APPROVALS_DIR),
         ]),
         resources: Some(pod::resources(None, "10m", "16Mi", "64Mi")),
         security_context: Some(pod::container_security(true)),
@@ -156,8 +169,8 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
             container_port: i32::from(DONOR_PORT),
             ..ContainerPort::default()
         }]),
-        // It listens from its first moment; a probe's connection ends its session at once.
-        readiness_probe: Some(tcp_probe(10)),
+        // No readiness probe: the agent must never take the database out of its Services.
+        // A probe's connection ends its session at once.
         liveness_probe: Some(tcp_probe(20)),
         // mariadb-backup streams through a small buffer; copying reads the files, it does
         // not hold them.
@@ -177,8 +190,34 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
         first_init: install_agent(operator_image),
         last_init: swap,
         sidecar: donor,
-        volumes: pod_volumes(),
+        volumes: {
+            let [agent, tmp] = pod_volumes();
+            [agent, tmp, approvals_volume(c)]
+        },
     })
+}
+
+/// The approvals ConfigMap, optional: a pod starts whether or not it exists.
+fn approvals_volume(c: &ClusterRef) -> Volume {
+    Volume {
+        name: "seed-approvals".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names::db_seed_approvals(c),
+            optional: Some(true),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The ConfigMap the topology loop writes a pod's approved copy id into (a key per pod)
+/// just before it restarts the pod; empty otherwise. The reconciler applies it without data,
+/// so it never removes what the loop wrote.
+pub fn approvals_config_map(c: &ClusterRef) -> ConfigMap {
+    ConfigMap {
+        metadata: c.meta(names::db_seed_approvals(c), c.labels(COMPONENT, "mariadb")),
+        ..ConfigMap::default()
+    }
 }
 
 /// The binary's volume and the donor's scratch space.
@@ -196,9 +235,11 @@ pub fn job(
     operator_image: &str,
     replica_pod: &str,
     donor_host: &str,
+    copy_id: &str,
 ) -> Job {
     let mut labels = c.labels(COMPONENT, "mariadb");
     labels.insert(SEED_FOR_LABEL.into(), replica_pod.into());
+    labels.insert(SEED_COPY_LABEL.into(), copy_id.into());
     let fetch = Container {
         name: "fetch".into(),
         image: Some(image(db)),
@@ -210,6 +251,8 @@ pub fn job(
             format!("{donor_host}:{DONOR_PORT}"),
             "--data-dir".into(),
             DATA_DIR.into(),
+            "--copy-id".into(),
+            copy_id.into(),
             "--termination-log".into(),
             TERMINATION_LOG.into(),
         ]),

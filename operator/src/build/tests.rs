@@ -616,10 +616,31 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
             donor.ports.as_ref().unwrap()[0].container_port,
             i32::from(crate::seed::DONOR_PORT)
         );
-        // The swap and the donor see the server's data; the donor also its socket.
+        // The swap and the donor see the server's data; the donor also its socket; the
+        // swap the operator's approvals, which may not exist (the pod starts anyway).
         for c in [&inits[2], donor] {
             assert!(c.volume_mounts.iter().flatten().any(|m| m.name == "data"));
         }
+        assert!(
+            inits[2]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "seed-approvals")
+        );
+        let approvals = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "seed-approvals")
+            .and_then(|v| v.config_map.as_ref())
+            .unwrap();
+        assert_eq!(approvals.name, "demo-db-seed");
+        assert_eq!(approvals.optional, Some(true));
+        assert!(
+            donor.readiness_probe.is_none(),
+            "never out of the Services for it"
+        );
         assert!(
             donor
                 .volume_mounts
@@ -628,7 +649,19 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
                 .any(|m| m.mount_path == "/var/run/mysqld")
         );
     }
-    let config = &d.config_maps[0].data.as_ref().unwrap()["chatcluster.cnf"];
+    assert!(
+        d.config_maps
+            .iter()
+            .any(|m| m.name_any() == "demo-db-seed" && m.data.is_none()),
+        "the approvals ConfigMap, applied without data"
+    );
+    let config = d
+        .config_maps
+        .iter()
+        .find(|m| m.name_any() == "demo-db-config")
+        .and_then(|m| m.data.as_ref())
+        .map(|d| d["chatcluster.cnf"].clone())
+        .unwrap();
     assert!(
         config.contains("ignore_db_dirs=.chatcluster-seed"),
         "{config}"

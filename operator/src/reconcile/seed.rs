@@ -1,34 +1,44 @@
 //! Physical re-seeding in Kubernetes ([`Seeder`] for pods): a Job on the replica's node
 //! fetches a copy of the donor's files into the replica's volume (see [`crate::seed`]) and
-//! leaves the copy's GTID position as its termination message; deleting the replica's pod
-//! then restarts it, and its init container puts the copy in place first. The operator only
-//! creates, watches and deletes objects: no byte of the copy passes through it.
+//! leaves the copy's id and GTID position as its termination message. The loop then approves
+//! that copy for the pod (the approvals ConfigMap) and deletes the pod; its `seed-swap` init
+//! container puts the approved copy in place before the server starts and says so in its own
+//! termination message, which the loop reads before it sets the replica's position. The
+//! operator only creates, watches and deletes objects: no byte of the copy passes through it.
 
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMap, Pod},
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use rand::RngCore;
+use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
     api::DatabaseSpec,
     build::{ClusterRef, labels, names, seed as build},
+    seed::{fetch::Ready, swap::Outcome},
     topology::{
-        physical::{Error, Seeder},
+        physical::{Error, Prepared, Seeder},
         server::{Member, Server},
     },
 };
 
 /// How often the Job's progress is looked at.
 const POLL: Duration = Duration::from_secs(2);
-/// How long a replaced Job may take to go away.
-const GONE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a replaced Job (and its pod) may take to go away.
+const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a replica may take to come back: its pod's grace period, scheduling, the swap.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(600);
+/// The field manager of the approvals (the reconciler applies the ConfigMap without data).
+const APPROVALS_MANAGER: &str = "chat-operator-seed";
 
 /// Re-seeds the MariaDB pods of one cluster.
 #[derive(Clone)]
@@ -51,6 +61,18 @@ impl std::fmt::Debug for PodSeeder {
 fn platform(what: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     let what = format!("{what} {name}");
     move |e| Error::Platform(format!("cannot {what}: {e}"))
+}
+
+/// A fresh id for one attempt.
+fn copy_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The copy a fetch container's termination message names (`copy <id> <gtids>`).
+fn fetched(message: &str) -> Option<Ready> {
+    Ready::parse(message.trim().strip_prefix("copy ")?)
 }
 
 impl PodSeeder {
@@ -78,10 +100,11 @@ impl PodSeeder {
         Api::namespaced(self.client.clone(), &self.cluster.namespace)
     }
 
-    /// Delete Job `name` (and its pod) if it exists, and wait until it is gone.
+    /// Delete Job `name` and its pod if it exists, and wait until both are gone: an older
+    /// fetch must not still run when a new one starts.
     async fn remove_job(&self, name: &str) -> Result<(), Error> {
         let jobs = self.jobs();
-        match jobs.delete(name, &DeleteParams::background()).await {
+        match jobs.delete(name, &DeleteParams::foreground()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(platform("delete Job", name)(e)),
@@ -103,23 +126,21 @@ impl PodSeeder {
         Ok(())
     }
 
-    /// The termination message of the Job's fetch container.
-    async fn message(&self, replica: &str) -> Result<String, Error> {
-        let selector = format!("{}={replica}", build::SEED_FOR_LABEL);
+    /// The termination message of attempt `id`'s fetch container.
+    async fn message(&self, id: &str) -> Result<Option<String>, Error> {
+        let selector = format!("{}={id}", build::SEED_COPY_LABEL);
         let pods = self
             .pods()
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(platform("list the pods of the re-seed Job for", replica))?;
+            .map_err(platform("list the pods of re-seed attempt", id))?;
         Ok(pods
             .items
             .iter()
             .flat_map(|p| p.status.iter())
             .flat_map(|s| s.container_statuses.iter().flatten())
             .filter(|c| c.name == "fetch")
-            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-            .next()
-            .unwrap_or_default())
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone()))
     }
 
     /// Wait for Job `name` to end; whether it succeeded.
@@ -152,6 +173,39 @@ impl PodSeeder {
             tokio::time::sleep(POLL).await;
         }
     }
+
+    /// Name the copy `pod`'s next start may swap in (`None`: none).
+    async fn approve(&self, pod: &str, id: Option<&str>) -> Result<(), Error> {
+        let name = names::db_seed_approvals(&self.cluster);
+        let patch = json!({ "data": { pod: id } });
+        let params = PatchParams {
+            field_manager: Some(APPROVALS_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.cluster.namespace)
+            .patch(&name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(platform("update ConfigMap", &name))?;
+        Ok(())
+    }
+
+    /// What the running pod's swap said when it started.
+    async fn swap_outcome(&self, pod: &str) -> Result<Option<Outcome>, Error> {
+        let Some(p) = self
+            .pods()
+            .get_opt(pod)
+            .await
+            .map_err(platform("get pod", pod))?
+        else {
+            return Ok(None);
+        };
+        Ok(p.status
+            .iter()
+            .flat_map(|s| s.init_container_statuses.iter().flatten())
+            .filter(|c| c.name == "seed-swap")
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .and_then(|m| Outcome::parse(&m)))
+    }
 }
 
 impl Seeder for PodSeeder {
@@ -159,18 +213,20 @@ impl Seeder for PodSeeder {
         &'a self,
         donor: &'a Member,
         replica: &'a Member,
-    ) -> BoxFuture<'a, Result<String, Error>> {
+    ) -> BoxFuture<'a, Result<Prepared, Error>> {
         Box::pin(async move {
             let name = names::db_seed_job(&replica.name);
             // A Job of an earlier attempt (the operator restarted during a copy) says nothing
-            // about this one.
+            // about this one, and must not write beside it.
             self.remove_job(&name).await?;
+            let id = copy_id();
             let job = build::job(
                 &self.cluster,
                 &self.db,
                 &self.operator_image,
                 &replica.name,
                 &donor.host,
+                &id,
             );
             self.jobs()
                 .patch(
@@ -180,44 +236,86 @@ impl Seeder for PodSeeder {
                 )
                 .await
                 .map_err(platform("create Job", &name))?;
-            info!(job = %name, donor = %donor.name, "re-seed Job created");
+            info!(job = %name, %id, donor = %donor.name, "re-seed Job created");
             let succeeded = self.wait(&name).await;
-            let message = self.message(&replica.name).await;
+            let message = self.message(&id).await;
             if let Err(e) = self.remove_job(&name).await {
                 warn!(job = %name, error = %e, "cannot remove the re-seed Job");
             }
-            let message = message?.trim().to_string();
-            match succeeded? {
-                true => Ok(message),
-                false => Err(Error::Platform(format!("Job {name} failed: {message}"))),
+            let message = message?.unwrap_or_default();
+            if !succeeded? {
+                return Err(Error::Platform(format!("Job {name} failed: {message}")));
+            }
+            match fetched(&message) {
+                Some(ready) if ready.id == id => Ok(Prepared {
+                    id: ready.id,
+                    gtids: ready.gtids,
+                }),
+                _ => Err(Error::Platform(format!(
+                    "Job {name} succeeded without naming copy {id}: {message:?}"
+                ))),
             }
         })
     }
 
-    fn restart_on_copy<'a>(&'a self, replica: &'a mut Server) -> BoxFuture<'a, Result<(), Error>> {
+    fn restart_on_copy<'a>(
+        &'a self,
+        replica: &'a mut Server,
+        copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            // The StatefulSet starts it again; its init container swaps the copy in.
             let name = replica.member.name.clone();
+            self.approve(&name, Some(&copy.id)).await?;
+            // The StatefulSet starts it again; its init container swaps the copy in.
             self.pods()
                 .delete(&name, &DeleteParams::default())
                 .await
                 .map_err(platform("delete pod", &name))?;
-            info!(pod = %name, "pod deleted to restart on its copy");
+            info!(pod = %name, id = %copy.id, "pod deleted to restart on its copy");
             Ok(())
         })
     }
 
-    fn abandon<'a>(&'a self, replica: &'a Member, _old_still_runs: bool) -> BoxFuture<'a, ()> {
-        // The copy stays marked ready in the volume: whenever the pod starts, it runs on it,
-        // and the loop sees where it stands then.
+    fn confirm<'a>(
+        &'a self,
+        replica: &'a Member,
+        copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            warn!(pod = %replica.name, "the pod did not come back on its copy in time");
+            match self.swap_outcome(&replica.name).await? {
+                Some(Outcome::Swapped(r)) if r.id == copy.id => Ok(()),
+                other => Err(Error::Platform(format!(
+                    "{} restarted without copy {}: its swap said {:?}",
+                    replica.name,
+                    copy.id,
+                    other.map(|o| o.message())
+                ))),
+            }
         })
     }
 
-    fn finish<'a>(&'a self, _replica: &'a Member) -> BoxFuture<'a, ()> {
-        // The swap removed the old data before the server started.
-        Box::pin(async {})
+    fn abandon<'a>(
+        &'a self,
+        replica: &'a Member,
+        _copy: &'a Prepared,
+        _old_still_runs: bool,
+    ) -> BoxFuture<'a, ()> {
+        // Withdrawn, the approval lets no later start swap the copy in: it is thrown away.
+        Box::pin(async move {
+            warn!(pod = %replica.name, "the pod did not come back on its copy");
+            if let Err(e) = self.approve(&replica.name, None).await {
+                warn!(pod = %replica.name, error = %e, "cannot withdraw the copy's approval");
+            }
+        })
+    }
+
+    fn finish<'a>(&'a self, replica: &'a Member, _copy: &'a Prepared) -> BoxFuture<'a, ()> {
+        // The swap removed the old data before the server started; the approval is spent.
+        Box::pin(async move {
+            if let Err(e) = self.approve(&replica.name, None).await {
+                warn!(pod = %replica.name, error = %e, "cannot withdraw the copy's approval");
+            }
+        })
     }
 
     fn restart_timeout(&self) -> Duration {

@@ -1,7 +1,8 @@
 //! The donor agent: a sidecar of every MariaDB pod that streams a hot backup of its server
-//! ([`super::wire`]) to a client proving it holds the key. One backup at a time (a second
-//! client is told the donor is busy), every wait bounded: a client that does not answer the
-//! challenge, or stops reading, is dropped and its backup killed.
+//! ([`super::wire`]) to a client proving it holds the key. Every cost is bounded: at most
+//! [`MAX_GREETINGS`] clients in the challenge at once (more are closed at once), one backup at
+//! a time (a second client is told the donor is busy), and every wait has a limit — a client
+//! that does not answer, or stops reading, is dropped and its backup killed.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use rand::RngCore;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -20,13 +20,17 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     Error, io, mariabackup,
-    wire::{self, Trailer},
+    wire::{self, StreamMac, Trailer},
 };
 
 /// How long a client may take to answer the challenge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients in the challenge at once; a flood of connections costs no more than this.
+pub const MAX_GREETINGS: usize = 8;
 /// How long one frame may take to leave: a client that stops reading is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long mariadb-backup may stay silent (it waits at most a minute for its locks).
+const BACKUP_SILENCE: Duration = Duration::from_secs(600);
 /// Lines of mariadb-backup's log a failure trailer carries.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -56,17 +60,32 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let donor = Arc::new(donor);
+    let greeting = Arc::new(Semaphore::new(MAX_GREETINGS));
     let busy = Arc::new(Semaphore::new(1));
     tokio::pin!(stop);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(io("accept on", Path::new("donor socket")))?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut stop => return Ok(()),
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, a connection reset while queued: the next one
+                // may well work, and the agent must outlive a flood.
+                warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = greeting.clone().try_acquire_owned() else {
+            debug!(%peer, "too many clients in the challenge: closed");
+            continue;
         };
         let (donor, busy) = (donor.clone(), busy.clone());
         tokio::spawn(
             async move {
-                if let Err(e) = session(stream, &donor, &busy).await {
+                if let Err(e) = session(stream, &donor, &busy, permit).await {
                     warn!(error = %e, "re-seed session ended");
                 }
             }
@@ -75,14 +94,18 @@ pub async fn serve(
     }
 }
 
-async fn session(mut stream: TcpStream, donor: &Donor, busy: &Semaphore) -> Result<(), Error> {
-    let mut nonce = [0u8; wire::NONCE_LEN];
-    rand::rng().fill_bytes(&mut nonce);
-    let mut mac = [0u8; wire::NONCE_LEN];
+async fn session(
+    mut stream: TcpStream,
+    donor: &Donor,
+    busy: &Semaphore,
+    greeting: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), Error> {
+    let donor_nonce = wire::nonce();
+    let mut answer = [0u8; wire::MAC_LEN + wire::NONCE_LEN];
     let greeted = async {
         stream.write_all(wire::MAGIC).await?;
-        stream.write_all(&nonce).await?;
-        stream.read_exact(&mut mac).await.map(|_| ())
+        stream.write_all(&donor_nonce).await?;
+        stream.read_exact(&mut answer).await.map(|_| ())
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
         Ok(Ok(())) => {}
@@ -93,20 +116,31 @@ async fn session(mut stream: TcpStream, donor: &Donor, busy: &Semaphore) -> Resu
         }
         Err(_) => return Err(Error::Timeout("the client".into(), HANDSHAKE_TIMEOUT)),
     }
-    if !wire::verify(&donor.key, &nonce, &mac) {
+    drop(greeting);
+    let (proof, client_nonce) = answer.split_at(wire::MAC_LEN);
+    if !wire::verify_client(&donor.key, &donor_nonce, proof) {
         warn!("refused a client without the key");
+        stream
+            .write_all(&[0u8; wire::MAC_LEN])
+            .await
+            .map_err(wire::Error::Io)?;
         return refuse(&mut stream, "not authorised").await;
     }
+    stream
+        .write_all(&wire::donor_proof(&donor.key, client_nonce, &donor_nonce)?)
+        .await
+        .map_err(wire::Error::Io)?;
     let Ok(_permit) = busy.try_acquire() else {
         return refuse(&mut stream, "busy: a copy is being taken already").await;
     };
+    let mac = StreamMac::new(&donor.key, &donor_nonce, client_nonce)?;
     // One backup at a time: one scratch directory, whatever a killed agent left there gone.
     let scratch = donor.work_dir.join("seed-donor");
     let _ = tokio::fs::remove_dir_all(&scratch).await;
     tokio::fs::create_dir_all(&scratch)
         .await
         .map_err(io("create", &scratch))?;
-    let result = stream_backup(&mut stream, donor, &scratch).await;
+    let result = stream_backup(&mut stream, donor, &scratch, mac).await;
     let _ = tokio::fs::remove_dir_all(&scratch).await;
     result
 }
@@ -116,7 +150,12 @@ async fn refuse(stream: &mut TcpStream, why: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn stream_backup(stream: &mut TcpStream, donor: &Donor, scratch: &Path) -> Result<(), Error> {
+async fn stream_backup(
+    stream: &mut TcpStream,
+    donor: &Donor,
+    scratch: &Path,
+    mut mac: StreamMac,
+) -> Result<(), Error> {
     let password = String::from_utf8_lossy(&donor.key).into_owned();
     let options =
         mariabackup::options_file(scratch, donor.config.as_deref(), &donor.user, &password).await?;
@@ -143,7 +182,10 @@ async fn stream_backup(stream: &mut TcpStream, donor: &Donor, scratch: &Path) ->
     let mut buf = vec![0u8; 256 << 10];
     let mut sent: u64 = 0;
     loop {
-        let n = out.read(&mut buf).await.map_err(io("read", &log_path))?;
+        let n = tokio::time::timeout(BACKUP_SILENCE, out.read(&mut buf))
+            .await
+            .map_err(|_| Error::Timeout("mariadb-backup".into(), BACKUP_SILENCE))?
+            .map_err(io("read", &log_path))?;
         if n == 0 {
             break;
         }
@@ -151,11 +193,12 @@ async fn stream_backup(stream: &mut TcpStream, donor: &Donor, scratch: &Path) ->
         tokio::time::timeout(WRITE_TIMEOUT, wire::write_frame(stream, &buf[..n]))
             .await
             .map_err(|_| Error::Timeout("the client reading the copy".into(), WRITE_TIMEOUT))??;
+        mac.update(&buf[..n]);
         sent += n as u64;
     }
     let ended = mariabackup::check("mariadb-backup --backup", child.wait().await, &log_path);
     let trailer = match &ended {
-        Ok(()) => Trailer::Complete,
+        Ok(()) => Trailer::Complete(mac.finish()),
         Err(e) => Trailer::Failed(format!("{e}: {}", tail(&log_path).await)),
     };
     info!(bytes = sent, complete = ended.is_ok(), "backup ended");

@@ -74,6 +74,9 @@ pub fn start_backup(source: &Source<'_>, log: Stdio) -> Result<Child, Error> {
         .arg(format!("{defaults}={}", source.options.display()))
         .arg("--backup")
         .arg("--stream=mbstream")
+        // Wait at most a minute for statements holding LOCK TABLES to let the backup
+        // start, then fail, rather than queue behind them for ever.
+        .arg("--startup-wait-timeout=60")
         .arg(format!("--datadir={}", source.data_dir.display()))
         .arg(format!("--socket={}", source.socket.display()))
         .arg(format!("--target-dir={}", source.scratch.display()))

@@ -25,9 +25,12 @@ pub mod wire;
 
 use std::path::{Path, PathBuf};
 
-/// The directory inside a data directory where a copy is staged; MariaDB is told to ignore it
-/// (`ignore_db_dirs`), and mariadb-backup skips hidden directories.
+/// The directory inside a data directory where a copy is staged. MariaDB is told it is no
+/// schema (`ignore_db_dirs`); a backup of the server does not carry it (mariadb-backup copies
+/// table files, and the staged copy's sit a level deeper — the re-seed test checks it).
 pub const STAGING_DIR: &str = ".chatcluster-seed";
+/// The lock a fetch and a swap take on a data directory, so they never work in it at once.
+const LOCK_FILE: &str = ".chatcluster-seed.lock";
 /// Port of the donor agent in every MariaDB pod.
 pub const DONOR_PORT: u16 = 3307;
 
@@ -64,6 +67,39 @@ pub enum Error {
     /// Nothing answered in time.
     #[error("{0} did not answer within {1:?}")]
     Timeout(String, std::time::Duration),
+}
+
+/// The lock of `data_dir`, if nobody holds it: a fetch and a swap never run in the same
+/// data directory at once (a Job beside a pod that restarts share the node, and so the lock).
+pub fn try_lock(data_dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, Error> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(Error::Io {
+            what: "lock",
+            path,
+            source: errno.into(),
+        }),
+    }
+}
+
+/// Flush everything written to the file system holding `dir`: mbstream never syncs, and
+/// preparing a copy syncs only InnoDB's files, so before a copy is marked ready, all of it
+/// must be on disk.
+pub fn sync_file_system(dir: &Path) -> Result<(), Error> {
+    let d = std::fs::File::open(dir).map_err(io("open", dir))?;
+    nix::unistd::syncfs(&d).map_err(|e| Error::Io {
+        what: "sync the file system of",
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// The error for a failed file operation on `path`.

@@ -1,60 +1,180 @@
 //! Putting a ready copy in place, before the server starts (an init container of every
-//! MariaDB pod). The data directory is the volume's root and cannot itself be renamed, so its
-//! entries move one by one; a phase file makes every step resumable — a pod killed halfway
-//! through runs the swap again and finishes it:
+//! MariaDB pod). The operator approves each swap: it names the copy it wants for a pod (in a
+//! ConfigMap the init container mounts) before it restarts the pod, so a copy nobody waits
+//! for any more — its re-seed gave up, or the pod has since become the primary — is thrown
+//! away, never swapped in.
 //!
-//! 1. no phase: every entry of the data directory (but the staging directory and the
-//!    volume's `lost+found`) moves into `old/`; then the phase is `in`;
+//! The data directory is the volume's root and cannot itself be renamed, so its entries move
+//! one by one; a phase file makes every step resumable — a pod killed halfway through runs
+//! the swap again and finishes it:
+//!
+//! 1. no phase, a ready copy the operator approved: the phase becomes `out` (from here on the
+//!    swap finishes whatever the approval says), and every entry of the data directory (but
+//!    the staging directory, the lock and the volume's `lost+found`) moves into `old/`; then
+//!    the phase is `in`;
 //! 2. `in`: every entry of `new/` moves into the data directory; then the phase is `done`;
-//! 3. `done`: the staging directory (the old data with it) is removed.
+//! 3. `done`: `ready` is removed first (so the copy is never taken for a new one), then the
+//!    old data, then the phase file.
 //!
-//! Without a ready copy it does nothing: a partial copy (its Job failed, or is still running
-//! beside the server) is left to the next fetch, which starts by removing it.
+//! A fetch holding the data directory's lock (its Job runs beside the restarting pod) makes
+//! the swap leave everything as it is.
 
 use std::{fs, io::Write, path::Path};
 
 use super::{
-    Error, STAGING_DIR,
-    fetch::{new_dir, phase_file, ready_file, staging},
+    Error, LOCK_FILE, STAGING_DIR,
+    fetch::{Ready, new_dir, phase_file, ready_file, staging},
     io,
 };
 
 /// Entries of a data directory that stay where they are.
-const KEEP: [&str; 2] = [STAGING_DIR, "lost+found"];
+const KEEP: [&str; 3] = [STAGING_DIR, LOCK_FILE, "lost+found"];
 
-/// What a swap found to do.
+/// What a swap found to do; its [`message`](Self::message) is the init container's
+/// termination message, which the operator reads before it sets the replica's position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// No ready copy.
     Nothing,
-    /// The copy is in place; its GTID position (the operator sets `gtid_slave_pos` to it).
-    Swapped(String),
+    /// A fetch is running in the data directory: nothing was touched.
+    Busy,
+    /// A ready copy nobody approved (its id): removed.
+    Discarded(String),
+    /// The copy is in place.
+    Swapped(Ready),
 }
 
-/// Put a ready copy in place, or finish putting it.
-pub fn swap(data_dir: &Path) -> Result<Outcome, Error> {
-    let ready = ready_file(data_dir);
-    let phase_path = phase_file(data_dir);
-    let phase = fs::read_to_string(&phase_path).unwrap_or_default();
-    if !ready.exists() && phase.is_empty() {
-        return Ok(Outcome::Nothing);
+impl Outcome {
+    /// `nothing`, `busy`, `discarded <id>` or `swapped <id> <gtids>`.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Nothing => "nothing".into(),
+            Self::Busy => "busy".into(),
+            Self::Discarded(id) => format!("discarded {id}"),
+            Self::Swapped(r) => format!("swapped {}", r.to_line()),
+        }
     }
-    let gtids = fs::read_to_string(&ready).unwrap_or_default();
+
+    /// The inverse of [`message`](Self::message).
+    pub fn parse(message: &str) -> Option<Self> {
+        let message = message.trim();
+        let (word, rest) = message.split_once(' ').unwrap_or((message, ""));
+        match word {
+            "nothing" => Some(Self::Nothing),
+            "busy" => Some(Self::Busy),
+            "discarded" if !rest.is_empty() => Some(Self::Discarded(rest.to_string())),
+            "swapped" => Ready::parse(rest).map(Self::Swapped),
+            _ => None,
+        }
+    }
+}
+
+/// Where a swap stands, as its phase file says.
+enum Phase {
+    /// Not started.
+    None,
+    /// The old data moves out.
+    Out(Ready),
+    /// The old data is out; the copy moves in.
+    In(Ready),
+    /// The copy is in; what is left is removed.
+    Done(Ready),
+}
+
+fn read_phase(data_dir: &Path) -> Result<Phase, Error> {
+    let path = phase_file(data_dir);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Phase::None),
+        Err(e) => return Err(io("read", &path)(e)),
+    };
+    let (word, rest) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let unreadable = || Error::Io {
+        what: "understand",
+        path: path.clone(),
+        source: std::io::Error::other(format!("unknown phase {text:?}")),
+    };
+    let ready = Ready::parse(rest).ok_or_else(unreadable)?;
+    match word {
+        "out" => Ok(Phase::Out(ready)),
+        "in" => Ok(Phase::In(ready)),
+        "done" => Ok(Phase::Done(ready)),
+        _ => Err(unreadable()),
+    }
+}
+
+fn read_ready(data_dir: &Path) -> Result<Option<Ready>, Error> {
+    let path = ready_file(data_dir);
+    match fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(Ready::parse(&t).unwrap_or(Ready {
+            id: "unreadable".into(),
+            gtids: String::new(),
+        }))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", &path)(e)),
+    }
+}
+
+/// Put the ready copy in place if its id is `approved`, or finish putting it; throw a ready
+/// copy away that is not approved.
+pub fn swap(data_dir: &Path, approved: Option<&str>) -> Result<Outcome, Error> {
+    let Some(_lock) = super::try_lock(data_dir)? else {
+        return Ok(Outcome::Busy);
+    };
     let old = staging(data_dir).join("old");
     let new = new_dir(data_dir);
-    if phase.is_empty() {
+    let phase_path = phase_file(data_dir);
+    let move_in = |ready: Ready| -> Result<Ready, Error> {
+        move_entries(&new, data_dir)?;
+        write_durably(&phase_path, format!("done {}", ready.to_line()).as_bytes())?;
+        Ok(ready)
+    };
+    let move_out = |ready: Ready| -> Result<Ready, Error> {
         fs::create_dir_all(&old).map_err(io("create", &old))?;
         move_entries(data_dir, &old)?;
-        write_durably(&phase_path, b"in")?;
+        write_durably(&phase_path, format!("in {}", ready.to_line()).as_bytes())?;
+        move_in(ready)
+    };
+    let ready = match read_phase(data_dir)? {
+        Phase::None => {
+            let Some(ready) = read_ready(data_dir)? else {
+                return Ok(Outcome::Nothing);
+            };
+            if approved != Some(ready.id.as_str()) {
+                remove_file(&ready_file(data_dir))?;
+                sync_dir(&staging(data_dir))?;
+                let _ = fs::remove_dir_all(&new);
+                return Ok(Outcome::Discarded(ready.id));
+            }
+            write_durably(&phase_path, format!("out {}", ready.to_line()).as_bytes())?;
+            move_out(ready)?
+        }
+        Phase::Out(ready) => move_out(ready)?,
+        Phase::In(ready) => move_in(ready)?,
+        Phase::Done(ready) => ready,
+    };
+    remove_file(&ready_file(data_dir))?;
+    sync_dir(&staging(data_dir))?;
+    for dir in [&old, &new] {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", dir)(e)),
+        }
     }
-    if phase.is_empty() || phase == "in" {
-        move_entries(&new, data_dir)?;
-        write_durably(&phase_path, b"done")?;
-    }
+    remove_file(&phase_path)?;
     let dir = staging(data_dir);
     fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
     sync_dir(data_dir)?;
-    Ok(Outcome::Swapped(gtids.trim().to_string()))
+    Ok(Outcome::Swapped(ready))
+}
+
+fn remove_file(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove", path)(e)),
+    }
 }
 
 /// Move every entry of `from` (but [`KEEP`]) into `to`.
@@ -72,7 +192,8 @@ fn move_entries(from: &Path, to: &Path) -> Result<(), Error> {
     sync_dir(to)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+/// Make a directory's entries (renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("sync", dir))
@@ -93,116 +214,5 @@ pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::path::PathBuf;
-
-    use super::*;
-
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A data directory holding `old` files and a ready copy holding `new` ones.
-    fn data_dir(tag: &str, old: &[&str], new: &[&str]) -> Dir {
-        let d = std::env::temp_dir().join(format!("seed-swap-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(d.join("lost+found")).unwrap();
-        for f in old {
-            fs::write(d.join(f), format!("old {f}")).unwrap();
-        }
-        fs::create_dir_all(new_dir(&d)).unwrap();
-        for f in new {
-            fs::write(new_dir(&d).join(f), format!("new {f}")).unwrap();
-        }
-        Dir(d)
-    }
-
-    fn contents(d: &Path) -> Vec<(String, String)> {
-        let mut out: Vec<_> = fs::read_dir(d)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let text = fs::read_to_string(e.path()).unwrap_or_else(|_| "<dir>".into());
-                (e.file_name().to_string_lossy().into_owned(), text)
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// What a data directory holds once the copy of `data_dir` is in place.
-    fn swapped() -> Vec<(String, String)> {
-        vec![
-            ("ibdata1".into(), "new ibdata1".into()),
-            ("lost+found".into(), "<dir>".into()),
-            ("x".into(), "new x".into()),
-        ]
-    }
-
-    #[test]
-    fn without_a_ready_copy_nothing_moves() {
-        let d = data_dir("none", &["ibdata1"], &["partial"]);
-        assert_eq!(swap(&d.0).unwrap(), Outcome::Nothing);
-        assert!(d.0.join("ibdata1").exists());
-        assert!(
-            new_dir(&d.0).join("partial").exists(),
-            "left to the next fetch"
-        );
-    }
-
-    #[test]
-    fn a_ready_copy_replaces_the_data_and_the_old_is_gone() {
-        let d = data_dir("ready", &["ibdata1", "errant"], &["ibdata1", "x"]);
-        fs::write(ready_file(&d.0), "0-1-42").unwrap();
-        assert_eq!(swap(&d.0).unwrap(), Outcome::Swapped("0-1-42".into()));
-        assert_eq!(contents(&d.0), swapped());
-        assert_eq!(swap(&d.0).unwrap(), Outcome::Nothing, "once only");
-    }
-
-    /// A swap stopped after any number of moves (the pod killed) finishes when run again.
-    #[test]
-    fn a_swap_interrupted_anywhere_finishes_when_run_again() {
-        let old = ["ibdata1", "errant", "binlog.000001"];
-        let new = ["ibdata1", "x"];
-        // Every cut point of the move-out and the move-in, as a real crash would leave it.
-        for moved_out in 0..=old.len() {
-            for moved_in in 0..=new.len() {
-                if moved_in > 0 && moved_out < old.len() {
-                    continue; // moving in starts only once everything is out
-                }
-                let d = data_dir(&format!("cut-{moved_out}-{moved_in}"), &old, &new);
-                fs::write(ready_file(&d.0), "0-1-7").unwrap();
-                let staged_old = staging(&d.0).join("old");
-                fs::create_dir_all(&staged_old).unwrap();
-                let mut out: Vec<_> = old.iter().collect();
-                out.sort();
-                for f in out.iter().take(moved_out) {
-                    fs::rename(d.0.join(f), staged_old.join(f)).unwrap();
-                }
-                if moved_out == old.len() && moved_in > 0 {
-                    fs::write(phase_file(&d.0), "in").unwrap();
-                    for f in new.iter().take(moved_in) {
-                        fs::rename(new_dir(&d.0).join(f), d.0.join(f)).unwrap();
-                    }
-                }
-                assert_eq!(swap(&d.0).unwrap(), Outcome::Swapped("0-1-7".into()));
-                assert_eq!(contents(&d.0), swapped(), "cut at {moved_out}/{moved_in}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_swap_stopped_while_removing_the_old_data_finishes() {
-        let d = data_dir("done", &[], &[]);
-        fs::write(d.0.join("ibdata1"), "new ibdata1").unwrap();
-        fs::write(d.0.join("x"), "new x").unwrap();
-        fs::write(phase_file(&d.0), "done").unwrap();
-        fs::create_dir_all(staging(&d.0).join("old")).unwrap();
-        assert_eq!(swap(&d.0).unwrap(), Outcome::Swapped(String::new()));
-        assert_eq!(contents(&d.0), swapped());
-    }
-}
+#[path = "swap_tests.rs"]
+mod tests;

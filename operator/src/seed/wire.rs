@@ -1,29 +1,36 @@
-//! The re-seed stream between a donor's agent and the receiving Job: an HMAC challenge, then
-//! the mbstream bytes in length-prefixed frames and a trailer saying how the backup ended.
+//! The re-seed stream between a donor's agent and the receiving Job: a mutual HMAC
+//! challenge, then the mbstream bytes in length-prefixed frames and a trailer saying how the
+//! backup ended — with a MAC over the whole stream when it is complete.
 //!
 //! The trailer is why there is framing at all: a stream cut short (a killed backup, a dead
-//! donor) must never pass for a complete copy, and mbstream alone cannot tell.
+//! donor) must never pass for a complete copy, and mbstream alone cannot tell. The proofs and
+//! the stream's MAC keep anything but the real donor from feeding a replica a copy.
 //!
 //! ```text
-//! donor  → MAGIC, 32-byte nonce
-//! client → HMAC-SHA256(key, CONTEXT ‖ nonce)
-//! donor  → [u32 len > 0][len bytes] …  then  [u32 0][u8 status][u32 n][n bytes of message]
+//! donor  → MAGIC, donor nonce (32 bytes)
+//! client → HMAC(key, "client" ‖ donor nonce), client nonce (32 bytes)
+//! donor  → HMAC(key, "donor" ‖ client nonce ‖ donor nonce)   (zeros when it refuses)
+//! donor  → [u32 len > 0][len bytes] …
+//!          [u32 0][u8 status][u32 n][n bytes]: status 0 and the stream's MAC, or 1 and why
 //! ```
 //!
-//! The key is the administrative user's password, which both sides already hold; it never
-//! crosses the wire. (The data itself is not encrypted, like replication today: the internal
-//! plane's TLS is a separate piece of work.)
+//! The key is the administrative password, which both sides already hold; it never crosses
+//! the wire. The bytes themselves are not encrypted, like replication today (the internal
+//! plane's TLS is separate work).
 
 use hmac::{KeyInit, Mac};
+use rand::RngCore;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+type Hmac = hmac::Hmac<Sha256>;
+
 /// What a donor says first, so a client that reached something else fails clearly.
-pub const MAGIC: &[u8; 8] = b"CCSEED1\n";
-/// Bound into every MAC, so it proves nothing outside this protocol.
-const CONTEXT: &[u8] = b"chatcluster-seed-v1";
-/// Length of the nonce and of the MAC.
+pub const MAGIC: &[u8; 8] = b"CCSEED2\n";
+/// Length of a nonce.
 pub const NONCE_LEN: usize = 32;
+/// Length of a MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
 /// Largest data frame: the donor sends at most this much at once, and a client refuses more.
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest trailer message.
@@ -38,40 +45,96 @@ pub enum Error {
     /// The peer is not a re-seed donor.
     #[error("the peer is not a re-seed donor (no greeting)")]
     NotADonor,
+    /// The donor did not prove it holds the key.
+    #[error("the donor did not prove it holds the key")]
+    DonorUnproven,
     /// A frame larger than allowed.
     #[error("seed stream: frame of {0} bytes (at most {MAX_FRAME})")]
     Oversized(u32),
     /// The donor ended the stream with a failure.
     #[error("the donor failed: {0}")]
     Failed(String),
+    /// No usable key.
+    #[error("no re-seed key")]
+    NoKey,
+    /// The stream's MAC does not match what arrived.
+    #[error("the copy arrived altered (its MAC does not match)")]
+    Altered,
 }
 
 /// How a stream ended, as its trailer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trailer {
-    /// The backup completed: everything was sent.
-    Complete,
+    /// The backup completed; the stream's MAC.
+    Complete(Vec<u8>),
     /// It did not; why.
     Failed(String),
 }
 
-/// The MAC a client answers `nonce` with.
-pub fn answer(key: &[u8], nonce: &[u8]) -> Vec<u8> {
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(CONTEXT);
-    mac.update(nonce);
-    mac.finalize().into_bytes().to_vec()
+/// HMAC-SHA256 over `parts`. HMAC takes keys of any length; an empty key (what an unset
+/// password would give) is refused, so no stream is ever keyed by nothing.
+fn mac(key: &[u8], parts: &[&[u8]]) -> Result<Hmac, Error> {
+    if key.is_empty() {
+        return Err(Error::NoKey);
+    }
+    let mut m = <Hmac as KeyInit>::new_from_slice(key).map_err(|_| Error::NoKey)?;
+    for p in parts {
+        m.update(p);
+    }
+    Ok(m)
 }
 
-/// Whether `mac` answers `nonce` under `key`, compared in constant time.
-pub fn verify(key: &[u8], nonce: &[u8], mac: &[u8]) -> bool {
-    let Ok(mut expected) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
-        return false;
-    };
-    expected.update(CONTEXT);
-    expected.update(nonce);
-    expected.verify_slice(mac).is_ok()
+/// A fresh random nonce.
+pub fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut n);
+    n
+}
+
+/// What a client answers the donor's nonce with.
+pub fn client_proof(key: &[u8], donor_nonce: &[u8]) -> Result<Vec<u8>, Error> {
+    Ok(mac(key, &[b"client", donor_nonce])?
+        .finalize()
+        .into_bytes()
+        .to_vec())
+}
+
+/// What the donor answers the client's nonce with.
+pub fn donor_proof(key: &[u8], client_nonce: &[u8], donor_nonce: &[u8]) -> Result<Vec<u8>, Error> {
+    Ok(mac(key, &[b"donor", client_nonce, donor_nonce])?
+        .finalize()
+        .into_bytes()
+        .to_vec())
+}
+
+/// Whether a client's proof answers `donor_nonce` under `key`, compared in constant time.
+pub fn verify_client(key: &[u8], donor_nonce: &[u8], proof: &[u8]) -> bool {
+    mac(key, &[b"client", donor_nonce]).is_ok_and(|m| m.verify_slice(proof).is_ok())
+}
+
+/// The MAC over a whole stream, computed as its bytes pass on both sides.
+pub struct StreamMac(Hmac);
+
+impl StreamMac {
+    /// The MAC of the session that exchanged these nonces.
+    pub fn new(key: &[u8], donor_nonce: &[u8], client_nonce: &[u8]) -> Result<Self, Error> {
+        Ok(Self(mac(key, &[b"stream", donor_nonce, client_nonce])?))
+    }
+
+    /// Bytes that passed.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The MAC of everything that passed.
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finalize().into_bytes().to_vec()
+    }
+
+    /// Whether `mac` is the MAC of everything that passed, compared in constant time.
+    pub fn matches(self, mac: &[u8]) -> bool {
+        self.0.verify_slice(mac).is_ok()
+    }
 }
 
 /// Send one data frame (`data` non-empty, at most [`MAX_FRAME`]).
@@ -88,11 +151,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Resul
 /// Send the trailer.
 pub async fn write_trailer<W: AsyncWrite + Unpin>(w: &mut W, t: &Trailer) -> Result<(), Error> {
     let (status, message) = match t {
-        Trailer::Complete => (0u8, ""),
-        Trailer::Failed(m) => (1u8, m.as_str()),
+        Trailer::Complete(mac) => (0u8, mac.as_slice()),
+        Trailer::Failed(m) => (1u8, m.as_bytes()),
     };
     let limit = usize::try_from(MAX_MESSAGE).unwrap_or(usize::MAX);
-    let message = &message.as_bytes()[..message.len().min(limit)];
+    let message = &message[..message.len().min(limit)];
     w.write_all(&0u32.to_be_bytes()).await?;
     w.write_all(&[status]).await?;
     w.write_all(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes())
@@ -122,11 +185,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, Error>
         }
         let mut message = vec![0; usize::try_from(n).unwrap_or(0)];
         r.read_exact(&mut message).await?;
-        let message = String::from_utf8_lossy(&message).into_owned();
         return Ok(Frame::End(if status == 0 {
-            Trailer::Complete
+            Trailer::Complete(message)
         } else {
-            Trailer::Failed(message)
+            Trailer::Failed(String::from_utf8_lossy(&message).into_owned())
         }));
     }
     if len > MAX_FRAME {
@@ -137,11 +199,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, Error>
     Ok(Frame::Data(data))
 }
 
-/// The client's side of the greeting: check the donor's magic and prove the key.
+/// The client's side of the greeting: check the donor's magic, prove the key, check the
+/// donor's proof; the MAC the stream that follows must carry.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &[u8],
-) -> Result<(), Error> {
+) -> Result<StreamMac, Error> {
     let mut magic = [0u8; MAGIC.len()];
     s.read_exact(&mut magic)
         .await
@@ -149,11 +212,23 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if &magic != MAGIC {
         return Err(Error::NotADonor);
     }
-    let mut nonce = [0u8; NONCE_LEN];
-    s.read_exact(&mut nonce).await?;
-    s.write_all(&answer(key, &nonce)).await?;
+    let mut donor_nonce = [0u8; NONCE_LEN];
+    s.read_exact(&mut donor_nonce).await?;
+    let client_nonce = nonce();
+    s.write_all(&client_proof(key, &donor_nonce)?).await?;
+    s.write_all(&client_nonce).await?;
     s.flush().await?;
-    Ok(())
+    let mut proof = [0u8; MAC_LEN];
+    s.read_exact(&mut proof).await?;
+    let expected = mac(key, &[b"donor", &client_nonce, &donor_nonce])?;
+    if expected.verify_slice(&proof).is_err() {
+        // A donor that refused says why; anything else did not prove the key.
+        return Err(match read_frame(s).await {
+            Ok(Frame::End(Trailer::Failed(why))) => Error::Failed(why),
+            _ => Error::DonorUnproven,
+        });
+    }
+    StreamMac::new(key, &donor_nonce, &client_nonce)
 }
 
 #[cfg(test)]
@@ -164,11 +239,36 @@ mod tests {
     #[test]
     fn only_the_right_key_answers_a_nonce() {
         let nonce = [7u8; NONCE_LEN];
-        let mac = answer(b"secret", &nonce);
-        assert!(verify(b"secret", &nonce, &mac));
-        assert!(!verify(b"other", &nonce, &mac));
-        assert!(!verify(b"secret", &[8u8; NONCE_LEN], &mac));
-        assert!(!verify(b"secret", &nonce, &mac[..31]));
+        let proof = client_proof(b"secret", &nonce).unwrap();
+        assert!(verify_client(b"secret", &nonce, &proof));
+        assert!(!verify_client(b"other", &nonce, &proof));
+        assert!(!verify_client(b"secret", &[8u8; NONCE_LEN], &proof));
+        assert!(!verify_client(b"secret", &nonce, &proof[..31]));
+        // A donor's proof is no client's proof: a reflected answer proves nothing.
+        let reflected = donor_proof(b"secret", &nonce, &nonce).unwrap();
+        assert!(!verify_client(b"secret", &nonce, &reflected));
+        assert!(
+            client_proof(b"", &nonce).is_err(),
+            "no stream keyed by nothing"
+        );
+    }
+
+    #[test]
+    fn the_stream_mac_covers_every_byte_and_the_session() {
+        let mac = |key: &[u8], n: u8, data: &[&[u8]]| {
+            let mut m = StreamMac::new(key, &[n; NONCE_LEN], &[1; NONCE_LEN]).unwrap();
+            for d in data {
+                m.update(d);
+            }
+            m.finish()
+        };
+        let good = mac(b"k", 0, &[b"abc", b"def"]);
+        let mut check = StreamMac::new(b"k", &[0; NONCE_LEN], &[1; NONCE_LEN]).unwrap();
+        check.update(b"abcdef");
+        assert!(check.matches(&good), "framing does not matter, bytes do");
+        assert_ne!(good, mac(b"k", 0, &[b"abcdeF"]));
+        assert_ne!(good, mac(b"k", 9, &[b"abcdef"]), "another session's stream");
+        assert_ne!(good, mac(b"x", 0, &[b"abcdef"]));
     }
 
     #[tokio::test]
@@ -176,6 +276,9 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, b"abc").await.unwrap();
         write_trailer(&mut buf, &Trailer::Failed("disk full".into()))
+            .await
+            .unwrap();
+        write_trailer(&mut buf, &Trailer::Complete(vec![5; MAC_LEN]))
             .await
             .unwrap();
         let mut r = buf.as_slice();
@@ -186,6 +289,10 @@ mod tests {
         assert_eq!(
             read_frame(&mut r).await.unwrap(),
             Frame::End(Trailer::Failed("disk full".into()))
+        );
+        assert_eq!(
+            read_frame(&mut r).await.unwrap(),
+            Frame::End(Trailer::Complete(vec![5; MAC_LEN]))
         );
     }
 

@@ -40,24 +40,51 @@ pub enum Error {
     NotBack(String, Duration),
 }
 
+/// A complete, prepared copy waiting beside a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Which attempt made it.
+    pub id: String,
+    /// The GTID position it is consistent with.
+    pub gtids: String,
+}
+
 /// Where a physical copy comes from and goes to, and how a replica restarts on it.
 pub trait Seeder: Send + Sync + std::fmt::Debug {
     /// Make a complete, prepared copy of `donor`'s files where `replica` can be restarted on
-    /// it, leaving the replica running on its own data; the copy's GTID position.
+    /// it, leaving the replica running on its own data.
     fn copy<'a>(
         &'a self,
         donor: &'a Member,
         replica: &'a Member,
-    ) -> BoxFuture<'a, Result<String, Error>>;
+    ) -> BoxFuture<'a, Result<Prepared, Error>>;
 
     /// Put the copy in place and have the replica restart on it.
-    fn restart_on_copy<'a>(&'a self, replica: &'a mut Server) -> BoxFuture<'a, Result<(), Error>>;
+    fn restart_on_copy<'a>(
+        &'a self,
+        replica: &'a mut Server,
+        copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// The replica did not come back in time; `old_still_runs` when the old process answers.
-    fn abandon<'a>(&'a self, replica: &'a Member, old_still_runs: bool) -> BoxFuture<'a, ()>;
+    /// The restarted replica runs on `copy` (not on its old data, nor another copy): only
+    /// then may its position be set to the copy's.
+    fn confirm<'a>(
+        &'a self,
+        replica: &'a Member,
+        copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// The replica did not come back on the copy in time; `old_still_runs` when the old
+    /// process answers.
+    fn abandon<'a>(
+        &'a self,
+        replica: &'a Member,
+        copy: &'a Prepared,
+        old_still_runs: bool,
+    ) -> BoxFuture<'a, ()>;
 
     /// The replica runs on the copy: remove what is left of its old data.
-    fn finish<'a>(&'a self, replica: &'a Member) -> BoxFuture<'a, ()>;
+    fn finish<'a>(&'a self, replica: &'a Member, copy: &'a Prepared) -> BoxFuture<'a, ()>;
 
     /// How long the replica may take to come back on the copy.
     fn restart_timeout(&self) -> Duration;
@@ -72,20 +99,21 @@ pub async fn reseed(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let member = replica.member.clone();
-    let gtids = seeder.copy(donor, &member).await?;
+    let copy = seeder.copy(donor, &member).await?;
     // It goes into a statement: whatever made the copy, nothing but a position passes.
-    if !is_position(&gtids) {
+    if !is_position(&copy.gtids) {
         return Err(Error::Platform(format!(
-            "the copy for {} names no GTID position: {gtids:?}",
-            member.name
+            "the copy for {} names no GTID position: {:?}",
+            member.name, copy.gtids
         )));
     }
-    info!(replica = %member.name, %gtids, copy_ms = started.elapsed().as_millis(), "physical copy prepared");
+    info!(replica = %member.name, id = %copy.id, gtids = %copy.gtids, copy_ms = started.elapsed().as_millis(), "physical copy prepared");
     // The connection ends with the server: the restart's own outcome says little. What tells
     // the new process from the old is its uptime: it must have started after this.
     let restart = Instant::now();
-    seeder.restart_on_copy(replica).await?;
+    seeder.restart_on_copy(replica, &copy).await?;
     let timeout = seeder.restart_timeout();
+    let set_position = replica.dialect().set_applied(&copy.gtids);
     loop {
         replica.disconnect();
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -98,22 +126,25 @@ pub async fn reseed(
             secs.saturating_mul(1000)
                 < u64::try_from(restart.elapsed().as_millis()).unwrap_or(u64::MAX)
         });
-        if restarted
-            && replica
-                .exec(&[format!("SET GLOBAL gtid_slave_pos = '{gtids}'")])
-                .await
-                .is_ok()
-        {
-            break;
+        if restarted {
+            // A server that came back without the copy must not take its position: it
+            // would skip or repeat transactions.
+            if let Err(e) = seeder.confirm(&member, &copy).await {
+                seeder.abandon(&member, &copy, false).await;
+                return Err(e);
+            }
+            if replica.exec(&[set_position.clone()]).await.is_ok() {
+                break;
+            }
         }
         if restart.elapsed() > timeout {
             seeder
-                .abandon(&member, uptime.is_some() && !restarted)
+                .abandon(&member, &copy, uptime.is_some() && !restarted)
                 .await;
             return Err(Error::NotBack(member.name, timeout));
         }
     }
-    seeder.finish(&member).await;
+    seeder.finish(&member, &copy).await;
     info!(replica = %member.name, total_ms = started.elapsed().as_millis(), "re-seeded physically");
     Ok(())
 }
@@ -230,7 +261,7 @@ impl Seeder for LocalSeeder {
         &'a self,
         donor: &'a Member,
         replica: &'a Member,
-    ) -> BoxFuture<'a, Result<String, Error>> {
+    ) -> BoxFuture<'a, Result<Prepared, Error>> {
         Box::pin(async move {
             let (from, to) = (self.files(donor)?, self.files(replica)?);
             let staging = beside(&to.data_dir, "seed.new");
@@ -239,11 +270,19 @@ impl Seeder for LocalSeeder {
                 // The replica's data was never touched.
                 let _ = tokio::fs::remove_dir_all(&staging).await;
             }
-            Ok(copied?)
+            Ok(Prepared {
+                // One copy at a time per replica, renamed into place by this process.
+                id: "local".into(),
+                gtids: copied?,
+            })
         })
     }
 
-    fn restart_on_copy<'a>(&'a self, replica: &'a mut Server) -> BoxFuture<'a, Result<(), Error>> {
+    fn restart_on_copy<'a>(
+        &'a self,
+        replica: &'a mut Server,
+        _copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let to = self.files(&replica.member)?;
             // The running server keeps its files open (and its working directory) across the
@@ -262,7 +301,22 @@ impl Seeder for LocalSeeder {
         })
     }
 
-    fn abandon<'a>(&'a self, replica: &'a Member, old_still_runs: bool) -> BoxFuture<'a, ()> {
+    fn confirm<'a>(
+        &'a self,
+        _replica: &'a Member,
+        _copy: &'a Prepared,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        // The copy was renamed into place before the server stopped: a server that started
+        // after that started on it.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn abandon<'a>(
+        &'a self,
+        replica: &'a Member,
+        _copy: &'a Prepared,
+        old_still_runs: bool,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Ok(to) = self.files(replica) else { return };
             if old_still_runs {
@@ -275,7 +329,7 @@ impl Seeder for LocalSeeder {
         })
     }
 
-    fn finish<'a>(&'a self, replica: &'a Member) -> BoxFuture<'a, ()> {
+    fn finish<'a>(&'a self, replica: &'a Member, _copy: &'a Prepared) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Ok(to) = self.files(replica) {
                 let _ = tokio::fs::remove_dir_all(beside(&to.data_dir, "data.old")).await;
