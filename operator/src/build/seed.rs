@@ -177,8 +177,12 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
         resources: Some(pod::resources(None, "10m", "32Mi", "512Mi")),
         security_context: Some(pod::container_security(true)),
         volume_mounts: Some(vec![
-            // mariadb-backup reads the server's configuration and talks to it on its socket.
-            mount("data", DATA_DIR),
+            // mariadb-backup reads the data (a read-only mount does: checked by hand with
+            // a read-only bind mount), reads the configuration, talks on the socket.
+            VolumeMount {
+                read_only: Some(true),
+                ..mount("data", DATA_DIR)
+            },
             mount("conf", super::database::CONF_DIR),
             mount("run", "/var/run/mysqld"),
             mount("seed-tmp", "/tmp"),
