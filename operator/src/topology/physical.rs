@@ -133,7 +133,7 @@ pub async fn reseed(
                 seeder.abandon(&member, &copy, false).await;
                 return Err(e);
             }
-            if replica.exec(&[set_position.clone()]).await.is_ok() {
+            if replica.exec(std::slice::from_ref(&set_position)).await.is_ok() {
                 break;
             }
         }
