@@ -118,20 +118,7 @@ pub struct AutoscalingSpec {
     pub scale_down_stabilization_seconds: i32,
 }
 
-/// Envoy load-balancing policy for a service.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum LoadBalancing {
-    /// Pick the less loaded of two random replicas (good for long and short calls alike).
-    #[default]
-    LeastRequest,
-    /// Rotate over the replicas.
-    RoundRobin,
-    /// Consistent hashing on `hashHeader`: the same key sticks to the same replica.
-    RingHash,
-    /// Maglev consistent hashing on `hashHeader`: like ring hash, faster, less even on change.
-    Maglev,
-}
+pub use chatcluster_types::xds::LoadBalancing;
 
 /// Database engine.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -1,7 +1,8 @@
 //! The chat services: one Deployment and one Service per service, all running chatd.
 //!
-//! chatd is configured through `CHATD_*` environment variables (see services/chat); the Service
-//! is what chat-xds discovers through its EndpointSlices.
+//! chatd is configured through its environment ([`chatcluster_types::chatd`], the settings
+//! the local runner produces too); the Service is what chat-xds discovers through its
+//! EndpointSlices.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,8 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
+
+use chatcluster_types::chatd::{self, Settings, Value};
 
 use super::{ClusterRef, database, names, pod, ports};
 use crate::api::{ChatClusterSpec, ChatServiceSpec, ServiceKind, defaults};
@@ -176,59 +179,53 @@ pub fn deployment(
     }
 }
 
-fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
+/// chatd's settings in a pod of service `kind`.
+fn chatd_settings(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Settings {
     let db = |service: String| format!("{}:{}", c.service_host(&service), ports::DATABASE);
-    let mut env = vec![
-        pod::env("CHATD_SERVICES", kind.as_str()),
-        pod::env("CHATD_LISTEN", format!("0.0.0.0:{}", ports::CHATD_GRPC)),
-        pod::env(
-            "CHATD_METRICS_LISTEN",
-            format!("0.0.0.0:{}", ports::METRICS),
-        ),
-        pod::env("CHATD_DB_PRIMARY", db(names::db_primary(c))),
+    let secret = |key: &str| Value::Secret {
+        name: names::db_secret(c),
+        key: key.into(),
+    };
+    Settings {
+        services: vec![kind.as_str().into()],
+        listen: format!("0.0.0.0:{}", ports::CHATD_GRPC),
+        metrics_listen: Some(format!("0.0.0.0:{}", ports::METRICS)),
+        db_primary: db(names::db_primary(c)),
+        db_primary_file: None,
         // Without replicas, reads go to the primary too.
-        pod::env(
-            "CHATD_DB_REPLICAS",
-            if spec.database.replicas > 0 {
-                db(names::db_replicas(c))
-            } else {
-                db(names::db_primary(c))
-            },
-        ),
-        pod::env("CHATD_DB_NAME", database::DB_NAME),
-        pod::env_from_secret(
-            "CHATD_DB_USER",
-            &names::db_secret(c),
-            super::secrets::DB_APP_USER_KEY,
-        ),
-        pod::env_from_secret(
-            "CHATD_DB_PASSWORD",
-            &names::db_secret(c),
-            super::secrets::DB_APP_PASSWORD_KEY,
-        ),
-        pod::env(
-            "CHATD_TOKEN_PUBLIC_KEY_FILE",
-            format!("{TOKEN_MOUNT}/public.pem"),
-        ),
-        pod::env_from_field("CHATD_POD_NAME", "metadata.name"),
-        pod::env_from_field("CHATD_POD_IP", "status.podIP"),
+        db_replicas: Some(if spec.database.replicas > 0 {
+            db(names::db_replicas(c))
+        } else {
+            db(names::db_primary(c))
+        }),
+        db_name: database::DB_NAME.into(),
+        db_user: secret(super::secrets::DB_APP_USER_KEY),
+        db_password: secret(super::secrets::DB_APP_PASSWORD_KEY),
+        db_pool: None,
+        token_public_key_file: format!("{TOKEN_MOUNT}/public.pem"),
+        token_private_key_file: (kind == ServiceKind::Auth)
+            .then(|| format!("{TOKEN_MOUNT}/private.pem")),
+        peers: Vec::new(),
         // Replicas push new-message hints to each other; they find each other by DNS.
-        pod::env(
-            "CHATD_PEERS_DNS",
-            c.service_host(&names::service_peers(c, kind)),
-        ),
-        pod::env(
-            "CHATD_ADVERTISE",
-            format!("$(CHATD_POD_IP):{}", ports::CHATD_GRPC),
-        ),
-        pod::env("RUST_LOG", "info"),
-    ];
-    if kind == ServiceKind::Auth {
-        env.push(pod::env(
-            "CHATD_TOKEN_PRIVATE_KEY_FILE",
-            format!("{TOKEN_MOUNT}/private.pem"),
-        ));
+        peers_dns: Some(c.service_host(&names::service_peers(c, kind))),
+        advertise: Some(format!("$({}):{}", chatd::var::POD_IP, ports::CHATD_GRPC)),
+        pod_name: Value::PodField("metadata.name".into()),
+        pod_ip: Some(Value::PodField("status.podIP".into())),
+        drain_seconds: None,
     }
+}
+
+fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = chatd_settings(c, spec, kind)
+        .env()
+        .into_iter()
+        .map(|(name, value)| match value {
+            Value::Text(v) => pod::env(name, v),
+            Value::Secret { name: secret, key } => pod::env_from_secret(name, &secret, &key),
+            Value::PodField(path) => pod::env_from_field(name, &path),
+        })
+        .collect();
+    env.push(pod::env("RUST_LOG", "info"));
     env
 }
 

@@ -22,6 +22,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use chatcluster_types::chatd;
+
 use crate::{
     api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, ServiceKind},
     build::{self, EnvoyPlace, XdsConfig, database, secrets},
@@ -623,34 +625,36 @@ impl Plan {
         let files = &self.files;
         // Every replica the service may ever have: a hint to one not running fails at once.
         let peers: Vec<String> = (0..service.bounds.1).map(|p| service.address(p)).collect();
-        let mut env = env([
-            ("CHATD_SERVICES", service.kind.to_string()),
-            ("CHATD_LISTEN", format!("127.0.0.1:{port}")),
-            ("CHATD_METRICS_LISTEN", format!("127.0.0.1:{}", port + 1)),
-            ("CHATD_ADVERTISE", service.address(i)),
-            ("CHATD_POD_NAME", service.replica_name(i)),
-            ("CHATD_PEERS", peers.join(",")),
-            ("CHATD_DB_PRIMARY", self.databases[0].address()),
-            ("CHATD_DB_PRIMARY_FILE", files.primary.display().to_string()),
-            ("CHATD_DB_NAME", build::DB_NAME.into()),
-            ("CHATD_DB_USER", secrets::DB_APP_USER.into()),
-            ("CHATD_DB_PASSWORD", credentials.app().into()),
-            ("CHATD_DB_POOL", "16".into()),
-            (
-                "CHATD_TOKEN_PUBLIC_KEY_FILE",
-                files.token_public.display().to_string(),
-            ),
-            ("CHATD_DRAIN_SECONDS", "2".into()),
-        ]);
-        if let Some(replica) = self.databases.get(1) {
-            env.insert("CHATD_DB_REPLICAS".into(), replica.address());
-        }
-        if service.kind == ServiceKind::Auth {
-            env.insert(
-                "CHATD_TOKEN_PRIVATE_KEY_FILE".into(),
-                files.token_private.display().to_string(),
-            );
-        }
+        let settings = chatd::Settings {
+            services: vec![service.kind.to_string()],
+            listen: format!("127.0.0.1:{port}"),
+            metrics_listen: Some(format!("127.0.0.1:{}", port + 1)),
+            db_primary: self.databases[0].address(),
+            db_primary_file: Some(files.primary.display().to_string()),
+            db_replicas: self.databases.get(1).map(|d| d.address()),
+            db_name: build::DB_NAME.into(),
+            db_user: secrets::DB_APP_USER.into(),
+            db_password: credentials.app().into(),
+            db_pool: Some(16),
+            token_public_key_file: files.token_public.display().to_string(),
+            token_private_key_file: (service.kind == ServiceKind::Auth)
+                .then(|| files.token_private.display().to_string()),
+            peers,
+            peers_dns: None,
+            advertise: Some(service.address(i)),
+            pod_name: service.replica_name(i).into(),
+            pod_ip: None,
+            drain_seconds: Some(2.0),
+        };
+        // Everything here is a value: a process has no Secrets or pod fields to refer to.
+        let env = settings
+            .env()
+            .into_iter()
+            .filter_map(|(name, value)| match value {
+                chatd::Value::Text(v) => Some((name.to_string(), v)),
+                chatd::Value::Secret { .. } | chatd::Value::PodField(_) => None,
+            })
+            .collect();
         Launch {
             name: service.replica_name(i),
             program: self.binaries.chatd.clone(),

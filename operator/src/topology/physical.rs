@@ -133,7 +133,11 @@ pub async fn reseed(
                 seeder.abandon(&member, &copy, false).await;
                 return Err(e);
             }
-            if replica.exec(std::slice::from_ref(&set_position)).await.is_ok() {
+            if replica
+                .exec(std::slice::from_ref(&set_position))
+                .await
+                .is_ok()
+            {
                 break;
             }
         }

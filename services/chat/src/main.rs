@@ -1,8 +1,10 @@
 //! chatd: runs the chat services its configuration names. Configuration comes from flags or,
-//! equally, `CHATD_*` environment variables (the operator sets the variables).
+//! equally, `CHATD_*` environment variables (named in `chatcluster_types::chatd::var`, which
+//! the operator and the local runner set).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
+use chatcluster_types::chatd::var;
 use chatd::{
     db::DbConfig,
     fanout::PeerSource,
@@ -14,69 +16,69 @@ use clap::Parser;
 #[command(version, about = "ChatCluster chat services")]
 struct Args {
     /// Services to run, comma-separated: auth, groups, dms, servers.
-    #[arg(long, env = "CHATD_SERVICES", value_delimiter = ',')]
+    #[arg(long, env = var::SERVICES, value_delimiter = ',')]
     services: Vec<ServiceName>,
     /// gRPC address.
-    #[arg(long, env = "CHATD_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = var::LISTEN, default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
     /// Prometheus metrics address (`/metrics`).
-    #[arg(long, env = "CHATD_METRICS_LISTEN")]
+    #[arg(long, env = var::METRICS_LISTEN)]
     metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
-    #[arg(long, env = "CHATD_LOG_JSON")]
+    #[arg(long, env = var::LOG_JSON)]
     log_json: bool,
     /// `host:port` of the database primary.
-    #[arg(long, env = "CHATD_DB_PRIMARY", default_value = "127.0.0.1:3306")]
+    #[arg(long, env = var::DB_PRIMARY, default_value = "127.0.0.1:3306")]
     db_primary: String,
     /// File holding the primary's `host:port`, followed as it changes (laptop failover).
-    #[arg(long, env = "CHATD_DB_PRIMARY_FILE")]
+    #[arg(long, env = var::DB_PRIMARY_FILE)]
     db_primary_file: Option<PathBuf>,
     /// `host:port` of the read replicas (default: read from the primary).
-    #[arg(long, env = "CHATD_DB_REPLICAS")]
+    #[arg(long, env = var::DB_REPLICAS)]
     db_replicas: Option<String>,
     /// Database schema.
-    #[arg(long, env = "CHATD_DB_NAME", default_value = "chat")]
+    #[arg(long, env = var::DB_NAME, default_value = "chat")]
     db_name: String,
     /// Database user.
-    #[arg(long, env = "CHATD_DB_USER", default_value = "chat")]
+    #[arg(long, env = var::DB_USER, default_value = "chat")]
     db_user: String,
     /// Database password.
     #[arg(
         long,
-        env = "CHATD_DB_PASSWORD",
+        env = var::DB_PASSWORD,
         default_value = "",
         hide_env_values = true
     )]
     db_password: String,
     /// Connections per database pool.
-    #[arg(long, env = "CHATD_DB_POOL", default_value_t = 32)]
+    #[arg(long, env = var::DB_POOL, default_value_t = 32)]
     db_pool: u32,
     /// PEM public key verifying access tokens.
-    #[arg(long, env = "CHATD_TOKEN_PUBLIC_KEY_FILE")]
+    #[arg(long, env = var::TOKEN_PUBLIC_KEY_FILE)]
     token_public_key_file: Option<PathBuf>,
     /// PEM private key signing access tokens (auth only).
-    #[arg(long, env = "CHATD_TOKEN_PRIVATE_KEY_FILE")]
+    #[arg(long, env = var::TOKEN_PRIVATE_KEY_FILE)]
     token_private_key_file: Option<PathBuf>,
     /// Peer replicas for fan-out, comma-separated `host:port`.
-    #[arg(long, env = "CHATD_PEERS", value_delimiter = ',')]
+    #[arg(long, env = var::PEERS, value_delimiter = ',')]
     peers: Vec<String>,
     /// DNS name resolving to every peer replica (a headless Service); port from --listen.
-    #[arg(long, env = "CHATD_PEERS_DNS")]
+    #[arg(long, env = var::PEERS_DNS)]
     peers_dns: Option<String>,
     /// This replica's address as peers see it.
-    #[arg(long, env = "CHATD_ADVERTISE")]
+    #[arg(long, env = var::ADVERTISE)]
     advertise: Option<String>,
     /// Replica name.
-    #[arg(long, env = "CHATD_POD_NAME", default_value = "chatd")]
+    #[arg(long, env = var::POD_NAME, default_value = "chatd")]
     instance: String,
     /// Writes per user per second.
-    #[arg(long, env = "CHATD_RATE_PER_SECOND", default_value_t = 20.0)]
+    #[arg(long, env = var::RATE_PER_SECOND, default_value_t = 20.0)]
     rate_per_second: f64,
     /// Writes per user at once.
-    #[arg(long, env = "CHATD_RATE_BURST", default_value_t = 40.0)]
+    #[arg(long, env = var::RATE_BURST, default_value_t = 40.0)]
     rate_burst: f64,
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
-    #[arg(long, env = "CHATD_DRAIN_SECONDS", default_value_t = 5.0)]
+    #[arg(long, env = var::DRAIN_SECONDS, default_value_t = 5.0)]
     drain_seconds: f64,
 }
 

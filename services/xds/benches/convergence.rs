@@ -20,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_operator::api::LoadBalancing;
 use chatcluster_common::procfs;
 use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
+use chatcluster_types::xds::LoadBalancing;
 use common::{admin_get, service, write_atomically};
 use serde_json::json;
 
@@ -239,7 +239,7 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
         );
     };
     write(n);
-    let config = chat_operator::build::XdsConfig {
+    let config = chatcluster_types::xds::XdsConfig {
         cluster: "bench".into(),
         namespace: "bench".into(),
         endpoint_selector: String::new(),

@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use chat_operator::autoscale::signal::LoadReport;
+use chatcluster_types::load::LoadReport;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::ConstCounter, family::Family, gauge::Gauge},

@@ -33,7 +33,7 @@ struct Report {
     in_flight: u64,
 }
 
-pub use chat_operator::autoscale::signal::ServiceLoad;
+pub use chatcluster_types::load::ServiceLoad;
 
 /// Latest report per (Envoy, service).
 #[derive(Default)]

@@ -3,7 +3,6 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use chat_operator::build::XdsConfig;
 use chat_xds::csds::Csds;
 use chat_xds::{
     ads::{Ads, Clients},
@@ -12,6 +11,7 @@ use chat_xds::{
     load::{Load, LoadReporting},
     pipeline,
 };
+use chatcluster_types::xds::XdsConfig;
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::{

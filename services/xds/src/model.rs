@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chat_operator::build::XdsConfig;
+use chatcluster_types::xds::XdsConfig;
 use serde::{Deserialize, Serialize};
 
 /// One backend of a service.

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chat_operator::build::XdsConfig;
+use chatcluster_types::xds::XdsConfig;
 use tokio::{sync::watch, time::Instant};
 use tracing::debug;
 

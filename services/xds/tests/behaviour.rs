@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use chat_operator::api::LoadBalancing;
+use chatcluster_types::xds::LoadBalancing;
 use common::{
     Backend, Inputs, Stack, admin_get, call, call_with, certificate, eventually, healthy_ports,
     ready, serves_certificate, service, single, stat, tls_stack, write_endpoints,
@@ -395,7 +395,7 @@ async fn envoy_rate_limits_with_resource_exhausted() {
     }
     // Limit each Envoy to 5 requests per second with a burst of 10.
     let mut limited = stack.config.clone();
-    limited.rate_limit = Some(chat_operator::build::RateLimit {
+    limited.rate_limit = Some(chatcluster_types::xds::RateLimit {
         requests_per_second: 5,
         burst: 10,
     });

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_operator::api::LoadBalancing;
+use chatcluster_types::xds::LoadBalancing;
 use common::{Backend, Inputs, Stack, call, eventually, healthy_ports, service, write_endpoints};
 
 async fn routes_spreads_and_follows_endpoints(api_type: &str) {

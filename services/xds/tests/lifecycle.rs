@@ -8,8 +8,8 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use chat_operator::api::LoadBalancing;
 use chatcluster_common::procfs;
+use chatcluster_types::xds::LoadBalancing;
 use common::{
     Backend, admin_get, certificate, eventually, serves_certificate, single, tls_stack,
     write_endpoints,

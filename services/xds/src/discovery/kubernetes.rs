@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chat_operator::build::XdsConfig;
+use chatcluster_types::xds::XdsConfig;
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice};
 use kube::{

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use chat_operator::api::LoadBalancing;
+use chatcluster_types::xds::LoadBalancing;
 use envoy_types::{
     pb::{
         envoy::{

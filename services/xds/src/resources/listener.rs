@@ -1,7 +1,7 @@
 //! The ingress: listeners (TLS with the certificate over SDS, and an optional plain-text one),
 //! the route table sending each gRPC package to its service's cluster, and the certificate.
 
-use chat_operator::build::RateLimit;
+use chatcluster_types::xds::RateLimit;
 use envoy_types::{
     pb::{
         envoy::{

@@ -15,10 +15,7 @@ use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use chat_operator::{
-    api::LoadBalancing,
-    build::{RateLimit, XdsService},
-};
+use chatcluster_types::xds::{LoadBalancing, RateLimit, XdsService};
 
 use crate::model::{Endpoint, State};
 

@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chat_operator::{
-    api::LoadBalancing,
-    build::{RateLimit, XdsConfig, XdsService},
-};
+use chatcluster_types::xds::{LoadBalancing, RateLimit, XdsConfig, XdsService};
 use envoy_types::pb::envoy::{
     config::{
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,

@@ -14,11 +14,8 @@ use std::{
 
 use axum::{body::Body, http::Request as HttpRequest, response::Response};
 use bytes::Bytes;
-use chat_operator::{
-    api::LoadBalancing,
-    build::{XdsConfig, XdsService},
-};
 use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
+use chatcluster_types::xds::{LoadBalancing, XdsConfig, XdsService};
 use envoy_types::pb::google::protobuf::Empty;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::StreamBody;

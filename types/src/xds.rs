@@ -1,0 +1,78 @@
+//! chat-xds's configuration: what it needs to know of a ChatCluster, written by the operator
+//! into a ConfigMap (or a file, in local mode), so chat-xds needs no access to ChatCluster
+//! objects.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What chat-xds serves Envoy for one cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsConfig {
+    /// The ChatCluster's name.
+    pub cluster: String,
+    /// Namespace to discover endpoints and Secrets in.
+    pub namespace: String,
+    /// Label selector of the chat services' EndpointSlices.
+    pub endpoint_selector: String,
+    /// Port of Envoy's TLS listener.
+    pub listener_port: i32,
+    /// A second, plain-text listener (laptop modes and tests); none in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_port: Option<i32>,
+    /// Secret holding the certificate Envoy serves (sent to Envoy over SDS).
+    pub tls_secret: String,
+    /// Accept gRPC-Web beside gRPC.
+    pub grpc_web: bool,
+    /// Requests per second each Envoy lets through (a local token bucket); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// One upstream cluster per chat service.
+    pub services: Vec<XdsService>,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// One chat service as Envoy sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsService {
+    /// Service name (`auth`, …); also the Envoy cluster name.
+    pub name: String,
+    /// Protobuf package routed to it: requests to `/<package>.*`.
+    pub grpc_package: String,
+    /// gRPC service name its backends report health under (active health checks).
+    pub health_service: String,
+    /// Service name whose EndpointSlices hold the endpoints.
+    pub kubernetes_service: String,
+    /// Upstream gRPC port.
+    pub port: i32,
+    /// Load-balancing policy.
+    pub load_balancing: LoadBalancing,
+    /// Header hashed by ring hash and maglev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+}
+
+/// Envoy load-balancing policy for a service (also a field of the ChatCluster spec).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancing {
+    /// Pick the less loaded of two random replicas (good for long and short calls alike).
+    #[default]
+    LeastRequest,
+    /// Rotate over the replicas.
+    RoundRobin,
+    /// Consistent hashing on `hashHeader`: the same key sticks to the same replica.
+    RingHash,
+    /// Maglev consistent hashing on `hashHeader`: like ring hash, faster, less even on change.
+    Maglev,
+}
