@@ -89,7 +89,8 @@ enum SeedCommand {
         /// The data directory.
         #[arg(long, default_value = "/var/lib/mysql")]
         data_dir: PathBuf,
-        /// The directory of approvals: a file per pod, holding the copy id it may take.
+        /// The directory of approvals: a file per pod, holding the copy id it may take and
+        /// until when (`<id> <Unix seconds>`).
         #[arg(long)]
         approvals: PathBuf,
         /// This pod's name.
@@ -415,10 +416,13 @@ async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
             pod,
             termination_log,
         } => {
-            // The ConfigMap is optional: no file, no approval.
+            // The ConfigMap is optional: no file, no approval; an expired one, none either.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let approved = std::fs::read_to_string(approvals.join(&pod))
                 .ok()
-                .map(|s| s.trim().to_string());
+                .and_then(|a| seed::swap::approved_id(&a, now));
             let outcome = tokio::task::spawn_blocking(move || {
                 seed::swap::swap(&data_dir, approved.as_deref())
             })

@@ -258,15 +258,23 @@ async fn the_replica_restarts_on_an_approved_copy_and_only_its_swap_confirms_it(
             .unwrap()["data"][&w.replica.name]
             .clone()
     };
-    assert_eq!(approvals(), "c7", "approved before the pod went");
+    let approval = approvals();
+    let (id, until) = approval.as_str().unwrap().split_once(' ').unwrap();
+    assert_eq!(id, "c7", "approved before the pod went");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until: u64 = until.parse().unwrap();
+    assert!(until > now + 600 && until <= now + 900, "for a while only");
 
     // The StatefulSet's new pod: until its swap says it took this copy, nothing is confirmed.
     pods.create(&PostParams::default(), &replica_pod())
         .await
         .unwrap();
     assert!(
-        w.seeder.confirm(&w.replica, &copy).await.is_err(),
-        "no word yet"
+        !w.seeder.confirm(&w.replica, &copy).await.unwrap(),
+        "no word yet: ask again"
     );
     for said in ["discarded c7", "busy", "swapped c6 0-1-40"] {
         terminate(
@@ -288,7 +296,7 @@ async fn the_replica_restarts_on_an_approved_copy_and_only_its_swap_confirms_it(
         "swapped c7 0-1-42",
     )
     .await;
-    w.seeder.confirm(&w.replica, &copy).await.unwrap();
+    assert!(w.seeder.confirm(&w.replica, &copy).await.unwrap());
     w.seeder.finish(&w.replica, &copy).await;
     assert_eq!(
         approvals(),

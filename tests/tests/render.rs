@@ -380,6 +380,16 @@ fn the_policy_scan_finds_only_accepted_findings() {
             "Minimize the admission of pods which lack an associated NetworkPolicy",
         ),
     ];
+    // Accepted on some objects only: (check, name, what the resource name contains).
+    let accepted_on: &[(&str, &str, &str)] = &[
+        // The MariaDB pods' re-seed donor agent has a liveness probe and no readiness probe:
+        // it must never take the database out of its Services.
+        (
+            "CKV_K8S_9",
+            "Readiness Probe Should be Configured",
+            "StatefulSet.chat.",
+        ),
+    ];
     let checkov = repo().join(".tools/checkov/bin/checkov");
     assert!(
         checkov.is_file(),
@@ -423,7 +433,11 @@ fn the_policy_scan_finds_only_accepted_findings() {
     for f in &failed {
         let check = f["check_id"].as_str().unwrap_or("");
         seen.insert(check.to_string());
-        if !accepted.iter().any(|(id, _)| *id == check) {
+        let resource = f["resource"].as_str().unwrap_or("");
+        let narrowly = accepted_on
+            .iter()
+            .any(|(id, _, on)| *id == check && resource.contains(on));
+        if !narrowly && !accepted.iter().any(|(id, _)| *id == check) {
             unexpected.push(format!(
                 "{check} {} on {} in {}",
                 f["check_name"], f["resource"], f["file_path"]
@@ -435,9 +449,13 @@ fn the_policy_scan_finds_only_accepted_findings() {
         Vec::<String>::new(),
         "checkov findings not accepted"
     );
-    for (id, why) in accepted {
+    for (id, why) in accepted
+        .iter()
+        .map(|(id, why)| (*id, *why))
+        .chain(accepted_on.iter().map(|(id, why, _)| (*id, *why)))
+    {
         assert!(
-            seen.contains(*id),
+            seen.contains(id),
             "{id} is accepted ({why}) but no longer fails: remove it"
         );
     }

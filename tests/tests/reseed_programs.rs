@@ -73,7 +73,13 @@ fn fetch(from: &str, key: &str, data_dir: &Path, termination_log: &Path) -> Outp
 fn swap(data_dir: &Path, approved: Option<&str>) -> Output {
     let approvals = TempDir::new("seed-approvals");
     if let Some(id) = approved {
-        std::fs::write(approvals.path().join("db-1"), id).unwrap();
+        // As the operator writes it: the id, and until when (Unix seconds).
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        std::fs::write(approvals.path().join("db-1"), format!("{id} {until}")).unwrap();
     }
     operator()
         .args(["seed", "swap", "--pod", "db-1", "--data-dir"])
@@ -199,9 +205,14 @@ fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
     let swapped = swap(&replica.data_dir(), Some("c1"));
     assert!(swapped.status.success(), "{}", text(&swapped));
     assert_eq!(text(&swapped).trim(), format!("swapped c1 {gtids}"));
-    assert!(
-        !staging.exists(),
-        "the old data and the staging directory are gone"
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["phase"],
+        "the old data is gone; the phase says what was swapped"
     );
     replica.start_again();
     assert_eq!(
@@ -225,10 +236,12 @@ fn a_replica_is_reseeded_through_the_donor_agent_a_fetch_and_a_swap() {
         replica.sql("SELECT body FROM chat.t WHERE id = 5002"),
         "after the copy"
     );
-    // Running the swap again finds nothing to do.
+    // Running the swap again (a later restart) moves nothing and says the same.
     replica.kill();
-    let again = swap(&replica.data_dir(), Some("c1"));
-    assert_eq!(text(&again).trim(), "nothing");
+    let again = swap(&replica.data_dir(), None);
+    assert_eq!(text(&again).trim(), format!("swapped c1 {gtids}"));
+    replica.start_again();
+    assert_eq!(replica.sql(checksum), primary.sql(checksum));
 }
 
 #[test]

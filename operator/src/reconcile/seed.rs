@@ -39,6 +39,10 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(600);
 /// The field manager of the approvals (the reconciler applies the ConfigMap without data).
 const APPROVALS_MANAGER: &str = "chat-operator-seed";
+/// How long an approval holds: past it, a pod's start throws the copy away (an attempt cut
+/// short, or an operator that died, never withdrew it). Longer than the restart may take,
+/// with room for clocks that disagree.
+const APPROVAL_TTL: Duration = Duration::from_secs(900);
 
 /// Re-seeds the MariaDB pods of one cluster.
 #[derive(Clone)]
@@ -174,10 +178,15 @@ impl PodSeeder {
         }
     }
 
-    /// Name the copy `pod`'s next start may swap in (`None`: none).
+    /// Name the copy `pod`'s next start may swap in, until [`APPROVAL_TTL`] from now
+    /// (`None`: none).
     async fn approve(&self, pod: &str, id: Option<&str>) -> Result<(), Error> {
         let name = names::db_seed_approvals(&self.cluster);
-        let patch = json!({ "data": { pod: id } });
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + APPROVAL_TTL.as_secs();
+        let patch = json!({ "data": { pod: id.map(|id| format!("{id} {until}")) } });
         let params = PatchParams {
             field_manager: Some(APPROVALS_MANAGER.into()),
             ..PatchParams::default()
@@ -280,15 +289,21 @@ impl Seeder for PodSeeder {
         &'a self,
         replica: &'a Member,
         copy: &'a Prepared,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            match self.swap_outcome(&replica.name).await? {
-                Some(Outcome::Swapped(r)) if r.id == copy.id => Ok(()),
-                other => Err(Error::Platform(format!(
+            match self.swap_outcome(&replica.name).await {
+                Ok(Some(Outcome::Swapped(r))) if r.id == copy.id => Ok(true),
+                // The kubelet has not reported yet, or the API did not answer: ask again.
+                Ok(None) => Ok(false),
+                Err(e) => {
+                    warn!(pod = %replica.name, error = %e, "cannot read the pod's swap yet");
+                    Ok(false)
+                }
+                Ok(Some(other)) => Err(Error::Platform(format!(
                     "{} restarted without copy {}: its swap said {:?}",
                     replica.name,
                     copy.id,
-                    other.map(|o| o.message())
+                    other.message()
                 ))),
             }
         })

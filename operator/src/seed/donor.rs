@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     Error, io, mariabackup,
-    wire::{self, StreamMac, Trailer},
+    wire::{self, Session, Trailer},
 };
 
 /// How long a client may take to answer the challenge.
@@ -133,7 +133,7 @@ async fn session(
     let Ok(_permit) = busy.try_acquire() else {
         return refuse(&mut stream, "busy: a copy is being taken already").await;
     };
-    let mac = StreamMac::new(&donor.key, &donor_nonce, client_nonce)?;
+    let mac = Session::new(&donor.key, &donor_nonce, client_nonce)?;
     // One backup at a time: one scratch directory, whatever a killed agent left there gone.
     let scratch = donor.work_dir.join("seed-donor");
     let _ = tokio::fs::remove_dir_all(&scratch).await;
@@ -154,7 +154,7 @@ async fn stream_backup(
     stream: &mut TcpStream,
     donor: &Donor,
     scratch: &Path,
-    mut mac: StreamMac,
+    mut mac: Session,
 ) -> Result<(), Error> {
     let password = String::from_utf8_lossy(&donor.key).into_owned();
     let options =
@@ -190,15 +190,15 @@ async fn stream_backup(
             break;
         }
         // A client that stops reading is dropped, which kills the backup (kill_on_drop).
-        tokio::time::timeout(WRITE_TIMEOUT, wire::write_frame(stream, &buf[..n]))
+        let tag = mac.seal(&buf[..n])?;
+        tokio::time::timeout(WRITE_TIMEOUT, wire::write_frame(stream, &buf[..n], &tag))
             .await
             .map_err(|_| Error::Timeout("the client reading the copy".into(), WRITE_TIMEOUT))??;
-        mac.update(&buf[..n]);
         sent += n as u64;
     }
     let ended = mariabackup::check("mariadb-backup --backup", child.wait().await, &log_path);
     let trailer = match &ended {
-        Ok(()) => Trailer::Complete(mac.finish()),
+        Ok(()) => Trailer::Complete(mac.end()?),
         Err(e) => Trailer::Failed(format!("{e}: {}", tail(&log_path).await)),
     };
     info!(bytes = sent, complete = ended.is_ok(), "backup ended");

@@ -89,7 +89,7 @@ pub async fn fetch(f: &Fetch) -> Result<Ready, Error> {
     let Some(_lock) = super::try_lock(&f.data_dir)? else {
         return Err(busy(&staging, "a swap or another fetch holds it"));
     };
-    if phase_file(&f.data_dir).exists() {
+    if super::swap::clear_finished(&f.data_dir)? {
         return Err(busy(&staging, "a swap is in progress there"));
     }
     let new = new_dir(&f.data_dir);
@@ -152,8 +152,10 @@ async fn unpack_and_prepare(f: &Fetch, staging: &Path, new: &Path) -> Result<Rea
             .await
             .map_err(|_| Error::Timeout(format!("the donor {}", f.from), READ_TIMEOUT))??;
         match frame {
-            Frame::Data(bytes) => {
-                mac.update(&bytes);
+            Frame::Data(bytes, tag) => {
+                if !mac.open(&bytes, &tag) {
+                    return Err(wire::Error::Altered.into());
+                }
                 input
                     .write_all(&bytes)
                     .await
@@ -161,7 +163,7 @@ async fn unpack_and_prepare(f: &Fetch, staging: &Path, new: &Path) -> Result<Rea
                 received += bytes.len() as u64;
             }
             Frame::End(Trailer::Complete(tag)) => {
-                if !mac.matches(&tag) {
+                if !mac.check_end(&tag) {
                     return Err(wire::Error::Altered.into());
                 }
                 break;

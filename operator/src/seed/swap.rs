@@ -1,8 +1,8 @@
 //! Putting a ready copy in place, before the server starts (an init container of every
-//! MariaDB pod). The operator approves each swap: it names the copy it wants for a pod (in a
-//! ConfigMap the init container mounts) before it restarts the pod, so a copy nobody waits
-//! for any more — its re-seed gave up, or the pod has since become the primary — is thrown
-//! away, never swapped in.
+//! MariaDB pod). The operator approves each swap: it names the copy it wants for a pod, with
+//! a deadline (in a ConfigMap the init container mounts), before it restarts the pod, so a
+//! copy nobody waits for any more — its re-seed gave up or was cut short, or the pod has since
+//! become the primary — is thrown away, never swapped in.
 //!
 //! The data directory is the volume's root and cannot itself be renamed, so its entries move
 //! one by one; a phase file makes every step resumable — a pod killed halfway through runs
@@ -14,7 +14,8 @@
 //!    the phase is `in`;
 //! 2. `in`: every entry of `new/` moves into the data directory; then the phase is `done`;
 //! 3. `done`: `ready` is removed first (so the copy is never taken for a new one), then the
-//!    old data, then the phase file.
+//!    old data; the phase file stays, so a swap run again (the pod killed during the clean-up,
+//!    or restarted later) says again which copy it put in place. The next fetch removes it.
 //!
 //! A fetch holding the data directory's lock (its Job runs beside the restarting pod) makes
 //! the swap leave everything as it is.
@@ -140,7 +141,8 @@ pub fn swap(data_dir: &Path, approved: Option<&str>) -> Result<Outcome, Error> {
             let Some(ready) = read_ready(data_dir)? else {
                 return Ok(Outcome::Nothing);
             };
-            if approved != Some(ready.id.as_str()) {
+            // A copy without its files (a fetch stopped while marking it) is no copy.
+            if approved != Some(ready.id.as_str()) || !new.is_dir() {
                 remove_file(&ready_file(data_dir))?;
                 sync_dir(&staging(data_dir))?;
                 let _ = fs::remove_dir_all(&new);
@@ -162,11 +164,32 @@ pub fn swap(data_dir: &Path, approved: Option<&str>) -> Result<Outcome, Error> {
             Err(e) => return Err(io("remove", dir)(e)),
         }
     }
-    remove_file(&phase_path)?;
-    let dir = staging(data_dir);
-    fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+    let _ = fs::remove_file(staging(data_dir).join("seed.log"));
+    sync_dir(&staging(data_dir))?;
     sync_dir(data_dir)?;
     Ok(Outcome::Swapped(ready))
+}
+
+/// Whether a swap is under way in `data_dir` (its phase `out` or `in`); a finished one's
+/// phase file is removed, as a new fetch starts.
+pub fn clear_finished(data_dir: &Path) -> Result<bool, Error> {
+    match read_phase(data_dir)? {
+        Phase::None => Ok(false),
+        Phase::Out(_) | Phase::In(_) => Ok(true),
+        Phase::Done(_) => {
+            remove_file(&phase_file(data_dir))?;
+            sync_dir(&staging(data_dir))?;
+            Ok(false)
+        }
+    }
+}
+
+/// The copy id an approval (`<id> <deadline, Unix seconds>`) names, if its deadline has not
+/// passed at `now`.
+pub fn approved_id(approval: &str, now: u64) -> Option<String> {
+    let (id, deadline) = approval.trim().split_once(' ')?;
+    let deadline: u64 = deadline.trim().parse().ok()?;
+    (now <= deadline && !id.is_empty()).then(|| id.to_string())
 }
 
 fn remove_file(path: &Path) -> Result<(), Error> {

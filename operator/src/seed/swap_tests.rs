@@ -53,13 +53,24 @@ fn contents(d: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// What the data directory holds once the copy is in place.
+/// What the data directory holds once the copy is in place (the staging directory keeps
+/// only the phase, which says what was swapped in).
 fn swapped() -> Vec<(String, String)> {
     vec![
+        (STAGING_DIR.into(), "<dir>".into()),
         ("ibdata1".into(), "new ibdata1".into()),
         ("lost+found".into(), "<dir>".into()),
         ("x".into(), "new x".into()),
     ]
+}
+
+fn staged(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(staging(d))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// What the data directory holds when the swap moved nothing (its staging directory stays).
@@ -94,11 +105,49 @@ fn an_approved_copy_replaces_the_data_and_the_old_is_gone() {
         Outcome::Swapped(ready("c1"))
     );
     assert_eq!(contents(&d.0), swapped());
+    assert_eq!(staged(&d.0), ["phase"]);
+    // Run again (a later restart): nothing moves, and it says again what it put in place.
+    assert_eq!(swap(&d.0, None).unwrap(), Outcome::Swapped(ready("c1")));
+    assert_eq!(contents(&d.0), swapped());
+    // A new fetch starts by clearing the finished swap.
+    assert!(!clear_finished(&d.0).unwrap());
+    assert!(staged(&d.0).is_empty());
+    assert_eq!(swap(&d.0, Some("c1")).unwrap(), Outcome::Nothing);
+}
+
+#[test]
+fn approvals_expire() {
+    assert_eq!(approved_id("c1 1000", 999), Some("c1".into()));
+    assert_eq!(approved_id("c1 1000\n", 1000), Some("c1".into()));
+    assert_eq!(approved_id("c1 1000", 1001), None, "expired");
+    for garbled in ["c1", "c1 soon", " 1000", ""] {
+        assert_eq!(approved_id(garbled, 0), None, "{garbled:?}");
+    }
+}
+
+#[test]
+fn a_ready_mark_without_its_copy_is_thrown_away() {
+    let d = data_dir("no-new", "c1");
+    fs::remove_dir_all(new_dir(&d.0)).unwrap();
     assert_eq!(
         swap(&d.0, Some("c1")).unwrap(),
-        Outcome::Nothing,
-        "once only"
+        Outcome::Discarded("c1".into())
     );
+    assert_eq!(contents(&d.0), untouched());
+}
+
+#[test]
+fn a_swap_under_way_keeps_a_fetch_away() {
+    for phase in ["out", "in"] {
+        let d = data_dir(&format!("under-way-{phase}"), "c1");
+        fs::write(
+            phase_file(&d.0),
+            format!("{phase} {}", ready("c1").to_line()),
+        )
+        .unwrap();
+        assert!(clear_finished(&d.0).unwrap(), "{phase}");
+        assert!(phase_file(&d.0).exists());
+    }
 }
 
 #[test]
@@ -139,9 +188,10 @@ fn a_swap_interrupted_anywhere_finishes_when_run_again() {
     for moved_in in 1..=NEW.len() {
         cuts.push((OLD.len(), moved_in, 0));
     }
-    // The clean-up: ready removed; and the old data removed too.
+    // The clean-up: ready removed; the old data removed too; everything but the phase.
     cuts.push((OLD.len(), NEW.len(), 1));
     cuts.push((OLD.len(), NEW.len(), 2));
+    cuts.push((OLD.len(), NEW.len(), 3));
     for (out, moved_in, cleaned) in cuts {
         let cut = format!("cut {out}/{moved_in}/{cleaned}");
         let d = data_dir(&format!("cut-{out}-{moved_in}-{cleaned}"), "c1");
@@ -164,6 +214,9 @@ fn a_swap_interrupted_anywhere_finishes_when_run_again() {
         }
         if cleaned > 1 {
             fs::remove_dir_all(&old).unwrap();
+        }
+        if cleaned > 2 {
+            fs::remove_dir_all(new_dir(&d.0)).unwrap();
         }
         assert_eq!(
             swap(&d.0, None).unwrap(),

@@ -1,17 +1,18 @@
 //! The re-seed stream between a donor's agent and the receiving Job: a mutual HMAC
 //! challenge, then the mbstream bytes in length-prefixed frames and a trailer saying how the
-//! backup ended — with a MAC over the whole stream when it is complete.
+//! backup ended; every frame and the end carry MACs.
 //!
 //! The trailer is why there is framing at all: a stream cut short (a killed backup, a dead
 //! donor) must never pass for a complete copy, and mbstream alone cannot tell. The proofs and
-//! the stream's MAC keep anything but the real donor from feeding a replica a copy.
+//! the MACs keep anything but the real donor from feeding a replica a copy: each frame is
+//! checked before its bytes reach mbstream, which trusts the paths it unpacks.
 //!
 //! ```text
 //! donor  → MAGIC, donor nonce (32 bytes)
 //! client → HMAC(key, "client" ‖ donor nonce), client nonce (32 bytes)
 //! donor  → HMAC(key, "donor" ‖ client nonce ‖ donor nonce)   (zeros when it refuses)
-//! donor  → [u32 len > 0][len bytes] …
-//!          [u32 0][u8 status][u32 n][n bytes]: status 0 and the stream's MAC, or 1 and why
+//! donor  → [u32 len > 0][len bytes][MAC of frame number ‖ bytes] …
+//!          [u32 0][u8 status][u32 n][n bytes]: status 0 and the end's MAC, or 1 and why
 //! ```
 //!
 //! The key is the administrative password, which both sides already hold; it never crosses
@@ -57,15 +58,15 @@ pub enum Error {
     /// No usable key.
     #[error("no re-seed key")]
     NoKey,
-    /// The stream's MAC does not match what arrived.
-    #[error("the copy arrived altered (its MAC does not match)")]
+    /// A frame's MAC, or the end's, does not match what arrived.
+    #[error("the copy arrived altered (a MAC does not match)")]
     Altered,
 }
 
 /// How a stream ended, as its trailer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trailer {
-    /// The backup completed; the stream's MAC.
+    /// The backup completed; the MAC of the stream's end.
     Complete(Vec<u8>),
     /// It did not; why.
     Failed(String),
@@ -112,39 +113,74 @@ pub fn verify_client(key: &[u8], donor_nonce: &[u8], proof: &[u8]) -> bool {
     mac(key, &[b"client", donor_nonce]).is_ok_and(|m| m.verify_slice(proof).is_ok())
 }
 
-/// The MAC over a whole stream, computed as its bytes pass on both sides.
-pub struct StreamMac(Hmac);
+/// One session's MACs: every frame, and the end of the stream, carries one bound to both
+/// nonces and to the frame's number, so only the donor's bytes — in order, none left out —
+/// reach mbstream, each checked before it is unpacked.
+pub struct Session {
+    key: Vec<u8>,
+    nonces: Vec<u8>,
+    seq: u64,
+}
 
-impl StreamMac {
-    /// The MAC of the session that exchanged these nonces.
+impl Session {
+    /// The session that exchanged these nonces.
     pub fn new(key: &[u8], donor_nonce: &[u8], client_nonce: &[u8]) -> Result<Self, Error> {
-        Ok(Self(mac(key, &[b"stream", donor_nonce, client_nonce])?))
+        mac(key, &[])?;
+        Ok(Self {
+            key: key.to_vec(),
+            nonces: [donor_nonce, client_nonce].concat(),
+            seq: 0,
+        })
     }
 
-    /// Bytes that passed.
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.update(data);
+    fn tag(&self, kind: &[u8], data: &[u8]) -> Result<Hmac, Error> {
+        mac(
+            &self.key,
+            &[kind, &self.nonces, &self.seq.to_be_bytes(), data],
+        )
     }
 
-    /// The MAC of everything that passed.
-    pub fn finish(self) -> Vec<u8> {
-        self.0.finalize().into_bytes().to_vec()
+    /// The MAC of the next frame, `data`.
+    pub fn seal(&mut self, data: &[u8]) -> Result<Vec<u8>, Error> {
+        let tag = self.tag(b"frame", data)?.finalize().into_bytes().to_vec();
+        self.seq += 1;
+        Ok(tag)
     }
 
-    /// Whether `mac` is the MAC of everything that passed, compared in constant time.
-    pub fn matches(self, mac: &[u8]) -> bool {
-        self.0.verify_slice(mac).is_ok()
+    /// Whether `tag` is the MAC of the next frame, `data` (constant time).
+    pub fn open(&mut self, data: &[u8], tag: &[u8]) -> bool {
+        let ok = self
+            .tag(b"frame", data)
+            .is_ok_and(|m| m.verify_slice(tag).is_ok());
+        self.seq += 1;
+        ok
+    }
+
+    /// The MAC of the stream's end, after every frame sent.
+    pub fn end(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.tag(b"end", &[])?.finalize().into_bytes().to_vec())
+    }
+
+    /// Whether `tag` ends the stream after every frame received (constant time).
+    pub fn check_end(&self, tag: &[u8]) -> bool {
+        self.tag(b"end", &[])
+            .is_ok_and(|m| m.verify_slice(tag).is_ok())
     }
 }
 
-/// Send one data frame (`data` non-empty, at most [`MAX_FRAME`]).
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Result<(), Error> {
+/// Send one data frame (`data` non-empty, at most [`MAX_FRAME`]) and its MAC.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    tag: &[u8],
+) -> Result<(), Error> {
     let len = u32::try_from(data.len()).map_err(|_| Error::Oversized(u32::MAX))?;
-    if len == 0 || len > MAX_FRAME {
+    if len == 0 || len > MAX_FRAME || tag.len() != MAC_LEN {
         return Err(Error::Oversized(len));
     }
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(data).await?;
+    w.write_all(tag).await?;
     Ok(())
 }
 
@@ -168,8 +204,8 @@ pub async fn write_trailer<W: AsyncWrite + Unpin>(w: &mut W, t: &Trailer) -> Res
 /// What the next read of a stream gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Bytes of the copy.
-    Data(Vec<u8>),
+    /// Bytes of the copy, and their MAC.
+    Data(Vec<u8>, Vec<u8>),
     /// The end, and how it went.
     End(Trailer),
 }
@@ -196,15 +232,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, Error>
     }
     let mut data = vec![0; usize::try_from(len).unwrap_or(0)];
     r.read_exact(&mut data).await?;
-    Ok(Frame::Data(data))
+    let mut tag = vec![0; MAC_LEN];
+    r.read_exact(&mut tag).await?;
+    Ok(Frame::Data(data, tag))
 }
 
 /// The client's side of the greeting: check the donor's magic, prove the key, check the
-/// donor's proof; the MAC the stream that follows must carry.
+/// donor's proof; the session whose MACs the stream that follows must carry.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &[u8],
-) -> Result<StreamMac, Error> {
+) -> Result<Session, Error> {
     let mut magic = [0u8; MAGIC.len()];
     s.read_exact(&mut magic)
         .await
@@ -228,7 +266,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             _ => Error::DonorUnproven,
         });
     }
-    StreamMac::new(key, &donor_nonce, &client_nonce)
+    Session::new(key, &donor_nonce, &client_nonce)
 }
 
 #[cfg(test)]
@@ -254,27 +292,32 @@ mod tests {
     }
 
     #[test]
-    fn the_stream_mac_covers_every_byte_and_the_session() {
-        let mac = |key: &[u8], n: u8, data: &[&[u8]]| {
-            let mut m = StreamMac::new(key, &[n; NONCE_LEN], &[1; NONCE_LEN]).unwrap();
-            for d in data {
-                m.update(d);
-            }
-            m.finish()
-        };
-        let good = mac(b"k", 0, &[b"abc", b"def"]);
-        let mut check = StreamMac::new(b"k", &[0; NONCE_LEN], &[1; NONCE_LEN]).unwrap();
-        check.update(b"abcdef");
-        assert!(check.matches(&good), "framing does not matter, bytes do");
-        assert_ne!(good, mac(b"k", 0, &[b"abcdeF"]));
-        assert_ne!(good, mac(b"k", 9, &[b"abcdef"]), "another session's stream");
-        assert_ne!(good, mac(b"x", 0, &[b"abcdef"]));
+    fn each_frame_is_bound_to_its_session_and_its_place() {
+        let session = |n: u8| Session::new(b"k", &[n; NONCE_LEN], &[1; NONCE_LEN]).unwrap();
+        let mut donor = session(0);
+        let tags: Vec<_> = [b"abc", b"def"]
+            .iter()
+            .map(|d| donor.seal(*d).unwrap())
+            .collect();
+        let end = donor.end().unwrap();
+        let mut client = session(0);
+        assert!(client.open(b"abc", &tags[0]) && client.open(b"def", &tags[1]));
+        assert!(client.check_end(&end));
+        // Reordered, altered, another session's, cut short: each fails.
+        let mut reordered = session(0);
+        assert!(!reordered.open(b"def", &tags[1]));
+        assert!(!session(0).open(b"abC", &tags[0]));
+        assert!(!session(9).open(b"abc", &tags[0]));
+        let mut cut = session(0);
+        assert!(cut.open(b"abc", &tags[0]));
+        assert!(!cut.check_end(&end), "an end after one frame of two");
+        assert!(Session::new(b"", &[0; NONCE_LEN], &[1; NONCE_LEN]).is_err());
     }
 
     #[tokio::test]
     async fn frames_and_trailer_round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, b"abc").await.unwrap();
+        write_frame(&mut buf, b"abc", &[3; MAC_LEN]).await.unwrap();
         write_trailer(&mut buf, &Trailer::Failed("disk full".into()))
             .await
             .unwrap();
@@ -284,7 +327,7 @@ mod tests {
         let mut r = buf.as_slice();
         assert_eq!(
             read_frame(&mut r).await.unwrap(),
-            Frame::Data(b"abc".to_vec())
+            Frame::Data(b"abc".to_vec(), vec![3; MAC_LEN])
         );
         assert_eq!(
             read_frame(&mut r).await.unwrap(),
@@ -304,13 +347,19 @@ mod tests {
             matches!(err, Error::Oversized(n) if n == MAX_FRAME + 1),
             "{err}"
         );
-        assert!(write_frame(&mut Vec::new(), &[]).await.is_err());
+        assert!(
+            write_frame(&mut Vec::new(), &[], &[0; MAC_LEN])
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn a_stream_cut_short_is_an_error_not_an_end() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, b"abcdef").await.unwrap();
+        write_frame(&mut buf, b"abcdef", &[0; MAC_LEN])
+            .await
+            .unwrap();
         buf.truncate(buf.len() - 2);
         let mut r = buf.as_slice();
         assert!(read_frame(&mut r).await.is_err());

@@ -66,13 +66,14 @@ pub trait Seeder: Send + Sync + std::fmt::Debug {
         copy: &'a Prepared,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// The restarted replica runs on `copy` (not on its old data, nor another copy): only
-    /// then may its position be set to the copy's.
+    /// Whether the restarted replica runs on `copy` (not on its old data, nor another copy):
+    /// only then may its position be set to the copy's. `Ok(false)`: not known yet (ask
+    /// again); an error: it did not take the copy.
     fn confirm<'a>(
         &'a self,
         replica: &'a Member,
         copy: &'a Prepared,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+    ) -> BoxFuture<'a, Result<bool, Error>>;
 
     /// The replica did not come back on the copy in time; `old_still_runs` when the old
     /// process answers.
@@ -111,7 +112,10 @@ pub async fn reseed(
     // The connection ends with the server: the restart's own outcome says little. What tells
     // the new process from the old is its uptime: it must have started after this.
     let restart = Instant::now();
-    seeder.restart_on_copy(replica, &copy).await?;
+    if let Err(e) = seeder.restart_on_copy(replica, &copy).await {
+        seeder.abandon(&member, &copy, true).await;
+        return Err(e);
+    }
     let timeout = seeder.restart_timeout();
     let set_position = replica.dialect().set_applied(&copy.gtids);
     loop {
@@ -126,20 +130,26 @@ pub async fn reseed(
             secs.saturating_mul(1000)
                 < u64::try_from(restart.elapsed().as_millis()).unwrap_or(u64::MAX)
         });
-        if restarted {
-            // A server that came back without the copy must not take its position: it
-            // would skip or repeat transactions.
-            if let Err(e) = seeder.confirm(&member, &copy).await {
-                seeder.abandon(&member, &copy, false).await;
-                return Err(e);
+        // A server that came back without the copy must not take its position: it would
+        // skip or repeat transactions.
+        let confirmed = if restarted {
+            match seeder.confirm(&member, &copy).await {
+                Ok(c) => c,
+                Err(e) => {
+                    seeder.abandon(&member, &copy, false).await;
+                    return Err(e);
+                }
             }
-            if replica
+        } else {
+            false
+        };
+        if confirmed
+            && replica
                 .exec(std::slice::from_ref(&set_position))
                 .await
                 .is_ok()
-            {
-                break;
-            }
+        {
+            break;
         }
         if restart.elapsed() > timeout {
             seeder
@@ -309,10 +319,10 @@ impl Seeder for LocalSeeder {
         &'a self,
         _replica: &'a Member,
         _copy: &'a Prepared,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    ) -> BoxFuture<'a, Result<bool, Error>> {
         // The copy was renamed into place before the server stopped: a server that started
         // after that started on it.
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(true) })
     }
 
     fn abandon<'a>(
@@ -323,12 +333,18 @@ impl Seeder for LocalSeeder {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Ok(to) = self.files(replica) else { return };
-            if old_still_runs {
-                // The old process never stopped: give it back its own data.
+            let old = beside(&to.data_dir, "data.old");
+            // The old process never stopped (or the swap did not finish): give it back its
+            // own data — only where it was moved aside, and never losing either copy.
+            if old_still_runs && old.is_dir() {
                 let discard = beside(&to.data_dir, "seed.discard");
-                let _ = tokio::fs::rename(&to.data_dir, &discard).await;
-                let _ = tokio::fs::rename(beside(&to.data_dir, "data.old"), &to.data_dir).await;
                 let _ = tokio::fs::remove_dir_all(&discard).await;
+                let had_copy = tokio::fs::rename(&to.data_dir, &discard).await.is_ok();
+                if tokio::fs::rename(&old, &to.data_dir).await.is_ok() {
+                    let _ = tokio::fs::remove_dir_all(&discard).await;
+                } else if had_copy {
+                    let _ = tokio::fs::rename(&discard, &to.data_dir).await;
+                }
             }
         })
     }
