@@ -20,8 +20,8 @@ use chat_operator::{
     build::{self, Observed},
     metrics::Metrics,
     reconcile::{Context, FIELD_MANAGER, apply::apply, reconcile},
-    testkit::FakeApi,
 };
+use chatcluster_testkit::FakeApi;
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},

@@ -20,6 +20,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod seed;
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;
 pub mod topology;

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use chat_operator::{
-    leader::{LeaderElector, LeaderError, Timing},
-    testkit::FakeApi,
-};
+use chat_operator::leader::{LeaderElector, LeaderError, Timing};
+use chatcluster_testkit::FakeApi;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 

@@ -10,8 +10,8 @@ use chat_operator::{
     api::{ChatCluster, Phase, condition},
     metrics::Metrics,
     reconcile::{self, Context, error_policy, reconcile},
-    testkit::FakeApi,
 };
+use chatcluster_testkit::FakeApi;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ConfigMap, Secret, Service},

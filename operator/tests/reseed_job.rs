@@ -14,12 +14,12 @@ use chat_operator::{
     api::ChatCluster,
     build::{ClusterRef, names, seed},
     reconcile::{seed::PodSeeder, topology::members},
-    testkit::FakeApi,
     topology::{
         physical::{Prepared, Seeder},
         server::{Credentials, Member, Server},
     },
 };
+use chatcluster_testkit::FakeApi;
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{ConfigMap, Pod},

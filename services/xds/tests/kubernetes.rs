@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use chat_operator::testkit::FakeApi;
 use chat_xds::{
     discovery::{Discovered, kubernetes},
     model::Endpoint,
 };
+use chatcluster_testkit::FakeApi;
 use chatcluster_types::xds::{LoadBalancing, XdsConfig};
 use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice};
 use kube::{
