@@ -21,7 +21,7 @@ use std::{
 };
 
 use chatcluster_common::procfs;
-use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
+use chatcluster_harness::{Process, TempDir, envoy_binary, free_port};
 use chatcluster_types::xds::LoadBalancing;
 use common::{admin_get, service, write_atomically};
 use serde_json::json;

@@ -258,7 +258,7 @@ async fn ring_hash_is_sticky_per_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_rotates_over_sds_without_a_listener_change() {
-    let certs = chatcluster_tests::TempDir::new("certs");
+    let certs = chatcluster_harness::TempDir::new("certs");
     let (_backend, mut inputs, stack, (cert_a, key_a, _)) = tls_stack(certs.path()).await;
     let port = stack.tls_port;
     let listener_updates = stat(stack.admin, "listener_manager.lds.update_success").await;

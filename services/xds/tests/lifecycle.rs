@@ -43,7 +43,7 @@ async fn sigterm_stops_chat_xds_within_two_seconds_with_an_envoy_connected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reading_the_watched_files_does_not_wake_chat_xds() {
-    let certs = chatcluster_tests::TempDir::new("xds-certs");
+    let certs = chatcluster_harness::TempDir::new("xds-certs");
     let (_backend, _, stack, _) = tls_stack(certs.path()).await;
     let pid = stack.xds.as_ref().unwrap().pid();
     // Others read every file in the watched directories, as chatd reads the primary's
@@ -76,12 +76,12 @@ async fn reading_the_watched_files_does_not_wake_chat_xds() {
 /// endpoints file itself did not change again.
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_files_named_before_they_exist_are_served_once_they_appear() {
-    let certs = chatcluster_tests::TempDir::new("xds-certs-later");
+    let certs = chatcluster_harness::TempDir::new("xds-certs-later");
     let (_backend, mut inputs, stack, _) = tls_stack(certs.path()).await;
     let port = stack.tls_port;
 
     // Beside the endpoints file, so the directory watch sees them arrive.
-    let made = chatcluster_tests::TempDir::new("xds-certs-made");
+    let made = chatcluster_harness::TempDir::new("xds-certs-made");
     let (cert_c, key_c, fp_c) = certificate(made.path(), "c");
     let (later_cert, later_key) = (
         stack.dir.path().join("c.crt"),

@@ -14,7 +14,7 @@ use std::{
 
 use axum::{body::Body, http::Request as HttpRequest, response::Response};
 use bytes::Bytes;
-use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
+use chatcluster_harness::{Process, TempDir, envoy_binary, free_port};
 use chatcluster_types::xds::{LoadBalancing, XdsConfig, XdsService};
 use envoy_types::pb::google::protobuf::Empty;
 use http::{HeaderMap, HeaderValue};
@@ -274,7 +274,7 @@ impl Stack {
 }
 
 pub async fn admin_get(port: u16, path: &str) -> String {
-    chatcluster_tests::http_get(port, path).await
+    chatcluster_harness::http_get(port, path).await
 }
 
 /// An Envoy counter or gauge from `/stats`.
