@@ -788,3 +788,79 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
     // Load gone, window 0: back to the minimum.
     assert_eq!(step(0.0, &mut wake).await, Some(2));
 }
+
+/// A child that is no longer desired (an earlier release made it, or the spec no longer asks
+/// for it) is deleted once everything desired is applied; what the cluster does not control —
+/// a user's object with the same labels, the generated Secrets — is kept.
+#[tokio::test]
+async fn children_no_longer_desired_are_pruned_and_nothing_else() {
+    let h = Harness::new();
+    let cc = h
+        .create("demo", json!({ "database": { "engine": "mariadb" } }))
+        .await;
+    h.reconcile("demo").await.unwrap();
+    let labels = json!({
+        "chatcluster.io/cluster": "demo",
+        "app.kubernetes.io/managed-by": "chat-operator",
+    });
+    let owner = json!([{
+        "apiVersion": "chatcluster.io/v1alpha1", "kind": "ChatCluster", "name": "demo",
+        "uid": cc.uid().unwrap(), "controller": true,
+    }]);
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    for (name, owned) in [("demo-retired", true), ("demo-users-own", false)] {
+        let mut meta = json!({ "name": name, "labels": labels });
+        if owned {
+            meta["ownerReferences"] = owner.clone();
+        }
+        let cm: ConfigMap = serde_json::from_value(json!({ "metadata": meta })).unwrap();
+        config_maps
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let retired_service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "demo-retired", "labels": labels, "ownerReferences": owner },
+        "spec": { "ports": [{ "port": 80 }] },
+    }))
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(h.client.clone(), NS);
+    services
+        .create(&PostParams::default(), &retired_service)
+        .await
+        .unwrap();
+    let secrets_before = h.api.names("v1/secrets", NS);
+
+    h.reconcile("demo").await.unwrap();
+    let cms = h.api.names("v1/configmaps", NS);
+    assert!(!cms.contains(&"demo-retired".to_string()), "{cms:?}");
+    assert!(
+        cms.contains(&"demo-users-own".to_string()),
+        "not ours: kept"
+    );
+    assert!(
+        cms.contains(&"demo-db-seed".to_string()),
+        "still desired: kept"
+    );
+    assert!(
+        !h.api
+            .names("v1/services", NS)
+            .contains(&"demo-retired".to_string())
+    );
+    assert_eq!(h.api.names("v1/secrets", NS), secrets_before);
+
+    // The spec no longer asks for a child: MySQL has no re-seed approvals.
+    h.set_spec("demo", json!({ "database": { "engine": "mysql" } }))
+        .await;
+    h.reconcile("demo").await.unwrap();
+    assert!(
+        !h.api
+            .names("v1/configmaps", NS)
+            .contains(&"demo-db-seed".to_string())
+    );
+    assert!(
+        h.api
+            .names("v1/configmaps", NS)
+            .contains(&"demo-db-config".to_string())
+    );
+}

@@ -22,7 +22,10 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use kube::{Resource, ResourceExt, api::DynamicObject};
+use kube::{
+    Resource, ResourceExt,
+    api::{ApiResource, DynamicObject},
+};
 use serde::Serialize;
 
 use crate::api::{ChatCluster, ServiceKind};
@@ -174,6 +177,23 @@ impl ClusterRef {
         labels
     }
 
+    /// The ChatCluster's uid: what its children's controller owner reference names.
+    pub fn uid(&self) -> &str {
+        &self.owner.uid
+    }
+
+    /// Labels every child carries (its cluster, and the operator as manager): how pruning
+    /// lists the children of one cluster.
+    pub fn children_query(&self) -> String {
+        format!(
+            "{}={},{}={}",
+            labels::CLUSTER,
+            self.name,
+            labels::MANAGED_BY,
+            labels::MANAGER
+        )
+    }
+
     /// Metadata of a child: name, namespace, labels and the controller owner reference, so
     /// deleting the ChatCluster deletes it and a change to it wakes the reconciler.
     pub fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -300,17 +320,56 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
 impl Desired {
     /// Every object in apply order: what others reference comes first (configuration and
     /// identities, then Services, then the workloads that use them, then their budgets).
+    /// Destructured without `..`: a kind added to [`Desired`] does not compile until it is
+    /// applied here, and listed in [`kinds`](Self::kinds) for pruning.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, BuildError> {
+        let Desired {
+            config_maps,
+            service_accounts,
+            roles,
+            role_bindings,
+            services,
+            stateful_sets,
+            deployments,
+            pod_disruption_budgets,
+        } = self;
         let mut out = Vec::new();
-        push_all(&mut out, &self.config_maps)?;
-        push_all(&mut out, &self.service_accounts)?;
-        push_all(&mut out, &self.roles)?;
-        push_all(&mut out, &self.role_bindings)?;
-        push_all(&mut out, &self.services)?;
-        push_all(&mut out, &self.stateful_sets)?;
-        push_all(&mut out, &self.deployments)?;
-        push_all(&mut out, &self.pod_disruption_budgets)?;
+        push_all(&mut out, config_maps)?;
+        push_all(&mut out, service_accounts)?;
+        push_all(&mut out, roles)?;
+        push_all(&mut out, role_bindings)?;
+        push_all(&mut out, services)?;
+        push_all(&mut out, stateful_sets)?;
+        push_all(&mut out, deployments)?;
+        push_all(&mut out, pod_disruption_budgets)?;
         Ok(out)
+    }
+
+    /// Every kind of object [`objects`](Self::objects) applies: the kinds whose children
+    /// that are no longer desired are pruned. (The generated Secrets are not among them: they
+    /// are created once and kept, as are the database's volumes.)
+    pub fn kinds() -> Vec<ApiResource> {
+        // The same destructuring as `objects`: a new field fails to compile here too.
+        let Desired {
+            config_maps: _,
+            service_accounts: _,
+            roles: _,
+            role_bindings: _,
+            services: _,
+            stateful_sets: _,
+            deployments: _,
+            pod_disruption_budgets: _,
+        } = Desired::default();
+        vec![
+            ApiResource::erase::<ConfigMap>(&()),
+            ApiResource::erase::<ServiceAccount>(&()),
+            ApiResource::erase::<Role>(&()),
+            ApiResource::erase::<RoleBinding>(&()),
+            ApiResource::erase::<Service>(&()),
+            ApiResource::erase::<StatefulSet>(&()),
+            ApiResource::erase::<Deployment>(&()),
+            ApiResource::erase::<PodDisruptionBudget>(&()),
+        ]
     }
 }
 

@@ -1,15 +1,20 @@
-//! Side effects on children: server-side apply under one field manager, and create-once for
-//! generated Secrets.
+//! Side effects on children: server-side apply under one field manager, pruning what is no
+//! longer desired, and create-once for generated Secrets.
 
 use k8s_openapi::api::core::v1::Secret;
+use std::collections::BTreeSet;
+
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        PostParams,
+    },
 };
 
 use super::Error;
 use crate::build::{
-    ClusterRef,
+    ClusterRef, Desired,
     secrets::{Generated, PLACEHOLDER_ANNOTATION},
 };
 
@@ -38,6 +43,59 @@ pub async fn apply(client: &Client, namespace: &str, obj: &DynamicObject) -> Res
         source,
     })?;
     Ok(())
+}
+
+/// Delete the children of `cluster` that are no longer desired: objects of a kind the
+/// operator applies, carrying the cluster's labels and naming it as their controller, that
+/// are not in `desired`. What someone else made (no controller reference to this cluster) is
+/// never touched. Returns what was deleted, as `Kind name`.
+pub async fn prune(
+    client: &Client,
+    cluster: &ClusterRef,
+    desired: &[DynamicObject],
+) -> Result<Vec<String>, Error> {
+    let wanted: BTreeSet<(String, String)> = desired
+        .iter()
+        .map(|o| {
+            let kind = o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+            (kind, o.name_any())
+        })
+        .collect();
+    let children = ListParams::default().labels(&cluster.children_query());
+    let mut pruned = Vec::new();
+    for resource in Desired::kinds() {
+        let kube_err = |verb: &'static str, name: &str| {
+            let (kind, name) = (resource.kind.clone(), name.to_string());
+            move |source| Error::Kube {
+                verb,
+                kind,
+                name,
+                source,
+            }
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &cluster.namespace, &resource);
+        let list = api
+            .list(&children)
+            .await
+            .map_err(kube_err("list", "children"))?;
+        for obj in list.items {
+            let name = obj.name_any();
+            let ours = obj
+                .owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && r.uid == cluster.uid());
+            if !ours || wanted.contains(&(resource.kind.clone(), name.clone())) {
+                continue;
+            }
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => pruned.push(format!("{} {name}", resource.kind)),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(kube_err("delete", &name)(e)),
+            }
+        }
+    }
+    Ok(pruned)
 }
 
 /// Create the generated Secret `what` unless it exists. Returns whether it was created.

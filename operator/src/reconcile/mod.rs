@@ -243,12 +243,31 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     for (kind, s) in &scaling {
         observed.current_replicas.insert(*kind, s.desired_replicas);
     }
-    let desired = build::desired(cc, &observed)?;
+    let desired = build::desired(cc, &observed)?.objects()?;
     let mut apply_error = None;
-    for obj in desired.objects()? {
-        if let Err(e) = apply::apply(client, &cluster.namespace, &obj).await {
+    for obj in &desired {
+        if let Err(e) = apply::apply(client, &cluster.namespace, obj).await {
             apply_error = Some(e);
             break;
+        }
+    }
+    // Only once everything desired is in place: what replaces an old child comes first.
+    if apply_error.is_none() {
+        match apply::prune(client, &cluster, &desired).await {
+            Ok(pruned) => {
+                for what in pruned {
+                    info!(child = %what, "pruned a child no longer desired");
+                    record(
+                        ctx,
+                        cc,
+                        EventType::Normal,
+                        "Pruned",
+                        format!("deleted {what}, no longer desired"),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => apply_error = Some(e),
         }
     }
 

@@ -198,6 +198,13 @@ impl PodSeeder {
         Ok(())
     }
 
+    /// Withdraw `pod`'s approval (it expires anyway, should this fail).
+    async fn withdraw(&self, pod: &str) {
+        if let Err(e) = self.approve(pod, None).await {
+            warn!(%pod, error = %e, "cannot withdraw the copy's approval");
+        }
+    }
+
     /// What the running pod's swap said when it started.
     async fn swap_outcome(&self, pod: &str) -> Result<Option<Outcome>, Error> {
         let Some(p) = self
@@ -318,19 +325,13 @@ impl Seeder for PodSeeder {
         // Withdrawn, the approval lets no later start swap the copy in: it is thrown away.
         Box::pin(async move {
             warn!(pod = %replica.name, "the pod did not come back on its copy");
-            if let Err(e) = self.approve(&replica.name, None).await {
-                warn!(pod = %replica.name, error = %e, "cannot withdraw the copy's approval");
-            }
+            self.withdraw(&replica.name).await;
         })
     }
 
     fn finish<'a>(&'a self, replica: &'a Member, _copy: &'a Prepared) -> BoxFuture<'a, ()> {
         // The swap removed the old data before the server started; the approval is spent.
-        Box::pin(async move {
-            if let Err(e) = self.approve(&replica.name, None).await {
-                warn!(pod = %replica.name, error = %e, "cannot withdraw the copy's approval");
-            }
-        })
+        Box::pin(async move { self.withdraw(&replica.name).await })
     }
 
     fn restart_timeout(&self) -> Duration {
