@@ -208,6 +208,42 @@ fn valid_specs_are_admitted() {
     }
 }
 
+/// CEL's errors for an update of `old` to `new`, as the API server runs transition rules.
+fn update_errors(old: Value, new: Value) -> Vec<String> {
+    let object = |spec: Value| {
+        json!({
+            "apiVersion": "chatcluster.io/v1alpha1",
+            "kind": "ChatCluster",
+            "metadata": { "name": "demo", "namespace": "chat" },
+            "spec": spec,
+        })
+    };
+    match kube::core::cel::Validator::new().validate(&schema(), &object(new), Some(&object(old))) {
+        Ok(()) => Vec::new(),
+        Err(e) => e
+            .as_slice()
+            .iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn the_database_engine_cannot_change_once_the_cluster_exists() {
+    let maria = json!({ "database": { "engine": "mariadb" } });
+    let mysql = json!({ "database": { "engine": "mysql", "replicas": 1 } });
+    let errors = update_errors(maria.clone(), mysql);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("engine") && e.contains("cannot change")),
+        "{errors:?}"
+    );
+    // Anything else may change, the engine staying.
+    let more = json!({ "database": { "engine": "mariadb", "replicas": 3 } });
+    assert_eq!(update_errors(maria, more), Vec::<String>::new());
+}
+
 #[test]
 fn invalid_specs_are_refused_naming_the_field() {
     assert_refused(

@@ -849,7 +849,9 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
     );
     assert_eq!(h.api.names("v1/secrets", NS), secrets_before);
 
-    // The spec no longer asks for a child: MySQL has no re-seed approvals.
+    // The spec no longer asks for a child: MySQL has no re-seed approvals. (The API server
+    // refuses this change of engine — a CEL rule, tested in crd.rs — and the in-memory API
+    // does not run CEL: here it only stands for any child the spec stops asking for.)
     h.set_spec("demo", json!({ "database": { "engine": "mysql" } }))
         .await;
     h.reconcile("demo").await.unwrap();

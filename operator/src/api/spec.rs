@@ -132,11 +132,14 @@ pub enum DatabaseEngine {
 }
 
 /// The database: one primary and `replicas` read replicas.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
-    /// `mysql` (8.4) or `mariadb`.
+    /// `mysql` (8.4) or `mariadb`. Fixed once the cluster exists: each engine's files and
+    /// replication are its own.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("database.engine cannot change once the cluster exists: the servers' data is the engine's own (create a new cluster and move the data)"))]
     pub engine: DatabaseEngine,
     /// Server image (default: the engine's pinned upstream image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
