@@ -6,17 +6,20 @@
 //! - [`plan`]: pure — the file and the options to every process, port and file;
 //! - [`supervisor`]: one process kept running (restarts with backoff, graceful stop);
 //! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status;
+//! - [`status`]: what it reports (the status table and `status.json`);
 //! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
 pub mod plan;
 pub mod runner;
 pub mod scaler;
+pub mod status;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
 pub use plan::{Binaries, Options, Plan, plan};
-pub use runner::{LocalStatus, RunError, run};
+pub use runner::{RunError, run};
+pub use status::{LocalStatus, ProcessRow};
 
 /// A program the runner needs is missing.
 #[derive(Debug, thiserror::Error)]

@@ -18,10 +18,11 @@ use tracing::{info, warn};
 use super::{
     plan::{DbProcess, Plan},
     scaler::Scaler,
-    supervisor::{ProcessState, ProcessStatus, Supervised},
+    status::{LocalStatus, ProcessRow},
+    supervisor::{ProcessState, Supervised},
 };
 use crate::{
-    api::{AutoscalingStatus, ServiceKind},
+    api::ServiceKind,
     build::secrets::{DbCredentials, GenerateError, TlsMaterial, TokenKey},
     metrics::Metrics,
     topology::{
@@ -222,100 +223,6 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-/// One row of the status table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProcessRow {
-    /// Process name.
-    pub name: String,
-    /// What it is: database, chatd service, xds, envoy.
-    pub component: String,
-    /// Its port.
-    pub port: u16,
-    /// Supervision state.
-    #[serde(flatten)]
-    pub status: ProcessStatus,
-    /// Its port answers.
-    pub up: bool,
-    /// Database role, as the topology loop sees it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-}
-
-/// The runner's status, also written to `status.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalStatus {
-    /// Cluster name.
-    pub cluster: String,
-    /// Every process is up and the primary takes writes.
-    pub ready: bool,
-    /// gRPC and gRPC-Web in plain text (chatctl's default; the web page is at `/`).
-    pub endpoint: String,
-    /// The same over TLS (self-signed certificate in the data directory).
-    pub tls_endpoint: String,
-    /// The database primary's address.
-    pub primary: String,
-    /// Every process.
-    pub processes: Vec<ProcessRow>,
-    /// The topology loop's view.
-    pub database: TopologyStatus,
-    /// Autoscaled services: replicas, the policy's choice and the signal.
-    pub autoscaling: BTreeMap<String, AutoscalingStatus>,
-    /// Prometheus metrics of the runner (autoscaling), `http://…/metrics`.
-    pub metrics: String,
-}
-
-impl LocalStatus {
-    /// The status as a table for people.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "cluster {}: {}  gRPC/web {}  TLS {}  primary {}\n",
-            self.cluster,
-            if self.ready { "Ready" } else { "NotReady" },
-            self.endpoint,
-            self.tls_endpoint,
-            self.primary,
-        );
-        out.push_str(&format!(
-            "  {:<12} {:<10} {:<8} {:>6} {:>8}  {}\n",
-            "NAME", "COMPONENT", "PID", "PORT", "RESTARTS", "STATE"
-        ));
-        for p in &self.processes {
-            let state = match &p.status.state {
-                ProcessState::Starting => "starting".to_string(),
-                ProcessState::Running { .. } if !p.up => "starting".to_string(),
-                ProcessState::Running { .. } => p.role.clone().unwrap_or_else(|| "up".into()),
-                ProcessState::Restarting { reason } => format!("restarting ({reason})"),
-                ProcessState::Stopped => "stopped".into(),
-            };
-            let pid = match p.status.state {
-                ProcessState::Running { pid } => pid.to_string(),
-                _ => "-".into(),
-            };
-            out.push_str(&format!(
-                "  {:<12} {:<10} {:<8} {:>6} {:>8}  {}\n",
-                p.name, p.component, pid, p.port, p.status.restarts, state
-            ));
-        }
-        for f in &self.database.findings {
-            let server = f
-                .server
-                .as_deref()
-                .map(|s| format!(" {s}"))
-                .unwrap_or_default();
-            out.push_str(&format!("  database{server}: {}\n", f.reason));
-        }
-        for (service, a) in &self.autoscaling {
-            out.push_str(&format!(
-                "  autoscaling {service}: {} replicas, desired {}\n",
-                a.current_replicas, a.desired_replicas
-            ));
-        }
-        out
-    }
 }
 
 /// The running cluster.
