@@ -3,12 +3,14 @@
 //! loop and failover as in Kubernetes, chatd replicas per service, chat-xds with the static
 //! discovery file, and Envoy.
 //!
-//! - [`plan`]: pure — the file and the options to every process, port and file;
+//! - [`plan`]: pure — the file and the options to every process, port and file, and (in
+//!   `launch`) how each process starts;
 //! - [`supervisor`]: one process kept running (restarts with backoff, graceful stop);
 //! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status;
 //! - [`status`]: what it reports (the status table and `status.json`);
 //! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
+mod launch;
 pub mod plan;
 pub mod runner;
 pub mod scaler;
