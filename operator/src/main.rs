@@ -403,7 +403,7 @@ async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
             };
             let message = match &outcome {
-                Ok(ready) => format!("copy {}", ready.to_line()),
+                Ok(ready) => ready.message(),
                 Err(e) => format!("re-seed copy failed: {e:#}"),
             };
             write_termination_log(termination_log.as_deref(), &message)?;
@@ -417,12 +417,9 @@ async fn seed(command: SeedCommand, shutdown: Shutdown) -> anyhow::Result<()> {
             termination_log,
         } => {
             // The ConfigMap is optional: no file, no approval; an expired one, none either.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let approved = std::fs::read_to_string(approvals.join(&pod))
                 .ok()
-                .and_then(|a| seed::swap::approved_id(&a, now));
+                .and_then(|a| seed::swap::approved_id(&a, seed::swap::unix_now()));
             let outcome = tokio::task::spawn_blocking(move || {
                 seed::swap::swap(&data_dir, approved.as_deref())
             })

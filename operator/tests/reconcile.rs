@@ -794,7 +794,7 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
 /// a user's object with the same labels, the generated Secrets — is kept.
 #[tokio::test]
 async fn children_no_longer_desired_are_pruned_and_nothing_else() {
-    let h = Harness::new();
+    let mut h = Harness::new();
     let cc = h
         .create("demo", json!({ "database": { "engine": "mariadb" } }))
         .await;
@@ -831,6 +831,12 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
         .unwrap();
     let secrets_before = h.api.names("v1/secrets", NS);
 
+    // A new release of the operator starts (pruning runs once per generation and process).
+    h.ctx = Arc::new(Context::new(
+        h.client.clone(),
+        Arc::new(Metrics::default()),
+        Some("test".into()),
+    ));
     h.reconcile("demo").await.unwrap();
     let cms = h.api.names("v1/configmaps", NS);
     assert!(!cms.contains(&"demo-retired".to_string()), "{cms:?}");
@@ -848,6 +854,22 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
             .contains(&"demo-retired".to_string())
     );
     assert_eq!(h.api.names("v1/secrets", NS), secrets_before);
+    // Reconciles at the same generation do not list every kind again.
+    let pruning = h.api.requests();
+    h.reconcile("demo").await.unwrap();
+    let steady = h.api.requests() - pruning;
+    h.ctx = Arc::new(Context::new(
+        h.client.clone(),
+        Arc::new(Metrics::default()),
+        Some("test".into()),
+    ));
+    let before = h.api.requests();
+    h.reconcile("demo").await.unwrap();
+    let with_pruning = h.api.requests() - before;
+    assert!(
+        steady + 8 <= with_pruning,
+        "steady {steady} requests, with pruning {with_pruning}"
+    );
 
     // The spec no longer asks for a child: MySQL has no re-seed approvals. (The API server
     // refuses this change of engine — a CEL rule, tested in crd.rs — and the in-memory API

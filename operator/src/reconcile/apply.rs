@@ -12,7 +12,7 @@ use kube::{
     },
 };
 
-use super::Error;
+use super::{Error, kube_err};
 use crate::build::{
     ClusterRef, Desired,
     secrets::{Generated, PLACEHOLDER_ANNOTATION},
@@ -64,21 +64,12 @@ pub async fn prune(
     let children = ListParams::default().labels(&cluster.children_query());
     let mut pruned = Vec::new();
     for resource in Desired::kinds() {
-        let kube_err = |verb: &'static str, name: &str| {
-            let (kind, name) = (resource.kind.clone(), name.to_string());
-            move |source| Error::Kube {
-                verb,
-                kind,
-                name,
-                source,
-            }
-        };
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &cluster.namespace, &resource);
-        let list = api
-            .list(&children)
-            .await
-            .map_err(kube_err("list", "children"))?;
+        let list =
+            api.list(&children)
+                .await
+                .map_err(kube_err("list", &resource.kind, "children"))?;
         for obj in list.items {
             let name = obj.name_any();
             let ours = obj
@@ -91,7 +82,7 @@ pub async fn prune(
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => pruned.push(format!("{} {name}", resource.kind)),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(kube_err("delete", &name)(e)),
+                Err(e) => return Err(kube_err("delete", &resource.kind, &name)(e)),
             }
         }
     }

@@ -111,6 +111,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per ChatCluster, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ChatCluster>, u32>>,
+    /// The generation of each ChatCluster last pruned by this process: what is desired
+    /// changes only with the spec (or a new operator), while reconciles run on every child's
+    /// change — pruning lists every kind, so it runs once per generation, not per reconcile.
+    pruned: Mutex<HashMap<ObjectRef<ChatCluster>, i64>>,
     /// The database topology loops, when this operator runs them (not in the in-memory API
     /// tests: no database server answers there).
     pub topologies: Option<Arc<topology::Topologies>>,
@@ -132,6 +136,7 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(HashMap::new()),
             topologies: None,
             autoscalers: None,
             operator_image: crate::api::defaults::operator_image(),
@@ -154,6 +159,11 @@ impl Context {
     pub fn with_topologies(mut self, topologies: Arc<topology::Topologies>) -> Self {
         self.topologies = Some(topologies);
         self
+    }
+
+    fn pruned_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, i64>> {
+        // One insert or read at a time: consistent even if a holder panicked.
+        self.pruned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, u32>> {
@@ -252,9 +262,13 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         }
     }
     // Only once everything desired is in place: what replaces an old child comes first.
-    if apply_error.is_none() {
+    let key = ObjectRef::from_obj(cc);
+    let generation = cc.metadata.generation.unwrap_or(0);
+    let pruned_already = ctx.pruned_lock().get(&key) == Some(&generation);
+    if apply_error.is_none() && !pruned_already {
         match apply::prune(client, &cluster, &desired).await {
             Ok(pruned) => {
+                ctx.pruned_lock().insert(key, generation);
                 for what in pruned {
                     info!(child = %what, "pruned a child no longer desired");
                     record(

@@ -24,7 +24,10 @@ use tracing::{info, warn};
 use crate::{
     api::DatabaseSpec,
     build::{ClusterRef, labels, names, seed as build},
-    seed::{fetch::Ready, swap::Outcome},
+    seed::{
+        fetch::Ready,
+        swap::{self, Outcome},
+    },
     topology::{
         physical::{Error, Prepared, Seeder},
         server::{Member, Server},
@@ -72,11 +75,6 @@ fn copy_id() -> String {
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The copy a fetch container's termination message names (`copy <id> <gtids>`).
-fn fetched(message: &str) -> Option<Ready> {
-    Ready::parse(message.trim().strip_prefix("copy ")?)
 }
 
 impl PodSeeder {
@@ -182,11 +180,8 @@ impl PodSeeder {
     /// (`None`: none).
     async fn approve(&self, pod: &str, id: Option<&str>) -> Result<(), Error> {
         let name = names::db_seed_approvals(&self.cluster);
-        let until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + APPROVAL_TTL.as_secs();
-        let patch = json!({ "data": { pod: id.map(|id| format!("{id} {until}")) } });
+        let until = swap::unix_now() + APPROVAL_TTL.as_secs();
+        let patch = json!({ "data": { pod: id.map(|id| swap::approval(id, until)) } });
         let params = PatchParams {
             field_manager: Some(APPROVALS_MANAGER.into()),
             ..PatchParams::default()
@@ -262,7 +257,7 @@ impl Seeder for PodSeeder {
             if !succeeded? {
                 return Err(Error::Platform(format!("Job {name} failed: {message}")));
             }
-            match fetched(&message) {
+            match Ready::from_message(&message) {
                 Some(ready) if ready.id == id => Ok(Prepared {
                     id: ready.id,
                     gtids: ready.gtids,

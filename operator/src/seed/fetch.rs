@@ -59,6 +59,16 @@ impl Ready {
         format!("{} {}", self.id, self.gtids)
     }
 
+    /// The fetch's termination message: `copy <id> <gtids>`.
+    pub fn message(&self) -> String {
+        format!("copy {}", self.to_line())
+    }
+
+    /// The copy a fetch's termination message names.
+    pub fn from_message(message: &str) -> Option<Self> {
+        Self::parse(message.trim().strip_prefix("copy ")?)
+    }
+
     /// The inverse of [`to_line`](Self::to_line).
     pub fn parse(line: &str) -> Option<Self> {
         let (id, gtids) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
@@ -120,12 +130,11 @@ fn busy(staging: &Path, why: &str) -> Error {
 }
 
 fn remove_ready(data_dir: &Path) -> Result<(), Error> {
-    let ready = ready_file(data_dir);
-    match std::fs::remove_file(&ready) {
-        Ok(()) => super::swap::sync_dir(&staging(data_dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io("remove", &ready)(e)),
+    super::swap::remove_file(&ready_file(data_dir))?;
+    if staging(data_dir).is_dir() {
+        super::swap::sync_dir(&staging(data_dir))?;
     }
+    Ok(())
 }
 
 async fn unpack_and_prepare(f: &Fetch, staging: &Path, new: &Path) -> Result<Ready, Error> {

@@ -184,15 +184,28 @@ pub fn clear_finished(data_dir: &Path) -> Result<bool, Error> {
     }
 }
 
-/// The copy id an approval (`<id> <deadline, Unix seconds>`) names, if its deadline has not
-/// passed at `now`.
+/// Seconds since the Unix epoch: approvals' deadlines are written by the operator and read
+/// on the node, so they need a clock both share.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An approval of copy `id` until `deadline` (Unix seconds), as the operator writes it.
+pub fn approval(id: &str, deadline: u64) -> String {
+    format!("{id} {deadline}")
+}
+
+/// The copy id an [`approval`] names, if its deadline has not passed at `now`.
 pub fn approved_id(approval: &str, now: u64) -> Option<String> {
     let (id, deadline) = approval.trim().split_once(' ')?;
     let deadline: u64 = deadline.trim().parse().ok()?;
     (now <= deadline && !id.is_empty()).then(|| id.to_string())
 }
 
-fn remove_file(path: &Path) -> Result<(), Error> {
+/// Remove a file that may not exist.
+pub(super) fn remove_file(path: &Path) -> Result<(), Error> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
