@@ -25,9 +25,12 @@ pub mod wire;
 
 use std::path::{Path, PathBuf};
 
-/// The directory inside a data directory where a copy is staged. MariaDB is told it is no
-/// schema (`ignore_db_dirs`); a backup of the server does not carry it (mariadb-backup copies
-/// table files, and the staged copy's sit a level deeper — the re-seed test checks it).
+/// The directory inside a data directory where a copy is staged (after a swap it keeps the
+/// phase file). MariaDB is told it is no schema (`ignore_db_dirs`, in the server configuration
+/// the operator writes), and that is also what keeps it out of a backup of the server:
+/// mariadb-backup takes the list from the running server. Without it, mariadb-backup streams
+/// `.chatcluster-seed/db.opt` and mbstream refuses the name, failing the copy (seen by hand
+/// against a server started without the setting; the re-seed test's donor has it).
 pub const STAGING_DIR: &str = ".chatcluster-seed";
 /// The lock a fetch and a swap take on a data directory, so they never work in it at once.
 const LOCK_FILE: &str = ".chatcluster-seed.lock";
