@@ -10,7 +10,7 @@
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    AssertSqlSafe, MySql, MySqlConnection, Row,
+    MySql, MySqlConnection, Row,
     mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
     pool::PoolConnection,
 };
@@ -228,59 +228,6 @@ impl Db {
         }
         Ok(self.primary().await.acquire().await?)
     }
-}
-
-/// Versioned DDL of one service, applied once under a named lock, so ten replicas starting
-/// together against one database apply each step exactly once.
-pub async fn migrate(pool: &MySqlPool, prefix: &str, steps: &[&str]) -> Result<()> {
-    let mut conn = pool.acquire().await?;
-    let lock = format!("chatd_migrate_{prefix}");
-    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
-        .bind(&lock)
-        .fetch_one(&mut *conn)
-        .await?;
-    if got != Some(1) {
-        return Err(Error::Internal(format!(
-            "could not take the migration lock {lock}"
-        )));
-    }
-    let result = apply_steps(&mut conn, prefix, steps).await;
-    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
-        .bind(&lock)
-        .execute(&mut *conn)
-        .await;
-    result?;
-    released?;
-    Ok(())
-}
-
-async fn apply_steps(conn: &mut MySqlConnection, prefix: &str, steps: &[&str]) -> Result<()> {
-    let table = format!("{prefix}_schema_migrations");
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {table} (version INT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)"
-    )))
-    .execute(&mut *conn)
-    .await?;
-    let done: Option<i32> =
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT MAX(version) FROM {table}")))
-            .fetch_one(&mut *conn)
-            .await?;
-    let done = usize::try_from(done.unwrap_or(0)).unwrap_or(0);
-    for (i, step) in steps.iter().enumerate().skip(done) {
-        let version = i + 1;
-        info!(prefix, version, "applying migration");
-        sqlx::query(AssertSqlSafe(*step))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {table} (version, applied_at_ms) VALUES (?, ?)"
-        )))
-        .bind(i32::try_from(version).unwrap_or(i32::MAX))
-        .bind(crate::token::now_ms())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

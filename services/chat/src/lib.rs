@@ -1,7 +1,8 @@
 //! chatd: the chat services of a ChatCluster (auth, groups, dms, servers) in one binary; its
 //! configuration names the services a process runs.
 //!
-//! - [`services`]: the gRPC services, over [`messages`] (shared message logic) and [`db`]
+//! - [`services`]: the gRPC services (identity, access rules, validation), over [`store`]
+//!   (each service's tables and SQL, and the messages every kind shares) and [`db`]
 //!   (primary/replica routing with read-your-writes);
 //! - [`fanout`]: delivery of new messages to subscribers on every replica;
 //! - [`token`]: signed access tokens, verified by every service;
@@ -12,9 +13,9 @@ pub mod client;
 pub mod db;
 pub mod error;
 pub mod fanout;
-pub mod messages;
 pub mod pb;
 pub mod server;
 pub mod services;
+pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -25,6 +25,7 @@ use crate::{
         groups::GroupsService,
         servers::ServersService,
     },
+    store,
     telemetry::{Metrics, TelemetryLayer},
     token::{KeyError, Signer, Verifier},
 };
@@ -180,10 +181,10 @@ pub async fn serve(
         let db = Db::connect(db_config).await?;
         for service in &config.services {
             match service {
-                ServiceName::Auth => AuthService::migrate(&db).await?,
-                ServiceName::Groups => GroupsService::migrate(&db).await?,
-                ServiceName::Dms => DmsService::migrate(&db).await?,
-                ServiceName::Servers => ServersService::migrate(&db).await?,
+                ServiceName::Auth => store::auth::migrate(&db).await?,
+                ServiceName::Groups => store::groups::migrate(&db).await?,
+                ServiceName::Dms => store::dms::migrate(&db).await?,
+                ServiceName::Servers => store::servers::migrate(&db).await?,
             }
         }
         Ok::<_, StartError>(db)

@@ -139,12 +139,8 @@ async fn ten_replicas_migrating_at_once_apply_each_step_once() {
         let cfg = url_cfg.clone();
         tasks.push(tokio::spawn(async move {
             let db = chatd::db::Db::connect(cfg).await.unwrap();
-            chatd::services::groups::GroupsService::migrate(&db)
-                .await
-                .unwrap();
-            chatd::services::servers::ServersService::migrate(&db)
-                .await
-                .unwrap();
+            chatd::store::groups::migrate(&db).await.unwrap();
+            chatd::store::servers::migrate(&db).await.unwrap();
         }));
     }
     for t in tasks {

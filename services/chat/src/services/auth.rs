@@ -11,38 +11,19 @@ use argon2::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::{MySqlConnection, Row, mysql::MySqlRow};
+use sqlx::MySqlConnection;
 use tonic::{Request, Response, Status};
 
 use super::App;
 use crate::{
-    db,
-    error::{Error, Result, is_duplicate},
+    error::{Error, Result},
     pb::auth::{
         GetProfileRequest, LoginRequest, LogoutRequest, LogoutResponse, Profile, RefreshRequest,
         RegisterRequest, Session, UpdateProfileRequest, auth_server::Auth,
     },
+    store::auth as store,
     token::{Claims, Signer, now_ms},
 };
-
-/// Schema of the auth service (`auth_` tables).
-pub const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE auth_users (
-       id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-       username VARCHAR(32) NOT NULL,
-       password_hash VARCHAR(255) NOT NULL,
-       display_name VARCHAR(64) NOT NULL,
-       bio VARCHAR(512) NOT NULL DEFAULT '',
-       created_at_ms BIGINT NOT NULL,
-       UNIQUE KEY username (username)
-     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE auth_refresh_tokens (
-       token_hash BINARY(32) NOT NULL PRIMARY KEY,
-       user_id BIGINT UNSIGNED NOT NULL,
-       expires_at_ms BIGINT NOT NULL,
-       KEY user_id (user_id)
-     ) ENGINE=InnoDB",
-];
 
 /// Access tokens live this long.
 pub const ACCESS_TTL_MS: i64 = 15 * 60 * 1000;
@@ -66,11 +47,6 @@ impl AuthService {
         }
     }
 
-    /// Apply the `auth_` schema.
-    pub async fn migrate(db: &db::Db) -> Result<()> {
-        db::migrate(&db.primary().await, "auth", MIGRATIONS).await
-    }
-
     async fn session(&self, conn: &mut MySqlConnection, profile: Profile) -> Result<Session> {
         let now = now_ms();
         let claims = Claims {
@@ -82,13 +58,12 @@ impl AuthService {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let refresh = B64.encode(raw);
-        sqlx::query(
-            "INSERT INTO auth_refresh_tokens (token_hash, user_id, expires_at_ms) VALUES (?, ?, ?)",
+        store::insert_refresh(
+            conn,
+            &hash_refresh(&refresh),
+            profile.user_id,
+            now + REFRESH_TTL_MS,
         )
-        .bind(hash_refresh(&refresh))
-        .bind(profile.user_id)
-        .bind(now + REFRESH_TTL_MS)
-        .execute(&mut *conn)
         .await?;
         Ok(Session {
             access_token: self.signer.sign(&claims),
@@ -166,26 +141,6 @@ async fn verify_password(password: String, hash: String) -> Result<bool> {
     .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
 }
 
-fn row_to_profile(row: &MySqlRow) -> Result<Profile> {
-    Ok(Profile {
-        user_id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        display_name: row.try_get("display_name")?,
-        bio: row.try_get("bio")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
-}
-
-async fn profile_by_id(conn: &mut MySqlConnection, id: u64) -> Result<Option<Profile>> {
-    let row = sqlx::query(
-        "SELECT id, username, display_name, bio, created_at_ms FROM auth_users WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(row_to_profile).transpose()
-}
-
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<Session>, Status> {
@@ -200,49 +155,24 @@ impl Auth for AuthService {
         check_profile_text("display_name", &display, 64)?;
         let hash = hash_password(req.password).await?;
         let mut conn = self.app.primary_conn().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO auth_users (username, password_hash, display_name, created_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&req.username)
-        .bind(&hash)
-        .bind(&display)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await;
-        let id = match inserted {
-            Ok(r) => r.last_insert_id(),
-            Err(e) if is_duplicate(&e) => {
-                return Err(
-                    Error::AlreadyExists(format!("username {} is taken", req.username)).into(),
-                );
-            }
-            Err(e) => return Err(Error::from(e).into()),
-        };
-        let profile = profile_by_id(&mut conn, id)
+        let id = store::create_user(&mut conn, &req.username, &hash, &display).await?;
+        let profile = store::profile(&mut conn, id)
             .await?
             .ok_or_else(|| Error::Internal("registered user vanished".into()))?;
         let session = self.session(&mut conn, profile).await?;
-        let token = self.app.db.commit_token(&mut conn).await?;
-        Ok(self.app.written(id, &token, session))
+        Ok(self.app.committed(&mut conn, id, session).await?)
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
         let denied = || Error::Unauthenticated("wrong username or password".into());
         let mut conn = self.app.primary_conn().await?;
-        let row = sqlx::query(
-            "SELECT id, username, display_name, bio, created_at_ms, password_hash FROM auth_users WHERE username = ?",
-        )
-        .bind(&req.username)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::from)?
-        .ok_or_else(denied)?;
-        let hash: String = row.try_get("password_hash").map_err(Error::from)?;
+        let (profile, hash) = store::credentials(&mut conn, &req.username)
+            .await?
+            .ok_or_else(denied)?;
         if !verify_password(req.password, hash).await? {
             return Err(denied().into());
         }
-        let profile = row_to_profile(&row)?;
         self.app.limiter.check(profile.user_id)?;
         Ok(Response::new(self.session(&mut conn, profile).await?))
     }
@@ -250,30 +180,14 @@ impl Auth for AuthService {
     async fn refresh(&self, req: Request<RefreshRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
         let mut conn = self.app.primary_conn().await?;
-        let hash = hash_refresh(&req.refresh_token);
-        // Delete-then-use: a refresh token works once, even when two requests race.
-        let row = sqlx::query(
-            "SELECT user_id, expires_at_ms FROM auth_refresh_tokens WHERE token_hash = ?",
-        )
-        .bind(&hash)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::from)?;
-        let deleted = sqlx::query("DELETE FROM auth_refresh_tokens WHERE token_hash = ?")
-            .bind(&hash)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::from)?;
         let invalid = || Error::Unauthenticated("invalid or expired refresh token".into());
-        let row = row
-            .filter(|_| deleted.rows_affected() == 1)
+        let (user, expires) = store::take_refresh(&mut conn, &hash_refresh(&req.refresh_token))
+            .await?
             .ok_or_else(invalid)?;
-        let user: u64 = row.try_get("user_id").map_err(Error::from)?;
-        let expires: i64 = row.try_get("expires_at_ms").map_err(Error::from)?;
         if expires <= now_ms() {
             return Err(invalid().into());
         }
-        let profile = profile_by_id(&mut conn, user).await?.ok_or_else(invalid)?;
+        let profile = store::profile(&mut conn, user).await?.ok_or_else(invalid)?;
         Ok(Response::new(self.session(&mut conn, profile).await?))
     }
 
@@ -283,13 +197,8 @@ impl Auth for AuthService {
     ) -> Result<Response<LogoutResponse>, Status> {
         let caller = self.app.caller(&req)?;
         let req = req.into_inner();
-        let pool = self.app.db.primary().await;
-        sqlx::query("DELETE FROM auth_refresh_tokens WHERE token_hash = ? AND user_id = ?")
-            .bind(hash_refresh(&req.refresh_token))
-            .bind(caller.sub)
-            .execute(&pool)
-            .await
-            .map_err(Error::from)?;
+        let mut conn = self.app.primary_conn().await?;
+        store::revoke_refresh(&mut conn, &hash_refresh(&req.refresh_token), caller.sub).await?;
         Ok(Response::new(LogoutResponse {}))
     }
 
@@ -304,7 +213,7 @@ impl Auth for AuthService {
             id => id,
         };
         let mut conn = self.app.db.reader(token.as_deref()).await?;
-        let profile = profile_by_id(&mut conn, id)
+        let profile = store::profile(&mut conn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {id} not found")))?;
         Ok(Response::new(profile))
@@ -326,20 +235,17 @@ impl Auth for AuthService {
             check_profile_text("bio", bio, 512)?;
         }
         let mut conn = self.app.primary_conn().await?;
-        sqlx::query(
-            "UPDATE auth_users SET display_name = COALESCE(?, display_name), bio = COALESCE(?, bio) WHERE id = ?",
+        store::update_profile(
+            &mut conn,
+            caller.sub,
+            req.display_name.as_deref(),
+            req.bio.as_deref(),
         )
-        .bind(&req.display_name)
-        .bind(&req.bio)
-        .bind(caller.sub)
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::from)?;
-        let token = self.app.db.commit_token(&mut conn).await?;
-        let profile = profile_by_id(&mut conn, caller.sub)
+        .await?;
+        let profile = store::profile(&mut conn, caller.sub)
             .await?
             .ok_or_else(|| Error::NotFound("user not found".into()))?;
-        Ok(self.app.written(caller.sub, &token, profile))
+        Ok(self.app.committed(&mut conn, caller.sub, profile).await?)
     }
 }
 

@@ -14,12 +14,15 @@ use crate::{
     db::DELIVERY_WAIT,
     error::{Error, Result},
     fanout::Topic,
-    messages::{self, Change, Tables},
     pb::chat::{
         DeleteMessageRequest, EditMessageRequest, Event, HistoryRequest, HistoryResponse, Message,
         SendMessageRequest, SubscribeRequest, event,
     },
+    store::messages::{self, Change, Tables},
 };
+
+/// The events of one subscription.
+pub type EventStream = ReceiverStream<Result<Event, Status>>;
 
 /// What a member may do in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +197,7 @@ impl<M: Membership> Conversations<M> {
     pub async fn subscribe(
         &self,
         req: Request<SubscribeRequest>,
-    ) -> Result<Response<ReceiverStream<Result<Event, Status>>>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let caller = self.app.caller(&req)?;
         let token = self.app.read_token(&req, caller.sub);
         let req = req.into_inner();

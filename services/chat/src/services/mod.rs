@@ -159,6 +159,18 @@ impl App {
             })
     }
 
+    /// The reply to a write `user` just committed on `conn`: `body` with the commit's token
+    /// (see [`written`](Self::written)).
+    pub async fn committed<T>(
+        &self,
+        conn: &mut MySqlConnection,
+        user: u64,
+        body: T,
+    ) -> Result<Response<T>> {
+        let token = self.db.commit_token(conn).await?;
+        Ok(self.written(user, &token, body))
+    }
+
     /// Remember `user`'s write and return `body` with the token in its header.
     pub fn written<T>(&self, user: u64, token: &str, body: T) -> Response<T> {
         if !token.is_empty() {
@@ -175,6 +187,57 @@ impl App {
         resp
     }
 }
+
+/// Implements a conversation service's gRPC trait: the methods given, plus the five message
+/// RPCs every conversation kind offers (send, edit, delete, history, subscribe), delegated to
+/// the service's `conversations` field. The generated traits differ only in name, so the five
+/// are written here once.
+macro_rules! conversation_service {
+    (impl $service:ident for $ty:ident { $($methods:tt)* }) => {
+        #[tonic::async_trait]
+        impl $service for $ty {
+            $($methods)*
+
+            async fn send_message(
+                &self,
+                req: tonic::Request<$crate::pb::chat::SendMessageRequest>,
+            ) -> Result<tonic::Response<$crate::pb::chat::Message>, tonic::Status> {
+                self.conversations.send(req).await
+            }
+
+            async fn edit_message(
+                &self,
+                req: tonic::Request<$crate::pb::chat::EditMessageRequest>,
+            ) -> Result<tonic::Response<$crate::pb::chat::Message>, tonic::Status> {
+                self.conversations.edit(req).await
+            }
+
+            async fn delete_message(
+                &self,
+                req: tonic::Request<$crate::pb::chat::DeleteMessageRequest>,
+            ) -> Result<tonic::Response<$crate::pb::chat::Message>, tonic::Status> {
+                self.conversations.delete(req).await
+            }
+
+            async fn history(
+                &self,
+                req: tonic::Request<$crate::pb::chat::HistoryRequest>,
+            ) -> Result<tonic::Response<$crate::pb::chat::HistoryResponse>, tonic::Status> {
+                self.conversations.history(req).await
+            }
+
+            type SubscribeStream = $crate::services::conversation::EventStream;
+
+            async fn subscribe(
+                &self,
+                req: tonic::Request<$crate::pb::chat::SubscribeRequest>,
+            ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+                self.conversations.subscribe(req).await
+            }
+        }
+    };
+}
+pub(crate) use conversation_service;
 
 /// Check a name (group, server, channel): 1–100 characters, not blank, no control characters.
 pub fn check_name(what: &str, name: &str) -> Result<()> {

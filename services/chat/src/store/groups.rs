@@ -1,0 +1,186 @@
+//! The groups service's tables: groups (the conversations), their members with roles, and the
+//! messages.
+
+use sqlx::{Connection, MySqlConnection, Row};
+
+use super::{Roster, messages::Tables};
+use crate::{
+    db::Db,
+    error::{Error, Result},
+    pb::groups::{Group, Member, Role},
+    token::now_ms,
+};
+
+/// The group tables.
+pub const TABLES: Tables = Tables {
+    conversations: "groups_groups",
+    messages: "groups_messages",
+};
+
+/// Group membership.
+pub(crate) const ROSTER: Roster = Roster {
+    parents: "groups_groups",
+    members: "groups_members",
+    key: "group_id",
+    what: "group",
+};
+
+fn migrations() -> Vec<String> {
+    vec![
+        "CREATE TABLE groups_groups (
+           id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+           name VARCHAR(400) NOT NULL,
+           last_seq BIGINT UNSIGNED NOT NULL DEFAULT 0,
+           created_at_ms BIGINT NOT NULL
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            .into(),
+        "CREATE TABLE groups_members (
+           group_id BIGINT UNSIGNED NOT NULL,
+           user_id BIGINT UNSIGNED NOT NULL,
+           role TINYINT NOT NULL,
+           joined_at_ms BIGINT NOT NULL,
+           PRIMARY KEY (group_id, user_id),
+           KEY user_id (user_id)
+         ) ENGINE=InnoDB"
+            .into(),
+        TABLES.messages_ddl(),
+    ]
+}
+
+/// Apply the `groups_` schema.
+pub async fn migrate(db: &Db) -> Result<()> {
+    super::migrate(&db.primary().await, "groups", &migrations()).await
+}
+
+/// `user`'s role in `group` (None: not a member); NOT_FOUND when the group does not exist.
+pub async fn role(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<Option<Role>> {
+    let code = ROSTER.role(conn, group, user).await?;
+    Ok(code.and_then(|r| Role::try_from(r).ok()))
+}
+
+/// A group with its members.
+pub async fn load(conn: &mut MySqlConnection, id: u64) -> Result<Group> {
+    let row = sqlx::query("SELECT id, name, last_seq FROM groups_groups WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("group {id} not found")))?;
+    let members = ROSTER
+        .members(conn, id)
+        .await?
+        .into_iter()
+        .map(|m| Member {
+            user_id: m.user_id,
+            role: m.role,
+        })
+        .collect();
+    Ok(Group {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        members,
+        last_seq: row.try_get("last_seq")?,
+    })
+}
+
+/// Create a group owned by `owner` with `members` (neither the owner nor duplicates), in one
+/// transaction; returns its id.
+pub async fn create(
+    conn: &mut MySqlConnection,
+    name: &str,
+    owner: u64,
+    members: &[u64],
+) -> Result<u64> {
+    let mut tx = conn.begin().await?;
+    let now = now_ms();
+    let id = sqlx::query("INSERT INTO groups_groups (name, created_at_ms) VALUES (?, ?)")
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_id();
+    ROSTER
+        .add(&mut tx, id, owner, Role::Owner as i32, now)
+        .await?;
+    for m in members {
+        ROSTER
+            .add(&mut tx, id, *m, Role::Member as i32, now)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Rename `group`.
+pub async fn rename(conn: &mut MySqlConnection, group: u64, name: &str) -> Result<()> {
+    sqlx::query("UPDATE groups_groups SET name = ? WHERE id = ?")
+        .bind(name)
+        .bind(group)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Add `user` as `role`, or change a member's role to it; the owner's role never changes here.
+pub async fn upsert_member(
+    conn: &mut MySqlConnection,
+    group: u64,
+    user: u64,
+    role: Role,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO groups_members (group_id, user_id, role, joined_at_ms) VALUES (?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE role = IF(role = ?, role, VALUES(role))",
+    )
+    .bind(group)
+    .bind(user)
+    .bind(role as i32)
+    .bind(now_ms())
+    .bind(Role::Owner as i32)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How many members `group` has.
+pub async fn member_count(conn: &mut MySqlConnection, group: u64) -> Result<i64> {
+    ROSTER.count(conn, group).await
+}
+
+/// Remove `user` from `group`.
+pub async fn remove_member(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<()> {
+    ROSTER.remove(conn, group, user).await
+}
+
+/// `user` leaves `group`, in one transaction; an owner hands the group to the longest-standing
+/// admin, else member. PERMISSION_DENIED when `user` is not a member.
+pub async fn leave(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    let mine = role(&mut tx, group, user)
+        .await?
+        .ok_or_else(|| Error::PermissionDenied(format!("not a member of group {group}")))?;
+    ROSTER.remove(&mut tx, group, user).await?;
+    if mine == Role::Owner {
+        let heir: Option<u64> = sqlx::query_scalar(
+            "SELECT user_id FROM groups_members WHERE group_id = ? ORDER BY role DESC, joined_at_ms, user_id LIMIT 1 FOR UPDATE",
+        )
+        .bind(group)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(heir) = heir {
+            ROSTER
+                .set_role(&mut tx, group, heir, Role::Owner as i32)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The groups `user` is in, at most 1,000.
+pub async fn of_user(conn: &mut MySqlConnection, user: u64) -> Result<Vec<Group>> {
+    let mut groups = Vec::new();
+    for id in ROSTER.of_user(conn, user).await? {
+        groups.push(load(conn, id).await?);
+    }
+    Ok(groups)
+}
