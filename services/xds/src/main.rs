@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         None => Discovered::default(),
     };
 
-    let snapshot = Arc::new(pipeline::rebuild(&config, &initial, None));
+    let snapshot = Arc::new(pipeline::first(&config, &initial));
     let (discovered_tx, discovered_rx) = watch::channel::<Discovered>(initial);
     match args.endpoints_file {
         Some(path) => {

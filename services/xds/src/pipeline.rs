@@ -1,4 +1,4 @@
-//! From inputs to snapshots, at two speeds: configuration changes are debounced (100 ms,
+//! From inputs to snapshots, at two speeds (and only consistent ones are published): configuration changes are debounced (100 ms,
 //! capped at 1 s) because they rebuild listeners and routes; endpoint changes are applied at
 //! once, and since unchanged resources keep their version and encoding, only the affected
 //! clusters' endpoints go out.
@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use chatcluster_types::xds::XdsConfig;
 use tokio::{sync::watch, time::Instant};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::{
     discovery::Discovered,
@@ -32,6 +32,26 @@ pub fn rebuild(
         certificate: discovered.certificate.clone(),
     };
     snapshot(&state, previous)
+}
+
+/// The snapshot to start with: that of the first inputs when it is consistent, else an empty
+/// one (an Envoy with nothing waits; one with dangling references stalls).
+pub fn first(config: &XdsConfig, discovered: &Discovered) -> Snapshot {
+    let snapshot = rebuild(config, discovered, None);
+    if consistent(&snapshot) {
+        snapshot
+    } else {
+        Snapshot::default()
+    }
+}
+
+/// Whether `snapshot` may be published; logs what is wrong with it otherwise.
+fn consistent(snapshot: &Snapshot) -> bool {
+    let problems = snapshot.inconsistencies();
+    for problem in &problems {
+        error!(%problem, "inconsistent snapshot not published");
+    }
+    problems.is_empty()
 }
 
 /// Keep `out` at the snapshot of the latest inputs until both inputs close.
@@ -72,7 +92,11 @@ pub async fn run(
             &discovered.borrow_and_update(),
             Some(&previous),
         );
-        if next != *previous {
+        if next == *previous {
+            continue;
+        }
+        // Envoy would stall on a dangling reference: keep serving the last good snapshot.
+        if consistent(&next) {
             debug!("new snapshot");
             out.send_replace(Arc::new(next));
         }

@@ -7,6 +7,7 @@
 //! version in every process, so a restarted chat-xds does not make Envoy re-apply anything.
 
 mod cluster;
+mod consistency;
 mod listener;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -20,6 +21,7 @@ use chatcluster_types::xds::{LoadBalancing, RateLimit, XdsService};
 use crate::model::{Endpoint, State};
 
 pub use cluster::{cluster, load_assignment};
+pub use consistency::Inconsistent;
 pub use listener::{
     INGRESS_ROUTE, TLS_SECRET, WEB_PAGE, listener, listener_name, route_configuration, secret,
 };
@@ -106,17 +108,21 @@ impl Snapshot {
 
     /// A version for a whole kind (State-of-the-World): the hash of its resources' versions.
     pub fn kind_version(&self, kind: Kind) -> String {
-        let mut h = Sha256::new();
-        for r in self.of(kind) {
-            h.update(r.name.as_bytes());
-            h.update([0]);
-            h.update(r.version.as_bytes());
-            h.update([0]);
-        }
-        hex(&h.finalize()[..8])
+        versions_hash(self.of(kind))
     }
 
-    fn insert(&mut self, kind: Kind, name: String, version: String, body: Any) {
+    /// A version for the resources of `kind` among `names` (a State-of-the-World subscription
+    /// by name); names the snapshot lacks do not count.
+    pub fn subset_version<'a>(
+        &self,
+        kind: Kind,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> String {
+        versions_hash(names.into_iter().filter_map(|n| self.get(kind, n)))
+    }
+
+    /// Add a resource (or replace the one of that kind and name).
+    pub(crate) fn insert(&mut self, kind: Kind, name: String, version: String, body: Any) {
         self.resources.entry(kind).or_default().insert(
             name.clone(),
             Arc::new(Resource {
@@ -126,6 +132,17 @@ impl Snapshot {
             }),
         );
     }
+}
+
+fn versions_hash<'a>(resources: impl Iterator<Item = &'a Arc<Resource>>) -> String {
+    let mut h = Sha256::new();
+    for r in resources {
+        h.update(r.name.as_bytes());
+        h.update([0]);
+        h.update(r.version.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize()[..8])
 }
 
 fn hex(bytes: &[u8]) -> String {

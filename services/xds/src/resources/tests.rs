@@ -297,3 +297,74 @@ fn the_same_inputs_give_the_same_versions() {
         assert_eq!(a.kind_version(kind), b.kind_version(kind), "{kind:?}");
     }
 }
+
+#[test]
+fn built_snapshots_are_consistent_and_broken_ones_name_what_is_missing() {
+    let mut states = vec![base()];
+    let mut s = base();
+    s.certificate = None;
+    states.push(s);
+    let mut s = base();
+    s.config.plaintext_port = None;
+    s.config.services.clear();
+    states.push(s);
+    let mut s = base();
+    s.endpoints.clear();
+    states.push(s);
+    for state in &states {
+        assert_eq!(snapshot(state, None).inconsistencies(), vec![], "{state:?}");
+    }
+
+    let good = snapshot(&base(), None);
+    let without = |kind: Kind, name: &str| {
+        let mut s = good.clone();
+        s.resources.entry(kind).or_default().remove(name);
+        s.inconsistencies()
+    };
+    let missing = |from_kind, from: &str, kind, name: &str| Inconsistent::Missing {
+        from_kind,
+        from: from.into(),
+        kind,
+        name: name.into(),
+    };
+    assert_eq!(
+        without(Kind::Endpoint, "auth"),
+        [missing(Kind::Cluster, "auth", Kind::Endpoint, "auth")]
+    );
+    assert_eq!(
+        without(Kind::Route, INGRESS_ROUTE),
+        [
+            missing(
+                Kind::Listener,
+                "ingress-plaintext",
+                Kind::Route,
+                INGRESS_ROUTE
+            ),
+            missing(Kind::Listener, "ingress-tls", Kind::Route, INGRESS_ROUTE),
+        ]
+    );
+    assert_eq!(
+        without(Kind::Secret, TLS_SECRET),
+        [missing(
+            Kind::Listener,
+            "ingress-tls",
+            Kind::Secret,
+            TLS_SECRET
+        )]
+    );
+    assert_eq!(
+        without(Kind::Cluster, "groups"),
+        [missing(Kind::Route, INGRESS_ROUTE, Kind::Cluster, "groups")]
+    );
+    let mut garbled = good.clone();
+    garbled.insert(
+        Kind::Cluster,
+        "auth".into(),
+        "x".into(),
+        envoy_types::util::pack_any(Secret::default()),
+    );
+    assert!(matches!(
+        &garbled.inconsistencies()[..],
+        [Inconsistent::Undecodable { kind: Kind::Cluster, name, .. }] if name == "auth"
+    ));
+}
