@@ -16,14 +16,14 @@ use std::{
 };
 
 use chat_operator::{
-    api::ChatCluster,
-    build::{self, Observed},
+    api::{ChatCluster, ValidatedCluster},
+    build::{self, ClusterRef, Observed},
     metrics::Metrics,
     reconcile::{Context, FIELD_MANAGER, apply::apply, reconcile},
 };
 use chatcluster_testkit::FakeApi;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -100,10 +100,15 @@ async fn raw_apply_run(n: usize) -> Duration {
     let objects: Vec<_> = clusters
         .iter()
         .map(|cc| {
-            build::desired(cc, &Observed::default())
-                .unwrap()
-                .objects()
-                .unwrap()
+            let validated = ValidatedCluster::new(cc.name_any(), &cc.spec).unwrap();
+            build::desired(
+                &ClusterRef::new(cc).unwrap(),
+                &validated,
+                &Observed::default(),
+            )
+            .unwrap()
+            .objects()
+            .unwrap()
         })
         .collect();
     let started = Instant::now();

@@ -9,7 +9,7 @@
 use kube::api::DynamicObject;
 
 use crate::{
-    api::{ChatCluster, validate},
+    api::{ChatCluster, ValidatedCluster},
     build::{
         self, BuildError, ClusterRef, Observed,
         secrets::{self, PLACEHOLDER_ANNOTATION},
@@ -51,15 +51,10 @@ pub fn render(
     cc: &ChatCluster,
     namespace: Option<&str>,
 ) -> Result<Vec<DynamicObject>, RenderError> {
-    let problems = validate(&cc.spec);
-    if !problems.is_empty() {
-        return Err(RenderError::Invalid(
-            problems.iter().map(ToString::to_string).collect(),
-        ));
-    }
-    if cc.metadata.name.is_none() {
-        return Err(RenderError::NoName);
-    }
+    let name = cc.metadata.name.clone().ok_or(RenderError::NoName)?;
+    let validated = ValidatedCluster::new(name, &cc.spec).map_err(|problems| {
+        RenderError::Invalid(problems.iter().map(ToString::to_string).collect())
+    })?;
     let mut cc = cc.clone();
     if let (Some(file), Some(given)) = (&cc.metadata.namespace, namespace)
         && file != given
@@ -81,10 +76,10 @@ pub fn render(
     let cluster = ClusterRef::new(&cc)?;
 
     let mut out = Vec::new();
-    for what in secrets::generated(&cc.spec) {
+    for what in secrets::generated(validated.spec()) {
         out.push(build::to_dynamic(&what.placeholder(&cluster))?);
     }
-    out.extend(build::desired(&cc, &Observed::default())?.objects()?);
+    out.extend(build::desired(&cluster, &validated, &Observed::default())?.objects()?);
     Ok(out)
 }
 

@@ -1,6 +1,7 @@
 //! The CRD file is the generator's output, and it refuses what it should: objects are checked
 //! the way the API server checks them, against the OpenAPI constraints of the schema (types,
-//! enums, ranges, patterns) and its CEL rules (evaluated by kube's CEL library).
+//! enums, ranges, patterns) and its CEL rules (evaluated by kube's CEL library), by the
+//! operator's admission check run on the file's schema.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,128 +57,13 @@ fn crd_has_names_columns_status_and_rules() {
     }
 }
 
-/// The OpenAPI part of the API server's validation, with its field paths.
-fn openapi_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
-    if value.is_null() {
-        if schema["nullable"] != true {
-            out.push(format!("{path}: Required value"));
-        }
-        return;
-    }
-    if schema["x-kubernetes-int-or-string"] == true {
-        if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            out.push(format!(
-                "{path}: Invalid value: must be an integer or a string"
-            ));
-        }
-        return;
-    }
-    let type_ok = match schema["type"].as_str() {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => value.is_i64() || value.is_u64(),
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        _ => true,
-    };
-    if !type_ok {
-        out.push(format!(
-            "{path}: Invalid value: must be of type {}",
-            schema["type"]
-        ));
-        return;
-    }
-    if let Some(allowed) = schema["enum"].as_array()
-        && !allowed.contains(value)
-    {
-        out.push(format!(
-            "{path}: Unsupported value: {value}: supported values: {allowed:?}"
-        ));
-    }
-    if let Some(n) = value.as_f64() {
-        if let Some(min) = schema["minimum"].as_f64()
-            && n < min
-        {
-            out.push(format!(
-                "{path}: Invalid value: {n}: should be greater than or equal to {min}"
-            ));
-        }
-        if let Some(max) = schema["maximum"].as_f64()
-            && n > max
-        {
-            out.push(format!(
-                "{path}: Invalid value: {n}: should be less than or equal to {max}"
-            ));
-        }
-    }
-    if let Some(s) = value.as_str() {
-        if let Some(min) = schema["minLength"].as_u64()
-            && (s.chars().count() as u64) < min
-        {
-            out.push(format!(
-                "{path}: Invalid value: should be at least {min} chars long"
-            ));
-        }
-        if let Some(pattern) = schema["pattern"].as_str()
-            && !regex::Regex::new(pattern).unwrap().is_match(s)
-        {
-            out.push(format!(
-                "{path}: Invalid value: {s:?}: should match '{pattern}'"
-            ));
-        }
-    }
-    if let Some(map) = value.as_object() {
-        for required in schema["required"].as_array().into_iter().flatten() {
-            let key = required.as_str().unwrap();
-            if !map.contains_key(key) {
-                out.push(format!("{path}.{key}: Required value"));
-            }
-        }
-        for (key, child) in map {
-            let child_path = format!("{path}.{key}");
-            if let Some(child_schema) = schema["properties"].get(key) {
-                openapi_errors(child_schema, child, &child_path, out);
-            } else if schema["additionalProperties"].is_object() {
-                openapi_errors(&schema["additionalProperties"], child, &child_path, out);
-            } else if schema["properties"].is_object() {
-                out.push(format!("{child_path}: unknown field"));
-            }
-        }
-    }
-    if let Some(items) = value.as_array() {
-        for (i, item) in items.iter().enumerate() {
-            openapi_errors(&schema["items"], item, &format!("{path}[{i}]"), out);
-        }
-    }
-}
-
-/// Every error the API server would report for `spec`, OpenAPI first, then CEL.
+/// Every error the API server would report for `spec` under the CRD file's schema: the
+/// operator's own admission check, the same code the reconciler runs.
 fn admission_errors(spec: Value) -> Vec<String> {
-    let object = json!({
-        "apiVersion": "chatcluster.io/v1alpha1",
-        "kind": "ChatCluster",
-        "metadata": { "name": "demo", "namespace": "chat" },
-        "spec": spec,
-    });
-    let schema = schema();
-    let mut errors = Vec::new();
-    openapi_errors(
-        &schema["properties"]["spec"],
-        &object["spec"],
-        "spec",
-        &mut errors,
-    );
-    if errors.is_empty()
-        && let Err(cel) = kube::core::cel::Validator::new().validate(&schema, &object, None)
-    {
-        errors.extend(
-            cel.as_slice()
-                .iter()
-                .map(|e| format!("{}: {}", e.field_path, e.message)),
-        );
-    }
-    errors
+    chat_operator::api::admission(&schema(), &spec, None)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn assert_refused(spec: Value, field: &str, words: &str) {
@@ -208,24 +94,12 @@ fn valid_specs_are_admitted() {
     }
 }
 
-/// CEL's errors for an update of `old` to `new`, as the API server runs transition rules.
+/// The errors of an update of `old` to `new`, with the transition rules.
 fn update_errors(old: Value, new: Value) -> Vec<String> {
-    let object = |spec: Value| {
-        json!({
-            "apiVersion": "chatcluster.io/v1alpha1",
-            "kind": "ChatCluster",
-            "metadata": { "name": "demo", "namespace": "chat" },
-            "spec": spec,
-        })
-    };
-    match kube::core::cel::Validator::new().validate(&schema(), &object(new), Some(&object(old))) {
-        Ok(()) => Vec::new(),
-        Err(e) => e
-            .as_slice()
-            .iter()
-            .map(|e| format!("{}: {}", e.field_path, e.message))
-            .collect(),
-    }
+    chat_operator::api::admission(&schema(), &new, Some(&old))
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use chat_operator::{
-    api::{ChatCluster, ChatClusterSpec},
+    api::{ChatCluster, ChatClusterSpec, ValidatedCluster},
     build::{self, Observed},
 };
 use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
@@ -16,7 +16,9 @@ fn bootstrap_yaml() -> String {
     let mut cc = ChatCluster::new("demo", ChatClusterSpec::default());
     cc.metadata.namespace = Some("chat".into());
     cc.metadata.uid = Some("uid".into());
-    let desired = build::desired(&cc, &Observed::default()).unwrap();
+    let validated = ValidatedCluster::new("demo", &cc.spec).unwrap();
+    let cluster = build::ClusterRef::new(&cc).unwrap();
+    let desired = build::desired(&cluster, &validated, &Observed::default()).unwrap();
     desired
         .config_maps
         .iter()

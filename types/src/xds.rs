@@ -2,6 +2,8 @@
 //! into a ConfigMap (or a file, in local mode), so chat-xds needs no access to ChatCluster
 //! objects.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,17 +13,11 @@ use serde::{Deserialize, Serialize};
 pub struct XdsConfig {
     /// The ChatCluster's name.
     pub cluster: String,
-    /// Namespace to discover endpoints and Secrets in.
-    pub namespace: String,
-    /// Label selector of the chat services' EndpointSlices.
-    pub endpoint_selector: String,
     /// Port of Envoy's TLS listener.
     pub listener_port: i32,
     /// A second, plain-text listener (laptop modes and tests); none in Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plaintext_port: Option<i32>,
-    /// Secret holding the certificate Envoy serves (sent to Envoy over SDS).
-    pub tls_secret: String,
     /// Accept gRPC-Web beside gRPC.
     pub grpc_web: bool,
     /// Requests per second each Envoy lets through (a local token bucket); none: unlimited.
@@ -29,6 +25,24 @@ pub struct XdsConfig {
     pub rate_limit: Option<RateLimit>,
     /// One upstream cluster per chat service.
     pub services: Vec<XdsService>,
+    /// Where endpoints and the certificate are found in Kubernetes; none in local mode, where
+    /// they come from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesDiscovery>,
+}
+
+/// What chat-xds watches in Kubernetes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesDiscovery {
+    /// Namespace to discover endpoints and Secrets in.
+    pub namespace: String,
+    /// Label selector of the chat services' EndpointSlices.
+    pub endpoint_selector: String,
+    /// Secret holding the certificate Envoy serves (sent to Envoy over SDS).
+    pub tls_secret: String,
+    /// Each chat service's name → the Service whose EndpointSlices hold its endpoints.
+    pub services: BTreeMap<String, String>,
 }
 
 /// A token bucket: `requests_per_second` sustained, `burst` at once.
@@ -51,8 +65,6 @@ pub struct XdsService {
     pub grpc_package: String,
     /// gRPC service name its backends report health under (active health checks).
     pub health_service: String,
-    /// Service name whose EndpointSlices hold the endpoints.
-    pub kubernetes_service: String,
     /// Upstream gRPC port.
     pub port: i32,
     /// Load-balancing policy.

@@ -94,7 +94,7 @@ pub struct ChatServiceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
-    .message("autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas")
+    .message(Message::Expression("'autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas (' + string(self.minReplicas) + '), got ' + string(self.maxReplicas)".into()))
     .field_path(".maxReplicas"))]
 pub struct AutoscalingSpec {
     /// Fewest replicas (default 2).
@@ -321,7 +321,10 @@ impl Default for IngressServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// A `kubernetes.io/tls` Secret in the cluster's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
 }
 

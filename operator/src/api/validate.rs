@@ -1,13 +1,21 @@
-//! The operator's own check of a spec.
+//! The operator's own check of a spec: the API server's checks, run again.
 //!
 //! The CRD schema refuses invalid objects at admission, but an object can still reach the
-//! operator invalid (an older CRD, a schema-less apply, a direct etcd write). The reconciler runs
-//! [`validate`] first and touches no child when it fails.
+//! operator invalid (an older CRD, a schema-less apply, a direct etcd write, a file in local
+//! mode). So the operator runs what the API server runs — the OpenAPI constraints of the
+//! schema (types, enums, ranges, lengths, patterns) and its CEL rules — read from the schema
+//! generated from the spec types. Each bound and rule is written once, on those types; nothing
+//! here repeats one. The reconciler validates first and touches no child when it fails.
 
-use super::spec::{ChatClusterSpec, ChatServiceSpec};
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use super::{ChatCluster, spec::ChatClusterSpec};
 
 /// One problem with a spec, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct SpecError {
     /// JSON path of the field, e.g. `spec.services.groups.autoscaling.maxReplicas`.
@@ -16,169 +24,170 @@ pub struct SpecError {
     pub message: String,
 }
 
+/// The generated CRD's `openAPIV3Schema`, as JSON.
+fn generated_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        ChatCluster::crd()
+            .spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null)
+    })
+}
+
 /// Every problem with `spec`, empty when it can be carried out.
 pub fn validate(spec: &ChatClusterSpec) -> Vec<SpecError> {
+    match serde_json::to_value(spec) {
+        Ok(value) => admission(generated_schema(), &value, None),
+        Err(e) => vec![SpecError {
+            field: "spec".into(),
+            message: format!("cannot be encoded: {e}"),
+        }],
+    }
+}
+
+/// Every error the API server would report for a ChatCluster with `spec` (and, for an update,
+/// the `old` spec) under `schema` (a CRD's `openAPIV3Schema`): OpenAPI constraints, then CEL
+/// rules; sorted by field.
+pub fn admission(schema: &Value, spec: &Value, old: Option<&Value>) -> Vec<SpecError> {
     let mut errors = Vec::new();
-    let mut check = |ok: bool, field: String, message: String| {
-        if !ok {
-            errors.push(SpecError { field, message });
-        }
-    };
-
-    for (kind, svc) in spec.services.iter() {
-        validate_service(&format!("spec.services.{kind}"), svc, &mut check);
+    openapi(&schema["properties"]["spec"], spec, "spec", &mut errors);
+    let object = json!({ "spec": spec });
+    let old = old.map(|o| json!({ "spec": o }));
+    if let Err(cel) = kube::core::cel::Validator::new().validate(schema, &object, old.as_ref()) {
+        errors.extend(cel.as_slice().iter().map(|e| SpecError {
+            field: e.field_path.clone(),
+            message: e.message.clone(),
+        }));
     }
-
-    let db = &spec.database;
-    check(
-        (0..=15).contains(&db.replicas),
-        "spec.database.replicas".into(),
-        format!("must be between 0 and 15, got {}", db.replicas),
-    );
-    check(
-        parse_quantity(&db.storage.size).is_some_and(|q| q > 0.0),
-        "spec.database.storage.size".into(),
-        format!(
-            "must be a positive Kubernetes quantity such as 10Gi, got {:?}",
-            db.storage.size
-        ),
-    );
-    check(
-        (1..=3600).contains(&db.failover.timeout_seconds),
-        "spec.database.failover.timeoutSeconds".into(),
-        format!(
-            "must be between 1 and 3600, got {}",
-            db.failover.timeout_seconds
-        ),
-    );
-
-    let ingress = &spec.ingress;
-    check(
-        (1..=100).contains(&ingress.replicas),
-        "spec.ingress.replicas".into(),
-        format!("must be between 1 and 100, got {}", ingress.replicas),
-    );
-    check(
-        (1..=65535).contains(&ingress.service.port),
-        "spec.ingress.service.port".into(),
-        format!("must be between 1 and 65535, got {}", ingress.service.port),
-    );
-    if let Some(tls) = &ingress.tls {
-        check(
-            is_dns_subdomain(&tls.secret_name),
-            "spec.ingress.tls.secretName".into(),
-            format!("must name a Secret, got {:?}", tls.secret_name),
-        );
-    }
-    check(
-        (1..=5).contains(&spec.xds.replicas),
-        "spec.xds.replicas".into(),
-        format!("must be between 1 and 5, got {}", spec.xds.replicas),
-    );
+    errors.sort();
+    errors.dedup();
     errors
 }
 
-fn validate_service(
-    path: &str,
-    svc: &ChatServiceSpec,
-    check: &mut impl FnMut(bool, String, String),
-) {
-    if let Some(replicas) = svc.replicas {
-        check(
-            (0..=1000).contains(&replicas),
-            format!("{path}.replicas"),
-            format!("must be between 0 and 1000, got {replicas}"),
+/// The OpenAPI part of the API server's validation of `value` at `path`, with its messages.
+fn openapi(schema: &Value, value: &Value, path: &str, out: &mut Vec<SpecError>) {
+    let mut fail = |field: String, message: String| out.push(SpecError { field, message });
+    if value.is_null() {
+        if schema["nullable"] != true {
+            fail(path.into(), "Required value".into());
+        }
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_string() || value.is_i64() || value.is_u64()) {
+            fail(
+                path.into(),
+                "Invalid value: must be an integer or a string".into(),
+            );
+        }
+        return;
+    }
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        fail(
+            path.into(),
+            format!("Invalid value: must be of type {}", schema["type"]),
+        );
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        fail(
+            path.into(),
+            format!("Unsupported value: {value}: supported values: {allowed:?}"),
         );
     }
-    if let Some(auto) = &svc.autoscaling {
-        check(
-            svc.replicas.is_none(),
-            format!("{path}.replicas"),
-            "replicas and autoscaling are mutually exclusive: with autoscaling, the autoscaler sets the replica count".into(),
-        );
-        check(
-            (1..=1000).contains(&auto.min_replicas),
-            format!("{path}.autoscaling.minReplicas"),
-            format!("must be between 1 and 1000, got {}", auto.min_replicas),
-        );
-        check(
-            auto.min_replicas <= auto.max_replicas,
-            format!("{path}.autoscaling.maxReplicas"),
-            format!(
-                "must be greater than or equal to autoscaling.minReplicas ({}), got {}",
-                auto.min_replicas, auto.max_replicas
-            ),
-        );
-        check(
-            auto.target_requests_per_second.is_none_or(|t| t >= 1),
-            format!("{path}.autoscaling.targetRequestsPerSecond"),
-            "must be at least 1".into(),
-        );
-        check(
-            auto.target_cpu_utilization
-                .is_none_or(|t| (1..=100).contains(&t)),
-            format!("{path}.autoscaling.targetCpuUtilization"),
-            "must be between 1 and 100".into(),
-        );
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = schema["minimum"].as_f64()
+            && n < min
+        {
+            fail(
+                path.into(),
+                format!("Invalid value: {n}: should be greater than or equal to {min}"),
+            );
+        }
+        if let Some(max) = schema["maximum"].as_f64()
+            && n > max
+        {
+            fail(
+                path.into(),
+                format!("Invalid value: {n}: should be less than or equal to {max}"),
+            );
+        }
     }
-    if let Some(header) = &svc.hash_header {
-        let valid = !header.is_empty()
-            && header.len() <= 253
-            && header
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        check(
-            valid,
-            format!("{path}.hashHeader"),
-            format!("must be a lower-case HTTP header name, got {header:?}"),
-        );
+    if let Some(s) = value.as_str() {
+        let chars = s.chars().count() as u64;
+        if let Some(min) = schema["minLength"].as_u64()
+            && chars < min
+        {
+            fail(
+                path.into(),
+                format!("Invalid value: should be at least {min} chars long"),
+            );
+        }
+        if let Some(max) = schema["maxLength"].as_u64()
+            && chars > max
+        {
+            fail(
+                path.into(),
+                format!("Too long: may not be more than {max} chars"),
+            );
+        }
+        if let Some(pattern) = schema["pattern"].as_str() {
+            match regex::Regex::new(pattern) {
+                Ok(re) if re.is_match(s) => {}
+                Ok(_) => fail(
+                    path.into(),
+                    format!("Invalid value: {s:?}: should match '{pattern}'"),
+                ),
+                Err(e) => fail(
+                    path.into(),
+                    format!("the schema's pattern does not compile: {e}"),
+                ),
+            }
+        }
     }
-}
-
-/// A DNS-1123 subdomain, the rule for most Kubernetes object names.
-fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// The value of a Kubernetes quantity (`10Gi`, `500M`, `1.5`, `1e3`), or `None` when malformed.
-pub(crate) fn parse_quantity(q: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024.0 * 1024.0),
-        ("Gi", 1024.0 * 1024.0 * 1024.0),
-        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
-        ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
-        ("Ei", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ];
-    let (number, scale) = SUFFIXES
-        .iter()
-        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
-        .or_else(|| q.strip_suffix('P').map(|n| (n, 1e15)))
-        .or_else(|| q.strip_suffix('E').map(|n| (n, 1e18)))
-        .unwrap_or((q, 1.0));
-    let plain = number.trim_start_matches(['+', '-']);
-    let digits_ok = !plain.is_empty()
-        && plain.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && plain
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
-    if !digits_ok {
-        return None;
+    if let Some(map) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            if let Some(key) = required.as_str()
+                && !map.contains_key(key)
+            {
+                fail(format!("{path}.{key}"), "Required value".into());
+            }
+        }
+        for (key, child) in map {
+            let child_path = format!("{path}.{key}");
+            if let Some(child_schema) = schema["properties"].get(key) {
+                openapi(child_schema, child, &child_path, out);
+            } else if schema["additionalProperties"].is_object() {
+                openapi(&schema["additionalProperties"], child, &child_path, out);
+            } else if schema["properties"].is_object() {
+                out.push(SpecError {
+                    field: child_path,
+                    message: "unknown field".into(),
+                });
+            }
+        }
     }
-    number.parse::<f64>().ok().map(|n| n * scale)
+    if let Some(items) = value.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            openapi(&schema["items"], item, &format!("{path}[{i}]"), out);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,10 +233,11 @@ mod tests {
         let fields: Vec<_> = validate(&spec).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
+            // Sorted by field.
             [
+                "spec.database.replicas",
                 "spec.services.auth.replicas",
                 "spec.services.dms.replicas",
-                "spec.database.replicas"
             ]
         );
     }
@@ -245,26 +255,11 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.services.servers.hashHeader",
                 "spec.database.storage.size",
                 "spec.ingress.service.port",
-                "spec.ingress.tls.secretName"
+                "spec.ingress.tls.secretName",
+                "spec.services.servers.hashHeader",
             ]
         );
-    }
-
-    #[test]
-    fn quantities() {
-        assert_eq!(
-            parse_quantity("10Gi"),
-            Some(10.0 * 1024.0 * 1024.0 * 1024.0)
-        );
-        assert_eq!(parse_quantity("500M"), Some(5e8));
-        assert_eq!(parse_quantity("1.5"), Some(1.5));
-        assert_eq!(parse_quantity("100m"), Some(0.1));
-        assert_eq!(parse_quantity("1e3"), Some(1000.0));
-        for bad in ["", "Gi", "ten", "1 Gi", "1Gb", "--1"] {
-            assert_eq!(parse_quantity(bad), None, "{bad:?}");
-        }
     }
 }

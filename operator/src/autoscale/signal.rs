@@ -78,15 +78,7 @@ fn parse(address: &str, response: &str) -> Result<LoadReport, SignalError> {
 
 /// Cores in a Kubernetes CPU quantity (`250m`, `12345678n`, `1500u`, `2`).
 pub fn cpu_cores(quantity: &str) -> Option<f64> {
-    let q = quantity.trim();
-    let (number, scale) = match q.char_indices().last()? {
-        (i, 'n') => (&q[..i], 1e-9),
-        (i, 'u') => (&q[..i], 1e-6),
-        (i, 'm') => (&q[..i], 1e-3),
-        _ => (q, 1.0),
-    };
-    let n: f64 = number.parse().ok()?;
-    (n.is_finite() && n >= 0.0).then_some(n * scale)
+    crate::api::quantity::value(quantity.trim()).filter(|n| n.is_finite() && *n >= 0.0)
 }
 
 /// The policy's targets from the spec (a request-rate target of

@@ -28,7 +28,7 @@ use kube::{
 };
 use serde::Serialize;
 
-use crate::api::{ChatCluster, ServiceKind};
+use crate::api::{ChatCluster, ServiceKind, ValidatedCluster};
 
 pub use chat::replicas;
 pub use database::DB_NAME;
@@ -234,21 +234,24 @@ pub struct Desired {
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
-/// Build every desired object of `cc`.
-pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
-    let cluster = ClusterRef::new(cc)?;
-    let spec = &cc.spec;
+/// Build every desired object of `validated`, the cluster `cluster` identifies.
+pub fn desired(
+    cluster: &ClusterRef,
+    validated: &ValidatedCluster,
+    observed: &Observed,
+) -> Result<Desired, BuildError> {
+    let spec = validated.spec();
     let mut out = Desired::default();
 
     for (kind, svc) in spec.services.iter() {
         let replicas = chat::replicas(svc, observed.current_replicas.get(&kind).copied());
         out.deployments
-            .push(chat::deployment(&cluster, spec, kind, svc, replicas));
-        out.services.push(chat::service(&cluster, kind));
-        out.services.push(chat::peers_service(&cluster, kind));
+            .push(chat::deployment(cluster, spec, kind, svc, replicas));
+        out.services.push(chat::service(cluster, kind));
+        out.services.push(chat::peers_service(cluster, kind));
         out.pod_disruption_budgets.push(pod::disruption_budget(
-            &cluster,
-            &names::service(&cluster, kind),
+            cluster,
+            &names::service(cluster, kind),
             kind.as_str(),
         ));
     }
@@ -258,59 +261,56 @@ pub fn desired(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildEr
         .clone()
         .unwrap_or_else(crate::api::defaults::operator_image);
     if spec.database.engine == crate::api::DatabaseEngine::Mariadb {
-        out.config_maps.push(seed::approvals_config_map(&cluster));
+        out.config_maps.push(seed::approvals_config_map(cluster));
     }
-    let db_config = database::config_map(&cluster, &spec.database);
+    let db_config = database::config_map(cluster, &spec.database);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);
     out.stateful_sets.push(database::stateful_set(
-        &cluster,
+        cluster,
         &spec.database,
         database::Set::Primary,
         &db_hash,
         &operator_image,
     ));
     out.stateful_sets.push(database::stateful_set(
-        &cluster,
+        cluster,
         &spec.database,
         database::Set::Replica,
         &db_hash,
         &operator_image,
     ));
-    out.services.extend(database::services(&cluster));
+    out.services.extend(database::services(cluster));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        &cluster,
-        &names::db_budget(&cluster),
+        cluster,
+        &names::db_budget(cluster),
         database::COMPONENT,
     ));
 
-    let xds_config = xds::config_map(&cluster, spec)?;
+    let xds_config = xds::config_map(cluster, validated)?;
     let xds_hash = pod::config_hash(&xds_config);
     out.config_maps.push(xds_config);
-    out.service_accounts.push(xds::service_account(&cluster));
-    out.roles.push(xds::role(&cluster, spec));
-    out.role_bindings.push(xds::role_binding(&cluster));
+    out.service_accounts.push(xds::service_account(cluster));
+    out.roles.push(xds::role(cluster, spec));
+    out.role_bindings.push(xds::role_binding(cluster));
     out.deployments
-        .push(xds::deployment(&cluster, &spec.xds, &xds_hash));
-    out.services.push(xds::service(&cluster));
+        .push(xds::deployment(cluster, &spec.xds, &xds_hash));
+    out.services.push(xds::service(cluster));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        &cluster,
-        &names::xds(&cluster),
+        cluster,
+        &names::xds(cluster),
         xds::COMPONENT,
     ));
 
-    let bootstrap = ingress::bootstrap_config_map(&cluster)?;
+    let bootstrap = ingress::bootstrap_config_map(cluster)?;
     let bootstrap_hash = pod::config_hash(&bootstrap);
     out.config_maps.push(bootstrap);
-    out.deployments.push(ingress::deployment(
-        &cluster,
-        &spec.ingress,
-        &bootstrap_hash,
-    ));
-    out.services.push(ingress::service(&cluster, &spec.ingress));
+    out.deployments
+        .push(ingress::deployment(cluster, &spec.ingress, &bootstrap_hash));
+    out.services.push(ingress::service(cluster, &spec.ingress));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        &cluster,
-        &names::envoy(&cluster),
+        cluster,
+        &names::envoy(cluster),
         ingress::COMPONENT,
     ));
 

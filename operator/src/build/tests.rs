@@ -22,8 +22,14 @@ fn cluster(spec: ChatClusterSpec) -> ChatCluster {
     cc
 }
 
+/// The desired objects of `cc`, which must be valid.
+fn desired_of(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
+    let validated = ValidatedCluster::new(cc.name_any(), &cc.spec).expect("a valid spec");
+    desired(&ClusterRef::new(cc)?, &validated, observed)
+}
+
 fn build(spec: ChatClusterSpec) -> Desired {
-    match desired(&cluster(spec), &Observed::default()) {
+    match desired_of(&cluster(spec), &Observed::default()) {
         Ok(d) => d,
         Err(e) => panic!("build failed: {e}"),
     }
@@ -375,7 +381,7 @@ fn replicas_follow_the_spec_and_the_autoscaler() {
     });
     let cc = cluster(spec);
     let replicas = |observed: Observed, name: &str| {
-        desired(&cc, &observed)
+        desired_of(&cc, &observed)
             .expect("build")
             .deployments
             .iter()
@@ -591,7 +597,7 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
         operator_image: Some("registry.example/chat-operator:9".into()),
         ..Observed::default()
     };
-    let d = desired(&cluster(spec), &observed).unwrap();
+    let d = desired_of(&cluster(spec), &observed).unwrap();
     for set in &d.stateful_sets {
         let pod = set.spec.template.spec.as_ref().unwrap();
         let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
@@ -761,9 +767,12 @@ fn ingress_settings_reach_service_and_xds() {
             .expect("xds.yaml"),
     )
     .expect("config parses back");
-    assert_eq!(config.tls_secret, "my-cert");
+    let discovery = config.kubernetes.as_ref().expect("a Kubernetes source");
+    assert_eq!(discovery.tls_secret, "my-cert");
     assert!(!config.grpc_web);
-    assert_eq!(config.endpoint_selector, "chatcluster.io/cluster=demo");
+    assert_eq!(discovery.endpoint_selector, "chatcluster.io/cluster=demo");
+    assert_eq!(discovery.namespace, "chat");
+    assert_eq!(discovery.services["servers"], "demo-servers");
     let servers = config
         .services
         .iter()
@@ -859,7 +868,7 @@ fn generated_secrets_hold_fresh_material() {
 fn a_cluster_not_read_from_the_api_is_refused() {
     let cc = ChatCluster::new("demo", ChatClusterSpec::default());
     assert!(matches!(
-        desired(&cc, &Observed::default()),
+        ClusterRef::new(&cc),
         Err(BuildError::MissingMetadata("namespace"))
     ));
 }

@@ -20,7 +20,7 @@ use k8s_openapi::{
 };
 
 use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
-use crate::api::{ChatClusterSpec, LoadBalancing, XdsSpec, defaults};
+use crate::api::{ChatClusterSpec, LoadBalancing, ValidatedCluster, XdsSpec, defaults};
 
 /// Component label of chat-xds objects.
 pub const COMPONENT: &str = "xds";
@@ -28,7 +28,7 @@ const CONFIG_KEY: &str = "xds.yaml";
 const CONFIG_DIR: &str = "/etc/chat-xds";
 const XDS_UID: i64 = 65532;
 
-pub use chatcluster_types::xds::{RateLimit, XdsConfig, XdsService};
+pub use chatcluster_types::xds::{KubernetesDiscovery, RateLimit, XdsConfig, XdsService};
 
 /// The Secret Envoy's certificate comes from: the user's, or the self-signed one.
 pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
@@ -39,15 +39,14 @@ pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
         .unwrap_or_else(|| names::self_signed_tls(c))
 }
 
-/// chat-xds's view of the cluster.
-pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
+/// chat-xds's view of the cluster: a workload configuration, the same in Kubernetes and in
+/// local mode (which sets its own ports and adds an endpoints file).
+pub fn config(validated: &ValidatedCluster) -> XdsConfig {
+    let spec = validated.spec();
     XdsConfig {
-        cluster: c.name.clone(),
-        namespace: c.namespace.clone(),
-        endpoint_selector: format!("{}={}", labels::CLUSTER, c.name),
+        cluster: validated.name().into(),
         listener_port: ports::ENVOY_HTTPS,
         plaintext_port: None,
-        tls_secret: tls_secret_name(c, spec),
         grpc_web: spec.ingress.grpc_web,
         rate_limit: None,
         services: spec
@@ -57,7 +56,6 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
                 name: kind.as_str().into(),
                 grpc_package: kind.grpc_package().into(),
                 health_service: kind.grpc_service().into(),
-                kubernetes_service: names::service(c, kind),
                 port: ports::CHATD_GRPC,
                 load_balancing: svc.load_balancing,
                 hash_header: match svc.load_balancing {
@@ -70,12 +68,31 @@ pub fn config(c: &ClusterRef, spec: &ChatClusterSpec) -> XdsConfig {
                 },
             })
             .collect(),
+        kubernetes: None,
+    }
+}
+
+/// Where chat-xds finds the cluster's endpoints and certificate in Kubernetes.
+pub fn discovery(c: &ClusterRef, spec: &ChatClusterSpec) -> KubernetesDiscovery {
+    KubernetesDiscovery {
+        namespace: c.namespace.clone(),
+        endpoint_selector: format!("{}={}", labels::CLUSTER, c.name),
+        tls_secret: tls_secret_name(c, spec),
+        services: spec
+            .services
+            .iter()
+            .map(|(kind, _)| (kind.as_str().to_string(), names::service(c, kind)))
+            .collect(),
     }
 }
 
 /// The ConfigMap chat-xds reads its [`XdsConfig`] from.
-pub fn config_map(c: &ClusterRef, spec: &ChatClusterSpec) -> Result<ConfigMap, BuildError> {
-    let yaml = serde_yaml::to_string(&config(c, spec)).map_err(|e| BuildError::Encode {
+pub fn config_map(c: &ClusterRef, validated: &ValidatedCluster) -> Result<ConfigMap, BuildError> {
+    let config = XdsConfig {
+        kubernetes: Some(discovery(c, validated.spec())),
+        ..config(validated)
+    };
+    let yaml = serde_yaml::to_string(&config).map_err(|e| BuildError::Encode {
         what: "chat-xds configuration",
         message: e.to_string(),
     })?;

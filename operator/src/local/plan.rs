@@ -23,7 +23,7 @@ use std::{
 };
 
 use crate::{
-    api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, ServiceKind},
+    api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, ServiceKind, ValidatedCluster},
     build::{self, EnvoyPlace, XdsConfig, database, secrets},
     topology::{
         plan::Policy,
@@ -283,9 +283,6 @@ pub enum PlanError {
         /// What the file asks for.
         got: usize,
     },
-    /// The builders refused the cluster's identity.
-    #[error(transparent)]
-    Build(#[from] build::BuildError),
     /// A path handed to the children is relative (they resolve it elsewhere).
     #[error("{what} must be an absolute path, got {path}")]
     RelativePath {
@@ -326,14 +323,10 @@ fn at_most(field: &str, got: usize, max: usize) -> Result<(), PlanError> {
 
 /// The plan for `cc` with `options`.
 pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
-    let spec = &cc.spec;
-    let errors = crate::api::validate(spec);
-    if !errors.is_empty() {
-        return Err(PlanError::Invalid(
-            errors.iter().map(ToString::to_string).collect(),
-        ));
-    }
     let name = cc.metadata.name.clone().ok_or(PlanError::NoName)?;
+    let validated = ValidatedCluster::new(name.clone(), &cc.spec)
+        .map_err(|errors| PlanError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
+    let spec = validated.spec();
     let base = options.base_port;
     // The fourth service's last possible replica's metrics port is the highest one.
     if u32::from(base) + PORT_SPAN > u32::from(u16::MAX) {
@@ -411,7 +404,7 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
     let xds_http: Vec<u16> = (0..xds_count).map(|i| base + 30 + i as u16).collect();
     let envoy_admin: Vec<u16> = (0..envoy_count).map(|i| base + 40 + i as u16).collect();
 
-    let mut xds_config = build::xds_config(&local_ref(&name)?, spec);
+    let mut xds_config = build::xds_config(&validated);
     xds_config.listener_port = i32::from(options.port);
     xds_config.plaintext_port = Some(i32::from(options.plaintext_port));
     // Locally the web page and chatctl use the plain-text port: gRPC-Web is always on.
@@ -501,15 +494,6 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
         files,
         binaries: bin.clone(),
     })
-}
-
-/// A ChatCluster identity for the builders that name Kubernetes objects (names only matter
-/// to the Kubernetes discovery source, which local mode does not use).
-fn local_ref(name: &str) -> Result<build::ClusterRef, PlanError> {
-    let mut cc = ChatCluster::new(name, ChatClusterSpec::default());
-    cc.metadata.namespace = Some("local".into());
-    cc.metadata.uid = Some("local".into());
-    Ok(build::ClusterRef::new(&cc)?)
 }
 
 /// An environment from name–value pairs.

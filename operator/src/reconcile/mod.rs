@@ -34,7 +34,7 @@ pub use apply::FIELD_MANAGER;
 pub use controller::run;
 
 use crate::{
-    api::{ChatCluster, ChatClusterStatus, Phase, validate},
+    api::{ChatCluster, ChatClusterStatus, Phase, ValidatedCluster},
     build::{self, BuildError, ClusterRef, Observed, names, secrets},
     metrics::Metrics,
 };
@@ -207,28 +207,30 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     let cluster = ClusterRef::new(cc)?;
 
     // Validate: an invalid spec touches no child.
-    let problems = validate(&cc.spec);
-    if !problems.is_empty() {
-        let children = Children::fetch(client, &cluster).await.map_err(kube_err(
-            "get",
-            "children of ChatCluster",
-            &cluster.name,
-        ))?;
-        let status = status::compute(
-            cc,
-            &cluster,
-            &children,
-            Some(&Degradation::InvalidSpec(problems)),
-            None,
-            Timestamp::now(),
-        );
-        publish_status(ctx, cc, &status).await?;
-        // Nothing to retry until the user changes the spec.
-        return Ok(Action::await_change());
-    }
+    let validated = match ValidatedCluster::new(&cluster.name, &cc.spec) {
+        Ok(v) => v,
+        Err(problems) => {
+            let children = Children::fetch(client, &cluster).await.map_err(kube_err(
+                "get",
+                "children of ChatCluster",
+                &cluster.name,
+            ))?;
+            let status = status::compute(
+                cc,
+                &cluster,
+                &children,
+                Some(&Degradation::InvalidSpec(problems)),
+                None,
+                Timestamp::now(),
+            );
+            publish_status(ctx, cc, &status).await?;
+            // Nothing to retry until the user changes the spec.
+            return Ok(Action::await_change());
+        }
+    };
 
     // Generated Secrets, created once.
-    for what in secrets::generated(&cc.spec) {
+    for what in secrets::generated(validated.spec()) {
         if apply::ensure_generated(client, &cluster, what).await? {
             info!(secret = what.name(&cluster), "generated Secret");
             record(
@@ -253,7 +255,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     for (kind, s) in &scaling {
         observed.current_replicas.insert(*kind, s.desired_replicas);
     }
-    let desired = build::desired(cc, &observed)?.objects()?;
+    let desired = build::desired(&cluster, &validated, &observed)?.objects()?;
     let mut apply_error = None;
     for obj in &desired {
         if let Err(e) = apply::apply(client, &cluster.namespace, obj).await {

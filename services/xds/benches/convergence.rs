@@ -241,14 +241,12 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
     write(n);
     let config = chatcluster_types::xds::XdsConfig {
         cluster: "bench".into(),
-        namespace: "bench".into(),
-        endpoint_selector: String::new(),
         listener_port: free_port() as i32,
         plaintext_port: None,
-        tls_secret: String::new(),
         grpc_web: false,
         rate_limit: None,
         services: vec![service("auth", LoadBalancing::LeastRequest)],
+        kubernetes: None,
     };
     let config_path = dir.join("xds.yaml");
     std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();

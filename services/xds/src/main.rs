@@ -81,10 +81,15 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("no endpoints file and no Kubernetes configuration")?;
-            info!(namespace = %config.namespace, selector = %config.endpoint_selector, "watching EndpointSlices");
+            let discovery = config
+                .kubernetes
+                .clone()
+                .context("no endpoints file, and the configuration names no Kubernetes source")?;
+            info!(namespace = %discovery.namespace, selector = %discovery.endpoint_selector, "watching EndpointSlices");
             let source = KubernetesSource {
                 client,
                 config: config.clone(),
+                discovery,
             };
             tokio::spawn(source.run(discovered_tx));
         }

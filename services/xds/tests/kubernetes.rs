@@ -11,7 +11,7 @@ use chat_xds::{
     model::Endpoint,
 };
 use chatcluster_testkit::FakeApi;
-use chatcluster_types::xds::{LoadBalancing, XdsConfig};
+use chatcluster_types::xds::{KubernetesDiscovery, LoadBalancing, XdsConfig};
 use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice};
 use kube::{
     Api,
@@ -25,17 +25,26 @@ mod common;
 fn config() -> XdsConfig {
     XdsConfig {
         cluster: "demo".into(),
-        namespace: "chat".into(),
-        endpoint_selector: "chatcluster.io/cluster=demo".into(),
         listener_port: 8443,
         plaintext_port: None,
-        tls_secret: "demo-envoy-tls".into(),
         grpc_web: true,
         rate_limit: None,
         services: vec![
             common::service("auth", LoadBalancing::LeastRequest),
             common::service("groups", LoadBalancing::LeastRequest),
         ],
+        kubernetes: Some(discovery()),
+    }
+}
+
+fn discovery() -> KubernetesDiscovery {
+    KubernetesDiscovery {
+        namespace: "chat".into(),
+        endpoint_selector: "chatcluster.io/cluster=demo".into(),
+        tls_secret: "demo-envoy-tls".into(),
+        services: [("auth", "demo-auth"), ("groups", "demo-groups")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
     }
 }
 
@@ -123,7 +132,7 @@ async fn endpoint_slices_and_the_tls_secret_are_followed() {
         .unwrap();
 
     let (tx, mut rx) = watch::channel(Discovered::default());
-    let task = tokio::spawn(kubernetes::watch(client.clone(), config(), tx));
+    let task = tokio::spawn(kubernetes::watch(client.clone(), config(), discovery(), tx));
     let got = until(&mut rx, |d| {
         d.endpoints.get("groups").is_some_and(|e| !e.is_empty())
     })

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chatcluster_types::xds::XdsConfig;
+use chatcluster_types::xds::{KubernetesDiscovery, XdsConfig};
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice};
 use kube::{
@@ -22,33 +22,36 @@ use super::{Discovered, Source};
 pub struct KubernetesSource {
     /// The API client.
     pub client: Client,
-    /// What to watch (namespace, label selector, Secret name).
+    /// The services (their ports are the fallback when a slice names none).
     pub config: XdsConfig,
+    /// What to watch (namespace, label selector, Secret name, Service names).
+    pub discovery: KubernetesDiscovery,
 }
 
 impl Source for KubernetesSource {
     async fn run(self, tx: watch::Sender<Discovered>) {
-        watch(self.client, self.config, tx).await;
+        watch(self.client, self.config, self.discovery, tx).await;
     }
 }
 use crate::model::{Certificate, Endpoint};
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The endpoints of each configured service in `slices`.
+/// The endpoints of each service `source` names, in `slices`.
 pub fn endpoints_from_slices<'a>(
     config: &XdsConfig,
+    source: &KubernetesDiscovery,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> BTreeMap<String, Vec<Endpoint>> {
-    let by_kubernetes_name: BTreeMap<&str, &str> = config
+    let by_kubernetes_name: BTreeMap<&str, &str> = source
         .services
         .iter()
-        .map(|s| (s.kubernetes_service.as_str(), s.name.as_str()))
+        .map(|(name, kubernetes)| (kubernetes.as_str(), name.as_str()))
         .collect();
-    let mut out: BTreeMap<String, Vec<Endpoint>> = config
+    let mut out: BTreeMap<String, Vec<Endpoint>> = source
         .services
-        .iter()
-        .map(|s| (s.name.clone(), Vec::new()))
+        .keys()
+        .map(|name| (name.clone(), Vec::new()))
         .collect();
     for slice in slices {
         let Some(service) = slice
@@ -115,22 +118,27 @@ pub fn certificate_from_secret(secret: &Secret) -> Option<Certificate> {
     })
 }
 
-/// Keep `tx` at what the cluster holds: EndpointSlices matching `config.endpoint_selector` and
-/// the Secret `config.tls_secret`, both in `config.namespace`. Runs until the watches end.
-pub async fn watch(client: Client, config: XdsConfig, tx: watch::Sender<Discovered>) {
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &config.namespace);
-    let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
+/// Keep `tx` at what the cluster holds: EndpointSlices matching `source.endpoint_selector` and
+/// the Secret `source.tls_secret`, both in `source.namespace`. Runs until the watches end.
+pub async fn watch(
+    client: Client,
+    config: XdsConfig,
+    source: KubernetesDiscovery,
+    tx: watch::Sender<Discovered>,
+) {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &source.namespace);
+    let secrets: Api<Secret> = Api::namespaced(client, &source.namespace);
     let (store, writer) = reflector::store();
     let mut slice_events = watcher(
         slices,
-        watcher::Config::default().labels(&config.endpoint_selector),
+        watcher::Config::default().labels(&source.endpoint_selector),
     )
     .default_backoff()
     .reflect(writer)
     .boxed();
     let mut secret_events = watcher(
         secrets,
-        watcher::Config::default().fields(&format!("metadata.name={}", config.tls_secret)),
+        watcher::Config::default().fields(&format!("metadata.name={}", source.tls_secret)),
     )
     .default_backoff()
     .touched_objects()
@@ -144,7 +152,7 @@ pub async fn watch(client: Client, config: XdsConfig, tx: watch::Sender<Discover
                     if let watcher::Event::Apply(slice) | watcher::Event::Delete(slice) = &event {
                         debug!(slice = %slice.name_any(), "EndpointSlice changed");
                     }
-                    let endpoints = endpoints_from_slices(&config, store.state().iter().map(|s| s.as_ref()));
+                    let endpoints = endpoints_from_slices(&config, &source, store.state().iter().map(|s| s.as_ref()));
                     tx.send_if_modified(|d| {
                         let changed = d.endpoints != endpoints;
                         d.endpoints = endpoints;

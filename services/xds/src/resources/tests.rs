@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chatcluster_types::xds::{LoadBalancing, RateLimit, XdsConfig, XdsService};
+use chatcluster_types::xds::{
+    KubernetesDiscovery, LoadBalancing, RateLimit, XdsConfig, XdsService,
+};
 use envoy_types::pb::envoy::{
     config::{
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
@@ -22,7 +24,6 @@ fn service(name: &str) -> XdsService {
         name: name.into(),
         grpc_package: format!("chatcluster.{name}.v1"),
         health_service: format!("chatcluster.{name}.v1.Service"),
-        kubernetes_service: format!("demo-{name}"),
         port: 50051,
         load_balancing: LoadBalancing::RingHash,
         hash_header: Some("x-chat-affinity".into()),
@@ -42,11 +43,8 @@ fn base() -> State {
     State {
         config: XdsConfig {
             cluster: "demo".into(),
-            namespace: "chat".into(),
-            endpoint_selector: "chatcluster.io/cluster=demo".into(),
             listener_port: 8443,
             plaintext_port: Some(8080),
-            tls_secret: "demo-tls".into(),
             grpc_web: true,
             rate_limit: Some(RateLimit {
                 requests_per_second: 100,
@@ -60,6 +58,7 @@ fn base() -> State {
                     ..service("groups")
                 },
             ],
+            kubernetes: None,
         },
         endpoints: BTreeMap::from([
             ("auth".into(), vec![endpoint(1), endpoint(2)]),
@@ -240,16 +239,16 @@ fn every_input_changes_the_version_of_exactly_what_it_feeds() {
         ),
         // Read by discovery (the port: from EndpointSlices), not by any resource.
         ("cluster", |s| s.config.cluster = "other".into(), &[]),
-        ("namespace", |s| s.config.namespace = "other".into(), &[]),
         (
-            "endpointSelector",
-            |s| s.config.endpoint_selector = "a=b".into(),
-            &[],
-        ),
-        ("tlsSecret", |s| s.config.tls_secret = "other".into(), &[]),
-        (
-            "kubernetesService",
-            |s| s.config.services[0].kubernetes_service = "other".into(),
+            "kubernetes",
+            |s| {
+                s.config.kubernetes = Some(KubernetesDiscovery {
+                    namespace: "other".into(),
+                    endpoint_selector: "a=b".into(),
+                    tls_secret: "other".into(),
+                    services: BTreeMap::from([("auth".into(), "other".into())]),
+                })
+            },
             &[],
         ),
         // A header only the hashing policies use.

@@ -99,7 +99,6 @@ pub fn service(name: &str, lb: LoadBalancing) -> XdsService {
         name: name.into(),
         grpc_package: format!("chatcluster.{name}.v1"),
         health_service: format!("chatcluster.{name}.v1.{title}"),
-        kubernetes_service: format!("demo-{name}"),
         port: 50051,
         hash_header: matches!(lb, LoadBalancing::RingHash | LoadBalancing::Maglev)
             .then(|| "x-chat-affinity".to_string()),
@@ -162,14 +161,12 @@ impl Stack {
             (free_port(), free_port(), free_port(), free_port());
         let config = XdsConfig {
             cluster: "demo".into(),
-            namespace: "chat".into(),
-            endpoint_selector: "chatcluster.io/cluster=demo".into(),
             listener_port: tls_port as i32,
             plaintext_port: Some(ingress as i32),
-            tls_secret: "demo-tls".into(),
             grpc_web: true,
             rate_limit: None,
             services,
+            kubernetes: None,
         };
         let config_path = dir.path().join("xds.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
