@@ -6,7 +6,8 @@
 //! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
 //! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint;
-//! - [`topology`]: GTID sets and the failover decision (database high availability);
+//! - [`topology`]: the database topology engine, its own crate (`chatcluster-topology`), which
+//!   both drivers run: the reconciler in Kubernetes and the runner in local mode;
 //! - [`local`]: the same cluster as supervised processes on one machine (local mode);
 //! - [`seed`]: physical copies of a MariaDB server, run beside the database in Kubernetes.
 
@@ -20,4 +21,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod seed;
-pub mod topology;
+pub use chatcluster_topology as topology;

@@ -25,10 +25,11 @@ use crate::{
     api::ServiceKind,
     build::secrets::{DbCredentials, GenerateError, TlsMaterial, TokenKey},
     metrics::Metrics,
+    seed::local::{LocalFiles, LocalSeeder},
     topology::{
         self,
         manager::{Handle, Topology},
-        physical::{LocalFiles, LocalSeeder, Seeder},
+        physical::Seeder,
         server::Server,
         status::TopologyStatus,
     },

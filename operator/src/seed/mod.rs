@@ -1,7 +1,7 @@
 //! Physical copies of a MariaDB server's files, for re-seeding a replica.
 //!
 //! Local mode pipes mariadb-backup straight into mbstream (both data directories are on the
-//! machine; see [`crate::topology::physical`]). In Kubernetes the two data directories are
+//! machine; see [`local`]). In Kubernetes the two data directories are
 //! volumes of two pods, so the copy is three small programs of this binary, run beside the
 //! database in the upstream image (where mariadb-backup is) after an init container copied
 //! the binary in ([`install`]):
@@ -19,6 +19,7 @@
 pub mod donor;
 pub mod fetch;
 pub mod install;
+pub mod local;
 pub mod mariabackup;
 pub mod swap;
 pub mod wire;

@@ -17,46 +17,9 @@ use sqlx::{
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
+use chatcluster_topology::dialect::{self, Dialect};
+
 use crate::error::{Error, Result};
-
-/// SQL that differs between MySQL 8.4 and MariaDB, chosen from `VERSION()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// MySQL 8.4.
-    MySql,
-    /// MariaDB 10.11+.
-    MariaDb,
-}
-
-impl Dialect {
-    /// The dialect of a server reporting `version`.
-    pub fn from_version(version: &str) -> Self {
-        if version.to_ascii_lowercase().contains("mariadb") {
-            Self::MariaDb
-        } else {
-            Self::MySql
-        }
-    }
-
-    /// Query returning, after a commit on the same connection, a token that contains it.
-    pub fn commit_token_sql(self) -> &'static str {
-        match self {
-            // The session's last committed GTID.
-            Self::MariaDb => "SELECT @@last_gtid",
-            // The executed set: a superset of this session's commit.
-            Self::MySql => "SELECT @@GLOBAL.gtid_executed",
-        }
-    }
-
-    /// Query waiting up to `?` seconds for the server to have applied the token `?`; returns 0
-    /// when it has (both functions return non-zero on timeout).
-    pub fn wait_sql(self) -> &'static str {
-        match self {
-            Self::MariaDb => "SELECT MASTER_GTID_WAIT(?, ?)",
-            Self::MySql => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
-        }
-    }
-}
 
 /// Where the database is and how to log in.
 #[derive(Debug, Clone)]
@@ -109,7 +72,7 @@ pub struct Db {
     cfg: DbConfig,
     primary: RwLock<(String, MySqlPool)>,
     replicas: Option<MySqlPool>,
-    dialect: Dialect,
+    dialect: &'static dyn Dialect,
 }
 
 /// How long a user's read waits for its replica to catch up with a token before using the
@@ -139,19 +102,14 @@ impl Db {
                 Err(e) => return Err(e.into()),
             }
         };
-        let dialect = Dialect::from_version(&version);
-        info!(%version, ?dialect, "connected to the database");
+        let dialect = dialect::for_version(&version);
+        info!(%version, "connected to the database");
         Ok(Arc::new(Self {
             primary: RwLock::new((cfg.primary.clone(), primary)),
             replicas,
             dialect,
             cfg,
         }))
-    }
-
-    /// The server dialect.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
     }
 
     /// The primary pool, for writes.
@@ -188,7 +146,7 @@ impl Db {
 
     /// The token of what this connection committed last.
     pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
-        let token: Option<String> = sqlx::query_scalar(self.dialect.commit_token_sql())
+        let token: Option<String> = sqlx::query_scalar(self.dialect.commit_token())
             .fetch_one(conn)
             .await?;
         Ok(token.unwrap_or_default())
@@ -211,7 +169,7 @@ impl Db {
                 Ok(mut conn) => match token.filter(|t| !t.is_empty()) {
                     None => return Ok(conn),
                     Some(t) => {
-                        let waited = sqlx::query(self.dialect.wait_sql())
+                        let waited = sqlx::query(self.dialect.wait_for_gtids())
                             .bind(t)
                             .bind(wait.as_secs_f64())
                             .fetch_one(&mut *conn)
@@ -227,32 +185,5 @@ impl Db {
             }
         }
         Ok(self.primary().await.acquire().await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dialect_from_version() {
-        assert_eq!(
-            Dialect::from_version("10.11.14-MariaDB-0+deb12u2-log"),
-            Dialect::MariaDb
-        );
-        assert_eq!(Dialect::from_version("8.4.6"), Dialect::MySql);
-    }
-
-    #[test]
-    fn mysql_statements() {
-        assert_eq!(
-            Dialect::MySql.commit_token_sql(),
-            "SELECT @@GLOBAL.gtid_executed"
-        );
-        assert_eq!(
-            Dialect::MySql.wait_sql(),
-            "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
-        );
-        assert_eq!(Dialect::MariaDb.wait_sql(), "SELECT MASTER_GTID_WAIT(?, ?)");
     }
 }

@@ -59,6 +59,10 @@ pub trait Dialect: Send + Sync {
     fn parse_gtids(&self, text: &str) -> Result<GtidSet, ParseError>;
     /// Query returning the executed GTID set.
     fn executed_gtids(&self) -> &'static str;
+    /// Query returning, right after a commit on the same connection, a GTID set containing
+    /// that commit: the read-your-writes token chatd hands its clients, which a replica
+    /// waits for with [`wait_for_gtids`](Self::wait_for_gtids).
+    fn commit_token(&self) -> &'static str;
     /// The replica status statement (one row when replication is configured).
     fn replica_status(&self) -> &'static str;
     /// Its column names.
@@ -187,6 +191,10 @@ impl Dialect for MySql {
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_executed"
     }
+    fn commit_token(&self) -> &'static str {
+        // The executed set: a superset of this session's commit.
+        "SELECT @@GLOBAL.gtid_executed"
+    }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={HEARTBEAT_SECONDS}, GET_SOURCE_PUBLIC_KEY=1",
@@ -290,6 +298,10 @@ impl Dialect for MariaDb {
     }
     fn executed_gtids(&self) -> &'static str {
         "SELECT @@GLOBAL.gtid_current_pos"
+    }
+    fn commit_token(&self) -> &'static str {
+        // The session's last committed GTID.
+        "SELECT @@last_gtid"
     }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
@@ -413,6 +425,8 @@ mod tests {
             "SET GLOBAL rpl_semi_sync_replica_enabled = ON"
         );
         assert_eq!(MySql.executed_gtids(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(MySql.commit_token(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(MariaDb.commit_token(), "SELECT @@last_gtid");
         assert_eq!(MySql.replica_status(), "SHOW REPLICA STATUS");
         assert_eq!(MySql.replica_columns().received, "Retrieved_Gtid_Set");
         assert_eq!(MySql.reset_binlog(), "RESET BINARY LOGS AND GTIDS");
