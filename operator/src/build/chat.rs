@@ -10,9 +10,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction, KeyToPath, PodSpec,
-            PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            Container, ContainerPort, EnvVar, GRPCAction, KeyToPath, PodSpec, PodTemplateSpec,
+            Probe, SecretVolumeSource, Service, ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -103,11 +102,7 @@ pub fn deployment(
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
+            pod::tmp_mount(),
         ]),
         ..Container::default()
     };
@@ -164,11 +159,7 @@ pub fn deployment(
                             }),
                             ..Volume::default()
                         },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
+                        pod::tmp_volume(),
                     ]),
                     ..PodSpec::default()
                 }),
@@ -238,13 +229,11 @@ pub fn peers_service(c: &ClusterRef, kind: ServiceKind) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(c.selector(component)),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".into()),
-                port: ports::CHATD_GRPC,
-                target_port: Some(IntOrString::String("grpc".into())),
-                app_protocol: Some("kubernetes.io/h2c".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![pod::service_port(
+                "grpc",
+                ports::CHATD_GRPC,
+                Some("kubernetes.io/h2c"),
+            )]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -260,19 +249,8 @@ pub fn service(c: &ClusterRef, kind: ServiceKind) -> Service {
         spec: Some(ServiceSpec {
             selector: Some(c.selector(component)),
             ports: Some(vec![
-                ServicePort {
-                    name: Some("grpc".into()),
-                    port: ports::CHATD_GRPC,
-                    target_port: Some(IntOrString::String("grpc".into())),
-                    app_protocol: Some("kubernetes.io/h2c".into()),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("metrics".into()),
-                    port: ports::METRICS,
-                    target_port: Some(IntOrString::String("metrics".into())),
-                    ..ServicePort::default()
-                },
+                pod::service_port("grpc", ports::CHATD_GRPC, Some("kubernetes.io/h2c")),
+                pod::service_port("metrics", ports::METRICS, None),
             ]),
             ..ServiceSpec::default()
         }),

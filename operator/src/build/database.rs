@@ -13,7 +13,7 @@ use k8s_openapi::{
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
             ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
-            Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+            Probe, Service, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
             VolumeResourceRequirements,
         },
     },
@@ -438,13 +438,11 @@ pub fn stateful_set(
 /// recovering primary), the `-primary` Service for writes and the `-replicas` Service for reads.
 pub fn services(c: &ClusterRef) -> [Service; 3] {
     let port = || {
-        Some(vec![ServicePort {
-            name: Some("mysql".into()),
-            port: ports::DATABASE,
-            target_port: Some(IntOrString::String("mysql".into())),
-            app_protocol: Some("mysql".into()),
-            ..ServicePort::default()
-        }])
+        Some(vec![pod::service_port(
+            "mysql",
+            ports::DATABASE,
+            Some("mysql"),
+        )])
     };
     let by_role = |name: String, role: &str| {
         let mut selector = c.selector(COMPONENT);

@@ -7,9 +7,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Service,
-            ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Lifecycle,
+            LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+            SleepAction, TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -251,11 +251,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
+            pod::tmp_mount(),
         ]),
         ..Container::default()
     };
@@ -307,11 +303,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
                             }),
                             ..Volume::default()
                         },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
+                        pod::tmp_volume(),
                     ]),
                     ..PodSpec::default()
                 }),

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-            ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
-            TopologySpreadConstraint,
+            Capabilities, ConfigMap, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            ObjectFieldSelector, PodSecurityContext, ResourceRequirements, SeccompProfile,
+            SecretKeySelector, SecurityContext, ServicePort, TopologySpreadConstraint, Volume,
+            VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -160,5 +161,35 @@ pub fn env_from_field(name: &str, path: &str) -> EnvVar {
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
+    }
+}
+
+/// A Service port targeting the container port of the same name; `app_protocol` tells meshes
+/// and Envoy what it speaks (`kubernetes.io/h2c`, `mysql`).
+pub fn service_port(name: &str, port: i32, app_protocol: Option<&str>) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        app_protocol: app_protocol.map(Into::into),
+        ..ServicePort::default()
+    }
+}
+
+/// The scratch volume a container with a read-only root writes its temporary files to.
+pub fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// Where [`tmp_volume`] is mounted: `/tmp`.
+pub fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
     }
 }

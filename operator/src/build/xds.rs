@@ -8,15 +8,11 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, GRPCAction, PodSpec,
-            PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            PodTemplateSpec, Probe, Service, ServiceAccount, ServiceSpec, Volume, VolumeMount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 
 use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
@@ -262,19 +258,8 @@ pub fn service(c: &ClusterRef) -> Service {
         spec: Some(ServiceSpec {
             selector: Some(c.selector(COMPONENT)),
             ports: Some(vec![
-                ServicePort {
-                    name: Some("xds".into()),
-                    port: ports::XDS,
-                    target_port: Some(IntOrString::String("xds".into())),
-                    app_protocol: Some("kubernetes.io/h2c".into()),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("metrics".into()),
-                    port: ports::METRICS,
-                    target_port: Some(IntOrString::String("metrics".into())),
-                    ..ServicePort::default()
-                },
+                pod::service_port("xds", ports::XDS, Some("kubernetes.io/h2c")),
+                pod::service_port("metrics", ports::METRICS, None),
             ]),
             ..ServiceSpec::default()
         }),
