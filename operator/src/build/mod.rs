@@ -266,20 +266,15 @@ pub fn desired(
     let db_config = database::config_map(cluster, &spec.database);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);
-    out.stateful_sets.push(database::stateful_set(
-        cluster,
-        &spec.database,
-        database::Set::Primary,
-        &db_hash,
-        &operator_image,
-    ));
-    out.stateful_sets.push(database::stateful_set(
-        cluster,
-        &spec.database,
-        database::Set::Replica,
-        &db_hash,
-        &operator_image,
-    ));
+    for set in [database::Set::Primary, database::Set::Replica] {
+        out.stateful_sets.push(database::stateful_set(
+            cluster,
+            &spec.database,
+            set,
+            &db_hash,
+            &operator_image,
+        ));
+    }
     out.services.extend(database::services(cluster));
     out.pod_disruption_budgets.push(pod::disruption_budget(
         cluster,
