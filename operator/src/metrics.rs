@@ -8,8 +8,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::reconcile::Error;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
@@ -123,16 +121,12 @@ impl Metrics {
         a.in_flight.get_or_create(&labels).set(status.in_flight);
     }
 
-    /// Count one finished reconcile.
-    pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
+    /// Count one finished reconcile; `failure` names the kind of error it ended with.
+    pub fn observe_reconcile(&self, took: Duration, failure: Option<&'static str>) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
-        if let Some(e) = error {
-            self.failures
-                .get_or_create(&ErrorLabels {
-                    error: e.metric_label(),
-                })
-                .inc();
+        if let Some(error) = failure {
+            self.failures.get_or_create(&ErrorLabels { error }).inc();
         }
     }
 
@@ -157,10 +151,7 @@ mod tests {
     fn counts_reconciles_and_failures() {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(20), None);
-        m.observe_reconcile(
-            Duration::from_millis(30),
-            Some(&Error::InvalidObject("x".into())),
-        );
+        m.observe_reconcile(Duration::from_millis(30), Some("invalid_object"));
         m.set_leader(true);
         let text = m.encode().unwrap_or_default();
         assert!(text.contains("chat_operator_reconciles_total 2"), "{text}");

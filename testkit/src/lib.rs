@@ -9,6 +9,7 @@
 //!
 //! It is a `tower::Service`, so `kube::Client::new(fake, ns)` talks to it with no sockets.
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
@@ -145,7 +146,7 @@ impl FakeApi {
 
     fn store(&self) -> MutexGuard<'_, Store> {
         // A panicking test thread cannot leave the map half-written: every change is one insert.
-        self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.store)
     }
 
     /// The stored object at `resource` (`apps/v1/deployments`), `namespace`, `name`.

@@ -5,7 +5,7 @@
 //! Service selects it, so failover moves writes by relabelling pods, and the StatefulSets only
 //! keep pods and volumes alive.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -27,7 +27,7 @@ use k8s_openapi::{
 use super::{CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports, secrets, seed};
 use crate::{
     api::{DatabaseEngine, DatabaseSpec, defaults},
-    topology::{self, dialect::Dialect},
+    topology::{self, dialect::Dialect, plan::Policy},
 };
 
 /// Component label of every database object.
@@ -431,6 +431,23 @@ pub fn stateful_set(
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    }
+}
+
+/// The topology loop's policy from the spec: the same for both drivers.
+pub fn topology_policy(db: &DatabaseSpec) -> Policy {
+    Policy {
+        failover: db.failover.enabled,
+        failover_timeout: Duration::from_secs(
+            u64::try_from(db.failover.timeout_seconds).unwrap_or(10),
+        ),
+        allow_data_loss: db.failover.allow_data_loss,
+        semi_sync: db.semi_sync && db.replicas > 0,
+        max_semi_sync_acks: match db.engine {
+            DatabaseEngine::Mariadb => 1,
+            DatabaseEngine::Mysql => u32::MAX,
+        },
+        ..Policy::default()
     }
 }
 

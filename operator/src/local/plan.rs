@@ -477,7 +477,7 @@ pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
         })
         .collect();
 
-    let policy = crate::reconcile::topology::policy(&spec.database);
+    let policy = build::database::topology_policy(&spec.database);
 
     Ok(Plan {
         name,

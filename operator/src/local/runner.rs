@@ -102,9 +102,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Write then rename, so no reader sees half a file.
 fn write_atomically(path: &Path, text: &str) -> Result<(), RunError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
+    chatcluster_common::fs::write_atomically(path, text).map_err(io("cannot write", path))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), RunError> {

@@ -5,6 +5,7 @@
 //! field; no HorizontalPodAutoscaler fights it), records an event, and shows the decision and
 //! the signal in the status and the metrics.
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -177,11 +178,6 @@ pub struct Autoscalers {
     changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
     source: Arc<dyn LoadSource>,
     period: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every update is one assignment: the state stays consistent even after a panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Autoscalers {

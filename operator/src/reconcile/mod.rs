@@ -10,6 +10,7 @@ pub mod seed;
 pub mod status;
 pub mod topology;
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -163,12 +164,12 @@ impl Context {
 
     fn pruned_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, i64>> {
         // One insert or read at a time: consistent even if a holder panicked.
-        self.pruned.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pruned)
     }
 
     fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, u32>> {
         // The map stays consistent even if a holder panicked: every update is one operation.
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.failures)
     }
 }
 
@@ -191,8 +192,10 @@ pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action
     );
     let started = std::time::Instant::now();
     let result = reconcile_inner(&cc, &ctx).instrument(span.clone()).await;
-    ctx.metrics
-        .observe_reconcile(started.elapsed(), result.as_ref().err());
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
     match &result {
         Ok(_) => {
             ctx.failures_lock().remove(&ObjectRef::from_obj(&*cc));

@@ -4,6 +4,7 @@
 //! the pods' role labels (which the `-primary` and `-replicas` Services select), the status,
 //! and an event per failover or switchover.
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -66,23 +67,6 @@ pub fn members(c: &ClusterRef, db: &DatabaseSpec) -> Vec<Member> {
     out
 }
 
-/// The loop's policy from the spec.
-pub fn policy(db: &DatabaseSpec) -> Policy {
-    Policy {
-        failover: db.failover.enabled,
-        failover_timeout: Duration::from_secs(
-            u64::try_from(db.failover.timeout_seconds).unwrap_or(10),
-        ),
-        allow_data_loss: db.failover.allow_data_loss,
-        semi_sync: db.semi_sync && db.replicas > 0,
-        max_semi_sync_acks: match db.engine {
-            DatabaseEngine::Mariadb => 1,
-            DatabaseEngine::Mysql => u32::MAX,
-        },
-        ..Policy::default()
-    }
-}
-
 /// The role label each pod should carry; `None`: no label (serves neither Service).
 pub fn role_labels(status: &TopologyStatus) -> BTreeMap<String, Option<String>> {
     status
@@ -111,7 +95,7 @@ impl Topologies {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatCluster>, Entry>> {
-        self.loops.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.loops)
     }
 
     /// Start the cluster's loop, or bring it in step with the spec; its latest status.
@@ -124,7 +108,7 @@ impl Topologies {
     ) -> Result<TopologyStatus, Error> {
         let key = ObjectRef::from_obj(cc);
         let members = members(c, &cc.spec.database);
-        let policy = policy(&cc.spec.database);
+        let policy = database::topology_policy(&cc.spec.database);
         let update = {
             let loops = self.lock();
             loops.get(&key).map(|e| {
@@ -388,10 +372,10 @@ mod tests {
             m[1].host
         );
         assert_eq!(m[0].port, 3306);
-        let p = policy(&cc.spec.database);
+        let p = database::topology_policy(&cc.spec.database);
         assert!(p.failover && p.semi_sync);
         assert_eq!(p.failover_timeout, Duration::from_secs(10));
         cc.spec.database.replicas = 0;
-        assert!(!policy(&cc.spec.database).semi_sync);
+        assert!(!database::topology_policy(&cc.spec.database).semi_sync);
     }
 }

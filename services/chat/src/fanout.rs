@@ -10,6 +10,7 @@
 //!   has subscribers for every few seconds: work grows with subscribed conversations per
 //!   replica, not with all conversations.
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -92,7 +93,7 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Topic, Channel>> {
         // Every update is a single map operation: a panicked holder leaves it consistent.
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.topics)
     }
 
     /// Subscribe to `topic`.

@@ -3,6 +3,7 @@
 //! keeps each Envoy's latest report and serves the sum per service: requests per second and
 //! in-flight requests.
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -43,15 +44,12 @@ pub struct Load {
 
 impl Load {
     fn record(&self, node: &str, service: &str, report: Report) {
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((node.to_string(), service.to_string()), report);
+        lock(&self.reports).insert((node.to_string(), service.to_string()), report);
     }
 
     /// The current load of every service with a fresh report.
     pub fn services(&self) -> BTreeMap<String, ServiceLoad> {
-        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reports = lock(&self.reports);
         reports.retain(|_, r| r.at.elapsed() < STALE);
         let mut out: BTreeMap<String, ServiceLoad> = BTreeMap::new();
         for ((_, service), r) in reports.iter() {

@@ -7,6 +7,7 @@ pub mod dms;
 pub mod groups;
 pub mod servers;
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -51,7 +52,7 @@ impl RateLimiter {
     /// Take one request's worth for `user`, or refuse.
     pub fn check(&self, user: u64) -> Result<()> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = lock(&self.buckets);
         if buckets.len() > 100_000 {
             // Forget full buckets (idle users) so the map stays bounded.
             let (rate, burst) = (self.per_second, self.burst);
@@ -150,13 +151,7 @@ impl App {
             .get(CONSISTENCY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| {
-                self.tokens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&user)
-                    .cloned()
-            })
+            .or_else(|| lock(&self.tokens).get(&user).cloned())
     }
 
     /// The reply to a write `user` just committed on `conn`: `body` with the commit's token
@@ -174,7 +169,7 @@ impl App {
     /// Remember `user`'s write and return `body` with the token in its header.
     pub fn written<T>(&self, user: u64, token: &str, body: T) -> Response<T> {
         if !token.is_empty() {
-            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tokens = lock(&self.tokens);
             if tokens.len() > 100_000 {
                 tokens.clear();
             }

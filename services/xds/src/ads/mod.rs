@@ -15,6 +15,7 @@
 mod delta;
 mod sotw;
 
+use chatcluster_common::sync::lock;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -76,7 +77,7 @@ impl Clients {
     }
 
     fn update(&self, node: &str, kind: Kind, f: impl FnOnce(&mut TypeStatus)) {
-        let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = lock(&self.inner);
         f(all
             .entry(node.to_string())
             .or_default()
@@ -85,15 +86,12 @@ impl Clients {
     }
 
     fn remove(&self, node: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node);
+        lock(&self.inner).remove(node);
     }
 
     /// A copy of every client's status.
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<Kind, TypeStatus>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.inner).clone()
     }
 
     /// NACKs received since start.

@@ -115,9 +115,7 @@ pub struct Inputs {
 
 /// Write then rename, so a watcher never reads half a file.
 pub fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    chatcluster_common::fs::write_atomically(path, text).unwrap();
 }
 
 pub fn write_endpoints(path: &Path, inputs: &Inputs) {
