@@ -11,7 +11,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Container, ContainerPort, EnvVar, GRPCAction, KeyToPath, PodSpec, PodTemplateSpec,
-            Probe, SecretVolumeSource, Service, ServiceSpec, Volume, VolumeMount,
+            Probe, SecretVolumeSource, Service, ServiceSpec, Volume,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -96,12 +96,7 @@ pub fn deployment(
         )),
         security_context: Some(pod::container_security(true)),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "token-key".into(),
-                mount_path: TOKEN_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            pod::read_only_mount("token-key", TOKEN_MOUNT),
             pod::tmp_mount(),
         ]),
         ..Container::default()

@@ -9,7 +9,7 @@ use k8s_openapi::{
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Lifecycle,
             LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
-            SleepAction, TCPSocketAction, Volume, VolumeMount,
+            SleepAction, TCPSocketAction, Volume,
         },
     },
     apimachinery::pkg::{
@@ -245,12 +245,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
         )),
         security_context: Some(pod::container_security(true)),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "bootstrap".into(),
-                mount_path: BOOTSTRAP_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            pod::read_only_mount("bootstrap", BOOTSTRAP_DIR),
             pod::tmp_mount(),
         ]),
         ..Container::default()

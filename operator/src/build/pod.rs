@@ -193,3 +193,13 @@ pub fn tmp_mount() -> VolumeMount {
         ..VolumeMount::default()
     }
 }
+
+/// Volume `name` mounted read-only at `path`.
+pub fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}

@@ -8,7 +8,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, GRPCAction, PodSpec,
-            PodTemplateSpec, Probe, Service, ServiceAccount, ServiceSpec, Volume, VolumeMount,
+            PodTemplateSpec, Probe, Service, ServiceAccount, ServiceSpec, Volume,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -203,12 +203,7 @@ pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deploymen
             "256Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![pod::read_only_mount("config", CONFIG_DIR)]),
         ..Container::default()
     };
     Deployment {
