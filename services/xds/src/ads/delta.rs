@@ -3,14 +3,14 @@
 //! version), sends only what differs, undoes what a NACK refused and never resends a refused
 //! version.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
 use tracing::debug;
 
-use super::{Out, Phase, Protocol, StatusChange, node_id};
+use super::{Out, Phase, Protocol, StatusChange, StreamState, next_nonce};
 use crate::resources::{Kind, Snapshot};
 
 #[derive(Debug, Default)]
@@ -28,21 +28,9 @@ struct TypeState {
 }
 
 /// One Delta stream's subscriptions and what Envoy has.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Delta {
-    node: String,
-    nonce: u64,
-    types: HashMap<Kind, TypeState>,
-}
-
-impl Default for Delta {
-    fn default() -> Self {
-        Self {
-            node: "unknown".into(),
-            nonce: 0,
-            types: HashMap::new(),
-        }
-    }
+    stream: StreamState<TypeState>,
 }
 
 impl Delta {
@@ -53,7 +41,7 @@ impl Delta {
         phase: Phase,
         out: &mut Out<DeltaDiscoveryResponse>,
     ) {
-        let Some(t) = self.types.get_mut(&kind) else {
+        let Some(t) = self.stream.types.get_mut(&kind) else {
             return;
         };
         if !t.subscribed {
@@ -111,8 +99,7 @@ impl Delta {
         if resources.is_empty() && removed.is_empty() {
             return;
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
+        let nonce = next_nonce(&mut self.stream.nonce);
         t.last_nonce = Some(nonce.clone());
         t.in_flight = in_flight;
         let version = snapshot.kind_version(kind);
@@ -138,13 +125,11 @@ impl Protocol for Delta {
         snapshot: &Snapshot,
     ) -> Out<DeltaDiscoveryResponse> {
         let mut out = Out::default();
-        if let Some(id) = node_id(req.node.as_ref()) {
-            self.node = id;
-        }
+        self.stream.note_node(req.node.as_ref());
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
             return out;
         };
-        let t = self.types.entry(kind).or_default();
+        let t = self.stream.types.entry(kind).or_default();
         if !req.response_nonce.is_empty() {
             if t.last_nonce.as_deref() != Some(&req.response_nonce) {
                 debug!(?kind, nonce = %req.response_nonce, "ignoring stale nonce");
@@ -206,7 +191,7 @@ impl Protocol for Delta {
     }
 
     fn node(&self) -> &str {
-        &self.node
+        &self.stream.node
     }
 }
 

@@ -17,7 +17,7 @@ mod sotw;
 
 use chatcluster_common::sync::lock;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -190,8 +190,38 @@ pub trait Protocol: Send + 'static {
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
 
-fn node_id(node: Option<&Node>) -> Option<String> {
-    node.map(|n| n.id.clone()).filter(|id| !id.is_empty())
+/// What both protocols keep of a stream beside their per-type state: the Envoy's node id
+/// and the last nonce handed out.
+#[derive(Debug)]
+pub struct StreamState<T> {
+    node: String,
+    nonce: u64,
+    types: HashMap<Kind, T>,
+}
+
+impl<T> Default for StreamState<T> {
+    fn default() -> Self {
+        Self {
+            node: "unknown".into(),
+            nonce: 0,
+            types: HashMap::new(),
+        }
+    }
+}
+
+impl<T> StreamState<T> {
+    /// Take the node id a request carries (only the first request must).
+    fn note_node(&mut self, node: Option<&Node>) {
+        if let Some(n) = node.filter(|n| !n.id.is_empty()) {
+            self.node = n.id.clone();
+        }
+    }
+}
+
+/// The next nonce of a stream.
+fn next_nonce(nonce: &mut u64) -> String {
+    *nonce += 1;
+    nonce.to_string()
 }
 
 /// Record what a protocol reported for `node`, then send its responses; false once Envoy

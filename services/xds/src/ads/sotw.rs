@@ -2,7 +2,7 @@
 //! snapshot in, the responses to send out. Each type is sent whole (or the subset Envoy names);
 //! a response is ACKed or NACKed by its nonce; a NACKed version is not sent again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use envoy_types::pb::{
     envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
@@ -10,7 +10,7 @@ use envoy_types::pb::{
 };
 use tracing::debug;
 
-use super::{Out, Phase, Protocol, StatusChange, node_id};
+use super::{Out, Phase, Protocol, StatusChange, StreamState, next_nonce};
 use crate::resources::{Kind, Snapshot};
 
 #[derive(Debug, Default)]
@@ -24,26 +24,14 @@ struct TypeState {
 }
 
 /// One SotW stream's subscriptions and what it sent.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Sotw {
-    node: String,
-    nonce: u64,
-    types: HashMap<Kind, TypeState>,
-}
-
-impl Default for Sotw {
-    fn default() -> Self {
-        Self {
-            node: "unknown".into(),
-            nonce: 0,
-            types: HashMap::new(),
-        }
-    }
+    stream: StreamState<TypeState>,
 }
 
 impl Sotw {
     fn version(&self, snapshot: &Snapshot, kind: Kind) -> String {
-        match self.types.get(&kind).and_then(|t| t.names.as_ref()) {
+        match self.stream.types.get(&kind).and_then(|t| t.names.as_ref()) {
             Some(names) => snapshot.subset_version(kind, names),
             None => snapshot.kind_version(kind),
         }
@@ -59,7 +47,7 @@ impl Sotw {
         out: &mut Out<DiscoveryResponse>,
     ) {
         let version = self.version(snapshot, kind);
-        let Some(t) = self.types.get_mut(&kind) else {
+        let Some(t) = self.stream.types.get_mut(&kind) else {
             return;
         };
         if !t.requested
@@ -76,8 +64,7 @@ impl Sotw {
                 .map(|r| r.body.clone())
                 .collect(),
         };
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
+        let nonce = next_nonce(&mut self.stream.nonce);
         t.last_nonce = Some(nonce.clone());
         t.last_sent = Some(version.clone());
         out.status.push(StatusChange::Sent(kind, version.clone()));
@@ -97,14 +84,12 @@ impl Protocol for Sotw {
 
     fn on_request(&mut self, req: DiscoveryRequest, snapshot: &Snapshot) -> Out<DiscoveryResponse> {
         let mut out = Out::default();
-        if let Some(id) = node_id(req.node.as_ref()) {
-            self.node = id;
-        }
+        self.stream.note_node(req.node.as_ref());
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
             debug!(type_url = %req.type_url, "ignoring unknown type");
             return out;
         };
-        let t = self.types.entry(kind).or_default();
+        let t = self.stream.types.entry(kind).or_default();
         if !req.response_nonce.is_empty() && t.last_nonce.as_deref() != Some(&req.response_nonce) {
             debug!(?kind, nonce = %req.response_nonce, "ignoring stale nonce");
             return out;
@@ -151,7 +136,7 @@ impl Protocol for Sotw {
     }
 
     fn node(&self) -> &str {
-        &self.node
+        &self.stream.node
     }
 }
 
