@@ -18,7 +18,7 @@ use std::{
 use chatcluster_types::xds::LoadBalancing;
 use common::{
     Backend, Inputs, Stack, admin_get, call, call_with, certificate, eventually, healthy_ports,
-    ready, serves_certificate, service, single, stat, tls_stack, write_endpoints,
+    one_auth, ready, serves_certificate, service, single, stat, tls_stack, write_endpoints,
 };
 use envoy_types::pb::envoy::{
     admin::v3::ClientResourceStatus,
@@ -225,19 +225,15 @@ async fn ring_hash_is_sticky_per_key() {
         Backend::start("servers-2").await,
         Backend::start("servers-3").await,
     ];
-    let inputs = Inputs {
-        services: BTreeMap::from([(
-            "servers".to_string(),
-            backends.iter().map(|b| b.port).collect(),
-        )]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let ports = backends.iter().map(|b| b.port).collect();
+    let (_, stack) = single(
         "DELTA_GRPC",
-        vec![service("servers", LoadBalancing::RingHash)],
-        &inputs,
-    );
-    ready(&stack, "servers", 3).await;
+        "servers",
+        LoadBalancing::RingHash,
+        ports,
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
     let mut owners = BTreeSet::new();
     for key in 0..20 {
@@ -280,15 +276,7 @@ async fn certificate_rotates_over_sds_without_a_listener_change() {
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_web_from_a_browser_reaches_the_service() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let b = Backend::start("auth-1").await;
-    let (_, stack) = single(
-        "GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        None,
-    )
-    .await;
+    let (_b, stack) = one_auth("GRPC").await;
     let ingress = stack.ingress;
     eventually("the listener", Duration::from_secs(10), || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", ingress))
@@ -325,19 +313,15 @@ async fn a_crashed_backend_fails_under_one_percent_of_requests() {
         Backend::start("auth-2").await,
         Backend::start("auth-3").await,
     ];
-    let inputs = Inputs {
-        services: BTreeMap::from([(
-            "auth".to_string(),
-            backends.iter().map(|b| b.port).collect(),
-        )]),
-        certificate: None,
-    };
-    let stack = Stack::start(
+    let ports = backends.iter().map(|b| b.port).collect();
+    let (_, stack) = single(
         "DELTA_GRPC",
-        vec![service("auth", LoadBalancing::LeastRequest)],
-        &inputs,
-    );
-    ready(&stack, "auth", 3).await;
+        "auth",
+        LoadBalancing::LeastRequest,
+        ports,
+        None,
+    )
+    .await;
     let channel = stack.channel().await;
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut workers = Vec::new();
@@ -378,15 +362,7 @@ async fn a_crashed_backend_fails_under_one_percent_of_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_rate_limits_with_resource_exhausted() {
-    let b = Backend::start("auth-1").await;
-    let (_, stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        None,
-    )
-    .await;
+    let (_b, stack) = one_auth("DELTA_GRPC").await;
     let channel = stack.channel().await;
     for _ in 0..30 {
         call(&channel, "/chatcluster.auth.v1.Auth/Login")
@@ -427,15 +403,7 @@ async fn envoy_rate_limits_with_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn load_signal_and_client_status_over_http() {
-    let b = Backend::start("auth-1").await;
-    let (_, stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        None,
-    )
-    .await;
+    let (_b, stack) = one_auth("DELTA_GRPC").await;
     let channel = stack.channel().await;
     // About 100 requests per second for three seconds.
     for _ in 0..300 {

@@ -9,23 +9,13 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use chatcluster_common::procfs;
-use chatcluster_types::xds::LoadBalancing;
 use common::{
-    Backend, admin_get, certificate, eventually, serves_certificate, single, tls_stack,
-    write_endpoints,
+    admin_get, certificate, eventually, one_auth, serves_certificate, tls_stack, write_endpoints,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_chat_xds_within_two_seconds_with_an_envoy_connected() {
-    let b = Backend::start("auth-1").await;
-    let (_, mut stack) = single(
-        "DELTA_GRPC",
-        "auth",
-        LoadBalancing::LeastRequest,
-        vec![b.port],
-        None,
-    )
-    .await;
+    let (_b, mut stack) = one_auth("DELTA_GRPC").await;
     let http = stack.http;
     eventually("Envoy connected", Duration::from_secs(10), || async move {
         admin_get(http, "/metrics")

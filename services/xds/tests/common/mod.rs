@@ -372,6 +372,20 @@ pub async fn single(
     (inputs, stack)
 }
 
+/// One auth backend behind a stack speaking `api_type`, healthy in Envoy.
+pub async fn one_auth(api_type: &str) -> (Backend, Stack) {
+    let b = Backend::start("auth-1").await;
+    let (_, stack) = single(
+        api_type,
+        "auth",
+        LoadBalancing::LeastRequest,
+        vec![b.port],
+        None,
+    )
+    .await;
+    (b, stack)
+}
+
 pub fn certificate(
     dir: &std::path::Path,
     name: &str,
