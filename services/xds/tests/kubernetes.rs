@@ -90,46 +90,35 @@ async fn endpoint_slices_and_the_tls_secret_are_followed() {
     let client = api.client();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "chat");
     let pp = PostParams::default();
-    slices
-        .create(
-            &pp,
-            &slice(
-                "auth-a",
-                "demo-auth",
-                "demo",
-                json!([
-                    ep("10.0.0.1", true, true, false),
-                    ep("10.0.0.2", false, false, false),
-                ]),
-            ),
-        )
-        .await
-        .unwrap();
-    slices
-        .create(
-            &pp,
-            &slice(
-                "groups-a",
-                "demo-groups",
-                "demo",
-                json!([ep("10.0.1.1", true, true, false)]),
-            ),
-        )
-        .await
-        .unwrap();
-    // Another ChatCluster's slice in the same namespace is not ours.
-    slices
-        .create(
-            &pp,
-            &slice(
-                "other-auth",
-                "other-auth",
-                "other",
-                json!([ep("10.9.9.9", true, true, false)]),
-            ),
-        )
-        .await
-        .unwrap();
+    // Ours, and (the last) another ChatCluster's in the same namespace, which is not ours.
+    for (name, service, cluster, endpoints) in [
+        (
+            "auth-a",
+            "demo-auth",
+            "demo",
+            json!([
+                ep("10.0.0.1", true, true, false),
+                ep("10.0.0.2", false, false, false),
+            ]),
+        ),
+        (
+            "groups-a",
+            "demo-groups",
+            "demo",
+            json!([ep("10.0.1.1", true, true, false)]),
+        ),
+        (
+            "other-auth",
+            "other-auth",
+            "other",
+            json!([ep("10.9.9.9", true, true, false)]),
+        ),
+    ] {
+        slices
+            .create(&pp, &slice(name, service, cluster, endpoints))
+            .await
+            .unwrap();
+    }
 
     let (tx, mut rx) = watch::channel(Discovered::default());
     let task = tokio::spawn(kubernetes::watch(client.clone(), config(), discovery(), tx));
