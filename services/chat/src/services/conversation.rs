@@ -19,6 +19,7 @@ use crate::{
         SendMessageRequest, SubscribeRequest, event,
     },
     store::messages::{self, Change, Tables},
+    token::now_ms,
 };
 
 /// The events of one subscription.
@@ -193,7 +194,11 @@ impl<M: Membership> Conversations<M> {
     }
 
     /// Every message after `after_seq`, then new ones as they come, in order, each once; edits
-    /// and deletions of delivered messages as updates. Ends when the server drains.
+    /// and deletions of delivered messages as updates. Ends when the server drains, and with
+    /// an error when the caller loses access: removed or kicked (PERMISSION_DENIED), the
+    /// conversation deleted (NOT_FOUND), the access token expired (UNAUTHENTICATED). Access is
+    /// checked again before every delivery, on the connection the delivery reads from, so
+    /// nothing committed after the loss is delivered.
     pub async fn subscribe(
         &self,
         req: Request<SubscribeRequest>,
@@ -210,6 +215,9 @@ impl<M: Membership> Conversations<M> {
             app: self.app.clone(),
             tables: self.tables,
             topic: self.topic(req.conversation_id),
+            membership: self.membership.clone(),
+            user: caller.sub,
+            expires_at_ms: caller.exp,
             last: req.after_seq,
             token,
             tx,
@@ -230,10 +238,16 @@ async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-struct Stream {
+struct Stream<M> {
     app: Arc<App>,
     tables: Tables,
     topic: Topic,
+    /// Who may read the conversation, asked again before every delivery.
+    membership: Arc<M>,
+    /// The subscriber.
+    user: u64,
+    /// When the subscriber's access token expires: the stream ends then.
+    expires_at_ms: i64,
     last: u64,
     token: Option<String>,
     tx: mpsc::Sender<Result<Event, Status>>,
@@ -244,10 +258,13 @@ enum Flow {
     Stop,
 }
 
-impl Stream {
+impl<M: Membership> Stream<M> {
     async fn run(mut self) {
         let mut sub = self.app.hub.subscribe(self.topic.clone());
         let mut shutdown = self.app.shutdown.clone();
+        let left_ms = u64::try_from(self.expires_at_ms - now_ms()).unwrap_or(0);
+        let expiry = tokio::time::sleep(Duration::from_millis(left_ms));
+        tokio::pin!(expiry);
         let mut poll = tokio::time::interval(SAFETY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -286,6 +303,11 @@ impl Stream {
                 _ = poll.tick() => {}
                 _ = self.tx.closed() => return,
                 _ = until_true(&mut shutdown) => return,
+                () = &mut expiry => {
+                    let expired = Status::unauthenticated("the access token expired: refresh it and subscribe again");
+                    let _ = self.tx.send(Err(expired)).await;
+                    return;
+                }
             }
         }
     }
@@ -294,11 +316,7 @@ impl Stream {
     async fn catch_up(&mut self) -> Result<Flow> {
         loop {
             let batch = {
-                let mut conn = self
-                    .app
-                    .db
-                    .reader_within(self.token.as_deref(), DELIVERY_WAIT)
-                    .await?;
+                let mut conn = self.checked_reader(self.token.as_deref()).await?;
                 messages::range(
                     &mut conn,
                     self.tables,
@@ -331,13 +349,29 @@ impl Stream {
         }
     }
 
+    /// A connection to deliver from (one that has applied `token`, as far as can be had),
+    /// after the subscriber's access passed on it. A replica that denies may lack a grant made
+    /// a moment ago, so the primary confirms a denial; only then does the stream end.
+    async fn checked_reader(&self, token: Option<&str>) -> Result<PooledConn> {
+        let conv = self.topic.conversation;
+        let mut conn = self.app.db.reader_within(token, DELIVERY_WAIT).await?;
+        match self.membership.access(&mut conn, self.user, conv).await {
+            Ok(_) => Ok(conn),
+            Err(Error::NotFound(_) | Error::PermissionDenied(_)) => {
+                drop(conn);
+                let mut primary = self.app.primary_conn().await?;
+                self.membership
+                    .access(&mut primary, self.user, conv)
+                    .await?;
+                Ok(primary)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn send_update(&mut self, seq: u64, token: &str) -> Result<()> {
         let message = {
-            let mut conn = self
-                .app
-                .db
-                .reader_within(Some(token), DELIVERY_WAIT)
-                .await?;
+            let mut conn = self.checked_reader(Some(token)).await?;
             messages::get(&mut conn, self.tables, self.topic.conversation, seq).await?
         };
         if let Some(message) = message {

@@ -1,0 +1,201 @@
+//! A Subscribe stream lasts only as long as its subscriber's access: removed from the group,
+//! kicked from the server, the channel deleted, or the access token expired, the stream ends
+//! with the matching status, and nothing sent after the loss reaches it. Real chatd, real
+//! MariaDB primary and replica.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chatd::{
+    pb::{
+        auth::Session,
+        chat::{Event, SendMessageRequest, SubscribeRequest, event},
+        groups::RemoveMemberRequest,
+        servers::{
+            CreateInviteRequest, CreateServerRequest, DeleteChannelRequest, JoinRequest,
+            KickRequest,
+        },
+    },
+    token::{Claims, Signer, now_ms},
+};
+use common::{Setup, authed, register, uid};
+use tonic::{Code, Request, Status, Streaming};
+
+fn send(conv: u64, text: &str) -> SendMessageRequest {
+    SendMessageRequest {
+        conversation_id: conv,
+        text: text.into(),
+        client_key: String::new(),
+    }
+}
+
+fn from_start(conv: u64) -> SubscribeRequest {
+    SubscribeRequest {
+        conversation_id: conv,
+        after_seq: 0,
+    }
+}
+
+/// Read the stream until it ends with an error; the texts delivered before it, and the error.
+async fn until_error(stream: &mut Streaming<Event>) -> (Vec<String>, Status) {
+    let mut texts = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends within 10 s");
+        match next {
+            Ok(Some(Event {
+                kind: Some(event::Kind::Message(m)),
+            })) => texts.push(m.text),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without a status; delivered {texts:?}"),
+            Err(status) => return (texts, status),
+        }
+    }
+}
+
+/// Read events until a message with `text` arrives.
+async fn until_text(stream: &mut Streaming<Event>, text: &str) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("stream open");
+        if matches!(event.kind, Some(event::Kind::Message(m)) if m.text == text) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_removed_from_a_group_gets_nothing_more() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let member = register(&mut c.auth, "member").await;
+    let group = c.group(&owner, "team", &[uid(&member)]).await;
+    let mut stream = c
+        .groups
+        .subscribe(authed(&member, from_start(group.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    c.groups
+        .send_message(authed(&owner, send(group.id, "before")))
+        .await
+        .unwrap();
+    until_text(&mut stream, "before").await;
+
+    c.groups
+        .remove_member(authed(
+            &owner,
+            RemoveMemberRequest {
+                group_id: group.id,
+                user_id: uid(&member),
+            },
+        ))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.groups
+            .send_message(authed(&owner, send(group.id, &format!("after {i}"))))
+            .await
+            .unwrap();
+    }
+    let (delivered, status) = until_error(&mut stream).await;
+    assert_eq!(delivered, Vec::<String>::new(), "sent after the removal");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kicked_or_with_the_channel_deleted_a_stream_ends_even_when_nobody_writes() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let kicked = register(&mut c.auth, "kicked").await;
+    let stays = register(&mut c.auth, "stays").await;
+    let server = c
+        .servers
+        .create_server(authed(&owner, CreateServerRequest { name: "s".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let channel = server.channels[0].id;
+    let invite = c
+        .servers
+        .create_invite(authed(
+            &owner,
+            CreateInviteRequest {
+                server_id: server.id,
+                ttl_seconds: 0,
+                max_uses: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let subscribe = async |c: &mut common::Clients, who: &Session| {
+        let join = JoinRequest {
+            code: invite.code.clone(),
+        };
+        c.servers.join(authed(who, join)).await.unwrap();
+        c.servers
+            .subscribe(authed(who, from_start(channel)))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut kicked_stream = subscribe(&mut c, &kicked).await;
+    let mut other_stream = subscribe(&mut c, &stays).await;
+
+    // No message follows the kick: the stream ends on the re-check of an idle subscription.
+    let kick = KickRequest {
+        server_id: server.id,
+        user_id: uid(&kicked),
+    };
+    c.servers.kick(authed(&owner, kick)).await.unwrap();
+    let (_, status) = until_error(&mut kicked_stream).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let delete = DeleteChannelRequest {
+        channel_id: channel,
+    };
+    c.servers
+        .delete_channel(authed(&owner, delete))
+        .await
+        .unwrap();
+    let (_, status) = until_error(&mut other_stream).await;
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_when_its_access_token_expires() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let group = c.group(&owner, "team", &[]).await;
+    let key = std::fs::read_to_string(s.keys.dir.path().join("private.pem")).unwrap();
+    let claims = Claims {
+        sub: uid(&owner),
+        usr: "owner".into(),
+        iat: now_ms(),
+        exp: now_ms() + 2_000,
+    };
+    let short = Signer::from_pem(&key).unwrap().sign(&claims);
+    let mut req = Request::new(from_start(group.id));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {short}").parse().unwrap());
+    let started = std::time::Instant::now();
+    let mut stream = c.groups.subscribe(req).await.unwrap().into_inner();
+    let (_, status) = until_error(&mut stream).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(6),
+        "ended after {took:?}, the token lived 2 s"
+    );
+}
