@@ -243,7 +243,9 @@ pub async fn serve(
             me: config.instance.clone(),
         }))
         .add_optional_service(
-            signer.map(|s| AuthServer::new(AuthService::new(app.clone(), s, ACCESS_TTL_MS))),
+            signer
+                .map(|s| AuthService::new(app.clone(), s, ACCESS_TTL_MS).map(AuthServer::new))
+                .transpose()?,
         )
         .add_optional_service(
             has(ServiceName::Groups).then(|| GroupsServer::new(GroupsService::new(app.clone()))),

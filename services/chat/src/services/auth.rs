@@ -4,17 +4,13 @@
 
 use std::sync::Arc;
 
-use argon2::{
-    Argon2,
-    password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
-};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::MySqlConnection;
 use tonic::{Request, Response, Status};
 
-use super::App;
+use super::{App, passwords::Passwords};
 use crate::{
     error::{Error, Result},
     pb::auth::{
@@ -35,16 +31,18 @@ pub struct AuthService {
     app: Arc<App>,
     signer: Signer,
     access_ttl_ms: i64,
+    passwords: Passwords,
 }
 
 impl AuthService {
     /// Auth over `app`, signing with `signer`.
-    pub fn new(app: Arc<App>, signer: Signer, access_ttl_ms: i64) -> Self {
-        Self {
+    pub fn new(app: Arc<App>, signer: Signer, access_ttl_ms: i64) -> Result<Self> {
+        Ok(Self {
             app,
             signer,
             access_ttl_ms,
-        }
+            passwords: Passwords::new()?,
+        })
     }
 
     async fn session(&self, conn: &mut MySqlConnection, profile: Profile) -> Result<Session> {
@@ -118,29 +116,6 @@ fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| Error::Internal(format!("argon2: {e}")))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let parsed =
-            PasswordHash::new(&hash).map_err(|e| Error::Internal(format!("stored hash: {e}")))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
-}
-
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<Session>, Status> {
@@ -153,7 +128,8 @@ impl Auth for AuthService {
             req.display_name.clone()
         };
         check_profile_text("display_name", &display, 64)?;
-        let hash = hash_password(req.password).await?;
+        self.passwords.attempt(&req.username)?;
+        let hash = self.passwords.hash(req.password).await?;
         let mut conn = self.app.primary_conn().await?;
         let id = store::create_user(&mut conn, &req.username, &hash, &display).await?;
         let profile = store::profile(&mut conn, id)
@@ -166,13 +142,20 @@ impl Auth for AuthService {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
         let denied = || Error::Unauthenticated("wrong username or password".into());
-        let mut conn = self.app.primary_conn().await?;
-        let (profile, hash) = store::credentials(&mut conn, &req.username)
-            .await?
-            .ok_or_else(denied)?;
-        if !verify_password(req.password, hash).await? {
+        // Charged before any work, right or wrong: guessing is throttled per account.
+        self.passwords.attempt(&req.username)?;
+        // No connection is held while the hash waits for its slot: a flood of logins must
+        // not drain the pool the other calls need.
+        let found = {
+            let mut conn = self.app.primary_conn().await?;
+            store::credentials(&mut conn, &req.username).await?
+        };
+        let (profile, hash) = found.map(|(p, h)| (Some(p), Some(h))).unwrap_or_default();
+        if !self.passwords.verify(req.password, hash).await? {
             return Err(denied().into());
         }
+        let profile = profile.ok_or_else(denied)?;
+        let mut conn = self.app.primary_conn().await?;
         self.app.limiter.check(profile.user_id)?;
         Ok(Response::new(self.session(&mut conn, profile).await?))
     }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod conversation;
 pub mod dms;
 pub mod groups;
+pub mod passwords;
 pub mod servers;
 
 use chatcluster_common::sync::lock;

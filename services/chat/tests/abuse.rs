@@ -1,0 +1,108 @@
+//! Hostile clients against the auth service: password guessing is throttled per account before
+//! any hash runs, and a flood of logins does not blow the memory up (Argon2 hashes run a few at
+//! a time). Real chatd, real MariaDB.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use chatd::pb::auth::LoginRequest;
+use common::{Setup, register};
+use tonic::Code;
+
+fn login(username: &str, password: &str) -> LoginRequest {
+    LoginRequest {
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
+/// The peak resident memory of `pid` so far, in MiB.
+fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_one_accounts_password_is_throttled_before_any_hash() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    register(&mut c.auth, "victim").await;
+    let mut codes = Vec::new();
+    for i in 0..50 {
+        let code = match c.auth.login(login("victim", &format!("guess {i}"))).await {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        codes.push(code);
+    }
+    let wrong = codes
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
+    let throttled = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert!(wrong <= 11, "{wrong} guesses were checked: {codes:?}");
+    assert!(throttled >= 39, "{throttled} throttled: {codes:?}");
+    // While throttled, even the right password waits its turn; another account does not.
+    let right = c.auth.login(login("victim", "correct horse battery")).await;
+    assert_eq!(right.unwrap_err().code(), Code::ResourceExhausted);
+    register(&mut c.auth, "bystander").await;
+    c.auth
+        .login(login("bystander", "correct horse battery"))
+        .await
+        .unwrap();
+    // An unknown account answers exactly as a wrong password does.
+    let unknown = c.auth.login(login("nobody-here", "guess")).await;
+    assert_eq!(unknown.unwrap_err().message(), "wrong username or password");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
+    let mut s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let accounts = ["alice", "bobby", "carol", "david"];
+    for name in accounts {
+        register(&mut c.auth, name).await;
+    }
+    let pid = s.chatd.process().pid();
+    let before = peak_mib(pid);
+    // 64 wrong passwords for existing accounts (each once a hash of its own, all at once) and
+    // 64 for unknown ones (which cost a hash too, so they cannot be told apart).
+    let names = (0..64)
+        .map(|i| accounts[i % 4].to_string())
+        .chain((0..64).map(|i| format!("unknown-{i}")));
+    let logins: Vec<_> = names
+        .map(|name| {
+            let mut auth = c.auth.clone();
+            tokio::spawn(async move { auth.login(login(&name, "wrong")).await })
+        })
+        .collect();
+    for login in logins {
+        let code = login.await.unwrap().unwrap_err().code();
+        assert!(
+            matches!(code, Code::Unauthenticated | Code::ResourceExhausted),
+            "{code:?}"
+        );
+    }
+    let after = peak_mib(pid);
+    eprintln!("peak resident memory: {before} MiB before, {after} MiB after 128 logins at once");
+    // Once 64 logins took 218 MiB to 1,208 MiB. Now a hashing thread per core (at most 4),
+    // each keeping at most about 80 MiB (measured 60-75), whatever the number of callers.
+    let bound = before + 80 * chatd::services::passwords::slots() as u64 + 60;
+    assert!(
+        after < bound,
+        "peak memory {before} MiB → {after} MiB under 128 concurrent logins (bound {bound})"
+    );
+}
