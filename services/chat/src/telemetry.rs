@@ -7,8 +7,9 @@
 //! the stream closes, which also gives the open-stream gauge.
 
 use std::{
+    collections::HashSet,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -21,6 +22,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use prost::Message as _;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, info_span};
 
@@ -223,7 +225,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let method = req.uri().path().trim_start_matches('/').to_string();
+        let method = method_label(req.uri().path());
         let span = info_span!("rpc", method = %method);
         let metrics = self.metrics.clone();
         metrics
@@ -305,5 +307,68 @@ impl<B: Body<Data = Bytes>> Body for RecordedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+/// The method label of a request to `path`: the method it names when the API (or the health
+/// or reflection service) has it, else `unknown`, so made-up paths cannot grow the metrics
+/// without bound (300 of them once added 5,100 lines).
+pub fn method_label(path: &str) -> String {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        let mut known: HashSet<String> = [
+            "grpc.health.v1.Health/Check",
+            "grpc.health.v1.Health/Watch",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .map(String::from)
+        .into();
+        let files = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+            .map(|set| set.file)
+            .unwrap_or_default();
+        for file in files {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        known
+    });
+    let method = path.trim_start_matches('/');
+    if known.contains(method) {
+        method.to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
+
+#[cfg(test)]
+mod method_tests {
+    use super::method_label;
+
+    #[test]
+    fn only_methods_the_api_has_are_labels() {
+        for known in [
+            "/chatcluster.groups.v1.Groups/SendMessage",
+            "/chatcluster.auth.v1.Auth/Login",
+            "/chatcluster.internal.v1.Fanout/Notify",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(method_label(known), known.trim_start_matches('/'));
+        }
+        for made_up in [
+            "/chatcluster.auth.v1.Auth/Made-up-1",
+            "/chatcluster.auth.v1.Auth/",
+            "/",
+            "/x/y/z",
+        ] {
+            assert_eq!(method_label(made_up), "unknown", "{made_up}");
+        }
     }
 }

@@ -90,6 +90,33 @@ async fn metrics_count_calls_by_code_and_drain_ends_streams_cleanly() {
         "{text}"
     );
 
+    // Made-up method names are one label, `unknown`: they cannot grow the metrics.
+    let mut grpc = tonic::client::Grpc::new(chatd.channel().await);
+    for i in 0..300 {
+        grpc.ready().await.unwrap();
+        let path = format!("/chatcluster.auth.v1.Auth/MadeUp{i}");
+        let called = grpc
+            .unary(
+                tonic::Request::new(()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await;
+        assert_eq!(called.unwrap_err().code(), Code::Unimplemented);
+    }
+    let after = http_get(metrics_port, "/metrics");
+    assert!(!after.contains("MadeUp"), "{after}");
+    assert!(
+        after.contains(r#"chatd_requests_total{method="unknown",code="12"} 300"#),
+        "{after}"
+    );
+    assert!(
+        after.lines().count() < text.lines().count() + 40,
+        "{} metric lines, {} before",
+        after.lines().count(),
+        text.lines().count()
+    );
+
     // SIGTERM: the service reports NOT_SERVING while still answering, the stream ends with
     // no error, and the process exits 0.
     chatd.process().terminate();
