@@ -106,3 +106,55 @@ async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
         "peak memory {before} MiB → {after} MiB under 128 concurrent logins (bound {bound})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
+    use chatd::pb::groups::{AddMemberRequest, GetGroupRequest, Role};
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let first = register(&mut c.auth, "first-admin").await;
+    let second = register(&mut c.auth, "second-admin").await;
+    let group = c.group(&owner, "team", &[]).await;
+    let add = |user, role: Role| AddMemberRequest {
+        group_id: group.id,
+        user_id: user,
+        role: role as i32,
+    };
+    for admin in [&first, &second] {
+        let promote = add(common::uid(admin), Role::Admin);
+        c.groups
+            .add_member(common::authed(&owner, promote))
+            .await
+            .unwrap();
+    }
+    let demote = add(common::uid(&second), Role::Member);
+    let refused = c
+        .groups
+        .add_member(common::authed(&first, demote.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let get = GetGroupRequest { group_id: group.id };
+    let roles = c
+        .groups
+        .get_group(common::authed(&owner, get))
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let role_of_second = roles
+        .iter()
+        .find(|m| m.user_id == common::uid(&second))
+        .map(|m| m.role);
+    assert_eq!(role_of_second, Some(Role::Admin as i32));
+    // The owner may; adding an existing member again as what they are is harmless.
+    c.groups
+        .add_member(common::authed(&owner, demote.clone()))
+        .await
+        .unwrap();
+    c.groups
+        .add_member(common::authed(&first, demote))
+        .await
+        .unwrap();
+}

@@ -161,7 +161,18 @@ impl Groups for GroupsService {
             )
             .into());
         }
-        if store::member_count(&mut conn, req.group_id).await? >= MAX_MEMBERS as i64 {
+        // Adding someone already in the group changes their role: only the owner may (an
+        // admin could otherwise demote another admin by adding them as a member).
+        let theirs = store::role(&mut conn, req.group_id, req.user_id).await?;
+        if theirs.is_some_and(|t| t != role) && mine != Role::Owner {
+            return Err(Error::PermissionDenied(
+                "only the owner changes a member's role".into(),
+            )
+            .into());
+        }
+        if theirs.is_none()
+            && store::member_count(&mut conn, req.group_id).await? >= MAX_MEMBERS as i64
+        {
             return Err(Error::FailedPrecondition(format!(
                 "the group has {MAX_MEMBERS} members already"
             ))
