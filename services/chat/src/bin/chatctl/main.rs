@@ -159,6 +159,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--password" || a.starts_with("--password=")) {
+        eprintln!(
+            "chatctl: warning: a password on the command line is visible to every user (ps); \
+             set CHATCTL_PASSWORD or type it when asked"
+        );
+    }
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -189,11 +189,11 @@ impl Client {
     }
 
     pub(crate) async fn print(&mut self, m: &Message, updated: bool) {
-        let who = self.name(m.sender_id).await;
+        let who = printable(&self.name(m.sender_id).await);
         let text = if m.deleted {
             "(deleted)".to_string()
         } else {
-            m.text.clone()
+            printable(&m.text)
         };
         let mark = if updated || m.edited_at_ms > 0 {
             " (edited)"
@@ -204,6 +204,37 @@ impl Client {
     }
 }
 
+/// `text` safe to print on a terminal: control characters (escape sequences could move the
+/// cursor, rewrite earlier lines or set the window title) and bidirectional overrides (which
+/// reorder what is shown) appear escaped, as `\u{1b}`; newlines and tabs stay.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\n' && c != '\t') || bidi {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn session_file(home: &Path) -> PathBuf {
     home.join("session.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escapes_are_shown_not_obeyed() {
+        assert_eq!(printable("hi\u{1b}[2J\u{7}"), "hi\\u{1b}[2J\\u{7}");
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(
+            printable("two\nlines\tand tabs, émoji 🎉"),
+            "two\nlines\tand tabs, émoji 🎉"
+        );
+    }
 }
