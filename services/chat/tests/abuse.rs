@@ -131,7 +131,7 @@ async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
     let demote = add(common::uid(&second), Role::Member);
     let refused = c
         .groups
-        .add_member(common::authed(&first, demote.clone()))
+        .add_member(common::authed(&first, demote))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
@@ -150,7 +150,7 @@ async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
     assert_eq!(role_of_second, Some(Role::Admin as i32));
     // The owner may; adding an existing member again as what they are is harmless.
     c.groups
-        .add_member(common::authed(&owner, demote.clone()))
+        .add_member(common::authed(&owner, demote))
         .await
         .unwrap();
     c.groups
