@@ -63,6 +63,10 @@ pub trait Dialect: Send + Sync {
     /// that commit: the read-your-writes token chatd hands its clients, which a replica
     /// waits for with [`wait_for_gtids`](Self::wait_for_gtids).
     fn commit_token(&self) -> &'static str;
+    /// Make every later statement of this session give up after `ms` milliseconds (0: no
+    /// limit). MariaDB bounds every statement; MySQL bounds only SELECTs, and writes are
+    /// bounded by the lock wait timeout.
+    fn statement_timeout(&self, ms: u64) -> String;
     /// The replica status statement (one row when replication is configured).
     fn replica_status(&self) -> &'static str;
     /// Its column names.
@@ -195,6 +199,9 @@ impl Dialect for MySql {
         // The executed set: a superset of this session's commit.
         "SELECT @@GLOBAL.gtid_executed"
     }
+    fn statement_timeout(&self, ms: u64) -> String {
+        format!("SET SESSION max_execution_time = {ms}")
+    }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={HEARTBEAT_SECONDS}, GET_SOURCE_PUBLIC_KEY=1",
@@ -302,6 +309,14 @@ impl Dialect for MariaDb {
     fn commit_token(&self) -> &'static str {
         // The session's last committed GTID.
         "SELECT @@last_gtid"
+    }
+    fn statement_timeout(&self, ms: u64) -> String {
+        // Seconds, fractions allowed.
+        format!(
+            "SET SESSION max_statement_time = {}.{:03}",
+            ms / 1000,
+            ms % 1000
+        )
     }
     fn change_source(&self, s: &Source<'_>) -> String {
         let mut sql = format!(
@@ -427,6 +442,14 @@ mod tests {
         assert_eq!(MySql.executed_gtids(), "SELECT @@GLOBAL.gtid_executed");
         assert_eq!(MySql.commit_token(), "SELECT @@GLOBAL.gtid_executed");
         assert_eq!(MariaDb.commit_token(), "SELECT @@last_gtid");
+        assert_eq!(
+            MySql.statement_timeout(10_000),
+            "SET SESSION max_execution_time = 10000"
+        );
+        assert_eq!(
+            MariaDb.statement_timeout(2_500),
+            "SET SESSION max_statement_time = 2.500"
+        );
         assert_eq!(MySql.replica_status(), "SHOW REPLICA STATUS");
         assert_eq!(MySql.replica_columns().received, "Retrieved_Gtid_Set");
         assert_eq!(MySql.reset_binlog(), "RESET BINARY LOGS AND GTIDS");

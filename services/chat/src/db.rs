@@ -38,7 +38,13 @@ pub struct DbConfig {
     pub max_connections: u32,
     /// How long to wait for a connection before failing (UNAVAILABLE).
     pub acquire_timeout: Duration,
+    /// Longest an SQL statement runs before the server aborts it (UNAVAILABLE): a slow query
+    /// or a long lock wait cannot hold a connection, and the caller, indefinitely.
+    pub statement_timeout: Duration,
 }
+
+/// The [`DbConfig::statement_timeout`] chatd runs with.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn connect_options(cfg: &DbConfig, address: &str) -> Result<MySqlConnectOptions> {
     let (host, port) = address
@@ -57,7 +63,21 @@ fn connect_options(cfg: &DbConfig, address: &str) -> Result<MySqlConnectOptions>
 }
 
 fn pool(cfg: &DbConfig, address: &str) -> Result<MySqlPool> {
+    let timeout_ms = u64::try_from(cfg.statement_timeout.as_millis()).unwrap_or(u64::MAX);
     Ok(MySqlPoolOptions::new()
+        // Each new connection bounds its statements, in its server's own dialect.
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let set = dialect::for_version(&version).statement_timeout(timeout_ms);
+                sqlx::query(sqlx::AssertSqlSafe(set))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
         .max_connections(cfg.max_connections)
         .min_connections(0)
         .acquire_timeout(cfg.acquire_timeout)
@@ -110,6 +130,11 @@ impl Db {
             dialect,
             cfg,
         }))
+    }
+
+    /// The dialect of the servers.
+    pub fn dialect(&self) -> &'static dyn Dialect {
+        self.dialect
     }
 
     /// The primary pool, for writes.

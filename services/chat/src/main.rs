@@ -130,6 +130,7 @@ async fn main() -> ExitCode {
             password: args.db_password,
             max_connections: args.db_pool,
             acquire_timeout: Duration::from_secs(2),
+            statement_timeout: chatd::db::STATEMENT_TIMEOUT,
         },
         db_primary_file: args.db_primary_file,
         token_public_key,

@@ -30,6 +30,13 @@ use crate::{
     token::{KeyError, Signer, Verifier},
 };
 
+/// Concurrent calls (streams) one HTTP/2 connection may carry.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest header block a request may send.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Longest a call waits for its answer (for a stream: for the stream to open).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A chat service a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ServiceName {
@@ -235,6 +242,12 @@ pub async fn serve(
     let has = |s| config.services.contains(&s);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A client's connection holds at most this many calls at once (Envoy opens more
+        // connections when it needs them), and no call waits longer than REQUEST_TIMEOUT for
+        // its answer (a client's shorter grpc-timeout wins).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .timeout(REQUEST_TIMEOUT)
         .layer(TelemetryLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection)

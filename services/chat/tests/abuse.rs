@@ -158,3 +158,56 @@ async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_holds_a_bounded_number_of_subscriptions() {
+    use chatd::{pb::chat::SubscribeRequest, services::MAX_SUBSCRIPTIONS_PER_USER};
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let hoarder = register(&mut c.auth, "hoarder").await;
+    let other = register(&mut c.auth, "other").await;
+    let group = c.group(&hoarder, "mine", &[common::uid(&other)]).await;
+    let subscribe = SubscribeRequest {
+        conversation_id: group.id,
+        after_seq: 0,
+    };
+    let mut open = Vec::new();
+    for _ in 0..MAX_SUBSCRIPTIONS_PER_USER {
+        let stream = c
+            .groups
+            .subscribe(common::authed(&hoarder, subscribe))
+            .await;
+        open.push(stream.unwrap().into_inner());
+    }
+    let refused = c
+        .groups
+        .subscribe(common::authed(&hoarder, subscribe))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Per user: someone else subscribes as usual.
+    c.groups
+        .subscribe(common::authed(&other, subscribe))
+        .await
+        .unwrap();
+    // A stream the client drops gives its place back.
+    open.pop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match c
+            .groups
+            .subscribe(common::authed(&hoarder, subscribe))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place never came back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}

@@ -152,15 +152,7 @@ async fn metrics_count_calls_by_code_and_drain_ends_streams_cleanly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_replicas_migrating_at_once_apply_each_step_once() {
     let db = Db::start();
-    let url_cfg = chatd::db::DbConfig {
-        primary: db.primary.address(),
-        replicas: None,
-        database: chatcluster_tests::mariadb::APP_DB.into(),
-        user: chatcluster_tests::mariadb::APP_USER.into(),
-        password: chatcluster_tests::mariadb::APP_PASSWORD.into(),
-        max_connections: 4,
-        acquire_timeout: Duration::from_secs(10),
-    };
+    let url_cfg = db_config(&db, Duration::from_secs(10));
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let cfg = url_cfg.clone();
@@ -216,4 +208,41 @@ fn sigterm_while_waiting_for_the_database_stops_chatd_at_once() {
         .wait_exit(Duration::from_secs(2))
         .expect("chatd still running 2 s after SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+/// chatd's database settings over `db`'s primary, statements bounded by `statement_timeout`.
+fn db_config(db: &Db, statement_timeout: Duration) -> chatd::db::DbConfig {
+    chatd::db::DbConfig {
+        primary: db.primary.address(),
+        replicas: None,
+        database: chatcluster_tests::mariadb::APP_DB.into(),
+        user: chatcluster_tests::mariadb::APP_USER.into(),
+        password: chatcluster_tests::mariadb::APP_PASSWORD.into(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_that_runs_too_long_is_aborted_by_the_server() {
+    let db = Db::start();
+    let chatd_db = chatd::db::Db::connect(db_config(&db, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let pool = chatd_db.primary().await;
+    let started = std::time::Instant::now();
+    let slept = sqlx::query("SELECT SLEEP(20)").fetch_one(&pool).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "ran {took:?}");
+    // MariaDB ends the statement: an error, or SLEEP's own "interrupted" result of 1.
+    if let Ok(row) = slept {
+        use sqlx::Row;
+        assert_eq!(row.get::<i64, _>(0), 1, "SLEEP was not interrupted");
+    }
+    // Migrations are not bound by it: the lock wait and the DDL may take longer.
+    let tiny = chatd::db::Db::connect(db_config(&db, Duration::from_millis(1)))
+        .await
+        .unwrap();
+    chatd::store::groups::migrate(&tiny).await.unwrap();
 }

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
-use super::{App, PooledConn};
+use super::{App, PooledConn, SubscriptionSlot};
 use crate::{
     db::DELIVERY_WAIT,
     error::{Error, Result},
@@ -210,8 +210,10 @@ impl<M: Membership> Conversations<M> {
             self.read_access(caller.sub, req.conversation_id, token.as_deref())
                 .await?,
         );
+        let slot = self.app.subscription_slot(caller.sub)?;
         let (tx, rx) = mpsc::channel(64);
         let stream = Stream {
+            _slot: slot,
             app: self.app.clone(),
             tables: self.tables,
             topic: self.topic(req.conversation_id),
@@ -239,6 +241,8 @@ async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 struct Stream<M> {
+    /// The subscriber's place among their open subscriptions, given back when the stream ends.
+    _slot: SubscriptionSlot,
     app: Arc<App>,
     tables: Tables,
     topic: Topic,

@@ -85,6 +85,8 @@ pub struct App {
     pub limiter: RateLimiter,
     /// The last consistency token of each user who wrote through this replica.
     tokens: Mutex<HashMap<u64, String>>,
+    /// Open subscriptions per user on this replica.
+    subscriptions: Mutex<HashMap<u64, u32>>,
     /// Turns true when the server drains: streams end.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -104,7 +106,26 @@ impl App {
             hub,
             limiter,
             tokens: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
             shutdown,
+        })
+    }
+
+    /// A place for one more of `user`'s subscriptions, held while the stream lives;
+    /// RESOURCE_EXHAUSTED beyond [`MAX_SUBSCRIPTIONS_PER_USER`] (each open stream costs this
+    /// replica a task and the database a query every few seconds).
+    pub fn subscription_slot(self: &Arc<Self>, user: u64) -> Result<SubscriptionSlot> {
+        let mut open = lock(&self.subscriptions);
+        let count = open.entry(user).or_default();
+        if *count >= MAX_SUBSCRIPTIONS_PER_USER {
+            return Err(Error::ResourceExhausted(format!(
+                "at most {MAX_SUBSCRIPTIONS_PER_USER} open subscriptions per user"
+            )));
+        }
+        *count += 1;
+        Ok(SubscriptionSlot {
+            app: self.clone(),
+            user,
         })
     }
 
@@ -181,6 +202,27 @@ impl App {
             resp.metadata_mut().insert(CONSISTENCY_HEADER, v);
         }
         resp
+    }
+}
+
+/// Subscriptions one user may hold open on one replica.
+pub const MAX_SUBSCRIPTIONS_PER_USER: u32 = 256;
+
+/// One of a user's open subscriptions; its place is given back when it is dropped.
+pub struct SubscriptionSlot {
+    app: Arc<App>,
+    user: u64,
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.app.subscriptions);
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! milliseconds of a core, so a flood of logins must not run them all at once (64 at once once
 //! took the auth chatd from 218 MiB to 1.2 GiB): hashes run on [`slots`] threads of their own,
 //! started once (so the memory each hash uses is reused, not left in a new thread's heap), a
-//! request waits at most [`QUEUE_WAIT`] for its turn in a bounded queue, then is refused as
-//! RESOURCE_EXHAUSTED.
+//! request waits at most [`QUEUE_WAIT`] for its hash to start (in a bounded queue), then is
+//! refused as RESOURCE_EXHAUSTED.
 //! Before any hash, each account's attempts are charged to its own token bucket, so guessing
 //! one account's password is throttled whether the guesses are right or wrong, and an unknown
 //! account costs the same hash as a known one (its answer says nothing about existence).
@@ -60,6 +60,10 @@ fn account_key(username: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
+fn busy() -> Error {
+    Error::ResourceExhausted("too many password checks at once: retry".into())
+}
+
 impl Passwords {
     /// Ready to check passwords (hashes one throwaway password, for unknown accounts).
     pub fn new() -> Result<Self> {
@@ -107,17 +111,21 @@ impl Passwords {
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, done) = oneshot::channel();
+        // A request that waited its whole QUEUE_WAIT in the queue is answered, not hashed:
+        // nobody waits longer than that for a hash to start.
+        let deadline = std::time::Instant::now() + QUEUE_WAIT;
         let job: Job = Box::new(move || {
-            let _ = reply.send(work());
+            let result = if std::time::Instant::now() > deadline {
+                Err(busy())
+            } else {
+                work()
+            };
+            let _ = reply.send(result);
         });
         match tokio::time::timeout(QUEUE_WAIT, self.jobs.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Error::Internal("the hashing threads are gone".into())),
-            Err(_) => {
-                return Err(Error::ResourceExhausted(
-                    "too many password checks at once: retry".into(),
-                ));
-            }
+            Err(_) => return Err(busy()),
         }
         done.await
             .map_err(|_| Error::Internal("a hashing thread failed".into()))?

@@ -34,7 +34,7 @@ fn migrations() -> Vec<String> {
 
 /// Apply the `auth_` schema.
 pub async fn migrate(db: &Db) -> Result<()> {
-    super::migrate(&db.primary().await, "auth", &migrations()).await
+    super::migrate(db, "auth", &migrations()).await
 }
 
 const PROFILE_COLUMNS: &str = "id, username, display_name, bio, created_at_ms";

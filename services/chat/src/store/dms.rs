@@ -34,7 +34,7 @@ fn migrations() -> Vec<String> {
 
 /// Apply the `dms_` schema.
 pub async fn migrate(db: &Db) -> Result<()> {
-    super::migrate(&db.primary().await, "dms", &migrations()).await
+    super::migrate(db, "dms", &migrations()).await
 }
 
 /// The two users of conversation `id`; NOT_FOUND when it does not exist.

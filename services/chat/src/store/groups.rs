@@ -49,7 +49,7 @@ fn migrations() -> Vec<String> {
 
 /// Apply the `groups_` schema.
 pub async fn migrate(db: &Db) -> Result<()> {
-    super::migrate(&db.primary().await, "groups", &migrations()).await
+    super::migrate(db, "groups", &migrations()).await
 }
 
 /// `user`'s role in `group` (None: not a member); NOT_FOUND when the group does not exist.

@@ -9,10 +9,11 @@ pub mod groups;
 pub mod messages;
 pub mod servers;
 
-use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Transaction, mysql::MySqlPool};
+use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Transaction};
 use tracing::info;
 
 use crate::{
+    db::Db,
     error::{Error, Result},
     token::now_ms,
 };
@@ -29,9 +30,15 @@ pub async fn commit(tx: Transaction<'_, MySql>) -> Result<()> {
 }
 
 /// Versioned DDL of one service, applied once under a named lock, so ten replicas starting
-/// together against one database apply each step exactly once.
-pub async fn migrate(pool: &MySqlPool, prefix: &str, steps: &[String]) -> Result<()> {
-    let mut conn = pool.acquire().await?;
+/// together against one database apply each step exactly once. Migrations may take long (an
+/// ALTER of a big table, the lock while another replica migrates), so they run on a
+/// connection of their own without the statement timeout, closed afterwards.
+pub async fn migrate(db: &Db, prefix: &str, steps: &[String]) -> Result<()> {
+    let mut conn = db.primary().await.acquire().await?.detach();
+    sqlx::query(AssertSqlSafe(db.dialect().statement_timeout(0)))
+        .execute(&mut conn)
+        .await?;
+    let conn = &mut conn;
     let lock = format!("chatd_migrate_{prefix}");
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
         .bind(&lock)
@@ -42,7 +49,7 @@ pub async fn migrate(pool: &MySqlPool, prefix: &str, steps: &[String]) -> Result
             "could not take the migration lock {lock}"
         )));
     }
-    let result = apply_steps(&mut conn, prefix, steps).await;
+    let result = apply_steps(conn, prefix, steps).await;
     let released = sqlx::query("SELECT RELEASE_LOCK(?)")
         .bind(&lock)
         .execute(&mut *conn)

@@ -68,7 +68,7 @@ fn migrations() -> Vec<String> {
 
 /// Apply the `servers_` schema.
 pub async fn migrate(db: &Db) -> Result<()> {
-    super::migrate(&db.primary().await, "servers", &migrations()).await
+    super::migrate(db, "servers", &migrations()).await
 }
 
 /// `user`'s role in `server` (None: not a member); NOT_FOUND when the server does not exist.
