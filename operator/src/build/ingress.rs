@@ -55,6 +55,12 @@ pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
     })
 }
 
+/// The heap Envoy's overload manager guards: below the default 512Mi memory limit of an
+/// Envoy pod, leaving room for what the heap does not count.
+pub const MAX_HEAP_BYTES: u64 = 384 * 1024 * 1024;
+/// Client connections one Envoy holds at most.
+pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
+
 /// Envoy's bootstrap: a node identity, the admin API on loopback only, ADS (Delta) to chat-xds
 /// for listeners and clusters, load reports to chat-xds, and optionally one static listener
 /// that exposes just `/ready` and `/stats/prometheus` from the admin API.
@@ -112,6 +118,38 @@ pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
             // chat-xds is down is not restarted in a loop.
             "cds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
             "lds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT }
+        },
+        // At the edge, Envoy sheds load before it falls over: past 95% of its heap it returns
+        // memory, past 98% it refuses new requests, and it holds at most MAX_DOWNSTREAM
+        // connections (each costs buffers and a slot in the kernel).
+        "overload_manager": {
+            "refresh_interval": "0.25s",
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.fixed_heap",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                        "max_heap_size_bytes": MAX_HEAP_BYTES
+                    }
+                },
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS
+                    }
+                }
+            ],
+            "actions": [
+                {
+                    "name": "envoy.overload_actions.shrink_heap",
+                    "triggers": [{ "name": "envoy.resource_monitors.fixed_heap", "threshold": { "value": 0.95 } }]
+                },
+                {
+                    "name": "envoy.overload_actions.stop_accepting_requests",
+                    "triggers": [{ "name": "envoy.resource_monitors.fixed_heap", "threshold": { "value": 0.98 } }]
+                }
+            ]
         },
         // Load reports (requests per cluster, every second) feed the autoscaler via chat-xds.
         "cluster_manager": {

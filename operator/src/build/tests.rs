@@ -716,6 +716,25 @@ fn envoy_bootstrap_points_at_chat_xds() {
         boot["dynamic_resources"]["lds_config"]["ads"],
         serde_json::json!({})
     );
+    // The edge sheds load: new requests refused near the heap's end, connections bounded.
+    let actions: Vec<&str> = boot["overload_manager"]["actions"]
+        .as_array()
+        .expect("overload actions")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "envoy.overload_actions.shrink_heap",
+            "envoy.overload_actions.stop_accepting_requests"
+        ]
+    );
+    let monitors = boot["overload_manager"]["resource_monitors"].to_string();
+    assert!(
+        monitors.contains("max_active_downstream_connections"),
+        "{monitors}"
+    );
     // Admin only on loopback.
     assert_eq!(
         boot["admin"]["address"]["socket_address"]["address"],

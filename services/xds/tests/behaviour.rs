@@ -532,3 +532,32 @@ async fn least_request_spreads_and_draining_fails_nothing() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_b, stack) = one_auth("DELTA_GRPC").await;
+    let ingress = stack.ingress;
+    eventually("the listener", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", ingress))
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ingress))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Never the blank line that ends the headers.
+    s.write_all(b"POST /chatcluster.auth.v1.Auth/Login HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "still open after {took:?}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(20),
+        "closed after {took:?} (the headers timeout is 10 s)"
+    );
+}

@@ -11,7 +11,10 @@ use envoy_types::{
                     address, data_source::Specifier, socket_address::PortSpecifier,
                     transport_socket::ConfigType as SocketConfigType,
                 },
-                core::v3::{HeaderValue, HeaderValueOption},
+                core::v3::{
+                    HeaderValue, HeaderValueOption, Http2ProtocolOptions, HttpProtocolOptions,
+                    KeepaliveSettings, http_protocol_options::HeadersWithUnderscoresAction,
+                },
                 listener::v3::{Filter, FilterChain, Listener, filter::ConfigType},
                 route::v3::{
                     DirectResponseAction, RetryPolicy, Route, RouteAction, RouteConfiguration,
@@ -43,7 +46,7 @@ use envoy_types::{
             },
             r#type::v3::{FractionalPercent, TokenBucket, fractional_percent::DenominatorType},
         },
-        google::protobuf::{Any, Duration, UInt32Value},
+        google::protobuf::{Any, BoolValue, Duration, UInt32Value},
     },
     util::pack_any,
 };
@@ -105,9 +108,54 @@ fn connection_manager(input: &ListenerInput, prefix: &str) -> HttpConnectionMana
             route_config_name: INGRESS_ROUTE.into(),
         })),
         http_filters: filters,
-        // Subscriptions stay open for hours: no stream idle timeout from Envoy's side.
+        // Subscriptions stay open for hours: no stream idle timeout from Envoy's side; dead
+        // clients are found by HTTP/2 pings instead.
         stream_idle_timeout: Some(Duration::default()),
+        // A client that trickles its headers (slowloris) is cut off.
+        request_headers_timeout: Some(seconds(REQUEST_HEADERS_TIMEOUT_S)),
+        // The client's own address, not what it claims in x-forwarded-for.
+        use_remote_address: Some(BoolValue { value: true }),
+        common_http_protocol_options: Some(HttpProtocolOptions {
+            idle_timeout: Some(seconds(CONNECTION_IDLE_TIMEOUT_S)),
+            max_headers_count: Some(UInt32Value { value: MAX_HEADERS }),
+            headers_with_underscores_action: HeadersWithUnderscoresAction::RejectRequest as i32,
+            ..HttpProtocolOptions::default()
+        }),
+        // Envoy's edge defaults: few streams per client connection, small windows, so one
+        // client cannot hold many buffers; pings find connections whose client vanished.
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            max_concurrent_streams: Some(UInt32Value {
+                value: MAX_STREAMS_PER_CLIENT,
+            }),
+            initial_stream_window_size: Some(UInt32Value { value: 64 * 1024 }),
+            initial_connection_window_size: Some(UInt32Value { value: 1024 * 1024 }),
+            connection_keepalive: Some(KeepaliveSettings {
+                interval: Some(seconds(30)),
+                timeout: Some(seconds(10)),
+                ..KeepaliveSettings::default()
+            }),
+            ..Http2ProtocolOptions::default()
+        }),
         ..HttpConnectionManager::default()
+    }
+}
+
+/// How long a client may take to send its request headers.
+pub const REQUEST_HEADERS_TIMEOUT_S: i64 = 10;
+/// How long a client connection may carry no stream before Envoy closes it.
+pub const CONNECTION_IDLE_TIMEOUT_S: i64 = 3600;
+/// Headers a request may carry.
+pub const MAX_HEADERS: u32 = 100;
+/// Concurrent streams one client connection may open (a client needs few: the session
+/// stream and its calls).
+pub const MAX_STREAMS_PER_CLIENT: u32 = 100;
+/// Bytes Envoy buffers per client connection.
+pub const CONNECTION_BUFFER_BYTES: u32 = 32 * 1024;
+
+fn seconds(s: i64) -> Duration {
+    Duration {
+        seconds: s,
+        nanos: 0,
     }
 }
 
@@ -176,6 +224,9 @@ pub fn listener(input: &ListenerInput) -> Listener {
     Listener {
         name: listener_name(input.kind).into(),
         address: Some(socket(input.port)),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: CONNECTION_BUFFER_BYTES,
+        }),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
