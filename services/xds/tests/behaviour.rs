@@ -561,3 +561,44 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
         "closed after {took:?} (the headers timeout is 10 s)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_page_is_served_with_a_content_security_policy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_b, stack) = one_auth("DELTA_GRPC").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let mut got = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", stack.ingress)).await {
+            let _ = s
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            got = String::from_utf8_lossy(&buf).to_string();
+        }
+        if got.starts_with("HTTP/1.1 200") {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "no page: {got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let head = response.split("\r\n\r\n").next().unwrap();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (key, value) = l.split_once(": ")?;
+            key.eq_ignore_ascii_case(name).then(|| value.to_string())
+        })
+    };
+    let csp = header("content-security-policy").unwrap_or_else(|| panic!("no CSP in {head}"));
+    assert_eq!(
+        csp,
+        chat_xds::resources::content_security_policy(chat_xds::resources::WEB_PAGE)
+    );
+    assert!(
+        csp.contains("script-src 'sha256-") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+}

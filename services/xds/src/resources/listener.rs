@@ -1,6 +1,7 @@
 //! The ingress: listeners (TLS with the certificate over SDS, and an optional plain-text one),
 //! the route table sending each gRPC package to its service's cluster, and the certificate.
 
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use chatcluster_types::xds::RateLimit;
 use envoy_types::{
     pb::{
@@ -50,6 +51,8 @@ use envoy_types::{
     },
     util::pack_any,
 };
+
+use sha2::{Digest, Sha256};
 
 use super::{ListenerInput, ListenerKind, RouteEntry, RouteInput, cluster::ads};
 use crate::model::Certificate;
@@ -296,16 +299,42 @@ fn web_page_route(page: &str) -> Route {
             }),
             ..DirectResponseAction::default()
         })),
-        response_headers_to_add: vec![HeaderValueOption {
+        response_headers_to_add: [
+            ("content-type", "text/html; charset=utf-8".to_string()),
+            ("content-security-policy", content_security_policy(page)),
+            ("x-content-type-options", "nosniff".into()),
+            ("referrer-policy", "no-referrer".into()),
+        ]
+        .into_iter()
+        .map(|(key, value)| HeaderValueOption {
             header: Some(HeaderValue {
-                key: "content-type".into(),
-                value: "text/html; charset=utf-8".into(),
+                key: key.into(),
+                value,
                 ..HeaderValue::default()
             }),
             ..HeaderValueOption::default()
-        }],
+        })
+        .collect(),
         ..Route::default()
     }
+}
+
+/// The page's Content-Security-Policy: only its own inline script and style (by hash) run,
+/// it talks only to the origin it came from, and no other site may frame it. A message that
+/// smuggled markup into the page could run nothing.
+pub fn content_security_policy(page: &str) -> String {
+    let hash = |open: &str, close: &str| {
+        let body = page
+            .split_once(open)
+            .and_then(|(_, rest)| rest.split_once(close))
+            .map_or("", |(body, _)| body);
+        format!("'sha256-{}'", B64.encode(Sha256::digest(body.as_bytes())))
+    };
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hash("<script>", "</script>"),
+        hash("<style>", "</style>")
+    )
 }
 
 /// Routes by gRPC package: `/chatcluster.auth.v1.*` to `auth`, and so on; with gRPC-Web, the

@@ -23,7 +23,8 @@ use crate::model::{Endpoint, State};
 pub use cluster::{cluster, load_assignment};
 pub use consistency::Inconsistent;
 pub use listener::{
-    INGRESS_ROUTE, TLS_SECRET, WEB_PAGE, listener, listener_name, route_configuration, secret,
+    INGRESS_ROUTE, TLS_SECRET, WEB_PAGE, content_security_policy, listener, listener_name,
+    route_configuration, secret,
 };
 
 /// The xDS resource types, in the order a make-before-break push sends them: clusters and
