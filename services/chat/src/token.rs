@@ -1,5 +1,10 @@
 //! Access tokens: `base64url(claims JSON) "." base64url(Ed25519 signature)`. Auth signs them
 //! with the private key; every service verifies them with the public key, without calling auth.
+//!
+//! The claims name the signing key (`kid`, from its public key), and a verifier holds every
+//! public key of its PEM file, so keys rotate without logging anyone out: publish the new
+//! public key beside the old one, switch auth to the new private key, and drop the old public
+//! key once the last token it signed has expired.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use ed25519_dalek::{
@@ -22,6 +27,15 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at, Unix milliseconds.
     pub exp: i64,
+    /// The signing key's id (set by [`Signer::sign`]; empty in tokens from before key ids).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kid: String,
+}
+
+/// A public key's id: the start of its SHA-256, base64url.
+fn key_id(key: &VerifyingKey) -> String {
+    use sha2::{Digest, Sha256};
+    B64.encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
 /// A key could not be loaded.
@@ -35,18 +49,35 @@ pub struct KeyError {
 /// Checks tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    key: VerifyingKey,
+    keys: Vec<(String, VerifyingKey)>,
 }
 
 impl Verifier {
-    /// From a PEM `PUBLIC KEY` (SPKI).
+    /// From one or more PEM `PUBLIC KEY` (SPKI) blocks, one after the other.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        VerifyingKey::from_public_key_pem(pem)
-            .map(|key| Self { key })
-            .map_err(|e| KeyError {
-                what: "public",
-                message: e.to_string(),
+        const END: &str = "-----END PUBLIC KEY-----";
+        let bad = |message: String| KeyError {
+            what: "public",
+            message,
+        };
+        let keys = pem
+            .split_inclusive(END)
+            .filter(|block| block.contains("-----BEGIN"))
+            .map(|block| {
+                VerifyingKey::from_public_key_pem(block.trim())
+                    .map(|key| (key_id(&key), key))
+                    .map_err(|e| bad(e.to_string()))
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(bad("no PUBLIC KEY block".into()));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The ids of the keys this verifier accepts.
+    pub fn key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|(id, _)| id.as_str()).collect()
     }
 
     /// The claims of `token` if it is genuine and not expired at `now_ms`.
@@ -55,11 +86,17 @@ impl Verifier {
         let (payload, sig) = token.split_once('.').ok_or_else(invalid)?;
         let sig = B64.decode(sig).map_err(|_| invalid())?;
         let sig = Signature::from_slice(&sig).map_err(|_| invalid())?;
-        self.key
-            .verify_strict(payload.as_bytes(), &sig)
-            .map_err(|_| invalid())?;
+        // The (still unverified) claims only say which key to check the signature with.
         let claims: Claims = serde_json::from_slice(&B64.decode(payload).map_err(|_| invalid())?)
             .map_err(|_| invalid())?;
+        let genuine = self
+            .keys
+            .iter()
+            .filter(|(id, _)| claims.kid.is_empty() || *id == claims.kid)
+            .any(|(_, key)| key.verify_strict(payload.as_bytes(), &sig).is_ok());
+        if !genuine {
+            return Err(invalid());
+        }
         if claims.exp <= now_ms {
             return Err(Error::Unauthenticated("access token expired".into()));
         }
@@ -103,15 +140,20 @@ impl Signer {
 
     /// The matching verifier.
     pub fn verifier(&self) -> Verifier {
+        let key = self.key.verifying_key();
         Verifier {
-            key: self.key.verifying_key(),
+            keys: vec![(key_id(&key), key)],
         }
     }
 
-    /// A token carrying `claims`.
+    /// A token carrying `claims`, naming this key.
     pub fn sign(&self, claims: &Claims) -> String {
-        // Serializing a struct of integers and a string cannot fail.
-        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let claims = Claims {
+            kid: key_id(&self.key.verifying_key()),
+            ..claims.clone()
+        };
+        // Serializing a struct of integers and strings cannot fail.
+        let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let sig = self.key.sign(payload.as_bytes());
         format!("{payload}.{}", B64.encode(sig.to_bytes()))
     }
@@ -141,7 +183,35 @@ mod tests {
             usr: "ada".into(),
             iat: 0,
             exp,
+            kid: String::new(),
         }
+    }
+
+    #[test]
+    fn keys_rotate_by_id_and_an_unknown_id_is_refused() {
+        use ed25519_dalek::pkcs8::{EncodePublicKey, spki::der::pem::LineEnding};
+        let (old, new) = (
+            signer(),
+            Signer {
+                key: SigningKey::from_bytes(&[8; 32]),
+            },
+        );
+        let pem = |s: &Signer| {
+            s.key
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap_or_default()
+        };
+        let both = Verifier::from_pem(&format!("{}{}", pem(&old), pem(&new))).unwrap();
+        assert_eq!(both.key_ids().len(), 2);
+        for s in [&old, &new] {
+            let token = s.sign(&claims(i64::MAX));
+            assert_eq!(both.verify(&token, 0).map(|c| c.sub).ok(), Some(42));
+        }
+        // A token names its key: only that key is tried.
+        let only_new = Verifier::from_pem(&pem(&new)).unwrap();
+        assert!(only_new.verify(&old.sign(&claims(i64::MAX)), 0).is_err());
+        assert!(Verifier::from_pem("no key here").is_err());
     }
 
     #[test]

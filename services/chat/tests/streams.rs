@@ -184,6 +184,7 @@ async fn a_stream_ends_when_its_access_token_expires() {
         usr: "owner".into(),
         iat: now_ms(),
         exp: now_ms() + 2_000,
+        kid: String::new(),
     };
     let short = Signer::from_pem(&key).unwrap().sign(&claims);
     let mut req = Request::new(from_start(group.id));

@@ -52,6 +52,7 @@ impl AuthService {
             usr: profile.username.clone(),
             iat: now,
             exp: now + self.access_ttl_ms,
+            kid: String::new(),
         };
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
