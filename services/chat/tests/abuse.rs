@@ -211,3 +211,57 @@ async fn one_user_holds_a_bounded_number_of_subscriptions() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_used_twice_revokes_its_whole_session() {
+    use chatd::pb::auth::{LogoutRequest, RefreshRequest};
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    register(&mut c.auth, "victim").await;
+    let refresh = |token: &str| RefreshRequest {
+        refresh_token: token.into(),
+    };
+    let stolen = c
+        .auth
+        .login(login("victim", "correct horse battery"))
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh_token;
+    // The victim's client rotates; the thief then presents the old token.
+    let victims = c.auth.refresh(refresh(&stolen)).await.unwrap().into_inner();
+    let replay = c.auth.refresh(refresh(&stolen)).await.unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert!(replay.message().contains("used before"), "{replay:?}");
+    // The whole session is gone: the rotated token too, so the thief gains nothing.
+    let after = c
+        .auth
+        .refresh(refresh(&victims.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated);
+
+    // Logging out ends the session the token belongs to, whichever of its tokens is given.
+    let session = c
+        .auth
+        .login(login("victim", "correct horse battery"))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = c
+        .auth
+        .refresh(refresh(&session.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let out = LogoutRequest {
+        refresh_token: session.refresh_token.clone(),
+    };
+    c.auth.logout(common::authed(&rotated, out)).await.unwrap();
+    let gone = c
+        .auth
+        .refresh(refresh(&rotated.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::Unauthenticated);
+}

@@ -9,6 +9,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::MySqlConnection;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use super::{App, passwords::Passwords};
 use crate::{
@@ -45,7 +46,14 @@ impl AuthService {
         })
     }
 
-    async fn session(&self, conn: &mut MySqlConnection, profile: Profile) -> Result<Session> {
+    /// A new access token and refresh token for `profile`; the refresh token continues
+    /// session `family`, or starts a new one.
+    async fn session(
+        &self,
+        conn: &mut MySqlConnection,
+        profile: Profile,
+        family: Option<Vec<u8>>,
+    ) -> Result<Session> {
         let now = now_ms();
         let claims = Claims {
             sub: profile.user_id,
@@ -57,10 +65,16 @@ impl AuthService {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let refresh = B64.encode(raw);
+        let family = family.unwrap_or_else(|| {
+            let mut fresh = vec![0u8; 16];
+            rand::rng().fill_bytes(&mut fresh);
+            fresh
+        });
         store::insert_refresh(
             conn,
             &hash_refresh(&refresh),
             profile.user_id,
+            &family,
             now + REFRESH_TTL_MS,
         )
         .await?;
@@ -136,7 +150,7 @@ impl Auth for AuthService {
         let profile = store::profile(&mut conn, id)
             .await?
             .ok_or_else(|| Error::Internal("registered user vanished".into()))?;
-        let session = self.session(&mut conn, profile).await?;
+        let session = self.session(&mut conn, profile, None).await?;
         Ok(self.app.committed(&mut conn, id, session).await?)
     }
 
@@ -158,21 +172,36 @@ impl Auth for AuthService {
         let profile = profile.ok_or_else(denied)?;
         let mut conn = self.app.primary_conn().await?;
         self.app.limiter.check(profile.user_id)?;
-        Ok(Response::new(self.session(&mut conn, profile).await?))
+        Ok(Response::new(self.session(&mut conn, profile, None).await?))
     }
 
     async fn refresh(&self, req: Request<RefreshRequest>) -> Result<Response<Session>, Status> {
         let req = req.into_inner();
         let mut conn = self.app.primary_conn().await?;
         let invalid = || Error::Unauthenticated("invalid or expired refresh token".into());
-        let (user, expires) = store::take_refresh(&mut conn, &hash_refresh(&req.refresh_token))
-            .await?
-            .ok_or_else(invalid)?;
-        if expires <= now_ms() {
-            return Err(invalid().into());
-        }
+        let (user, family) =
+            match store::take_refresh(&mut conn, &hash_refresh(&req.refresh_token)).await? {
+                store::Refresh::Fresh {
+                    user,
+                    expires_at_ms,
+                    family,
+                } if expires_at_ms > now_ms() => (user, family),
+                store::Refresh::Fresh { .. } | store::Refresh::Unknown => {
+                    return Err(invalid().into());
+                }
+                store::Refresh::Reused => {
+                    warn!("a used refresh token was presented again: its session is revoked");
+                    return Err(Error::Unauthenticated(
+                    "this refresh token was used before, so the session is revoked: log in again"
+                        .into(),
+                )
+                .into());
+                }
+            };
         let profile = store::profile(&mut conn, user).await?.ok_or_else(invalid)?;
-        Ok(Response::new(self.session(&mut conn, profile).await?))
+        Ok(Response::new(
+            self.session(&mut conn, profile, Some(family)).await?,
+        ))
     }
 
     async fn logout(

@@ -1,7 +1,7 @@
 //! The auth service's tables: accounts (with their password hashes) and refresh tokens, which
 //! are stored hashed.
 
-use sqlx::{MySqlConnection, Row, mysql::MySqlRow};
+use sqlx::{Connection, MySqlConnection, Row, mysql::MySqlRow};
 
 use crate::{
     db::Db,
@@ -29,6 +29,14 @@ fn migrations() -> Vec<String> {
            KEY user_id (user_id)
          ) ENGINE=InnoDB"
             .into(),
+        // Refresh tokens rotate within a family (one login); a used one is kept, marked,
+        // until it expires, so presenting it again is seen as theft.
+        "ALTER TABLE auth_refresh_tokens
+           ADD COLUMN family BINARY(16) NULL,
+           ADD COLUMN used TINYINT(1) NOT NULL DEFAULT 0,
+           ADD KEY family (family)"
+            .into(),
+        "UPDATE auth_refresh_tokens SET family = LEFT(token_hash, 16) WHERE family IS NULL".into(),
     ]
 }
 
@@ -118,42 +126,102 @@ pub async fn update_profile(
     Ok(())
 }
 
-/// Store a refresh token's hash for `user`, valid until `expires_at_ms`.
+/// Store a refresh token's hash for `user`, of session `family`, valid until `expires_at_ms`.
 pub async fn insert_refresh(
     conn: &mut MySqlConnection,
     hash: &[u8],
     user: u64,
+    family: &[u8],
     expires_at_ms: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO auth_refresh_tokens (token_hash, user_id, expires_at_ms) VALUES (?, ?, ?)",
+        "INSERT INTO auth_refresh_tokens (token_hash, user_id, expires_at_ms, family) VALUES (?, ?, ?, ?)",
     )
     .bind(hash)
     .bind(user)
     .bind(expires_at_ms)
+    .bind(family)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Use up a refresh token: delete it and return its user and expiry, only to the request
-/// whose delete took the row, so a token works once even when two requests race.
-pub async fn take_refresh(conn: &mut MySqlConnection, hash: &[u8]) -> Result<Option<(u64, i64)>> {
-    let row: Option<(u64, i64)> = sqlx::query_as(
-        "SELECT user_id, expires_at_ms FROM auth_refresh_tokens WHERE token_hash = ?",
-    )
-    .bind(hash)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let deleted = sqlx::query("DELETE FROM auth_refresh_tokens WHERE token_hash = ?")
-        .bind(hash)
-        .execute(&mut *conn)
-        .await?;
-    Ok(row.filter(|_| deleted.rows_affected() == 1))
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Unused and now used up: its user, expiry and session family.
+    Fresh {
+        /// The user.
+        user: u64,
+        /// When the token expired or expires.
+        expires_at_ms: i64,
+        /// Its session.
+        family: Vec<u8>,
+    },
+    /// Used before: stolen, or replayed. Its whole session has been revoked.
+    Reused,
+    /// No such token (never issued, expired and cleaned up, or revoked).
+    Unknown,
 }
 
-/// Revoke `user`'s refresh token (a token of another user is left alone).
+/// Use up a refresh token, in one transaction that locks its row: a fresh one is marked used
+/// (and kept until it expires); one presented a second time revokes its whole session, the
+/// rotated tokens of whoever else holds it included. Expired tokens of the user go too.
+pub async fn take_refresh(conn: &mut MySqlConnection, hash: &[u8]) -> Result<Refresh> {
+    let mut tx = conn.begin().await?;
+    let row: Option<(u64, i64, Option<Vec<u8>>, i8)> = sqlx::query_as(
+        "SELECT user_id, expires_at_ms, family, used FROM auth_refresh_tokens WHERE token_hash = ? FOR UPDATE",
+    )
+    .bind(hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user, expires_at_ms, family, used)) = row else {
+        return Ok(Refresh::Unknown);
+    };
+    let family = family.unwrap_or_else(|| hash.iter().take(16).copied().collect());
+    let outcome = if used != 0 {
+        sqlx::query("DELETE FROM auth_refresh_tokens WHERE family = ?")
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+        Refresh::Reused
+    } else {
+        sqlx::query("UPDATE auth_refresh_tokens SET used = 1 WHERE token_hash = ?")
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        Refresh::Fresh {
+            user,
+            expires_at_ms,
+            family,
+        }
+    };
+    sqlx::query("DELETE FROM auth_refresh_tokens WHERE user_id = ? AND expires_at_ms < ?")
+        .bind(user)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Revoke the session of `user`'s refresh token: every token of its family (a token of
+/// another user is left alone).
 pub async fn revoke_refresh(conn: &mut MySqlConnection, hash: &[u8], user: u64) -> Result<()> {
+    let family: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT family FROM auth_refresh_tokens WHERE token_hash = ? AND user_id = ?",
+    )
+    .bind(hash)
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(Some(family)) = family {
+        sqlx::query("DELETE FROM auth_refresh_tokens WHERE family = ? AND user_id = ?")
+            .bind(family)
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("DELETE FROM auth_refresh_tokens WHERE token_hash = ? AND user_id = ?")
         .bind(hash)
         .bind(user)
