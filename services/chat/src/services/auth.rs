@@ -128,6 +128,11 @@ fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
             "{what} contains control characters"
         )));
     }
+    if what == "display_name" && value.chars().any(super::is_deceptive) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} contains invisible or direction-changing characters"
+        )));
+    }
     Ok(())
 }
 

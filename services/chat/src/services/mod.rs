@@ -293,7 +293,29 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
             "{what} name contains control characters"
         )));
     }
+    if name.chars().any(is_deceptive) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name contains invisible or direction-changing characters"
+        )));
+    }
     Ok(())
+}
+
+/// Characters that make a name look like another: bidirectional controls (which reorder what
+/// is shown) and invisible ones. The zero-width joiner stays: emoji sequences need it.
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'
+            | '\u{200c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 #[cfg(test)]
@@ -318,5 +340,8 @@ mod tests {
         assert!(check_name("group", " ").is_err());
         assert!(check_name("group", &"x".repeat(101)).is_err());
         assert!(check_name("group", "a\u{0}b").is_err());
+        assert!(check_name("group", "admin\u{202e}nimda").is_err());
+        assert!(check_name("group", "team\u{200b}").is_err());
+        assert!(check_name("group", "family 👨\u{200d}👩\u{200d}👧").is_ok());
     }
 }

@@ -76,6 +76,16 @@ pub fn check_text(text: &str) -> Result<()> {
             "message text is {chars} characters, more than {MAX_TEXT_CHARS}"
         )));
     }
+    // C0 and C1 controls (terminal escapes among them) have no place in a message; newlines
+    // and tabs do.
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Error::InvalidArgument(
+            "message text contains control characters (newlines and tabs are fine)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -410,5 +420,8 @@ mod tests {
         }
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        assert!(check_text("clear \u{1b}[2J screen").is_err());
+        assert!(check_text("c1 \u{9b}31m").is_err());
+        assert!(check_text("two\nlines\tand a tab").is_ok());
     }
 }

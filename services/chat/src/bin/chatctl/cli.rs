@@ -25,24 +25,19 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
-    /// Create an account and log in.
+    /// Create an account and log in (the password from $CHATCTL_PASSWORD, else read from
+    /// stdin: never from the command line, where `ps` shows it to everyone).
     Register {
         /// User name.
         username: String,
         /// Display name (default: the user name).
         #[arg(long)]
         display_name: Option<String>,
-        /// Password (default: $CHATCTL_PASSWORD, or read from stdin).
-        #[arg(long, env = "CHATCTL_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
     },
     /// Log in.
     Login {
         /// User name.
         username: String,
-        /// Password (default: $CHATCTL_PASSWORD, or read from stdin).
-        #[arg(long, env = "CHATCTL_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
     },
     /// Log out (the refresh token is revoked).
     Logout,

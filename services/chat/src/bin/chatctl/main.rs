@@ -46,12 +46,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Register {
             username,
             display_name,
-            password: p,
         } => {
             let session = AuthClient::new(c.channel.clone())
                 .register(RegisterRequest {
                     username: username.clone(),
-                    password: password(p)?,
+                    password: password()?,
                     display_name: display_name.unwrap_or_else(|| username.clone()),
                 })
                 .await
@@ -61,14 +60,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = c.learn_identity().await?;
             println!("registered and logged in as {username} (user id {id})");
         }
-        Cmd::Login {
-            username,
-            password: p,
-        } => {
+        Cmd::Login { username } => {
             let session = AuthClient::new(c.channel.clone())
                 .login(LoginRequest {
                     username: username.clone(),
-                    password: password(p)?,
+                    password: password()?,
                 })
                 .await
                 .map_err(|e| describe(&e))?
@@ -159,12 +155,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--password" || a.starts_with("--password=")) {
-        eprintln!(
-            "chatctl: warning: a password on the command line is visible to every user (ps); \
-             set CHATCTL_PASSWORD or type it when asked"
-        );
-    }
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

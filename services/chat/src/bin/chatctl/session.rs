@@ -42,8 +42,9 @@ pub(crate) fn home(flag: Option<PathBuf>) -> PathBuf {
     })
 }
 
-pub(crate) fn password(given: Option<String>) -> anyhow::Result<String> {
-    if let Some(p) = given {
+/// The password: `$CHATCTL_PASSWORD`, else a line read from stdin.
+pub(crate) fn password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("CHATCTL_PASSWORD") {
         return Ok(p);
     }
     eprint!("password: ");
