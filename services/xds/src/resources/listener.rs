@@ -268,9 +268,11 @@ fn route(entry: &RouteEntry) -> Route {
                 ..MaxStreamDuration::default()
             }),
             hash_policy,
-            // Retry what never reached a backend or what it refused before doing anything.
+            // Retry only what cannot have reached a service: a write that did may have
+            // committed (a send without a client key would be stored twice), so a reset after
+            // the request went out, or an UNAVAILABLE answer, goes back to the client.
             retry_policy: Some(RetryPolicy {
-                retry_on: "unavailable,reset,connect-failure,refused-stream".into(),
+                retry_on: "connect-failure,refused-stream,reset-before-request".into(),
                 num_retries: Some(UInt32Value { value: 2 }),
                 per_try_timeout: Some(Duration::default()),
                 ..RetryPolicy::default()
