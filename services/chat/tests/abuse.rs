@@ -265,3 +265,50 @@ async fn a_refresh_token_used_twice_revokes_its_whole_session() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_send_without_a_client_key_is_stored_once() {
+    use chatd::pb::chat::SendMessageRequest;
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let alice = register(&mut c.auth, "alice").await;
+    let group = c.group(&alice, "g", &[]).await;
+    // What Envoy sends when it retries: the same request, the same x-request-id.
+    let send = |request_id: &str| {
+        let mut req = common::authed(
+            &alice,
+            SendMessageRequest {
+                conversation_id: group.id,
+                text: "hello".into(),
+                client_key: String::new(),
+            },
+        );
+        req.metadata_mut()
+            .insert("x-request-id", request_id.parse().unwrap());
+        req
+    };
+    let first = c
+        .groups
+        .send_message(send("4e1c"))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = c
+        .groups
+        .send_message(send("4e1c"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.seq, retry.seq, "the retry returned the first message");
+    let other = c
+        .groups
+        .send_message(send("9f2a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        other.seq,
+        first.seq + 1,
+        "another request is another message"
+    );
+}

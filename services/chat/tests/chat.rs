@@ -602,8 +602,21 @@ async fn bad_input_gets_proper_statuses() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    // Hostile text is stored and returned verbatim.
-    let hostile = "'; DROP TABLE groups_messages; -- <script>alert(1)</script> \u{202e}é🎉\0end";
+    // Control characters (NUL, terminal escapes) are refused; newlines and tabs are not.
+    // (Each refused send counts against this cluster's 5/s rate limit: one per second.)
+    for control in ["nul \0 end", "escape \u{1b}[2J", "c1 \u{9b}"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let refused = c
+            .groups
+            .send_message(authed(&a, send(g.id, control, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{control:?}");
+    }
+    // (Refused sends count against this cluster's 5/s rate limit: let it refill.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Other hostile text is stored and returned verbatim.
+    let hostile = "'; DROP TABLE groups_messages; -- <script>alert(1)</script> \u{202e}é🎉\n\tend";
     let m = c
         .groups
         .send_message(authed(&a, send(g.id, hostile, "")))

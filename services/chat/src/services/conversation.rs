@@ -79,7 +79,13 @@ impl<M: Membership> Conversations<M> {
         req: Request<SendMessageRequest>,
     ) -> Result<Response<Message>, Status> {
         let caller = self.app.writer(&req)?;
-        let req = req.into_inner();
+        let retry_key = request_id_key(&req);
+        let mut req = req.into_inner();
+        if req.client_key.is_empty()
+            && let Some(key) = retry_key
+        {
+            req.client_key = key;
+        }
         messages::check_text(&req.text)?;
         let (mut conn, _) = self.write_access(caller.sub, req.conversation_id).await?;
         let written = messages::send(
@@ -233,6 +239,15 @@ impl<M: Membership> Conversations<M> {
         tokio::spawn(stream.run().instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The idempotency key of a send that names none: its `x-request-id`, which Envoy makes for
+/// every outside request and keeps on its retries, so a retry of a send that committed finds
+/// the first message. (A client that sets the header itself only picks its own key.)
+fn request_id_key<T>(req: &Request<T>) -> Option<String> {
+    let id = req.metadata().get("x-request-id")?.to_str().ok()?;
+    let key = format!("request:{id}");
+    (key.len() <= messages::MAX_CLIENT_KEY).then_some(key)
 }
 
 /// Completes once the flag is true.

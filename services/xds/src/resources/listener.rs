@@ -268,11 +268,12 @@ fn route(entry: &RouteEntry) -> Route {
                 ..MaxStreamDuration::default()
             }),
             hash_policy,
-            // Retry only what cannot have reached a service: a write that did may have
-            // committed (a send without a client key would be stored twice), so a reset after
-            // the request went out, or an UNAVAILABLE answer, goes back to the client.
+            // Retry what a backend refused or dropped (a killed replica, a failover). A retry
+            // carries the same x-request-id, which Envoy makes for every outside request, and
+            // chatd keys a send without a client key by it: a retried send that had committed
+            // returns the first message instead of storing a second.
             retry_policy: Some(RetryPolicy {
-                retry_on: "connect-failure,refused-stream,reset-before-request".into(),
+                retry_on: "unavailable,reset,connect-failure,refused-stream".into(),
                 num_retries: Some(UInt32Value { value: 2 }),
                 per_try_timeout: Some(Duration::default()),
                 ..RetryPolicy::default()
