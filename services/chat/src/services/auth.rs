@@ -128,10 +128,16 @@ fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
             "{what} contains control characters"
         )));
     }
-    if what == "display_name" && value.chars().any(super::is_deceptive) {
-        return Err(Error::InvalidArgument(format!(
-            "{what} contains invisible or direction-changing characters"
-        )));
+    Ok(())
+}
+
+/// A display name: profile text that also must not pass for someone else's name.
+fn check_display_name(value: &str) -> Result<()> {
+    check_profile_text("display_name", value, 64)?;
+    if value.chars().any(super::is_deceptive) {
+        return Err(Error::InvalidArgument(
+            "display_name contains invisible or direction-changing characters".into(),
+        ));
     }
     Ok(())
 }
@@ -147,7 +153,7 @@ impl Auth for AuthService {
         } else {
             req.display_name.clone()
         };
-        check_profile_text("display_name", &display, 64)?;
+        check_display_name(&display)?;
         self.passwords.attempt(&req.username)?;
         let hash = self.passwords.hash(req.password).await?;
         let mut conn = self.app.primary_conn().await?;
@@ -247,7 +253,7 @@ impl Auth for AuthService {
             if name.trim().is_empty() {
                 return Err(Error::InvalidArgument("display_name is empty".into()).into());
             }
-            check_profile_text("display_name", name, 64)?;
+            check_display_name(name)?;
         }
         if let Some(bio) = &req.bio {
             check_profile_text("bio", bio, 512)?;

@@ -206,13 +206,13 @@ impl Client {
 }
 
 /// `text` safe to print on a terminal: control characters (escape sequences could move the
-/// cursor, rewrite earlier lines or set the window title) and bidirectional overrides (which
-/// reorder what is shown) appear escaped, as `\u{1b}`; newlines and tabs stay.
+/// cursor, rewrite earlier lines or set the window title) and the invisible and
+/// direction-changing characters names may not carry appear escaped, as `\u{1b}`; newlines
+/// and tabs stay.
 pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if (c.is_control() && c != '\n' && c != '\t') || bidi {
+            if (c.is_control() && c != '\n' && c != '\t') || chatd::services::is_deceptive(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
