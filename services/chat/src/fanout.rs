@@ -34,6 +34,9 @@ pub struct Topic {
     pub conversation: u64,
 }
 
+/// The seq an update hint carries when it is about access, not a message (seqs start at 1).
+pub const ACCESS_CHANGED: u64 = 0;
+
 /// The newest message a replica has heard of, and the token to read it with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hint {
@@ -145,6 +148,14 @@ impl Hub {
             // No receiver is fine.
             let _ = ch.updates.send((seq, token.to_string()));
         }
+    }
+
+    /// Who may read `topic` changed (a member removed, kicked or gone, a channel deleted),
+    /// committed at `token`: its subscribers here and on the peers check their access again at
+    /// once, so a stream that lost it ends now rather than at its next poll. Sent as an update
+    /// of [`ACCESS_CHANGED`], which names no message.
+    pub fn access_changed(&self, topic: &Topic, token: &str) {
+        self.publish(topic, ACCESS_CHANGED, token, true);
     }
 
     /// A message was written here: wake local subscribers and tell the peers.

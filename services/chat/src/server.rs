@@ -23,6 +23,7 @@ use crate::{
         auth::{ACCESS_TTL_MS, AuthService},
         dms::DmsService,
         groups::GroupsService,
+        revocations::Revocations,
         servers::ServersService,
     },
     store,
@@ -186,6 +187,7 @@ pub async fn serve(
     let shutdown = shutdown.boxed().shared();
     let ready = async {
         let db = Db::connect(db_config).await?;
+        store::sessions::migrate(&db).await?;
         for service in &config.services {
             match service {
                 ServiceName::Auth => store::auth::migrate(&db).await?,
@@ -214,11 +216,14 @@ pub async fn serve(
     });
     let hub = Hub::new(peers);
     let (drain_tx, drain_rx) = watch::channel(false);
+    let revocations = Revocations::new();
+    tokio::spawn(revocations.clone().follow(db.clone()));
     let app = App::new(
         db,
         verifier,
         hub.clone(),
         RateLimiter::new(config.rate.0, config.rate.1),
+        revocations,
         drain_rx,
     );
 

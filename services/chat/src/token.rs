@@ -30,6 +30,10 @@ pub struct Claims {
     /// The signing key's id (set by [`Signer::sign`]; empty in tokens from before key ids).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kid: String,
+    /// The session (login) the token belongs to, base64url: logging out revokes it on every
+    /// replica (empty in tokens from before sessions were named, which cannot be revoked).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sid: String,
 }
 
 /// A public key's id: the start of its SHA-256, base64url.
@@ -184,6 +188,7 @@ mod tests {
             iat: 0,
             exp,
             kid: String::new(),
+            sid: String::new(),
         }
     }
 

@@ -24,6 +24,10 @@ use chatd::{
 use common::{Setup, authed, register, uid};
 use tonic::{Code, Request, Status, Streaming};
 
+/// How soon a stream ends once its subscriber loses access (idle streams poll every 2 s, so
+/// only the change's own hint meets this).
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
 fn send(conv: u64, text: &str) -> SendMessageRequest {
     SendMessageRequest {
         conversation_id: conv,
@@ -41,11 +45,20 @@ fn from_start(conv: u64) -> SubscribeRequest {
 
 /// Read the stream until it ends with an error; the texts delivered before it, and the error.
 async fn until_error(stream: &mut Streaming<Event>) -> (Vec<String>, Status) {
+    until_error_within(stream, Duration::from_secs(10)).await
+}
+
+/// As [`until_error`], failing unless the stream ends within `limit`.
+async fn until_error_within(
+    stream: &mut Streaming<Event>,
+    limit: Duration,
+) -> (Vec<String>, Status) {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut texts = Vec::new();
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let next = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .expect("the stream ends within 10 s");
+            .unwrap_or_else(|_| panic!("the stream ends within {limit:?}"));
         match next {
             Ok(Some(Event {
                 kind: Some(event::Kind::Message(m)),
@@ -100,6 +113,7 @@ async fn a_member_removed_from_a_group_gets_nothing_more() {
         ))
         .await
         .unwrap();
+    let removed = std::time::Instant::now();
     for i in 0..5 {
         c.groups
             .send_message(authed(&owner, send(group.id, &format!("after {i}"))))
@@ -109,6 +123,11 @@ async fn a_member_removed_from_a_group_gets_nothing_more() {
     let (delivered, status) = until_error(&mut stream).await;
     assert_eq!(delivered, Vec::<String>::new(), "sent after the removal");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        removed.elapsed() < ONE_SECOND,
+        "ended {:?} after the removal",
+        removed.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,13 +171,14 @@ async fn kicked_or_with_the_channel_deleted_a_stream_ends_even_when_nobody_write
     let mut kicked_stream = subscribe(&mut c, &kicked).await;
     let mut other_stream = subscribe(&mut c, &stays).await;
 
-    // No message follows the kick: the stream ends on the re-check of an idle subscription.
+    // No message follows the kick: the kick itself ends the stream, well before the idle
+    // subscription's next poll.
     let kick = KickRequest {
         server_id: server.id,
         user_id: uid(&kicked),
     };
     c.servers.kick(authed(&owner, kick)).await.unwrap();
-    let (_, status) = until_error(&mut kicked_stream).await;
+    let (_, status) = until_error_within(&mut kicked_stream, ONE_SECOND).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     let delete = DeleteChannelRequest {
@@ -168,7 +188,7 @@ async fn kicked_or_with_the_channel_deleted_a_stream_ends_even_when_nobody_write
         .delete_channel(authed(&owner, delete))
         .await
         .unwrap();
-    let (_, status) = until_error(&mut other_stream).await;
+    let (_, status) = until_error_within(&mut other_stream, ONE_SECOND).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
@@ -185,6 +205,7 @@ async fn a_stream_ends_when_its_access_token_expires() {
         iat: now_ms(),
         exp: now_ms() + 2_000,
         kid: String::new(),
+        sid: String::new(),
     };
     let short = Signer::from_pem(&key).unwrap().sign(&claims);
     let mut req = Request::new(from_start(group.id));
@@ -199,4 +220,53 @@ async fn a_stream_ends_when_its_access_token_expires() {
         took >= Duration::from_millis(1_500) && took < Duration::from_secs(6),
         "ended after {took:?}, the token lived 2 s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logging_out_ends_the_sessions_streams_and_refuses_its_access_token() {
+    use chatd::pb::{auth::LogoutRequest, groups::GetGroupRequest};
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let group = c.group(&owner, "team", &[]).await;
+    // A second login of the same user: its stream must outlive the first session's logout.
+    let other = c
+        .auth
+        .login(chatd::pb::auth::LoginRequest {
+            username: "owner".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = c
+        .groups
+        .subscribe(authed(&owner, from_start(group.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut others = c
+        .groups
+        .subscribe(authed(&other, from_start(group.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    let out = LogoutRequest {
+        refresh_token: owner.refresh_token.clone(),
+    };
+    c.auth.logout(authed(&owner, out)).await.unwrap();
+    let (_, status) = until_error_within(&mut stream, ONE_SECOND).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("logged out"), "{status:?}");
+
+    // The token has not expired, yet no call takes it any more; the other session works.
+    let get = |who: &Session| authed(who, GetGroupRequest { group_id: group.id });
+    let refused = c.groups.get_group(get(&owner)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    c.groups.get_group(get(&other)).await.unwrap();
+    c.groups
+        .send_message(authed(&other, send(group.id, "still here")))
+        .await
+        .unwrap();
+    until_text(&mut others, "still here").await;
 }

@@ -18,7 +18,7 @@ use crate::{
         GetProfileRequest, LoginRequest, LogoutRequest, LogoutResponse, Profile, RefreshRequest,
         RegisterRequest, Session, UpdateProfileRequest, auth_server::Auth,
     },
-    store::auth as store,
+    store::{auth as store, sessions},
     token::{Claims, Signer, now_ms},
 };
 
@@ -55,21 +55,22 @@ impl AuthService {
         family: Option<Vec<u8>>,
     ) -> Result<Session> {
         let now = now_ms();
+        let family = family.unwrap_or_else(|| {
+            let mut fresh = vec![0u8; 16];
+            rand::rng().fill_bytes(&mut fresh);
+            fresh
+        });
         let claims = Claims {
             sub: profile.user_id,
             usr: profile.username.clone(),
             iat: now,
             exp: now + self.access_ttl_ms,
             kid: String::new(),
+            sid: B64.encode(&family),
         };
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let refresh = B64.encode(raw);
-        let family = family.unwrap_or_else(|| {
-            let mut fresh = vec![0u8; 16];
-            rand::rng().fill_bytes(&mut fresh);
-            fresh
-        });
         store::insert_refresh(
             conn,
             &hash_refresh(&refresh),
@@ -84,6 +85,14 @@ impl AuthService {
             refresh_token: refresh,
             profile: Some(profile),
         })
+    }
+}
+
+impl AuthService {
+    /// Revoke every access token of session `family` until the last it may have been given
+    /// expires (see [`Revocations`](super::revocations::Revocations)).
+    async fn end_session(&self, conn: &mut MySqlConnection, family: &[u8]) -> Result<()> {
+        sessions::revoke(conn, family, now_ms() + self.access_ttl_ms).await
     }
 }
 
@@ -200,8 +209,9 @@ impl Auth for AuthService {
                 store::Refresh::Fresh { .. } | store::Refresh::Unknown => {
                     return Err(invalid().into());
                 }
-                store::Refresh::Reused => {
+                store::Refresh::Reused { family } => {
                     warn!("a used refresh token was presented again: its session is revoked");
+                    self.end_session(&mut conn, &family).await?;
                     return Err(Error::Unauthenticated(
                     "this refresh token was used before, so the session is revoked: log in again"
                         .into(),
@@ -223,6 +233,12 @@ impl Auth for AuthService {
         let req = req.into_inner();
         let mut conn = self.app.primary_conn().await?;
         store::revoke_refresh(&mut conn, &hash_refresh(&req.refresh_token), caller.sub).await?;
+        // The access token's own session ends too, on every replica, although the token has
+        // not expired (its refresh token may belong to another session, or be missing).
+        if let Ok(family) = B64.decode(&caller.sid) {
+            store::revoke_family(&mut conn, &family, caller.sub).await?;
+            self.end_session(&mut conn, &family).await?;
+        }
         Ok(Response::new(LogoutResponse {}))
     }
 

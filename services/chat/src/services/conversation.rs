@@ -9,11 +9,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
-use super::{App, PooledConn, SubscriptionSlot};
+use super::{App, LOGGED_OUT, PooledConn, SubscriptionSlot};
 use crate::{
     db::DELIVERY_WAIT,
     error::{Error, Result},
-    fanout::Topic,
+    fanout::{ACCESS_CHANGED, Topic},
     pb::chat::{
         DeleteMessageRequest, EditMessageRequest, Event, HistoryRequest, HistoryResponse, Message,
         SendMessageRequest, SubscribeRequest, event,
@@ -225,6 +225,7 @@ impl<M: Membership> Conversations<M> {
             topic: self.topic(req.conversation_id),
             membership: self.membership.clone(),
             user: caller.sub,
+            session: caller.sid,
             expires_at_ms: caller.exp,
             last: req.after_seq,
             token,
@@ -265,6 +266,8 @@ struct Stream<M> {
     membership: Arc<M>,
     /// The subscriber.
     user: u64,
+    /// Their session: the stream ends when it is logged out.
+    session: String,
     /// When the subscriber's access token expires: the stream ends then.
     expires_at_ms: i64,
     last: u64,
@@ -281,6 +284,7 @@ impl<M: Membership> Stream<M> {
     async fn run(mut self) {
         let mut sub = self.app.hub.subscribe(self.topic.clone());
         let mut shutdown = self.app.shutdown.clone();
+        let mut revoked = self.app.revocations.changes();
         let left_ms = u64::try_from(self.expires_at_ms - now_ms()).unwrap_or(0);
         let expiry = tokio::time::sleep(Duration::from_millis(left_ms));
         tokio::pin!(expiry);
@@ -320,6 +324,12 @@ impl<M: Membership> Stream<M> {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = poll.tick() => {}
+                Ok(()) = revoked.changed() => {
+                    if self.app.revocations.is_revoked(&self.session) {
+                        let _ = self.tx.send(Err(Status::unauthenticated(LOGGED_OUT))).await;
+                        return;
+                    }
+                }
                 _ = self.tx.closed() => return,
                 _ = until_true(&mut shutdown) => return,
                 () = &mut expiry => {
@@ -389,6 +399,11 @@ impl<M: Membership> Stream<M> {
     }
 
     async fn send_update(&mut self, seq: u64, token: &str) -> Result<()> {
+        if seq == ACCESS_CHANGED {
+            // Only the check: it ends the stream when access is gone.
+            drop(self.checked_reader(Some(token)).await?);
+            return Ok(());
+        }
         let message = {
             let mut conn = self.checked_reader(Some(token)).await?;
             messages::get(&mut conn, self.tables, self.topic.conversation, seq).await?

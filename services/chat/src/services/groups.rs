@@ -23,6 +23,9 @@ use crate::{
 /// Most members a group may have.
 pub const MAX_MEMBERS: usize = 1000;
 
+/// The service's name, in hints to subscribers.
+const SERVICE: &str = "groups";
+
 /// Members may read and write; owners and admins moderate.
 pub struct GroupMembership;
 
@@ -67,7 +70,7 @@ impl GroupsService {
         Self {
             conversations: Conversations {
                 app: app.clone(),
-                service: "groups",
+                service: SERVICE,
                 tables: store::TABLES,
                 membership: Arc::new(GroupMembership),
             },
@@ -207,7 +210,10 @@ impl Groups for GroupsService {
         }
         store::remove_member(&mut conn, req.group_id, req.user_id).await?;
         let group = store::load(&mut conn, req.group_id).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, group).await?)
+        Ok(self
+            .app
+            .access_changed(&mut conn, caller.sub, SERVICE, &[req.group_id], group)
+            .await?)
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
@@ -217,7 +223,7 @@ impl Groups for GroupsService {
         store::leave(&mut conn, group, caller.sub).await?;
         Ok(self
             .app
-            .committed(&mut conn, caller.sub, LeaveResponse {})
+            .access_changed(&mut conn, caller.sub, SERVICE, &[group], LeaveResponse {})
             .await?)
     }
 

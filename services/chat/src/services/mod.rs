@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod dms;
 pub mod groups;
 pub mod passwords;
+pub mod revocations;
 pub mod servers;
 
 use chatcluster_common::sync::lock;
@@ -20,12 +21,16 @@ use sqlx::{MySql, MySqlConnection, pool::PoolConnection};
 use tokio::sync::watch;
 use tonic::{Request, Response, metadata::MetadataValue};
 
+use self::revocations::Revocations;
 use crate::{
     db::Db,
     error::{Error, Result},
-    fanout::Hub,
+    fanout::{Hub, Topic},
     token::{Claims, Verifier},
 };
+
+/// What a call or stream of a revoked session is told.
+pub const LOGGED_OUT: &str = "this session was logged out: log in again";
 
 /// A pooled database connection.
 pub type PooledConn = PoolConnection<MySql>;
@@ -83,6 +88,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Limits writes per user.
     pub limiter: RateLimiter,
+    /// Sessions logged out before their tokens expire.
+    pub revocations: Arc<Revocations>,
     /// The last consistency token of each user who wrote through this replica.
     tokens: Mutex<HashMap<u64, String>>,
     /// Open subscriptions per user on this replica.
@@ -98,6 +105,7 @@ impl App {
         verifier: Verifier,
         hub: Arc<Hub>,
         limiter: RateLimiter,
+        revocations: Arc<Revocations>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -105,6 +113,7 @@ impl App {
             verifier,
             hub,
             limiter,
+            revocations,
             tokens: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown,
@@ -134,9 +143,13 @@ impl App {
         Ok(self.db.primary().await.acquire().await?)
     }
 
-    /// The authenticated caller.
+    /// The authenticated caller, whose session has not been logged out.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Claims> {
-        self.verifier.authenticate(req)
+        let claims = self.verifier.authenticate(req)?;
+        if self.revocations.is_revoked(&claims.sid) {
+            return Err(Error::Unauthenticated(LOGGED_OUT.into()));
+        }
+        Ok(claims)
     }
 
     /// The caller, after charging one write to their rate limit.
@@ -185,6 +198,27 @@ impl App {
         body: T,
     ) -> Result<Response<T>> {
         let token = self.db.commit_token(conn).await?;
+        Ok(self.written(user, &token, body))
+    }
+
+    /// As [`committed`](Self::committed), for a write that changed who may read
+    /// `conversations` of `service`: their open streams check access again at once.
+    pub async fn access_changed<T>(
+        &self,
+        conn: &mut MySqlConnection,
+        user: u64,
+        service: &'static str,
+        conversations: &[u64],
+        body: T,
+    ) -> Result<Response<T>> {
+        let token = self.db.commit_token(conn).await?;
+        for &conversation in conversations {
+            let topic = Topic {
+                service,
+                conversation,
+            };
+            self.hub.access_changed(&topic, &token);
+        }
         Ok(self.written(user, &token, body))
     }
 

@@ -23,6 +23,9 @@ use crate::{
     store::servers as store,
 };
 
+/// The service's name, in hints to subscribers.
+const SERVICE: &str = "servers";
+
 const MAX_INVITE_TTL_S: u32 = 30 * 24 * 3600;
 const DEFAULT_INVITE_TTL_S: u32 = 24 * 3600;
 const MAX_CHANNELS: i64 = 500;
@@ -113,7 +116,7 @@ impl ServersService {
         Self {
             conversations: Conversations {
                 app: app.clone(),
-                service: "servers",
+                service: SERVICE,
                 tables: store::TABLES,
                 membership: Arc::new(ChannelMembership),
             },
@@ -208,9 +211,10 @@ impl Servers for ServersService {
             .into());
         }
         store::remove_member(&mut conn, server, caller.sub).await?;
+        let channels = store::channel_ids(&mut conn, server).await?;
         Ok(self
             .app
-            .committed(&mut conn, caller.sub, LeaveResponse {})
+            .access_changed(&mut conn, caller.sub, SERVICE, &channels, LeaveResponse {})
             .await?)
     }
 
@@ -231,9 +235,10 @@ impl Servers for ServersService {
             .into());
         }
         store::remove_member(&mut conn, req.server_id, req.user_id).await?;
+        let channels = store::channel_ids(&mut conn, req.server_id).await?;
         Ok(self
             .app
-            .committed(&mut conn, caller.sub, KickResponse {})
+            .access_changed(&mut conn, caller.sub, SERVICE, &channels, KickResponse {})
             .await?)
     }
 
@@ -309,7 +314,13 @@ impl Servers for ServersService {
         store::delete_channel(&mut conn, channel).await?;
         Ok(self
             .app
-            .committed(&mut conn, caller.sub, DeleteChannelResponse {})
+            .access_changed(
+                &mut conn,
+                caller.sub,
+                SERVICE,
+                &[channel],
+                DeleteChannelResponse {},
+            )
             .await?)
     }
 }

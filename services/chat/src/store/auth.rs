@@ -158,8 +158,11 @@ pub enum Refresh {
         /// Its session.
         family: Vec<u8>,
     },
-    /// Used before: stolen, or replayed. Its whole session has been revoked.
-    Reused,
+    /// Used before: stolen, or replayed. Its whole session's refresh tokens are gone.
+    Reused {
+        /// The session.
+        family: Vec<u8>,
+    },
     /// No such token (never issued, expired and cleaned up, or revoked).
     Unknown,
 }
@@ -184,7 +187,7 @@ pub async fn take_refresh(conn: &mut MySqlConnection, hash: &[u8]) -> Result<Ref
             .bind(&family)
             .execute(&mut *tx)
             .await?;
-        Refresh::Reused
+        Refresh::Reused { family }
     } else {
         sqlx::query("UPDATE auth_refresh_tokens SET used = 1 WHERE token_hash = ?")
             .bind(hash)
@@ -205,6 +208,16 @@ pub async fn take_refresh(conn: &mut MySqlConnection, hash: &[u8]) -> Result<Ref
     Ok(outcome)
 }
 
+/// Delete every refresh token of `user`'s session `family`.
+pub async fn revoke_family(conn: &mut MySqlConnection, family: &[u8], user: u64) -> Result<()> {
+    sqlx::query("DELETE FROM auth_refresh_tokens WHERE family = ? AND user_id = ?")
+        .bind(family)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Revoke the session of `user`'s refresh token: every token of its family (a token of
 /// another user is left alone).
 pub async fn revoke_refresh(conn: &mut MySqlConnection, hash: &[u8], user: u64) -> Result<()> {
@@ -216,11 +229,7 @@ pub async fn revoke_refresh(conn: &mut MySqlConnection, hash: &[u8], user: u64) 
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(Some(family)) = family {
-        sqlx::query("DELETE FROM auth_refresh_tokens WHERE family = ? AND user_id = ?")
-            .bind(family)
-            .bind(user)
-            .execute(&mut *conn)
-            .await?;
+        revoke_family(conn, &family, user).await?;
     }
     sqlx::query("DELETE FROM auth_refresh_tokens WHERE token_hash = ? AND user_id = ?")
         .bind(hash)

@@ -8,6 +8,7 @@ pub mod dms;
 pub mod groups;
 pub mod messages;
 pub mod servers;
+pub mod sessions;
 
 use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Transaction};
 use tracing::info;

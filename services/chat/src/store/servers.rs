@@ -271,6 +271,16 @@ pub async fn set_role(
     ROSTER.set_role(conn, server, user, role as i32).await
 }
 
+/// The ids of `server`'s live channels.
+pub async fn channel_ids(conn: &mut MySqlConnection, server: u64) -> Result<Vec<u64>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM servers_channels WHERE server_id = ? AND deleted = 0")
+            .bind(server)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
 /// How many live channels `server` has.
 pub async fn channel_count(conn: &mut MySqlConnection, server: u64) -> Result<i64> {
     Ok(sqlx::query_scalar(
