@@ -270,3 +270,90 @@ async fn logging_out_ends_the_sessions_streams_and_refuses_its_access_token() {
         .unwrap();
     until_text(&mut others, "still here").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_too_slow_is_cut_with_the_seq_to_resume_after() {
+    use chatd::services::conversation::{RESUME_TRAILER, SLOW_READER};
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let reader = register(&mut c.auth, "reader").await;
+    let group = c.group(&owner, "busy", &[uid(&reader)]).await;
+    // Opened and then not read: what is sent piles up in the server's buffers until they are
+    // full (the queue, the HTTP/2 send buffer and a 64 KiB window: well under 300 × 4 KB).
+    let slow = tonic::transport::Endpoint::from_shared(s.chatd.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = chatd::pb::groups::groups_client::GroupsClient::new(slow)
+        .subscribe(authed(&reader, from_start(group.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    const SENT: u64 = 300;
+    for i in 0..SENT {
+        let text = format!("{i:04}{}", "x".repeat(3_996));
+        c.groups
+            .send_message(authed(&owner, send(group.id, &text)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(SLOW_READER + Duration::from_secs(2)).await;
+
+    // Reading now finds what was buffered, then the cut, naming the last seq delivered.
+    let mut seqs = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("buffered events come at once; had {}", seqs.len()))
+        {
+            Ok(Some(Event {
+                kind: Some(event::Kind::Message(m)),
+            })) => seqs.push(m.seq),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended without a status after {} events", seqs.len()),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let last = *seqs.last().expect("some events were buffered");
+    assert!(last < SENT, "the stream was cut before the end: {last}");
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "in order, no gap");
+    let resume: u64 = status
+        .metadata()
+        .get(RESUME_TRAILER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("the resume trailer");
+    assert_eq!(resume, last);
+    assert!(status.message().contains(&format!("after_seq = {last}")));
+
+    // Subscribing again from there delivers the rest, each once.
+    let mut rest = c
+        .groups
+        .subscribe(authed(
+            &reader,
+            SubscribeRequest {
+                conversation_id: group.id,
+                after_seq: resume,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = resume;
+    while next < SENT {
+        let event = tokio::time::timeout(Duration::from_secs(10), rest.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("stream open");
+        if let Some(event::Kind::Message(m)) = event.kind {
+            assert_eq!(m.seq, next + 1);
+            next = m.seq;
+        }
+    }
+}

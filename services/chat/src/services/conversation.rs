@@ -4,8 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::MySqlConnection;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
@@ -22,8 +21,60 @@ use crate::{
     token::now_ms,
 };
 
-/// The events of one subscription.
-pub type EventStream = ReceiverStream<Result<Event, Status>>;
+/// The events of one subscription, as the client takes them. When the client has taken
+/// nothing for [`SLOW_READER`] while events wait, the server gives up on it: the stream ends
+/// with RESOURCE_EXHAUSTED naming, in its message and in the `x-chat-resume-after-seq`
+/// trailer, the last seq it delivered, so the client subscribes again from there with no gap.
+/// The stream's buffers are so bounded: [`STREAM_BUFFER`] events here, the HTTP/2 window in
+/// flight.
+pub struct EventStream {
+    events: mpsc::Receiver<Result<Event, Status>>,
+    cut: oneshot::Receiver<()>,
+    /// The seq of the last message handed to the transport.
+    last: u64,
+    done: bool,
+}
+
+/// Trailer of a cut stream: the seq to subscribe again after.
+pub const RESUME_TRAILER: &str = "x-chat-resume-after-seq";
+/// How long a subscriber may leave delivered events unread before its stream is cut.
+pub const SLOW_READER: Duration = Duration::from_secs(10);
+/// Events waiting for one subscriber, at most.
+pub const STREAM_BUFFER: usize = 64;
+
+impl futures::Stream for EventStream {
+    type Item = Result<Event, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::{future::Future, pin::Pin, task::Poll};
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // The cut goes before whatever is still buffered: that is what was too slow.
+        if let Poll::Ready(Ok(())) = Pin::new(&mut self.cut).poll(cx) {
+            self.done = true;
+            let last = self.last;
+            let mut trailers = tonic::metadata::MetadataMap::new();
+            trailers.insert(RESUME_TRAILER, last.into());
+            return Poll::Ready(Some(Err(Status::with_metadata(
+                tonic::Code::ResourceExhausted,
+                format!("the subscriber read too slowly: subscribe again with after_seq = {last}"),
+                trailers,
+            ))));
+        }
+        let next = self.events.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(Event {
+            kind: Some(event::Kind::Message(m)),
+        }))) = &next
+        {
+            self.last = m.seq;
+        }
+        next
+    }
+}
 
 /// What a member may do in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,8 +268,10 @@ impl<M: Membership> Conversations<M> {
                 .await?,
         );
         let slot = self.app.subscription_slot(caller.sub)?;
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, events) = mpsc::channel(STREAM_BUFFER);
+        let (cut, cut_rx) = oneshot::channel();
         let stream = Stream {
+            cut: Some(cut),
             _slot: slot,
             app: self.app.clone(),
             tables: self.tables,
@@ -238,7 +291,12 @@ impl<M: Membership> Conversations<M> {
             user = caller.sub
         );
         tokio::spawn(stream.run().instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(EventStream {
+            events,
+            cut: cut_rx,
+            last: req.after_seq,
+            done: false,
+        }))
     }
 }
 
@@ -273,6 +331,8 @@ struct Stream<M> {
     last: u64,
     token: Option<String>,
     tx: mpsc::Sender<Result<Event, Status>>,
+    /// Fired when the subscriber reads too slowly (see [`EventStream`]).
+    cut: Option<oneshot::Sender<()>>,
 }
 
 enum Flow {
@@ -295,7 +355,7 @@ impl<M: Membership> Stream<M> {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return,
                 Err(e) => {
-                    let _ = self.tx.send(Err(e.into())).await;
+                    self.deliver(Err(e.into())).await;
                     return;
                 }
             }
@@ -311,9 +371,13 @@ impl<M: Membership> Stream<M> {
                 }
                 update = sub.updates.recv() => match update {
                     Ok((seq, token)) if seq <= self.last => {
-                        if let Err(e) = self.send_update(seq, &token).await {
-                            let _ = self.tx.send(Err(e.into())).await;
-                            return;
+                        match self.send_update(seq, &token).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Stop) => return,
+                            Err(e) => {
+                                self.deliver(Err(e.into())).await;
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -326,7 +390,7 @@ impl<M: Membership> Stream<M> {
                 _ = poll.tick() => {}
                 Ok(()) = revoked.changed() => {
                     if self.app.revocations.is_revoked(&self.session) {
-                        let _ = self.tx.send(Err(Status::unauthenticated(LOGGED_OUT))).await;
+                        self.deliver(Err(Status::unauthenticated(LOGGED_OUT))).await;
                         return;
                     }
                 }
@@ -334,7 +398,7 @@ impl<M: Membership> Stream<M> {
                 _ = until_true(&mut shutdown) => return,
                 () = &mut expiry => {
                     let expired = Status::unauthenticated("the access token expired: refresh it and subscribe again");
-                    let _ = self.tx.send(Err(expired)).await;
+                    self.deliver(Err(expired)).await;
                     return;
                 }
             }
@@ -368,7 +432,7 @@ impl<M: Membership> Stream<M> {
                 let event = Event {
                     kind: Some(event::Kind::Message(message)),
                 };
-                if self.tx.send(Ok(event)).await.is_err() {
+                if let Flow::Stop = self.deliver(Ok(event)).await {
                     return Ok(Flow::Stop);
                 }
             }
@@ -398,22 +462,40 @@ impl<M: Membership> Stream<M> {
         }
     }
 
-    async fn send_update(&mut self, seq: u64, token: &str) -> Result<()> {
+    /// Hand `item` to the subscriber: Stop when they are gone, or too slow to take it within
+    /// [`SLOW_READER`] (their stream is then cut, see [`EventStream`]).
+    async fn deliver(&mut self, item: Result<Event, Status>) -> Flow {
+        match tokio::time::timeout(SLOW_READER, self.tx.send(item)).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Stop,
+            Err(_) => {
+                debug!("subscriber too slow: stream cut");
+                if let Some(cut) = self.cut.take() {
+                    let _ = cut.send(());
+                }
+                Flow::Stop
+            }
+        }
+    }
+
+    async fn send_update(&mut self, seq: u64, token: &str) -> Result<Flow> {
         if seq == ACCESS_CHANGED {
             // Only the check: it ends the stream when access is gone.
             drop(self.checked_reader(Some(token)).await?);
-            return Ok(());
+            return Ok(Flow::Continue);
         }
         let message = {
             let mut conn = self.checked_reader(Some(token)).await?;
             messages::get(&mut conn, self.tables, self.topic.conversation, seq).await?
         };
-        if let Some(message) = message {
-            let event = Event {
-                kind: Some(event::Kind::Updated(message)),
-            };
-            let _ = self.tx.send(Ok(event)).await;
-        }
-        Ok(())
+        Ok(match message {
+            Some(message) => {
+                let event = Event {
+                    kind: Some(event::Kind::Updated(message)),
+                };
+                self.deliver(Ok(event)).await
+            }
+            None => Flow::Continue,
+        })
     }
 }
