@@ -110,10 +110,13 @@ async fn level(address: &str, users: &[(Session, u64)]) -> Figures {
 fn main() {
     let cluster = LocalCluster::start_with(
         "examples/laptop.yaml",
-        // The per-user token bucket (20/s) would cap both paths alike.
+        // The per-user token bucket (20/s) would cap both paths alike, and every user comes
+        // from one address here.
         &[
             ("CHATD_RATE_PER_SECOND", "100000"),
             ("CHATD_RATE_BURST", "100000"),
+            ("CHATD_ADDRESS_REGISTRATIONS_PER_HOUR", "1000000"),
+            ("CHATD_ADDRESS_LOGINS_PER_MINUTE", "1000000"),
         ],
     );
     let groups = cluster.plan.service(ServiceKind::Groups).unwrap();

@@ -42,6 +42,10 @@ pub mod var {
     pub const RATE_PER_SECOND: &str = "CHATD_RATE_PER_SECOND";
     /// Writes per user at once.
     pub const RATE_BURST: &str = "CHATD_RATE_BURST";
+    /// Login attempts one client address may make per minute (auth).
+    pub const ADDRESS_LOGINS_PER_MINUTE: &str = "CHATD_ADDRESS_LOGINS_PER_MINUTE";
+    /// Accounts one client address may register per hour (auth).
+    pub const ADDRESS_REGISTRATIONS_PER_HOUR: &str = "CHATD_ADDRESS_REGISTRATIONS_PER_HOUR";
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     pub const DRAIN_SECONDS: &str = "CHATD_DRAIN_SECONDS";
     /// Not read by chatd: the pod's IP, which Kubernetes pods set so that

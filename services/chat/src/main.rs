@@ -9,6 +9,7 @@ use chatd::{
     db::DbConfig,
     fanout::PeerSource,
     server::{Config, ServiceName, serve},
+    services::auth::AddressLimits,
 };
 use clap::Parser;
 
@@ -77,6 +78,12 @@ struct Args {
     /// Writes per user at once.
     #[arg(long, env = var::RATE_BURST, default_value_t = 40.0)]
     rate_burst: f64,
+    /// Login attempts one client address may make per minute.
+    #[arg(long, env = var::ADDRESS_LOGINS_PER_MINUTE, default_value_t = AddressLimits::default().logins_per_minute)]
+    address_logins_per_minute: u32,
+    /// Accounts one client address may register per hour.
+    #[arg(long, env = var::ADDRESS_REGISTRATIONS_PER_HOUR, default_value_t = AddressLimits::default().registrations_per_hour)]
+    address_registrations_per_hour: u32,
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     #[arg(long, env = var::DRAIN_SECONDS, default_value_t = 5.0)]
     drain_seconds: f64,
@@ -139,6 +146,10 @@ async fn main() -> ExitCode {
         advertise: args.advertise,
         instance: args.instance,
         rate: (args.rate_per_second, args.rate_burst),
+        address_limits: AddressLimits {
+            logins_per_minute: args.address_logins_per_minute,
+            registrations_per_hour: args.address_registrations_per_hour,
+        },
         drain: Duration::from_secs_f64(args.drain_seconds.max(0.0)),
     };
     match serve(config, shutdown.wait()).await {

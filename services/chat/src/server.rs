@@ -20,7 +20,7 @@ use crate::{
     },
     services::{
         App, RateLimiter,
-        auth::{ACCESS_TTL_MS, AuthService},
+        auth::{ACCESS_TTL_MS, AddressLimits, AuthService},
         dms::DmsService,
         groups::GroupsService,
         revocations::Revocations,
@@ -104,6 +104,8 @@ pub struct Config {
     pub instance: String,
     /// Writes per user per second, and burst.
     pub rate: (f64, f64),
+    /// What auth lets one client address do.
+    pub address_limits: AddressLimits,
     /// How long to report NOT_SERVING before closing, so load balancers stop sending first.
     pub drain: Duration,
 }
@@ -262,7 +264,10 @@ pub async fn serve(
         }))
         .add_optional_service(
             signer
-                .map(|s| AuthService::new(app.clone(), s, ACCESS_TTL_MS).map(AuthServer::new))
+                .map(|s| {
+                    AuthService::new(app.clone(), s, ACCESS_TTL_MS, config.address_limits)
+                        .map(AuthServer::new)
+                })
                 .transpose()?,
         )
         .add_optional_service(

@@ -68,6 +68,66 @@ async fn guessing_one_accounts_password_is_throttled_before_any_hash() {
     assert_eq!(unknown.unwrap_err().message(), "wrong username or password");
 }
 
+/// `body` as coming from client address `ip` (as Envoy's x-forwarded-for entry says).
+fn from<T>(ip: &str, body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut()
+        .insert("x-forwarded-for", ip.parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_is_throttled_across_accounts_for_logins_and_registrations() {
+    use chatd::pb::auth::RegisterRequest;
+    // Few, so that no token comes back while the hashes run (one per 20 s).
+    const LOGINS: u32 = 3;
+    const REGISTRATIONS: u32 = 3;
+    let s = Setup::with(|o| {
+        o.address_logins_per_minute = LOGINS;
+        o.address_registrations_per_hour = REGISTRATIONS;
+    });
+    let mut c = common::Clients::new(&s.chatd).await;
+    let register_from = |ip: &str, name: &str| {
+        from(
+            ip,
+            RegisterRequest {
+                username: name.into(),
+                password: "correct horse battery".into(),
+                display_name: String::new(),
+            },
+        )
+    };
+    // The client's own x-forwarded-for entries come first; only Envoy's (the last) counts.
+    for i in 0..REGISTRATIONS {
+        let req = register_from(&format!("{i}.{i}.{i}.{i}, 10.0.0.1"), &format!("bulk-{i}"));
+        c.auth.register(req).await.unwrap();
+    }
+    let refused = c
+        .auth
+        .register(register_from("9.9.9.9, 10.0.0.1", "bulk-more"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("this address"), "{refused:?}");
+    c.auth
+        .register(register_from("10.0.0.2", "elsewhere"))
+        .await
+        .unwrap();
+
+    // Guesses spread over many accounts (never reaching any account's own limit) are still
+    // LOGINS a minute from one address; the next is refused before any hash.
+    for i in 0..LOGINS {
+        let guess = from("10.0.0.1", login(&format!("account-{i}"), "guess"));
+        let status = c.auth.login(guess).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let throttled = from("10.0.0.1", login("account-x", "guess"));
+    let status = c.auth.login(throttled).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let other = from("10.0.0.2", login("elsewhere", "correct horse battery"));
+    c.auth.login(other).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
     let mut s = Setup::new();
@@ -83,10 +143,16 @@ async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
     let names = (0..64)
         .map(|i| accounts[i % 4].to_string())
         .chain((0..64).map(|i| format!("unknown-{i}")));
+    // Each from an address of its own (a botnet): the per-address limit does not save the day.
     let logins: Vec<_> = names
-        .map(|name| {
+        .enumerate()
+        .map(|(i, name)| {
             let mut auth = c.auth.clone();
-            tokio::spawn(async move { auth.login(login(&name, "wrong")).await })
+            let req = from(
+                &format!("10.1.{}.{}", i / 256, i % 256),
+                login(&name, "wrong"),
+            );
+            tokio::spawn(async move { auth.login(req).await })
         })
         .collect();
     for login in logins {

@@ -11,7 +11,7 @@ use sqlx::MySqlConnection;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use super::{App, passwords::Passwords};
+use super::{App, RateLimiter, address_key, client_address, passwords::Passwords};
 use crate::{
     error::{Error, Result},
     pb::auth::{
@@ -27,22 +27,78 @@ pub const ACCESS_TTL_MS: i64 = 15 * 60 * 1000;
 /// Refresh tokens live this long.
 pub const REFRESH_TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
+/// What one client address may do, whatever the accounts: guessing many accounts' passwords
+/// and making accounts in bulk are throttled where they come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressLimits {
+    /// Login attempts per minute (all at once, then evenly).
+    pub logins_per_minute: u32,
+    /// Registrations per hour (all at once, then evenly).
+    pub registrations_per_hour: u32,
+}
+
+impl Default for AddressLimits {
+    /// Enough for a household or an office behind one address, far too few for a script.
+    fn default() -> Self {
+        Self {
+            logins_per_minute: 60,
+            registrations_per_hour: 20,
+        }
+    }
+}
+
+/// Token buckets per client address.
+struct ByAddress {
+    logins: RateLimiter,
+    registrations: RateLimiter,
+}
+
+impl ByAddress {
+    fn new(limits: AddressLimits) -> Self {
+        let bucket = |n: u32, window_s: f64| {
+            let n = f64::from(n.max(1));
+            RateLimiter::new(n / window_s, n)
+        };
+        Self {
+            logins: bucket(limits.logins_per_minute, 60.0),
+            registrations: bucket(limits.registrations_per_hour, 3600.0),
+        }
+    }
+
+    /// Charge `req`'s address in `bucket` (`what` names it in the refusal).
+    fn charge<T>(bucket: &RateLimiter, req: &Request<T>, what: &str) -> Result<()> {
+        let Some(address) = client_address(req) else {
+            return Ok(());
+        };
+        bucket.check(address_key(address)).map_err(|_| {
+            Error::ResourceExhausted(format!("too many {what} from this address: try later"))
+        })
+    }
+}
+
 /// The auth service.
 pub struct AuthService {
     app: Arc<App>,
     signer: Signer,
     access_ttl_ms: i64,
     passwords: Passwords,
+    by_address: ByAddress,
 }
 
 impl AuthService {
     /// Auth over `app`, signing with `signer`.
-    pub fn new(app: Arc<App>, signer: Signer, access_ttl_ms: i64) -> Result<Self> {
+    pub fn new(
+        app: Arc<App>,
+        signer: Signer,
+        access_ttl_ms: i64,
+        limits: AddressLimits,
+    ) -> Result<Self> {
         Ok(Self {
             app,
             signer,
             access_ttl_ms,
             passwords: Passwords::new()?,
+            by_address: ByAddress::new(limits),
         })
     }
 
@@ -154,6 +210,7 @@ fn check_display_name(value: &str) -> Result<()> {
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<Session>, Status> {
+        ByAddress::charge(&self.by_address.registrations, &req, "registrations")?;
         let req = req.into_inner();
         check_username(&req.username)?;
         check_password(&req.password)?;
@@ -175,6 +232,7 @@ impl Auth for AuthService {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<Session>, Status> {
+        ByAddress::charge(&self.by_address.logins, &req, "login attempts")?;
         let req = req.into_inner();
         let denied = || Error::Unauthenticated("wrong username or password".into());
         // Charged before any work, right or wrong: guessing is throttled per account.

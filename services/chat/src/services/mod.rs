@@ -12,6 +12,7 @@ pub mod servers;
 use chatcluster_common::sync::lock;
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -239,6 +240,33 @@ impl App {
     }
 }
 
+/// The address a request came from: the last `x-forwarded-for` entry, which Envoy (with
+/// `use_remote_address`, trusting no hop before it) appends from the connection it accepted,
+/// else the connection's own peer. chatd is reached only through Envoy, so a client cannot
+/// choose it.
+pub fn client_address<T>(req: &Request<T>) -> Option<IpAddr> {
+    req.metadata()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|a| a.trim().parse().ok())
+        .or_else(|| req.remote_addr().map(|a| a.ip()))
+        .map(|ip: IpAddr| ip.to_canonical())
+}
+
+/// A client address as a bucket key: an IPv4 address, or the /64 network of an IPv6 one
+/// (one subscriber is given a whole /64, so its addresses are one client).
+pub fn address_key(address: IpAddr) -> u64 {
+    match address {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let network = (u128::from(v6) >> 64) as u64;
+            // Apart from every IPv4 key, which fits in 32 bits.
+            network | (1 << 63)
+        }
+    }
+}
+
 /// Subscriptions one user may hold open on one replica.
 pub const MAX_SUBSCRIPTIONS_PER_USER: u32 = 256;
 
@@ -366,6 +394,27 @@ mod tests {
         assert!(limiter.check(2).is_ok(), "per user");
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(limiter.check(1).is_ok(), "refilled");
+    }
+
+    #[test]
+    fn client_addresses_come_from_envoys_entry_and_ipv6_counts_by_network() {
+        let with = |xff: &str| {
+            let mut req = Request::new(());
+            req.metadata_mut().insert(
+                "x-forwarded-for",
+                xff.parse().unwrap_or_else(|_| unreachable!()),
+            );
+            client_address(&req)
+        };
+        // The client's own claim comes first; Envoy's entry is the last.
+        assert_eq!(with("6.6.6.6, 10.0.0.7"), "10.0.0.7".parse().ok());
+        assert_eq!(with("::ffff:10.0.0.7"), "10.0.0.7".parse().ok());
+        assert_eq!(with("garbage"), None);
+        assert_eq!(client_address(&Request::new(())), None);
+        let v6 = |a: &str| address_key(a.parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_ne!(v6("::1"), v6("0.0.0.1"));
     }
 
     #[test]

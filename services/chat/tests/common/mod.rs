@@ -83,6 +83,9 @@ pub struct Options<'a> {
     pub rate: f64,
     pub metrics_port: Option<u16>,
     pub drain_seconds: f64,
+    /// Per client address (tests all come from 127.0.0.1): unlimited unless a test says.
+    pub address_logins_per_minute: u32,
+    pub address_registrations_per_hour: u32,
 }
 
 impl<'a> Options<'a> {
@@ -97,6 +100,8 @@ impl<'a> Options<'a> {
             rate: 1000.0,
             metrics_port: None,
             drain_seconds: 0.2,
+            address_logins_per_minute: 1_000_000,
+            address_registrations_per_hour: 1_000_000,
         }
     }
 }
@@ -132,7 +137,15 @@ impl Chatd {
             .env("CHATD_ADVERTISE", format!("127.0.0.1:{port}"))
             .env("CHATD_RATE_PER_SECOND", opts.rate.to_string())
             .env("CHATD_RATE_BURST", (opts.rate * 2.0).to_string())
-            .env("CHATD_DRAIN_SECONDS", opts.drain_seconds.to_string());
+            .env("CHATD_DRAIN_SECONDS", opts.drain_seconds.to_string())
+            .env(
+                "CHATD_ADDRESS_LOGINS_PER_MINUTE",
+                opts.address_logins_per_minute.to_string(),
+            )
+            .env(
+                "CHATD_ADDRESS_REGISTRATIONS_PER_HOUR",
+                opts.address_registrations_per_hour.to_string(),
+            );
         if let Some(p) = opts.metrics_port {
             cmd.env("CHATD_METRICS_LISTEN", format!("127.0.0.1:{p}"));
         }
@@ -217,16 +230,16 @@ impl Setup {
     }
 
     pub fn with_rate(rate: f64) -> Self {
+        Self::with(|o| o.rate = rate)
+    }
+
+    /// Every service, with the options `edit` leaves.
+    pub fn with(edit: impl FnOnce(&mut Options<'_>)) -> Self {
         let keys = Keys::new();
         let db = Db::start();
-        let chatd = Chatd::start(
-            &keys,
-            Options {
-                rate,
-                ..Options::new("auth,groups,dms,servers", &db)
-            },
-            free_port(),
-        );
+        let mut opts = Options::new("auth,groups,dms,servers", &db);
+        edit(&mut opts);
+        let chatd = Chatd::start(&keys, opts, free_port());
         Self { keys, db, chatd }
     }
 }
