@@ -198,6 +198,8 @@ fn sigterm_while_waiting_for_the_database_stops_chatd_at_once() {
         rate: 10.0,
         metrics_port: None,
         drain_seconds: 5.0,
+        address_logins_per_minute: 60,
+        address_registrations_per_hour: 20,
     };
     let mut chatd = Chatd::spawn(&keys, opts, free_port());
     std::thread::sleep(Duration::from_millis(1500));
