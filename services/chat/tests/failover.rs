@@ -87,6 +87,8 @@ async fn acknowledged_messages_survive_a_primary_killed_mid_stream() {
             rate: 10_000.0,
             metrics_port: None,
             drain_seconds: 0.2,
+            address_logins_per_minute: 1_000,
+            address_registrations_per_hour: 1_000,
         },
         free_port(),
     );
