@@ -9,6 +9,7 @@ pub mod local;
 pub mod mariadb;
 pub mod netns;
 pub mod objects;
+pub mod sends;
 pub mod writer;
 
 pub use chatcluster_harness::{Process, TempDir, envoy_binary, free_port, http_get, repo};

@@ -34,6 +34,15 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// chatd's limits per user and per client address lifted, for benchmarks whose many users all
+/// come from one address and would otherwise measure the limits.
+pub const UNLIMITED_CHATD: &[(&str, &str)] = &[
+    ("CHATD_RATE_PER_SECOND", "100000"),
+    ("CHATD_RATE_BURST", "100000"),
+    ("CHATD_ADDRESS_REGISTRATIONS_PER_HOUR", "1000000"),
+    ("CHATD_ADDRESS_LOGINS_PER_MINUTE", "1000000"),
+];
+
 /// A running local cluster.
 pub struct LocalCluster {
     /// Everything the test made (removed when dropped): the data directory, or the clone
@@ -106,6 +115,25 @@ impl LocalCluster {
         let file = repo().join(file);
         let dir = TempDir::new("local-cluster");
         Self::start_in(file, dir, None, env)
+    }
+
+    /// As [`start_with`](Self::start_with), for the cluster of `file` changed by `edit` (the
+    /// changed file is written beside the data, in the cluster's own directory).
+    pub fn start_edited(
+        file: &str,
+        edit: impl FnOnce(&mut ChatCluster),
+        env: &[(&str, &str)],
+    ) -> Self {
+        let path = repo().join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        edit(&mut cc);
+        let dir = TempDir::new("local-cluster");
+        let edited = dir.path().join("cluster.yaml");
+        let yaml = serde_yaml::to_string(&cc).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&edited, yaml).unwrap_or_else(|e| panic!("{}: {e}", edited.display()));
+        Self::start_in(edited, dir, None, env)
     }
 
     /// Start `file` in `dir` (a previous run's data directory to resume it), on the previous

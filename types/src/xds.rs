@@ -20,7 +20,8 @@ pub struct XdsConfig {
     pub plaintext_port: Option<i32>,
     /// Accept gRPC-Web beside gRPC.
     pub grpc_web: bool,
-    /// Requests per second each Envoy lets through (a local token bucket); none: unlimited.
+    /// Requests each Envoy lets one client address make (a local token bucket per address);
+    /// none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// One upstream cluster per chat service.

@@ -34,6 +34,17 @@ pub const HASH_HEADER: &str = "x-chat-affinity";
 /// Request rate per replica the autoscaler aims for when the spec gives no target.
 pub const TARGET_REQUESTS_PER_SECOND: i32 = 400;
 
+/// Requests per second each Envoy lets one client address make, sustained.
+pub const CLIENT_REQUESTS_PER_SECOND: i32 = 100;
+/// Requests one client address may make at once.
+pub const CLIENT_BURST: i32 = 200;
+
+pub(crate) fn client_requests_per_second() -> i32 {
+    CLIENT_REQUESTS_PER_SECOND
+}
+pub(crate) fn client_burst() -> i32 {
+    CLIENT_BURST
+}
 pub(crate) fn two() -> i32 {
     2
 }

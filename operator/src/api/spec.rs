@@ -246,6 +246,10 @@ pub struct IngressSpec {
     /// Accept gRPC-Web (browsers) beside plain gRPC (default true).
     #[serde(default = "defaults::yes")]
     pub grpc_web: bool,
+    /// How many requests each Envoy takes from one client address (default on: 100 per
+    /// second, 200 at once); beyond it, RESOURCE_EXHAUSTED.
+    #[serde(default)]
+    pub rate_limit: ClientRateLimitSpec,
     /// Envoy image (default: the pinned upstream image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -261,8 +265,36 @@ impl Default for IngressSpec {
             service: IngressServiceSpec::default(),
             tls: None,
             grpc_web: defaults::yes(),
+            rate_limit: ClientRateLimitSpec::default(),
             image: None,
             resources: None,
+        }
+    }
+}
+
+/// A token bucket per client address at each Envoy, before anything reaches a service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRateLimitSpec {
+    /// Apply it (default true).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Sustained requests per second per client address (default 100).
+    #[serde(default = "defaults::client_requests_per_second")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: i32,
+    /// Requests per client address at once (default 200).
+    #[serde(default = "defaults::client_burst")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: i32,
+}
+
+impl Default for ClientRateLimitSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            requests_per_second: defaults::CLIENT_REQUESTS_PER_SECOND,
+            burst: defaults::CLIENT_BURST,
         }
     }
 }

@@ -807,6 +807,19 @@ fn ingress_settings_reach_service_and_xds() {
         .expect("auth");
     assert_eq!(auth.load_balancing, LoadBalancing::LeastRequest);
     assert_eq!(auth.hash_header, None);
+    // Each client address is limited unless the spec says otherwise.
+    assert_eq!(
+        config.rate_limit,
+        Some(RateLimit {
+            requests_per_second: 100,
+            burst: 200,
+        })
+    );
+    let mut unlimited = spec.clone();
+    unlimited.ingress.rate_limit.enabled = false;
+    let unlimited = ValidatedCluster::new("demo", &unlimited).expect("a valid spec");
+    let config = xds_config(&unlimited);
+    assert_eq!(config.rate_limit, None);
 
     // chat-xds may read only the certificate it serves, and nothing cluster-wide.
     let rules = d.roles[0].rules.clone().unwrap_or_default();

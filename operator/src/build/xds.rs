@@ -16,7 +16,9 @@ use k8s_openapi::{
 };
 
 use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
-use crate::api::{ChatClusterSpec, LoadBalancing, ValidatedCluster, XdsSpec, defaults};
+use crate::api::{
+    ChatClusterSpec, ClientRateLimitSpec, LoadBalancing, ValidatedCluster, XdsSpec, defaults,
+};
 
 /// Component label of chat-xds objects.
 pub const COMPONENT: &str = "xds";
@@ -35,6 +37,14 @@ pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
         .unwrap_or_else(|| names::self_signed_tls(c))
 }
 
+fn client_rate_limit(spec: &ClientRateLimitSpec) -> Option<RateLimit> {
+    let positive = |n: i32| u32::try_from(n).unwrap_or(1).max(1);
+    spec.enabled.then(|| RateLimit {
+        requests_per_second: positive(spec.requests_per_second),
+        burst: positive(spec.burst),
+    })
+}
+
 /// chat-xds's view of the cluster: a workload configuration, the same in Kubernetes and in
 /// local mode (which sets its own ports and adds an endpoints file).
 pub fn config(validated: &ValidatedCluster) -> XdsConfig {
@@ -44,7 +54,7 @@ pub fn config(validated: &ValidatedCluster) -> XdsConfig {
         listener_port: ports::ENVOY_HTTPS,
         plaintext_port: None,
         grpc_web: spec.ingress.grpc_web,
-        rate_limit: None,
+        rate_limit: client_rate_limit(&spec.ingress.rate_limit),
         services: spec
             .services
             .iter()

@@ -369,7 +369,7 @@ async fn envoy_rate_limits_with_resource_exhausted() {
             .await
             .unwrap();
     }
-    // Limit each Envoy to 5 requests per second with a burst of 10.
+    // Limit each client address to 5 requests per second with a burst of 10.
     let mut limited = stack.config.clone();
     limited.rate_limit = Some(chatcluster_types::xds::RateLimit {
         requests_per_second: 5,
@@ -399,6 +399,13 @@ async fn envoy_rate_limits_with_resource_exhausted() {
         }
     }
     assert!((10..=13).contains(&ok), "{ok} allowed, {exhausted} limited");
+    // Another client has a bucket of its own.
+    let other = stack.channel_from("127.0.0.2").await;
+    for _ in 0..10 {
+        call(&other, "/chatcluster.auth.v1.Auth/Login")
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,8 +18,12 @@ use envoy_types::{
                 },
                 listener::v3::{Filter, FilterChain, Listener, filter::ConfigType},
                 route::v3::{
-                    DirectResponseAction, RetryPolicy, Route, RouteAction, RouteConfiguration,
-                    RouteMatch, VirtualHost,
+                    DirectResponseAction, RateLimit as RouteRateLimit, RetryPolicy, Route,
+                    RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                    rate_limit::{
+                        self,
+                        action::{ActionSpecifier, RemoteAddress},
+                    },
                     route::Action,
                     route_action::{
                         ClusterSpecifier, HashPolicy, MaxStreamDuration,
@@ -29,6 +33,7 @@ use envoy_types::{
                 },
             },
             extensions::{
+                common::ratelimit::v3::{LocalRateLimitDescriptor, rate_limit_descriptor},
                 filters::{
                     http::{
                         cors::v3::Cors, grpc_web::v3::GrpcWeb, local_ratelimit::v3::LocalRateLimit,
@@ -162,8 +167,12 @@ fn seconds(s: i64) -> Duration {
     }
 }
 
-/// Envoy's local token bucket, enforced on every request; a refused gRPC call gets
-/// RESOURCE_EXHAUSTED, which clients treat as "back off", not "server down".
+/// Client addresses each Envoy keeps a token bucket for (least recently used ones go).
+pub const RATE_LIMITED_CLIENTS: u32 = 100_000;
+
+/// Envoy's local token buckets, one per client address (the remote address, which
+/// `use_remote_address` makes the connection's own), enforced on every request; a refused gRPC
+/// call gets RESOURCE_EXHAUSTED, which clients treat as "back off", not "server down".
 fn local_rate_limit(prefix: &str, limit: RateLimit) -> LocalRateLimit {
     let always = || RuntimeFractionalPercent {
         default_value: Some(FractionalPercent {
@@ -172,17 +181,39 @@ fn local_rate_limit(prefix: &str, limit: RateLimit) -> LocalRateLimit {
         }),
         runtime_key: String::new(),
     };
+    let bucket = |tokens: u32, per_second: u32| TokenBucket {
+        max_tokens: tokens.max(1),
+        tokens_per_fill: Some(UInt32Value {
+            value: per_second.max(1),
+        }),
+        fill_interval: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    };
+    const REMOTE_ADDRESS: &str = "remote_address";
     LocalRateLimit {
         stat_prefix: format!("{prefix}_rate_limit"),
-        token_bucket: Some(TokenBucket {
-            max_tokens: limit.burst.max(1),
-            tokens_per_fill: Some(UInt32Value {
-                value: limit.requests_per_second.max(1),
-            }),
-            fill_interval: Some(Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
+        // What no descriptor matches (nothing: every request has an address) is not limited.
+        token_bucket: Some(bucket(u32::MAX, u32::MAX)),
+        always_consume_default_token_bucket: Some(BoolValue { value: false }),
+        rate_limits: vec![RouteRateLimit {
+            actions: vec![rate_limit::Action {
+                action_specifier: Some(ActionSpecifier::RemoteAddress(RemoteAddress {})),
+            }],
+            ..RouteRateLimit::default()
+        }],
+        // A blank value: a bucket of its own for every address seen.
+        descriptors: vec![LocalRateLimitDescriptor {
+            entries: vec![rate_limit_descriptor::Entry {
+                key: REMOTE_ADDRESS.into(),
+                value: String::new(),
+            }],
+            token_bucket: Some(bucket(limit.burst, limit.requests_per_second)),
+            shadow_mode: false,
+        }],
+        max_dynamic_descriptors: Some(UInt32Value {
+            value: RATE_LIMITED_CLIENTS,
         }),
         filter_enabled: Some(always()),
         filter_enforced: Some(always()),

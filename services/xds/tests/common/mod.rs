@@ -256,7 +256,15 @@ impl Stack {
 
     /// A channel to the plain-text listener, once Envoy has it (clusters can be ready first).
     pub async fn channel(&self) -> Channel {
-        let endpoint = Channel::from_shared(format!("http://127.0.0.1:{}", self.ingress)).unwrap();
+        self.channel_from("127.0.0.1").await
+    }
+
+    /// A client of the ingress connecting from local address `source` (any of 127.0.0.0/8):
+    /// another client as Envoy sees it.
+    pub async fn channel_from(&self, source: &str) -> Channel {
+        let endpoint = Channel::from_shared(format!("http://127.0.0.1:{}", self.ingress))
+            .unwrap()
+            .local_address(Some(source.parse().unwrap()));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match endpoint.connect().await {
