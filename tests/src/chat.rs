@@ -4,7 +4,7 @@ pub use chatd::client::authed;
 use chatd::pb::{
     auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
     chat::HistoryRequest,
-    groups::{CreateGroupRequest, Group, groups_client::GroupsClient},
+    groups::{AcceptInvitationRequest, CreateGroupRequest, Group, groups_client::GroupsClient},
 };
 use tonic::{Status, transport::Channel};
 
@@ -42,7 +42,22 @@ pub async fn group_history(
     Ok(history)
 }
 
-/// Create a group owned by `session`'s user with `member_ids`.
+/// `session`'s user accepts their invitation to `group`.
+pub async fn accept_invitation(
+    channel: &Channel,
+    session: &Session,
+    group: u64,
+) -> Result<Group, Status> {
+    Ok(GroupsClient::new(channel.clone())
+        .accept_invitation(authed(
+            session,
+            AcceptInvitationRequest { group_id: group },
+        )?)
+        .await?
+        .into_inner())
+}
+
+/// Create a group owned by `session`'s user, inviting `member_ids`.
 pub async fn create_group(
     channel: &Channel,
     session: &Session,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::{PASSWORD, authed, create_group, group_history, register},
+    chat::{PASSWORD, accept_invitation, authed, create_group, group_history, register},
     local::{LocalCluster, alive},
     repo,
 };
@@ -148,6 +148,7 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     let group = create_group(&envoy, &alice, "friends", vec![bob_id])
         .await
         .unwrap();
+    accept_invitation(&envoy, &bob, group.id).await.unwrap();
     chat_with_subscribers_on_every_replica(
         &cluster,
         &envoy,
@@ -360,10 +361,11 @@ async fn the_web_page_sends_and_receives_messages_in_headless_chromium() {
         .unwrap();
     let envoy = channel(&cluster.endpoint()).await;
     let (dave, _) = register(&envoy, "dave").await.unwrap();
-    let (_, erin_id) = register(&envoy, "erin").await.unwrap();
+    let (erin, erin_id) = register(&envoy, "erin").await.unwrap();
     let group = create_group(&envoy, &dave, "web", vec![erin_id])
         .await
         .unwrap();
+    accept_invitation(&envoy, &erin, group.id).await.unwrap();
     send(
         &envoy,
         ServiceKind::Groups,

@@ -109,6 +109,7 @@ async fn chat_level(a: &Chatd, b: &Chatd, concurrency: usize, round: usize) -> L
             .await
             .unwrap()
             .into_inner();
+        ca.accept(&reader, group.id).await;
         let mut cb = Clients::new(b).await;
         let mut stream = cb
             .groups

@@ -193,6 +193,7 @@ async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
             .add_member(common::authed(&owner, promote))
             .await
             .unwrap();
+        c.accept(admin, group.id).await;
     }
     let demote = add(common::uid(&second), Role::Member);
     let refused = c
@@ -232,7 +233,7 @@ async fn one_user_holds_a_bounded_number_of_subscriptions() {
     let mut c = common::Clients::new(&s.chatd).await;
     let hoarder = register(&mut c.auth, "hoarder").await;
     let other = register(&mut c.auth, "other").await;
-    let group = c.group(&hoarder, "mine", &[common::uid(&other)]).await;
+    let group = c.group(&hoarder, "mine", &[&other]).await;
     let subscribe = SubscribeRequest {
         conversation_id: group.id,
         after_seq: 0,
@@ -377,4 +378,149 @@ async fn a_retried_send_without_a_client_key_is_stored_once() {
         first.seq + 1,
         "another request is another message"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_is_put_in_a_group_without_accepting() {
+    use chatd::pb::{
+        chat::HistoryRequest,
+        groups::{
+            AddMemberRequest, DeclineInvitationRequest, GetGroupRequest, ListInvitationsRequest,
+            ListMyGroupsRequest, RemoveMemberRequest, Role,
+        },
+    };
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let spammer = register(&mut c.auth, "spammer").await;
+    let target = register(&mut c.auth, "target").await;
+    let invited = |c: &mut common::Clients, who| {
+        let mut groups = c.groups.clone();
+        async move {
+            groups
+                .list_invitations(common::authed(who, ListInvitationsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .invitations
+        }
+    };
+    // Named at creation and added afterwards: both only invitations.
+    let created = c
+        .groups
+        .create_group(common::authed(
+            &spammer,
+            chatd::pb::groups::CreateGroupRequest {
+                name: "buy now".into(),
+                member_ids: vec![common::uid(&target)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let other = c.group(&spammer, "second", &[]).await;
+    let add = AddMemberRequest {
+        group_id: other.id,
+        user_id: common::uid(&target),
+        role: Role::Member as i32,
+    };
+    let shown = c
+        .groups
+        .add_member(common::authed(&spammer, add))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.members.len(), 1, "only the owner is a member");
+    assert_eq!(shown.invited.len(), 1, "the target is invited: {shown:?}");
+
+    // The target is in neither group, reads neither, and sees the invitations.
+    let mine = c
+        .groups
+        .list_my_groups(common::authed(&target, ListMyGroupsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(mine.groups.is_empty(), "{mine:?}");
+    for group in [created.id, other.id] {
+        let history = HistoryRequest {
+            conversation_id: group,
+            ..Default::default()
+        };
+        let denied = c
+            .groups
+            .history(common::authed(&target, history))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+    }
+    let pending = invited(&mut c, &target).await;
+    assert_eq!(
+        pending.iter().map(|i| i.group_id).collect::<Vec<_>>(),
+        vec![other.id, created.id],
+        "newest first"
+    );
+    assert_eq!(pending[0].invited_by, common::uid(&spammer));
+
+    // Declined, it is gone and cannot be accepted; accepted, the target is a member.
+    c.groups
+        .decline_invitation(common::authed(
+            &target,
+            DeclineInvitationRequest {
+                group_id: created.id,
+            },
+        ))
+        .await
+        .unwrap();
+    let late = c
+        .groups
+        .accept_invitation(common::authed(
+            &target,
+            chatd::pb::groups::AcceptInvitationRequest {
+                group_id: created.id,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::NotFound, "{late:?}");
+    let joined = c.accept(&target, other.id).await;
+    assert!(joined.invited.is_empty());
+    assert!(
+        joined
+            .members
+            .iter()
+            .any(|m| m.user_id == common::uid(&target))
+    );
+    assert!(invited(&mut c, &target).await.is_empty());
+
+    // A manager may withdraw an invitation before it is accepted.
+    let third = c.group(&spammer, "third", &[]).await;
+    let add = AddMemberRequest {
+        group_id: third.id,
+        user_id: common::uid(&target),
+        role: 0,
+    };
+    c.groups
+        .add_member(common::authed(&spammer, add))
+        .await
+        .unwrap();
+    let withdrawn = c
+        .groups
+        .remove_member(common::authed(
+            &spammer,
+            RemoveMemberRequest {
+                group_id: third.id,
+                user_id: common::uid(&target),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(withdrawn.invited.is_empty());
+    assert!(invited(&mut c, &target).await.is_empty());
+    let get = GetGroupRequest { group_id: third.id };
+    let denied = c
+        .groups
+        .get_group(common::authed(&target, get))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
 }

@@ -138,7 +138,7 @@ async fn group_authz_matrix() {
     let admin = register(&mut c.auth, "admin").await;
     let member = register(&mut c.auth, "member").await;
     let outsider = register(&mut c.auth, "outsider").await;
-    let group = c.group(&owner, "team", &[uid(&member)]).await;
+    let group = c.group(&owner, "team", &[&member]).await;
     c.groups
         .add_member(authed(
             &owner,
@@ -150,6 +150,7 @@ async fn group_authz_matrix() {
         ))
         .await
         .unwrap();
+    c.accept(&admin, group.id).await;
 
     // Members read and write; the outsider does neither.
     for who in [&owner, &admin, &member] {
@@ -688,7 +689,7 @@ async fn fan_out_across_replicas_in_order_and_resume_without_gap() {
     let mut cb = Clients::new(&b).await;
     let sender = register(&mut ca.auth, "sender").await;
     let reader = register(&mut ca.auth, "reader").await;
-    let g = ca.group(&sender, "fan", &[uid(&reader)]).await;
+    let g = ca.group(&sender, "fan", &[&reader]).await;
 
     // Subscribe on replica B, send through replica A.
     let mut stream = cb
@@ -774,7 +775,7 @@ async fn reads_see_own_writes_with_a_lagging_replica() {
     let b = register(&mut c.auth, "bob").await;
     s.db.replica.wait_caught_up(&s.db.primary);
     s.db.replica.pause_apply();
-    let g = c.group(&a, "ryw", &[uid(&b)]).await;
+    let g = c.group(&a, "ryw", &[&b]).await;
     // Bob wrote nothing, carries no token, and the replica has not seen the group: a denial
     // from the replica is re-checked on the primary, so he can read it at once.
     let seen = c
@@ -919,7 +920,7 @@ async fn ownership_roles_invites_and_channels() {
     let d = register(&mut c.auth, "dora").await;
 
     // The owner leaving hands the group to the admin before older members.
-    let g = c.group(&a, "g", &[uid(&d)]).await;
+    let g = c.group(&a, "g", &[&d]).await;
     c.groups
         .add_member(authed(
             &a,
@@ -931,6 +932,7 @@ async fn ownership_roles_invites_and_channels() {
         ))
         .await
         .unwrap();
+    c.accept(&b, g.id).await;
     c.groups
         .leave(authed(&a, LeaveRequest { group_id: g.id }))
         .await

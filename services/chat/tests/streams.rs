@@ -90,7 +90,7 @@ async fn a_member_removed_from_a_group_gets_nothing_more() {
     let mut c = common::Clients::new(&s.chatd).await;
     let owner = register(&mut c.auth, "owner").await;
     let member = register(&mut c.auth, "member").await;
-    let group = c.group(&owner, "team", &[uid(&member)]).await;
+    let group = c.group(&owner, "team", &[&member]).await;
     let mut stream = c
         .groups
         .subscribe(authed(&member, from_start(group.id)))
@@ -278,7 +278,7 @@ async fn a_reader_too_slow_is_cut_with_the_seq_to_resume_after() {
     let mut c = common::Clients::new(&s.chatd).await;
     let owner = register(&mut c.auth, "owner").await;
     let reader = register(&mut c.auth, "reader").await;
-    let group = c.group(&owner, "busy", &[uid(&reader)]).await;
+    let group = c.group(&owner, "busy", &[&reader]).await;
     // Opened and then not read: what is sent piles up in the server's buffers until they are
     // full (the queue, the HTTP/2 send buffer and a 64 KiB window: well under 300 × 4 KB).
     let slow = tonic::transport::Endpoint::from_shared(s.chatd.url())

@@ -20,7 +20,7 @@ use chatcluster_tests::chat::{authed, group_history};
 use chatd::pb::{
     auth::{RegisterRequest, Session, auth_client::AuthClient},
     chat::{HistoryRequest, SendMessageRequest, SubscribeRequest},
-    groups::{CreateGroupRequest, groups_client::GroupsClient},
+    groups::{AcceptInvitationRequest, CreateGroupRequest, groups_client::GroupsClient},
 };
 use clap::Parser;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -126,6 +126,12 @@ async fn main() -> Result<()> {
         )?)
         .await?
         .into_inner();
+    groups
+        .accept_invitation(authed(
+            &bob,
+            AcceptInvitationRequest { group_id: group.id },
+        )?)
+        .await?;
     let mut events = groups
         .subscribe(authed(
             &bob,

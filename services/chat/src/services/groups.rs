@@ -13,9 +13,10 @@ use super::{
 use crate::{
     error::{Error, Result},
     pb::groups::{
-        AddMemberRequest, CreateGroupRequest, GetGroupRequest, Group, LeaveRequest, LeaveResponse,
-        ListMyGroupsRequest, ListMyGroupsResponse, RemoveMemberRequest, RenameGroupRequest, Role,
-        groups_server::Groups,
+        AcceptInvitationRequest, AddMemberRequest, CreateGroupRequest, DeclineInvitationRequest,
+        DeclineInvitationResponse, GetGroupRequest, Group, LeaveRequest, LeaveResponse,
+        ListInvitationsRequest, ListInvitationsResponse, ListMyGroupsRequest, ListMyGroupsResponse,
+        RemoveMemberRequest, RenameGroupRequest, Role, groups_server::Groups,
     },
     store::groups as store,
 };
@@ -167,21 +168,28 @@ impl Groups for GroupsService {
         // Adding someone already in the group changes their role: only the owner may (an
         // admin could otherwise demote another admin by adding them as a member).
         let theirs = store::role(&mut conn, req.group_id, req.user_id).await?;
-        if theirs.is_some_and(|t| t != role) && mine != Role::Owner {
-            return Err(Error::PermissionDenied(
-                "only the owner changes a member's role".into(),
-            )
-            .into());
+        match theirs {
+            Some(theirs) if theirs != role && mine != Role::Owner => {
+                return Err(Error::PermissionDenied(
+                    "only the owner changes a member's role".into(),
+                )
+                .into());
+            }
+            // The owner stays owner (ownership passes only by leaving).
+            Some(Role::Owner) => {}
+            Some(_) => store::set_role(&mut conn, req.group_id, req.user_id, role).await?,
+            None => {
+                if store::member_and_invited_count(&mut conn, req.group_id).await?
+                    >= MAX_MEMBERS as i64
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the group has {MAX_MEMBERS} members and invitations already"
+                    ))
+                    .into());
+                }
+                store::invite(&mut conn, req.group_id, req.user_id, role, caller.sub).await?;
+            }
         }
-        if theirs.is_none()
-            && store::member_count(&mut conn, req.group_id).await? >= MAX_MEMBERS as i64
-        {
-            return Err(Error::FailedPrecondition(format!(
-                "the group has {MAX_MEMBERS} members already"
-            ))
-            .into());
-        }
-        store::upsert_member(&mut conn, req.group_id, req.user_id, role).await?;
         let group = store::load(&mut conn, req.group_id).await?;
         Ok(self.app.committed(&mut conn, caller.sub, group).await?)
     }
@@ -194,14 +202,18 @@ impl Groups for GroupsService {
         let req = req.into_inner();
         let mut conn = self.app.primary_conn().await?;
         let mine = require_role(&mut conn, req.group_id, caller.sub).await?;
-        let theirs = store::role(&mut conn, req.group_id, req.user_id)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "user {} is not in group {}",
-                    req.user_id, req.group_id
-                ))
-            })?;
+        let Some(theirs) = store::role(&mut conn, req.group_id, req.user_id).await? else {
+            // Not a member: a manager may withdraw their invitation.
+            if is_manager(mine) && store::withdraw(&mut conn, req.group_id, req.user_id).await? {
+                let group = store::load(&mut conn, req.group_id).await?;
+                return Ok(self.app.committed(&mut conn, caller.sub, group).await?);
+            }
+            return Err(Error::NotFound(format!(
+                "user {} is not in group {}",
+                req.user_id, req.group_id
+            ))
+            .into());
+        };
         if !may_remove(mine, theirs) {
             return Err(Error::PermissionDenied(
                 "owners remove admins and members; admins remove members".into(),
@@ -224,6 +236,45 @@ impl Groups for GroupsService {
         Ok(self
             .app
             .access_changed(&mut conn, caller.sub, SERVICE, &[group], LeaveResponse {})
+            .await?)
+    }
+
+    async fn list_invitations(
+        &self,
+        req: Request<ListInvitationsRequest>,
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
+        let caller = self.app.caller(&req)?;
+        let token = self.app.read_token(&req, caller.sub);
+        let mut conn = self.app.db.reader(token.as_deref()).await?;
+        let invitations = store::invitations_of(&mut conn, caller.sub).await?;
+        Ok(Response::new(ListInvitationsResponse { invitations }))
+    }
+
+    async fn accept_invitation(
+        &self,
+        req: Request<AcceptInvitationRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let caller = self.app.writer(&req)?;
+        let group = req.into_inner().group_id;
+        let mut conn = self.app.primary_conn().await?;
+        store::accept(&mut conn, group, caller.sub).await?;
+        let loaded = store::load(&mut conn, group).await?;
+        Ok(self.app.committed(&mut conn, caller.sub, loaded).await?)
+    }
+
+    async fn decline_invitation(
+        &self,
+        req: Request<DeclineInvitationRequest>,
+    ) -> Result<Response<DeclineInvitationResponse>, Status> {
+        let caller = self.app.writer(&req)?;
+        let group = req.into_inner().group_id;
+        let mut conn = self.app.primary_conn().await?;
+        if !store::withdraw(&mut conn, group, caller.sub).await? {
+            return Err(Error::NotFound(format!("no invitation to group {group}")).into());
+        }
+        Ok(self
+            .app
+            .committed(&mut conn, caller.sub, DeclineInvitationResponse {})
             .await?)
     }
 

@@ -7,7 +7,7 @@ use super::{Roster, messages::Tables};
 use crate::{
     db::Db,
     error::{Error, Result},
-    pb::groups::{Group, Member, Role},
+    pb::groups::{Group, Invitation, Member, Role},
     token::now_ms,
 };
 
@@ -44,6 +44,17 @@ fn migrations() -> Vec<String> {
          ) ENGINE=InnoDB"
             .into(),
         TABLES.messages_ddl(),
+        // Nobody is put in a group without consent: whom a manager adds is invited first.
+        "CREATE TABLE groups_invitations (
+           group_id BIGINT UNSIGNED NOT NULL,
+           user_id BIGINT UNSIGNED NOT NULL,
+           role TINYINT NOT NULL,
+           invited_by BIGINT UNSIGNED NOT NULL,
+           created_at_ms BIGINT NOT NULL,
+           PRIMARY KEY (group_id, user_id),
+           KEY user_id (user_id, created_at_ms)
+         ) ENGINE=InnoDB"
+            .into(),
     ]
 }
 
@@ -74,16 +85,29 @@ pub async fn load(conn: &mut MySqlConnection, id: u64) -> Result<Group> {
             role: m.role,
         })
         .collect();
+    let invited: Vec<(u64, i8)> = sqlx::query_as(
+        "SELECT user_id, role FROM groups_invitations WHERE group_id = ? ORDER BY created_at_ms, user_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(Group {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         members,
         last_seq: row.try_get("last_seq")?,
+        invited: invited
+            .into_iter()
+            .map(|(user_id, role)| Member {
+                user_id,
+                role: i32::from(role),
+            })
+            .collect(),
     })
 }
 
-/// Create a group owned by `owner` with `members` (neither the owner nor duplicates), in one
-/// transaction; returns its id.
+/// Create a group owned by `owner` inviting `members` (neither the owner nor duplicates), in
+/// one transaction; returns its id.
 pub async fn create(
     conn: &mut MySqlConnection,
     name: &str,
@@ -102,12 +126,102 @@ pub async fn create(
         .add(&mut tx, id, owner, Role::Owner as i32, now)
         .await?;
     for m in members {
-        ROSTER
-            .add(&mut tx, id, *m, Role::Member as i32, now)
-            .await?;
+        invite(&mut tx, id, *m, Role::Member, owner).await?;
     }
     tx.commit().await?;
     Ok(id)
+}
+
+/// Invite `user` to `group` as `role` on behalf of `by` (again: the newer role and inviter).
+pub async fn invite(
+    conn: &mut MySqlConnection,
+    group: u64,
+    user: u64,
+    role: Role,
+    by: u64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO groups_invitations (group_id, user_id, role, invited_by, created_at_ms) VALUES (?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE role = VALUES(role), invited_by = VALUES(invited_by)",
+    )
+    .bind(group)
+    .bind(user)
+    .bind(role as i32)
+    .bind(by)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How many members and invited users `group` has.
+pub async fn member_and_invited_count(conn: &mut MySqlConnection, group: u64) -> Result<i64> {
+    let invited: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM groups_invitations WHERE group_id = ?")
+            .bind(group)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(ROSTER.count(conn, group).await? + invited)
+}
+
+/// Drop `user`'s invitation to `group`; whether there was one.
+pub async fn withdraw(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM groups_invitations WHERE group_id = ? AND user_id = ?")
+        .bind(group)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// `user` takes up their invitation to `group`, in one transaction: a member with its role.
+/// NOT_FOUND when there is none.
+pub async fn accept(conn: &mut MySqlConnection, group: u64, user: u64) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    let role: Option<i8> = sqlx::query_scalar(
+        "SELECT role FROM groups_invitations WHERE group_id = ? AND user_id = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let role = role.ok_or_else(|| Error::NotFound(format!("no invitation to group {group}")))?;
+    withdraw(&mut tx, group, user).await?;
+    if ROSTER.role(&mut tx, group, user).await?.is_none() {
+        ROSTER
+            .add(&mut tx, group, user, i32::from(role), now_ms())
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Invitations shown to one user, at most.
+pub const MAX_LISTED_INVITATIONS: u32 = 100;
+
+/// `user`'s pending invitations, newest first.
+pub async fn invitations_of(conn: &mut MySqlConnection, user: u64) -> Result<Vec<Invitation>> {
+    let rows: Vec<(u64, String, u64, i8, i64)> = sqlx::query_as(
+        "SELECT i.group_id, g.name, i.invited_by, i.role, i.created_at_ms
+         FROM groups_invitations i JOIN groups_groups g ON g.id = i.group_id
+         WHERE i.user_id = ? ORDER BY i.created_at_ms DESC, i.group_id DESC LIMIT ?",
+    )
+    .bind(user)
+    .bind(MAX_LISTED_INVITATIONS)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(group_id, group_name, invited_by, role, created_at_ms)| Invitation {
+                group_id,
+                group_name,
+                invited_by,
+                role: i32::from(role),
+                created_at_ms,
+            },
+        )
+        .collect())
 }
 
 /// Rename `group`.
@@ -120,30 +234,9 @@ pub async fn rename(conn: &mut MySqlConnection, group: u64, name: &str) -> Resul
     Ok(())
 }
 
-/// Add `user` as `role`, or change a member's role to it; the owner's role never changes here.
-pub async fn upsert_member(
-    conn: &mut MySqlConnection,
-    group: u64,
-    user: u64,
-    role: Role,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO groups_members (group_id, user_id, role, joined_at_ms) VALUES (?, ?, ?, ?)
-         ON DUPLICATE KEY UPDATE role = IF(role = ?, role, VALUES(role))",
-    )
-    .bind(group)
-    .bind(user)
-    .bind(role as i32)
-    .bind(now_ms())
-    .bind(Role::Owner as i32)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// How many members `group` has.
-pub async fn member_count(conn: &mut MySqlConnection, group: u64) -> Result<i64> {
-    ROSTER.count(conn, group).await
+/// Change a member's role.
+pub async fn set_role(conn: &mut MySqlConnection, group: u64, user: u64, role: Role) -> Result<()> {
+    ROSTER.set_role(conn, group, user, role as i32).await
 }
 
 /// Remove `user` from `group`.

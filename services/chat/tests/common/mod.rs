@@ -12,7 +12,7 @@ use chatcluster_tests::{
 use chatd::pb::{
     auth::{RegisterRequest, Session, auth_client::AuthClient},
     dms::dms_client::DmsClient,
-    groups::{CreateGroupRequest, Group, groups_client::GroupsClient},
+    groups::{AcceptInvitationRequest, CreateGroupRequest, Group, groups_client::GroupsClient},
     servers::servers_client::ServersClient,
 };
 use ed25519_dalek::{
@@ -264,16 +264,31 @@ impl Clients {
 }
 
 impl Clients {
-    /// `owner` creates group `name` with `members` (user ids).
-    pub async fn group(&mut self, owner: &Session, name: &str, members: &[u64]) -> Group {
-        self.groups
+    /// `owner` creates group `name` inviting `members`, who accept.
+    pub async fn group(&mut self, owner: &Session, name: &str, members: &[&Session]) -> Group {
+        let group = self
+            .groups
             .create_group(authed(
                 owner,
                 CreateGroupRequest {
                     name: name.into(),
-                    member_ids: members.to_vec(),
+                    member_ids: members.iter().map(|m| uid(m)).collect(),
                 },
             ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut joined = group;
+        for member in members {
+            joined = self.accept(member, joined.id).await;
+        }
+        joined
+    }
+
+    /// `who` accepts their invitation to `group`.
+    pub async fn accept(&mut self, who: &Session, group: u64) -> Group {
+        self.groups
+            .accept_invitation(authed(who, AcceptInvitationRequest { group_id: group }))
             .await
             .unwrap()
             .into_inner()

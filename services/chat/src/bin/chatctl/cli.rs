@@ -87,20 +87,27 @@ pub(crate) enum Cmd {
 
 #[derive(Subcommand)]
 pub(crate) enum GroupCmd {
-    /// Create a group, optionally with members (user ids).
+    /// Create a group, optionally inviting members (user ids).
     Create {
         /// Its name.
         name: String,
-        /// Members' user ids.
+        /// User ids to invite.
         #[arg(long = "member")]
         members: Vec<u64>,
     },
-    /// Add a member.
+    /// Invite someone (they join with `chatctl group accept`).
     Add {
         /// Group id.
         group: u64,
         /// User id.
         user: u64,
+    },
+    /// The groups you are invited to.
+    Invitations,
+    /// Join a group you are invited to.
+    Accept {
+        /// Group id.
+        group: u64,
     },
     /// Your groups.
     List,

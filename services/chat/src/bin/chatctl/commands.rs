@@ -5,8 +5,8 @@ use chatd::{
     pb::{
         dms::{ListConversationsRequest, OpenRequest, dms_client::DmsClient},
         groups::{
-            AddMemberRequest, CreateGroupRequest, ListMyGroupsRequest, Role,
-            groups_client::GroupsClient,
+            AcceptInvitationRequest, AddMemberRequest, CreateGroupRequest, Group,
+            ListInvitationsRequest, ListMyGroupsRequest, Role, groups_client::GroupsClient,
         },
         servers::{
             CreateInviteRequest, CreateServerRequest, JoinRequest, ListMyServersRequest,
@@ -18,8 +18,23 @@ use tonic::Code;
 
 use crate::{
     cli::{DmCmd, GroupCmd, ServerCmd},
-    session::{Client, describe},
+    session::{Client, describe, printable},
 };
+
+/// A group's one-line summary.
+fn describe_group(g: &Group) -> String {
+    let mut line = format!(
+        "group:{}  {} ({} members",
+        g.id,
+        printable(&g.name),
+        g.members.len()
+    );
+    if !g.invited.is_empty() {
+        line.push_str(&format!(", {} invited", g.invited.len()));
+    }
+    line.push(')');
+    line
+}
 
 pub(crate) async fn group(c: &mut Client, cmd: GroupCmd) -> anyhow::Result<()> {
     match cmd {
@@ -37,7 +52,7 @@ pub(crate) async fn group(c: &mut Client, cmd: GroupCmd) -> anyhow::Result<()> {
                     .await
             })
             .into_inner();
-            println!("group:{}  {} ({} members)", g.id, g.name, g.members.len());
+            println!("{}", describe_group(&g));
         }
         GroupCmd::Add { group, user } => {
             let g = with_refresh!(c, {
@@ -54,7 +69,39 @@ pub(crate) async fn group(c: &mut Client, cmd: GroupCmd) -> anyhow::Result<()> {
                     .await
             })
             .into_inner();
-            println!("group:{}  {} ({} members)", g.id, g.name, g.members.len());
+            println!("{}", describe_group(&g));
+        }
+        GroupCmd::Invitations => {
+            let invitations = with_refresh!(c, {
+                let session = c.session()?;
+                GroupsClient::new(c.channel.clone())
+                    .list_invitations(authed(&session, ListInvitationsRequest {})?)
+                    .await
+            })
+            .into_inner()
+            .invitations;
+            for i in invitations {
+                println!(
+                    "group:{:<6} {} (invited by user {}: chatctl group accept {})",
+                    i.group_id,
+                    printable(&i.group_name),
+                    i.invited_by,
+                    i.group_id
+                );
+            }
+        }
+        GroupCmd::Accept { group } => {
+            let g = with_refresh!(c, {
+                let session = c.session()?;
+                GroupsClient::new(c.channel.clone())
+                    .accept_invitation(authed(
+                        &session,
+                        AcceptInvitationRequest { group_id: group },
+                    )?)
+                    .await
+            })
+            .into_inner();
+            println!("{}", describe_group(&g));
         }
         GroupCmd::List => {
             let groups = with_refresh!(c, {
@@ -69,7 +116,7 @@ pub(crate) async fn group(c: &mut Client, cmd: GroupCmd) -> anyhow::Result<()> {
                 println!(
                     "group:{:<6} {} ({} members, {} messages)",
                     g.id,
-                    g.name,
+                    printable(&g.name),
                     g.members.len(),
                     g.last_seq
                 );
