@@ -640,8 +640,10 @@ async fn bad_input_gets_proper_statuses() {
         .into_inner();
     assert_eq!(h.messages[0].text, hostile);
 
-    // The rate limit: 5/s with a burst of 10.
+    // The rate limit: 5/s with a burst of 10. How many pass depends on how long the sends
+    // take (a loaded machine sends slower and earns more tokens), so the bound does too.
     let mut limited = 0;
+    let started = std::time::Instant::now();
     for i in 0..30 {
         if let Err(e) = c
             .groups
@@ -652,7 +654,13 @@ async fn bad_input_gets_proper_statuses() {
             limited += 1;
         }
     }
-    assert!(limited >= 15, "only {limited} of 30 rate-limited");
+    let allowed = 30 - limited;
+    let earned = 10.0 + 5.0 * started.elapsed().as_secs_f64();
+    assert!(
+        limited > 0 && f64::from(allowed) <= earned.ceil() + 1.0,
+        "{allowed} of 30 allowed in {:?}: the bucket allows {earned:.1}",
+        started.elapsed()
+    );
 }
 
 async fn next_seq(stream: &mut tonic::Streaming<chatd::pb::chat::Event>) -> u64 {
