@@ -63,6 +63,11 @@ fn millis(ms: i32) -> Duration {
     }
 }
 
+/// Bytes Envoy lets one upstream stream send before it has passed them on.
+pub const UPSTREAM_STREAM_WINDOW: u32 = 64 * 1024;
+/// Bytes Envoy lets one upstream connection send before it has passed them on.
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// The cluster of one chat service: HTTP/2 to the backends, endpoints over ADS, the spec's
 /// load-balancing policy, active gRPC health checks against the service's own health status,
 /// outlier ejection of backends that fail, and circuit breakers sized for streaming chat.
@@ -85,8 +90,19 @@ pub fn cluster(svc: &ClusterInput) -> Cluster {
     let http2 = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
+                // Envoy's edge guidance for upstreams: small windows, so what a slow client
+                // does not read stays in chatd (which cuts it, with a resume point) instead of
+                // piling up in Envoy (HTTP/2's default lets 256 MiB in per stream).
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
+                    Http2ProtocolOptions {
+                        initial_stream_window_size: Some(UInt32Value {
+                            value: UPSTREAM_STREAM_WINDOW,
+                        }),
+                        initial_connection_window_size: Some(UInt32Value {
+                            value: UPSTREAM_CONNECTION_WINDOW,
+                        }),
+                        ..Http2ProtocolOptions::default()
+                    },
                 )),
             },
         )),
