@@ -165,8 +165,8 @@ async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
     let after = peak_mib(pid);
     eprintln!("peak resident memory: {before} MiB before, {after} MiB after 128 logins at once");
     // Once 64 logins took 218 MiB to 1,208 MiB. Now a hashing thread per core (at most 4),
-    // each keeping at most about 80 MiB (measured 60-75), whatever the number of callers.
-    let bound = before + 80 * chatd::services::passwords::slots() as u64 + 60;
+    // each hashing in its own 19 MiB, allocated once, whatever the number of callers.
+    let bound = before + 19 * chatd::services::passwords::slots() as u64 + 40;
     assert!(
         after < bound,
         "peak memory {before} MiB → {after} MiB under 128 concurrent logins (bound {bound})"

@@ -93,17 +93,15 @@ pub fn cluster(svc: &ClusterInput) -> Cluster {
                 // Envoy's edge guidance for upstreams: small windows, so what a slow client
                 // does not read stays in chatd (which cuts it, with a resume point) instead of
                 // piling up in Envoy (HTTP/2's default lets 256 MiB in per stream).
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions {
-                        initial_stream_window_size: Some(UInt32Value {
-                            value: UPSTREAM_STREAM_WINDOW,
-                        }),
-                        initial_connection_window_size: Some(UInt32Value {
-                            value: UPSTREAM_CONNECTION_WINDOW,
-                        }),
-                        ..Http2ProtocolOptions::default()
-                    },
-                )),
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+                    initial_stream_window_size: Some(UInt32Value {
+                        value: UPSTREAM_STREAM_WINDOW,
+                    }),
+                    initial_connection_window_size: Some(UInt32Value {
+                        value: UPSTREAM_CONNECTION_WINDOW,
+                    }),
+                    ..Http2ProtocolOptions::default()
+                })),
             },
         )),
         ..HttpProtocolOptions::default()
