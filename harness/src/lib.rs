@@ -130,6 +130,19 @@ pub fn envoy_binary() -> PathBuf {
     })
 }
 
+/// The peak resident memory of process `pid` so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no VmHWM for process {pid}"))
+        / 1024
+}
+
 /// The body of `GET path` from `127.0.0.1:port` (empty when nothing answers): Envoy's admin
 /// API, chatd's and chat-xds's metrics.
 pub async fn http_get(port: u16, path: &str) -> String {

@@ -96,3 +96,15 @@ pub async fn register(channel: &Channel, name: &str) -> Result<(Session, u64), S
         .into_inner();
     Ok((session, me.user_id))
 }
+
+/// A connection to `url` whose HTTP/2 windows are as small as the protocol allows (64 KiB), so
+/// a stream its caller does not read backs up into the server at once.
+pub async fn slow_reader(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}

@@ -12,4 +12,6 @@ pub mod objects;
 pub mod sends;
 pub mod writer;
 
-pub use chatcluster_harness::{Process, TempDir, envoy_binary, free_port, http_get, repo};
+pub use chatcluster_harness::{
+    Process, TempDir, envoy_binary, free_port, http_get, peak_rss_mib, repo,
+};

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
-    chat::{PASSWORD, accept_invitation, authed, create_group, register},
+    chat::{PASSWORD, accept_invitation, authed, create_group, register, slow_reader},
     http_get,
     local::LocalCluster,
+    peak_rss_mib,
 };
 use chatd::{
     pb::{
@@ -313,23 +314,11 @@ async fn password_guessing_is_throttled(envoy: &Channel, url: &str) {
     assert_eq!(made, REGISTRATIONS_PER_HOUR);
 }
 
-/// The peak resident memory of `pid`, in MiB.
-fn peak_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .expect("VmHWM")
-        / 1024
-}
-
 /// 256 logins at once from 256 addresses (a botnet: no per-address limit applies), each a
 /// hash: the auth process stays under 256 MiB.
 async fn a_login_flood_stays_within_its_memory(cluster: &LocalCluster, url: &str) {
     let pid = cluster.pid("auth-0").expect("auth-0 runs");
-    let before = peak_mib(pid);
+    let before = peak_rss_mib(pid);
     let mut clients = Vec::new();
     for i in 0..256 {
         clients.push(AuthClient::new(client(url, &format!("127.0.5.{i}")).await));
@@ -348,7 +337,7 @@ async fn a_login_flood_stays_within_its_memory(cluster: &LocalCluster, url: &str
             "{code:?}"
         );
     }
-    let after = peak_mib(pid);
+    let after = peak_rss_mib(pid);
     eprintln!("auth-0 peak RSS: {before} MiB before, {after} MiB after 256 concurrent logins");
     assert!(
         after < 256,
@@ -461,14 +450,7 @@ async fn subscriptions_are_capped_and_slow_readers_cut(
         .await
         .unwrap();
     accept_invitation(envoy, &reader, busy.id).await.unwrap();
-    let small = Channel::from_shared(url.to_string())
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let mut stream = GroupsClient::new(small)
+    let mut stream = GroupsClient::new(slow_reader(url).await)
         .subscribe(authed(&reader, from_start(busy.id)).unwrap())
         .await
         .unwrap()

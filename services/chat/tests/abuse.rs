@@ -17,21 +17,6 @@ fn login(username: &str, password: &str) -> LoginRequest {
     }
 }
 
-/// The peak resident memory of `pid` so far, in MiB.
-fn peak_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB");
-    kib / 1024
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn guessing_one_accounts_password_is_throttled_before_any_hash() {
     let s = Setup::new();
@@ -137,7 +122,7 @@ async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
         register(&mut c.auth, name).await;
     }
     let pid = s.chatd.process().pid();
-    let before = peak_mib(pid);
+    let before = chatcluster_tests::peak_rss_mib(pid);
     // 64 wrong passwords for existing accounts (each once a hash of its own, all at once) and
     // 64 for unknown ones (which cost a hash too, so they cannot be told apart).
     let names = (0..64)
@@ -162,7 +147,7 @@ async fn a_flood_of_logins_stays_within_the_memory_of_a_few_hashes() {
             "{code:?}"
         );
     }
-    let after = peak_mib(pid);
+    let after = chatcluster_tests::peak_rss_mib(pid);
     eprintln!("peak resident memory: {before} MiB before, {after} MiB after 128 logins at once");
     // Once 64 logins took 218 MiB to 1,208 MiB. Now a hashing thread per core (at most 4),
     // each hashing in its own 19 MiB, allocated once, whatever the number of callers.

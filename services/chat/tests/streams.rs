@@ -281,13 +281,7 @@ async fn a_reader_too_slow_is_cut_with_the_seq_to_resume_after() {
     let group = c.group(&owner, "busy", &[&reader]).await;
     // Opened and then not read: what is sent piles up in the server's buffers until they are
     // full (the queue, the HTTP/2 send buffer and a 64 KiB window: well under 300 × 4 KB).
-    let slow = tonic::transport::Endpoint::from_shared(s.chatd.url())
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
+    let slow = chatcluster_tests::chat::slow_reader(&s.chatd.url()).await;
     let mut stream = chatd::pb::groups::groups_client::GroupsClient::new(slow)
         .subscribe(authed(&reader, from_start(group.id)))
         .await
