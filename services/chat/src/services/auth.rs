@@ -156,7 +156,7 @@ fn hash_refresh(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn check_username(name: &str) -> Result<()> {
+pub(crate) fn check_username(name: &str) -> Result<()> {
     let ok = (3..=32).contains(&name.len())
         && name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
@@ -170,7 +170,7 @@ fn check_username(name: &str) -> Result<()> {
     }
 }
 
-fn check_password(password: &str) -> Result<()> {
+pub(crate) fn check_password(password: &str) -> Result<()> {
     let n = password.chars().count();
     if (8..=128).contains(&n) {
         Ok(())
@@ -181,7 +181,7 @@ fn check_password(password: &str) -> Result<()> {
     }
 }
 
-fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
+pub(crate) fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
     let n = value.chars().count();
     if n > max {
         return Err(Error::InvalidArgument(format!(
@@ -197,7 +197,7 @@ fn check_profile_text(what: &str, value: &str, max: usize) -> Result<()> {
 }
 
 /// A display name: profile text that also must not pass for someone else's name.
-fn check_display_name(value: &str) -> Result<()> {
+pub(crate) fn check_display_name(value: &str) -> Result<()> {
     check_profile_text("display_name", value, 64)?;
     if value.chars().any(super::is_deceptive) {
         return Err(Error::InvalidArgument(

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod conversation;
 pub mod dms;
+#[cfg(test)]
+mod fuzz;
 pub mod groups;
 pub mod passwords;
 pub mod revocations;
