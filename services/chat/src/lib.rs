@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod fanout;
 pub mod pb;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     db::{Db, DbConfig},
+    deadline::DeadlineLayer,
     fanout::{FanoutService, Hub, PeerSource, Peers},
     pb::{
         self, auth::auth_server::AuthServer, dms::dms_server::DmsServer,
@@ -256,6 +257,8 @@ pub async fn serve(
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .timeout(REQUEST_TIMEOUT)
         .layer(TelemetryLayer::new(metrics))
+        // Inside telemetry, so a call cut at its deadline is counted as DEADLINE_EXCEEDED.
+        .layer(DeadlineLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FanoutServer::new(FanoutService {

@@ -3,7 +3,8 @@
 //! took the auth chatd from 218 MiB to 1.2 GiB): hashes run on [`slots`] threads of their own,
 //! started once, each hashing in one block of memory it allocates once and reuses (so the
 //! allocator keeps nothing more between hashes); a request waits at most [`QUEUE_WAIT`] for
-//! its hash to start (in a bounded queue), then is refused as RESOURCE_EXHAUSTED.
+//! its hash to start in a bounded queue, and one that finds the queue full is refused as
+//! RESOURCE_EXHAUSTED at once.
 //! Before any hash, each account's attempts are charged to its own token bucket, so guessing
 //! one account's password is throttled whether the guesses are right or wrong, and an unknown
 //! account costs the same hash as a known one (its answer says nothing about existence).
@@ -202,10 +203,13 @@ impl Passwords {
             };
             let _ = reply.send(result);
         });
-        match tokio::time::timeout(QUEUE_WAIT, self.jobs.send(job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Error::Internal("the hashing threads are gone".into())),
-            Err(_) => return Err(busy()),
+        // A full queue refuses at once: waiting for a place would only pile up callers.
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(busy()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::Internal("the hashing threads are gone".into()));
+            }
         }
         done.await
             .map_err(|_| Error::Internal("a hashing thread failed".into()))?
