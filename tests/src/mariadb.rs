@@ -255,11 +255,20 @@ impl MariaDb {
         self.sql("SELECT @@gtid_current_pos")
     }
 
-    /// Wait until this replica has applied everything `primary` has.
+    /// Wait (30 s at most) until this replica has applied everything `primary` has. One
+    /// second at a time: a waiting MASTER_GTID_WAIT is woken only by replicated transactions,
+    /// not by a re-seed that sets `gtid_slave_pos` past the target (a wait begun before such
+    /// a re-seed would otherwise sleep out its whole timeout).
     pub fn wait_caught_up(&self, primary: &MariaDb) {
         let target = primary.sql("SELECT @@gtid_binlog_pos");
-        let result = self.sql(&format!("SELECT MASTER_GTID_WAIT('{target}', 30)"));
-        assert_eq!(result, "0", "replica did not catch up to {target}");
+        let mut result = String::new();
+        for _ in 0..30 {
+            result = self.sql(&format!("SELECT MASTER_GTID_WAIT('{target}', 1)"));
+            if result == "0" {
+                return;
+            }
+        }
+        panic!("replica did not catch up to {target}: {result:?}");
     }
 
     /// Stop applying replicated changes (the replica lags from now on).

@@ -72,7 +72,7 @@ fn servers_n(n: u32) -> Vec<MariaDb> {
 fn spawn_loop(dbs: &[MariaDb], policy: Policy) -> Handle {
     // The loop's log, shown for failing tests.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("chat_operator=info")
+        .with_env_filter("chatcluster_topology=info,chat_operator=info")
         .with_test_writer()
         .try_init();
     let members = dbs.iter().enumerate().map(|(i, d)| member(i, d)).collect();
