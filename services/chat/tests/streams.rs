@@ -351,3 +351,29 @@ async fn a_reader_too_slow_is_cut_with_the_seq_to_resume_after() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_stream_carries_a_heartbeat_so_proxies_keep_it() {
+    use chatd::services::conversation::HEARTBEAT;
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let group = c.group(&owner, "quiet", &[]).await;
+    let mut stream = c
+        .groups
+        .subscribe(authed(&owner, from_start(group.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = std::time::Instant::now();
+    let event = tokio::time::timeout(HEARTBEAT + Duration::from_secs(5), stream.message())
+        .await
+        .expect("something within a heartbeat's interval")
+        .unwrap()
+        .expect("stream open");
+    assert!(
+        matches!(event.kind, Some(event::Kind::Heartbeat(_))),
+        "{event:?}"
+    );
+    assert!(opened.elapsed() >= HEARTBEAT - Duration::from_secs(1));
+}

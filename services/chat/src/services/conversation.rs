@@ -14,8 +14,8 @@ use crate::{
     error::{Error, Result},
     fanout::{ACCESS_CHANGED, Topic},
     pb::chat::{
-        DeleteMessageRequest, EditMessageRequest, Event, HistoryRequest, HistoryResponse, Message,
-        SendMessageRequest, SubscribeRequest, event,
+        DeleteMessageRequest, EditMessageRequest, Event, Heartbeat, HistoryRequest,
+        HistoryResponse, Message, SendMessageRequest, SubscribeRequest, event,
     },
     store::messages::{self, Change, Tables},
     token::now_ms,
@@ -102,6 +102,9 @@ pub struct Conversations<M> {
     /// Its access rule.
     pub membership: Arc<M>,
 }
+
+/// How often a subscription sends a heartbeat (see `Heartbeat` in `messages.proto`).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// How often a subscription re-reads its conversation's newest seq in case a hint was lost.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
@@ -350,6 +353,9 @@ impl<M: Membership> Stream<M> {
         tokio::pin!(expiry);
         let mut poll = tokio::time::interval(SAFETY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = tokio::time::Instant::now() + HEARTBEAT;
+        let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match self.catch_up().await {
                 Ok(Flow::Continue) => {}
@@ -388,6 +394,14 @@ impl<M: Membership> Stream<M> {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = poll.tick() => {}
+                _ = heartbeat.tick() => {
+                    let beat = Event {
+                        kind: Some(event::Kind::Heartbeat(Heartbeat {})),
+                    };
+                    if let Flow::Stop = self.deliver(Ok(beat)).await {
+                        return;
+                    }
+                }
                 Ok(()) = revoked.changed() => {
                     if self.app.revocations.is_revoked(&self.session) {
                         self.deliver(Err(Status::unauthenticated(LOGGED_OUT))).await;

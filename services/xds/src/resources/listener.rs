@@ -116,9 +116,9 @@ fn connection_manager(input: &ListenerInput, prefix: &str) -> HttpConnectionMana
             route_config_name: INGRESS_ROUTE.into(),
         })),
         http_filters: filters,
-        // Subscriptions stay open for hours: no stream idle timeout from Envoy's side; dead
-        // clients are found by HTTP/2 pings instead.
-        stream_idle_timeout: Some(Duration::default()),
+        // A stream silent this long is closed (a subscription is never silent: chatd sends a
+        // heartbeat every 30 s); dead clients' connections are found sooner by HTTP/2 pings.
+        stream_idle_timeout: Some(seconds(STREAM_IDLE_TIMEOUT_S)),
         // A client that trickles its headers (slowloris) is cut off.
         request_headers_timeout: Some(seconds(REQUEST_HEADERS_TIMEOUT_S)),
         // The client's own address, not what it claims in x-forwarded-for.
@@ -150,6 +150,8 @@ fn connection_manager(input: &ListenerInput, prefix: &str) -> HttpConnectionMana
 
 /// How long a client may take to send its request headers.
 pub const REQUEST_HEADERS_TIMEOUT_S: i64 = 10;
+/// How long a stream may carry nothing before Envoy closes it.
+pub const STREAM_IDLE_TIMEOUT_S: i64 = 300;
 /// How long a client connection may carry no stream before Envoy closes it.
 pub const CONNECTION_IDLE_TIMEOUT_S: i64 = 3600;
 /// Headers a request may carry.

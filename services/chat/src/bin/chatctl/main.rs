@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         seen += 1;
                     }
                     Some(event::Kind::Updated(m)) => c.print(&m, true).await,
-                    None => {}
+                    Some(event::Kind::Heartbeat(_)) | None => {}
                 }
             }
         }
