@@ -168,7 +168,7 @@ async fn ten_replicas_migrating_at_once_apply_each_step_once() {
     assert_eq!(
         db.primary
             .sql("SELECT COUNT(*), MAX(version) FROM chat.groups_schema_migrations"),
-        "3\t3"
+        "4\t4"
     );
     assert_eq!(
         db.primary
