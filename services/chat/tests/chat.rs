@@ -84,6 +84,29 @@ async fn accounts_tokens_and_profiles() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
+    // That reuse revoked the whole session: the rotated token's access token stops working
+    // within a revocation poll, so the client logs in again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let get = GetProfileRequest { user_id: 0 };
+        match c.auth.get_profile(authed(&refreshed, get)).await {
+            Err(e) if e.code() == Code::Unauthenticated => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "the reused session's access token still works"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refreshed = c
+        .auth
+        .login(LoginRequest {
+            username: "ada".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     // Profile update, read back at once (read-your-writes through the replica path).
     let updated = c
