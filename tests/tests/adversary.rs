@@ -42,12 +42,21 @@ use tonic::{Code, Request, Status, Streaming, transport::Channel};
 /// buried quickly (the per-user write limit has its own test in chatd's suite).
 const LOGINS_PER_MINUTE: u32 = 5;
 const REGISTRATIONS_PER_HOUR: u32 = 30;
-const ENV: &[(&str, &str)] = &[
-    ("CHATD_ADDRESS_LOGINS_PER_MINUTE", "5"),
-    ("CHATD_ADDRESS_REGISTRATIONS_PER_HOUR", "30"),
-    ("CHATD_RATE_PER_SECOND", "100000"),
-    ("CHATD_RATE_BURST", "100000"),
-];
+/// The cluster's environment, from the limits above.
+fn env() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "CHATD_ADDRESS_LOGINS_PER_MINUTE",
+            LOGINS_PER_MINUTE.to_string(),
+        ),
+        (
+            "CHATD_ADDRESS_REGISTRATIONS_PER_HOUR",
+            REGISTRATIONS_PER_HOUR.to_string(),
+        ),
+        ("CHATD_RATE_PER_SECOND", "100000".into()),
+        ("CHATD_RATE_BURST", "100000".into()),
+    ]
+}
 /// How soon a stream must end once access is gone.
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
@@ -124,10 +133,13 @@ fn registration(username: &str) -> RegisterRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_client_meets_every_limit() {
-    let cluster =
-        tokio::task::spawn_blocking(|| LocalCluster::start_with("examples/laptop.yaml", ENV))
-            .await
-            .unwrap();
+    let cluster = tokio::task::spawn_blocking(|| {
+        let env = env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        LocalCluster::start_with("examples/laptop.yaml", &env)
+    })
+    .await
+    .unwrap();
     let url = cluster.endpoint();
     let envoy = client(&url, "127.0.0.1").await;
     let alice = register(&envoy, "alice").await.unwrap().0;

@@ -57,15 +57,7 @@ async fn accounts_tokens_and_profiles() {
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
-    let login = c
-        .auth
-        .login(LoginRequest {
-            username: "ada".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let login = common::login(&mut c.auth, "ada").await;
 
     // Refresh tokens rotate: the old one works once.
     let refreshed = c
@@ -98,15 +90,7 @@ async fn accounts_tokens_and_profiles() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let refreshed = c
-        .auth
-        .login(LoginRequest {
-            username: "ada".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let refreshed = common::login(&mut c.auth, "ada").await;
 
     // Profile update, read back at once (read-your-writes through the replica path).
     let updated = c

@@ -91,12 +91,7 @@ async fn a_member_removed_from_a_group_gets_nothing_more() {
     let owner = register(&mut c.auth, "owner").await;
     let member = register(&mut c.auth, "member").await;
     let group = c.group(&owner, "team", &[&member]).await;
-    let mut stream = c
-        .groups
-        .subscribe(authed(&member, from_start(group.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.subscribe_group(&member, group.id).await;
     c.groups
         .send_message(authed(&owner, send(group.id, "before")))
         .await
@@ -230,27 +225,9 @@ async fn logging_out_ends_the_sessions_streams_and_refuses_its_access_token() {
     let owner = register(&mut c.auth, "owner").await;
     let group = c.group(&owner, "team", &[]).await;
     // A second login of the same user: its stream must outlive the first session's logout.
-    let other = c
-        .auth
-        .login(chatd::pb::auth::LoginRequest {
-            username: "owner".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stream = c
-        .groups
-        .subscribe(authed(&owner, from_start(group.id)))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut others = c
-        .groups
-        .subscribe(authed(&other, from_start(group.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let other = common::login(&mut c.auth, "owner").await;
+    let mut stream = c.subscribe_group(&owner, group.id).await;
+    let mut others = c.subscribe_group(&other, group.id).await;
     let out = LogoutRequest {
         refresh_token: owner.refresh_token.clone(),
     };
@@ -359,12 +336,7 @@ async fn an_idle_stream_carries_a_heartbeat_so_proxies_keep_it() {
     let mut c = common::Clients::new(&s.chatd).await;
     let owner = register(&mut c.auth, "owner").await;
     let group = c.group(&owner, "quiet", &[]).await;
-    let mut stream = c
-        .groups
-        .subscribe(authed(&owner, from_start(group.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.subscribe_group(&owner, group.id).await;
     let opened = std::time::Instant::now();
     let event = tokio::time::timeout(HEARTBEAT + Duration::from_secs(5), stream.message())
         .await

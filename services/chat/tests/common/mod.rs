@@ -285,6 +285,23 @@ impl Clients {
         joined
     }
 
+    /// `who`'s stream of group `group`'s events from its first message.
+    pub async fn subscribe_group(
+        &mut self,
+        who: &Session,
+        group: u64,
+    ) -> tonic::Streaming<chatd::pb::chat::Event> {
+        let from_start = chatd::pb::chat::SubscribeRequest {
+            conversation_id: group,
+            after_seq: 0,
+        };
+        self.groups
+            .subscribe(authed(who, from_start))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// `who` accepts their invitation to `group`.
     pub async fn accept(&mut self, who: &Session, group: u64) -> Group {
         self.groups
@@ -300,6 +317,17 @@ pub async fn register(auth: &mut AuthClient<Channel>, name: &str) -> Session {
         username: name.into(),
         password: "correct horse battery".into(),
         display_name: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A new session of `name`, registered by [`register`].
+pub async fn login(auth: &mut AuthClient<Channel>, name: &str) -> Session {
+    auth.login(chatd::pb::auth::LoginRequest {
+        username: name.into(),
+        password: "correct horse battery".into(),
     })
     .await
     .unwrap()
