@@ -46,14 +46,19 @@ async fn create_clusters(api: &FakeApi, n: usize) -> Vec<ChatCluster> {
     let clusters: Api<ChatCluster> = Api::namespaced(api.client(), NS);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let cc: ChatCluster = serde_json::from_value(json!({
+        let resource: ChatCluster = serde_json::from_value(json!({
             "apiVersion": "chatcluster.io/v1alpha1",
             "kind": "ChatCluster",
             "metadata": { "name": format!("c{i}"), "namespace": NS },
             "spec": {},
         }))
         .unwrap();
-        out.push(clusters.create(&PostParams::default(), &cc).await.unwrap());
+        out.push(
+            clusters
+                .create(&PostParams::default(), &resource)
+                .await
+                .unwrap(),
+        );
     }
     out
 }
@@ -74,8 +79,10 @@ async fn reconcile_run(n: usize) -> Run {
     let clusters = create_clusters(&api, n).await;
     let rss_before = status_kib("VmRSS:");
     let started = Instant::now();
-    for cc in &clusters {
-        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+    for resource in &clusters {
+        reconcile(Arc::new(resource.clone()), ctx.clone())
+            .await
+            .unwrap();
     }
     let first = started.elapsed();
     let rss_growth_kib = status_kib("VmRSS:").saturating_sub(rss_before);
@@ -83,8 +90,8 @@ async fn reconcile_run(n: usize) -> Run {
     let api_cc: Api<ChatCluster> = Api::namespaced(api.client(), NS);
     let fresh: Vec<ChatCluster> = api_cc.list(&Default::default()).await.unwrap().items;
     let started = Instant::now();
-    for cc in fresh {
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+    for resource in fresh {
+        reconcile(Arc::new(resource), ctx.clone()).await.unwrap();
     }
     Run {
         first,
@@ -99,10 +106,10 @@ async fn raw_apply_run(n: usize) -> Duration {
     let clusters = create_clusters(&api, n).await;
     let objects: Vec<_> = clusters
         .iter()
-        .map(|cc| {
-            let validated = ValidatedCluster::new(cc.name_any(), &cc.spec).unwrap();
+        .map(|resource| {
+            let validated = ValidatedCluster::new(resource.name_any(), &resource.spec).unwrap();
             build::desired(
-                &ClusterRef::new(cc).unwrap(),
+                &ClusterRef::new(resource).unwrap(),
                 &validated,
                 &Observed::default(),
             )
@@ -119,8 +126,8 @@ async fn raw_apply_run(n: usize) -> Duration {
     }
     // Plus one status write per cluster, which the reconciler also cannot avoid.
     let api_cc: Api<ChatCluster> = Api::namespaced(client.clone(), NS);
-    for cc in &clusters {
-        let name = cc.metadata.name.clone().unwrap();
+    for resource in &clusters {
+        let name = resource.metadata.name.clone().unwrap();
         let patch = json!({
             "apiVersion": "chatcluster.io/v1alpha1", "kind": "ChatCluster",
             "status": { "phase": "Progressing" }

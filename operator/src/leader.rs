@@ -14,13 +14,7 @@ use kube::{Api, Client, api::PostParams};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 use tracing::{info, warn};
 
-/// Leadership ended without the caller asking.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    /// Another replica holds the lease now, or it could not be renewed in time.
-    #[error("lost the leader Lease {0}")]
-    Lost(String),
-}
+use crate::{Error, Result};
 
 /// Timing of the election.
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +188,7 @@ impl LeaderElector {
     /// Run `work` as leader (call [`acquire`](Self::acquire) first), renewing the lease. If the
     /// lease is lost, `work` is dropped and an error returned: the caller should exit so that
     /// it can never act beside the new leader. When `work` ends the lease is released.
-    pub async fn lead<F: Future>(&self, work: F) -> Result<F::Output, LeaderError> {
+    pub async fn lead<F: Future>(&self, work: F) -> Result<F::Output> {
         let mut tick = interval(self.timing.retry_period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
@@ -209,11 +203,11 @@ impl LeaderElector {
                 }
                 _ = tick.tick() => match self.try_acquire_or_renew().await {
                     Ok(true) => renewed = Instant::now(),
-                    Ok(false) => return Err(LeaderError::Lost(self.name.clone())),
+                    Ok(false) => return Err(Error::LostLease(self.name.clone())),
                     Err(e) => {
                         warn!(error = %e, "cannot renew the leader Lease");
                         if renewed.elapsed() > self.timing.renew_deadline {
-                            return Err(LeaderError::Lost(self.name.clone()));
+                            return Err(Error::LostLease(self.name.clone()));
                         }
                     }
                 },

@@ -2,6 +2,7 @@
 //! running chat backend.
 //!
 //! - [`api`]: the custom resource types, defaults and validation;
+//! - [`Error`]: what the Kubernetes-side entry points (reconcile, render, leader) fail with;
 //! - [`build`]: pure functions from a spec to the desired child objects;
 //! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod autoscale;
 pub mod build;
+mod error;
 pub mod http;
 pub mod leader;
 pub mod local;
@@ -22,3 +24,4 @@ pub mod reconcile;
 pub mod render;
 pub mod seed;
 pub use chatcluster_topology as topology;
+pub use error::{Error, Result};

@@ -256,8 +256,8 @@ fn read_cluster(file: &std::path::Path) -> anyhow::Result<ChatCluster> {
 }
 
 fn render(args: RenderArgs) -> anyhow::Result<()> {
-    let cc = read_cluster(&args.file)?;
-    let objects = chat_operator::render::render(&cc, args.namespace.as_deref())
+    let resource = read_cluster(&args.file)?;
+    let objects = chat_operator::render::render(&resource, args.namespace.as_deref())
         .with_context(|| format!("cannot render {}", args.file.display()))?;
     if args.summary {
         print!("{}", chat_operator::render::summary(&objects));
@@ -268,13 +268,13 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
 }
 
 async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let cc = read_cluster(&args.file)?;
-    if cc.spec.database.engine != chat_operator::api::DatabaseEngine::Mariadb {
+    let resource = read_cluster(&args.file)?;
+    if resource.spec.database.engine != chat_operator::api::DatabaseEngine::Mariadb {
         warn!(
             "spec.database.engine is mysql: local mode runs MariaDB, the server this machine has (same replication and failover, MariaDB dialect)"
         );
     }
-    let name = cc.metadata.name.clone().unwrap_or_default();
+    let name = resource.metadata.name.clone().unwrap_or_default();
     // Children resolve relative paths against their own working or base directory (mariadbd
     // against its basedir, /usr): hand them absolute ones, whatever form the user gave.
     let absolute = |path: PathBuf| {
@@ -292,7 +292,7 @@ async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         plaintext_port: args.plaintext_port,
         binaries: local::Binaries::find(bin_dir.as_deref())?,
     };
-    let plan = local::plan(&cc, &options)?;
+    let plan = local::plan(&resource, &options)?;
     println!(
         "starting {name} from {} (data in {})",
         args.file.display(),

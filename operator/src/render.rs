@@ -9,6 +9,7 @@
 use kube::api::DynamicObject;
 
 use crate::{
+    Error, Result,
     api::{ChatCluster, ValidatedCluster},
     build::{
         self, BuildError, ClusterRef, Observed,
@@ -19,67 +20,36 @@ use crate::{
 /// The uid owner references carry in rendered objects; the API server assigns the real one.
 pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 
-/// Why a file cannot be rendered.
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    /// The spec is invalid: the same check the operator makes, naming each field.
-    #[error("invalid ChatCluster: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-    /// The file names no cluster.
-    #[error("metadata.name: a ChatCluster needs a name")]
-    NoName,
-    /// The builders refused it.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// `--namespace` names another namespace than the file (`kubectl` refuses the same).
-    #[error("the file's namespace is {file}, and --namespace says {given}")]
-    NamespaceMismatch {
-        /// `metadata.namespace`.
-        file: String,
-        /// `--namespace`.
-        given: String,
-    },
-    /// Not a namespace name.
-    #[error("namespace {0:?} is not a DNS label (lower-case letters, digits, '-', at most 63)")]
-    BadNamespace(String),
-}
-
-/// The objects for `cc` in `namespace` (default: the file's, else `default`), in the order the
+/// The objects for `resource` in `namespace` (default: the file's, else `default`), in the order the
 /// reconciler applies them: the generated Secrets (created first), then configuration and
 /// identities, Services, workloads and their disruption budgets.
-pub fn render(
-    cc: &ChatCluster,
-    namespace: Option<&str>,
-) -> Result<Vec<DynamicObject>, RenderError> {
-    let name = cc.metadata.name.clone().ok_or(RenderError::NoName)?;
-    let validated = ValidatedCluster::new(name, &cc.spec).map_err(|problems| {
-        RenderError::Invalid(problems.iter().map(ToString::to_string).collect())
-    })?;
-    let mut cc = cc.clone();
-    if let (Some(file), Some(given)) = (&cc.metadata.namespace, namespace)
+pub fn render(resource: &ChatCluster, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+    let validated = ValidatedCluster::of(resource)?;
+    let mut resource = resource.clone();
+    if let (Some(file), Some(given)) = (&resource.metadata.namespace, namespace)
         && file != given
     {
-        return Err(RenderError::NamespaceMismatch {
+        return Err(Error::NamespaceMismatch {
             file: file.clone(),
             given: given.into(),
         });
     }
     let namespace = namespace
         .map(str::to_string)
-        .or_else(|| cc.metadata.namespace.clone())
+        .or_else(|| resource.metadata.namespace.clone())
         .unwrap_or_else(|| "default".into());
     if !crate::api::file::is_dns_label(&namespace, 63) {
-        return Err(RenderError::BadNamespace(namespace));
+        return Err(Error::BadNamespace(namespace));
     }
-    cc.metadata.namespace = Some(namespace);
-    cc.metadata.uid = Some(PLACEHOLDER_UID.into());
-    let cluster = ClusterRef::new(&cc)?;
+    resource.metadata.namespace = Some(namespace);
+    resource.metadata.uid = Some(PLACEHOLDER_UID.into());
+    let owner = ClusterRef::new(&resource)?;
 
     let mut out = Vec::new();
     for what in secrets::generated(validated.spec()) {
-        out.push(build::to_dynamic(&what.placeholder(&cluster))?);
+        out.push(build::to_dynamic(&what.placeholder(&owner))?);
     }
-    out.extend(build::desired(&cluster, &validated, &Observed::default())?.objects()?);
+    out.extend(build::desired(&owner, &validated, &Observed::default())?.objects()?);
     Ok(out)
 }
 

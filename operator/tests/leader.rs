@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use chat_operator::leader::{LeaderElector, LeaderError, Timing};
+use chat_operator::{
+    Error,
+    leader::{LeaderElector, Timing},
+};
 use chatcluster_testkit::FakeApi;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -81,7 +84,7 @@ async fn a_leader_that_loses_the_lease_stops_its_work() {
     let never = std::future::pending::<()>();
     let outcome = tokio::time::timeout(Duration::from_secs(5), a.lead(never)).await;
     assert!(
-        matches!(outcome, Ok(Err(LeaderError::Lost(_)))),
+        matches!(outcome, Ok(Err(Error::LostLease(_)))),
         "{outcome:?}"
     );
 }

@@ -53,7 +53,7 @@ impl Harness {
     }
 
     async fn create(&self, name: &str, spec: serde_json::Value) -> ChatCluster {
-        let cc: ChatCluster = serde_json::from_value(json!({
+        let resource: ChatCluster = serde_json::from_value(json!({
             "apiVersion": "chatcluster.io/v1alpha1",
             "kind": "ChatCluster",
             "metadata": { "name": name, "namespace": NS },
@@ -61,14 +61,14 @@ impl Harness {
         }))
         .unwrap();
         self.clusters()
-            .create(&PostParams::default(), &cc)
+            .create(&PostParams::default(), &resource)
             .await
             .unwrap()
     }
 
-    async fn reconcile(&self, name: &str) -> Result<Action, reconcile::Error> {
-        let cc = self.clusters().get(name).await.unwrap();
-        reconcile(Arc::new(cc), self.ctx.clone()).await
+    async fn reconcile(&self, name: &str) -> Result<Action, chat_operator::Error> {
+        let resource = self.clusters().get(name).await.unwrap();
+        reconcile(Arc::new(resource), self.ctx.clone()).await
     }
 
     async fn status(&self, name: &str) -> chat_operator::api::ChatClusterStatus {
@@ -188,9 +188,9 @@ async fn create_builds_every_child_and_reports_progressing() {
     assert_eq!(secrets, ["demo-db", "demo-envoy-tls", "demo-token-key"]);
 
     // Children carry the owner reference of the live object.
-    let cc = h.clusters().get("demo").await.unwrap();
+    let resource = h.clusters().get("demo").await.unwrap();
     let dep = h.deployments().get("demo-auth").await.unwrap();
-    assert_eq!(dep.owner_references()[0].uid, cc.uid().unwrap());
+    assert_eq!(dep.owner_references()[0].uid, resource.uid().unwrap());
 
     let status = h.status("demo").await;
     assert_eq!(status.phase, Phase::Progressing);
@@ -519,9 +519,9 @@ async fn apply_failures_degrade_and_back_off() {
     assert_eq!(reason, "ApplyFailed");
     assert!(message.contains("injected failure"), "{message}");
 
-    let cc = Arc::new(h.clusters().get("demo").await.unwrap());
+    let resource = Arc::new(h.clusters().get("demo").await.unwrap());
     let delays: Vec<Action> = (0..4)
-        .map(|_| error_policy(cc.clone(), &err, h.ctx.clone()))
+        .map(|_| error_policy(resource.clone(), &err, h.ctx.clone()))
         .collect();
     assert_eq!(
         delays,
@@ -533,7 +533,7 @@ async fn apply_failures_degrade_and_back_off() {
     assert_eq!(h.status("demo").await.phase, Phase::Progressing);
     // Success resets the backoff.
     assert_eq!(
-        error_policy(cc, &err, h.ctx.clone()),
+        error_policy(resource, &err, h.ctx.clone()),
         Action::requeue(Duration::from_secs(5))
     );
     let text = h.ctx.metrics.encode().unwrap();
@@ -574,8 +574,8 @@ async fn generated_secrets_are_created_once() {
 #[tokio::test]
 async fn a_rendered_placeholder_secret_is_refused() {
     let h = Harness::new();
-    let cc = h.create("demo", json!({})).await;
-    let rendered = chat_operator::render::render(&cc, Some(NS)).unwrap();
+    let resource = h.create("demo", json!({})).await;
+    let rendered = chat_operator::render::render(&resource, Some(NS)).unwrap();
     let placeholder = rendered
         .iter()
         .find(|o| o.metadata.name.as_deref() == Some("demo-db"))
@@ -690,7 +690,7 @@ impl reconcile::autoscaling::LoadSource for Scripted {
     fn load<'a>(
         &'a self,
         _client: &'a Client,
-        _cluster: &'a chat_operator::build::ClusterRef,
+        _owner: &'a chat_operator::build::ClusterRef,
     ) -> futures::future::BoxFuture<'a, Result<reconcile::autoscaling::Observation, String>> {
         let rps = *self.0.lock().unwrap();
         Box::pin(async move {
@@ -795,7 +795,7 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
 #[tokio::test]
 async fn children_no_longer_desired_are_pruned_and_nothing_else() {
     let mut h = Harness::new();
-    let cc = h
+    let resource = h
         .create("demo", json!({ "database": { "engine": "mariadb" } }))
         .await;
     h.reconcile("demo").await.unwrap();
@@ -805,7 +805,7 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
     });
     let owner = json!([{
         "apiVersion": "chatcluster.io/v1alpha1", "kind": "ChatCluster", "name": "demo",
-        "uid": cc.uid().unwrap(), "controller": true,
+        "uid": resource.uid().unwrap(), "controller": true,
     }]);
     let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
     for (name, owned) in [("demo-retired", true), ("demo-users-own", false)] {

@@ -36,8 +36,8 @@ const IMAGE: &str = "registry.example/chat-operator:1.2.3";
 struct World {
     api: FakeApi,
     client: Client,
-    cc: ChatCluster,
-    c: ClusterRef,
+    resource: ChatCluster,
+    owner: ClusterRef,
     donor: Member,
     replica: Member,
     seeder: PodSeeder,
@@ -47,23 +47,23 @@ struct World {
 async fn world() -> World {
     let api = FakeApi::new();
     let client = api.client();
-    let cc: ChatCluster = serde_json::from_value(json!({
+    let resource: ChatCluster = serde_json::from_value(json!({
         "apiVersion": "chatcluster.io/v1alpha1",
         "kind": "ChatCluster",
         "metadata": { "name": "demo", "namespace": NS, "uid": "uid-1" },
         "spec": { "database": { "engine": "mariadb", "replicas": 1 } },
     }))
     .unwrap();
-    let c = ClusterRef::new(&cc).unwrap();
+    let owner = ClusterRef::new(&resource).unwrap();
     Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &seed::approvals_config_map(&c))
+        .create(&PostParams::default(), &seed::approvals_config_map(&owner))
         .await
         .unwrap();
-    let servers = members(&c, &cc.spec.database);
+    let servers = members(&owner, &resource.spec.database);
     let seeder = PodSeeder::new(
         client.clone(),
-        c.clone(),
-        cc.spec.database.clone(),
+        owner.clone(),
+        resource.spec.database.clone(),
         IMAGE.into(),
     );
     World {
@@ -71,8 +71,8 @@ async fn world() -> World {
         client,
         donor: servers[0].clone(),
         replica: servers[1].clone(),
-        cc,
-        c,
+        resource,
+        owner,
         seeder,
     }
 }
@@ -146,8 +146,8 @@ async fn a_copy_is_fetched_by_a_job_on_the_replicas_node_and_its_position_read()
     // A Job left by an earlier attempt (the operator restarted during a copy).
     let jobs: Api<Job> = Api::namespaced(w.client.clone(), NS);
     let mut stale = seed::job(
-        &w.c,
-        &w.cc.spec.database,
+        &w.owner,
+        &w.resource.spec.database,
         IMAGE,
         &w.replica.name,
         &w.donor.host,
@@ -173,8 +173,8 @@ async fn a_copy_is_fetched_by_a_job_on_the_replicas_node_and_its_position_read()
     // The Job it ran is the builder's, with the operator's image; it is gone afterwards, and
     // its pod with it.
     let built = seed::job(
-        &w.c,
-        &w.cc.spec.database,
+        &w.owner,
+        &w.resource.spec.database,
         IMAGE,
         &w.replica.name,
         &w.donor.host,
@@ -254,7 +254,7 @@ async fn the_replica_restarts_on_an_approved_copy_and_only_its_swap_confirms_it(
     );
     let approvals = || {
         w.api
-            .object("v1/configmaps", NS, &names::db_seed_approvals(&w.c))
+            .object("v1/configmaps", NS, &names::db_seed_approvals(&w.owner))
             .unwrap()["data"][&w.replica.name]
             .clone()
     };

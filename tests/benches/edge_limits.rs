@@ -23,13 +23,13 @@ const LEVEL: Duration = Duration::from_secs(5);
 fn main() {
     let off = LocalCluster::start_edited(
         "examples/laptop.yaml",
-        |cc| cc.spec.ingress.rate_limit.enabled = false,
+        |resource| resource.spec.ingress.rate_limit.enabled = false,
         UNLIMITED_CHATD,
     );
     let on = LocalCluster::start_edited(
         "examples/laptop.yaml",
-        |cc| {
-            let limit = &mut cc.spec.ingress.rate_limit;
+        |resource| {
+            let limit = &mut resource.spec.ingress.rate_limit;
             limit.enabled = true;
             limit.requests_per_second = 1_000_000;
             limit.burst = 1_000_000;

@@ -26,7 +26,7 @@ const LEVEL: Duration = Duration::from_secs(5);
 fn main() {
     let cluster = LocalCluster::start_edited(
         "examples/laptop.yaml",
-        |cc| cc.spec.ingress.rate_limit.enabled = false,
+        |resource| resource.spec.ingress.rate_limit.enabled = false,
         UNLIMITED_CHATD,
     );
     let groups = cluster.plan.service(ServiceKind::Groups).unwrap();

@@ -66,7 +66,7 @@ pub struct LocalCluster {
 /// A base port whose whole block of plan ports is free right now, never handed out before by
 /// this process (tests run in parallel). Blocks lie below Linux's ephemeral range (32768+), so
 /// no outgoing connection's local port can take one between the check and the bind.
-fn free_block(cc: &ChatCluster, options: &Options) -> u16 {
+fn free_block(resource: &ChatCluster, options: &Options) -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     const FIRST: u16 = 20_000;
     const SPAN: u16 = 600;
@@ -79,7 +79,7 @@ fn free_block(cc: &ChatCluster, options: &Options) -> u16 {
             continue;
         }
         let plan = local::plan(
-            cc,
+            resource,
             &Options {
                 base_port: base,
                 ..options.clone()
@@ -127,11 +127,12 @@ impl LocalCluster {
         let path = repo().join(file);
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        edit(&mut cc);
+        let mut resource: ChatCluster =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        edit(&mut resource);
         let dir = TempDir::new("local-cluster");
         let edited = dir.path().join("cluster.yaml");
-        let yaml = serde_yaml::to_string(&cc).unwrap_or_else(|e| panic!("{e}"));
+        let yaml = serde_yaml::to_string(&resource).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&edited, yaml).unwrap_or_else(|e| panic!("{}: {e}", edited.display()));
         Self::start_in(edited, dir, None, env)
     }
@@ -146,7 +147,7 @@ impl LocalCluster {
     ) -> Self {
         let text =
             std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let resource: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         let bins = bin_dir();
         let binaries = Binaries::find(Some(&bins)).unwrap_or_else(|e| panic!("{e}"));
         let mut options = Options {
@@ -158,13 +159,13 @@ impl LocalCluster {
         };
         // Envoy's ports too come from the block, past the last one the plan uses.
         let (base_port, plaintext_port, tls_port) = ports.unwrap_or_else(|| {
-            let base = free_block(&cc, &options);
+            let base = free_block(&resource, &options);
             (base, base + 550, base + 551)
         });
         options.base_port = base_port;
         options.port = tls_port;
         options.plaintext_port = plaintext_port;
-        let plan = local::plan(&cc, &options).unwrap_or_else(|e| panic!("plan: {e}"));
+        let plan = local::plan(&resource, &options).unwrap_or_else(|e| panic!("plan: {e}"));
         let mut runner = Command::new(bins.join("chat-operator"));
         runner
             .arg("local")
@@ -198,7 +199,7 @@ impl LocalCluster {
     ) -> Self {
         let text =
             std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let cc: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let resource: ChatCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         let bins = bin_dir();
         let binaries = Binaries::find(Some(&bins)).unwrap_or_else(|e| panic!("{e}"));
         let data = cwd.join(data_dir);
@@ -209,11 +210,11 @@ impl LocalCluster {
             plaintext_port: 0,
             binaries,
         };
-        let base_port = free_block(&cc, &options);
+        let base_port = free_block(&resource, &options);
         options.base_port = base_port;
         options.plaintext_port = base_port + 550;
         options.port = base_port + 551;
-        let plan = local::plan(&cc, &options).unwrap_or_else(|e| panic!("plan: {e}"));
+        let plan = local::plan(&resource, &options).unwrap_or_else(|e| panic!("plan: {e}"));
         let mut runner = Command::new(script);
         runner
             .args(args)

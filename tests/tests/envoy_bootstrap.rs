@@ -13,11 +13,11 @@ use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
 use kube::ResourceExt;
 
 fn bootstrap_yaml() -> String {
-    let mut cc = ChatCluster::new("demo", ChatClusterSpec::default());
-    cc.metadata.namespace = Some("chat".into());
-    cc.metadata.uid = Some("uid".into());
-    let validated = ValidatedCluster::new("demo", &cc.spec).unwrap();
-    let cluster = build::ClusterRef::new(&cc).unwrap();
+    let mut resource = ChatCluster::new("demo", ChatClusterSpec::default());
+    resource.metadata.namespace = Some("chat".into());
+    resource.metadata.uid = Some("uid".into());
+    let validated = ValidatedCluster::new("demo", &resource.spec).unwrap();
+    let cluster = build::ClusterRef::new(&resource).unwrap();
     let desired = build::desired(&cluster, &validated, &Observed::default()).unwrap();
     desired
         .config_maps

@@ -91,9 +91,9 @@ fn check_objects(docs: &[Value]) -> Vec<String> {
             "Deployment" => round_trip::<Deployment>(doc),
             "Service" => round_trip::<Service>(doc),
             "ChatCluster" => {
-                let cc: chat_operator::api::ChatCluster =
+                let resource: chat_operator::api::ChatCluster =
                     serde_json::from_value(doc.clone()).unwrap();
-                assert_eq!(chat_operator::api::validate(&cc.spec), vec![]);
+                assert_eq!(chat_operator::api::validate(&resource.spec), vec![]);
             }
             other => panic!("unexpected kind {other}"),
         }
@@ -251,9 +251,9 @@ fn non_default_values_render_valid_objects() {
         dep["spec"]["template"]["spec"]["containers"][0]["image"],
         "chatcluster/chat-operator:9.9.9"
     );
-    let cc = docs.iter().find(|d| d["kind"] == "ChatCluster").unwrap();
-    assert_eq!(cc["metadata"]["name"], "laptop");
-    assert_eq!(cc["spec"]["database"]["engine"], "mariadb");
+    let resource = docs.iter().find(|d| d["kind"] == "ChatCluster").unwrap();
+    assert_eq!(resource["metadata"]["name"], "laptop");
+    assert_eq!(resource["spec"]["database"]["engine"], "mariadb");
 }
 
 #[test]

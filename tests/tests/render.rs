@@ -55,13 +55,14 @@ fn examples() -> Vec<std::path::PathBuf> {
 
 /// Secrets that exist without being in the printed objects: the one the user names for TLS,
 /// and the ones the operator generates in the cluster (printed commented out).
-fn external(cc: &ChatCluster) -> Vec<(&'static str, String)> {
-    let generated = render::render(cc, Some("chat"))
+fn external(resource: &ChatCluster) -> Vec<(&'static str, String)> {
+    let generated = render::render(resource, Some("chat"))
         .unwrap()
         .into_iter()
         .filter(render::is_placeholder)
         .filter_map(|o| o.metadata.name);
-    cc.spec
+    resource
+        .spec
         .ingress
         .tls
         .iter()
@@ -72,7 +73,7 @@ fn external(cc: &ChatCluster) -> Vec<(&'static str, String)> {
 }
 
 /// The restricted-profile and consistency problems of one cluster's objects.
-fn problems(cc: &ChatCluster, objects: &[Value]) -> Vec<String> {
+fn problems(resource: &ChatCluster, objects: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
     for o in objects {
         if let Some(template) = pod_template(o) {
@@ -80,7 +81,7 @@ fn problems(cc: &ChatCluster, objects: &[Value]) -> Vec<String> {
             out.extend(restricted_violations(&what, &template["spec"]));
         }
     }
-    let external = external(cc);
+    let external = external(resource);
     let external: Vec<(&str, &str)> = external.iter().map(|(k, n)| (*k, n.as_str())).collect();
     out.extend(consistency_problems(objects, &external));
     out
@@ -91,7 +92,7 @@ fn every_example_renders_objects_that_pass_strict_validation_and_restricted_pods
     for file in examples() {
         let yaml = render_file(&file, &["--namespace", "chat"]);
         kubernetes_validate(&yaml).unwrap_or_else(|e| panic!("{}:\n{e}", file.display()));
-        let cc: ChatCluster =
+        let resource: ChatCluster =
             serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let objects = documents(&yaml);
         assert!(
@@ -101,7 +102,7 @@ fn every_example_renders_objects_that_pass_strict_validation_and_restricted_pods
             objects.len()
         );
         assert_eq!(
-            problems(&cc, &objects),
+            problems(&resource, &objects),
             Vec::<String>::new(),
             "{}",
             file.display()
@@ -288,14 +289,14 @@ fn generated_specs_render_valid_consistent_restricted_objects() {
     for case in 0..CASES {
         let spec = strategy.new_tree(&mut runner).unwrap().current();
         let name = format!("gen-{case}");
-        let cc: ChatCluster = serde_json::from_value(json!({
+        let resource: ChatCluster = serde_json::from_value(json!({
             "apiVersion": "chatcluster.io/v1alpha1",
             "kind": "ChatCluster",
             "metadata": { "name": name },
             "spec": spec,
         }))
         .unwrap_or_else(|e| panic!("case {case}: {e}: {spec}"));
-        let objects = render::render(&cc, Some("chat"))
+        let objects = render::render(&resource, Some("chat"))
             .unwrap_or_else(|e| panic!("case {case} does not render: {e}: {spec}"));
         // Every object, the generated Secrets too (the YAML prints those as comments).
         let values: Vec<Value> = objects
@@ -306,7 +307,7 @@ fn generated_specs_render_valid_consistent_restricted_objects() {
         let placeholders = objects.iter().filter(|o| render::is_placeholder(o)).count();
         assert_eq!(printed.len(), values.len() - placeholders);
         assert_eq!(
-            problems(&cc, &values),
+            problems(&resource, &values),
             Vec::<String>::new(),
             "case {case}: {spec}"
         );
@@ -490,17 +491,17 @@ fn the_reseed_job_is_valid_restricted_and_meets_the_replica_it_fetches_for() {
         reconcile::topology::members,
     };
     let file = repo().join("examples/laptop.yaml");
-    let mut cc: ChatCluster =
+    let mut resource: ChatCluster =
         serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let objects = documents(&render_file(&file, &["--namespace", "chat"]));
-    cc.metadata.namespace = Some("chat".into());
-    cc.metadata.uid = Some(render::PLACEHOLDER_UID.into());
-    let c = ClusterRef::new(&cc).unwrap();
-    let servers = members(&c, &cc.spec.database);
+    resource.metadata.namespace = Some("chat".into());
+    resource.metadata.uid = Some(render::PLACEHOLDER_UID.into());
+    let c = ClusterRef::new(&resource).unwrap();
+    let servers = members(&c, &resource.spec.database);
     let (donor, replica) = (&servers[0], &servers[1]);
     let job = seed::job(
         &c,
-        &cc.spec.database,
+        &resource.spec.database,
         &defaults::operator_image(),
         &replica.name,
         &donor.host,
@@ -511,7 +512,7 @@ fn the_reseed_job_is_valid_restricted_and_meets_the_replica_it_fetches_for() {
     let job = documents(&yaml).remove(0);
     let mut all = objects.clone();
     all.push(job.clone());
-    assert_eq!(problems(&cc, &all), Vec::<String>::new());
+    assert_eq!(problems(&resource, &all), Vec::<String>::new());
 
     // It lands on the replica's node, with the replica's volume.
     let pod = &job["spec"]["template"]["spec"];

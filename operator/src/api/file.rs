@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{ChatCluster, SpecError};
+use super::{ChatCluster, Refused, SpecError};
 
 /// The API version files must name.
 pub const API_VERSION: &str = "chatcluster.io/v1alpha1";
@@ -22,8 +22,8 @@ pub enum FileError {
     #[error("not a ChatCluster: {0}")]
     Parse(String),
     /// Fields the API server would refuse.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<SpecError>),
+    #[error(transparent)]
+    Invalid(#[from] Refused),
 }
 
 fn problem(field: &str, message: String) -> SpecError {
@@ -86,11 +86,11 @@ pub fn from_yaml(text: &str) -> Result<ChatCluster, FileError> {
         ));
     }
     if !problems.is_empty() {
-        return Err(FileError::Invalid(problems));
+        return Err(Refused(problems).into());
     }
-    let cc: ChatCluster =
+    let resource: ChatCluster =
         serde_json::from_value(original.clone()).map_err(|e| FileError::Parse(e.to_string()))?;
-    let parsed = serde_json::to_value(&cc).map_err(|e| FileError::Parse(e.to_string()))?;
+    let parsed = serde_json::to_value(&resource).map_err(|e| FileError::Parse(e.to_string()))?;
     let mut unknown = Vec::new();
     unknown_fields(&original, &parsed, "", &mut unknown);
     problems.extend(
@@ -98,7 +98,7 @@ pub fn from_yaml(text: &str) -> Result<ChatCluster, FileError> {
             .into_iter()
             .map(|field| problem(&field, "unknown field".into())),
     );
-    match cc.metadata.name.as_deref() {
+    match resource.metadata.name.as_deref() {
         None => problems.push(problem("metadata.name", "a ChatCluster needs a name".into())),
         Some(name) if !is_dns_label(name, MAX_NAME) => problems.push(problem(
             "metadata.name",
@@ -109,9 +109,9 @@ pub fn from_yaml(text: &str) -> Result<ChatCluster, FileError> {
         Some(_) => {}
     }
     if problems.is_empty() {
-        Ok(cc)
+        Ok(resource)
     } else {
-        Err(FileError::Invalid(problems))
+        Err(Refused(problems).into())
     }
 }
 
@@ -129,11 +129,11 @@ mod tests {
 
     #[test]
     fn a_good_file_parses() {
-        let cc = from_yaml(&format!(
+        let resource = from_yaml(&format!(
             "{HEAD}metadata: {{ name: demo, namespace: chat, labels: {{ a: b }} }}\nspec: {{ services: {{ auth: {{ replicas: 3 }} }} }}\n"
         ))
         .unwrap();
-        assert_eq!(cc.spec.services.auth.replicas, Some(3));
+        assert_eq!(resource.spec.services.auth.replicas, Some(3));
     }
 
     #[test]

@@ -18,4 +18,4 @@ pub use defaults::*;
 pub use spec::*;
 pub use status::*;
 pub use validate::{SpecError, admission, validate};
-pub use validated::ValidatedCluster;
+pub use validated::{Refused, ValidatedCluster};

@@ -39,15 +39,15 @@ pub fn replicas(svc: &ChatServiceSpec, current: Option<i32>) -> i32 {
 
 /// The Deployment of one chat service.
 pub fn deployment(
-    c: &ClusterRef,
+    owner: &ClusterRef,
     spec: &ChatClusterSpec,
     kind: ServiceKind,
     svc: &ChatServiceSpec,
     replicas: i32,
 ) -> Deployment {
     let component = kind.as_str();
-    let selector = c.selector(component);
-    let labels = c.labels(component, "chatd");
+    let selector = owner.selector(component);
+    let labels = owner.labels(component, "chatd");
     let grpc_probe = |service: &str, period: i32, failures: i32| Probe {
         grpc: Some(GRPCAction {
             port: ports::CHATD_GRPC,
@@ -69,7 +69,7 @@ pub fn deployment(
     let container = Container {
         name: "chatd".into(),
         image: Some(svc.image.clone().unwrap_or_else(defaults::chatd_image)),
-        env: Some(chatd_env(c, spec, kind)),
+        env: Some(chatd_env(owner, spec, kind)),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -103,7 +103,7 @@ pub fn deployment(
     };
 
     Deployment {
-        metadata: c.meta(names::service(c, kind), labels.clone()),
+        metadata: owner.meta(names::service(owner, kind), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
@@ -139,7 +139,7 @@ pub fn deployment(
                         Volume {
                             name: "token-key".into(),
                             secret: Some(SecretVolumeSource {
-                                secret_name: Some(names::token_key_secret(c)),
+                                secret_name: Some(names::token_key_secret(owner)),
                                 items: Some(
                                     token_items
                                         .into_iter()
@@ -166,23 +166,23 @@ pub fn deployment(
 }
 
 /// chatd's settings in a pod of service `kind`.
-fn chatd_settings(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Settings {
-    let db = |service: String| format!("{}:{}", c.service_host(&service), ports::DATABASE);
+fn chatd_settings(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Settings {
+    let db = |service: String| format!("{}:{}", owner.service_host(&service), ports::DATABASE);
     let secret = |key: &str| Value::Secret {
-        name: names::db_secret(c),
+        name: names::db_secret(owner),
         key: key.into(),
     };
     Settings {
         services: vec![kind.as_str().into()],
         listen: format!("0.0.0.0:{}", ports::CHATD_GRPC),
         metrics_listen: Some(format!("0.0.0.0:{}", ports::METRICS)),
-        db_primary: db(names::db_primary(c)),
+        db_primary: db(names::db_primary(owner)),
         db_primary_file: None,
         // Without replicas, reads go to the primary too.
         db_replicas: Some(if spec.database.replicas > 0 {
-            db(names::db_replicas(c))
+            db(names::db_replicas(owner))
         } else {
-            db(names::db_primary(c))
+            db(names::db_primary(owner))
         }),
         db_name: database::DB_NAME.into(),
         db_user: secret(super::secrets::DB_APP_USER_KEY),
@@ -193,7 +193,7 @@ fn chatd_settings(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> 
             .then(|| format!("{TOKEN_MOUNT}/private.pem")),
         peers: Vec::new(),
         // Replicas push new-message hints to each other; they find each other by DNS.
-        peers_dns: Some(c.service_host(&names::service_peers(c, kind))),
+        peers_dns: Some(owner.service_host(&names::service_peers(owner, kind))),
         advertise: Some(format!("$({}):{}", chatd::var::POD_IP, ports::CHATD_GRPC)),
         pod_name: Value::PodField("metadata.name".into()),
         pod_ip: Some(Value::PodField("status.podIP".into())),
@@ -201,8 +201,8 @@ fn chatd_settings(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> 
     }
 }
 
-fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
-    let mut env: Vec<EnvVar> = chatd_settings(c, spec, kind)
+fn chatd_env(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = chatd_settings(owner, spec, kind)
         .env()
         .into_iter()
         .map(|(name, value)| match value {
@@ -217,13 +217,16 @@ fn chatd_env(c: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> Vec<E
 
 /// The headless Service resolving to every ready pod of one chat service: how its replicas
 /// find each other for fan-out.
-pub fn peers_service(c: &ClusterRef, kind: ServiceKind) -> Service {
+pub fn peers_service(owner: &ClusterRef, kind: ServiceKind) -> Service {
     let component = kind.as_str();
     Service {
-        metadata: c.meta(names::service_peers(c, kind), c.labels(component, "chatd")),
+        metadata: owner.meta(
+            names::service_peers(owner, kind),
+            owner.labels(component, "chatd"),
+        ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
-            selector: Some(c.selector(component)),
+            selector: Some(owner.selector(component)),
             ports: Some(vec![pod::service_port(
                 "grpc",
                 ports::CHATD_GRPC,
@@ -237,12 +240,15 @@ pub fn peers_service(c: &ClusterRef, kind: ServiceKind) -> Service {
 
 /// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these
 /// labels); `appProtocol` tells meshes and Envoy the port speaks cleartext HTTP/2.
-pub fn service(c: &ClusterRef, kind: ServiceKind) -> Service {
+pub fn service(owner: &ClusterRef, kind: ServiceKind) -> Service {
     let component = kind.as_str();
     Service {
-        metadata: c.meta(names::service(c, kind), c.labels(component, "chatd")),
+        metadata: owner.meta(
+            names::service(owner, kind),
+            owner.labels(component, "chatd"),
+        ),
         spec: Some(ServiceSpec {
-            selector: Some(c.selector(component)),
+            selector: Some(owner.selector(component)),
             ports: Some(vec![
                 pod::service_port("grpc", ports::CHATD_GRPC, Some("kubernetes.io/h2c")),
                 pod::service_port("metrics", ports::METRICS, None),

@@ -179,9 +179,12 @@ EOF
 "#;
 
 /// The database ConfigMap: server configuration and the init script.
-pub fn config_map(c: &ClusterRef, db: &DatabaseSpec) -> ConfigMap {
+pub fn config_map(owner: &ClusterRef, db: &DatabaseSpec) -> ConfigMap {
     ConfigMap {
-        metadata: c.meta(names::db_config(c), c.labels(COMPONENT, engine_app(db))),
+        metadata: owner.meta(
+            names::db_config(owner),
+            owner.labels(COMPONENT, engine_app(db)),
+        ),
         data: Some(BTreeMap::from([
             ("chatcluster.cnf".to_string(), server_config(db)),
             ("init.sh".to_string(), INIT_SCRIPT.to_string()),
@@ -197,8 +200,8 @@ fn engine_app(db: &DatabaseSpec) -> &'static str {
     }
 }
 
-fn set_selector(c: &ClusterRef, set: Set) -> BTreeMap<String, String> {
-    let mut selector = c.selector(COMPONENT);
+fn set_selector(owner: &ClusterRef, set: Set) -> BTreeMap<String, String> {
+    let mut selector = owner.selector(COMPONENT);
     selector.insert(labels::DB_SET.into(), set.as_str().into());
     selector
 }
@@ -207,18 +210,18 @@ fn set_selector(c: &ClusterRef, set: Set) -> BTreeMap<String, String> {
 /// configuration changes.
 /// `operator_image` is where the pods copy the re-seed programs from (MariaDB).
 pub fn stateful_set(
-    c: &ClusterRef,
+    owner: &ClusterRef,
     db: &DatabaseSpec,
     set: Set,
     config_hash: &str,
     operator_image: &str,
 ) -> StatefulSet {
     let (name, replicas) = match set {
-        Set::Primary => (names::db_primary(c), 1),
-        Set::Replica => (names::db_replicas_set(c), db.replicas),
+        Set::Primary => (names::db_primary(owner), 1),
+        Set::Replica => (names::db_replicas_set(owner), db.replicas),
     };
-    let selector = set_selector(c, set);
-    let mut pod_labels = c.labels(COMPONENT, engine_app(db));
+    let selector = set_selector(owner, set);
+    let mut pod_labels = owner.labels(COMPONENT, engine_app(db));
     pod_labels.extend(selector.clone());
     // No role label: a pod (also a restarted old primary) serves neither Service until the
     // topology loop, which owns the label, has seen what it is.
@@ -232,18 +235,18 @@ pub fn stateful_set(
     let env = vec![
         pod::env_from_secret(
             &format!("{prefix}_ROOT_PASSWORD"),
-            &names::db_secret(c),
+            &names::db_secret(owner),
             secrets::DB_ROOT_PASSWORD_KEY,
         ),
         pod::env(&format!("{prefix}_DATABASE"), DB_NAME),
         pod::env_from_secret(
             &format!("{prefix}_USER"),
-            &names::db_secret(c),
+            &names::db_secret(owner),
             secrets::DB_APP_USER_KEY,
         ),
         pod::env_from_secret(
             &format!("{prefix}_PASSWORD"),
-            &names::db_secret(c),
+            &names::db_secret(owner),
             secrets::DB_APP_PASSWORD_KEY,
         ),
     ];
@@ -285,7 +288,10 @@ pub fn stateful_set(
             pod_name.clone(),
             pod::env("SERVER_ID_BASE", set.server_id_base().to_string()),
             pod::env("DB_SET", set.as_str()),
-            pod::env("HEADLESS_SERVICE", c.service_host(&names::db_headless(c))),
+            pod::env(
+                "HEADLESS_SERVICE",
+                owner.service_host(&names::db_headless(owner)),
+            ),
             pod::env("CONF_DIR", CONF_DIR),
             pod::env("INITDB_DIR", INITDB_DIR),
             pod::env("ADMIN_USER", ADMIN_USER),
@@ -293,12 +299,12 @@ pub fn stateful_set(
             pod::env("ADMIN_PRIVILEGES", dialect(db).admin_privileges()),
             pod::env_from_secret(
                 "ADMIN_PASSWORD",
-                &names::db_secret(c),
+                &names::db_secret(owner),
                 secrets::DB_ADMIN_PASSWORD_KEY,
             ),
             pod::env_from_secret(
                 "REPL_PASSWORD",
-                &names::db_secret(c),
+                &names::db_secret(owner),
                 secrets::DB_REPLICATION_PASSWORD_KEY,
             ),
         ]),
@@ -350,19 +356,20 @@ pub fn stateful_set(
 
     // MariaDB pods also carry the physical re-seed: the binary copied in first, a ready copy
     // swapped in last, the donor agent beside the server.
-    let (init_containers, containers, seed_volumes) = match seed::pod_parts(c, db, operator_image) {
-        Some(p) => (
-            vec![p.first_init, init, p.last_init],
-            vec![server, p.sidecar],
-            p.volumes.to_vec(),
-        ),
-        None => (vec![init], vec![server], Vec::new()),
-    };
+    let (init_containers, containers, seed_volumes) =
+        match seed::pod_parts(owner, db, operator_image) {
+            Some(p) => (
+                vec![p.first_init, init, p.last_init],
+                vec![server, p.sidecar],
+                p.volumes.to_vec(),
+            ),
+            None => (vec![init], vec![server], Vec::new()),
+        };
     StatefulSet {
-        metadata: c.meta(name, c.labels(COMPONENT, engine_app(db))),
+        metadata: owner.meta(name, owner.labels(COMPONENT, engine_app(db))),
         spec: StatefulSetSpec {
             replicas: Some(replicas),
-            service_name: Some(names::db_headless(c)),
+            service_name: Some(names::db_headless(owner)),
             // Servers do not depend on each other's start; the topology loop wires them.
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
@@ -382,7 +389,9 @@ pub fn stateful_set(
                     init_containers: Some(init_containers),
                     containers,
                     security_context: Some(pod::pod_security(MYSQL_UID)),
-                    topology_spread_constraints: Some(pod::topology_spread(&c.selector(COMPONENT))),
+                    topology_spread_constraints: Some(pod::topology_spread(
+                        &owner.selector(COMPONENT),
+                    )),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(60),
@@ -391,7 +400,7 @@ pub fn stateful_set(
                             Volume {
                                 name: "config".into(),
                                 config_map: Some(ConfigMapVolumeSource {
-                                    name: names::db_config(c),
+                                    name: names::db_config(owner),
                                     ..ConfigMapVolumeSource::default()
                                 }),
                                 ..Volume::default()
@@ -411,7 +420,7 @@ pub fn stateful_set(
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("data".into()),
-                    labels: Some(c.selector(COMPONENT)),
+                    labels: Some(owner.selector(COMPONENT)),
                     ..ObjectMeta::default()
                 },
                 spec: Some(PersistentVolumeClaimSpec {
@@ -453,7 +462,7 @@ pub fn topology_policy(db: &DatabaseSpec) -> Policy {
 
 /// The headless Service (stable DNS per pod, also while not ready, so replicas can reach a
 /// recovering primary), the `-primary` Service for writes and the `-replicas` Service for reads.
-pub fn services(c: &ClusterRef) -> [Service; 3] {
+pub fn services(owner: &ClusterRef) -> [Service; 3] {
     let port = || {
         Some(vec![pod::service_port(
             "mysql",
@@ -462,10 +471,10 @@ pub fn services(c: &ClusterRef) -> [Service; 3] {
         )])
     };
     let by_role = |name: String, role: &str| {
-        let mut selector = c.selector(COMPONENT);
+        let mut selector = owner.selector(COMPONENT);
         selector.insert(labels::DB_ROLE.into(), role.into());
         Service {
-            metadata: c.meta(name, c.labels(COMPONENT, "database")),
+            metadata: owner.meta(name, owner.labels(COMPONENT, "database")),
             spec: Some(ServiceSpec {
                 selector: Some(selector),
                 ports: port(),
@@ -476,17 +485,20 @@ pub fn services(c: &ClusterRef) -> [Service; 3] {
     };
     [
         Service {
-            metadata: c.meta(names::db_headless(c), c.labels(COMPONENT, "database")),
+            metadata: owner.meta(
+                names::db_headless(owner),
+                owner.labels(COMPONENT, "database"),
+            ),
             spec: Some(ServiceSpec {
                 cluster_ip: Some("None".into()),
                 publish_not_ready_addresses: Some(true),
-                selector: Some(c.selector(COMPONENT)),
+                selector: Some(owner.selector(COMPONENT)),
                 ports: port(),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
         },
-        by_role(names::db_primary(c), "primary"),
-        by_role(names::db_replicas(c), "replica"),
+        by_role(names::db_primary(owner), "primary"),
+        by_role(names::db_replicas(owner), "replica"),
     ]
 }

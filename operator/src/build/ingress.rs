@@ -46,10 +46,10 @@ pub struct EnvoyPlace {
 }
 
 /// Envoy's bootstrap in a pod: chat-xds through its Service, the readiness listener on.
-pub fn bootstrap(c: &ClusterRef) -> serde_json::Value {
+pub fn bootstrap(owner: &ClusterRef) -> serde_json::Value {
     envoy_bootstrap(&EnvoyPlace {
-        node_cluster: names::envoy(c),
-        xds: vec![(c.service_host(&names::xds(c)), ports::XDS)],
+        node_cluster: names::envoy(owner),
+        xds: vec![(owner.service_host(&names::xds(owner)), ports::XDS)],
         admin_port: ports::ENVOY_ADMIN,
         ready_port: Some(ports::ENVOY_READY),
     })
@@ -198,22 +198,22 @@ pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
 }
 
 /// The ConfigMap holding [`bootstrap`] as YAML.
-pub fn bootstrap_config_map(c: &ClusterRef) -> Result<ConfigMap, BuildError> {
-    let yaml = serde_yaml::to_string(&bootstrap(c)).map_err(|e| BuildError::Encode {
+pub fn bootstrap_config_map(owner: &ClusterRef) -> Result<ConfigMap, BuildError> {
+    let yaml = serde_yaml::to_string(&bootstrap(owner)).map_err(|e| BuildError::Encode {
         what: "Envoy bootstrap",
         message: e.to_string(),
     })?;
     Ok(ConfigMap {
-        metadata: c.meta(names::envoy(c), c.labels(COMPONENT, "envoy")),
+        metadata: owner.meta(names::envoy(owner), owner.labels(COMPONENT, "envoy")),
         data: Some(BTreeMap::from([(BOOTSTRAP_KEY.to_string(), yaml)])),
         ..ConfigMap::default()
     })
 }
 
 /// The Envoy replicas. `config_hash` rolls them when the bootstrap changes.
-pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> Deployment {
-    let selector = c.selector(COMPONENT);
-    let labels = c.labels(COMPONENT, "envoy");
+pub fn deployment(owner: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> Deployment {
+    let selector = owner.selector(COMPONENT);
+    let labels = owner.labels(COMPONENT, "envoy");
     let container = Container {
         name: "envoy".into(),
         image: Some(
@@ -289,7 +289,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
         ..Container::default()
     };
     Deployment {
-        metadata: c.meta(names::envoy(c), labels.clone()),
+        metadata: owner.meta(names::envoy(owner), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(ingress.replicas),
             selector: LabelSelector {
@@ -331,7 +331,7 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
                         Volume {
                             name: "bootstrap".into(),
                             config_map: Some(ConfigMapVolumeSource {
-                                name: names::envoy(c),
+                                name: names::envoy(owner),
                                 ..ConfigMapVolumeSource::default()
                             }),
                             ..Volume::default()
@@ -348,8 +348,8 @@ pub fn deployment(c: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> D
 }
 
 /// The Service clients connect to: the user's type and port onto Envoy's TLS listener.
-pub fn service(c: &ClusterRef, ingress: &IngressSpec) -> Service {
-    let mut metadata = c.meta(names::envoy(c), c.labels(COMPONENT, "envoy"));
+pub fn service(owner: &ClusterRef, ingress: &IngressSpec) -> Service {
+    let mut metadata = owner.meta(names::envoy(owner), owner.labels(COMPONENT, "envoy"));
     if !ingress.service.annotations.is_empty() {
         metadata.annotations = Some(ingress.service.annotations.clone());
     }
@@ -357,7 +357,7 @@ pub fn service(c: &ClusterRef, ingress: &IngressSpec) -> Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(ingress.service.type_.as_str().into()),
-            selector: Some(c.selector(COMPONENT)),
+            selector: Some(owner.selector(COMPONENT)),
             ports: Some(vec![ServicePort {
                 name: Some("https".into()),
                 port: ingress.service.port,

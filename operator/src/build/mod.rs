@@ -122,19 +122,19 @@ pub struct ClusterRef {
 }
 
 impl ClusterRef {
-    /// The identity of `cc`, which must have been read from the API (namespace, name, uid).
-    pub fn new(cc: &ChatCluster) -> Result<Self, BuildError> {
-        let namespace = cc
+    /// The identity of `resource`, which must have been read from the API (namespace, name, uid).
+    pub fn new(resource: &ChatCluster) -> Result<Self, BuildError> {
+        let namespace = resource
             .namespace()
             .ok_or(BuildError::MissingMetadata("namespace"))?;
-        if cc.meta().name.is_none() {
+        if resource.meta().name.is_none() {
             return Err(BuildError::MissingMetadata("name"));
         }
-        let owner = cc
+        let owner = resource
             .controller_owner_ref(&())
             .ok_or(BuildError::MissingMetadata("uid"))?;
         Ok(Self {
-            name: cc.name_any(),
+            name: resource.name_any(),
             namespace,
             owner,
         })
@@ -236,7 +236,7 @@ pub struct Desired {
 
 /// Build every desired object of `validated`, the cluster `cluster` identifies.
 pub fn desired(
-    cluster: &ClusterRef,
+    owner: &ClusterRef,
     validated: &ValidatedCluster,
     observed: &Observed,
 ) -> Result<Desired, BuildError> {
@@ -246,12 +246,12 @@ pub fn desired(
     for (kind, svc) in spec.services.iter() {
         let replicas = chat::replicas(svc, observed.current_replicas.get(&kind).copied());
         out.deployments
-            .push(chat::deployment(cluster, spec, kind, svc, replicas));
-        out.services.push(chat::service(cluster, kind));
-        out.services.push(chat::peers_service(cluster, kind));
+            .push(chat::deployment(owner, spec, kind, svc, replicas));
+        out.services.push(chat::service(owner, kind));
+        out.services.push(chat::peers_service(owner, kind));
         out.pod_disruption_budgets.push(pod::disruption_budget(
-            cluster,
-            &names::service(cluster, kind),
+            owner,
+            &names::service(owner, kind),
             kind.as_str(),
         ));
     }
@@ -261,51 +261,51 @@ pub fn desired(
         .clone()
         .unwrap_or_else(crate::api::defaults::operator_image);
     if spec.database.engine == crate::api::DatabaseEngine::Mariadb {
-        out.config_maps.push(seed::approvals_config_map(cluster));
+        out.config_maps.push(seed::approvals_config_map(owner));
     }
-    let db_config = database::config_map(cluster, &spec.database);
+    let db_config = database::config_map(owner, &spec.database);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);
     for set in [database::Set::Primary, database::Set::Replica] {
         out.stateful_sets.push(database::stateful_set(
-            cluster,
+            owner,
             &spec.database,
             set,
             &db_hash,
             &operator_image,
         ));
     }
-    out.services.extend(database::services(cluster));
+    out.services.extend(database::services(owner));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        cluster,
-        &names::db_budget(cluster),
+        owner,
+        &names::db_budget(owner),
         database::COMPONENT,
     ));
 
-    let xds_config = xds::config_map(cluster, validated)?;
+    let xds_config = xds::config_map(owner, validated)?;
     let xds_hash = pod::config_hash(&xds_config);
     out.config_maps.push(xds_config);
-    out.service_accounts.push(xds::service_account(cluster));
-    out.roles.push(xds::role(cluster, spec));
-    out.role_bindings.push(xds::role_binding(cluster));
+    out.service_accounts.push(xds::service_account(owner));
+    out.roles.push(xds::role(owner, spec));
+    out.role_bindings.push(xds::role_binding(owner));
     out.deployments
-        .push(xds::deployment(cluster, &spec.xds, &xds_hash));
-    out.services.push(xds::service(cluster));
+        .push(xds::deployment(owner, &spec.xds, &xds_hash));
+    out.services.push(xds::service(owner));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        cluster,
-        &names::xds(cluster),
+        owner,
+        &names::xds(owner),
         xds::COMPONENT,
     ));
 
-    let bootstrap = ingress::bootstrap_config_map(cluster)?;
+    let bootstrap = ingress::bootstrap_config_map(owner)?;
     let bootstrap_hash = pod::config_hash(&bootstrap);
     out.config_maps.push(bootstrap);
     out.deployments
-        .push(ingress::deployment(cluster, &spec.ingress, &bootstrap_hash));
-    out.services.push(ingress::service(cluster, &spec.ingress));
+        .push(ingress::deployment(owner, &spec.ingress, &bootstrap_hash));
+    out.services.push(ingress::service(owner, &spec.ingress));
     out.pod_disruption_budgets.push(pod::disruption_budget(
-        cluster,
-        &names::envoy(cluster),
+        owner,
+        &names::envoy(owner),
         ingress::COMPONENT,
     ));
 

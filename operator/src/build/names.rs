@@ -4,78 +4,78 @@ use super::ClusterRef;
 use crate::api::ServiceKind;
 
 /// Deployment, Service and PodDisruptionBudget of a chat service: `<cluster>-<service>`.
-pub fn service(c: &ClusterRef, kind: ServiceKind) -> String {
-    format!("{}-{kind}", c.name)
+pub fn service(owner: &ClusterRef, kind: ServiceKind) -> String {
+    format!("{}-{kind}", owner.name)
 }
 
 /// Headless Service listing a chat service's pods, for replica-to-replica fan-out.
-pub fn service_peers(c: &ClusterRef, kind: ServiceKind) -> String {
-    format!("{}-{kind}-peers", c.name)
+pub fn service_peers(owner: &ClusterRef, kind: ServiceKind) -> String {
+    format!("{}-{kind}-peers", owner.name)
 }
 
 /// Generated database credentials.
-pub fn db_secret(c: &ClusterRef) -> String {
-    format!("{}-db", c.name)
+pub fn db_secret(owner: &ClusterRef) -> String {
+    format!("{}-db", owner.name)
 }
 
 /// Headless Service governing both database StatefulSets (stable pod DNS names).
-pub fn db_headless(c: &ClusterRef) -> String {
-    format!("{}-db", c.name)
+pub fn db_headless(owner: &ClusterRef) -> String {
+    format!("{}-db", owner.name)
 }
 
 /// Database server configuration.
-pub fn db_config(c: &ClusterRef) -> String {
-    format!("{}-db-config", c.name)
+pub fn db_config(owner: &ClusterRef) -> String {
+    format!("{}-db-config", owner.name)
 }
 
 /// The primary's StatefulSet, and the Service that always points at the current primary.
-pub fn db_primary(c: &ClusterRef) -> String {
-    format!("{}-db-primary", c.name)
+pub fn db_primary(owner: &ClusterRef) -> String {
+    format!("{}-db-primary", owner.name)
 }
 
 /// The replicas' StatefulSet and PodDisruptionBudget.
-pub fn db_replicas_set(c: &ClusterRef) -> String {
-    format!("{}-db-replica", c.name)
+pub fn db_replicas_set(owner: &ClusterRef) -> String {
+    format!("{}-db-replica", owner.name)
 }
 
 /// The Service spreading reads over the ready replicas.
-pub fn db_replicas(c: &ClusterRef) -> String {
-    format!("{}-db-replicas", c.name)
+pub fn db_replicas(owner: &ClusterRef) -> String {
+    format!("{}-db-replicas", owner.name)
 }
 
 /// The pod the primary StatefulSet starts with.
-pub fn db_initial_primary_pod(c: &ClusterRef) -> String {
-    format!("{}-0", db_primary(c))
+pub fn db_initial_primary_pod(owner: &ClusterRef) -> String {
+    format!("{}-0", db_primary(owner))
 }
 
 /// Ed25519 key pair signing access tokens.
-pub fn token_key_secret(c: &ClusterRef) -> String {
-    format!("{}-token-key", c.name)
+pub fn token_key_secret(owner: &ClusterRef) -> String {
+    format!("{}-token-key", owner.name)
 }
 
 /// Self-signed certificate issued when the spec names no TLS Secret.
-pub fn self_signed_tls(c: &ClusterRef) -> String {
-    format!("{}-envoy-tls", c.name)
+pub fn self_signed_tls(owner: &ClusterRef) -> String {
+    format!("{}-envoy-tls", owner.name)
 }
 
 /// chat-xds Deployment, Service, ServiceAccount, Role, RoleBinding, ConfigMap and budget.
-pub fn xds(c: &ClusterRef) -> String {
-    format!("{}-xds", c.name)
+pub fn xds(owner: &ClusterRef) -> String {
+    format!("{}-xds", owner.name)
 }
 
 /// Envoy Deployment, Service, bootstrap ConfigMap and budget.
-pub fn envoy(c: &ClusterRef) -> String {
-    format!("{}-envoy", c.name)
+pub fn envoy(owner: &ClusterRef) -> String {
+    format!("{}-envoy", owner.name)
 }
 
 /// PodDisruptionBudget over all database servers: at most one down at a time.
-pub fn db_budget(c: &ClusterRef) -> String {
-    format!("{}-db", c.name)
+pub fn db_budget(owner: &ClusterRef) -> String {
+    format!("{}-db", owner.name)
 }
 
 /// The ConfigMap naming, per MariaDB pod, the copy its next start may swap in.
-pub fn db_seed_approvals(c: &ClusterRef) -> String {
-    format!("{}-db-seed", c.name)
+pub fn db_seed_approvals(owner: &ClusterRef) -> String {
+    format!("{}-db-seed", owner.name)
 }
 
 /// The Job that fetches a physical copy into database pod `pod`'s volume.

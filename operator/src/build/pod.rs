@@ -91,13 +91,13 @@ pub fn resources(
 /// A budget allowing one pod of a component down at a time during voluntary disruptions
 /// (node drains). `maxUnavailable` rather than `minAvailable`, so a one-pod component can
 /// still be drained.
-pub fn disruption_budget(c: &ClusterRef, name: &str, component: &str) -> PodDisruptionBudget {
+pub fn disruption_budget(owner: &ClusterRef, name: &str, component: &str) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: c.meta(name.to_string(), c.labels(component, "chatcluster")),
+        metadata: owner.meta(name.to_string(), owner.labels(component, "chatcluster")),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(c.selector(component)),
+                match_labels: Some(owner.selector(component)),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()

@@ -146,9 +146,14 @@ impl TokenKey {
     }
 }
 
-fn secret(c: &ClusterRef, name: String, component: &str, data: BTreeMap<String, String>) -> Secret {
+fn secret(
+    owner: &ClusterRef,
+    name: String,
+    component: &str,
+    data: BTreeMap<String, String>,
+) -> Secret {
     Secret {
-        metadata: c.meta(name, c.labels(component, "chatcluster")),
+        metadata: owner.meta(name, owner.labels(component, "chatcluster")),
         string_data: Some(data),
         // Immutable: nothing, not even a careless apply, can change what the servers hold.
         immutable: Some(true),
@@ -157,10 +162,10 @@ fn secret(c: &ClusterRef, name: String, component: &str, data: BTreeMap<String, 
 }
 
 /// The database credentials Secret.
-pub fn db_secret(c: &ClusterRef, creds: &DbCredentials) -> Secret {
+pub fn db_secret(owner: &ClusterRef, creds: &DbCredentials) -> Secret {
     secret(
-        c,
-        names::db_secret(c),
+        owner,
+        names::db_secret(owner),
         database::COMPONENT,
         BTreeMap::from([
             (DB_ROOT_PASSWORD_KEY.to_string(), creds.root.clone()),
@@ -176,10 +181,10 @@ pub fn db_secret(c: &ClusterRef, creds: &DbCredentials) -> Secret {
 }
 
 /// The token-signing key Secret (`private.pem`, `public.pem`).
-pub fn token_key_secret(c: &ClusterRef, key: &TokenKey) -> Secret {
+pub fn token_key_secret(owner: &ClusterRef, key: &TokenKey) -> Secret {
     secret(
-        c,
-        names::token_key_secret(c),
+        owner,
+        names::token_key_secret(owner),
         "auth",
         BTreeMap::from([
             ("private.pem".to_string(), key.private_pem.clone()),
@@ -190,9 +195,9 @@ pub fn token_key_secret(c: &ClusterRef, key: &TokenKey) -> Secret {
 
 /// DNS names the self-signed certificate covers: the Envoy Service under every name it
 /// resolves by inside the cluster, and `localhost` for port-forwarding.
-pub fn self_signed_names(c: &ClusterRef) -> Vec<String> {
-    let svc = names::envoy(c);
-    let ns = &c.namespace;
+pub fn self_signed_names(owner: &ClusterRef) -> Vec<String> {
+    let svc = names::envoy(owner);
+    let ns = &owner.namespace;
     vec![
         svc.clone(),
         format!("{svc}.{ns}"),
@@ -203,10 +208,10 @@ pub fn self_signed_names(c: &ClusterRef) -> Vec<String> {
 }
 
 /// The self-signed `kubernetes.io/tls` Secret.
-pub fn tls_secret(c: &ClusterRef, tls: &TlsMaterial) -> Secret {
+pub fn tls_secret(owner: &ClusterRef, tls: &TlsMaterial) -> Secret {
     let mut s = secret(
-        c,
-        names::self_signed_tls(c),
+        owner,
+        names::self_signed_tls(owner),
         ingress::COMPONENT,
         BTreeMap::from([
             ("tls.crt".to_string(), tls.cert_pem.clone()),
@@ -237,21 +242,21 @@ pub enum Generated {
 
 impl Generated {
     /// Name of the Secret.
-    pub fn name(self, c: &ClusterRef) -> String {
+    pub fn name(self, owner: &ClusterRef) -> String {
         match self {
-            Self::DbCredentials => names::db_secret(c),
-            Self::TokenKey => names::token_key_secret(c),
-            Self::SelfSignedTls => names::self_signed_tls(c),
+            Self::DbCredentials => names::db_secret(owner),
+            Self::TokenKey => names::token_key_secret(owner),
+            Self::SelfSignedTls => names::self_signed_tls(owner),
         }
     }
 
     /// The Secret as `render` shows it: the same name, type and keys, placeholder values,
     /// marked with [`PLACEHOLDER_ANNOTATION`].
-    pub fn placeholder(self, c: &ClusterRef) -> Secret {
+    pub fn placeholder(self, owner: &ClusterRef) -> Secret {
         let p = || PLACEHOLDER.to_string();
         let mut secret = match self {
             Self::DbCredentials => db_secret(
-                c,
+                owner,
                 &DbCredentials {
                     root: p(),
                     admin: p(),
@@ -260,14 +265,14 @@ impl Generated {
                 },
             ),
             Self::TokenKey => token_key_secret(
-                c,
+                owner,
                 &TokenKey {
                     private_pem: p(),
                     public_pem: p(),
                 },
             ),
             Self::SelfSignedTls => tls_secret(
-                c,
+                owner,
                 &TlsMaterial {
                     cert_pem: p(),
                     key_pem: p(),
@@ -282,11 +287,13 @@ impl Generated {
     }
 
     /// Generate fresh material and build the Secret.
-    pub fn generate(self, c: &ClusterRef) -> Result<Secret, GenerateError> {
+    pub fn generate(self, owner: &ClusterRef) -> Result<Secret, GenerateError> {
         Ok(match self {
-            Self::DbCredentials => db_secret(c, &DbCredentials::generate()),
-            Self::TokenKey => token_key_secret(c, &TokenKey::generate()?),
-            Self::SelfSignedTls => tls_secret(c, &TlsMaterial::self_signed(self_signed_names(c))?),
+            Self::DbCredentials => db_secret(owner, &DbCredentials::generate()),
+            Self::TokenKey => token_key_secret(owner, &TokenKey::generate()?),
+            Self::SelfSignedTls => {
+                tls_secret(owner, &TlsMaterial::self_signed(self_signed_names(owner))?)
+            }
         })
     }
 }

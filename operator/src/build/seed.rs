@@ -65,10 +65,10 @@ fn empty_dir(name: &str) -> Volume {
 }
 
 /// The key both ends of the stream prove: the administrative password.
-fn key_env(c: &ClusterRef) -> EnvVar {
+fn key_env(owner: &ClusterRef) -> EnvVar {
     pod::env_from_secret(
         "CHATCLUSTER_SEED_KEY",
-        &names::db_secret(c),
+        &names::db_secret(owner),
         secrets::DB_ADMIN_PASSWORD_KEY,
     )
 }
@@ -113,7 +113,7 @@ pub struct PodParts {
 }
 
 /// The re-seed parts of a database pod; `None` for MySQL.
-pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Option<PodParts> {
+pub fn pod_parts(owner: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Option<PodParts> {
     if db.engine != DatabaseEngine::Mariadb {
         return None;
     }
@@ -162,7 +162,7 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
         ]),
         env: Some(vec![
             pod::env("CHATCLUSTER_SEED_USER", ADMIN_USER),
-            key_env(c),
+            key_env(owner),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("seed".into()),
@@ -196,17 +196,17 @@ pub fn pod_parts(c: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Opt
         sidecar: donor,
         volumes: {
             let [agent, tmp] = pod_volumes();
-            [agent, tmp, approvals_volume(c)]
+            [agent, tmp, approvals_volume(owner)]
         },
     })
 }
 
 /// The approvals ConfigMap, optional: a pod starts whether or not it exists.
-fn approvals_volume(c: &ClusterRef) -> Volume {
+fn approvals_volume(owner: &ClusterRef) -> Volume {
     Volume {
         name: "seed-approvals".into(),
         config_map: Some(ConfigMapVolumeSource {
-            name: names::db_seed_approvals(c),
+            name: names::db_seed_approvals(owner),
             optional: Some(true),
             ..ConfigMapVolumeSource::default()
         }),
@@ -217,9 +217,12 @@ fn approvals_volume(c: &ClusterRef) -> Volume {
 /// The ConfigMap the topology loop writes a pod's approved copy id into (a key per pod)
 /// just before it restarts the pod; empty otherwise. The reconciler applies it without data,
 /// so it never removes what the loop wrote.
-pub fn approvals_config_map(c: &ClusterRef) -> ConfigMap {
+pub fn approvals_config_map(owner: &ClusterRef) -> ConfigMap {
     ConfigMap {
-        metadata: c.meta(names::db_seed_approvals(c), c.labels(COMPONENT, "mariadb")),
+        metadata: owner.meta(
+            names::db_seed_approvals(owner),
+            owner.labels(COMPONENT, "mariadb"),
+        ),
         ..ConfigMap::default()
     }
 }
@@ -234,14 +237,14 @@ fn pod_volumes() -> [Volume; 2] {
 /// Kubernetes (the topology loop retries with backoff), its GTID position left as the
 /// termination message.
 pub fn job(
-    c: &ClusterRef,
+    owner: &ClusterRef,
     db: &DatabaseSpec,
     operator_image: &str,
     replica_pod: &str,
     donor_host: &str,
     copy_id: &str,
 ) -> Job {
-    let mut labels = c.labels(COMPONENT, "mariadb");
+    let mut labels = owner.labels(COMPONENT, "mariadb");
     labels.insert(SEED_FOR_LABEL.into(), replica_pod.into());
     labels.insert(SEED_COPY_LABEL.into(), copy_id.into());
     let fetch = Container {
@@ -260,7 +263,7 @@ pub fn job(
             "--termination-log".into(),
             TERMINATION_LOG.into(),
         ]),
-        env: Some(vec![key_env(c)]),
+        env: Some(vec![key_env(owner)]),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("File".into()),
         // mariadb-backup --prepare applies the redo log with a 100 MiB buffer by default.
@@ -283,7 +286,7 @@ pub fn job(
         ..Volume::default()
     };
     Job {
-        metadata: c.meta(names::db_seed_job(replica_pod), labels.clone()),
+        metadata: owner.meta(names::db_seed_job(replica_pod), labels.clone()),
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),

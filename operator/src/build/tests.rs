@@ -15,21 +15,22 @@ use crate::api::{
     AutoscalingSpec, ChatClusterSpec, DatabaseEngine, LoadBalancing, ServiceType, TlsSpec, defaults,
 };
 
-fn cluster(spec: ChatClusterSpec) -> ChatCluster {
-    let mut cc = ChatCluster::new("demo", spec);
-    cc.metadata.namespace = Some("chat".into());
-    cc.metadata.uid = Some("uid-demo".into());
-    cc
+fn resource_of(spec: ChatClusterSpec) -> ChatCluster {
+    let mut resource = ChatCluster::new("demo", spec);
+    resource.metadata.namespace = Some("chat".into());
+    resource.metadata.uid = Some("uid-demo".into());
+    resource
 }
 
-/// The desired objects of `cc`, which must be valid.
-fn desired_of(cc: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
-    let validated = ValidatedCluster::new(cc.name_any(), &cc.spec).expect("a valid spec");
-    desired(&ClusterRef::new(cc)?, &validated, observed)
+/// The desired objects of `resource`, which must be valid.
+fn desired_of(resource: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
+    let validated =
+        ValidatedCluster::new(resource.name_any(), &resource.spec).expect("a valid spec");
+    desired(&ClusterRef::new(resource)?, &validated, observed)
 }
 
 fn build(spec: ChatClusterSpec) -> Desired {
-    match desired_of(&cluster(spec), &Observed::default()) {
+    match desired_of(&resource_of(spec), &Observed::default()) {
         Ok(d) => d,
         Err(e) => panic!("build failed: {e}"),
     }
@@ -53,12 +54,12 @@ fn container(t: &PodTemplateSpec) -> &Container {
     &t.spec.as_ref().expect("pod spec").containers[0]
 }
 
-fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
-    c.env.iter().flatten().find(|e| e.name == name)
+fn env<'a>(owner: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    owner.env.iter().flatten().find(|e| e.name == name)
 }
 
-fn env_value(c: &Container, name: &str) -> Option<String> {
-    env(c, name).and_then(|e| e.value.clone())
+fn env_value(owner: &Container, name: &str) -> Option<String> {
+    env(owner, name).and_then(|e| e.value.clone())
 }
 
 fn template_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
@@ -274,26 +275,29 @@ fn chatd_deployment_is_wired_and_locked_down() {
     for kind in ServiceKind::ALL {
         let dep = deployment(&d, &format!("demo-{kind}"));
         let pod = dep.spec.template.spec.as_ref().expect("pod");
-        let c = container(&dep.spec.template);
-        assert_eq!(c.image.as_deref(), Some(defaults::chatd_image().as_str()));
+        let owner = container(&dep.spec.template);
         assert_eq!(
-            env_value(c, "CHATD_SERVICES").as_deref(),
+            owner.image.as_deref(),
+            Some(defaults::chatd_image().as_str())
+        );
+        assert_eq!(
+            env_value(owner, "CHATD_SERVICES").as_deref(),
             Some(kind.as_str())
         );
         assert_eq!(
-            env_value(c, "CHATD_DB_PRIMARY").as_deref(),
+            env_value(owner, "CHATD_DB_PRIMARY").as_deref(),
             Some("demo-db-primary.chat.svc:3306")
         );
         assert_eq!(
-            env_value(c, "CHATD_DB_REPLICAS").as_deref(),
+            env_value(owner, "CHATD_DB_REPLICAS").as_deref(),
             Some("demo-db-replicas.chat.svc:3306")
         );
         assert_eq!(
-            env_value(c, "CHATD_PEERS_DNS"),
+            env_value(owner, "CHATD_PEERS_DNS"),
             Some(format!("demo-{kind}-peers.chat.svc"))
         );
         assert_eq!(
-            env_value(c, "CHATD_METRICS_LISTEN").as_deref(),
+            env_value(owner, "CHATD_METRICS_LISTEN").as_deref(),
             Some("0.0.0.0:9090")
         );
         // The peers Service is headless over this service's pods only.
@@ -306,14 +310,14 @@ fn chatd_deployment_is_wired_and_locked_down() {
             &peers.selector.unwrap_or_default(),
             &template_labels(&dep.spec.template)
         ));
-        let password = env(c, "CHATD_DB_PASSWORD")
+        let password = env(owner, "CHATD_DB_PASSWORD")
             .and_then(|e| e.value_from.as_ref())
             .and_then(|v| v.secret_key_ref.as_ref())
             .expect("password from a Secret");
         assert_eq!(password.name, "demo-db");
         assert_eq!(password.key, secrets::DB_APP_PASSWORD_KEY);
         // Probes speak gRPC health; readiness asks for this service by name.
-        let readiness = c
+        let readiness = owner
             .readiness_probe
             .as_ref()
             .and_then(|p| p.grpc.as_ref())
@@ -321,15 +325,21 @@ fn chatd_deployment_is_wired_and_locked_down() {
         assert_eq!(readiness.port, ports::CHATD_GRPC);
         assert_eq!(readiness.service.as_deref(), Some(kind.grpc_service()));
         assert!(
-            c.liveness_probe
+            owner
+                .liveness_probe
                 .as_ref()
                 .and_then(|p| p.grpc.as_ref())
                 .is_some()
         );
-        let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+        let ports: Vec<i32> = owner
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
         assert_eq!(ports, [ports::CHATD_GRPC, ports::METRICS]);
         // Security.
-        let sc = c.security_context.as_ref().expect("container security");
+        let sc = owner.security_context.as_ref().expect("container security");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -354,7 +364,7 @@ fn chatd_deployment_is_wired_and_locked_down() {
         let has_private = items.iter().any(|k| k == "private.pem");
         assert_eq!(has_private, kind == ServiceKind::Auth, "{kind}");
         assert_eq!(
-            env_value(c, "CHATD_TOKEN_PRIVATE_KEY_FILE").is_some(),
+            env_value(owner, "CHATD_TOKEN_PRIVATE_KEY_FILE").is_some(),
             kind == ServiceKind::Auth
         );
         // The Service exposes gRPC as h2c.
@@ -379,9 +389,9 @@ fn replicas_follow_the_spec_and_the_autoscaler() {
         target_cpu_utilization: None,
         scale_down_stabilization_seconds: 300,
     });
-    let cc = cluster(spec);
+    let resource = resource_of(spec);
     let replicas = |observed: Observed, name: &str| {
-        desired_of(&cc, &observed)
+        desired_of(&resource, &observed)
             .expect("build")
             .deployments
             .iter()
@@ -518,10 +528,10 @@ fn database_config_per_engine() {
     // Engine choice reaches image and environment; config changes roll the pods.
     let d = build(spec.clone());
     let set = &d.stateful_sets[0];
-    let c = container(&set.spec.template);
-    assert_eq!(c.image.as_deref(), Some(defaults::MARIADB_IMAGE));
-    assert!(env(c, "MARIADB_ROOT_PASSWORD").is_some());
-    assert!(env(c, "MYSQL_ROOT_PASSWORD").is_none());
+    let owner = container(&set.spec.template);
+    assert_eq!(owner.image.as_deref(), Some(defaults::MARIADB_IMAGE));
+    assert!(env(owner, "MARIADB_ROOT_PASSWORD").is_some());
+    assert!(env(owner, "MYSQL_ROOT_PASSWORD").is_none());
     let hash = |d: &Desired| {
         d.stateful_sets[0]
             .spec
@@ -557,15 +567,17 @@ fn database_sets_have_volumes_probes_and_roles() {
             .and_then(|r| r.get("storage"))
             .map(|q| q.0.clone());
         assert_eq!(size.as_deref(), Some("50Gi"));
-        let c = container(&set.spec.template);
+        let owner = container(&set.spec.template);
         assert!(
-            c.readiness_probe
+            owner
+                .readiness_probe
                 .as_ref()
                 .and_then(|p| p.exec.as_ref())
                 .is_some()
         );
         assert!(
-            c.volume_mounts
+            owner
+                .volume_mounts
                 .iter()
                 .flatten()
                 .any(|m| m.mount_path == "/var/lib/mysql")
@@ -597,7 +609,7 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
         operator_image: Some("registry.example/chat-operator:9".into()),
         ..Observed::default()
     };
-    let d = desired_of(&cluster(spec), &observed).unwrap();
+    let d = desired_of(&resource_of(spec), &observed).unwrap();
     for set in &d.stateful_sets {
         let pod = set.spec.template.spec.as_ref().unwrap();
         let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
@@ -624,8 +636,14 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
         );
         // The swap and the donor see the server's data; the donor also its socket; the
         // swap the operator's approvals, which may not exist (the pod starts anyway).
-        for c in [&inits[2], donor] {
-            assert!(c.volume_mounts.iter().flatten().any(|m| m.name == "data"));
+        for owner in [&inits[2], donor] {
+            assert!(
+                owner
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == "data")
+            );
         }
         assert!(
             inits[2]
@@ -741,8 +759,8 @@ fn envoy_bootstrap_points_at_chat_xds() {
         "127.0.0.1"
     );
     let envoy = deployment(&d, "demo-envoy");
-    let c = container(&envoy.spec.template);
-    let readiness = c
+    let owner = container(&envoy.spec.template);
+    let readiness = owner
         .readiness_probe
         .as_ref()
         .and_then(|p| p.http_get.as_ref())
@@ -859,10 +877,10 @@ fn ingress_settings_reach_service_and_xds() {
 
 #[test]
 fn generated_secrets_hold_fresh_material() {
-    let cc = cluster(ChatClusterSpec::default());
-    let c = ClusterRef::new(&cc).expect("ref");
+    let resource = resource_of(ChatClusterSpec::default());
+    let owner = ClusterRef::new(&resource).expect("ref");
     let data = |g: secrets::Generated| {
-        g.generate(&c)
+        g.generate(&owner)
             .expect("generate")
             .string_data
             .unwrap_or_default()
@@ -884,12 +902,14 @@ fn generated_secrets_hold_fresh_material() {
         a.get(secrets::DB_APP_PASSWORD_KEY)
     );
 
-    let tls = secrets::Generated::SelfSignedTls.generate(&c).expect("tls");
+    let tls = secrets::Generated::SelfSignedTls
+        .generate(&owner)
+        .expect("tls");
     assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
     let tls_data = tls.string_data.unwrap_or_default();
     assert!(tls_data["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
     assert!(tls_data["tls.key"].contains("PRIVATE KEY"));
-    assert!(secrets::self_signed_names(&c).contains(&"demo-envoy.chat.svc".to_string()));
+    assert!(secrets::self_signed_names(&owner).contains(&"demo-envoy.chat.svc".to_string()));
 
     let key = data(secrets::Generated::TokenKey);
     assert!(key["private.pem"].starts_with("-----BEGIN PRIVATE KEY-----"));
@@ -898,9 +918,9 @@ fn generated_secrets_hold_fresh_material() {
 
 #[test]
 fn a_cluster_not_read_from_the_api_is_refused() {
-    let cc = ChatCluster::new("demo", ChatClusterSpec::default());
+    let resource = ChatCluster::new("demo", ChatClusterSpec::default());
     assert!(matches!(
-        ClusterRef::new(&cc),
+        ClusterRef::new(&resource),
         Err(BuildError::MissingMetadata("namespace"))
     ));
 }

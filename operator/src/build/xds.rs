@@ -29,12 +29,12 @@ const XDS_UID: i64 = 65532;
 pub use chatcluster_types::xds::{KubernetesDiscovery, RateLimit, XdsConfig, XdsService};
 
 /// The Secret Envoy's certificate comes from: the user's, or the self-signed one.
-pub fn tls_secret_name(c: &ClusterRef, spec: &ChatClusterSpec) -> String {
+pub fn tls_secret_name(owner: &ClusterRef, spec: &ChatClusterSpec) -> String {
     spec.ingress
         .tls
         .as_ref()
         .map(|t| t.secret_name.clone())
-        .unwrap_or_else(|| names::self_signed_tls(c))
+        .unwrap_or_else(|| names::self_signed_tls(owner))
 }
 
 fn client_rate_limit(spec: &ClientRateLimitSpec) -> Option<RateLimit> {
@@ -79,23 +79,26 @@ pub fn config(validated: &ValidatedCluster) -> XdsConfig {
 }
 
 /// Where chat-xds finds the cluster's endpoints and certificate in Kubernetes.
-pub fn discovery(c: &ClusterRef, spec: &ChatClusterSpec) -> KubernetesDiscovery {
+pub fn discovery(owner: &ClusterRef, spec: &ChatClusterSpec) -> KubernetesDiscovery {
     KubernetesDiscovery {
-        namespace: c.namespace.clone(),
-        endpoint_selector: format!("{}={}", labels::CLUSTER, c.name),
-        tls_secret: tls_secret_name(c, spec),
+        namespace: owner.namespace.clone(),
+        endpoint_selector: format!("{}={}", labels::CLUSTER, owner.name),
+        tls_secret: tls_secret_name(owner, spec),
         services: spec
             .services
             .iter()
-            .map(|(kind, _)| (kind.as_str().to_string(), names::service(c, kind)))
+            .map(|(kind, _)| (kind.as_str().to_string(), names::service(owner, kind)))
             .collect(),
     }
 }
 
 /// The ConfigMap chat-xds reads its [`XdsConfig`] from.
-pub fn config_map(c: &ClusterRef, validated: &ValidatedCluster) -> Result<ConfigMap, BuildError> {
+pub fn config_map(
+    owner: &ClusterRef,
+    validated: &ValidatedCluster,
+) -> Result<ConfigMap, BuildError> {
     let config = XdsConfig {
-        kubernetes: Some(discovery(c, validated.spec())),
+        kubernetes: Some(discovery(owner, validated.spec())),
         ..config(validated)
     };
     let yaml = serde_yaml::to_string(&config).map_err(|e| BuildError::Encode {
@@ -103,16 +106,16 @@ pub fn config_map(c: &ClusterRef, validated: &ValidatedCluster) -> Result<Config
         message: e.to_string(),
     })?;
     Ok(ConfigMap {
-        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
         ..ConfigMap::default()
     })
 }
 
 /// chat-xds's own identity.
-pub fn service_account(c: &ClusterRef) -> ServiceAccount {
+pub fn service_account(owner: &ClusterRef) -> ServiceAccount {
     ServiceAccount {
-        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
         automount_service_account_token: Some(true),
         ..ServiceAccount::default()
     }
@@ -120,7 +123,7 @@ pub fn service_account(c: &ClusterRef) -> ServiceAccount {
 
 /// The least chat-xds needs, in its namespace only: read EndpointSlices and the one TLS
 /// Secret. Every chat-xds replica serves (Envoys connect to any), so none elects a leader.
-pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
+pub fn role(owner: &ClusterRef, spec: &ChatClusterSpec) -> Role {
     let rule =
         |group: &str, resource: &str, verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
             api_groups: Some(vec![group.into()]),
@@ -130,7 +133,7 @@ pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
             ..PolicyRule::default()
         };
     Role {
-        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
         rules: Some(vec![
             rule(
                 "discovery.k8s.io",
@@ -142,34 +145,34 @@ pub fn role(c: &ClusterRef, spec: &ChatClusterSpec) -> Role {
                 "",
                 "secrets",
                 &["get", "list", "watch"],
-                Some(vec![tls_secret_name(c, spec)]),
+                Some(vec![tls_secret_name(owner, spec)]),
             ),
         ]),
     }
 }
 
 /// Binds [`role`] to [`service_account`].
-pub fn role_binding(c: &ClusterRef) -> RoleBinding {
+pub fn role_binding(owner: &ClusterRef) -> RoleBinding {
     RoleBinding {
-        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
-            name: names::xds(c),
+            name: names::xds(owner),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
-            name: names::xds(c),
-            namespace: Some(c.namespace.clone()),
+            name: names::xds(owner),
+            namespace: Some(owner.namespace.clone()),
             ..Subject::default()
         }]),
     }
 }
 
 /// chat-xds replicas. `config_hash` rolls them when the configuration changes.
-pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deployment {
-    let selector = c.selector(COMPONENT);
-    let labels = c.labels(COMPONENT, "chat-xds");
+pub fn deployment(owner: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deployment {
+    let selector = owner.selector(COMPONENT);
+    let labels = owner.labels(COMPONENT, "chat-xds");
     let probe = |period: i32, failures: i32| Probe {
         grpc: Some(GRPCAction {
             port: ports::XDS,
@@ -217,7 +220,7 @@ pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deploymen
         ..Container::default()
     };
     Deployment {
-        metadata: c.meta(names::xds(c), labels.clone()),
+        metadata: owner.meta(names::xds(owner), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(xds.replicas),
             selector: LabelSelector {
@@ -235,14 +238,14 @@ pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deploymen
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    service_account_name: Some(names::xds(c)),
+                    service_account_name: Some(names::xds(owner)),
                     security_context: Some(pod::pod_security(XDS_UID)),
                     topology_spread_constraints: Some(pod::topology_spread(&selector)),
                     enable_service_links: Some(false),
                     volumes: Some(vec![Volume {
                         name: "config".into(),
                         config_map: Some(ConfigMapVolumeSource {
-                            name: names::xds(c),
+                            name: names::xds(owner),
                             ..ConfigMapVolumeSource::default()
                         }),
                         ..Volume::default()
@@ -257,11 +260,11 @@ pub fn deployment(c: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deploymen
 }
 
 /// The Service Envoy's bootstrap points its ADS stream at.
-pub fn service(c: &ClusterRef) -> Service {
+pub fn service(owner: &ClusterRef) -> Service {
     Service {
-        metadata: c.meta(names::xds(c), c.labels(COMPONENT, "chat-xds")),
+        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
         spec: Some(ServiceSpec {
-            selector: Some(c.selector(COMPONENT)),
+            selector: Some(owner.selector(COMPONENT)),
             ports: Some(vec![
                 pod::service_port("xds", ports::XDS, Some("kubernetes.io/h2c")),
                 pod::service_port("metrics", ports::METRICS, None),

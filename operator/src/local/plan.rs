@@ -23,7 +23,7 @@ use std::{
 };
 
 use crate::{
-    api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, ServiceKind, ValidatedCluster},
+    api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, Refused, ServiceKind, ValidatedCluster},
     build::{self, EnvoyPlace, XdsConfig, database, secrets},
     topology::{
         plan::Policy,
@@ -268,11 +268,8 @@ pub struct Plan {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// The spec is invalid (the same check the operator makes).
-    #[error("invalid ChatCluster: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-    /// The file has no name.
-    #[error("metadata.name: a ChatCluster needs a name")]
-    NoName,
+    #[error(transparent)]
+    Invalid(#[from] Refused),
     /// More processes than a local cluster supports.
     #[error("{field}: at most {max} in local mode, got {got}")]
     TooMany {
@@ -321,11 +318,10 @@ fn at_most(field: &str, got: usize, max: usize) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// The plan for `cc` with `options`.
-pub fn plan(cc: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
-    let name = cc.metadata.name.clone().ok_or(PlanError::NoName)?;
-    let validated = ValidatedCluster::new(name.clone(), &cc.spec)
-        .map_err(|errors| PlanError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
+/// The plan for `resource` with `options`.
+pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError> {
+    let validated = ValidatedCluster::of(resource)?;
+    let name = validated.name().to_string();
     let spec = validated.spec();
     let base = options.base_port;
     // The fourth service's last possible replica's metrics port is the highest one.

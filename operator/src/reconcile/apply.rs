@@ -12,7 +12,7 @@ use kube::{
     },
 };
 
-use super::{Error, kube_err};
+use crate::Error;
 use crate::build::{
     ClusterRef, Desired,
     secrets::{Generated, PLACEHOLDER_ANNOTATION},
@@ -36,12 +36,7 @@ pub async fn apply(client: &Client, namespace: &str, obj: &DynamicObject) -> Res
         &Patch::Apply(obj),
     )
     .await
-    .map_err(|source| Error::Kube {
-        verb: "apply",
-        kind: gvk.kind.clone(),
-        name,
-        source,
-    })?;
+    .map_err(Error::kube("apply", &gvk.kind, &name))?;
     Ok(())
 }
 
@@ -51,7 +46,7 @@ pub async fn apply(client: &Client, namespace: &str, obj: &DynamicObject) -> Res
 /// never touched. Returns what was deleted, as `Kind name`.
 pub async fn prune(
     client: &Client,
-    cluster: &ClusterRef,
+    owner: &ClusterRef,
     desired: &[DynamicObject],
 ) -> Result<Vec<String>, Error> {
     let wanted: BTreeSet<(String, String)> = desired
@@ -61,28 +56,28 @@ pub async fn prune(
             (kind, o.name_any())
         })
         .collect();
-    let children = ListParams::default().labels(&cluster.children_query());
+    let children = ListParams::default().labels(&owner.children_query());
     let mut pruned = Vec::new();
     for resource in Desired::kinds() {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &cluster.namespace, &resource);
+            Api::namespaced_with(client.clone(), &owner.namespace, &resource);
         let list =
             api.list(&children)
                 .await
-                .map_err(kube_err("list", &resource.kind, "children"))?;
+                .map_err(Error::kube("list", &resource.kind, "children"))?;
         for obj in list.items {
             let name = obj.name_any();
             let ours = obj
                 .owner_references()
                 .iter()
-                .any(|r| r.controller == Some(true) && r.uid == cluster.uid());
+                .any(|r| r.controller == Some(true) && r.uid == owner.uid());
             if !ours || wanted.contains(&(resource.kind.clone(), name.clone())) {
                 continue;
             }
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => pruned.push(format!("{} {name}", resource.kind)),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(kube_err("delete", &resource.kind, &name)(e)),
+                Err(e) => return Err(Error::kube("delete", &resource.kind, &name)(e)),
             }
         }
     }
@@ -93,21 +88,15 @@ pub async fn prune(
 /// Never updates an existing one: the database already holds those passwords.
 pub async fn ensure_generated(
     client: &Client,
-    c: &ClusterRef,
+    owner: &ClusterRef,
     what: Generated,
 ) -> Result<bool, Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &c.namespace);
-    let name = what.name(c);
-    let kube_err = |verb, source| Error::Kube {
-        verb,
-        kind: "Secret".into(),
-        name: name.clone(),
-        source,
-    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace);
+    let name = what.name(owner);
     if let Some(existing) = api
         .get_metadata_opt(&name)
         .await
-        .map_err(|e| kube_err("get", e))?
+        .map_err(Error::kube("get", "Secret", &name))?
     {
         // Rendered output applied as is: its values are the same for everyone.
         if existing
@@ -119,11 +108,11 @@ pub async fn ensure_generated(
         }
         return Ok(false);
     }
-    let secret = what.generate(c)?;
+    let secret = what.generate(owner)?;
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(true),
         // Another replica of the operator won the race; its Secret stands.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(kube_err("create", e)),
+        Err(e) => Err(Error::kube("create", "Secret", &name)(e)),
     }
 }

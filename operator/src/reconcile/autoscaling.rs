@@ -46,15 +46,15 @@ pub struct Observation {
 
 /// Where the signals come from.
 pub trait LoadSource: Send + Sync + 'static {
-    /// The cluster's load, or why it cannot be had.
+    /// The owner's load, or why it cannot be had.
     fn load<'a>(
         &'a self,
         client: &'a Client,
-        cluster: &'a ClusterRef,
+        owner: &'a ClusterRef,
     ) -> BoxFuture<'a, Result<Observation, String>>;
 }
 
-/// The production source: `/load` of every running chat-xds pod of the cluster, and the pods'
+/// The production source: `/load` of every running chat-xds pod of the owner, and the pods'
 /// CPU from the metrics API (`metrics.k8s.io`, served by metrics-server) when it exists.
 pub struct XdsPods;
 
@@ -62,13 +62,13 @@ impl LoadSource for XdsPods {
     fn load<'a>(
         &'a self,
         client: &'a Client,
-        cluster: &'a ClusterRef,
+        owner: &'a ClusterRef,
     ) -> BoxFuture<'a, Result<Observation, String>> {
         Box::pin(async move {
-            let load = xds_load(client, cluster).await?;
+            let load = xds_load(client, owner).await?;
             let mut cpu = BTreeMap::new();
             for kind in ServiceKind::ALL {
-                if let Some(u) = cpu_utilisation(client, cluster, kind).await {
+                if let Some(u) = cpu_utilisation(client, owner, kind).await {
                     cpu.insert(kind, u);
                 }
             }
@@ -77,9 +77,9 @@ impl LoadSource for XdsPods {
     }
 }
 
-async fn xds_load(client: &Client, cluster: &ClusterRef) -> Result<LoadReport, String> {
-    let selector = cluster.selector_query(crate::build::XDS_COMPONENT);
-    let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+async fn xds_load(client: &Client, owner: &ClusterRef) -> Result<LoadReport, String> {
+    let selector = owner.selector_query(crate::build::XDS_COMPONENT);
+    let pods = Api::<Pod>::namespaced(client.clone(), &owner.namespace)
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| format!("cannot list chat-xds pods: {e}"))?;
@@ -102,10 +102,10 @@ async fn xds_load(client: &Client, cluster: &ClusterRef) -> Result<LoadReport, S
 
 /// Average CPU use over request of `kind`'s pods; `None` without the metrics API, metrics or
 /// requests (a missing signal, not zero load).
-async fn cpu_utilisation(client: &Client, cluster: &ClusterRef, kind: ServiceKind) -> Option<f64> {
-    let selector = cluster.selector_query(kind.as_str());
+async fn cpu_utilisation(client: &Client, owner: &ClusterRef, kind: ServiceKind) -> Option<f64> {
+    let selector = owner.selector_query(kind.as_str());
     let params = ListParams::default().labels(&selector);
-    let pods = Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+    let pods = Api::<Pod>::namespaced(client.clone(), &owner.namespace)
         .list(&params)
         .await
         .ok()?;
@@ -117,7 +117,7 @@ async fn cpu_utilisation(client: &Client, cluster: &ClusterRef, kind: ServiceKin
         plural: "pods".into(),
     };
     let metrics =
-        Api::<DynamicObject>::namespaced_with(client.clone(), &cluster.namespace, &resource)
+        Api::<DynamicObject>::namespaced_with(client.clone(), &owner.namespace, &resource)
             .list(&params)
             .await
             .ok()?;
@@ -201,12 +201,12 @@ impl Autoscalers {
     pub fn ensure(
         &self,
         client: &Client,
-        cc: &ChatCluster,
-        cluster: &ClusterRef,
+        resource: &ChatCluster,
+        owner: &ClusterRef,
         current: &BTreeMap<ServiceKind, i32>,
     ) -> BTreeMap<ServiceKind, AutoscalingStatus> {
-        let key = ObjectRef::from_obj(cc);
-        let specs: BTreeMap<ServiceKind, AutoscalingSpec> = cc
+        let key = ObjectRef::from_obj(resource);
+        let specs: BTreeMap<ServiceKind, AutoscalingSpec> = resource
             .spec
             .services
             .iter()
@@ -221,7 +221,7 @@ impl Autoscalers {
             let services: Shared = Arc::default();
             let task = tokio::spawn(sample_loop(
                 client.clone(),
-                cluster.clone(),
+                owner.clone(),
                 key.clone(),
                 services.clone(),
                 self.source.clone(),
@@ -265,7 +265,7 @@ impl Autoscalers {
 
 async fn sample_loop(
     client: Client,
-    cluster: ClusterRef,
+    owner: ClusterRef,
     key: ObjectRef<ChatCluster>,
     services: Shared,
     source: Arc<dyn LoadSource>,
@@ -276,11 +276,8 @@ async fn sample_loop(
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let span = info_span!("autoscale", cluster = %cluster.name, namespace = %cluster.namespace);
-        let load = source
-            .load(&client, &cluster)
-            .instrument(span.clone())
-            .await;
+        let span = info_span!("autoscale", cluster = %owner.name, namespace = %owner.namespace);
+        let load = source.load(&client, &owner).instrument(span.clone()).await;
         let at = started.elapsed();
         let changes = {
             let mut services = lock(&services);
@@ -296,7 +293,7 @@ async fn sample_loop(
 }
 
 /// Feed one sample to every service's policy; whether a desired count changed. Pure apart from
-/// the state it updates, so it is tested without a cluster.
+/// the state it updates, so it is tested without a owner.
 fn apply_sample(
     services: &mut BTreeMap<ServiceKind, ServiceState>,
     observation: Result<Observation, String>,

@@ -35,72 +35,12 @@ pub use apply::FIELD_MANAGER;
 pub use controller::run;
 
 use crate::{
-    api::{ChatCluster, ChatClusterStatus, Phase, ValidatedCluster},
-    build::{self, BuildError, ClusterRef, Observed, names, secrets},
+    api::{ChatCluster, ChatClusterStatus, Phase, Refused, ValidatedCluster},
+    build::{self, ClusterRef, Observed, names, secrets},
+    error::{Error, Result},
     metrics::Metrics,
 };
 use status::{Children, Degradation};
-
-/// Why a reconcile failed. The error policy requeues it with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The desired state could not be built.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// A generated Secret could not be generated.
-    #[error(transparent)]
-    Generate(#[from] secrets::GenerateError),
-    /// A built object is not a valid Kubernetes object.
-    #[error("invalid object {0}")]
-    InvalidObject(String),
-    /// The API server refused or failed a request.
-    #[error("{verb} {kind} {name}: {source}")]
-    Kube {
-        /// What was attempted.
-        verb: &'static str,
-        /// Kind of the object.
-        kind: String,
-        /// Name of the object.
-        name: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The database topology loop could not be started.
-    #[error("database topology: {0}")]
-    Topology(String),
-    /// A generated Secret exists but holds `chat-operator render`'s placeholders: it was
-    /// applied from rendered output. Its values are public, so nothing may use it.
-    #[error(
-        "Secret {0} holds the placeholders of `chat-operator render` (annotation {ann}), not generated values: delete it and the operator generates it",
-        ann = secrets::PLACEHOLDER_ANNOTATION
-    )]
-    PlaceholderSecret(String),
-}
-
-impl Error {
-    /// A short, bounded label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Build(_) => "build",
-            Self::Generate(_) => "generate",
-            Self::InvalidObject(_) => "invalid_object",
-            Self::Kube { .. } => "kube",
-            Self::Topology(_) => "topology",
-            Self::PlaceholderSecret(_) => "placeholder_secret",
-        }
-    }
-}
-
-fn kube_err(verb: &'static str, kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
-    let (kind, name) = (kind.to_string(), name.to_string());
-    move |source| Error::Kube {
-        verb,
-        kind,
-        name,
-        source,
-    }
-}
 
 /// Everything a reconcile needs besides the object.
 pub struct Context {
@@ -182,51 +122,53 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Reconcile one ChatCluster.
-pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(resource: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
         "reconcile",
-        cluster = %cc.name_any(),
-        namespace = cc.namespace().unwrap_or_default(),
-        generation = cc.metadata.generation.unwrap_or_default(),
+        cluster = %resource.name_any(),
+        namespace = resource.namespace().unwrap_or_default(),
+        generation = resource.metadata.generation.unwrap_or_default(),
         phase = field::Empty,
     );
     let started = std::time::Instant::now();
-    let result = reconcile_inner(&cc, &ctx).instrument(span.clone()).await;
+    let result = reconcile_inner(&resource, &ctx)
+        .instrument(span.clone())
+        .await;
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(Error::metric_label),
     );
     match &result {
         Ok(_) => {
-            ctx.failures_lock().remove(&ObjectRef::from_obj(&*cc));
+            ctx.failures_lock().remove(&ObjectRef::from_obj(&*resource));
         }
         Err(e) => span.in_scope(|| warn!(error = %e, "reconcile failed")),
     }
     result
 }
 
-async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
-    let cluster = ClusterRef::new(cc)?;
+    let owner = ClusterRef::new(resource)?;
 
     // Validate: an invalid spec touches no child.
-    let validated = match ValidatedCluster::new(&cluster.name, &cc.spec) {
+    let validated = match ValidatedCluster::new(&owner.name, &resource.spec) {
         Ok(v) => v,
-        Err(problems) => {
-            let children = Children::fetch(client, &cluster).await.map_err(kube_err(
+        Err(Refused(problems)) => {
+            let children = Children::fetch(client, &owner).await.map_err(Error::kube(
                 "get",
                 "children of ChatCluster",
-                &cluster.name,
+                &owner.name,
             ))?;
             let status = status::compute(
-                cc,
-                &cluster,
+                resource,
+                &owner,
                 &children,
                 Some(&Degradation::InvalidSpec(problems)),
                 None,
                 Timestamp::now(),
             );
-            publish_status(ctx, cc, &status).await?;
+            publish_status(ctx, resource, &status).await?;
             // Nothing to retry until the user changes the spec.
             return Ok(Action::await_change());
         }
@@ -234,14 +176,14 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
 
     // Generated Secrets, created once.
     for what in secrets::generated(validated.spec()) {
-        if apply::ensure_generated(client, &cluster, what).await? {
-            info!(secret = what.name(&cluster), "generated Secret");
+        if apply::ensure_generated(client, &owner, what).await? {
+            info!(secret = what.name(&owner), "generated Secret");
             record(
                 ctx,
-                cc,
+                resource,
                 EventType::Normal,
                 "SecretGenerated",
-                format!("generated Secret {}", what.name(&cluster)),
+                format!("generated Secret {}", what.name(&owner)),
             )
             .await;
         }
@@ -249,36 +191,36 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
 
     // Build, then apply in dependency order; autoscaled services get the replicas the
     // autoscaler decided.
-    let mut observed = observe(client, cc, &cluster).await?;
+    let mut observed = observe(client, resource, &owner).await?;
     observed.operator_image = Some(ctx.operator_image.clone());
     let scaling = match &ctx.autoscalers {
-        Some(a) => a.ensure(client, cc, &cluster, &observed.current_replicas),
+        Some(a) => a.ensure(client, resource, &owner, &observed.current_replicas),
         None => BTreeMap::new(),
     };
     for (kind, s) in &scaling {
         observed.current_replicas.insert(*kind, s.desired_replicas);
     }
-    let desired = build::desired(&cluster, &validated, &observed)?.objects()?;
+    let desired = build::desired(&owner, &validated, &observed)?.objects()?;
     let mut apply_error = None;
     for obj in &desired {
-        if let Err(e) = apply::apply(client, &cluster.namespace, obj).await {
+        if let Err(e) = apply::apply(client, &owner.namespace, obj).await {
             apply_error = Some(e);
             break;
         }
     }
     // Only once everything desired is in place: what replaces an old child comes first.
-    let key = ObjectRef::from_obj(cc);
-    let generation = cc.metadata.generation.unwrap_or(0);
+    let key = ObjectRef::from_obj(resource);
+    let generation = resource.metadata.generation.unwrap_or(0);
     let pruned_already = ctx.pruned_lock().get(&key) == Some(&generation);
     if apply_error.is_none() && !pruned_already {
-        match apply::prune(client, &cluster, &desired).await {
+        match apply::prune(client, &owner, &desired).await {
             Ok(pruned) => {
                 ctx.pruned_lock().insert(key, generation);
                 for what in pruned {
                     info!(child = %what, "pruned a child no longer desired");
                     record(
                         ctx,
-                        cc,
+                        resource,
                         EventType::Normal,
                         "Pruned",
                         format!("deleted {what}, no longer desired"),
@@ -291,21 +233,21 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
     }
 
     // Status from the children's own status.
-    let children = Children::fetch(client, &cluster).await.map_err(kube_err(
+    let children = Children::fetch(client, &owner).await.map_err(Error::kube(
         "get",
         "children of ChatCluster",
-        &cluster.name,
+        &owner.name,
     ))?;
     let degradation = apply_error
         .as_ref()
         .map(|e| Degradation::ApplyFailed(e.to_string()));
     let topology = match &ctx.topologies {
-        Some(t) => Some(database_topology(ctx, t, cc, &cluster).await?),
+        Some(t) => Some(database_topology(ctx, t, resource, &owner).await?),
         None => None,
     };
     let mut status = status::compute(
-        cc,
-        &cluster,
+        resource,
+        &owner,
         &children,
         degradation.as_ref(),
         topology.as_ref(),
@@ -315,9 +257,9 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
         .into_iter()
         .map(|(kind, s)| (kind.to_string(), s))
         .collect();
-    record_scaling(ctx, cc, &status).await;
+    record_scaling(ctx, resource, &status).await;
     tracing::Span::current().record("phase", status.phase.as_str());
-    publish_status(ctx, cc, &status).await?;
+    publish_status(ctx, resource, &status).await?;
 
     match apply_error {
         Some(e) => Err(e),
@@ -327,12 +269,12 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action, Erro
 }
 
 /// An event and the metrics for each autoscaled service whose desired replicas changed.
-async fn record_scaling(ctx: &Context, cc: &ChatCluster, status: &ChatClusterStatus) {
-    let namespace = cc.namespace().unwrap_or_default();
+async fn record_scaling(ctx: &Context, resource: &ChatCluster, status: &ChatClusterStatus) {
+    let namespace = resource.namespace().unwrap_or_default();
     for (service, now) in &status.autoscaling {
         ctx.metrics
-            .observe_autoscaling(&namespace, &cc.name_any(), service, now);
-        let before = cc
+            .observe_autoscaling(&namespace, &resource.name_any(), service, now);
+        let before = resource
             .status
             .as_ref()
             .and_then(|s| s.autoscaling.get(service))
@@ -340,7 +282,7 @@ async fn record_scaling(ctx: &Context, cc: &ChatCluster, status: &ChatClusterSta
         if before.is_some_and(|b| b != now.desired_replicas) {
             record(
                 ctx,
-                cc,
+                resource,
                 EventType::Normal,
                 "Scaled",
                 format!(
@@ -360,14 +302,14 @@ async fn record_scaling(ctx: &Context, cc: &ChatCluster, status: &ChatClusterSta
 async fn database_topology(
     ctx: &Context,
     topologies: &Arc<topology::Topologies>,
-    cc: &ChatCluster,
-    cluster: &ClusterRef,
+    resource: &ChatCluster,
+    owner: &ClusterRef,
 ) -> Result<crate::topology::status::TopologyStatus, Error> {
     let now = topologies
-        .ensure(&ctx.client, cc, cluster, &ctx.operator_image)
+        .ensure(&ctx.client, resource, owner, &ctx.operator_image)
         .await?;
-    topology::label_pods(&ctx.client, cluster, &now).await?;
-    let recorded = cc
+    topology::label_pods(&ctx.client, owner, &now).await?;
+    let recorded = resource
         .status
         .as_ref()
         .and_then(|s| s.database.as_ref())
@@ -383,7 +325,7 @@ async fn database_topology(
         };
         record(
             ctx,
-            cc,
+            resource,
             type_,
             reason,
             format!(
@@ -398,7 +340,7 @@ async fn database_topology(
         .failover_pending
         .as_ref()
         .filter(|p| p.contains("failover held"));
-    let recorded_pending = cc
+    let recorded_pending = resource
         .status
         .as_ref()
         .and_then(|s| s.database.as_ref())
@@ -406,13 +348,20 @@ async fn database_topology(
     if let Some(why) = held
         && recorded_pending != Some(why)
     {
-        record(ctx, cc, EventType::Warning, "FailoverHeld", why.clone()).await;
+        record(
+            ctx,
+            resource,
+            EventType::Warning,
+            "FailoverHeld",
+            why.clone(),
+        )
+        .await;
     }
     let recorder = ctx.recorder.clone();
-    let reference = cc.object_ref(&());
+    let reference = resource.object_ref(&());
     let done_topologies = topologies.clone();
-    let done_cc = cc.clone();
-    topologies.switchover(&ctx.client, cc, move |outcome| {
+    let done_cc = resource.clone();
+    topologies.switchover(&ctx.client, resource, move |outcome| {
         done_topologies.switchover_done(&done_cc);
         let (type_, note) = match outcome {
             Ok(note) => (EventType::Normal, note),
@@ -435,18 +384,22 @@ async fn database_topology(
 }
 
 /// What the builders need from the cluster: the current replica counts of autoscaled services.
-async fn observe(client: &Client, cc: &ChatCluster, c: &ClusterRef) -> Result<Observed, Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &c.namespace);
+async fn observe(
+    client: &Client,
+    resource: &ChatCluster,
+    owner: &ClusterRef,
+) -> Result<Observed, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &owner.namespace);
     let mut observed = Observed::default();
-    for (kind, svc) in cc.spec.services.iter() {
+    for (kind, svc) in resource.spec.services.iter() {
         if svc.autoscaling.is_none() {
             continue;
         }
-        let name = names::service(c, kind);
+        let name = names::service(owner, kind);
         let current = api
             .get_opt(&name)
             .await
-            .map_err(kube_err("get", "Deployment", &name))?
+            .map_err(Error::kube("get", "Deployment", &name))?
             .and_then(|d| d.spec.replicas);
         if let Some(replicas) = current {
             observed.current_replicas.insert(kind, replicas);
@@ -458,16 +411,18 @@ async fn observe(client: &Client, cc: &ChatCluster, c: &ClusterRef) -> Result<Ob
 /// Write the status when it changed, and announce phase changes as events.
 async fn publish_status(
     ctx: &Context,
-    cc: &ChatCluster,
+    resource: &ChatCluster,
     status: &ChatClusterStatus,
 ) -> Result<(), Error> {
-    let previous = cc.status.as_ref();
+    let previous = resource.status.as_ref();
     if previous == Some(status) {
         return Ok(());
     }
-    let name = cc.name_any();
-    let api: Api<ChatCluster> =
-        Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
+    let name = resource.name_any();
+    let api: Api<ChatCluster> = Api::namespaced(
+        ctx.client.clone(),
+        &resource.namespace().unwrap_or_default(),
+    );
     let patch = json!({
         "apiVersion": ChatCluster::api_version(&()),
         "kind": ChatCluster::kind(&()),
@@ -479,7 +434,7 @@ async fn publish_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(kube_err("patch status of", "ChatCluster", &name))?;
+    .map_err(Error::kube("patch status of", "ChatCluster", &name))?;
 
     let previous_phase = previous.map(|s| s.phase);
     if previous_phase != Some(status.phase) {
@@ -499,13 +454,19 @@ async fn publish_status(
             Phase::Degraded => EventType::Warning,
             Phase::Ready | Phase::Progressing => EventType::Normal,
         };
-        record(ctx, cc, type_, status.phase.as_str(), message).await;
+        record(ctx, resource, type_, status.phase.as_str(), message).await;
     }
     Ok(())
 }
 
-/// Publish an event on `cc`. Events are informative: failing to publish one only logs.
-async fn record(ctx: &Context, cc: &ChatCluster, type_: EventType, reason: &str, note: String) {
+/// Publish an event on `resource`. Events are informative: failing to publish one only logs.
+async fn record(
+    ctx: &Context,
+    resource: &ChatCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -513,19 +474,23 @@ async fn record(ctx: &Context, cc: &ChatCluster, type_: EventType, reason: &str,
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cc.object_ref(&())).await {
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &resource.object_ref(&()))
+        .await
+    {
         warn!(error = %e, reason, "cannot publish event");
     }
 }
 
 /// Requeue a failed reconcile with exponential backoff per ChatCluster (5 s doubling to 5 min).
-pub fn error_policy(cc: Arc<ChatCluster>, _error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(backoff(&cc, &ctx))
+pub fn error_policy(resource: Arc<ChatCluster>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(backoff(&resource, &ctx))
 }
 
-fn backoff(cc: &ChatCluster, ctx: &Context) -> Duration {
+fn backoff(resource: &ChatCluster, ctx: &Context) -> Duration {
     let mut failures = ctx.failures_lock();
-    let count = failures.entry(ObjectRef::from_obj(cc)).or_insert(0);
+    let count = failures.entry(ObjectRef::from_obj(resource)).or_insert(0);
     let delay = BACKOFF_BASE
         .saturating_mul(2u32.saturating_pow(*count))
         .min(BACKOFF_MAX);

@@ -38,21 +38,23 @@ pub struct Children {
 }
 
 impl Children {
-    /// Read the children of `c`.
-    pub async fn fetch(client: &Client, c: &ClusterRef) -> Result<Self, kube::Error> {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &c.namespace);
-        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &c.namespace);
-        let services: Api<Service> = Api::namespaced(client.clone(), &c.namespace);
+    /// Read the children of `owner`.
+    pub async fn fetch(client: &Client, owner: &ClusterRef) -> Result<Self, kube::Error> {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &owner.namespace);
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &owner.namespace);
+        let services: Api<Service> = Api::namespaced(client.clone(), &owner.namespace);
         let mut out = Self::default();
         for kind in ServiceKind::ALL {
-            out.services
-                .insert(kind, deployments.get_opt(&names::service(c, kind)).await?);
+            out.services.insert(
+                kind,
+                deployments.get_opt(&names::service(owner, kind)).await?,
+            );
         }
-        out.xds = deployments.get_opt(&names::xds(c)).await?;
-        out.envoy = deployments.get_opt(&names::envoy(c)).await?;
-        out.envoy_service = services.get_opt(&names::envoy(c)).await?;
-        out.db_primary = sets.get_opt(&names::db_primary(c)).await?;
-        out.db_replicas = sets.get_opt(&names::db_replicas_set(c)).await?;
+        out.xds = deployments.get_opt(&names::xds(owner)).await?;
+        out.envoy = deployments.get_opt(&names::envoy(owner)).await?;
+        out.envoy_service = services.get_opt(&names::envoy(owner)).await?;
+        out.db_primary = sets.get_opt(&names::db_primary(owner)).await?;
+        out.db_replicas = sets.get_opt(&names::db_replicas_set(owner)).await?;
         Ok(out)
     }
 }
@@ -91,7 +93,7 @@ fn stateful_set_state(s: Option<&StatefulSet>) -> (ReplicaStatus, bool) {
 
 /// Where clients connect: the load balancer's address when it has one, else the Service's
 /// cluster DNS name.
-fn endpoint(c: &ClusterRef, svc: Option<&Service>) -> Option<String> {
+fn endpoint(owner: &ClusterRef, svc: Option<&Service>) -> Option<String> {
     let svc = svc?;
     let port = svc
         .spec
@@ -106,7 +108,7 @@ fn endpoint(c: &ClusterRef, svc: Option<&Service>) -> Option<String> {
         .and_then(|lb| lb.ingress.as_ref())
         .and_then(|i| i.first())
         .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()));
-    let host = external.unwrap_or_else(|| c.service_host(&svc.name_any()));
+    let host = external.unwrap_or_else(|| owner.service_host(&svc.name_any()));
     Some(format!("{host}:{port}"))
 }
 
@@ -145,17 +147,17 @@ pub enum Degradation {
     ApplyFailed(String),
 }
 
-/// The status of `cc` given its children, at `now`.
+/// The status of `resource` given its children, at `now`.
 pub fn compute(
-    cc: &ChatCluster,
-    c: &ClusterRef,
+    resource: &ChatCluster,
+    owner: &ClusterRef,
     children: &Children,
     degraded: Option<&Degradation>,
     topology: Option<&TopologyStatus>,
     now: Timestamp,
 ) -> ChatClusterStatus {
-    let previous = cc.status.clone().unwrap_or_default();
-    let generation = cc.metadata.generation;
+    let previous = resource.status.clone().unwrap_or_default();
+    let generation = resource.metadata.generation;
     let mut waiting: Vec<String> = Vec::new();
 
     let mut services = BTreeMap::new();
@@ -293,7 +295,7 @@ pub fn compute(
         .as_ref()
         .and_then(|d| d.primary.clone())
         .or_else(|| topology.map(|t| t.primary.clone()))
-        .unwrap_or_else(|| names::db_initial_primary_pod(c));
+        .unwrap_or_else(|| names::db_initial_primary_pod(owner));
     let current_primary = topology.map_or(current_primary, |t| t.primary.clone());
 
     ChatClusterStatus {
@@ -309,7 +311,7 @@ pub fn compute(
             format!("{}/{}", replicas.ready, replicas.desired),
         )),
         ingress: Some(envoy),
-        endpoint: endpoint(c, children.envoy_service.as_ref()),
+        endpoint: endpoint(owner, children.envoy_service.as_ref()),
         // Filled by the reconciler from the autoscalers.
         autoscaling: BTreeMap::new(),
     }
@@ -385,11 +387,11 @@ mod tests {
     use crate::topology::status::{Finding, FindingKind, Promotion, ServerStatus};
 
     fn cluster() -> (ChatCluster, ClusterRef) {
-        let mut cc = ChatCluster::new("demo", Default::default());
-        cc.metadata.namespace = Some("chat".into());
-        cc.metadata.uid = Some("uid".into());
-        let c = ClusterRef::new(&cc).expect("ref");
-        (cc, c)
+        let mut resource = ChatCluster::new("demo", Default::default());
+        resource.metadata.namespace = Some("chat".into());
+        resource.metadata.uid = Some("uid".into());
+        let owner = ClusterRef::new(&resource).expect("ref");
+        (resource, owner)
     }
 
     fn topology(semi_sync: SemiSyncState) -> TopologyStatus {
@@ -436,11 +438,11 @@ mod tests {
 
     #[test]
     fn the_topology_loop_decides_the_primary_and_fills_the_database_status() {
-        let (cc, c) = cluster();
+        let (resource, owner) = cluster();
         let t = topology(SemiSyncState::Waiting(1));
         let s = compute(
-            &cc,
-            &c,
+            &resource,
+            &owner,
             &Children::default(),
             None,
             Some(&t),
@@ -471,8 +473,8 @@ mod tests {
 
         let degraded = topology(SemiSyncState::Degraded);
         let s = compute(
-            &cc,
-            &c,
+            &resource,
+            &owner,
             &Children::default(),
             None,
             Some(&degraded),
@@ -490,8 +492,8 @@ mod tests {
         down.failover_pending =
             Some("primary unreachable; failover in 3000 ms unless it returns".into());
         let s = compute(
-            &cc,
-            &c,
+            &resource,
+            &owner,
             &Children::default(),
             None,
             Some(&down),

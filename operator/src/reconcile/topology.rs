@@ -21,7 +21,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{Error, kube_err, seed::PodSeeder};
+use super::seed::PodSeeder;
+use crate::Error;
 use crate::{
     api::{ChatCluster, DatabaseEngine, DatabaseSpec},
     build::{ClusterRef, database, labels, names, ports, secrets},
@@ -54,15 +55,15 @@ pub struct Topologies {
 
 /// The members of a cluster's database: the primary set's pod, then the replica set's, each
 /// at its stable address under the headless Service.
-pub fn members(c: &ClusterRef, db: &DatabaseSpec) -> Vec<Member> {
+pub fn members(owner: &ClusterRef, db: &DatabaseSpec) -> Vec<Member> {
     let pod = |name: String| Member {
-        host: format!("{name}.{}", c.service_host(&names::db_headless(c))),
+        host: format!("{name}.{}", owner.service_host(&names::db_headless(owner))),
         name,
         port: u16::try_from(ports::DATABASE).unwrap_or(3306),
     };
-    let mut out = vec![pod(names::db_initial_primary_pod(c))];
+    let mut out = vec![pod(names::db_initial_primary_pod(owner))];
     for i in 0..db.replicas.max(0) {
-        out.push(pod(format!("{}-{i}", names::db_replicas_set(c))));
+        out.push(pod(format!("{}-{i}", names::db_replicas_set(owner))));
     }
     out
 }
@@ -102,13 +103,13 @@ impl Topologies {
     pub async fn ensure(
         &self,
         client: &Client,
-        cc: &ChatCluster,
-        c: &ClusterRef,
+        resource: &ChatCluster,
+        owner: &ClusterRef,
         operator_image: &str,
     ) -> Result<TopologyStatus, Error> {
-        let key = ObjectRef::from_obj(cc);
-        let members = members(c, &cc.spec.database);
-        let policy = database::topology_policy(&cc.spec.database);
+        let key = ObjectRef::from_obj(resource);
+        let members = members(owner, &resource.spec.database);
+        let policy = database::topology_policy(&resource.spec.database);
         let update = {
             let loops = self.lock();
             loops.get(&key).map(|e| {
@@ -133,11 +134,11 @@ impl Topologies {
             return Ok(handle.status.borrow().clone());
         }
 
-        let secret_name = names::db_secret(c);
-        let secret = Api::<Secret>::namespaced(client.clone(), &c.namespace)
+        let secret_name = names::db_secret(owner);
+        let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
             .get(&secret_name)
             .await
-            .map_err(kube_err("get", "Secret", &secret_name))?;
+            .map_err(Error::kube("get", "Secret", &secret_name))?;
         let field = |key: &str| {
             secret
                 .data
@@ -153,20 +154,20 @@ impl Topologies {
             repl_password: field(secrets::DB_REPLICATION_PASSWORD_KEY),
         };
         // The primary the status recorded (a failover happened before a restart), else pod 0.
-        let primary = cc
+        let primary = resource
             .status
             .as_ref()
             .and_then(|s| s.database.as_ref())
             .and_then(|d| d.primary.clone())
             .filter(|p| members.iter().any(|m| &m.name == p))
-            .unwrap_or_else(|| names::db_initial_primary_pod(c));
+            .unwrap_or_else(|| names::db_initial_primary_pod(owner));
         // MariaDB pods re-seed physically, through a Job; MySQL clones itself over SQL.
-        let seeder: Option<Arc<dyn Seeder>> = (cc.spec.database.engine == DatabaseEngine::Mariadb)
-            .then(|| {
+        let seeder: Option<Arc<dyn Seeder>> =
+            (resource.spec.database.engine == DatabaseEngine::Mariadb).then(|| {
                 Arc::new(PodSeeder::new(
                     client.clone(),
-                    c.clone(),
-                    cc.spec.database.clone(),
+                    owner.clone(),
+                    resource.spec.database.clone(),
                     operator_image.to_string(),
                 )) as Arc<dyn Seeder>
             });
@@ -223,13 +224,13 @@ impl Topologies {
     pub fn switchover(
         &self,
         client: &Client,
-        cc: &ChatCluster,
+        resource: &ChatCluster,
         done: impl FnOnce(Result<String, String>) + Send + 'static,
     ) {
-        let Some(target) = cc.annotations().get(SWITCHOVER_ANNOTATION).cloned() else {
+        let Some(target) = resource.annotations().get(SWITCHOVER_ANNOTATION).cloned() else {
             return;
         };
-        let key = ObjectRef::from_obj(cc);
+        let key = ObjectRef::from_obj(resource);
         let handle = {
             let mut loops = self.lock();
             let Some(entry) = loops.get_mut(&key) else {
@@ -242,8 +243,8 @@ impl Topologies {
             entry.handle.clone()
         };
         let api: Api<ChatCluster> =
-            Api::namespaced(client.clone(), &cc.namespace().unwrap_or_default());
-        let name = cc.name_any();
+            Api::namespaced(client.clone(), &resource.namespace().unwrap_or_default());
+        let name = resource.name_any();
         tokio::spawn(async move {
             let outcome = handle
                 .switchover(&target)
@@ -267,8 +268,8 @@ impl Topologies {
     }
 
     /// A switchover finished: the next annotation may ask again.
-    pub fn switchover_done(&self, cc: &ChatCluster) {
-        if let Some(e) = self.lock().get_mut(&ObjectRef::from_obj(cc)) {
+    pub fn switchover_done(&self, resource: &ChatCluster) {
+        if let Some(e) = self.lock().get_mut(&ObjectRef::from_obj(resource)) {
             e.switchover = None;
         }
     }
@@ -277,15 +278,15 @@ impl Topologies {
 /// Move the role labels to where the loop says; only pods whose label differs are patched.
 pub async fn label_pods(
     client: &Client,
-    c: &ClusterRef,
+    owner: &ClusterRef,
     status: &TopologyStatus,
 ) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
-    let selector = c.selector_query(database::COMPONENT);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace);
+    let selector = owner.selector_query(database::COMPONENT);
     let pods = api
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_err("list", "Pod", &c.name))?;
+        .map_err(Error::kube("list", "Pod", &owner.name))?;
     let wanted = role_labels(status);
     for pod in pods {
         let name = pod.name_any();
@@ -298,7 +299,7 @@ pub async fn label_pods(
         let patch = json!({"metadata": {"labels": {labels::DB_ROLE: want}}});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(kube_err("patch", "Pod", &name))?;
+            .map_err(Error::kube("patch", "Pod", &name))?;
     }
     Ok(())
 }
@@ -353,11 +354,11 @@ mod tests {
 
     #[test]
     fn members_and_policy_come_from_the_spec() {
-        let mut cc = ChatCluster::new("demo", Default::default());
-        cc.metadata.namespace = Some("chat".into());
-        cc.metadata.uid = Some("uid".into());
-        let c = ClusterRef::new(&cc).expect("ref");
-        let m = members(&c, &cc.spec.database);
+        let mut resource = ChatCluster::new("demo", Default::default());
+        resource.metadata.namespace = Some("chat".into());
+        resource.metadata.uid = Some("uid".into());
+        let owner = ClusterRef::new(&resource).expect("ref");
+        let m = members(&owner, &resource.spec.database);
         assert_eq!(
             m.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
             [
@@ -372,10 +373,10 @@ mod tests {
             m[1].host
         );
         assert_eq!(m[0].port, 3306);
-        let p = database::topology_policy(&cc.spec.database);
+        let p = database::topology_policy(&resource.spec.database);
         assert!(p.failover && p.semi_sync);
         assert_eq!(p.failover_timeout, Duration::from_secs(10));
-        cc.spec.database.replicas = 0;
-        assert!(!database::topology_policy(&cc.spec.database).semi_sync);
+        resource.spec.database.replicas = 0;
+        assert!(!database::topology_policy(&resource.spec.database).semi_sync);
     }
 }
