@@ -124,10 +124,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-
-    fn cluster(yaml: &str) -> ChatCluster {
-        serde_yaml::from_str(yaml).unwrap()
-    }
+    use crate::api::file::from_yaml;
 
     const MINIMAL: &str = "
 apiVersion: chatcluster.io/v1alpha1
@@ -138,7 +135,7 @@ spec: {}
 
     #[test]
     fn secrets_come_first_as_marked_placeholders_and_everything_is_namespaced() {
-        let objects = render(&cluster(MINIMAL), Some("chat")).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), Some("chat")).unwrap();
         let kinds: Vec<String> = objects
             .iter()
             .map(|o| o.types.as_ref().unwrap().kind.clone())
@@ -170,16 +167,16 @@ spec: {}
             }
         }
         // The file's namespace, else `default`; never both disagreeing.
-        let objects = render(&cluster(MINIMAL), None).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("default"));
-        let mut in_file = cluster(MINIMAL);
+        let mut in_file = from_yaml(MINIMAL).unwrap();
         in_file.metadata.namespace = Some("team".into());
         let objects = render(&in_file, None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("team"));
         assert!(render(&in_file, Some("team")).is_ok());
         let e = render(&in_file, Some("other")).unwrap_err().to_string();
         assert!(e.contains("team") && e.contains("other"), "{e}");
-        let e = render(&cluster(MINIMAL), Some("BAD NS!"))
+        let e = render(&from_yaml(MINIMAL).unwrap(), Some("BAD NS!"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a DNS label"), "{e}");
@@ -191,7 +188,7 @@ spec: {}
             "spec: {}",
             "spec: { ingress: { tls: { secretName: my-cert } } }",
         );
-        let objects = render(&cluster(&with_tls), None).unwrap();
+        let objects = render(&from_yaml(&with_tls).unwrap(), None).unwrap();
         let secrets = objects
             .iter()
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
@@ -205,13 +202,15 @@ spec: {}
             "spec: {}",
             "spec: { services: { groups: { autoscaling: { minReplicas: 5, maxReplicas: 2 } } } }",
         );
-        let e = render(&cluster(&invalid), None).unwrap_err().to_string();
+        let e = render(&from_yaml(&invalid).unwrap(), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.services.groups.autoscaling"), "{e}");
     }
 
     #[test]
     fn yaml_has_one_document_per_object_and_the_summary_one_row_per_kind() {
-        let objects = render(&cluster(MINIMAL), None).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), None).unwrap();
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
         assert_eq!(placeholders, 3);

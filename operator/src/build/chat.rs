@@ -216,26 +216,18 @@ fn chatd_env(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> V
 }
 
 /// The headless Service resolving to every ready pod of one chat service: how its replicas
-/// find each other for fan-out.
+/// find each other for fan-out. It is [`service`] without a cluster IP and with the gRPC port
+/// alone.
 pub fn peers_service(owner: &ClusterRef, kind: ServiceKind) -> Service {
-    let component = kind.as_str();
-    Service {
-        metadata: owner.meta(
-            names::service_peers(owner, kind),
-            owner.labels(component, "chatd"),
-        ),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(owner.selector(component)),
-            ports: Some(vec![pod::service_port(
-                "grpc",
-                ports::CHATD_GRPC,
-                Some("kubernetes.io/h2c"),
-            )]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
+    let mut peers = service(owner, kind);
+    peers.metadata.name = Some(names::service_peers(owner, kind));
+    if let Some(spec) = peers.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
+        if let Some(ports) = spec.ports.as_mut() {
+            ports.retain(|p| p.name.as_deref() == Some("grpc"));
+        }
     }
+    peers
 }
 
 /// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these

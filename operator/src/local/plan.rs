@@ -542,6 +542,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::api::file::from_yaml;
 
     fn options() -> Options {
         Options {
@@ -559,10 +560,6 @@ mod tests {
         }
     }
 
-    fn cluster(yaml: &str) -> ChatCluster {
-        serde_yaml::from_str(yaml).unwrap()
-    }
-
     const HA: &str = "
 apiVersion: chatcluster.io/v1alpha1
 kind: ChatCluster
@@ -578,7 +575,7 @@ spec:
 
     #[test]
     fn every_process_of_the_file_gets_a_fixed_port() {
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         assert_eq!(
             p.databases
                 .iter()
@@ -611,7 +608,7 @@ spec:
 
     #[test]
     fn chatd_replicas_follow_the_published_primary_and_know_their_peers() {
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         let creds = secrets::DbCredentials::generate();
         let groups = p.service(ServiceKind::Groups).unwrap();
         let l = p.chatd_launch(groups, 1, &creds);
@@ -643,7 +640,7 @@ spec:
 
     #[test]
     fn the_database_runs_the_operators_configuration_with_its_own_identity() {
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         let cnf = p.database_config(&p.databases[2], false);
         assert!(!cnf.contains("user=root"));
         assert!(
@@ -675,7 +672,7 @@ spec:
 
     #[test]
     fn envoys_share_the_ingress_and_reach_every_xds_replica() {
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         assert_eq!(p.xds_config.listener_port, 8443);
         assert_eq!(p.xds_config.plaintext_port, Some(8080));
         assert!(p.xds_config.grpc_web);
@@ -692,7 +689,7 @@ spec:
 
     #[test]
     fn the_endpoints_file_lists_the_serving_replicas() {
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         let groups = p.service(ServiceKind::Groups).unwrap();
         let serving = BTreeMap::from([(ServiceKind::Groups, vec![0, 2])]);
         let doc = p.endpoints_file(&serving);
@@ -710,7 +707,9 @@ spec:
     #[test]
     fn what_cannot_run_locally_is_refused_naming_the_field() {
         let big = HA.replace("maxReplicas: 5", "maxReplicas: 60");
-        let e = plan(&cluster(&big), &options()).unwrap_err().to_string();
+        let e = plan(&from_yaml(&big).unwrap(), &options())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("spec.services.groups.autoscaling.maxReplicas"),
             "{e}"
@@ -719,14 +718,14 @@ spec:
             "minReplicas: 2, maxReplicas: 5",
             "minReplicas: 6, maxReplicas: 5",
         );
-        let e = plan(&cluster(&invalid), &options())
+        let e = plan(&from_yaml(&invalid).unwrap(), &options())
             .unwrap_err()
             .to_string();
         assert!(e.contains("maxReplicas"), "{e}");
         let mut o = options();
         o.base_port = 65000;
         assert!(
-            plan(&cluster(HA), &o)
+            plan(&from_yaml(HA).unwrap(), &o)
                 .unwrap_err()
                 .to_string()
                 .contains("--base-port")
@@ -748,23 +747,23 @@ spec:
     fn children_get_only_absolute_paths() {
         let mut o = options();
         o.data_dir = ".chatcluster/ha".into();
-        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        let e = plan(&from_yaml(HA).unwrap(), &o).unwrap_err().to_string();
         assert!(
             e.contains("data directory") && e.contains(".chatcluster/ha"),
             "{e}"
         );
         let mut o = options();
         o.binaries.envoy = "bin/envoy".into();
-        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        let e = plan(&from_yaml(HA).unwrap(), &o).unwrap_err().to_string();
         assert!(e.contains("envoy") && e.contains("bin/envoy"), "{e}");
 
         // A data directory too deep for the servers' sockets is refused, naming it.
         let mut o = options();
         o.data_dir = PathBuf::from("/").join("d".repeat(100));
-        let e = plan(&cluster(HA), &o).unwrap_err().to_string();
+        let e = plan(&from_yaml(HA).unwrap(), &o).unwrap_err().to_string();
         assert!(e.contains("--data-dir") && e.contains("too long"), "{e}");
 
-        let p = plan(&cluster(HA), &options()).unwrap();
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
         let creds = secrets::DbCredentials::generate();
         let mut launches: Vec<Launch> = p.databases.iter().map(|d| p.database_launch(d)).collect();
         launches.extend(p.xds.iter().cloned());

@@ -284,24 +284,7 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
     let health = measure_health(envoys, n);
     wait_count(&admins, n, port, health).await;
     let cpu_before = proc_stats(pid).1;
-    let mut row = Row {
-        listed: vec![],
-        healthy: vec![],
-    };
-    for change in 0..CHANGES {
-        let count = n + change + 1;
-        let started = Instant::now();
-        write(count);
-        let (l, h) = converge(
-            &admins,
-            &format!("{}:{port}", address(count - 1)),
-            started,
-            health,
-        )
-        .await;
-        row.listed.push(l);
-        row.healthy.push(h);
-    }
+    let row = changes(&admins, n, port, health, write).await;
     let (rss, cpu_after) = proc_stats(pid);
     drop(procs);
     drop(xds);
@@ -333,6 +316,25 @@ async fn run_files(dir: &Path, envoys: usize, n: usize, port: u16) -> Row {
     }
     let health = measure_health(envoys, n);
     wait_count(&admins, n, port, health).await;
+    let row = changes(&admins, n, port, health, |count| {
+        for eds in &eds_paths {
+            write_eds_file(eds, count, port);
+        }
+    })
+    .await;
+    drop(procs);
+    row
+}
+
+/// Add one endpoint [`CHANGES`] times through `write` (which is handed the new count), timing
+/// each until every Envoy lists and then finds healthy the newest.
+async fn changes(
+    admins: &[u16],
+    n: usize,
+    port: u16,
+    health: bool,
+    mut write: impl FnMut(usize),
+) -> Row {
     let mut row = Row {
         listed: vec![],
         healthy: vec![],
@@ -340,11 +342,9 @@ async fn run_files(dir: &Path, envoys: usize, n: usize, port: u16) -> Row {
     for change in 0..CHANGES {
         let count = n + change + 1;
         let started = Instant::now();
-        for eds in &eds_paths {
-            write_eds_file(eds, count, port);
-        }
+        write(count);
         let (l, h) = converge(
-            &admins,
+            admins,
             &format!("{}:{port}", address(count - 1)),
             started,
             health,
@@ -353,7 +353,6 @@ async fn run_files(dir: &Path, envoys: usize, n: usize, port: u16) -> Row {
         row.listed.push(l);
         row.healthy.push(h);
     }
-    drop(procs);
     row
 }
 

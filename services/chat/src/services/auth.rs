@@ -304,13 +304,11 @@ impl Auth for AuthService {
         &self,
         req: Request<GetProfileRequest>,
     ) -> Result<Response<Profile>, Status> {
-        let caller = self.app.caller(&req)?;
-        let token = self.app.read_token(&req, caller.sub);
+        let (caller, mut conn) = self.app.reader(&req).await?;
         let id = match req.into_inner().user_id {
             0 => caller.sub,
             id => id,
         };
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
         let profile = store::profile(&mut conn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {id} not found")))?;

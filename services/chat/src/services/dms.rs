@@ -78,9 +78,7 @@ impl Dms for DmsService {
         &self,
         req: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
-        let caller = self.app.caller(&req)?;
-        let token = self.app.read_token(&req, caller.sub);
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
+        let (caller, mut conn) = self.app.reader(&req).await?;
         let conversations = store::of_user(&mut conn, caller.sub).await?;
         Ok(Response::new(ListConversationsResponse { conversations }))
     }

@@ -243,9 +243,7 @@ impl Groups for GroupsService {
         &self,
         req: Request<ListInvitationsRequest>,
     ) -> Result<Response<ListInvitationsResponse>, Status> {
-        let caller = self.app.caller(&req)?;
-        let token = self.app.read_token(&req, caller.sub);
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
+        let (caller, mut conn) = self.app.reader(&req).await?;
         let invitations = store::invitations_of(&mut conn, caller.sub).await?;
         Ok(Response::new(ListInvitationsResponse { invitations }))
     }
@@ -282,9 +280,7 @@ impl Groups for GroupsService {
         &self,
         req: Request<ListMyGroupsRequest>,
     ) -> Result<Response<ListMyGroupsResponse>, Status> {
-        let caller = self.app.caller(&req)?;
-        let token = self.app.read_token(&req, caller.sub);
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
+        let (caller, mut conn) = self.app.reader(&req).await?;
         let groups = store::of_user(&mut conn, caller.sub).await?;
         Ok(Response::new(ListMyGroupsResponse { groups }))
     }

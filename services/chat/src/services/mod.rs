@@ -183,6 +183,15 @@ impl App {
         }
     }
 
+    /// How a read begins: the authenticated caller and a replica connection that has applied
+    /// the caller's own last write (or the request's token), so nobody misses what they did.
+    pub async fn reader<T>(&self, req: &Request<T>) -> Result<(Claims, PooledConn)> {
+        let caller = self.caller(req)?;
+        let token = self.read_token(req, caller.sub);
+        let conn = self.db.reader(token.as_deref()).await?;
+        Ok((caller, conn))
+    }
+
     /// The token a read by `user` must observe: the request's, else the user's last write here.
     pub fn read_token<T>(&self, req: &Request<T>, user: u64) -> Option<String> {
         req.metadata()

@@ -158,9 +158,7 @@ impl Servers for ServersService {
         &self,
         req: Request<ListMyServersRequest>,
     ) -> Result<Response<ListMyServersResponse>, Status> {
-        let caller = self.app.caller(&req)?;
-        let token = self.app.read_token(&req, caller.sub);
-        let mut conn = self.app.db.reader(token.as_deref()).await?;
+        let (caller, mut conn) = self.app.reader(&req).await?;
         let servers = store::of_user(&mut conn, caller.sub).await?;
         Ok(Response::new(ListMyServersResponse { servers }))
     }
