@@ -143,6 +143,53 @@ pub fn peak_rss_mib(pid: u32) -> u64 {
         / 1024
 }
 
+/// The addresses process `pid` listens on for TCP connections: its sockets (from
+/// `/proc/<pid>/fd`) that `/proc/net/tcp` and `tcp6` list in the LISTEN state.
+pub fn listening_addresses(pid: u32) -> Vec<std::net::SocketAddr> {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, rem_address, st, …, inode (the tenth field); 0A is LISTEN.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                out.extend(proc_net_address(fields[1]));
+            }
+        }
+    }
+    out
+}
+
+/// An address as `/proc/net/tcp*` prints it: the IP's 32-bit words in host (little-endian)
+/// order, in hex, then `:` and the port in hex.
+fn proc_net_address(text: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::new();
+    for word in 0..ip.len() / 8 {
+        let w = u32::from_str_radix(ip.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend(w.to_le_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// The body of `GET path` from `127.0.0.1:port` (empty when nothing answers): Envoy's admin
 /// API, chatd's and chat-xds's metrics.
 pub async fn http_get(port: u16, path: &str) -> String {
@@ -158,4 +205,36 @@ pub async fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_are_read_word_by_word() {
+        assert_eq!(
+            proc_net_address("0100007F:1F90"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            proc_net_address("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(proc_net_address("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_listening_sockets_are_found_with_their_addresses() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        // A connected (not listening) socket is not listed.
+        let _client = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let found = listening_addresses(std::process::id());
+        assert!(found.contains(&v4.local_addr().unwrap()), "{found:?}");
+        assert!(found.contains(&v6.local_addr().unwrap()), "{found:?}");
+        assert!(found.iter().all(|a| a.ip().is_loopback()), "{found:?}");
+    }
 }

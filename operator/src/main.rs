@@ -130,6 +130,11 @@ struct LocalArgs {
     /// Envoy's TLS port (self-signed certificate in the data directory).
     #[arg(long, env = "CHATCLUSTER_PORT", default_value_t = 8443)]
     port: u16,
+    /// The address Envoy's two client ports bind: loopback, so only this machine reaches the
+    /// cluster; `0.0.0.0` (or one interface's address) serves the network. Every other
+    /// process listens on loopback whatever this says.
+    #[arg(long, env = "CHATCLUSTER_LISTEN_ADDRESS", default_value_t = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))]
+    listen_address: std::net::IpAddr,
     /// First of the internal ports (databases, chatd, chat-xds, Envoy admin: ~500 from here).
     #[arg(long, env = "CHATCLUSTER_BASE_PORT", default_value_t = 17000)]
     base_port: u16,
@@ -290,6 +295,7 @@ async fn local(args: LocalArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         base_port: args.base_port,
         port: args.port,
         plaintext_port: args.plaintext_port,
+        listen_address: args.listen_address,
         binaries: local::Binaries::find(bin_dir.as_deref())?,
     };
     let plan = local::plan(&resource, &options)?;

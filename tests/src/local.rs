@@ -155,6 +155,7 @@ impl LocalCluster {
             base_port: 0,
             port: 0,
             plaintext_port: 0,
+            listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
             binaries,
         };
         // Envoy's ports too come from the block, past the last one the plan uses.
@@ -208,6 +209,7 @@ impl LocalCluster {
             base_port: 0,
             port: 0,
             plaintext_port: 0,
+            listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
             binaries,
         };
         let base_port = free_block(&resource, &options);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chat_operator::api::ServiceKind;
 use chatcluster_tests::{
     chat::{PASSWORD, accept_invitation, authed, create_group, group_history, register},
+    listening_addresses,
     local::{LocalCluster, alive},
     repo,
 };
@@ -135,11 +136,31 @@ async fn chat_with_subscribers_on_every_replica(
     }
 }
 
+/// Local mode serves this machine only: every process the cluster runs, the runner included,
+/// listens on loopback, and Envoy's client ports are among them.
+fn only_loopback_listens(cluster: &LocalCluster) {
+    let mut envoy_ports = Vec::new();
+    for (name, pid) in cluster.processes() {
+        let addresses = listening_addresses(pid);
+        assert!(!addresses.is_empty(), "{name} listens on nothing");
+        for address in &addresses {
+            assert!(address.ip().is_loopback(), "{name} listens on {address}");
+        }
+        if name.starts_with("envoy") {
+            envoy_ports.extend(addresses.iter().map(|a| a.port()));
+        }
+    }
+    for port in [cluster.plaintext_port, cluster.tls_port] {
+        assert!(envoy_ports.contains(&port), "no Envoy listens on {port}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/ha.yaml"))
         .await
         .unwrap();
+    only_loopback_listens(&cluster);
     let envoy = channel(&cluster.endpoint()).await;
     let (alice, _) = register(&envoy, "alice").await.unwrap();
     let (bob, bob_id) = register(&envoy, "bob").await.unwrap();

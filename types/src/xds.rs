@@ -2,7 +2,7 @@
 //! into a ConfigMap (or a file, in local mode), so chat-xds needs no access to ChatCluster
 //! objects.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,10 @@ pub struct XdsConfig {
     /// A second, plain-text listener (laptop modes and tests); none in Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plaintext_port: Option<i32>,
+    /// The address Envoy's client listeners bind: every interface when absent (a pod, behind
+    /// its Service); loopback in local mode unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<IpAddr>,
     /// Accept gRPC-Web beside gRPC.
     pub grpc_web: bool,
     /// Requests each Envoy lets one client address make (a local token bucket per address);

@@ -53,6 +53,7 @@ pub fn config(validated: &ValidatedCluster) -> XdsConfig {
         cluster: validated.name().into(),
         listener_port: ports::ENVOY_HTTPS,
         plaintext_port: None,
+        listen_address: None,
         grpc_web: spec.ingress.grpc_web,
         rate_limit: client_rate_limit(&spec.ingress.rate_limit),
         services: spec

@@ -19,6 +19,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -56,6 +57,9 @@ pub struct Options {
     pub port: u16,
     /// Envoy's plain-text port (gRPC, gRPC-Web and the web page).
     pub plaintext_port: u16,
+    /// The address Envoy's two client ports bind; every other process listens on loopback
+    /// whatever this says, since only Envoy faces clients.
+    pub listen_address: IpAddr,
     /// The programs to run.
     pub binaries: Binaries,
 }
@@ -403,6 +407,7 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
     let mut xds_config = build::xds_config(&validated);
     xds_config.listener_port = i32::from(options.port);
     xds_config.plaintext_port = Some(i32::from(options.plaintext_port));
+    xds_config.listen_address = Some(options.listen_address);
     // Locally the web page and chatctl use the plain-text port: gRPC-Web is always on.
     xds_config.grpc_web = true;
 
@@ -550,6 +555,7 @@ mod tests {
             base_port: 20000,
             port: 8443,
             plaintext_port: 8080,
+            listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
             binaries: Binaries {
                 chatd: "/bin/chatd".into(),
                 xds: "/bin/chat-xds".into(),
@@ -572,6 +578,24 @@ spec:
   ingress: { replicas: 2 }
   xds: { replicas: 2 }
 ";
+
+    #[test]
+    fn envoy_binds_the_address_it_is_given() {
+        let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
+        assert_eq!(
+            p.xds_config.listen_address,
+            Some(std::net::Ipv4Addr::LOCALHOST.into())
+        );
+        let anywhere = Options {
+            listen_address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            ..options()
+        };
+        let p = plan(&from_yaml(HA).unwrap(), &anywhere).unwrap();
+        assert_eq!(
+            p.xds_config.listen_address,
+            Some(std::net::Ipv4Addr::UNSPECIFIED.into())
+        );
+    }
 
     #[test]
     fn every_process_of_the_file_gets_a_fixed_port() {

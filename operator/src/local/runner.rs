@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -156,14 +157,23 @@ fn check_ports(plan: &Plan, ingress: &[u16]) -> Result<(), RunError> {
     let named = plan
         .ports()
         .into_iter()
-        .map(|p| (p, "internal".to_string()))
-        .chain(ingress.iter().map(|&p| (p, "ingress".to_string())));
-    for (port, what) in named {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        .map(|p| (LOOPBACK, p, "internal".to_string()))
+        .chain(
+            ingress
+                .iter()
+                .map(|&p| (ingress_address(plan), p, "ingress".to_string())),
+        );
+    for (address, port, what) in named {
+        if std::net::TcpListener::bind((address, port)).is_err() {
             return Err(RunError::PortBusy { port, what });
         }
     }
     Ok(())
+}
+
+/// The address Envoy's client listeners bind.
+fn ingress_address(plan: &Plan) -> IpAddr {
+    plan.xds_config.listen_address.unwrap_or(LOOPBACK)
 }
 
 async fn install_db(plan: &Plan, db: &DbProcess) -> Result<(), RunError> {
@@ -198,11 +208,14 @@ async fn install_db(plan: &Plan, db: &DbProcess) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn port_open(port: u16) -> bool {
+/// Where every process but Envoy's client listeners is reached.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+async fn port_open(address: IpAddr, port: u16) -> bool {
     matches!(
         tokio::time::timeout(
             Duration::from_millis(300),
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            tokio::net::TcpStream::connect((address, port))
         )
         .await,
         Ok(Ok(_))
@@ -327,7 +340,8 @@ impl Cluster {
         }
         let mut processes = Vec::new();
         for (name, component, port, status, role) in rows {
-            let up = matches!(status.state, ProcessState::Running { .. }) && port_open(port).await;
+            let up = matches!(status.state, ProcessState::Running { .. })
+                && port_open(LOOPBACK, port).await;
             processes.push(ProcessRow {
                 name,
                 component,
@@ -338,12 +352,20 @@ impl Cluster {
             });
         }
         let (plain, tls) = self.ingress;
-        let ingress_up = port_open(plain).await;
+        // Where a client on this machine reaches Envoy: loopback when it binds every interface.
+        let host = match ingress_address(&self.plan) {
+            a if a.is_unspecified() => LOOPBACK,
+            a => a,
+        };
+        let ingress_up = port_open(host, plain).await;
         LocalStatus {
             cluster: self.plan.name.clone(),
             ready: db.primary_ready && ingress_up && processes.iter().all(|p| p.up),
-            endpoint: format!("http://127.0.0.1:{plain}"),
-            tls_endpoint: format!("https://localhost:{tls}"),
+            endpoint: format!("http://{}", SocketAddr::new(host, plain)),
+            tls_endpoint: match host {
+                IpAddr::V4(ip) if ip.is_loopback() => format!("https://localhost:{tls}"),
+                _ => format!("https://{}", SocketAddr::new(host, tls)),
+            },
             primary: db.primary_address.clone(),
             processes,
             database: db.clone(),
@@ -522,7 +544,10 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
         ));
     }
     for db in &plan.databases {
-        wait_until(&format!("database {}", db.name), || port_open(db.port)).await?;
+        wait_until(&format!("database {}", db.name), || {
+            port_open(LOOPBACK, db.port)
+        })
+        .await?;
     }
 
     let primary = remembered_primary(&plan);

@@ -243,6 +243,7 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
         cluster: "bench".into(),
         listener_port: free_port() as i32,
         plaintext_port: None,
+        listen_address: None,
         grpc_web: false,
         rate_limit: None,
         services: vec![service("auth", LoadBalancing::LeastRequest)],

@@ -27,6 +27,7 @@ fn config() -> XdsConfig {
         cluster: "demo".into(),
         listener_port: 8443,
         plaintext_port: None,
+        listen_address: None,
         grpc_web: true,
         rate_limit: None,
         services: vec![

@@ -57,6 +57,8 @@ use envoy_types::{
     util::pack_any,
 };
 
+use std::net::IpAddr;
+
 use sha2::{Digest, Sha256};
 
 use super::{ListenerInput, ListenerKind, RouteEntry, RouteInput, cluster::ads};
@@ -67,10 +69,10 @@ pub const INGRESS_ROUTE: &str = "ingress";
 /// The SDS secret holding the serving certificate.
 pub const TLS_SECRET: &str = "ingress-cert";
 
-fn socket(port: i32) -> Address {
+fn socket(ip: IpAddr, port: i32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "0.0.0.0".into(),
+            address: ip.to_string(),
             port_specifier: Some(PortSpecifier::PortValue(u32::try_from(port).unwrap_or(0))),
             ..SocketAddress::default()
         })),
@@ -259,7 +261,7 @@ pub fn listener(input: &ListenerInput) -> Listener {
     let hcm = connection_manager(input, prefix);
     Listener {
         name: listener_name(input.kind).into(),
-        address: Some(socket(input.port)),
+        address: Some(socket(input.address, input.port)),
         per_connection_buffer_limit_bytes: Some(UInt32Value {
             value: CONNECTION_BUFFER_BYTES,
         }),

@@ -10,7 +10,11 @@ mod cluster;
 mod consistency;
 mod listener;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
@@ -194,6 +198,8 @@ pub enum ListenerKind {
 pub struct ListenerInput {
     /// Which listener.
     pub kind: ListenerKind,
+    /// The address it binds.
+    pub address: IpAddr,
     /// Its port.
     pub port: i32,
     /// Accept gRPC-Web (and CORS) beside gRPC.
@@ -307,6 +313,9 @@ fn inputs(
         .collect();
     let listener = |kind, port| ListenerInput {
         kind,
+        address: config
+            .listen_address
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         port,
         grpc_web: config.grpc_web,
         rate_limit: config.rate_limit,

@@ -2,15 +2,18 @@
 //! content changed must have changed version (else Envoy would never get it), and only the
 //! resources that field feeds may change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+};
 
 use chatcluster_types::xds::{
     KubernetesDiscovery, LoadBalancing, RateLimit, XdsConfig, XdsService,
 };
 use envoy_types::pb::envoy::{
     config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-        route::v3::RouteConfiguration,
+        cluster::v3::Cluster, core::v3::address, endpoint::v3::ClusterLoadAssignment,
+        listener::v3::Listener, route::v3::RouteConfiguration,
     },
     extensions::transport_sockets::tls::v3::Secret,
 };
@@ -45,6 +48,7 @@ fn base() -> State {
             cluster: "demo".into(),
             listener_port: 8443,
             plaintext_port: Some(8080),
+            listen_address: None,
             grpc_web: true,
             rate_limit: Some(RateLimit {
                 requests_per_second: 100,
@@ -147,6 +151,11 @@ fn every_input_changes_the_version_of_exactly_what_it_feeds() {
             "plaintextPort off",
             |s| s.config.plaintext_port = None,
             &[(Kind::Listener, "ingress-plaintext")],
+        ),
+        (
+            "listenAddress",
+            |s| s.config.listen_address = Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ALL_LISTENERS,
         ),
         (
             "grpcWeb",
@@ -286,6 +295,31 @@ fn every_input_changes_the_version_of_exactly_what_it_feeds() {
             }
         }
     }
+}
+
+/// The address each listener of `state` binds.
+fn bound(state: &State) -> Vec<String> {
+    let snapshot = snapshot(state, None);
+    snapshot
+        .of(Kind::Listener)
+        .map(|r| match decode(Kind::Listener, r) {
+            Decoded::Listener(l) => match l.address.and_then(|a| a.address) {
+                Some(address::Address::SocketAddress(s)) => s.address,
+                other => panic!("listener {} binds {other:?}", r.name),
+            },
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn listeners_bind_every_interface_unless_given_an_address() {
+    let mut state = base();
+    assert_eq!(bound(&state), ["0.0.0.0", "0.0.0.0"]);
+    state.config.listen_address = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(bound(&state), ["127.0.0.1", "127.0.0.1"]);
+    state.config.listen_address = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert_eq!(bound(&state), ["::1", "::1"]);
 }
 
 #[test]

@@ -161,6 +161,7 @@ impl Stack {
             cluster: "demo".into(),
             listener_port: tls_port as i32,
             plaintext_port: Some(ingress as i32),
+            listen_address: None,
             grpc_web: true,
             rate_limit: None,
             services,
