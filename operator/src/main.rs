@@ -113,6 +113,10 @@ struct RenderArgs {
     /// Print a Markdown table of the objects by kind instead of YAML.
     #[arg(long)]
     summary: bool,
+    /// The namespace the operator runs in, which the NetworkPolicies admit to the database
+    /// and chat-xds (default: the objects' namespace).
+    #[arg(long)]
+    operator_namespace: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -152,7 +156,8 @@ struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     metrics_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (the operator's own namespace).
+    /// The operator's own namespace: its leader-election Lease's, and the one the
+    /// NetworkPolicies admit to the database and chat-xds.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader-election Lease.
@@ -233,6 +238,7 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity))
             .with_operator_image(args.image)
+            .with_operator_namespace(args.lease_namespace.clone())
             .with_topologies(Arc::new(reconcile::topology::Topologies::new(
                 wake_tx.clone(),
             )))
@@ -262,7 +268,11 @@ fn read_cluster(file: &std::path::Path) -> anyhow::Result<ChatCluster> {
 
 fn render(args: RenderArgs) -> anyhow::Result<()> {
     let resource = read_cluster(&args.file)?;
-    let objects = chat_operator::render::render(&resource, args.namespace.as_deref())
+    let objects = chat_operator::render::render(
+        &resource,
+        args.namespace.as_deref(),
+        args.operator_namespace.as_deref(),
+    )
         .with_context(|| format!("cannot render {}", args.file.display()))?;
     if args.summary {
         print!("{}", chat_operator::render::summary(&objects));

@@ -20,10 +20,15 @@ use crate::{
 /// The uid owner references carry in rendered objects; the API server assigns the real one.
 pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 
-/// The objects for `resource` in `namespace` (default: the file's, else `default`), in the order the
-/// reconciler applies them: the generated Secrets (created first), then configuration and
-/// identities, Services, workloads and their disruption budgets.
-pub fn render(resource: &ChatCluster, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+/// The objects for `resource` in `namespace` (default: the file's, else `default`), in the
+/// order the reconciler applies them: the generated Secrets (created first), then the
+/// NetworkPolicies, configuration and identities, Services, workloads and their disruption
+/// budgets. `operator_namespace` is where the operator runs (default: `namespace`).
+pub fn render(
+    resource: &ChatCluster,
+    namespace: Option<&str>,
+    operator_namespace: Option<&str>,
+) -> Result<Vec<DynamicObject>> {
     let validated = ValidatedCluster::of(resource)?;
     let mut resource = resource.clone();
     if let (Some(file), Some(given)) = (&resource.metadata.namespace, namespace)
@@ -49,7 +54,14 @@ pub fn render(resource: &ChatCluster, namespace: Option<&str>) -> Result<Vec<Dyn
     for what in secrets::generated(validated.spec()) {
         out.push(build::to_dynamic(&what.placeholder(&owner))?);
     }
-    out.extend(build::desired(&owner, &validated, &Observed::default())?.objects()?);
+    out.extend(build::desired(
+        &owner,
+        &validated,
+        &Observed {
+            operator_namespace: operator_namespace.map(str::to_string),
+            ..Observed::default()
+        },
+    )?.objects()?);
     Ok(out)
 }
 
@@ -135,7 +147,7 @@ spec: {}
 
     #[test]
     fn secrets_come_first_as_marked_placeholders_and_everything_is_namespaced() {
-        let objects = render(&from_yaml(MINIMAL).unwrap(), Some("chat")).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), Some("chat"), None).unwrap();
         let kinds: Vec<String> = objects
             .iter()
             .map(|o| o.types.as_ref().unwrap().kind.clone())
@@ -167,16 +179,16 @@ spec: {}
             }
         }
         // The file's namespace, else `default`; never both disagreeing.
-        let objects = render(&from_yaml(MINIMAL).unwrap(), None).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), None, None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("default"));
         let mut in_file = from_yaml(MINIMAL).unwrap();
         in_file.metadata.namespace = Some("team".into());
-        let objects = render(&in_file, None).unwrap();
+        let objects = render(&in_file, None, None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("team"));
-        assert!(render(&in_file, Some("team")).is_ok());
-        let e = render(&in_file, Some("other")).unwrap_err().to_string();
+        assert!(render(&in_file, Some("team"), None).is_ok());
+        let e = render(&in_file, Some("other"), None).unwrap_err().to_string();
         assert!(e.contains("team") && e.contains("other"), "{e}");
-        let e = render(&from_yaml(MINIMAL).unwrap(), Some("BAD NS!"))
+        let e = render(&from_yaml(MINIMAL).unwrap(), Some("BAD NS!"), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a DNS label"), "{e}");
@@ -188,7 +200,7 @@ spec: {}
             "spec: {}",
             "spec: { ingress: { tls: { secretName: my-cert } } }",
         );
-        let objects = render(&from_yaml(&with_tls).unwrap(), None).unwrap();
+        let objects = render(&from_yaml(&with_tls).unwrap(), None, None).unwrap();
         let secrets = objects
             .iter()
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
@@ -202,7 +214,7 @@ spec: {}
             "spec: {}",
             "spec: { services: { groups: { autoscaling: { minReplicas: 5, maxReplicas: 2 } } } }",
         );
-        let e = render(&from_yaml(&invalid).unwrap(), None)
+        let e = render(&from_yaml(&invalid).unwrap(), None, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("spec.services.groups.autoscaling"), "{e}");
@@ -210,7 +222,7 @@ spec: {}
 
     #[test]
     fn yaml_has_one_document_per_object_and_the_summary_one_row_per_kind() {
-        let objects = render(&from_yaml(MINIMAL).unwrap(), None).unwrap();
+        let objects = render(&from_yaml(MINIMAL).unwrap(), None, None).unwrap();
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
         assert_eq!(placeholders, 3);

@@ -575,7 +575,7 @@ async fn generated_secrets_are_created_once() {
 async fn a_rendered_placeholder_secret_is_refused() {
     let h = Harness::new();
     let resource = h.create("demo", json!({})).await;
-    let rendered = chat_operator::render::render(&resource, Some(NS)).unwrap();
+    let rendered = chat_operator::render::render(&resource, Some(NS), None).unwrap();
     let placeholder = rendered
         .iter()
         .find(|o| o.metadata.name.as_deref() == Some("demo-db"))

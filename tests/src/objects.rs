@@ -190,13 +190,33 @@ fn selects(selector: &Value, pod_labels: &Value) -> bool {
         .all(|(k, v)| &pod_labels[k] == v)
 }
 
-/// The `matchLabels` of a label selector that has no `matchExpressions` (the builders use
-/// none; one would need its own check).
-fn match_labels<'a>(what: &str, selector: &'a Value, out: &mut Vec<String>) -> &'a Value {
-    if !selector["matchExpressions"].is_null() {
-        out.push(format!("{what}: matchExpressions are not checked"));
-    }
-    &selector["matchLabels"]
+fn expressions(selector: &Value) -> impl Iterator<Item = &Value> {
+    selector["matchExpressions"].as_array().into_iter().flatten()
+}
+
+/// Whether the label selector `selector` (`matchLabels` and `matchExpressions`) selects
+/// `pod_labels`, ignoring [`RUN_TIME_LABELS`]. An operator other than the four Kubernetes
+/// defines selects nothing.
+fn holds(selector: &Value, pod_labels: &Value) -> bool {
+    selects(&selector["matchLabels"], pod_labels)
+        && expressions(selector).all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let value = &pod_labels[key];
+            let listed = e["values"].as_array().into_iter().flatten().any(|v| v == value);
+            RUN_TIME_LABELS.contains(&key)
+                || match e["operator"].as_str() {
+                    Some("In") => listed,
+                    Some("NotIn") => !listed,
+                    Some("Exists") => !value.is_null(),
+                    Some("DoesNotExist") => value.is_null(),
+                    _ => false,
+                }
+        })
+}
+
+/// Whether a label selector selects everything (it names no label at all).
+fn selects_all(selector: &Value) -> bool {
+    labels(&selector["matchLabels"]).next().is_none() && expressions(selector).next().is_none()
 }
 
 /// Labels, selectors and references that must agree across the set `objects`: every
@@ -220,14 +240,13 @@ pub fn consistency_problems(objects: &[Value], external: &[(&str, &str)]) -> Vec
     let any_pod = |selector: &Value| {
         templates
             .iter()
-            .any(|(_, t)| selects(selector, &t["metadata"]["labels"]))
+            .any(|(_, t)| holds(selector, &t["metadata"]["labels"]))
     };
     for (o, template) in &templates {
         let what = id(o);
         if kind(o) != "CronJob" && kind(o) != "Job" {
-            let selector = match_labels(&what, &o["spec"]["selector"], &mut out);
-            if labels(selector).next().is_none()
-                || !selects(selector, &template["metadata"]["labels"])
+            let selector = &o["spec"]["selector"];
+            if selects_all(selector) || !holds(selector, &template["metadata"]["labels"])
             {
                 out.push(format!(
                     "{what}: its selector does not match its own pod template"
@@ -278,19 +297,20 @@ pub fn consistency_problems(objects: &[Value], external: &[(&str, &str)]) -> Vec
         match kind(o) {
             "Service" => {
                 let selector = &o["spec"]["selector"];
-                if labels(selector).next().is_some() && !any_pod(selector) {
+                if labels(selector).next().is_some()
+                    && !any_pod(&serde_json::json!({ "matchLabels": selector }))
+                {
                     out.push(format!("{what}: selects no pod of any workload"));
                 }
             }
             "PodDisruptionBudget" => {
-                let selector = match_labels(&what, &o["spec"]["selector"], &mut out);
-                if !any_pod(selector) {
+                if !any_pod(&o["spec"]["selector"]) {
                     out.push(format!("{what}: matches no workload"));
                 }
             }
             "NetworkPolicy" => {
-                let selector = match_labels(&what, &o["spec"]["podSelector"], &mut out);
-                if labels(selector).next().is_some() && !any_pod(selector) {
+                let selector = &o["spec"]["podSelector"];
+                if !selects_all(selector) && !any_pod(selector) {
                     out.push(format!("{what}: its podSelector matches no pod"));
                 }
                 for rules in ["ingress", "egress"] {
@@ -305,8 +325,7 @@ pub fn consistency_problems(objects: &[Value], external: &[(&str, &str)]) -> Vec
                             if peer_pods.is_null() || !peer["namespaceSelector"].is_null() {
                                 continue;
                             }
-                            let selector = match_labels(&what, peer_pods, &mut out);
-                            if labels(selector).next().is_some() && !any_pod(selector) {
+                            if !selects_all(peer_pods) && !any_pod(peer_pods) {
                                 out.push(format!("{what}: a {rules} peer selects no pod"));
                             }
                         }
@@ -417,6 +436,22 @@ mod tests {
             "missing ServiceAccount"
         );
         let pdb = json!({ "kind": "PodDisruptionBudget", "metadata": { "name": "p" }, "spec": { "selector": { "matchLabels": { "app": "z" } } } });
-        assert_eq!(consistency_problems(&[d, sa, pdb], &[]).len(), 1);
+        assert_eq!(consistency_problems(&[d.clone(), sa.clone(), pdb], &[]).len(), 1);
+        // A NetworkPolicy peer by expression: one that selects the pods passes, one that
+        // selects none, or uses an operator Kubernetes lacks, is a problem.
+        let policy = |operator: &str, value: &str| {
+            json!({ "kind": "NetworkPolicy", "metadata": { "name": "n" }, "spec": {
+                "podSelector": {},
+                "ingress": [{ "from": [{ "podSelector": { "matchExpressions": [
+                    { "key": "app", "operator": operator, "values": [value] }
+                ] } }] }]
+            } })
+        };
+        let problems = |p: Value| consistency_problems(&[d.clone(), sa.clone(), p], &[]).len();
+        assert_eq!(problems(policy("In", "a")), 0);
+        assert_eq!(problems(policy("NotIn", "b")), 0);
+        assert_eq!(problems(policy("In", "b")), 1);
+        assert_eq!(problems(policy("NotIn", "a")), 1);
+        assert_eq!(problems(policy("Matches", "a")), 1);
     }
 }

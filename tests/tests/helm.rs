@@ -198,6 +198,18 @@ fn default_values_render_valid_objects() {
             "cannot {verb} {group}/{resource}"
         );
     }
+    // Every kind the reconciler applies and prunes, as the builders list them: a kind added
+    // there without its permission here fails this test, not a cluster.
+    for kind in chat_operator::build::Desired::kinds() {
+        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+            assert!(
+                allows(&kind.group, &kind.plural, verb),
+                "cannot {verb} {}/{}",
+                kind.group,
+                kind.plural
+            );
+        }
+    }
     // Least privilege: never rewrites or deletes a Secret, no wildcards.
     assert!(!allows("", "secrets", "update") && !allows("", "secrets", "delete"));
     assert!(!rules.iter().any(|r| r.to_string().contains("\"*\"")));

@@ -56,7 +56,7 @@ fn examples() -> Vec<std::path::PathBuf> {
 /// Secrets that exist without being in the printed objects: the one the user names for TLS,
 /// and the ones the operator generates in the cluster (printed commented out).
 fn external(resource: &ChatCluster) -> Vec<(&'static str, String)> {
-    let generated = render::render(resource, Some("chat"))
+    let generated = render::render(resource, Some("chat"), None)
         .unwrap()
         .into_iter()
         .filter(render::is_placeholder)
@@ -296,7 +296,7 @@ fn generated_specs_render_valid_consistent_restricted_objects() {
             "spec": spec,
         }))
         .unwrap_or_else(|e| panic!("case {case}: {e}: {spec}"));
-        let objects = render::render(&resource, Some("chat"))
+        let objects = render::render(&resource, Some("chat"), None)
             .unwrap_or_else(|e| panic!("case {case} does not render: {e}: {spec}"));
         // Every object, the generated Secrets too (the YAML prints those as comments).
         let values: Vec<Value> = objects
@@ -374,11 +374,6 @@ fn the_policy_scan_finds_only_accepted_findings() {
         (
             "CKV_K8S_38",
             "Ensure that Service Account Tokens are only mounted where necessary",
-        ),
-        // No NetworkPolicy yet: the firewall is issue 16.
-        (
-            "CKV2_K8S_6",
-            "Minimize the admission of pods which lack an associated NetworkPolicy",
         ),
     ];
     // Accepted on some objects only: (check, name, what the resource name contains).

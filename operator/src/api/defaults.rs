@@ -39,6 +39,13 @@ pub const CLIENT_REQUESTS_PER_SECOND: i32 = 100;
 /// Requests one client address may make at once.
 pub const CLIENT_BURST: i32 = 200;
 
+/// The pods (in any namespace) allowed to scrape metrics ports when the spec names none:
+/// Prometheus as its Helm chart and operator label it.
+pub const METRICS_SCRAPER_LABEL: &str = "app.kubernetes.io/name=prometheus";
+
+pub(crate) fn metrics_scraper_label() -> String {
+    METRICS_SCRAPER_LABEL.into()
+}
 pub(crate) fn client_requests_per_second() -> i32 {
     CLIENT_REQUESTS_PER_SECOND
 }

@@ -41,6 +41,49 @@ pub struct ChatClusterSpec {
     /// The xDS control plane that configures Envoy.
     #[serde(default)]
     pub xds: XdsSpec,
+    /// The cluster's firewall.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// A label `key=value` as Kubernetes spells them: an optional DNS-subdomain prefix and `/`,
+/// a name of at most 63 characters, `=`, a value of at most 63 (possibly empty).
+pub const LABEL_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?=([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
+/// NetworkPolicies that admit only the traffic each component needs: clients to Envoy; Envoy
+/// to chatd and chat-xds; chatd to its peers and the database; the database's own
+/// replication and re-seeding; the operator to the database and chat-xds; scrapers to the
+/// metrics ports. Everything else arriving at the cluster's pods is dropped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create them (default true). Off: any pod in the Kubernetes cluster reaches every
+    /// component, the database included; turn it off only where another firewall stands.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// The label (`key=value`) of the pods, in any namespace, that may scrape the metrics
+    /// ports (default `app.kubernetes.io/name=prometheus`).
+    #[serde(default = "defaults::metrics_scraper_label")]
+    #[schemars(length(max = 317), regex(pattern = LABEL_PATTERN))]
+    pub metrics_scraper_label: String,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics_scraper_label: defaults::METRICS_SCRAPER_LABEL.into(),
+        }
+    }
+}
+
+impl NetworkPolicySpec {
+    /// The scraper label as a key and a value (the pattern guarantees the `=`).
+    pub fn scraper(&self) -> (&str, &str) {
+        self.metrics_scraper_label
+            .split_once('=')
+            .unwrap_or((self.metrics_scraper_label.as_str(), ""))
+    }
 }
 
 /// The four chat services. Each runs as its own Deployment of the chatd binary.

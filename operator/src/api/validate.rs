@@ -211,6 +211,20 @@ mod tests {
     }
 
     #[test]
+    fn a_scraper_label_must_be_a_label() {
+        let mut spec = ChatClusterSpec::default();
+        for good in ["app=prometheus", "example.com/scrape=", "a.b/c-d_e.f=G-h"] {
+            spec.network_policy.metrics_scraper_label = good.into();
+            assert_eq!(validate(&spec), vec![], "{good}");
+        }
+        for bad in ["prometheus", "=x", "app=two words", "-app=x", "App.com/x=y"] {
+            spec.network_policy.metrics_scraper_label = bad.into();
+            let fields: Vec<_> = validate(&spec).into_iter().map(|e| e.field).collect();
+            assert_eq!(fields, ["spec.networkPolicy.metricsScraperLabel"], "{bad}");
+        }
+    }
+
+    #[test]
     fn min_above_max_names_the_field() {
         let mut spec = ChatClusterSpec::default();
         spec.services.groups.autoscaling = Some(autoscaling(5, 2));

@@ -6,6 +6,7 @@ mod chat;
 pub mod database;
 mod ingress;
 pub mod names;
+mod network;
 mod pod;
 pub mod secrets;
 pub mod seed;
@@ -17,6 +18,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{ConfigMap, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
     },
@@ -109,6 +111,9 @@ pub struct Observed {
     /// The image the operator runs (MariaDB pods copy the re-seed programs from it);
     /// `None`: this release's default.
     pub operator_image: Option<String>,
+    /// The namespace the operator's pods run in, which the NetworkPolicies admit to the
+    /// database and chat-xds; `None`: the cluster's own.
+    pub operator_namespace: Option<String>,
 }
 
 /// The identity of a ChatCluster, from which every child's name, labels and owner derive.
@@ -232,6 +237,8 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     /// One per Deployment and StatefulSet with more than one pod.
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
+    /// The firewall: what may reach each component.
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// Build every desired object of `validated`, the cluster `cluster` identifies.
@@ -309,12 +316,22 @@ pub fn desired(
         ingress::COMPONENT,
     ));
 
+    out.network_policies = network::policies(
+        owner,
+        spec,
+        observed
+            .operator_namespace
+            .as_deref()
+            .unwrap_or(&owner.namespace),
+    );
+
     Ok(out)
 }
 
 impl Desired {
-    /// Every object in apply order: what others reference comes first (configuration and
-    /// identities, then Services, then the workloads that use them, then their budgets).
+    /// Every object in apply order: the NetworkPolicies, then what others reference
+    /// (configuration and identities, then Services, then the workloads that use them, then
+    /// their budgets).
     /// Destructured without `..`: a kind added to [`Desired`] does not compile until it is
     /// applied here, and listed in [`kinds`](Self::kinds) for pruning.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, BuildError> {
@@ -327,8 +344,11 @@ impl Desired {
             stateful_sets,
             deployments,
             pod_disruption_budgets,
+            network_policies,
         } = self;
         let mut out = Vec::new();
+        // The firewall first: no pod of a new cluster ever runs unprotected.
+        push_all(&mut out, network_policies)?;
         push_all(&mut out, config_maps)?;
         push_all(&mut out, service_accounts)?;
         push_all(&mut out, roles)?;
@@ -354,6 +374,7 @@ impl Desired {
             stateful_sets: _,
             deployments: _,
             pod_disruption_budgets: _,
+            network_policies: _,
         } = Desired::default();
         vec![
             ApiResource::erase::<ConfigMap>(&()),
@@ -364,6 +385,7 @@ impl Desired {
             ApiResource::erase::<StatefulSet>(&()),
             ApiResource::erase::<Deployment>(&()),
             ApiResource::erase::<PodDisruptionBudget>(&()),
+            ApiResource::erase::<NetworkPolicy>(&()),
         ]
     }
 }

@@ -13,6 +13,16 @@ pub fn service_peers(owner: &ClusterRef, kind: ServiceKind) -> String {
     format!("{}-{kind}-peers", owner.name)
 }
 
+/// The NetworkPolicy that selects every pod of the cluster and admits nothing by itself.
+pub fn deny_all(owner: &ClusterRef) -> String {
+    format!("{}-deny-all", owner.name)
+}
+
+/// The NetworkPolicy admitting what reaches `component`'s pods.
+pub fn allow_to(owner: &ClusterRef, component: &str) -> String {
+    format!("{}-allow-to-{component}", owner.name)
+}
+
 /// Generated database credentials.
 pub fn db_secret(owner: &ClusterRef) -> String {
     format!("{}-db", owner.name)

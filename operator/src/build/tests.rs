@@ -154,7 +154,8 @@ fn empty_spec_builds_every_child() {
 fn every_child_is_owned_labelled_and_namespaced() {
     let d = build(ChatClusterSpec::default());
     let objects = d.objects().expect("objects");
-    assert_eq!(objects.len(), 34);
+    // 34 workloads, configuration and Services; 8 NetworkPolicies.
+    assert_eq!(objects.len(), 42);
     for obj in &objects {
         let name = obj.name_any();
         assert_eq!(obj.metadata.namespace.as_deref(), Some("chat"), "{name}");
@@ -183,6 +184,7 @@ fn every_child_is_owned_labelled_and_namespaced() {
         .map(|o| o.types.as_ref().map(|t| t.kind.as_str()).unwrap_or(""))
         .collect();
     let first = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or(usize::MAX);
+    assert_eq!(first("NetworkPolicy"), 0, "the firewall comes first");
     assert!(first("ConfigMap") < first("StatefulSet"));
     assert!(first("Service") < first("Deployment"));
     assert!(first("Deployment") < first("PodDisruptionBudget"));

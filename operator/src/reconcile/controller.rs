@@ -7,6 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
@@ -67,7 +68,8 @@ pub async fn run(
         .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
         .owns(Api::<Role>::all(client.clone()), children.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), children.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client), children)
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children.clone())
+        .owns(Api::<NetworkPolicy>::all(client), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -63,6 +63,9 @@ pub struct Context {
     pub autoscalers: Option<Arc<autoscaling::Autoscalers>>,
     /// The image this operator runs: MariaDB pods and re-seed Jobs copy the binary from it.
     pub operator_image: String,
+    /// The namespace this operator runs in, which the NetworkPolicies admit to the database
+    /// and chat-xds; `None`: each cluster's own.
+    pub operator_namespace: Option<String>,
 }
 
 impl Context {
@@ -81,12 +84,19 @@ impl Context {
             topologies: None,
             autoscalers: None,
             operator_image: crate::api::defaults::operator_image(),
+            operator_namespace: None,
         }
     }
 
     /// Name the image this operator runs (from the chart), for what copies the binary.
     pub fn with_operator_image(mut self, image: String) -> Self {
         self.operator_image = image;
+        self
+    }
+
+    /// Name the namespace this operator runs in, for the NetworkPolicies.
+    pub fn with_operator_namespace(mut self, namespace: String) -> Self {
+        self.operator_namespace = Some(namespace);
         self
     }
 
@@ -193,6 +203,7 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     // autoscaler decided.
     let mut observed = observe(client, resource, &owner).await?;
     observed.operator_image = Some(ctx.operator_image.clone());
+    observed.operator_namespace = ctx.operator_namespace.clone();
     let scaling = match &ctx.autoscalers {
         Some(a) => a.ensure(client, resource, &owner, &observed.current_replicas),
         None => BTreeMap::new(),
