@@ -273,7 +273,7 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         args.namespace.as_deref(),
         args.operator_namespace.as_deref(),
     )
-        .with_context(|| format!("cannot render {}", args.file.display()))?;
+    .with_context(|| format!("cannot render {}", args.file.display()))?;
     if args.summary {
         print!("{}", chat_operator::render::summary(&objects));
     } else {

@@ -54,14 +54,17 @@ pub fn render(
     for what in secrets::generated(validated.spec()) {
         out.push(build::to_dynamic(&what.placeholder(&owner))?);
     }
-    out.extend(build::desired(
-        &owner,
-        &validated,
-        &Observed {
-            operator_namespace: operator_namespace.map(str::to_string),
-            ..Observed::default()
-        },
-    )?.objects()?);
+    out.extend(
+        build::desired(
+            &owner,
+            &validated,
+            &Observed {
+                operator_namespace: operator_namespace.map(str::to_string),
+                ..Observed::default()
+            },
+        )?
+        .objects()?,
+    );
     Ok(out)
 }
 
@@ -186,7 +189,9 @@ spec: {}
         let objects = render(&in_file, None, None).unwrap();
         assert_eq!(objects[0].metadata.namespace.as_deref(), Some("team"));
         assert!(render(&in_file, Some("team"), None).is_ok());
-        let e = render(&in_file, Some("other"), None).unwrap_err().to_string();
+        let e = render(&in_file, Some("other"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("team") && e.contains("other"), "{e}");
         let e = render(&from_yaml(MINIMAL).unwrap(), Some("BAD NS!"), None)
             .unwrap_err()

@@ -303,6 +303,17 @@ async fn spec_changes_reach_the_children() {
     let root_password = |s: Secret| s.data.unwrap()["root-password"].0.clone();
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
     let password_before = root_password(secrets.get("demo-db").await.unwrap());
+    // The user's certificate, which a spec may name only once it exists.
+    let certificate: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "my-cert", "namespace": NS },
+        "type": "kubernetes.io/tls",
+        "stringData": { "tls.crt": "cert", "tls.key": "key" },
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &certificate)
+        .await
+        .unwrap();
 
     h.set_spec(
         "demo",
@@ -593,6 +604,78 @@ async fn a_rendered_placeholder_secret_is_refused() {
         sets.get_opt("demo-db-primary").await.unwrap().is_none(),
         "nothing applied"
     );
+}
+
+#[tokio::test]
+async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
+    let h = Harness::new();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let secret = |name: &str, type_: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": NS },
+            "type": type_,
+            "stringData": { "password": "not for Envoy" },
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("billing-db", "Opaque"))
+        .await
+        .unwrap();
+    h.create(
+        "demo",
+        json!({ "ingress": { "tls": { "secretName": "billing-db" } } }),
+    )
+    .await;
+    let before = h.child_writes();
+    let refused = |message: &str| {
+        let message = message.to_string();
+        move |status: chat_operator::api::ChatClusterStatus| {
+            let (degraded, reason, text) = Harness::condition(&status, condition::DEGRADED);
+            assert_eq!(
+                (degraded.as_str(), reason.as_str()),
+                ("True", "InvalidSpec")
+            );
+            assert!(text.contains("spec.ingress.tls.secretName"), "{text}");
+            assert!(text.contains(&message), "{text}");
+        }
+    };
+    let action = h.reconcile("demo").await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(h.child_writes(), before, "nothing applied, nothing granted");
+    refused("is of type Opaque")(h.status("demo").await);
+
+    h.set_spec(
+        "demo",
+        json!({ "ingress": { "tls": { "secretName": "missing" } } }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(h.child_writes(), before);
+    refused("does not exist")(h.status("demo").await);
+
+    secrets
+        .create(&PostParams::default(), &secret("site", "kubernetes.io/tls"))
+        .await
+        .unwrap();
+    h.set_spec(
+        "demo",
+        json!({ "ingress": { "tls": { "secretName": "site" } } }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    let role = Api::<Role>::namespaced(h.client.clone(), NS)
+        .get("demo-xds")
+        .await
+        .unwrap();
+    let granted: Vec<String> = role
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.resource_names.unwrap_or_default())
+        .collect();
+    assert!(granted.contains(&"site".to_string()), "{granted:?}");
+    assert!(!granted.contains(&"billing-db".to_string()), "{granted:?}");
 }
 
 /// The whole controller, with its watches: children appear by themselves, and a deleted or

@@ -191,7 +191,10 @@ fn selects(selector: &Value, pod_labels: &Value) -> bool {
 }
 
 fn expressions(selector: &Value) -> impl Iterator<Item = &Value> {
-    selector["matchExpressions"].as_array().into_iter().flatten()
+    selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
 }
 
 /// Whether the label selector `selector` (`matchLabels` and `matchExpressions`) selects
@@ -202,7 +205,11 @@ fn holds(selector: &Value, pod_labels: &Value) -> bool {
         && expressions(selector).all(|e| {
             let key = e["key"].as_str().unwrap_or("");
             let value = &pod_labels[key];
-            let listed = e["values"].as_array().into_iter().flatten().any(|v| v == value);
+            let listed = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v == value);
             RUN_TIME_LABELS.contains(&key)
                 || match e["operator"].as_str() {
                     Some("In") => listed,
@@ -246,8 +253,7 @@ pub fn consistency_problems(objects: &[Value], external: &[(&str, &str)]) -> Vec
         let what = id(o);
         if kind(o) != "CronJob" && kind(o) != "Job" {
             let selector = &o["spec"]["selector"];
-            if selects_all(selector) || !holds(selector, &template["metadata"]["labels"])
-            {
+            if selects_all(selector) || !holds(selector, &template["metadata"]["labels"]) {
                 out.push(format!(
                     "{what}: its selector does not match its own pod template"
                 ));
@@ -436,7 +442,10 @@ mod tests {
             "missing ServiceAccount"
         );
         let pdb = json!({ "kind": "PodDisruptionBudget", "metadata": { "name": "p" }, "spec": { "selector": { "matchLabels": { "app": "z" } } } });
-        assert_eq!(consistency_problems(&[d.clone(), sa.clone(), pdb], &[]).len(), 1);
+        assert_eq!(
+            consistency_problems(&[d.clone(), sa.clone(), pdb], &[]).len(),
+            1
+        );
         // A NetworkPolicy peer by expression: one that selects the pods passes, one that
         // selects none, or uses an operator Kubernetes lacks, is a problem.
         let policy = |operator: &str, value: &str| {

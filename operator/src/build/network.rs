@@ -265,7 +265,11 @@ mod tests {
                 &BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), from.0.to_string())]),
             ),
         };
-        namespace && peer.pod_selector.as_ref().is_none_or(|s| matches(s, &from.1))
+        namespace
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|s| matches(s, &from.1))
     }
 
     /// Whether `policies` let `from` open a TCP connection to `to` on `port`.
@@ -274,7 +278,10 @@ mod tests {
             .iter()
             .filter(|p| {
                 p.metadata.namespace.as_deref() == Some(to.0)
-                    && matches(p.spec.as_ref().unwrap().pod_selector.as_ref().unwrap(), &to.1)
+                    && matches(
+                        p.spec.as_ref().unwrap().pod_selector.as_ref().unwrap(),
+                        &to.1,
+                    )
             })
             .collect();
         if selecting.is_empty() {
@@ -282,16 +289,21 @@ mod tests {
         }
         selecting.iter().any(|p| {
             let namespace = p.metadata.namespace.as_deref().unwrap();
-            p.spec.as_ref().unwrap().ingress.iter().flatten().any(|rule| {
-                let port_ok = rule.ports.as_ref().is_none_or(|ports| {
-                    ports.iter().any(|p| p.port == Some(IntOrString::Int(port)))
-                });
-                let from_ok = rule
-                    .from
-                    .as_ref()
-                    .is_none_or(|peers| peers.iter().any(|peer| peer_admits(peer, namespace, from)));
-                port_ok && from_ok
-            })
+            p.spec
+                .as_ref()
+                .unwrap()
+                .ingress
+                .iter()
+                .flatten()
+                .any(|rule| {
+                    let port_ok = rule.ports.as_ref().is_none_or(|ports| {
+                        ports.iter().any(|p| p.port == Some(IntOrString::Int(port)))
+                    });
+                    let from_ok = rule.from.as_ref().is_none_or(|peers| {
+                        peers.iter().any(|peer| peer_admits(peer, namespace, from))
+                    });
+                    port_ok && from_ok
+                })
         })
     }
 
@@ -359,10 +371,17 @@ mod tests {
         let reseed = Pod(
             "chat",
             labels(
-                &seed::job(&owner, &spec.database, "img", "demo-db-replica-0", "host", "id")
-                    .spec
-                    .unwrap()
-                    .template,
+                &seed::job(
+                    &owner,
+                    &spec.database,
+                    "img",
+                    "demo-db-replica-0",
+                    "host",
+                    "id",
+                )
+                .spec
+                .unwrap()
+                .template,
             ),
         );
         let stranger = other("chat", &[("app", "debug")]);
@@ -423,23 +442,35 @@ mod tests {
         let groups = pod(&d, "demo-groups");
         let scraper = other("ops", &[("team/scraper", "")]);
         let prometheus = other("monitoring", &[("app.kubernetes.io/name", "prometheus")]);
-        assert!(admits(&d.network_policies, &scraper, &groups, ports::METRICS));
-        assert!(!admits(&d.network_policies, &prometheus, &groups, ports::METRICS));
+        assert!(admits(
+            &d.network_policies,
+            &scraper,
+            &groups,
+            ports::METRICS
+        ));
+        assert!(!admits(
+            &d.network_policies,
+            &prometheus,
+            &groups,
+            ports::METRICS
+        ));
 
         spec.network_policy.enabled = false;
         let d = built(spec, "demo");
         assert!(d.network_policies.is_empty());
         let stranger = other("chat", &[("app", "debug")]);
-        assert!(admits(&d.network_policies, &stranger, &pod(&d, "demo-db-primary"), 3306));
+        assert!(admits(
+            &d.network_policies,
+            &stranger,
+            &pod(&d, "demo-db-primary"),
+            3306
+        ));
     }
 
     #[test]
     fn every_pod_of_the_cluster_is_behind_the_deny_all() {
         let d = built(ChatClusterSpec::default(), "demo");
-        let deny = d
-            .network_policies
-            .last()
-            .expect("policies");
+        let deny = d.network_policies.last().expect("policies");
         assert_eq!(deny.name_any(), "demo-deny-all");
         let spec = deny.spec.as_ref().unwrap();
         assert!(spec.ingress.is_none());
@@ -449,7 +480,10 @@ mod tests {
             .map(|x| &x.spec.template)
             .chain(d.stateful_sets.iter().map(|x| &x.spec.template));
         for template in workloads {
-            assert!(matches(spec.pod_selector.as_ref().unwrap(), &labels(template)));
+            assert!(matches(
+                spec.pod_selector.as_ref().unwrap(),
+                &labels(template)
+            ));
         }
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use rand::{Rng, distr::Alphanumeric};
 
 use super::{ClusterRef, database, ingress, names};
-use crate::api::ChatClusterSpec;
+use crate::api::{ChatClusterSpec, SpecError};
 
 /// Key of the database root password.
 pub const DB_ROOT_PASSWORD_KEY: &str = "root-password";
@@ -207,6 +207,29 @@ pub fn self_signed_names(owner: &ClusterRef) -> Vec<String> {
     ]
 }
 
+/// The type of a Secret holding a certificate and its key.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// What is wrong with `secret`, the Secret `spec.ingress.tls.secretName` names (`None`: it
+/// does not exist), if anything. chat-xds is granted read access to it and hands it to Envoy,
+/// so it must be a certificate: naming any other Secret would let someone who may create a
+/// ChatCluster, but not read Secrets, have its contents served.
+pub fn tls_secret_problem(name: &str, secret: Option<&Secret>) -> Option<SpecError> {
+    let message = match secret.map(|s| s.type_.as_deref().unwrap_or("Opaque")) {
+        None => format!("Secret {name} does not exist"),
+        Some(TLS_SECRET_TYPE) => return None,
+        Some(other) => {
+            format!(
+                "Secret {name} is of type {other}: only a {TLS_SECRET_TYPE} Secret may be named"
+            )
+        }
+    };
+    Some(SpecError {
+        field: "spec.ingress.tls.secretName".into(),
+        message,
+    })
+}
+
 /// The self-signed `kubernetes.io/tls` Secret.
 pub fn tls_secret(owner: &ClusterRef, tls: &TlsMaterial) -> Secret {
     let mut s = secret(
@@ -218,7 +241,7 @@ pub fn tls_secret(owner: &ClusterRef, tls: &TlsMaterial) -> Secret {
             ("tls.key".to_string(), tls.key_pem.clone()),
         ]),
     );
-    s.type_ = Some("kubernetes.io/tls".into());
+    s.type_ = Some(TLS_SECRET_TYPE.into());
     s
 }
 

@@ -68,7 +68,10 @@ pub async fn run(
         .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
         .owns(Api::<Role>::all(client.clone()), children.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), children.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            children.clone(),
+        )
         .owns(Api::<NetworkPolicy>::all(client), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

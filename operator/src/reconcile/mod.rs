@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Secret},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -35,7 +38,7 @@ pub use apply::FIELD_MANAGER;
 pub use controller::run;
 
 use crate::{
-    api::{ChatCluster, ChatClusterStatus, Phase, Refused, ValidatedCluster},
+    api::{ChatCluster, ChatClusterStatus, Phase, Refused, SpecError, ValidatedCluster},
     build::{self, ClusterRef, Observed, names, secrets},
     error::{Error, Result},
     metrics::Metrics,
@@ -131,6 +134,30 @@ const CONVERGING_RESYNC: Duration = Duration::from_secs(15);
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// How soon a ChatCluster refused for its TLS Secret is looked at again.
+const TLS_SECRET_RECHECK: Duration = Duration::from_secs(30);
+
+/// Publish that `resource` is refused for `problems`; nothing else is touched.
+async fn refuse(
+    ctx: &Context,
+    resource: &ChatCluster,
+    owner: &ClusterRef,
+    problems: Vec<SpecError>,
+) -> Result<()> {
+    let children = Children::fetch(&ctx.client, owner)
+        .await
+        .map_err(Error::kube("get", "children of ChatCluster", &owner.name))?;
+    let status = status::compute(
+        resource,
+        owner,
+        &children,
+        Some(&Degradation::InvalidSpec(problems)),
+        None,
+        Timestamp::now(),
+    );
+    publish_status(ctx, resource, &status).await
+}
+
 /// Reconcile one ChatCluster.
 pub async fn reconcile(resource: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
@@ -165,24 +192,23 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     let validated = match ValidatedCluster::new(&owner.name, &resource.spec) {
         Ok(v) => v,
         Err(Refused(problems)) => {
-            let children = Children::fetch(client, &owner).await.map_err(Error::kube(
-                "get",
-                "children of ChatCluster",
-                &owner.name,
-            ))?;
-            let status = status::compute(
-                resource,
-                &owner,
-                &children,
-                Some(&Degradation::InvalidSpec(problems)),
-                None,
-                Timestamp::now(),
-            );
-            publish_status(ctx, resource, &status).await?;
+            refuse(ctx, resource, &owner, problems).await?;
             // Nothing to retry until the user changes the spec.
             return Ok(Action::await_change());
         }
     };
+    // A Secret the spec names is checked before chat-xds is granted read access to it.
+    if let Some(tls) = &validated.spec().ingress.tls {
+        let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
+            .get_opt(&tls.secret_name)
+            .await
+            .map_err(Error::kube("get", "Secret", &tls.secret_name))?;
+        if let Some(problem) = secrets::tls_secret_problem(&tls.secret_name, secret.as_ref()) {
+            refuse(ctx, resource, &owner, vec![problem]).await?;
+            // The Secret may be created or fixed without the spec changing.
+            return Ok(Action::requeue(TLS_SECRET_RECHECK));
+        }
+    }
 
     // Generated Secrets, created once.
     for what in secrets::generated(validated.spec()) {
