@@ -309,10 +309,8 @@ pub fn consistency_problems(objects: &[Value], external: &[(&str, &str)]) -> Vec
                     out.push(format!("{what}: selects no pod of any workload"));
                 }
             }
-            "PodDisruptionBudget" => {
-                if !any_pod(&o["spec"]["selector"]) {
-                    out.push(format!("{what}: matches no workload"));
-                }
+            "PodDisruptionBudget" if !any_pod(&o["spec"]["selector"]) => {
+                out.push(format!("{what}: matches no workload"));
             }
             "NetworkPolicy" => {
                 let selector = &o["spec"]["podSelector"];
