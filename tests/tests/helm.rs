@@ -8,6 +8,7 @@
 use std::{path::PathBuf, process::Command};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::Deployment,
     core::v1::{Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
@@ -90,6 +91,10 @@ fn check_objects(docs: &[Value]) -> Vec<String> {
             "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc),
             "Deployment" => round_trip::<Deployment>(doc),
             "Service" => round_trip::<Service>(doc),
+            "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(doc),
+            "ValidatingAdmissionPolicyBinding" => {
+                round_trip::<ValidatingAdmissionPolicyBinding>(doc)
+            }
             "ChatCluster" => {
                 let resource: chat_operator::api::ChatCluster =
                     serde_json::from_value(doc.clone()).unwrap();
@@ -129,7 +134,9 @@ fn default_values_render_valid_objects() {
             "ClusterRoleBinding",
             "Deployment",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -240,13 +247,26 @@ fn non_default_values_render_valid_objects() {
         "nodeSelector.disk=ssd",
     ])
     .unwrap();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .unwrap();
+    let condition = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        condition.contains("system:serviceaccount:ops:preexisting"),
+        "{condition}"
+    );
     assert_eq!(
         check_objects(&docs),
         [
             "ChatCluster",
             "ClusterRole",
             "ClusterRoleBinding",
-            "Deployment"
+            "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -314,4 +334,140 @@ fn the_chart_and_the_crd_pass_strict_kubernetes_validation() {
     }
     let crd = std::fs::read_to_string(root().join("crds/chatcluster.yaml")).unwrap();
     chatcluster_tests::objects::kubernetes_validate(&crd).unwrap();
+}
+
+/// Evaluate the admission policy `policy` (as rendered) on an update from `old` to `new` by
+/// `user`: `None` when it does not apply to the request, else the messages of the
+/// validations that fail.
+fn admit(policy: &Value, user: &str, old: &Value, new: &Value) -> Option<Vec<String>> {
+    use cel::{Context, Program, Value as Cel};
+    let spec = &policy["spec"];
+    let mut ctx = Context::default();
+    ctx.add_variable("object", new.clone()).unwrap();
+    ctx.add_variable("oldObject", old.clone()).unwrap();
+    ctx.add_variable(
+        "request",
+        serde_json::json!({ "userInfo": { "username": user } }),
+    )
+    .unwrap();
+    let eval = |ctx: &Context, expression: &Value| {
+        let source = expression.as_str().unwrap();
+        Program::compile(source)
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+            .execute(ctx)
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+    };
+    for condition in spec["matchConditions"].as_array().unwrap() {
+        if eval(&ctx, &condition["expression"]) != Cel::Bool(true) {
+            return None;
+        }
+    }
+    let mut variables = std::collections::HashMap::new();
+    for variable in spec["variables"].as_array().unwrap() {
+        variables.insert(
+            variable["name"].as_str().unwrap().to_string(),
+            eval(&ctx, &variable["expression"]),
+        );
+    }
+    ctx.add_variable_from_value("variables", variables);
+    Some(
+        spec["validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| eval(&ctx, &v["expression"]) != Cel::Bool(true))
+            .map(|v| v["message"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+#[test]
+fn the_operator_may_change_only_the_database_role_label_of_a_pod() {
+    let docs = template(&[]).unwrap();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .unwrap();
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .unwrap();
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["resources"], serde_json::json!(["pods"]));
+    assert_eq!(rule["operations"], serde_json::json!(["UPDATE"]));
+
+    let operator = "system:serviceaccount:ops:demo-chat-operator";
+    let pod = serde_json::json!({
+        "metadata": {
+            "name": "demo-db-replica-0",
+            "labels": { "chatcluster.io/db-role": "replica", "chatcluster.io/cluster": "demo" },
+            "annotations": { "a": "b" },
+        },
+        "spec": { "containers": [{ "name": "db", "image": "mariadb" }] },
+    });
+    let changed = |edit: fn(&mut Value)| {
+        let mut new = pod.clone();
+        edit(&mut new);
+        new
+    };
+    let promoted =
+        changed(|p| p["metadata"]["labels"]["chatcluster.io/db-role"] = "primary".into());
+    assert_eq!(admit(policy, operator, &pod, &promoted), Some(vec![]));
+    let unlabelled = changed(|p| {
+        p["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("chatcluster.io/db-role");
+    });
+    assert_eq!(admit(policy, operator, &pod, &unlabelled), Some(vec![]));
+    for (edit, refusal) in [
+        (
+            (|p: &mut Value| p["metadata"]["labels"]["chatcluster.io/cluster"] = "other".into())
+                as fn(&mut Value),
+            "only the chatcluster.io/db-role label",
+        ),
+        (
+            |p| p["metadata"]["labels"]["app"] = "mine".into(),
+            "only the chatcluster.io/db-role label",
+        ),
+        (
+            |p| {
+                p["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("chatcluster.io/cluster");
+            },
+            "only the chatcluster.io/db-role label",
+        ),
+        (
+            |p| p["metadata"]["annotations"]["a"] = "c".into(),
+            "annotations",
+        ),
+        (
+            |p| p["spec"]["containers"][0]["image"] = "evil".into(),
+            "spec",
+        ),
+    ] {
+        let refused = admit(policy, operator, &pod, &changed(edit)).unwrap();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains(refusal), "{refused:?}");
+    }
+    // Anyone else's updates are not this policy's business.
+    let other = "system:serviceaccount:kube-system:replicaset-controller";
+    assert_eq!(
+        admit(policy, other, &pod, &changed(|p| p["spec"] = "x".into())),
+        None
+    );
+    // And the chart can leave it out.
+    let docs = template(&["--set", "podPatchPolicy.enabled=false"]).unwrap();
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ValidatingAdmissionPolicy")
+    );
 }
