@@ -160,6 +160,11 @@ struct RunArgs {
     /// NetworkPolicies admit to the database and chat-xds.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// Let ChatClusters set their components' images. Each image runs with what its component
+    /// is given (chatd: the database password; auth: the token signing key), so whoever may
+    /// create a ChatCluster could otherwise hand those to an image of their choosing.
+    #[arg(long, env = "CHAT_OPERATOR_ALLOW_IMAGE_OVERRIDES")]
+    allow_image_overrides: bool,
     /// Name of the leader-election Lease.
     #[arg(long, env = "CHAT_OPERATOR_LEASE", default_value = "chat-operator")]
     lease_name: String,
@@ -239,6 +244,7 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         Context::new(client.clone(), metrics.clone(), Some(identity))
             .with_operator_image(args.image)
             .with_operator_namespace(args.lease_namespace.clone())
+            .with_image_overrides(args.allow_image_overrides)
             .with_topologies(Arc::new(reconcile::topology::Topologies::new(
                 wake_tx.clone(),
             )))

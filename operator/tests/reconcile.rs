@@ -44,6 +44,18 @@ impl Harness {
         Self { api, client, ctx }
     }
 
+    /// This operator lets ChatClusters set their images (the chart's `allowImageOverrides`).
+    fn allow_image_overrides(&mut self) {
+        self.ctx = Arc::new(
+            Context::new(
+                self.client.clone(),
+                Arc::new(Metrics::default()),
+                Some("test".into()),
+            )
+            .with_image_overrides(true),
+        );
+    }
+
     fn clusters(&self) -> Api<ChatCluster> {
         Api::namespaced(self.client.clone(), NS)
     }
@@ -676,6 +688,35 @@ async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
         .collect();
     assert!(granted.contains(&"site".to_string()), "{granted:?}");
     assert!(!granted.contains(&"billing-db".to_string()), "{granted:?}");
+}
+
+#[tokio::test]
+async fn images_of_the_specs_own_are_refused_unless_the_operator_allows_them() {
+    let mut h = Harness::new();
+    h.create(
+        "demo",
+        json!({ "services": { "auth": { "image": "evil/chatd:1" } }, "xds": { "image": "evil/xds:1" } }),
+    )
+    .await;
+    let action = h.reconcile("demo").await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(h.child_writes(), 0, "nothing applied");
+    let (degraded, reason, message) =
+        Harness::condition(&h.status("demo").await, condition::DEGRADED);
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    for field in ["spec.services.auth.image", "spec.xds.image"] {
+        assert!(message.contains(field), "{message}");
+    }
+    assert!(message.contains("allowImageOverrides"), "{message}");
+
+    h.allow_image_overrides();
+    h.reconcile("demo").await.unwrap();
+    let auth = h.deployments().get("demo-auth").await.unwrap();
+    let image = auth.spec.template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("evil/chatd:1"));
 }
 
 /// The whole controller, with its watches: children appear by themselves, and a deleted or

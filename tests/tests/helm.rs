@@ -161,6 +161,7 @@ fn default_values_render_valid_objects() {
         "CHAT_OPERATOR_LEASE",
         "CHAT_OPERATOR_METRICS_ADDR",
         "CHAT_OPERATOR_IMAGE",
+        "CHAT_OPERATOR_ALLOW_IMAGE_OVERRIDES",
     ] {
         assert!(env.contains(&wanted), "{wanted} missing: {env:?}");
     }

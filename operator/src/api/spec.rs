@@ -77,6 +77,25 @@ impl Default for NetworkPolicySpec {
     }
 }
 
+impl ChatClusterSpec {
+    /// Every image the spec sets instead of the default, with its field: each runs with what
+    /// its component is given (chatd with the database password and, for auth, the token
+    /// signing key), so an operator may refuse them.
+    pub fn image_overrides(&self) -> Vec<(String, &str)> {
+        let services = self.services.iter().filter_map(|(kind, s)| {
+            Some((format!("spec.services.{kind}.image"), s.image.as_deref()?))
+        });
+        let others = [
+            ("spec.database.image", self.database.image.as_deref()),
+            ("spec.ingress.image", self.ingress.image.as_deref()),
+            ("spec.xds.image", self.xds.image.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, image)| Some((field.to_string(), image?)));
+        services.chain(others).collect()
+    }
+}
+
 impl NetworkPolicySpec {
     /// The scraper label as a key and a value (the pattern guarantees the `=`).
     pub fn scraper(&self) -> (&str, &str) {

@@ -69,6 +69,8 @@ pub struct Context {
     /// The namespace this operator runs in, which the NetworkPolicies admit to the database
     /// and chat-xds; `None`: each cluster's own.
     pub operator_namespace: Option<String>,
+    /// Whether a ChatCluster may set its components' images (off: such a spec is refused).
+    pub image_overrides: bool,
 }
 
 impl Context {
@@ -88,12 +90,19 @@ impl Context {
             autoscalers: None,
             operator_image: crate::api::defaults::operator_image(),
             operator_namespace: None,
+            image_overrides: false,
         }
     }
 
     /// Name the image this operator runs (from the chart), for what copies the binary.
     pub fn with_operator_image(mut self, image: String) -> Self {
         self.operator_image = image;
+        self
+    }
+
+    /// Let ChatClusters set their components' images (the chart's `allowImageOverrides`).
+    pub fn with_image_overrides(mut self, allowed: bool) -> Self {
+        self.image_overrides = allowed;
         self
     }
 
@@ -197,6 +206,24 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
             return Ok(Action::await_change());
         }
     };
+    // An image of the spec's own runs with the component's secrets: only where allowed.
+    if !ctx.image_overrides {
+        let refused: Vec<SpecError> = validated
+            .spec()
+            .image_overrides()
+            .into_iter()
+            .map(|(field, image)| SpecError {
+                field,
+                message: format!(
+                    "{image}: this operator runs only its own images (the chart's allowImageOverrides is off)"
+                ),
+            })
+            .collect();
+        if !refused.is_empty() {
+            refuse(ctx, resource, &owner, refused).await?;
+            return Ok(Action::await_change());
+        }
+    }
     // A Secret the spec names is checked before chat-xds is granted read access to it.
     if let Some(tls) = &validated.spec().ingress.tls {
         let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
