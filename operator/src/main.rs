@@ -165,6 +165,10 @@ struct RunArgs {
     /// create a ChatCluster could otherwise hand those to an image of their choosing.
     #[arg(long, env = "CHAT_OPERATOR_ALLOW_IMAGE_OVERRIDES")]
     allow_image_overrides: bool,
+    /// Watch only these namespaces (comma-separated; default: all), as a namespaced install
+    /// whose Roles grant nothing elsewhere.
+    #[arg(long, env = "CHAT_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "CHAT_OPERATOR_LEASE", default_value = "chat-operator")]
     lease_name: String,
@@ -208,7 +212,16 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         .context("no Kubernetes configuration (kubeconfig or in-cluster service account)")?;
     // Fail fast with a clear message when the CRD is missing; an API server that does not
     // answer must not keep a stop request waiting.
-    let clusters = Api::<ChatCluster>::all(client.clone());
+    let scope = reconcile::Scope::of(args.watch_namespaces.clone());
+    let clusters = match &scope {
+        reconcile::Scope::Cluster => Api::<ChatCluster>::all(client.clone()),
+        reconcile::Scope::Namespaces(list) => {
+            match list.first() {
+                Some(ns) => Api::<ChatCluster>::namespaced(client.clone(), ns),
+                None => Api::<ChatCluster>::all(client.clone()),
+            }
+        }
+    };
     let first = ListParams::default().limit(1);
     tokio::select! {
         listed = clusters.list_metadata(&first) => {
@@ -254,7 +267,7 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 reconcile::autoscaling::PERIOD,
             ))),
     );
-    let controller = reconcile::run(client, ctx, wake_rx, shutdown.wait());
+    let controller = reconcile::run(client, ctx, scope, wake_rx, shutdown.wait());
     let outcome = elector.lead(controller).await;
     metrics.set_leader(false);
     if let Err(e) = server.await.context("metrics server task")? {

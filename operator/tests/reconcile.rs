@@ -65,14 +65,18 @@ impl Harness {
     }
 
     async fn create(&self, name: &str, spec: serde_json::Value) -> ChatCluster {
+        self.create_in(NS, name, spec).await
+    }
+
+    async fn create_in(&self, namespace: &str, name: &str, spec: serde_json::Value) -> ChatCluster {
         let resource: ChatCluster = serde_json::from_value(json!({
             "apiVersion": "chatcluster.io/v1alpha1",
             "kind": "ChatCluster",
-            "metadata": { "name": name, "namespace": NS },
+            "metadata": { "name": name, "namespace": namespace },
             "spec": spec,
         }))
         .unwrap();
-        self.clusters()
+        Api::<ChatCluster>::namespaced(self.client.clone(), namespace)
             .create(&PostParams::default(), &resource)
             .await
             .unwrap()
@@ -729,6 +733,7 @@ async fn controller_watches_and_repairs_children() {
     let controller = tokio::spawn(reconcile::run(
         h.client.clone(),
         h.ctx.clone(),
+        reconcile::Scope::Cluster,
         wake_rx,
         async move {
             let _ = stop_rx.await;
@@ -1011,4 +1016,43 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
             .names("v1/configmaps", NS)
             .contains(&"demo-db-config".to_string())
     );
+}
+
+/// A namespaced install: the controllers watch their namespaces, and a ChatCluster anywhere
+/// else is never seen, so the operator needs no permission there.
+#[tokio::test]
+async fn a_namespaced_operator_reconciles_only_its_namespaces() {
+    let h = Harness::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (_wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let controller = tokio::spawn(reconcile::run(
+        h.client.clone(),
+        h.ctx.clone(),
+        reconcile::Scope::Namespaces(vec![NS.into(), "team".into()]),
+        wake_rx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    h.create_in(NS, "demo", json!({})).await;
+    h.create_in("team", "theirs", json!({})).await;
+    h.create_in("other", "unseen", json!({})).await;
+    let mut waited = 0;
+    while h.api.names("apps/v1/deployments", NS).len() < 6
+        || h.api.names("apps/v1/deployments", "team").len() < 6
+    {
+        assert!(waited < 200, "the watched namespaces' children never came");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    // Long enough for the unwatched one to have been reconciled too, were it seen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.api.names("apps/v1/deployments", "other").is_empty());
+    assert!(h.api.names("v1/secrets", "other").is_empty());
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("controllers stop")
+        .unwrap();
 }

@@ -167,23 +167,21 @@ fn default_values_render_valid_objects() {
     }
     // The role covers what the operator applies and what it grants chat-xds.
     let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    let rules = role["rules"].as_array().unwrap();
-    let allows = |group: &str, resource: &str, verb: &str| {
-        rules.iter().any(|r| {
-            r["apiGroups"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g == group)
-                && r["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|x| x == resource)
-                && r["verbs"].as_array().unwrap().iter().any(|v| v == verb)
-        })
-    };
-    for (group, resource, verb) in [
+    assert_eq!(missing_permissions(&role["rules"]), Vec::<String>::new());
+}
+
+/// Whether `rules` let `verb` on `group`/`resource`.
+fn allows(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    let has = |list: &Value, x: &str| list.as_array().unwrap().iter().any(|v| v == x);
+    rules.as_array().unwrap().iter().any(|r| {
+        has(&r["apiGroups"], group) && has(&r["resources"], resource) && has(&r["verbs"], verb)
+    })
+}
+
+/// What the operator needs that `rules` (a ClusterRole's, or a watched namespace's Role's)
+/// do not grant, and what they grant that it must not have.
+fn missing_permissions(rules: &Value) -> Vec<String> {
+    let mut needed = vec![
         ("chatcluster.io", "chatclusters", "watch"),
         ("chatcluster.io", "chatclusters/status", "patch"),
         ("apps", "deployments", "patch"),
@@ -200,27 +198,75 @@ fn default_values_render_valid_objects() {
         ("batch", "jobs", "create"),
         ("batch", "jobs", "delete"),
         ("", "pods", "delete"),
-    ] {
-        assert!(
-            allows(group, resource, verb),
-            "cannot {verb} {group}/{resource}"
-        );
-    }
+    ]
+    .into_iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v))
+    .collect::<Vec<_>>();
     // Every kind the reconciler applies and prunes, as the builders list them: a kind added
     // there without its permission here fails this test, not a cluster.
     for kind in chat_operator::build::Desired::kinds() {
         for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-            assert!(
-                allows(&kind.group, &kind.plural, verb),
-                "cannot {verb} {}/{}",
-                kind.group,
-                kind.plural
-            );
+            needed.push((kind.group.clone(), kind.plural.clone(), verb));
         }
     }
+    let mut out: Vec<String> = needed
+        .iter()
+        .filter(|(g, r, v)| !allows(rules, g, r, v))
+        .map(|(g, r, v)| format!("cannot {v} {g}/{r}"))
+        .collect();
     // Least privilege: never rewrites or deletes a Secret, no wildcards.
-    assert!(!allows("", "secrets", "update") && !allows("", "secrets", "delete"));
-    assert!(!rules.iter().any(|r| r.to_string().contains("\"*\"")));
+    for verb in ["update", "delete"] {
+        if allows(rules, "", "secrets", verb) {
+            out.push(format!("may {verb} Secrets"));
+        }
+    }
+    if rules.to_string().contains("\"*\"") {
+        out.push("a wildcard".into());
+    }
+    out
+}
+
+#[test]
+fn a_namespaced_install_holds_roles_in_its_namespaces_only() {
+    let docs = template(&["--set", "watchNamespaces={team,chat}"]).unwrap();
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding"),
+        "no cluster-wide role"
+    );
+    let in_namespace = |kind: &str, ns: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no {kind} in {ns}"))
+    };
+    for ns in ["team", "chat"] {
+        let role = in_namespace("Role", ns);
+        assert_eq!(missing_permissions(&role["rules"]), Vec::<String>::new(), "{ns}");
+        let binding = in_namespace("RoleBinding", ns);
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+        round_trip::<k8s_openapi::api::rbac::v1::Role>(role);
+        round_trip::<k8s_openapi::api::rbac::v1::RoleBinding>(binding);
+    }
+    // The release namespace holds only the Lease's permission.
+    let lease = in_namespace("Role", "ops");
+    assert_eq!(lease["rules"].as_array().unwrap().len(), 1);
+    assert!(allows(&lease["rules"], "coordination.k8s.io", "leases", "update"));
+    assert!(!allows(&lease["rules"], "chatcluster.io", "chatclusters", "watch"));
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = &dep["spec"]["template"]["spec"]["containers"][0]["env"];
+    let watched = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CHAT_OPERATOR_WATCH_NAMESPACES")
+        .expect("the operator is told what to watch");
+    assert_eq!(watched["value"], "team,chat");
+    // Without the list, the operator is not told to narrow its watch.
+    let docs = template(&[]).unwrap();
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert!(!dep.to_string().contains("CHAT_OPERATOR_WATCH_NAMESPACES"));
 }
 
 #[test]

@@ -110,6 +110,21 @@ fn rule(ports: &[i32], from: Option<Vec<NetworkPolicyPeer>>) -> NetworkPolicyIng
     }
 }
 
+/// The policy admitting `ingress` to the pods of `component`.
+fn allow_to(
+    owner: &ClusterRef,
+    component: &str,
+    ingress: Vec<NetworkPolicyIngressRule>,
+) -> NetworkPolicy {
+    policy(
+        owner,
+        names::allow_to(owner, component),
+        component,
+        selector(owner.selector(component)),
+        ingress,
+    )
+}
+
 fn policy(
     owner: &ClusterRef,
     name: String,
@@ -147,24 +162,19 @@ pub fn policies(
         owner.name.clone(),
     )]));
 
-    let mut out = vec![];
-    out.push(policy(
+    let mut out = vec![allow_to(
         owner,
-        names::allow_to(owner, ingress::COMPONENT),
         ingress::COMPONENT,
-        selector(owner.selector(ingress::COMPONENT)),
         vec![
             rule(&[ports::ENVOY_HTTPS], None),
             rule(&[ports::ENVOY_READY], scrapers()),
         ],
-    ));
+    )];
     for kind in ServiceKind::ALL {
         let kind = kind.as_str();
-        out.push(policy(
+        out.push(allow_to(
             owner,
-            names::allow_to(owner, kind),
             kind,
-            selector(owner.selector(kind)),
             vec![
                 // Envoy's requests and health checks; the service's own replicas' fan-out.
                 rule(
@@ -175,11 +185,9 @@ pub fn policies(
             ],
         ));
     }
-    out.push(policy(
+    out.push(allow_to(
         owner,
-        names::allow_to(owner, xds::COMPONENT),
         xds::COMPONENT,
-        selector(owner.selector(xds::COMPONENT)),
         vec![
             rule(&[ports::XDS], Some(vec![envoy()])),
             rule(
@@ -188,11 +196,9 @@ pub fn policies(
             ),
         ],
     ));
-    out.push(policy(
+    out.push(allow_to(
         owner,
-        names::allow_to(owner, database::COMPONENT),
         database::COMPONENT,
-        selector(owner.selector(database::COMPONENT)),
         vec![
             rule(
                 &[ports::DATABASE],

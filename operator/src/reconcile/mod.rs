@@ -35,7 +35,7 @@ use std::sync::Mutex;
 use tracing::{Instrument, field, info, info_span, warn};
 
 pub use apply::FIELD_MANAGER;
-pub use controller::run;
+pub use controller::{Scope, run};
 
 use crate::{
     api::{ChatCluster, ChatClusterStatus, Phase, Refused, SpecError, ValidatedCluster},

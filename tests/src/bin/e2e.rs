@@ -6,7 +6,9 @@
 //! 2. the database primary's pod is deleted under continuous sends (retried with the same
 //!    client key until acknowledged): writes resume, every acknowledged message is in the
 //!    history once, in order;
-//! 3. the groups service is scaled to two replicas: both new pods serve calls through Envoy.
+//! 3. the groups service is scaled to two replicas: both new pods serve calls through Envoy;
+//! 4. the firewall: a pod of the namespace with no component's labels cannot open a connection
+//!    to the database primary, while one labelled as a chat service can.
 //!
 //! Exits non-zero with the failed step's message.
 
@@ -299,6 +301,79 @@ async fn main() -> Result<()> {
         }
     }
     println!("e2e: both groups pods serve calls through Envoy");
+
+    // 4. The firewall, with the database image (it has bash) as a probe.
+    let image = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "statefulset",
+        &format!("{}-db-primary", args.cluster),
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ])?;
+    let target = format!("{}-db-primary", args.cluster);
+    let stranger = probe(ns, &image, "probe-stranger", "app=probe", &target).await?;
+    let service = probe(
+        ns,
+        &image,
+        "probe-service",
+        &format!(
+            "chatcluster.io/cluster={},chatcluster.io/component=groups",
+            args.cluster
+        ),
+        &target,
+    )
+    .await?;
+    ensure!(
+        (stranger.as_str(), service.as_str()) == ("closed", "open"),
+        "the database is {stranger} to an unlabelled pod and {service} to a chat service's"
+    );
+    println!("e2e: the database refuses pods outside its allowed set");
     println!("e2e: ok");
     Ok(())
+}
+
+/// Whether a pod labelled `labels` in `ns` can open a TCP connection to `host`:3306: `open`
+/// or `closed`, as the pod prints it.
+async fn probe(ns: &str, image: &str, name: &str, labels: &str, host: &str) -> Result<String> {
+    // Restricted, as the namespace may enforce: no root, no privilege, no capability.
+    let overrides = serde_json::json!({ "spec": {
+        "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
+        "containers": [{
+            "name": name,
+            "image": image,
+            "command": ["bash", "-c", format!("if timeout 5 bash -c '</dev/tcp/{host}/3306'; then echo open; else echo closed; fi")],
+            "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } },
+        }],
+    }});
+    let _ = kubectl(&["-n", ns, "delete", "pod", name, "--ignore-not-found", "--wait"]);
+    kubectl(&[
+        "-n",
+        ns,
+        "run",
+        name,
+        "--image",
+        image,
+        "--restart=Never",
+        "--labels",
+        labels,
+        "--overrides",
+        &overrides.to_string(),
+    ])?;
+    wait_until(&format!("probe {name} done"), Duration::from_secs(120), || {
+        Ok(kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])? == "Succeeded")
+    })
+    .await?;
+    let said = kubectl(&["-n", ns, "logs", name])?;
+    let _ = kubectl(&["-n", ns, "delete", "pod", name, "--wait=false"]);
+    Ok(said.trim().to_string())
 }
