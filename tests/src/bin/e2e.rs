@@ -347,7 +347,15 @@ async fn probe(ns: &str, image: &str, name: &str, labels: &str, host: &str) -> R
             "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } },
         }],
     }});
-    let _ = kubectl(&["-n", ns, "delete", "pod", name, "--ignore-not-found", "--wait"]);
+    let _ = kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        name,
+        "--ignore-not-found",
+        "--wait",
+    ]);
     kubectl(&[
         "-n",
         ns,
@@ -361,17 +369,21 @@ async fn probe(ns: &str, image: &str, name: &str, labels: &str, host: &str) -> R
         "--overrides",
         &overrides.to_string(),
     ])?;
-    wait_until(&format!("probe {name} done"), Duration::from_secs(120), || {
-        Ok(kubectl(&[
-            "-n",
-            ns,
-            "get",
-            "pod",
-            name,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])? == "Succeeded")
-    })
+    wait_until(
+        &format!("probe {name} done"),
+        Duration::from_secs(120),
+        || {
+            Ok(kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "pod",
+                name,
+                "-o",
+                "jsonpath={.status.phase}",
+            ])? == "Succeeded")
+        },
+    )
     .await?;
     let said = kubectl(&["-n", ns, "logs", name])?;
     let _ = kubectl(&["-n", ns, "delete", "pod", name, "--wait=false"]);
