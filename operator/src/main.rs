@@ -215,12 +215,10 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let scope = reconcile::Scope::of(args.watch_namespaces.clone());
     let clusters = match &scope {
         reconcile::Scope::Cluster => Api::<ChatCluster>::all(client.clone()),
-        reconcile::Scope::Namespaces(list) => {
-            match list.first() {
-                Some(ns) => Api::<ChatCluster>::namespaced(client.clone(), ns),
-                None => Api::<ChatCluster>::all(client.clone()),
-            }
-        }
+        reconcile::Scope::Namespaces(list) => match list.first() {
+            Some(ns) => Api::<ChatCluster>::namespaced(client.clone(), ns),
+            None => Api::<ChatCluster>::all(client.clone()),
+        },
     };
     let first = ListParams::default().limit(1);
     tokio::select! {

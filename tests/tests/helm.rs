@@ -242,7 +242,11 @@ fn a_namespaced_install_holds_roles_in_its_namespaces_only() {
     };
     for ns in ["team", "chat"] {
         let role = in_namespace("Role", ns);
-        assert_eq!(missing_permissions(&role["rules"]), Vec::<String>::new(), "{ns}");
+        assert_eq!(
+            missing_permissions(&role["rules"]),
+            Vec::<String>::new(),
+            "{ns}"
+        );
         let binding = in_namespace("RoleBinding", ns);
         assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
         assert_eq!(binding["subjects"][0]["namespace"], "ops");
@@ -252,8 +256,18 @@ fn a_namespaced_install_holds_roles_in_its_namespaces_only() {
     // The release namespace holds only the Lease's permission.
     let lease = in_namespace("Role", "ops");
     assert_eq!(lease["rules"].as_array().unwrap().len(), 1);
-    assert!(allows(&lease["rules"], "coordination.k8s.io", "leases", "update"));
-    assert!(!allows(&lease["rules"], "chatcluster.io", "chatclusters", "watch"));
+    assert!(allows(
+        &lease["rules"],
+        "coordination.k8s.io",
+        "leases",
+        "update"
+    ));
+    assert!(!allows(
+        &lease["rules"],
+        "chatcluster.io",
+        "chatclusters",
+        "watch"
+    ));
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let env = &dep["spec"]["template"]["spec"]["containers"][0]["env"];
     let watched = env

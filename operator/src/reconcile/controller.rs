@@ -83,7 +83,13 @@ pub async fn run(
     let mut controllers = Vec::new();
     for namespace in scope.namespaces() {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (store, controller) = watch(&client, namespace.as_deref(), ctx.clone(), rx, shutdown.clone());
+        let (store, controller) = watch(
+            client.clone(),
+            namespace.clone(),
+            ctx.clone(),
+            rx,
+            shutdown.clone(),
+        );
         routes.push((namespace, tx));
         stores.push(store);
         controllers.push(controller);
@@ -121,8 +127,8 @@ pub async fn run(
 /// One Controller over the ChatClusters of `namespace` (`None`: all) and the children they
 /// own: its store of ChatClusters, and the future that runs it.
 fn watch(
-    client: &Client,
-    namespace: Option<&str>,
+    client: Client,
+    namespace: Option<String>,
     ctx: Arc<Context>,
     wake: mpsc::UnboundedReceiver<ObjectRef<ChatCluster>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -133,6 +139,7 @@ fn watch(
     // Watch only the operator's own children, not every Secret and Service in the cluster.
     let children =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let (client, namespace) = (&client, namespace.as_deref());
     let controller = Controller::new(
         api::<ChatCluster>(client, namespace),
         watcher::Config::default().any_semantic(),
@@ -148,7 +155,10 @@ fn watch(
         .owns(api::<ServiceAccount>(client, namespace), children.clone())
         .owns(api::<Role>(client, namespace), children.clone())
         .owns(api::<RoleBinding>(client, namespace), children.clone())
-        .owns(api::<PodDisruptionBudget>(client, namespace), children.clone())
+        .owns(
+            api::<PodDisruptionBudget>(client, namespace),
+            children.clone(),
+        )
         .owns(api::<NetworkPolicy>(client, namespace), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
