@@ -56,6 +56,42 @@ impl Harness {
         );
     }
 
+    /// Create Secret `name` of `type_` in the test namespace, as a user would.
+    async fn put_secret(&self, name: &str, type_: &str) {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": NS },
+            "type": type_,
+            "stringData": { "tls.crt": "cert", "tls.key": "key" },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.client.clone(), NS)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    /// The whole controller over `scope`, running until the returned sender is used or dropped.
+    fn run_controller(
+        &self,
+        scope: reconcile::Scope,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (_wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        let controller = tokio::spawn(reconcile::run(
+            self.client.clone(),
+            self.ctx.clone(),
+            scope,
+            wake_rx,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        (stop_tx, controller)
+    }
+
     fn clusters(&self) -> Api<ChatCluster> {
         Api::namespaced(self.client.clone(), NS)
     }
@@ -320,16 +356,7 @@ async fn spec_changes_reach_the_children() {
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
     let password_before = root_password(secrets.get("demo-db").await.unwrap());
     // The user's certificate, which a spec may name only once it exists.
-    let certificate: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "my-cert", "namespace": NS },
-        "type": "kubernetes.io/tls",
-        "stringData": { "tls.crt": "cert", "tls.key": "key" },
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &certificate)
-        .await
-        .unwrap();
+    h.put_secret("my-cert", "kubernetes.io/tls").await;
 
     h.set_spec(
         "demo",
@@ -625,19 +652,7 @@ async fn a_rendered_placeholder_secret_is_refused() {
 #[tokio::test]
 async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
     let h = Harness::new();
-    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
-    let secret = |name: &str, type_: &str| -> Secret {
-        serde_json::from_value(json!({
-            "metadata": { "name": name, "namespace": NS },
-            "type": type_,
-            "stringData": { "password": "not for Envoy" },
-        }))
-        .unwrap()
-    };
-    secrets
-        .create(&PostParams::default(), &secret("billing-db", "Opaque"))
-        .await
-        .unwrap();
+    h.put_secret("billing-db", "Opaque").await;
     h.create(
         "demo",
         json!({ "ingress": { "tls": { "secretName": "billing-db" } } }),
@@ -670,10 +685,7 @@ async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
     assert_eq!(h.child_writes(), before);
     refused("does not exist")(h.status("demo").await);
 
-    secrets
-        .create(&PostParams::default(), &secret("site", "kubernetes.io/tls"))
-        .await
-        .unwrap();
+    h.put_secret("site", "kubernetes.io/tls").await;
     h.set_spec(
         "demo",
         json!({ "ingress": { "tls": { "secretName": "site" } } }),
@@ -728,17 +740,7 @@ async fn images_of_the_specs_own_are_refused_unless_the_operator_allows_them() {
 #[tokio::test]
 async fn controller_watches_and_repairs_children() {
     let h = Harness::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (_wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
-    let controller = tokio::spawn(reconcile::run(
-        h.client.clone(),
-        h.ctx.clone(),
-        reconcile::Scope::Cluster,
-        wake_rx,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, controller) = h.run_controller(reconcile::Scope::Cluster);
     h.create("demo", json!({})).await;
 
     async fn eventually<F: Fn() -> bool>(what: &str, f: F) {
@@ -1023,17 +1025,8 @@ async fn children_no_longer_desired_are_pruned_and_nothing_else() {
 #[tokio::test]
 async fn a_namespaced_operator_reconciles_only_its_namespaces() {
     let h = Harness::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (_wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
-    let controller = tokio::spawn(reconcile::run(
-        h.client.clone(),
-        h.ctx.clone(),
-        reconcile::Scope::Namespaces(vec![NS.into(), "team".into()]),
-        wake_rx,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, controller) =
+        h.run_controller(reconcile::Scope::Namespaces(vec![NS.into(), "team".into()]));
     h.create_in(NS, "demo", json!({})).await;
     h.create_in("team", "theirs", json!({})).await;
     h.create_in("other", "unseen", json!({})).await;
