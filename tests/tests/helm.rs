@@ -510,6 +510,17 @@ fn the_operator_may_change_only_the_database_role_label_of_a_pod() {
             "annotations",
         ),
         (
+            |p| p["metadata"]["finalizers"] = serde_json::json!(["example.com/hold"]),
+            "finalizers",
+        ),
+        (
+            |p| {
+                p["metadata"]["ownerReferences"] =
+                    serde_json::json!([{ "kind": "ReplicaSet", "name": "x", "uid": "u" }])
+            },
+            "owner references",
+        ),
+        (
             |p| p["spec"]["containers"][0]["image"] = "evil".into(),
             "spec",
         ),

@@ -35,10 +35,14 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// The scope a list of namespaces names (empty names left out): all of them when it is
-    /// empty.
+    /// The scope a list of namespaces names (empty names and repeats left out): all of them
+    /// when it is empty.
     pub fn of(namespaces: Vec<String>) -> Self {
-        let namespaces: Vec<String> = namespaces.into_iter().filter(|n| !n.is_empty()).collect();
+        let mut namespaces: Vec<String> =
+            namespaces.into_iter().filter(|n| !n.is_empty()).collect();
+        // One controller per namespace: a name given twice would start two.
+        namespaces.sort();
+        namespaces.dedup();
         if namespaces.is_empty() {
             Self::Cluster
         } else {

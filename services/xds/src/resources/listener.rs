@@ -73,6 +73,8 @@ fn socket(ip: IpAddr, port: i32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: ip.to_string(),
+            // `::` alone would take IPv6 only: every interface means IPv4 too.
+            ipv4_compat: ip.is_ipv6() && ip.is_unspecified(),
             port_specifier: Some(PortSpecifier::PortValue(u32::try_from(port).unwrap_or(0))),
             ..SocketAddress::default()
         })),

@@ -297,14 +297,14 @@ fn every_input_changes_the_version_of_exactly_what_it_feeds() {
     }
 }
 
-/// The address each listener of `state` binds.
-fn bound(state: &State) -> Vec<String> {
+/// The address each listener of `state` binds, and whether IPv4 comes with it.
+fn bound(state: &State) -> Vec<(String, bool)> {
     let snapshot = snapshot(state, None);
     snapshot
         .of(Kind::Listener)
         .map(|r| match decode(Kind::Listener, r) {
             Decoded::Listener(l) => match l.address.and_then(|a| a.address) {
-                Some(address::Address::SocketAddress(s)) => s.address,
+                Some(address::Address::SocketAddress(s)) => (s.address, s.ipv4_compat),
                 other => panic!("listener {} binds {other:?}", r.name),
             },
             _ => unreachable!(),
@@ -315,11 +315,15 @@ fn bound(state: &State) -> Vec<String> {
 #[test]
 fn listeners_bind_every_interface_unless_given_an_address() {
     let mut state = base();
-    assert_eq!(bound(&state), ["0.0.0.0", "0.0.0.0"]);
+    let both = |a: &str, v4: bool| vec![(a.to_string(), v4); 2];
+    assert_eq!(bound(&state), both("0.0.0.0", false));
     state.config.listen_address = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert_eq!(bound(&state), ["127.0.0.1", "127.0.0.1"]);
+    assert_eq!(bound(&state), both("127.0.0.1", false));
     state.config.listen_address = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
-    assert_eq!(bound(&state), ["::1", "::1"]);
+    assert_eq!(bound(&state), both("::1", false));
+    // Every IPv6 interface means every IPv4 one too.
+    state.config.listen_address = Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    assert_eq!(bound(&state), both("::", true));
 }
 
 #[test]
