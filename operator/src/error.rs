@@ -49,6 +49,12 @@ pub enum Error {
         ann = secrets::PLACEHOLDER_ANNOTATION
     )]
     PlaceholderSecret(String),
+    /// A Secret the operator generates exists but is not this cluster's (no controller
+    /// reference to it): someone else chose its values, so nothing may use it.
+    #[error(
+        "Secret {0} exists but this ChatCluster did not make it: delete it and the operator generates it"
+    )]
+    ForeignSecret(String),
     /// `render --namespace` names another namespace than the file (`kubectl` refuses the same).
     #[error("the file's namespace is {file}, and --namespace says {given}")]
     NamespaceMismatch {
@@ -79,6 +85,7 @@ impl Error {
             Self::Kube { .. } => "kube",
             Self::Topology(_) => "topology",
             Self::PlaceholderSecret(_) => "placeholder_secret",
+            Self::ForeignSecret(_) => "foreign_secret",
             Self::NamespaceMismatch { .. } => "namespace_mismatch",
             Self::BadNamespace(_) => "bad_namespace",
             Self::LostLease(_) => "lost_lease",

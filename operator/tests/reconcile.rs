@@ -649,17 +649,26 @@ async fn a_rendered_placeholder_secret_is_refused() {
     );
 }
 
+/// The Secrets chat-xds's Role lets it read.
+async fn granted_secrets(h: &Harness) -> Vec<String> {
+    let role = Api::<Role>::namespaced(h.client.clone(), NS)
+        .get("demo-xds")
+        .await
+        .unwrap();
+    role.rules
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+        .flat_map(|r| r.resource_names.unwrap_or_default())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
     let h = Harness::new();
     h.put_secret("billing-db", "Opaque").await;
-    h.create(
-        "demo",
-        json!({ "ingress": { "tls": { "secretName": "billing-db" } } }),
-    )
-    .await;
-    let before = h.child_writes();
-    let refused = |message: &str| {
+    h.put_secret("site", "kubernetes.io/tls").await;
+    let degraded_for = |message: &str| {
         let message = message.to_string();
         move |status: chat_operator::api::ChatClusterStatus| {
             let (degraded, reason, text) = Harness::condition(&status, condition::DEGRADED);
@@ -671,39 +680,58 @@ async fn a_named_tls_secret_must_be_one_before_chat_xds_is_granted_it() {
             assert!(text.contains(&message), "{text}");
         }
     };
+    let tls = |name: &str| json!({ "ingress": { "tls": { "secretName": name } } });
+
+    // Not a certificate: the cluster is built, chat-xds is granted no Secret, and the
+    // operator looks again soon.
+    h.create("demo", tls("billing-db")).await;
     let action = h.reconcile("demo").await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
-    assert_eq!(h.child_writes(), before, "nothing applied, nothing granted");
-    refused("is of type Opaque")(h.status("demo").await);
+    assert!(
+        h.deployments()
+            .get_opt("demo-auth")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(granted_secrets(&h).await, Vec::<String>::new());
+    degraded_for("is of type Opaque")(h.status("demo").await);
 
-    h.set_spec(
-        "demo",
-        json!({ "ingress": { "tls": { "secretName": "missing" } } }),
-    )
-    .await;
+    // A certificate is granted; pointing the spec at another Secret takes the grant back,
+    // whether that one is missing or of another type.
+    h.set_spec("demo", tls("site")).await;
     h.reconcile("demo").await.unwrap();
-    assert_eq!(h.child_writes(), before);
-    refused("does not exist")(h.status("demo").await);
+    assert_eq!(granted_secrets(&h).await, ["site"]);
+    assert_eq!(
+        Harness::condition(&h.status("demo").await, condition::DEGRADED).0,
+        "False"
+    );
+    h.set_spec("demo", tls("missing")).await;
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(granted_secrets(&h).await, Vec::<String>::new());
+    degraded_for("does not exist")(h.status("demo").await);
+}
 
-    h.put_secret("site", "kubernetes.io/tls").await;
-    h.set_spec(
-        "demo",
-        json!({ "ingress": { "tls": { "secretName": "site" } } }),
-    )
-    .await;
-    h.reconcile("demo").await.unwrap();
-    let role = Api::<Role>::namespaced(h.client.clone(), NS)
-        .get("demo-xds")
+#[tokio::test]
+async fn a_generated_secret_someone_else_made_is_never_adopted() {
+    let h = Harness::new();
+    // Planted before the cluster exists: passwords, or a certificate, of someone's choosing.
+    h.put_secret("demo-envoy-tls", "kubernetes.io/tls").await;
+    h.create("demo", json!({})).await;
+    let e = h.reconcile("demo").await.unwrap_err().to_string();
+    assert!(
+        e.contains("demo-envoy-tls") && e.contains("did not make"),
+        "{e}"
+    );
+    assert!(h.deployments().get_opt("demo-xds").await.unwrap().is_none());
+    // Its own are reused across reconciles.
+    Api::<Secret>::namespaced(h.client.clone(), NS)
+        .delete("demo-envoy-tls", &Default::default())
         .await
         .unwrap();
-    let granted: Vec<String> = role
-        .rules
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|r| r.resource_names.unwrap_or_default())
-        .collect();
-    assert!(granted.contains(&"site".to_string()), "{granted:?}");
-    assert!(!granted.contains(&"billing-db".to_string()), "{granted:?}");
+    h.reconcile("demo").await.unwrap();
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(granted_secrets(&h).await, ["demo-envoy-tls"]);
 }
 
 #[tokio::test]

@@ -114,6 +114,9 @@ pub struct Observed {
     /// The namespace the operator's pods run in, which the NetworkPolicies admit to the
     /// database and chat-xds; `None`: the cluster's own.
     pub operator_namespace: Option<String>,
+    /// The Secret `ingress.tls.secretName` names failed its check (not a `kubernetes.io/tls`
+    /// Secret, or none): chat-xds is granted no Secret.
+    pub tls_secret_withheld: bool,
 }
 
 /// The identity of a ChatCluster, from which every child's name, labels and owner derive.
@@ -293,7 +296,8 @@ pub fn desired(
     let xds_hash = pod::config_hash(&xds_config);
     out.config_maps.push(xds_config);
     out.service_accounts.push(xds::service_account(owner));
-    out.roles.push(xds::role(owner, spec));
+    out.roles
+        .push(xds::role(owner, spec, !observed.tls_secret_withheld));
     out.role_bindings.push(xds::role_binding(owner));
     out.deployments
         .push(xds::deployment(owner, &spec.xds, &xds_hash));

@@ -122,9 +122,10 @@ pub fn service_account(owner: &ClusterRef) -> ServiceAccount {
     }
 }
 
-/// The least chat-xds needs, in its namespace only: read EndpointSlices and the one TLS
-/// Secret. Every chat-xds replica serves (Envoys connect to any), so none elects a leader.
-pub fn role(owner: &ClusterRef, spec: &ChatClusterSpec) -> Role {
+/// The least chat-xds needs, in its namespace only: read EndpointSlices and, with
+/// `tls_secret`, the one TLS Secret. Every chat-xds replica serves (Envoys connect to any), so
+/// none elects a leader.
+pub fn role(owner: &ClusterRef, spec: &ChatClusterSpec, tls_secret: bool) -> Role {
     let rule =
         |group: &str, resource: &str, verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
             api_groups: Some(vec![group.into()]),
@@ -135,20 +136,27 @@ pub fn role(owner: &ClusterRef, spec: &ChatClusterSpec) -> Role {
         };
     Role {
         metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
-        rules: Some(vec![
-            rule(
-                "discovery.k8s.io",
-                "endpointslices",
-                &["get", "list", "watch"],
-                None,
-            ),
-            rule(
-                "",
-                "secrets",
-                &["get", "list", "watch"],
-                Some(vec![tls_secret_name(owner, spec)]),
-            ),
-        ]),
+        rules: Some(
+            [
+                Some(rule(
+                    "discovery.k8s.io",
+                    "endpointslices",
+                    &["get", "list", "watch"],
+                    None,
+                )),
+                tls_secret.then(|| {
+                    rule(
+                        "",
+                        "secrets",
+                        &["get", "list", "watch"],
+                        Some(vec![tls_secret_name(owner, spec)]),
+                    )
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
     }
 }
 

@@ -102,9 +102,21 @@ pub async fn ensure_generated(
         if existing
             .metadata
             .annotations
+            .as_ref()
             .is_some_and(|a| a.contains_key(PLACEHOLDER_ANNOTATION))
         {
             return Err(Error::PlaceholderSecret(name));
+        }
+        // One this cluster did not make holds values someone else chose (a planted database
+        // password, a certificate chat-xds would then be granted): never adopted.
+        let ours = existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == owner.uid());
+        if !ours {
+            return Err(Error::ForeignSecret(name));
         }
         return Ok(false);
     }

@@ -146,22 +146,39 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How soon a ChatCluster refused for its TLS Secret is looked at again.
 const TLS_SECRET_RECHECK: Duration = Duration::from_secs(30);
 
-/// Publish that `resource` is refused for `problems`; nothing else is touched.
+/// Publish that `resource` is refused for `problems`; no child is applied. The database
+/// keeps its failover: a running topology loop's roles still move to the pods (the
+/// `-primary` Service follows a promotion). With `valid` (the spec passed validation, only
+/// a policy refuses it) the loop is also started, or brought in step, as in a reconcile.
 async fn refuse(
     ctx: &Context,
     resource: &ChatCluster,
     owner: &ClusterRef,
     problems: Vec<SpecError>,
+    valid: bool,
 ) -> Result<()> {
     let children = Children::fetch(&ctx.client, owner)
         .await
         .map_err(Error::kube("get", "children of ChatCluster", &owner.name))?;
+    let topology = match &ctx.topologies {
+        Some(t) if valid && children.db_primary.is_some() => {
+            Some(database_topology(ctx, t, resource, owner).await?)
+        }
+        Some(t) => match t.current(resource) {
+            Some(now) => {
+                topology::label_pods(&ctx.client, owner, &now).await?;
+                Some(now)
+            }
+            None => None,
+        },
+        None => None,
+    };
     let status = status::compute(
         resource,
         owner,
         &children,
         Some(&Degradation::InvalidSpec(problems)),
-        None,
+        topology.as_ref(),
         Timestamp::now(),
     );
     publish_status(ctx, resource, &status).await
@@ -201,7 +218,7 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     let validated = match ValidatedCluster::new(&owner.name, &resource.spec) {
         Ok(v) => v,
         Err(Refused(problems)) => {
-            refuse(ctx, resource, &owner, problems).await?;
+            refuse(ctx, resource, &owner, problems, false).await?;
             // Nothing to retry until the user changes the spec.
             return Ok(Action::await_change());
         }
@@ -220,22 +237,23 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
             })
             .collect();
         if !refused.is_empty() {
-            refuse(ctx, resource, &owner, refused).await?;
+            refuse(ctx, resource, &owner, refused, true).await?;
             return Ok(Action::await_change());
         }
     }
-    // A Secret the spec names is checked before chat-xds is granted read access to it.
-    if let Some(tls) = &validated.spec().ingress.tls {
-        let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
-            .get_opt(&tls.secret_name)
-            .await
-            .map_err(Error::kube("get", "Secret", &tls.secret_name))?;
-        if let Some(problem) = secrets::tls_secret_problem(&tls.secret_name, secret.as_ref()) {
-            refuse(ctx, resource, &owner, vec![problem]).await?;
-            // The Secret may be created or fixed without the spec changing.
-            return Ok(Action::requeue(TLS_SECRET_RECHECK));
+    // A Secret the spec names is checked before chat-xds is granted read access to it; until
+    // it passes, the rest is applied as usual without that grant (one given before is taken
+    // back), and the cluster is degraded, naming the field.
+    let tls_problem = match &validated.spec().ingress.tls {
+        Some(tls) => {
+            let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
+                .get_opt(&tls.secret_name)
+                .await
+                .map_err(Error::kube("get", "Secret", &tls.secret_name))?;
+            secrets::tls_secret_problem(&tls.secret_name, secret.as_ref())
         }
-    }
+        None => None,
+    };
 
     // Generated Secrets, created once.
     for what in secrets::generated(validated.spec()) {
@@ -257,6 +275,7 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     let mut observed = observe(client, resource, &owner).await?;
     observed.operator_image = Some(ctx.operator_image.clone());
     observed.operator_namespace = ctx.operator_namespace.clone();
+    observed.tls_secret_withheld = tls_problem.is_some();
     let scaling = match &ctx.autoscalers {
         Some(a) => a.ensure(client, resource, &owner, &observed.current_replicas),
         None => BTreeMap::new(),
@@ -302,9 +321,11 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         "children of ChatCluster",
         &owner.name,
     ))?;
-    let degradation = apply_error
-        .as_ref()
-        .map(|e| Degradation::ApplyFailed(e.to_string()));
+    let degradation = match (&apply_error, &tls_problem) {
+        (Some(e), _) => Some(Degradation::ApplyFailed(e.to_string())),
+        (None, Some(problem)) => Some(Degradation::InvalidSpec(vec![problem.clone()])),
+        (None, None) => None,
+    };
     let topology = match &ctx.topologies {
         Some(t) => Some(database_topology(ctx, t, resource, &owner).await?),
         None => None,
@@ -327,6 +348,8 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
 
     match apply_error {
         Some(e) => Err(e),
+        // The Secret may be created or fixed without the spec changing.
+        None if tls_problem.is_some() => Ok(Action::requeue(TLS_SECRET_RECHECK)),
         None if status.phase == Phase::Ready => Ok(Action::requeue(RESYNC)),
         None => Ok(Action::requeue(CONVERGING_RESYNC)),
     }

@@ -215,6 +215,13 @@ impl Topologies {
 
     /// Stop the loops of clusters `keep` rejects (deleted ones); dropping a loop's last
     /// handle ends it.
+    /// The latest status of `resource`'s loop, when one runs, without touching it.
+    pub fn current(&self, resource: &ChatCluster) -> Option<TopologyStatus> {
+        self.lock()
+            .get(&ObjectRef::from_obj(resource))
+            .map(|e| e.handle.status.borrow().clone())
+    }
+
     pub fn retain(&self, keep: impl Fn(&ObjectRef<ChatCluster>) -> bool) {
         self.lock().retain(|key, _| keep(key));
     }
