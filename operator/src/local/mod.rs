@@ -6,12 +6,14 @@
 //! - [`plan`]: pure — the file and the options to every process, port and file, and (in
 //!   `launch`) how each process starts;
 //! - [`supervisor`]: one process kept running (restarts with backoff, graceful stop);
-//! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status;
+//! - [`runner`]: brings a plan up, publishes the primary and the endpoints, reports status
+//!   (with `prepare`: the secrets, the ports, a database's data directory, before a start);
 //! - [`status`]: what it reports (the status table and `status.json`);
 //! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
 mod launch;
 pub mod plan;
+mod prepare;
 pub mod runner;
 pub mod scaler;
 pub mod status;
