@@ -167,7 +167,10 @@ fn default_values_render_valid_objects() {
     }
     // The role covers what the operator applies and what it grants chat-xds.
     let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    assert_eq!(missing_permissions(&role["rules"]), Vec::<String>::new());
+    assert_eq!(
+        missing_permissions(&role["rules"], true),
+        Vec::<String>::new()
+    );
 }
 
 /// Whether `rules` let `verb` on `group`/`resource`.
@@ -179,8 +182,9 @@ fn allows(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
 }
 
 /// What the operator needs that `rules` (a ClusterRole's, or a watched namespace's Role's)
-/// do not grant, and what they grant that it must not have.
-fn missing_permissions(rules: &Value) -> Vec<String> {
+/// do not grant, and what they grant that it must not have; `lease`: the rules of the
+/// namespace of its Lease.
+fn missing_permissions(rules: &Value, lease: bool) -> Vec<String> {
     let mut needed = vec![
         ("chatcluster.io", "chatclusters", "watch"),
         ("chatcluster.io", "chatclusters/status", "patch"),
@@ -190,7 +194,6 @@ fn missing_permissions(rules: &Value) -> Vec<String> {
         ("policy", "poddisruptionbudgets", "patch"),
         ("rbac.authorization.k8s.io", "roles", "patch"),
         ("discovery.k8s.io", "endpointslices", "watch"),
-        ("coordination.k8s.io", "leases", "update"),
         ("events.k8s.io", "events", "create"),
         ("", "pods", "list"),
         ("metrics.k8s.io", "pods", "list"),
@@ -209,6 +212,9 @@ fn missing_permissions(rules: &Value) -> Vec<String> {
             needed.push((kind.group.clone(), kind.plural.clone(), verb));
         }
     }
+    if lease {
+        needed.push(("coordination.k8s.io".into(), "leases".into(), "update"));
+    }
     let mut out: Vec<String> = needed
         .iter()
         .filter(|(g, r, v)| !allows(rules, g, r, v))
@@ -219,6 +225,9 @@ fn missing_permissions(rules: &Value) -> Vec<String> {
         if allows(rules, "", "secrets", verb) {
             out.push(format!("may {verb} Secrets"));
         }
+    }
+    if !lease && allows(rules, "coordination.k8s.io", "leases", "update") {
+        out.push("a Lease permission outside the Lease's namespace".into());
     }
     if rules.to_string().contains("\"*\"") {
         out.push("a wildcard".into());
@@ -243,7 +252,7 @@ fn a_namespaced_install_holds_roles_in_its_namespaces_only() {
     for ns in ["team", "chat"] {
         let role = in_namespace("Role", ns);
         assert_eq!(
-            missing_permissions(&role["rules"]),
+            missing_permissions(&role["rules"], false),
             Vec::<String>::new(),
             "{ns}"
         );
