@@ -61,11 +61,16 @@ pub struct NetworkPolicySpec {
     /// component, the database included; turn it off only where another firewall stands.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
-    /// The label (`key=value`) of the pods, in any namespace, that may scrape the metrics
-    /// ports (default `app.kubernetes.io/name=prometheus`).
+    /// The label (`key=value`) of the pods that may scrape the metrics ports (default
+    /// `app.kubernetes.io/name=prometheus`).
     #[serde(default = "defaults::metrics_scraper_label")]
     #[schemars(length(max = 317), regex(pattern = LABEL_PATTERN))]
     pub metrics_scraper_label: String,
+    /// The namespace those pods run in; absent: any namespace (where anyone who may create a
+    /// pod could wear the label and read the metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub metrics_scraper_namespace: Option<String>,
 }
 
 impl Default for NetworkPolicySpec {
@@ -73,6 +78,7 @@ impl Default for NetworkPolicySpec {
         Self {
             enabled: true,
             metrics_scraper_label: defaults::METRICS_SCRAPER_LABEL.into(),
+            metrics_scraper_namespace: None,
         }
     }
 }

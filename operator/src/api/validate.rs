@@ -222,6 +222,12 @@ mod tests {
             let fields: Vec<_> = validate(&spec).into_iter().map(|e| e.field).collect();
             assert_eq!(fields, ["spec.networkPolicy.metricsScraperLabel"], "{bad}");
         }
+        spec.network_policy.metrics_scraper_label = "app=prometheus".into();
+        spec.network_policy.metrics_scraper_namespace = Some("monitoring".into());
+        assert_eq!(validate(&spec), vec![]);
+        spec.network_policy.metrics_scraper_namespace = Some("Not_A_Namespace".into());
+        let fields: Vec<_> = validate(&spec).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.networkPolicy.metricsScraperNamespace"]);
     }
 
     #[test]

@@ -46,10 +46,16 @@ fn component(owner: &ClusterRef, component: &str) -> NetworkPolicyPeer {
     }
 }
 
-/// Pods labelled `key=value`, in any namespace.
-fn anywhere(key: &str, value: &str) -> NetworkPolicyPeer {
+/// Pods labelled `key=value`, in `namespace` (`None`: any).
+fn labelled(key: &str, value: &str, namespace: Option<&str>) -> NetworkPolicyPeer {
+    let namespaces = namespace.map_or_else(LabelSelector::default, |ns| {
+        selector(BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
+            ns.to_string(),
+        )]))
+    });
     NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector::default()),
+        namespace_selector: Some(namespaces),
         pod_selector: Some(selector(BTreeMap::from([(key.into(), value.into())]))),
         ..NetworkPolicyPeer::default()
     }
@@ -155,7 +161,14 @@ pub fn policies(
         return Vec::new();
     }
     let (key, value) = spec.network_policy.scraper();
-    let scrapers = || Some(vec![anywhere(key, value)]);
+    let scraper = || {
+        labelled(
+            key,
+            value,
+            spec.network_policy.metrics_scraper_namespace.as_deref(),
+        )
+    };
+    let scrapers = || Some(vec![scraper()]);
     let envoy = || component(owner, ingress::COMPONENT);
     let whole_cluster = selector(BTreeMap::from([(
         labels::CLUSTER.into(),
@@ -192,7 +205,7 @@ pub fn policies(
             rule(&[ports::XDS], Some(vec![envoy()])),
             rule(
                 &[ports::METRICS],
-                Some(vec![operator(operator_namespace), anywhere(key, value)]),
+                Some(vec![operator(operator_namespace), scraper()]),
             ),
         ],
     ));
@@ -458,6 +471,29 @@ mod tests {
             &d.network_policies,
             &prometheus,
             &groups,
+            ports::METRICS
+        ));
+
+        // Named, the scrapers' namespace is the only one they are admitted from.
+        spec.network_policy.metrics_scraper_namespace = Some("ops".into());
+        let d = built(spec.clone(), "demo");
+        let impostor = other("tenant", &[("team/scraper", "")]);
+        assert!(admits(
+            &d.network_policies,
+            &scraper,
+            &groups,
+            ports::METRICS
+        ));
+        assert!(!admits(
+            &d.network_policies,
+            &impostor,
+            &groups,
+            ports::METRICS
+        ));
+        assert!(!admits(
+            &d.network_policies,
+            &impostor,
+            &pod(&d, "demo-xds"),
             ports::METRICS
         ));
 
