@@ -36,24 +36,21 @@ impl Harness {
     fn new() -> Self {
         let api = FakeApi::new();
         let client = api.client();
-        let ctx = Arc::new(Context::new(
+        let ctx = Arc::new(Self::context(&client));
+        Self { api, client, ctx }
+    }
+
+    fn context(client: &Client) -> Context {
+        Context::new(
             client.clone(),
             Arc::new(Metrics::default()),
             Some("test".into()),
-        ));
-        Self { api, client, ctx }
+        )
     }
 
     /// This operator lets ChatClusters set their images (the chart's `allowImageOverrides`).
     fn allow_image_overrides(&mut self) {
-        self.ctx = Arc::new(
-            Context::new(
-                self.client.clone(),
-                Arc::new(Metrics::default()),
-                Some("test".into()),
-            )
-            .with_image_overrides(true),
-        );
+        self.ctx = Arc::new(Self::context(&self.client).with_image_overrides(true));
     }
 
     /// Create Secret `name` of `type_` in the test namespace, as a user would.

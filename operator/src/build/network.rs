@@ -326,10 +326,16 @@ mod tests {
         })
     }
 
-    fn built(spec: ChatClusterSpec, name: &str) -> Desired {
+    /// ChatCluster `name` in namespace `chat`, as read from the API.
+    fn resource_named(name: &str, spec: ChatClusterSpec) -> ChatCluster {
         let mut resource = ChatCluster::new(name, spec);
         resource.metadata.namespace = Some("chat".into());
         resource.metadata.uid = Some(format!("uid-{name}"));
+        resource
+    }
+
+    fn built(spec: ChatClusterSpec, name: &str) -> Desired {
+        let resource = resource_named(name, spec);
         let validated = ValidatedCluster::of(&resource).unwrap();
         let observed = Observed {
             operator_namespace: Some("operators".into()),
@@ -380,13 +386,7 @@ mod tests {
         let primary = pod(&d, "demo-db-primary");
         let replica = pod(&d, "demo-db-replica");
         let spec = ChatClusterSpec::default();
-        let owner = ClusterRef::new(&{
-            let mut r = ChatCluster::new("demo", spec.clone());
-            r.metadata.namespace = Some("chat".into());
-            r.metadata.uid = Some("uid-demo".into());
-            r
-        })
-        .unwrap();
+        let owner = ClusterRef::new(&resource_named("demo", spec.clone())).unwrap();
         let reseed = Pod(
             "chat",
             labels(
@@ -458,44 +458,20 @@ mod tests {
         let mut spec = ChatClusterSpec::default();
         spec.network_policy.metrics_scraper_label = "team/scraper=".into();
         let d = built(spec.clone(), "demo");
-        let groups = pod(&d, "demo-groups");
+        let (p, groups) = (&d.network_policies, pod(&d, "demo-groups"));
         let scraper = other("ops", &[("team/scraper", "")]);
         let prometheus = other("monitoring", &[("app.kubernetes.io/name", "prometheus")]);
-        assert!(admits(
-            &d.network_policies,
-            &scraper,
-            &groups,
-            ports::METRICS
-        ));
-        assert!(!admits(
-            &d.network_policies,
-            &prometheus,
-            &groups,
-            ports::METRICS
-        ));
+        assert!(admits(p, &scraper, &groups, ports::METRICS));
+        assert!(!admits(p, &prometheus, &groups, ports::METRICS));
 
         // Named, the scrapers' namespace is the only one they are admitted from.
         spec.network_policy.metrics_scraper_namespace = Some("ops".into());
         let d = built(spec.clone(), "demo");
+        let p = &d.network_policies;
         let impostor = other("tenant", &[("team/scraper", "")]);
-        assert!(admits(
-            &d.network_policies,
-            &scraper,
-            &groups,
-            ports::METRICS
-        ));
-        assert!(!admits(
-            &d.network_policies,
-            &impostor,
-            &groups,
-            ports::METRICS
-        ));
-        assert!(!admits(
-            &d.network_policies,
-            &impostor,
-            &pod(&d, "demo-xds"),
-            ports::METRICS
-        ));
+        assert!(admits(p, &scraper, &groups, ports::METRICS));
+        assert!(!admits(p, &impostor, &groups, ports::METRICS));
+        assert!(!admits(p, &impostor, &pod(&d, "demo-xds"), ports::METRICS));
 
         spec.network_policy.enabled = false;
         let d = built(spec, "demo");
