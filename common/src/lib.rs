@@ -4,5 +4,6 @@ pub mod fs;
 pub mod procfs;
 pub mod shutdown;
 pub mod sync;
+pub mod tls;
 
 pub use shutdown::Shutdown;

@@ -1,6 +1,6 @@
 //! The operator's error: what its Kubernetes-side entry points — a reconcile, `render`, the
 //! leader election — fail with, as controller-rs keeps one `Error` at its crate's root. The
-//! steps below it keep their own typed errors (`BuildError`, `GenerateError`, `Refused`),
+//! steps below it keep their own typed errors (`BuildError`, `PkiError`, `Refused`),
 //! which convert into this with `?`; it names no module above them, so no module cycle runs
 //! through it. Local mode, a driver of its own, has its own errors (`local::PlanError`,
 //! `local::RunError`).
@@ -22,7 +22,7 @@ pub enum Error {
     Build(#[from] BuildError),
     /// A generated Secret could not be generated.
     #[error(transparent)]
-    Generate(#[from] secrets::GenerateError),
+    Generate(#[from] crate::pki::PkiError),
     /// A built object is not a valid Kubernetes object.
     #[error("invalid object {0}")]
     InvalidObject(String),

@@ -5,6 +5,7 @@
 //! - [`Error`]: what the Kubernetes-side entry points (reconcile, render, leader) fail with;
 //! - [`build`]: pure functions from a spec to the desired child objects;
 //! - [`reconcile`]: the side effects (server-side apply, status, events) and the controller;
+//! - [`pki`]: the internal CA and the certificates it issues each component;
 //! - [`leader`]: Lease-based leader election so two operator replicas can run;
 //! - [`metrics`] and [`http`]: Prometheus metrics and the health endpoint;
 //! - [`topology`]: the database topology engine, its own crate (`chatcluster-topology`), which
@@ -20,6 +21,7 @@ pub mod http;
 pub mod leader;
 pub mod local;
 pub mod metrics;
+pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod seed;

@@ -12,7 +12,7 @@ use crate::{
     Error, Result,
     api::{ChatCluster, ValidatedCluster},
     build::{
-        self, BuildError, ClusterRef, Observed,
+        self, BuildError, ClusterRef, Observed, internal_tls,
         secrets::{self, PLACEHOLDER_ANNOTATION},
     },
 };
@@ -53,6 +53,12 @@ pub fn render(
     let mut out = Vec::new();
     for what in secrets::generated(validated.spec()) {
         out.push(build::to_dynamic(&what.placeholder(&owner))?);
+    }
+    // Issued and renewed by the reconciler before the pods that mount them.
+    if let Some(lifetime) = validated.spec().internal_tls.lifetime() {
+        for secret in internal_tls::placeholders(&owner, lifetime) {
+            out.push(build::to_dynamic(&secret)?);
+        }
     }
     out.extend(
         build::desired(
@@ -210,7 +216,10 @@ spec: {}
             .iter()
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
             .count();
-        assert_eq!(secrets, 2, "database credentials and the token key");
+        assert_eq!(
+            secrets, 5,
+            "database credentials, the token key, the internal CA and two component certificates"
+        );
     }
 
     #[test]
@@ -230,7 +239,9 @@ spec: {}
         let objects = render(&from_yaml(MINIMAL).unwrap(), None, None).unwrap();
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
-        assert_eq!(placeholders, 3);
+        // Database credentials, token key, Envoy's certificate, the internal CA, chat-xds's and
+        // Envoy's internal certificates.
+        assert_eq!(placeholders, 6);
         assert_eq!(
             yaml.lines().filter(|l| *l == "---").count(),
             objects.len() - placeholders,
@@ -242,7 +253,7 @@ spec: {}
             "no Secret data outside comments"
         );
         let table = summary(&objects);
-        assert!(table.contains("| Secret | 3 | `demo-db`"), "{table}");
+        assert!(table.contains("| Secret | 6 | `demo-db`"), "{table}");
         assert!(table.contains("| Deployment | 6 |"), "{table}");
     }
 }

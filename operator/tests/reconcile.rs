@@ -11,7 +11,12 @@ use chat_operator::{
     metrics::Metrics,
     reconcile::{self, Context, error_policy, reconcile},
 };
+use chat_operator::{
+    build::internal_tls,
+    pki::{self, Ca, Issued, Leaf},
+};
 use chatcluster_testkit::FakeApi;
+use chatcluster_types::identity::Identity;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ConfigMap, Secret, Service},
@@ -234,7 +239,17 @@ async fn create_builds_every_child_and_reports_progressing() {
     );
     let mut secrets = h.api.names("v1/secrets", NS);
     secrets.sort();
-    assert_eq!(secrets, ["demo-db", "demo-envoy-tls", "demo-token-key"]);
+    assert_eq!(
+        secrets,
+        [
+            "demo-db",
+            "demo-envoy-tls",
+            "demo-ingress-internal-tls",
+            "demo-internal-ca",
+            "demo-token-key",
+            "demo-xds-internal-tls"
+        ]
+    );
 
     // Children carry the owner reference of the live object.
     let resource = h.clusters().get("demo").await.unwrap();
@@ -729,6 +744,88 @@ async fn a_generated_secret_someone_else_made_is_never_adopted() {
     h.reconcile("demo").await.unwrap();
     h.reconcile("demo").await.unwrap();
     assert_eq!(granted_secrets(&h).await, ["demo-envoy-tls"]);
+}
+
+/// The internal certificate `component`'s Secret holds, and the cluster's CA.
+async fn internal_certificate(h: &Harness, component: &str) -> (Issued, Ca, Secret) {
+    let secrets = Api::<Secret>::namespaced(h.client.clone(), NS);
+    let ca = secrets.get("demo-internal-ca").await.unwrap();
+    let (cert, key) = internal_tls::ca_of(&ca).unwrap();
+    let leaf = secrets
+        .get(&format!("demo-{component}-internal-tls"))
+        .await
+        .unwrap();
+    let issued = internal_tls::issued_of(&leaf).unwrap();
+    (issued, Ca::from_pem(&cert, &key).unwrap(), leaf)
+}
+
+#[tokio::test]
+async fn internal_certificates_are_kept_and_replaced_when_due_or_not_the_cas() {
+    let h = Harness::new();
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let leaf = |component: &str| Leaf {
+        identity: Identity::new(NS, "demo", component),
+        dns_names: Vec::new(),
+        lifetime: 30 * day,
+    };
+    let now = std::time::SystemTime::now();
+    let (xds, ca, secret) = internal_certificate(&h, "xds").await;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let wanted = Leaf {
+        dns_names: vec!["demo-xds.chat.svc".into()],
+        ..leaf("xds")
+    };
+    assert_eq!(pki::renewal(Some(&xds), &ca, &wanted, now), None);
+    let (envoy, _, _) = internal_certificate(&h, "ingress").await;
+    assert_eq!(pki::renewal(Some(&envoy), &ca, &leaf("ingress"), now), None);
+
+    // Kept while valid: reconciles do not reissue.
+    h.reconcile("demo").await.unwrap();
+    let (again, _, kept) = internal_certificate(&h, "xds").await;
+    assert_eq!(again, xds);
+    assert_eq!(kept.resource_version(), secret.resource_version());
+
+    // Due (issued 21 of 30 days ago), or signed by another CA: replaced by a fresh one.
+    let stranger = Ca::generate(NS, "demo", now).unwrap();
+    for planted in [
+        ca.issue(&wanted, now - 21 * day).unwrap(),
+        stranger.issue(&wanted, now).unwrap(),
+    ] {
+        let mut replaced = kept.clone();
+        replaced.data = None;
+        replaced.string_data = Some(
+            [
+                ("tls.crt", planted.cert_pem.clone()),
+                ("tls.key", planted.key_pem.clone()),
+                ("ca.crt", ca.cert_pem().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        replaced.metadata.resource_version = None;
+        Api::<Secret>::namespaced(h.client.clone(), NS)
+            .replace("demo-xds-internal-tls", &PostParams::default(), &replaced)
+            .await
+            .unwrap();
+        h.reconcile("demo").await.unwrap();
+        let (renewed, _, _) = internal_certificate(&h, "xds").await;
+        assert_ne!(renewed.cert_pem, planted.cert_pem);
+        assert_eq!(pki::renewal(Some(&renewed), &ca, &wanted, now), None);
+    }
+
+    // One this cluster did not make is never overwritten: the reconcile fails, naming it.
+    let secrets = Api::<Secret>::namespaced(h.client.clone(), NS);
+    secrets
+        .delete("demo-ingress-internal-tls", &Default::default())
+        .await
+        .unwrap();
+    h.put_secret("demo-ingress-internal-tls", "kubernetes.io/tls")
+        .await;
+    let e = h.reconcile("demo").await.unwrap_err().to_string();
+    assert!(e.contains("demo-ingress-internal-tls"), "{e}");
 }
 
 #[tokio::test]

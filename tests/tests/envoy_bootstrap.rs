@@ -3,16 +3,53 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, SystemTime},
+};
 
 use chat_operator::{
     api::{ChatCluster, ChatClusterSpec, ValidatedCluster},
     build::{self, Observed},
+    pki::{Ca, Leaf},
 };
 use chatcluster_tests::{Process, TempDir, envoy_binary, free_port};
+use chatcluster_types::identity::{Identity, component};
 use kube::ResourceExt;
 
-fn bootstrap_yaml() -> String {
+/// The bootstrap ConfigMap's files and the internal certificate Secret's, as the pod mounts
+/// them, written below `dir` (for `/etc/envoy`); the bootstrap's path.
+fn mount_bootstrap(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.display().to_string();
+    let files = bootstrap_files();
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text.replace("/etc/envoy", &root)).unwrap();
+    }
+    // The Secret the reconciler issues, from the cluster's CA.
+    let ca = Ca::generate("chat", "demo", SystemTime::now()).unwrap();
+    let issued = ca
+        .issue(
+            &Leaf {
+                identity: Identity::new("chat", "demo", component::INGRESS),
+                dns_names: Vec::new(),
+                lifetime: Duration::from_secs(3600),
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    let tls = dir.join("internal-tls");
+    std::fs::create_dir(&tls).unwrap();
+    for (name, text) in [
+        ("tls.crt", &issued.cert_pem),
+        ("tls.key", &issued.key_pem),
+        ("ca.crt", &issued.ca_pem),
+    ] {
+        std::fs::write(tls.join(name), text).unwrap();
+    }
+    dir.join("envoy.yaml")
+}
+
+fn bootstrap_files() -> std::collections::BTreeMap<String, String> {
     let mut resource = ChatCluster::new("demo", ChatClusterSpec::default());
     resource.metadata.namespace = Some("chat".into());
     resource.metadata.uid = Some("uid".into());
@@ -23,17 +60,14 @@ fn bootstrap_yaml() -> String {
         .config_maps
         .iter()
         .find(|c| c.name_any() == "demo-envoy")
-        .and_then(|c| c.data.as_ref())
-        .and_then(|d| d.get("envoy.yaml"))
-        .cloned()
+        .and_then(|c| c.data.clone())
         .expect("bootstrap ConfigMap")
 }
 
 #[test]
 fn envoy_validates_the_bootstrap() {
     let dir = TempDir::new("envoy-validate");
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, bootstrap_yaml()).unwrap();
+    let path = mount_bootstrap(dir.path());
     let out = Command::new(envoy_binary())
         .args(["--mode", "validate", "--service-node", "demo-envoy-0", "-c"])
         .arg(&path)
@@ -65,11 +99,12 @@ fn http_get(port: u16, path: &str) -> Option<u16> {
 fn readiness_listener_exposes_only_ready_and_metrics() {
     // The same bootstrap, moved to free ports so tests can run side by side.
     let (admin, ready) = (free_port(), free_port());
-    let yaml = bootstrap_yaml()
+    let dir = TempDir::new("envoy-ready");
+    let path = mount_bootstrap(dir.path());
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap()
         .replace("port_value: 19000", &format!("port_value: {admin}"))
         .replace("port_value: 19001", &format!("port_value: {ready}"));
-    let dir = TempDir::new("envoy-ready");
-    let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut envoy = Process::spawn(
         Command::new(envoy_binary())

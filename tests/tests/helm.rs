@@ -191,6 +191,8 @@ fn missing_permissions(rules: &Value, lease: bool) -> Vec<String> {
         ("apps", "deployments", "patch"),
         ("apps", "statefulsets", "patch"),
         ("", "secrets", "create"),
+        // Renewing the internal certificates (server-side apply).
+        ("", "secrets", "patch"),
         ("policy", "poddisruptionbudgets", "patch"),
         ("rbac.authorization.k8s.io", "roles", "patch"),
         ("discovery.k8s.io", "endpointslices", "watch"),
@@ -220,7 +222,7 @@ fn missing_permissions(rules: &Value, lease: bool) -> Vec<String> {
         .filter(|(g, r, v)| !allows(rules, g, r, v))
         .map(|(g, r, v)| format!("cannot {v} {g}/{r}"))
         .collect();
-    // Least privilege: never rewrites or deletes a Secret, no wildcards.
+    // Least privilege: never replaces or deletes a Secret, no wildcards.
     for verb in ["update", "delete"] {
         if allows(rules, "", "secrets", verb) {
             out.push(format!("may {verb} Secrets"));

@@ -5,9 +5,12 @@
 //! - [`xds`]: chat-xds's configuration, which the operator writes (a ConfigMap, or a file in
 //!   local mode) and chat-xds reads;
 //! - [`load`]: the load report chat-xds serves on `/load`, which the autoscaler reads;
+//! - [`identity`]: who an internal certificate belongs to, which the operator's CA writes and
+//!   chat-xds and chatd check;
 //! - [`chatd`]: chatd's settings, which the operator's builders and the local runner both
 //!   produce and chatd reads from its environment — each variable spelled here only.
 
 pub mod chatd;
+pub mod identity;
 pub mod load;
 pub mod xds;

@@ -70,3 +70,8 @@ pub(crate) fn ingress_port() -> i32 {
 pub(crate) fn scale_down_stabilization_seconds() -> i32 {
     300
 }
+
+/// A component certificate's lifetime: 30 days, renewed after 20.
+pub fn certificate_lifetime_minutes() -> i32 {
+    30 * 24 * 60
+}

@@ -44,6 +44,9 @@ pub struct ChatClusterSpec {
     /// The cluster's firewall.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Mutual TLS between the cluster's components, from the cluster's own CA.
+    #[serde(default)]
+    pub internal_tls: InternalTlsSpec,
 }
 
 /// A label `key=value` as Kubernetes spells them: an optional DNS-subdomain prefix and `/`,
@@ -80,6 +83,40 @@ impl Default for NetworkPolicySpec {
             metrics_scraper_label: defaults::METRICS_SCRAPER_LABEL.into(),
             metrics_scraper_namespace: None,
         }
+    }
+}
+
+/// The internal plane's certificates: the operator (or the local runner) keeps a CA per
+/// cluster and issues each component a certificate naming its identity, renewed at two thirds
+/// of its lifetime. chat-xds then serves configuration, and with it the listener's private
+/// key, only to the cluster's Envoys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalTlsSpec {
+    /// Use it (default true). Off: chat-xds serves anyone who reaches its port.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// How long a component's certificate is valid, in minutes (default 43200, 30 days).
+    #[serde(default = "defaults::certificate_lifetime_minutes")]
+    #[schemars(range(min = 3, max = 525600))]
+    pub certificate_lifetime_minutes: i32,
+}
+
+impl Default for InternalTlsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            certificate_lifetime_minutes: defaults::certificate_lifetime_minutes(),
+        }
+    }
+}
+
+impl InternalTlsSpec {
+    /// The certificate lifetime, when internal TLS is on.
+    pub fn lifetime(&self) -> Option<std::time::Duration> {
+        let minutes = u64::try_from(self.certificate_lifetime_minutes.max(3)).unwrap_or(3);
+        self.enabled
+            .then(|| std::time::Duration::from_secs(60 * minutes))
     }
 }
 

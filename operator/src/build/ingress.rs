@@ -19,7 +19,9 @@ use k8s_openapi::{
 };
 use serde_json::json;
 
-use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, names, pod, ports};
+use chatcluster_types::identity::component;
+
+use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, internal_tls, names, pod, ports};
 use crate::api::{IngressSpec, defaults};
 
 /// Component label of the Envoy objects.
@@ -43,15 +45,88 @@ pub struct EnvoyPlace {
     pub admin_port: i32,
     /// Port of the listener exposing `/ready` and `/stats/prometheus` to probes and scrapers.
     pub ready_port: Option<i32>,
+    /// Internal TLS to chat-xds; none: plain text.
+    pub internal_tls: Option<EnvoyInternalTls>,
 }
 
-/// Envoy's bootstrap in a pod: chat-xds through its Service, the readiness listener on.
-pub fn bootstrap(owner: &ClusterRef) -> serde_json::Value {
+/// Where Envoy finds its internal certificate, and whom it expects at the other end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyInternalTls {
+    /// The directory holding `tls.crt`, `tls.key` and `ca.crt`, watched for renewals.
+    pub dir: String,
+    /// The file-based SDS resource naming those files ([`internal_tls_sds`]).
+    pub sds_file: String,
+    /// chat-xds's identity URI: a server certificate naming anything else is refused.
+    pub xds_identity: String,
+}
+
+/// The name of Envoy's internal certificate as an SDS secret.
+const INTERNAL_SECRET: &str = "internal";
+/// The bootstrap ConfigMap's key of [`internal_tls_sds`].
+const INTERNAL_SDS_KEY: &str = "internal-tls-sds.yaml";
+/// Where a pod mounts its internal certificate Secret.
+const INTERNAL_TLS_DIR: &str = "/etc/envoy/internal-tls";
+
+/// The file Envoy reads its internal certificate from: an SDS response naming the files in
+/// `dir`, re-read when a file is moved into `dir` — a Secret volume's update, or the local
+/// runner's — so a renewal is picked up without a restart.
+pub fn internal_tls_sds(dir: &str) -> serde_json::Value {
+    json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": INTERNAL_SECRET,
+        "tls_certificate": {
+            "certificate_chain": { "filename": format!("{dir}/{}", chatcluster_common::tls::CERT_FILE) },
+            "private_key": { "filename": format!("{dir}/{}", chatcluster_common::tls::KEY_FILE) },
+            "watched_directory": { "path": dir }
+        }
+    }]})
+}
+
+/// The xds cluster's transport socket: TLS 1.3, Envoy's certificate from [`internal_tls_sds`],
+/// chat-xds verified against the cluster's CA and its identity.
+fn xds_transport_socket(tls: &EnvoyInternalTls) -> serde_json::Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3"
+                },
+                "tls_certificate_sds_secret_configs": [{
+                    "name": INTERNAL_SECRET,
+                    "sds_config": {
+                        "path_config_source": { "path": tls.sds_file },
+                        "resource_api_version": "V3"
+                    }
+                }],
+                "validation_context": {
+                    "trusted_ca": { "filename": format!("{}/{}", tls.dir, chatcluster_common::tls::CA_FILE) },
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "URI",
+                        "matcher": { "exact": tls.xds_identity }
+                    }]
+                }
+            }
+        }
+    })
+}
+
+/// Envoy's bootstrap in a pod: chat-xds through its Service, the readiness listener on,
+/// with `internal_tls` the certificate from its Secret volume.
+pub fn bootstrap(owner: &ClusterRef, internal_tls: bool) -> serde_json::Value {
     envoy_bootstrap(&EnvoyPlace {
         node_cluster: names::envoy(owner),
         xds: vec![(owner.service_host(&names::xds(owner)), ports::XDS)],
         admin_port: ports::ENVOY_ADMIN,
         ready_port: Some(ports::ENVOY_READY),
+        internal_tls: internal_tls.then(|| EnvoyInternalTls {
+            dir: INTERNAL_TLS_DIR.into(),
+            sds_file: format!("{BOOTSTRAP_DIR}/{INTERNAL_SDS_KEY}"),
+            xds_identity: internal_tls::identity(owner, component::XDS).uri(),
+        }),
     })
 }
 
@@ -68,11 +143,30 @@ pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
     let socket = |address: &str, port: i32| json!({ "socket_address": { "address": address, "port_value": port } });
     let admin_route =
         |path: &str| json!({ "match": { "path": path }, "route": { "cluster": "admin" } });
-    let xds_endpoints: Vec<_> = place
-        .xds
-        .iter()
-        .map(|(host, port)| json!({ "endpoint": { "address": socket(host, *port) } }))
-        .collect();
+    let mut xds_cluster = json!({
+        "name": "xds",
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": { "interval": "30s", "timeout": "5s" }
+                    }
+                }
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "xds",
+            "endpoints": [{ "lb_endpoints": place.xds.iter()
+                .map(|(host, port)| json!({ "endpoint": { "address": socket(host, *port) } }))
+                .collect::<Vec<_>>() }]
+        }
+    });
+    if let Some(tls) = &place.internal_tls {
+        xds_cluster["transport_socket"] = xds_transport_socket(tls);
+    }
     let listeners: Vec<_> = place.ready_port.iter().map(|&port| json!({
                 "name": "ready",
                 "address": socket("0.0.0.0", port),
@@ -161,25 +255,7 @@ pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
         },
         "static_resources": {
             "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STRICT_DNS",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {
-                                "http2_protocol_options": {
-                                    "connection_keepalive": { "interval": "30s", "timeout": "5s" }
-                                }
-                            }
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [{ "lb_endpoints": xds_endpoints }]
-                    }
-                },
+                xds_cluster,
                 {
                     "name": "admin",
                     "type": "STATIC",
@@ -197,21 +273,46 @@ pub fn envoy_bootstrap(place: &EnvoyPlace) -> serde_json::Value {
     })
 }
 
-/// The ConfigMap holding [`bootstrap`] as YAML.
-pub fn bootstrap_config_map(owner: &ClusterRef) -> Result<ConfigMap, BuildError> {
-    let yaml = serde_yaml::to_string(&bootstrap(owner)).map_err(|e| BuildError::Encode {
-        what: "Envoy bootstrap",
-        message: e.to_string(),
-    })?;
+/// The ConfigMap holding [`bootstrap`] as YAML, and with `internal_tls` the file-based SDS
+/// resource of Envoy's internal certificate.
+pub fn bootstrap_config_map(
+    owner: &ClusterRef,
+    internal_tls: bool,
+) -> Result<ConfigMap, BuildError> {
+    let yaml = |what, value: &serde_json::Value| {
+        serde_yaml::to_string(value).map_err(|e| BuildError::Encode {
+            what,
+            message: e.to_string(),
+        })
+    };
+    let mut data = BTreeMap::from([(
+        BOOTSTRAP_KEY.to_string(),
+        yaml("Envoy bootstrap", &bootstrap(owner, internal_tls))?,
+    )]);
+    if internal_tls {
+        data.insert(
+            INTERNAL_SDS_KEY.to_string(),
+            yaml(
+                "Envoy's internal certificate",
+                &internal_tls_sds(INTERNAL_TLS_DIR),
+            )?,
+        );
+    }
     Ok(ConfigMap {
         metadata: owner.meta(names::envoy(owner), owner.labels(COMPONENT, "envoy")),
-        data: Some(BTreeMap::from([(BOOTSTRAP_KEY.to_string(), yaml)])),
+        data: Some(data),
         ..ConfigMap::default()
     })
 }
 
-/// The Envoy replicas. `config_hash` rolls them when the bootstrap changes.
-pub fn deployment(owner: &ClusterRef, ingress: &IngressSpec, config_hash: &str) -> Deployment {
+/// The Envoy replicas. `config_hash` rolls them when the bootstrap changes; with
+/// `internal_tls` each mounts its internal certificate.
+pub fn deployment(
+    owner: &ClusterRef,
+    ingress: &IngressSpec,
+    config_hash: &str,
+    internal_tls: bool,
+) -> Deployment {
     let selector = owner.selector(COMPONENT);
     let labels = owner.labels(COMPONENT, "envoy");
     let container = Container {
@@ -282,10 +383,16 @@ pub fn deployment(owner: &ClusterRef, ingress: &IngressSpec, config_hash: &str) 
             "512Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(vec![
-            pod::read_only_mount("bootstrap", BOOTSTRAP_DIR),
-            pod::tmp_mount(),
-        ]),
+        volume_mounts: Some(
+            [
+                Some(pod::read_only_mount("bootstrap", BOOTSTRAP_DIR)),
+                Some(pod::tmp_mount()),
+                internal_tls.then(|| pod::read_only_mount("internal-tls", INTERNAL_TLS_DIR)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         ..Container::default()
     };
     Deployment {
@@ -327,17 +434,28 @@ pub fn deployment(owner: &ClusterRef, ingress: &IngressSpec, config_hash: &str) 
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "bootstrap".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: names::envoy(owner),
-                                ..ConfigMapVolumeSource::default()
+                    volumes: Some(
+                        [
+                            Some(Volume {
+                                name: "bootstrap".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: names::envoy(owner),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
                             }),
-                            ..Volume::default()
-                        },
-                        pod::tmp_volume(),
-                    ]),
+                            Some(pod::tmp_volume()),
+                            internal_tls.then(|| {
+                                pod::secret_volume(
+                                    "internal-tls",
+                                    &names::internal_tls(owner, component::INGRESS),
+                                )
+                            }),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },

@@ -5,6 +5,7 @@
 mod chat;
 pub mod database;
 mod ingress;
+pub mod internal_tls;
 pub mod names;
 mod network;
 mod pod;
@@ -34,7 +35,7 @@ use crate::api::{ChatCluster, ServiceKind, ValidatedCluster};
 
 pub use chat::replicas;
 pub use database::DB_NAME;
-pub use ingress::{EnvoyPlace, envoy_bootstrap};
+pub use ingress::{EnvoyInternalTls, EnvoyPlace, envoy_bootstrap, internal_tls_sds};
 pub use xds::{COMPONENT as XDS_COMPONENT, RateLimit, XdsConfig, XdsService, config as xds_config};
 
 /// Ports the workloads listen on, shared by builders, probes and Services.
@@ -292,6 +293,7 @@ pub fn desired(
         database::COMPONENT,
     ));
 
+    let internal_tls = spec.internal_tls.enabled;
     let xds_config = xds::config_map(owner, validated)?;
     let xds_hash = pod::config_hash(&xds_config);
     out.config_maps.push(xds_config);
@@ -300,7 +302,7 @@ pub fn desired(
         .push(xds::role(owner, spec, !observed.tls_secret_withheld));
     out.role_bindings.push(xds::role_binding(owner));
     out.deployments
-        .push(xds::deployment(owner, &spec.xds, &xds_hash));
+        .push(xds::deployment(owner, &spec.xds, &xds_hash, internal_tls));
     out.services.push(xds::service(owner));
     out.pod_disruption_budgets.push(pod::disruption_budget(
         owner,
@@ -308,11 +310,15 @@ pub fn desired(
         xds::COMPONENT,
     ));
 
-    let bootstrap = ingress::bootstrap_config_map(owner)?;
+    let bootstrap = ingress::bootstrap_config_map(owner, internal_tls)?;
     let bootstrap_hash = pod::config_hash(&bootstrap);
     out.config_maps.push(bootstrap);
-    out.deployments
-        .push(ingress::deployment(owner, &spec.ingress, &bootstrap_hash));
+    out.deployments.push(ingress::deployment(
+        owner,
+        &spec.ingress,
+        &bootstrap_hash,
+        internal_tls,
+    ));
     out.services.push(ingress::service(owner, &spec.ingress));
     out.pod_disruption_budgets.push(pod::disruption_budget(
         owner,

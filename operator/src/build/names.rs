@@ -68,6 +68,16 @@ pub fn self_signed_tls(owner: &ClusterRef) -> String {
     format!("{}-envoy-tls", owner.name)
 }
 
+/// The internal CA's certificate and key.
+pub fn internal_ca(owner: &ClusterRef) -> String {
+    format!("{}-internal-ca", owner.name)
+}
+
+/// The internal certificate of `component` (`xds`, `ingress`, …).
+pub fn internal_tls(owner: &ClusterRef, component: &str) -> String {
+    format!("{}-{component}-internal-tls", owner.name)
+}
+
 /// chat-xds Deployment, Service, ServiceAccount, Role, RoleBinding, ConfigMap and budget.
 pub fn xds(owner: &ClusterRef) -> String {
     format!("{}-xds", owner.name)

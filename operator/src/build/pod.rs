@@ -7,8 +7,8 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, ConfigMap, EmptyDirVolumeSource, EnvVar, EnvVarSource,
             ObjectFieldSelector, PodSecurityContext, ResourceRequirements, SeccompProfile,
-            SecretKeySelector, SecurityContext, ServicePort, TopologySpreadConstraint, Volume,
-            VolumeMount,
+            SecretKeySelector, SecretVolumeSource, SecurityContext, ServicePort,
+            TopologySpreadConstraint, Volume, VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -181,6 +181,20 @@ pub fn tmp_volume() -> Volume {
     Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// The Secret `secret` as the volume `name`, its files readable by the pod's group only (the
+/// [`pod_security`] fsGroup): the private keys in it are for this container alone.
+pub fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
         ..Volume::default()
     }
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use rand::{Rng, distr::Alphanumeric};
 
-use super::{ClusterRef, database, ingress, names};
+use super::{ClusterRef, database, ingress, internal_tls, names};
 use crate::api::{ChatClusterSpec, SpecError};
+use crate::pki::{self, Ca, PkiError};
 
 /// Key of the database root password.
 pub const DB_ROOT_PASSWORD_KEY: &str = "root-password";
@@ -24,14 +25,6 @@ pub const DB_APP_USER_KEY: &str = "app-user";
 pub const DB_APP_PASSWORD_KEY: &str = "app-password";
 /// chatd's database user name.
 pub const DB_APP_USER: &str = "chat";
-
-/// A generated Secret could not be produced.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot generate {what}: {source}")]
-pub struct GenerateError {
-    what: &'static str,
-    source: rcgen::Error,
-}
 
 /// Passwords of the database users (the local runner keeps them in its data directory).
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -91,12 +84,9 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     /// A self-signed certificate for `names`.
-    pub fn self_signed(names: Vec<String>) -> Result<Self, GenerateError> {
-        let certified =
-            rcgen::generate_simple_self_signed(names).map_err(|source| GenerateError {
-                what: "self-signed certificate",
-                source,
-            })?;
+    pub fn self_signed(names: Vec<String>) -> Result<Self, PkiError> {
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(pki::generate("self-signed certificate"))?;
         Ok(Self {
             cert_pem: certified.cert.pem(),
             key_pem: certified.signing_key.serialize_pem(),
@@ -123,12 +113,9 @@ pub struct TokenKey {
 
 impl TokenKey {
     /// A fresh Ed25519 key pair.
-    pub fn generate() -> Result<Self, GenerateError> {
-        let pair =
-            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|source| GenerateError {
-                what: "token signing key",
-                source,
-            })?;
+    pub fn generate() -> Result<Self, PkiError> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(pki::generate("token signing key"))?;
         Ok(Self {
             private_pem: pair.serialize_pem(),
             public_pem: pair.public_key_pem(),
@@ -252,6 +239,16 @@ pub const PLACEHOLDER_ANNOTATION: &str = "chatcluster.io/render-placeholder";
 /// The value every key of a rendered generated Secret carries.
 pub const PLACEHOLDER: &str = "generated-in-the-cluster-at-first-reconcile";
 
+/// `secret` marked with [`PLACEHOLDER_ANNOTATION`], as `render` shows what only the cluster
+/// can generate.
+pub fn placeholder(mut secret: Secret) -> Secret {
+    secret.metadata.annotations = Some(BTreeMap::from([(
+        PLACEHOLDER_ANNOTATION.to_string(),
+        "true".to_string(),
+    )]));
+    secret
+}
+
 /// A Secret the cluster needs that the operator generates when it is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generated {
@@ -261,6 +258,8 @@ pub enum Generated {
     TokenKey,
     /// [`tls_secret`], only when the spec names no certificate.
     SelfSignedTls,
+    /// [`internal_tls::ca_secret`], when internal TLS is on.
+    InternalCa,
 }
 
 impl Generated {
@@ -270,6 +269,7 @@ impl Generated {
             Self::DbCredentials => names::db_secret(owner),
             Self::TokenKey => names::token_key_secret(owner),
             Self::SelfSignedTls => names::self_signed_tls(owner),
+            Self::InternalCa => names::internal_ca(owner),
         }
     }
 
@@ -277,7 +277,7 @@ impl Generated {
     /// marked with [`PLACEHOLDER_ANNOTATION`].
     pub fn placeholder(self, owner: &ClusterRef) -> Secret {
         let p = || PLACEHOLDER.to_string();
-        let mut secret = match self {
+        let secret = match self {
             Self::DbCredentials => db_secret(
                 owner,
                 &DbCredentials {
@@ -301,22 +301,23 @@ impl Generated {
                     key_pem: p(),
                 },
             ),
+            Self::InternalCa => internal_tls::ca_secret(owner, &Ca::placeholder(&p())),
         };
-        secret.metadata.annotations = Some(BTreeMap::from([(
-            PLACEHOLDER_ANNOTATION.to_string(),
-            "true".to_string(),
-        )]));
-        secret
+        placeholder(secret)
     }
 
     /// Generate fresh material and build the Secret.
-    pub fn generate(self, owner: &ClusterRef) -> Result<Secret, GenerateError> {
+    pub fn generate(self, owner: &ClusterRef) -> Result<Secret, PkiError> {
         Ok(match self {
             Self::DbCredentials => db_secret(owner, &DbCredentials::generate()),
             Self::TokenKey => token_key_secret(owner, &TokenKey::generate()?),
             Self::SelfSignedTls => {
                 tls_secret(owner, &TlsMaterial::self_signed(self_signed_names(owner))?)
             }
+            Self::InternalCa => internal_tls::ca_secret(
+                owner,
+                &Ca::generate(&owner.namespace, &owner.name, std::time::SystemTime::now())?,
+            ),
         })
     }
 }
@@ -326,6 +327,9 @@ pub fn generated(spec: &ChatClusterSpec) -> Vec<Generated> {
     let mut out = vec![Generated::DbCredentials, Generated::TokenKey];
     if spec.ingress.tls.is_none() {
         out.push(Generated::SelfSignedTls);
+    }
+    if spec.internal_tls.enabled {
+        out.push(Generated::InternalCa);
     }
     out
 }

@@ -864,7 +864,8 @@ fn ingress_settings_reach_service_and_xds() {
         secrets::generated(&spec),
         [
             secrets::Generated::DbCredentials,
-            secrets::Generated::TokenKey
+            secrets::Generated::TokenKey,
+            secrets::Generated::InternalCa
         ]
     );
     assert_eq!(
@@ -872,7 +873,8 @@ fn ingress_settings_reach_service_and_xds() {
         [
             secrets::Generated::DbCredentials,
             secrets::Generated::TokenKey,
-            secrets::Generated::SelfSignedTls
+            secrets::Generated::SelfSignedTls,
+            secrets::Generated::InternalCa
         ]
     );
 }

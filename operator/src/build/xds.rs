@@ -3,16 +3,20 @@
 
 use std::collections::BTreeMap;
 
+use chatcluster_types::identity::component;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, GRPCAction, PodSpec,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PodSpec,
             PodTemplateSpec, Probe, Service, ServiceAccount, ServiceSpec, Volume,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 
 use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
@@ -178,14 +182,25 @@ pub fn role_binding(owner: &ClusterRef) -> RoleBinding {
     }
 }
 
-/// chat-xds replicas. `config_hash` rolls them when the configuration changes.
-pub fn deployment(owner: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deployment {
+/// Where a chat-xds pod mounts its internal certificate.
+const INTERNAL_TLS_DIR: &str = "/etc/chat-xds/tls";
+
+/// chat-xds replicas. `config_hash` rolls them when the configuration changes; with
+/// `internal_tls` each serves mutual TLS with the certificate from its Secret volume.
+pub fn deployment(
+    owner: &ClusterRef,
+    xds: &XdsSpec,
+    config_hash: &str,
+    internal_tls: bool,
+) -> Deployment {
     let selector = owner.selector(COMPONENT);
     let labels = owner.labels(COMPONENT, "chat-xds");
+    // The kubelet presents no client certificate: it probes the plain HTTP port.
     let probe = |period: i32, failures: i32| Probe {
-        grpc: Some(GRPCAction {
-            port: ports::XDS,
-            ..GRPCAction::default()
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(ports::METRICS),
+            ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
@@ -194,16 +209,21 @@ pub fn deployment(owner: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deplo
     let container = Container {
         name: "chat-xds".into(),
         image: Some(xds.image.clone().unwrap_or_else(defaults::xds_image)),
-        env: Some(vec![
-            pod::env("CHAT_XDS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")),
-            pod::env("CHAT_XDS_LISTEN", format!("0.0.0.0:{}", ports::XDS)),
-            pod::env(
-                "CHAT_XDS_METRICS_LISTEN",
-                format!("0.0.0.0:{}", ports::METRICS),
-            ),
-            pod::env_from_field("POD_NAME", "metadata.name"),
-            pod::env("RUST_LOG", "info"),
-        ]),
+        env: Some(
+            vec![
+                pod::env("CHAT_XDS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+                pod::env("CHAT_XDS_LISTEN", format!("0.0.0.0:{}", ports::XDS)),
+                pod::env(
+                    "CHAT_XDS_METRICS_LISTEN",
+                    format!("0.0.0.0:{}", ports::METRICS),
+                ),
+                pod::env_from_field("POD_NAME", "metadata.name"),
+                pod::env("RUST_LOG", "info"),
+            ]
+            .into_iter()
+            .chain(internal_tls.then(|| pod::env("CHAT_XDS_TLS_DIR", INTERNAL_TLS_DIR)))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("xds".into()),
@@ -225,7 +245,15 @@ pub fn deployment(owner: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deplo
             "256Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(vec![pod::read_only_mount("config", CONFIG_DIR)]),
+        volume_mounts: Some(
+            [
+                Some(pod::read_only_mount("config", CONFIG_DIR)),
+                internal_tls.then(|| pod::read_only_mount("internal-tls", INTERNAL_TLS_DIR)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         ..Container::default()
     };
     Deployment {
@@ -251,14 +279,27 @@ pub fn deployment(owner: &ClusterRef, xds: &XdsSpec, config_hash: &str) -> Deplo
                     security_context: Some(pod::pod_security(XDS_UID)),
                     topology_spread_constraints: Some(pod::topology_spread(&selector)),
                     enable_service_links: Some(false),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: names::xds(owner),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(
+                        [
+                            Some(Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: names::xds(owner),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            }),
+                            internal_tls.then(|| {
+                                pod::secret_volume(
+                                    "internal-tls",
+                                    &names::internal_tls(owner, component::XDS),
+                                )
+                            }),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },

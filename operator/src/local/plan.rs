@@ -23,15 +23,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use chatcluster_types::identity::{Identity, component};
+
 use crate::{
     api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, Refused, ServiceKind, ValidatedCluster},
-    build::{self, EnvoyPlace, XdsConfig, database, secrets},
+    build::{self, EnvoyInternalTls, EnvoyPlace, XdsConfig, database, secrets},
+    pki,
     topology::{
         plan::Policy,
         server::{Credentials, Member},
     },
 };
 
+/// The namespace a local cluster's identities name (there is no Kubernetes namespace).
+pub const LOCAL_NAMESPACE: &str = "local";
 /// Most database servers (primary + replicas) a local cluster may have.
 const MAX_DATABASES: usize = 16;
 /// Most chat-xds and Envoy replicas each.
@@ -211,6 +216,8 @@ pub struct Files {
     pub status: PathBuf,
     /// One log per process.
     pub logs: PathBuf,
+    /// The internal CA and each component's certificate directory.
+    pub pki: PathBuf,
 }
 
 impl Files {
@@ -228,7 +235,28 @@ impl Files {
             state: root.join("state.json"),
             status: root.join("status.json"),
             logs: root.join("logs"),
+            pki: root.join("pki"),
         }
+    }
+
+    /// The internal CA's certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki.join("ca.crt")
+    }
+
+    /// Its private key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.pki.join("ca.key")
+    }
+
+    /// `component`'s certificate directory (`tls.crt`, `tls.key`, `ca.crt`).
+    pub fn tls_dir(&self, component: &str) -> PathBuf {
+        self.pki.join(component)
+    }
+
+    /// Envoy's file-based SDS resource naming its internal certificate.
+    pub fn envoy_internal_sds(&self) -> PathBuf {
+        self.root.join("run/envoy-internal-tls-sds.yaml")
     }
 
     /// Envoy replica `i`'s bootstrap.
@@ -260,6 +288,8 @@ pub struct Plan {
     pub metrics_port: u16,
     /// chat-xds's configuration.
     pub xds_config: XdsConfig,
+    /// The internal certificates to keep issued; empty when internal TLS is off.
+    pub certificates: Vec<pki::Leaf>,
     /// The topology loop's policy.
     pub policy: Policy,
     /// Files under the data directory.
@@ -411,6 +441,26 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
     // Locally the web page and chatctl use the plain-text port: gRPC-Web is always on.
     xds_config.grpc_web = true;
 
+    // Every process is on this machine: chat-xds serves under the loopback names.
+    let identity = |component: &str| Identity::new(LOCAL_NAMESPACE, &name, component);
+    let certificates: Vec<pki::Leaf> = match spec.internal_tls.lifetime() {
+        Some(lifetime) => vec![
+            pki::Leaf {
+                identity: identity(component::XDS),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime,
+            },
+            pki::Leaf {
+                identity: identity(component::INGRESS),
+                dns_names: Vec::new(),
+                lifetime,
+            },
+        ],
+        None => Vec::new(),
+    };
+    let internal_tls = !certificates.is_empty();
+    let dir_of = |component: &str| files.tls_dir(component).display().to_string();
+
     let bin = &options.binaries;
     let xds = xds_ports
         .iter()
@@ -429,7 +479,10 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
                 ("CHAT_XDS_LISTEN", format!("127.0.0.1:{ads}")),
                 ("CHAT_XDS_METRICS_LISTEN", format!("127.0.0.1:{http}")),
                 ("CHAT_XDS_POLL_MS", "500".into()),
-            ]),
+            ])
+            .into_iter()
+            .chain(internal_tls.then(|| ("CHAT_XDS_TLS_DIR".into(), dir_of(component::XDS))))
+            .collect(),
             port: ads,
         })
         .collect();
@@ -445,6 +498,11 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
                     .collect(),
                 admin_port: i32::from(admin),
                 ready_port: None,
+                internal_tls: internal_tls.then(|| EnvoyInternalTls {
+                    dir: dir_of(component::INGRESS),
+                    sds_file: files.envoy_internal_sds().display().to_string(),
+                    xds_identity: identity(component::XDS).uri(),
+                }),
             })
         })
         .collect();
@@ -491,6 +549,7 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         envoy_bootstraps,
         metrics_port: base + 50,
         xds_config,
+        certificates,
         policy,
         files,
         binaries: bin.clone(),

@@ -5,16 +5,26 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::Path,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
+
+use chatcluster_common::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+use chatcluster_types::identity::component;
+use tracing::info;
 
 use tokio::process::Command;
 
 use super::{
-    plan::{DbProcess, Plan},
+    plan::{DbProcess, LOCAL_NAMESPACE, Plan},
     runner::RunError,
 };
-use crate::build::secrets::{DbCredentials, TlsMaterial, TokenKey};
+use crate::{
+    build::{
+        self,
+        secrets::{DbCredentials, TlsMaterial, TokenKey},
+    },
+    pki::{self, Ca, Issued},
+};
 
 pub(super) fn io<'a>(
     what: &'static str,
@@ -70,6 +80,94 @@ pub(super) fn secrets(plan: &Plan) -> Result<DbCredentials, RunError> {
         write_atomically(&f.tls_cert, tls.cert_pem())?;
     }
     Ok(credentials)
+}
+
+/// The internal CA (made on the first run, read back after) and every certificate of the
+/// plan that is missing or due. Run at start and periodically: a renewal is published as a
+/// Secret volume is (below), so chat-xds and Envoy pick it up without a restart.
+pub(super) fn certificates(plan: &Plan, now: SystemTime) -> Result<(), RunError> {
+    if plan.certificates.is_empty() {
+        return Ok(());
+    }
+    let f = &plan.files;
+    std::fs::create_dir_all(&f.pki).map_err(io("cannot create", &f.pki))?;
+    let ca = if f.ca_cert().exists() {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(io("cannot read", path));
+        Ca::from_pem(&read(&f.ca_cert())?, &read(&f.ca_key())?)?
+    } else {
+        let ca = Ca::generate(LOCAL_NAMESPACE, &plan.name, now)?;
+        write_private(&f.ca_key(), ca.key_pem())?;
+        write_atomically(&f.ca_cert(), ca.cert_pem())?;
+        ca
+    };
+    for leaf in &plan.certificates {
+        let dir = f.tls_dir(&leaf.identity.component);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let held = match (read(CERT_FILE), read(KEY_FILE), read(CA_FILE)) {
+            (Some(cert_pem), Some(key_pem), Some(ca_pem)) => Some(Issued {
+                cert_pem,
+                key_pem,
+                ca_pem,
+            }),
+            _ => None,
+        };
+        if let Some(why) = pki::renewal(held.as_ref(), &ca, leaf, now) {
+            let issued = ca.issue(leaf, now)?;
+            publish(&dir, &issued)?;
+            info!(component = %leaf.identity.component, reason = ?why, "issued an internal certificate");
+        }
+    }
+    let sds = build::internal_tls_sds(&f.tls_dir(component::INGRESS).display().to_string());
+    let text = serde_yaml::to_string(&sds).map_err(|e| RunError::Invalid {
+        path: f.envoy_internal_sds(),
+        message: e.to_string(),
+    })?;
+    if std::fs::read_to_string(f.envoy_internal_sds())
+        .ok()
+        .as_deref()
+        != Some(text.as_str())
+    {
+        write_atomically(&f.envoy_internal_sds(), &text)?;
+    }
+    Ok(())
+}
+
+/// Publish `issued` into `dir` the way the kubelet updates a Secret volume: the files in a
+/// fresh `..<stamp>` directory, the `..data` link swapped to it in one rename, and
+/// `tls.crt`, `tls.key`, `ca.crt` links through `..data`. A reader (Envoy watching `dir`,
+/// chat-xds re-reading) sees the old pair or the new one, never one file of each.
+fn publish(dir: &Path, issued: &Issued) -> Result<(), RunError> {
+    use std::os::unix::fs::symlink;
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let stamp = format!(
+        "..{}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let fresh = dir.join(&stamp);
+    std::fs::create_dir(&fresh).map_err(io("cannot create", &fresh))?;
+    write_private(&fresh.join(KEY_FILE), &issued.key_pem)?;
+    write_atomically(&fresh.join(CERT_FILE), &issued.cert_pem)?;
+    write_atomically(&fresh.join(CA_FILE), &issued.ca_pem)?;
+    let data = dir.join("..data");
+    let previous = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&stamp, &tmp).map_err(io("cannot link", &tmp))?;
+    std::fs::rename(&tmp, &data).map_err(io("cannot link", &data))?;
+    for name in [CERT_FILE, KEY_FILE, CA_FILE] {
+        let link = dir.join(name);
+        if std::fs::read_link(&link).is_err() {
+            let _ = std::fs::remove_file(&link);
+            symlink(Path::new("..data").join(name), &link).map_err(io("cannot link", &link))?;
+        }
+    }
+    if let Some(old) = previous.filter(|p| p.as_os_str() != stamp.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
 }
 
 pub(super) fn check_ports(plan: &Plan, ingress: &[u16]) -> Result<(), RunError> {

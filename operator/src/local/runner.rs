@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::{
     plan::Plan,
     prepare::{
-        LOOPBACK, check_ports, ingress_address, install_db, io, port_open, secrets,
+        LOOPBACK, certificates, check_ports, ingress_address, install_db, io, port_open, secrets,
         write_atomically, write_private,
     },
     scaler::Scaler,
@@ -28,8 +28,9 @@ use super::{
 };
 use crate::{
     api::ServiceKind,
-    build::secrets::{DbCredentials, GenerateError},
+    build::secrets::DbCredentials,
     metrics::Metrics,
+    pki::PkiError,
     seed::local::{LocalFiles, LocalSeeder},
     topology::{
         self,
@@ -62,7 +63,7 @@ pub enum RunError {
     },
     /// A key or certificate could not be generated.
     #[error(transparent)]
-    Generate(#[from] GenerateError),
+    Generate(#[from] PkiError),
     /// Something else already listens on a port of the plan.
     #[error(
         "port {port} ({what}) is in use: another local cluster running? Stop it, or pick other ports with --base-port / --port / --plaintext-port"
@@ -275,6 +276,10 @@ impl Cluster {
 }
 
 /// Run `plan` until `shutdown` completes; `ingress` is Envoy's (plain-text, TLS) ports.
+/// How often the runner looks at the internal certificates (a renewal is due at two thirds
+/// of a lifetime of at least three minutes: a minute at the least).
+const RENEWAL_CHECK: Duration = Duration::from_secs(10);
+
 /// `on_status` receives every status that differs from the last.
 pub async fn run(
     plan: Plan,
@@ -292,6 +297,7 @@ pub async fn run(
     }
     check_ports(&plan, &[ingress.0, ingress.1])?;
     let credentials = secrets(&plan)?;
+    certificates(&plan, SystemTime::now())?;
 
     let mut cluster = Cluster {
         plan,
@@ -335,9 +341,16 @@ pub async fn run(
     let mut printed = String::new();
     let mut written = String::new();
     let mut tick = tokio::time::interval(super::scaler::PERIOD);
+    let mut renewals = tokio::time::interval(RENEWAL_CHECK);
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
+            _ = renewals.tick() => {
+                // A failed renewal leaves the old certificate serving; the next check retries.
+                if let Err(e) = certificates(&cluster.plan, SystemTime::now()) {
+                    warn!(error = %e, "cannot renew the internal certificates");
+                }
+            }
             _ = tick.tick() => {
                 if scaler.active() {
                     for (kind, n) in scaler.sample(&cluster.running()).await {

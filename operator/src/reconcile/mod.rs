@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod autoscaling;
+mod certificates;
 mod controller;
 pub mod seed;
 pub mod status;
@@ -145,6 +146,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// How soon a ChatCluster refused for its TLS Secret is looked at again.
 const TLS_SECRET_RECHECK: Duration = Duration::from_secs(30);
+/// The soonest a reconcile comes back for a certificate due now (a renewal that failed is
+/// retried by the error policy, not in a tight loop).
+const CERTIFICATE_RECHECK_FLOOR: Duration = Duration::from_secs(5);
 
 /// Publish that `resource` is refused for `problems`; no child is applied. The database
 /// keeps its failover: a running topology loop's roles still move to the pods (the
@@ -270,6 +274,12 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         }
     }
 
+    // Internal certificates, before the pods that mount them.
+    let renew_in = match validated.spec().internal_tls.lifetime() {
+        Some(lifetime) => Some(certificates::ensure(client, &owner, lifetime).await?),
+        None => None,
+    };
+
     // Build, then apply in dependency order; autoscaled services get the replicas the
     // autoscaler decided.
     let mut observed = observe(client, resource, &owner).await?;
@@ -350,8 +360,16 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         Some(e) => Err(e),
         // The Secret may be created or fixed without the spec changing.
         None if tls_problem.is_some() => Ok(Action::requeue(TLS_SECRET_RECHECK)),
-        None if status.phase == Phase::Ready => Ok(Action::requeue(RESYNC)),
-        None => Ok(Action::requeue(CONVERGING_RESYNC)),
+        None => {
+            let resync = match status.phase {
+                Phase::Ready => RESYNC,
+                _ => CONVERGING_RESYNC,
+            };
+            // Back in time to renew the next certificate (it has a third of its life left).
+            Ok(Action::requeue(renew_in.map_or(resync, |r| {
+                resync.min(r.max(CERTIFICATE_RECHECK_FLOOR))
+            })))
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
+        // The kubelet's probe: it presents no client certificate for the ADS port.
+        .route("/healthz", get(|| async { "ok" }))
         .route("/load", get(load))
         .route("/clients", get(clients))
         .with_state(observed);

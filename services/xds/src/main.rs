@@ -5,12 +5,15 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use chat_xds::csds::Csds;
 use chat_xds::{
+    admit::Admit,
     ads::{Ads, Clients},
     discovery::{self, Discovered, FileSource, Source, kubernetes::KubernetesSource},
     http::{self, Observed},
     load::{Load, LoadReporting},
     pipeline,
 };
+use chatcluster_common::tls::{self, TlsDir};
+use chatcluster_types::identity::component;
 use chatcluster_types::xds::XdsConfig;
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -19,7 +22,7 @@ use envoy_types::pb::envoy::service::{
     status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer,
 };
 use tokio::sync::watch;
-use tonic::transport::Server;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 use tracing::info;
 
 #[derive(Parser, Debug)]
@@ -37,6 +40,11 @@ struct Args {
     /// Metrics, load signal and client status over HTTP.
     #[arg(long, env = "CHAT_XDS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Internal TLS: a directory with this replica's certificate (`tls.crt`, `tls.key`) and
+    /// the cluster's CA (`ca.crt`). Every caller must then present a certificate of that CA,
+    /// and only the cluster's Envoys get configuration or may report load.
+    #[arg(long, env = "CHAT_XDS_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     /// How often watched files are re-read even without a change notification, in ms.
     #[arg(long, env = "CHAT_XDS_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
@@ -112,23 +120,57 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let lrs = LoadReportingServiceServer::new(LoadReporting::new(load));
-    let csds = ClientStatusDiscoveryServiceServer::new(Csds::new(clients.clone()));
-    let ads = AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let tls = args.tls_dir.map(TlsDir);
+    let own = match &tls {
+        Some(dir) => Some(dir.identity()?),
+        None => {
+            tracing::warn!("internal TLS off: any client that reaches the port is served");
+            None
+        }
+    };
+    // Configuration carries the listener's private key, and load reports drive the
+    // autoscaler: Envoy alone. Client status is for the operator (and Envoy's own view).
+    let envoy = Admit::new(own.clone(), &[component::INGRESS]);
+    let observers = Admit::new(own, &[component::INGRESS, component::OPERATOR]);
+    let lrs = InterceptedService::new(
+        LoadReportingServiceServer::new(LoadReporting::new(load)),
+        envoy.clone(),
+    );
+    let csds = InterceptedService::new(
+        ClientStatusDiscoveryServiceServer::new(Csds::new(clients.clone())),
+        observers,
+    );
+    let ads = InterceptedService::new(
+        AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        envoy,
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    info!(listen = %args.listen, "chat-xds serving");
-    let server = Server::builder()
+    info!(listen = %args.listen, tls = tls.is_some(), "chat-xds serving");
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(ads)
         .add_service(lrs)
-        .add_service(csds)
-        .serve_with_shutdown(args.listen, shutdown.wait());
+        .add_service(csds);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> =
+        match &tls {
+            Some(dir) => Box::pin(router.serve_with_incoming_shutdown(
+                tls::incoming(listener, dir.server_config()?),
+                shutdown.wait(),
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.wait(),
+            )),
+        };
     // A graceful stop waits for every stream to end, and an Envoy's ADS and LRS streams never
     // do: after a short grace the process ends them by exiting. Envoy keeps serving its last
     // configuration and reconnects to another replica.

@@ -1,0 +1,126 @@
+//! The internal plane's certificates as Kubernetes holds them: the CA in a Secret created
+//! once (like the other generated Secrets), and one `kubernetes.io/tls` Secret per component
+//! with `ca.crt` beside the key pair, which the reconciler issues and renews
+//! ([`crate::pki::renewal`]) and the component's pod mounts. Secret volumes are updated in
+//! place, so a renewal reaches chat-xds and Envoy without a restart.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chatcluster_common::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+use chatcluster_types::identity::{Identity, component};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+
+use super::{
+    ClusterRef, ingress, names,
+    secrets::{self, TLS_SECRET_TYPE},
+    xds,
+};
+use crate::pki::{Ca, Issued, Leaf};
+
+/// Key of the CA's private key in its Secret (its certificate is under [`CA_FILE`]).
+pub const CA_KEY: &str = "ca.key";
+
+/// The identity of `component` of this cluster.
+pub fn identity(owner: &ClusterRef, component: &str) -> Identity {
+    Identity::new(&owner.namespace, &owner.name, component)
+}
+
+/// The certificates the cluster's components need: chat-xds serves under its Service's
+/// names; Envoy is its client only.
+pub fn leaves(owner: &ClusterRef, lifetime: Duration) -> Vec<Leaf> {
+    let svc = names::xds(owner);
+    let ns = &owner.namespace;
+    vec![
+        Leaf {
+            identity: identity(owner, component::XDS),
+            dns_names: vec![
+                svc.clone(),
+                format!("{svc}.{ns}"),
+                format!("{svc}.{ns}.svc"),
+                format!("{svc}.{ns}.svc.cluster.local"),
+            ],
+            lifetime,
+        },
+        Leaf {
+            identity: identity(owner, component::INGRESS),
+            dns_names: Vec::new(),
+            lifetime,
+        },
+    ]
+}
+
+/// The Kubernetes component label of the pods holding `identity`'s certificate.
+fn component_label(identity: &Identity) -> &str {
+    match identity.component.as_str() {
+        component::XDS => xds::COMPONENT,
+        component::INGRESS => ingress::COMPONENT,
+        other => other,
+    }
+}
+
+/// The CA's Secret.
+pub fn ca_secret(owner: &ClusterRef, ca: &Ca) -> Secret {
+    Secret {
+        metadata: owner.meta(
+            names::internal_ca(owner),
+            owner.labels("pki", "chatcluster"),
+        ),
+        string_data: Some(BTreeMap::from([
+            (CA_FILE.to_string(), ca.cert_pem().to_string()),
+            (CA_KEY.to_string(), ca.key_pem().to_string()),
+        ])),
+        // Every certificate hangs on it: nothing may replace it under a running cluster.
+        immutable: Some(true),
+        ..Secret::default()
+    }
+}
+
+/// `leaf`'s certificate Secret, holding `issued`. Not immutable: renewals replace it.
+pub fn leaf_secret(owner: &ClusterRef, leaf: &Leaf, issued: &Issued) -> Secret {
+    Secret {
+        metadata: owner.meta(
+            names::internal_tls(owner, &leaf.identity.component),
+            owner.labels(component_label(&leaf.identity), "chatcluster"),
+        ),
+        type_: Some(TLS_SECRET_TYPE.into()),
+        string_data: Some(BTreeMap::from([
+            (CERT_FILE.to_string(), issued.cert_pem.clone()),
+            (KEY_FILE.to_string(), issued.key_pem.clone()),
+            (CA_FILE.to_string(), issued.ca_pem.clone()),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The component Secrets as `render` shows them: real names, type and keys, stand-in values.
+pub fn placeholders(owner: &ClusterRef, lifetime: Duration) -> Vec<Secret> {
+    let p = || secrets::PLACEHOLDER.to_string();
+    let stand_in = Issued {
+        cert_pem: p(),
+        key_pem: p(),
+        ca_pem: p(),
+    };
+    leaves(owner, lifetime)
+        .iter()
+        .map(|leaf| secrets::placeholder(leaf_secret(owner, leaf, &stand_in)))
+        .collect()
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let ByteString(bytes) = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.clone()).ok()
+}
+
+/// The CA a Secret read from the API holds.
+pub fn ca_of(secret: &Secret) -> Option<(String, String)> {
+    Some((text(secret, CA_FILE)?, text(secret, CA_KEY)?))
+}
+
+/// The certificate a leaf Secret read from the API holds.
+pub fn issued_of(secret: &Secret) -> Option<Issued> {
+    Some(Issued {
+        cert_pem: text(secret, CERT_FILE)?,
+        key_pem: text(secret, KEY_FILE)?,
+        ca_pem: text(secret, CA_FILE)?,
+    })
+}

@@ -1,0 +1,74 @@
+//! The internal certificates' side effects: observe each component's Secret, let
+//! [`pki::renewal`] decide, issue and apply what is due. Runs after the CA Secret exists
+//! (a generated Secret) and before the pods that mount the certificates are applied.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tracing::info;
+
+use super::apply;
+use crate::{
+    Error,
+    build::{self, ClusterRef, internal_tls, names},
+    pki::{self, Ca},
+};
+
+fn ours(secret: &Secret, owner: &ClusterRef) -> bool {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == owner.uid())
+}
+
+/// Issue every certificate that is missing or due, under the cluster's CA. Returns how long
+/// until the next one falls due, so the reconcile comes back in time.
+pub async fn ensure(
+    client: &Client,
+    owner: &ClusterRef,
+    lifetime: Duration,
+) -> Result<Duration, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace);
+    let ca_name = names::internal_ca(owner);
+    let stored = api
+        .get(&ca_name)
+        .await
+        .map_err(Error::kube("get", "Secret", &ca_name))?;
+    let (cert, key) = internal_tls::ca_of(&stored).ok_or_else(|| {
+        Error::InvalidObject(format!("Secret {ca_name} holds no CA certificate and key"))
+    })?;
+    let ca = Ca::from_pem(&cert, &key)?;
+    let now = SystemTime::now();
+    let mut next = lifetime;
+    for leaf in internal_tls::leaves(owner, lifetime) {
+        let name = names::internal_tls(owner, &leaf.identity.component);
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("get", "Secret", &name))?;
+        if let Some(secret) = &existing
+            && !ours(secret, owner)
+        {
+            return Err(Error::ForeignSecret(name));
+        }
+        let issued = existing.as_ref().and_then(internal_tls::issued_of);
+        let issued = match pki::renewal(issued.as_ref(), &ca, &leaf, now) {
+            None => issued,
+            Some(why) => {
+                let fresh = ca.issue(&leaf, now)?;
+                let secret = internal_tls::leaf_secret(owner, &leaf, &fresh);
+                let object = build::to_dynamic(&secret)?;
+                apply::apply(client, &owner.namespace, &object).await?;
+                info!(secret = %name, reason = ?why, "issued an internal certificate");
+                Some(fresh)
+            }
+        };
+        if let Some(at) = issued.as_ref().and_then(pki::renew_at) {
+            next = next.min(at.duration_since(now).unwrap_or_default());
+        }
+    }
+    Ok(next)
+}

@@ -1,0 +1,329 @@
+//! The internal plane's mutual TLS in a running local cluster (real chat-xds, Envoy, chatd,
+//! MariaDB): chat-xds hands configuration — and with it the listener's private key — to its
+//! cluster's Envoy alone, refuses forged load reports, and its certificates and Envoy's are
+//! renewed under load without a failed request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use chat_operator::pki::{Ca, Issued, Leaf};
+use chatcluster_tests::{http_get, load, local::LocalCluster};
+use chatcluster_types::identity::{Identity, component};
+use envoy_types::pb::envoy::{
+    config::core::v3::Node,
+    config::endpoint::v3::{ClusterStats, UpstreamLocalityStats},
+    service::{
+        discovery::v3::{
+            DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        },
+        load_stats::v3::{
+            LoadStatsRequest, load_reporting_service_client::LoadReportingServiceClient,
+        },
+    },
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as KeyPair};
+
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn cluster_ca(cluster: &LocalCluster) -> Ca {
+    let f = &cluster.plan.files;
+    Ca::from_pem(&read(&f.ca_cert()), &read(&f.ca_key())).unwrap()
+}
+
+fn certificate_for(ca: &Ca, identity: Identity, issued_at: SystemTime) -> Issued {
+    ca.issue(
+        &Leaf {
+            identity,
+            dns_names: Vec::new(),
+            lifetime: 30 * DAY,
+        },
+        issued_at,
+    )
+    .unwrap()
+}
+
+/// A channel to chat-xds over TLS, trusting `trusted` and presenting `client` if any. `Err`
+/// when the handshake fails.
+async fn tls_channel(
+    port: u16,
+    trusted: &str,
+    client: Option<&Issued>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(trusted))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(KeyPair::from_pem(&c.cert_pem, &c.key_pem));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn node() -> Node {
+    Node {
+        id: "intruder".into(),
+        cluster: "laptop-envoy".into(),
+        ..Node::default()
+    }
+}
+
+/// The first response of a SotW stream asking for the listener's certificate.
+async fn ask_for_the_key(channel: Channel) -> Result<usize, tonic::Status> {
+    let request = DiscoveryRequest {
+        node: Some(node()),
+        type_url: SECRET_TYPE.into(),
+        resource_names: vec!["ingress-cert".into()],
+        ..DiscoveryRequest::default()
+    };
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request).await.unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a response in time")?
+        .expect("a response");
+    drop(tx);
+    Ok(first.resources.len())
+}
+
+/// Report a million requests to `auth` as if from an Envoy; the stream's status.
+async fn forge_load(channel: Channel) -> Result<(), tonic::Status> {
+    let report = LoadStatsRequest {
+        node: Some(node()),
+        cluster_stats: vec![ClusterStats {
+            cluster_name: "auth".into(),
+            upstream_locality_stats: vec![UpstreamLocalityStats {
+                total_issued_requests: 1_000_000,
+                total_requests_in_progress: 10_000,
+                ..UpstreamLocalityStats::default()
+            }],
+            ..ClusterStats::default()
+        }],
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(report).await.unwrap();
+    let mut responses = LoadReportingServiceClient::new(channel)
+        .stream_load_stats(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let _ = tokio::time::timeout(Duration::from_secs(3), responses.message()).await;
+    drop(tx);
+    Ok(())
+}
+
+/// SHA-256 fingerprint of the certificate in `pem`, as openssl prints it.
+fn fingerprint(pem: &str) -> String {
+    let dir = chatcluster_harness::TempDir::new("fingerprint");
+    let file = dir.path().join("c.pem");
+    std::fs::write(&file, pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The certificate chat-xds presents to a client holding `client`, fingerprinted.
+fn served_fingerprint(port: u16, client_dir: &Path) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -alpn h2 -cert {d}/tls.crt -key {d}/tls.key </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+        d = client_dir.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The JSON body of `GET path` on `port` (chat-xds's `/load`, Envoy's `/certs`); a chunked
+/// body's single chunk is read between its outer braces.
+async fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let response = http_get(port, path).await;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if a < b => &body[a..=b],
+        _ => "",
+    };
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {response}"))
+}
+
+async fn envoy_stat(admin: u16, name: &str) -> u64 {
+    http_get(admin, "/stats")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: "))?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
+    let cluster = LocalCluster::start("examples/laptop.yaml");
+    let xds = cluster.plan.xds[0].port;
+    let xds_http = cluster.plan.xds_http[0];
+    let envoy_admin = cluster.plan.envoys[0].port;
+    let files = cluster.plan.files.clone();
+    let ca = cluster_ca(&cluster);
+    let ours = Identity::new("local", "laptop", component::INGRESS);
+    let now = SystemTime::now();
+
+    // The cluster's own Envoy got its configuration over mutual TLS.
+    assert_eq!(
+        envoy_stat(envoy_admin, "control_plane.connected_state").await,
+        1
+    );
+    assert!(envoy_stat(envoy_admin, "cluster.xds.ssl.handshake").await >= 1);
+
+    // Plain text gets nothing: the port speaks TLS only.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{xds}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        assert!(
+            ask_for_the_key(channel).await.is_err(),
+            "plain text was served"
+        );
+    }
+    // TLS without a client certificate: the handshake is refused.
+    let ca_pem = ca.cert_pem().to_string();
+    match tls_channel(xds, &ca_pem, None).await {
+        Err(_) => {}
+        Ok(channel) => assert!(
+            ask_for_the_key(channel).await.is_err(),
+            "served without a certificate"
+        ),
+    }
+    // A certificate naming the right identity, from another CA: refused at the handshake.
+    let stranger = Ca::generate("local", "laptop", now).unwrap();
+    let foreign = certificate_for(&stranger, ours.clone(), now);
+    match tls_channel(xds, &ca_pem, Some(&foreign)).await {
+        Err(_) => {}
+        Ok(channel) => assert!(
+            ask_for_the_key(channel).await.is_err(),
+            "a foreign CA was trusted"
+        ),
+    }
+    // The cluster's CA, but another component or another cluster: no key, no load report.
+    for intruder in [
+        ours.sibling("auth"),
+        ours.sibling(component::XDS),
+        Identity::new("local", "other", component::INGRESS),
+    ] {
+        let cert = certificate_for(&ca, intruder.clone(), now);
+        let channel = tls_channel(xds, &ca_pem, Some(&cert)).await.unwrap();
+        let refused = ask_for_the_key(channel.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{intruder}");
+        let forged = forge_load(channel).await.unwrap_err();
+        assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{intruder}");
+    }
+    // Only the real Envoy reports load: the forged million requests are nowhere.
+    let report = get_json(xds_http, "/load").await;
+    let auth = &report["services"]["auth"];
+    assert_eq!(auth["envoys"], 1, "{report}");
+    assert!(auth["inFlight"].as_u64().unwrap_or(0) < 100, "{report}");
+    // And the Envoy identity itself is served the key (the positive control).
+    let envoy_cert = certificate_for(&ca, ours.clone(), now);
+    let channel = tls_channel(xds, &ca_pem, Some(&envoy_cert)).await.unwrap();
+    assert_eq!(ask_for_the_key(channel).await.unwrap(), 1);
+
+    // Rotation under load: both certificates are made due (issued 21 of their 30 days ago,
+    // past the two thirds at which the runner renews), while clients read through Envoy.
+    let (session, group) = load::reader(&cluster.endpoint(), "rotation").await;
+    let traffic = load::Load::start(&cluster.endpoint(), session, group, 50.0).await;
+    let before = traffic.now();
+    let handshakes = envoy_stat(envoy_admin, "cluster.xds.ssl.handshake").await;
+    let mut planted = Vec::new();
+    for who in [component::XDS, component::INGRESS] {
+        let dir = files.tls_dir(who);
+        let old = certificate_for(&ca, ours.sibling(who), now - 21 * DAY);
+        // Into the directory the links point at, as a stale volume would hold them.
+        std::fs::write(dir.join("..data/tls.key"), &old.key_pem).unwrap();
+        std::fs::write(dir.join("..data/tls.crt"), &old.cert_pem).unwrap();
+        planted.push((dir, fingerprint(&old.cert_pem)));
+    }
+    // The runner renews both within its check interval.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let renewed = loop {
+        let fresh: Vec<String> = planted
+            .iter()
+            .map(|(dir, _)| fingerprint(&read(&dir.join("tls.crt"))))
+            .collect();
+        if fresh.iter().zip(&planted).all(|(f, (_, old))| f != old) {
+            break fresh;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the due certificates were not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // chat-xds serves its new certificate to new connections, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_fingerprint(xds, &files.tls_dir(component::INGRESS)) != renewed[0] {
+        assert!(
+            Instant::now() < deadline,
+            "chat-xds still serves the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Envoy reconnects to a restarted chat-xds with its renewed certificate, verifying the
+    // renewed server certificate, and keeps serving clients meanwhile.
+    cluster.signal("xds-0", "KILL");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while envoy_stat(envoy_admin, "cluster.xds.ssl.handshake").await <= handshakes
+        || envoy_stat(envoy_admin, "control_plane.connected_state").await != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy did not reconnect over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Envoy holds the renewed client certificate: 29+ days left, not the planted 9.
+    let certs = get_json(envoy_admin, "/certs").await;
+    let ingress_days: Vec<u64> = certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+        .filter(|c| {
+            c["subject_alt_names"]
+                .as_array()
+                .is_some_and(|names| names.iter().any(|n| n["uri"] == ours.uri()))
+        })
+        .filter_map(|c| c["days_until_expiration"].as_str()?.parse().ok())
+        .collect();
+    assert!(
+        !ingress_days.is_empty() && ingress_days.iter().all(|&d| d >= 29),
+        "Envoy's internal certificate has {ingress_days:?} days left: {certs}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = traffic.between(before, traffic.now());
+    let failed: Vec<_> = during.iter().filter(|o| o.error.is_some()).collect();
+    assert!(during.len() > 100, "too little traffic: {}", during.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        during.len(),
+        failed.first()
+    );
+}
