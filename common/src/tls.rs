@@ -317,3 +317,54 @@ pub fn incoming(
     });
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
+
+/// Connects a tonic channel over TLS with `config`, verifying the server as `server_name`
+/// (its identity's [`Identity::server_name`]) whatever address it is reached at: a pod IP
+/// from DNS or an EndpointSlice, a loopback port.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Connector {
+    /// A connector presenting `dir`'s certificate to servers named `server_name`.
+    pub fn new(dir: &TlsDir, server_name: String) -> Result<Self, TlsError> {
+        let server_name = rustls::pki_types::ServerName::try_from(server_name)
+            .map_err(|_| TlsError::Verifier("the server's identity is not a DNS name".into()))?;
+        Ok(Self {
+            tls: tokio_rustls::TlsConnector::from(dir.client_config()?),
+            server_name,
+        })
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (tls, name) = (self.tls.clone(), self.server_name.clone());
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?;
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}

@@ -154,9 +154,10 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, leaf.identity.component.clone());
-        params.subject_alt_names = leaf
-            .dns_names
-            .iter()
+        // The identity's own DNS name first: every peer verifies a server by it.
+        let server_name = leaf.identity.server_name();
+        params.subject_alt_names = std::iter::once(&server_name)
+            .chain(&leaf.dns_names)
             .map(|name| match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
                 Err(_) => Ia5String::try_from(name.as_str()).map(SanType::DnsName),
@@ -211,6 +212,7 @@ pub fn renewal(issued: Option<&Issued>, ca: &Ca, leaf: &Leaf, now: SystemTime) -
         return Some(Renew::OtherCa);
     }
     if cert.identity.as_ref() != Some(&leaf.identity)
+        || !cert.names.contains(&leaf.identity.server_name())
         || !leaf.dns_names.iter().all(|n| cert.names.contains(n))
     {
         return Some(Renew::Names);

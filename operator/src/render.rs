@@ -56,7 +56,7 @@ pub fn render(
     }
     // Issued and renewed by the reconciler before the pods that mount them.
     if let Some(lifetime) = validated.spec().internal_tls.lifetime() {
-        for secret in internal_tls::placeholders(&owner, lifetime) {
+        for secret in internal_tls::placeholders(&owner, validated.spec(), lifetime) {
             out.push(build::to_dynamic(&secret)?);
         }
     }

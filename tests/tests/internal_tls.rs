@@ -1,7 +1,8 @@
 //! The internal plane's mutual TLS in a running local cluster (real chat-xds, Envoy, chatd,
 //! MariaDB): chat-xds hands configuration — and with it the listener's private key — to its
-//! cluster's Envoy alone, refuses forged load reports, and its certificates and Envoy's are
-//! renewed under load without a failed request.
+//! cluster's Envoy alone and refuses forged load reports; chatd takes chat calls from Envoy
+//! and fan-out hints from its own peers only; certificates are renewed under load without a
+//! failed request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +15,10 @@ use std::{
 use chat_operator::pki::{Ca, Issued, Leaf};
 use chatcluster_tests::{http_get, load, local::LocalCluster};
 use chatcluster_types::identity::{Identity, component};
+use chatd::pb::{
+    groups::{GetGroupRequest, groups_client::GroupsClient},
+    internal::{Notification, NotifyRequest, fanout_client::FanoutClient},
+};
 use envoy_types::pb::envoy::{
     config::core::v3::Node,
     config::endpoint::v3::{ClusterStats, UpstreamLocalityStats},
@@ -59,9 +64,19 @@ async fn tls_channel(
     trusted: &str,
     client: Option<&Issued>,
 ) -> Result<Channel, tonic::transport::Error> {
+    tls_channel_to(port, "localhost", trusted, client).await
+}
+
+/// As [`tls_channel`], verifying the server as `name`.
+async fn tls_channel_to(
+    port: u16,
+    name: &str,
+    trusted: &str,
+    client: Option<&Issued>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(trusted))
-        .domain_name("localhost");
+        .domain_name(name);
     if let Some(c) = client {
         tls = tls.identity(KeyPair::from_pem(&c.cert_pem, &c.key_pem));
     }
@@ -172,6 +187,122 @@ async fn envoy_stat(admin: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A forged hint: conversation 1 of `groups` at the last possible seq, which would freeze its
+/// live delivery on the replica that believed it.
+async fn forge_hint(channel: Channel) -> Result<(), tonic::Status> {
+    FanoutClient::new(channel)
+        .notify(NotifyRequest {
+            sender: "intruder".into(),
+            notifications: vec![Notification {
+                service: "groups".into(),
+                conversation_id: 1,
+                seq: u64::MAX,
+                gtid: String::new(),
+                update: false,
+            }],
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A chat API call made straight to a chatd replica, past Envoy.
+async fn call_groups(channel: Channel) -> Result<(), tonic::Status> {
+    GroupsClient::new(channel)
+        .get_group(GetGroupRequest { group_id: 1 })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatd_takes_chat_calls_from_envoy_and_hints_from_its_peers_only() {
+    let cluster = LocalCluster::start("examples/laptop.yaml");
+    let groups = cluster
+        .plan
+        .services
+        .iter()
+        .find(|s| s.kind.as_str() == "groups")
+        .unwrap();
+    let port = groups.port(0);
+    let ca = cluster_ca(&cluster);
+    let ca_pem = ca.cert_pem().to_string();
+    let me = Identity::new("local", "laptop", "groups");
+    let now = SystemTime::now();
+
+    // Through Envoy (over mutual TLS to chatd), clients chat as ever.
+    let (session, group) = load::reader(&cluster.endpoint(), "through-envoy").await;
+    assert!(session.access_token.len() > 10 && group > 0);
+
+    // Past Envoy: plain text and certificate-less TLS get nothing.
+    if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+    {
+        assert!(forge_hint(channel.clone()).await.is_err());
+        assert!(call_groups(channel).await.is_err());
+    }
+    if let Ok(channel) = tls_channel_to(port, &me.server_name(), &ca_pem, None).await {
+        assert!(
+            forge_hint(channel).await.is_err(),
+            "served without a certificate"
+        );
+    }
+    // The cluster's CA, another component: Envoy may call the API but send no hint; another
+    // service's replica neither; a peer replica sends hints but no chat calls.
+    let channel_as = |who: Identity| {
+        let cert = certificate_for(&ca, who, now);
+        let ca_pem = ca_pem.clone();
+        let name = me.server_name();
+        async move {
+            tls_channel_to(port, &name, &ca_pem, Some(&cert))
+                .await
+                .unwrap()
+        }
+    };
+    let envoy = channel_as(me.sibling(component::INGRESS)).await;
+    let code = forge_hint(envoy.clone()).await.unwrap_err().code();
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    assert_ne!(
+        call_groups(envoy).await.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied),
+        "Envoy's identity is refused the API"
+    );
+    let auth = channel_as(me.sibling("auth")).await;
+    assert_eq!(
+        forge_hint(auth.clone()).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        call_groups(auth).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let peer = channel_as(me.clone()).await;
+    assert!(
+        forge_hint(peer.clone()).await.is_ok(),
+        "a peer's hint refused"
+    );
+    assert_eq!(
+        call_groups(peer).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    // A server that is not the groups service is not taken for it: the auth replica's
+    // certificate names another identity, so a client expecting groups refuses it.
+    let auth_port = cluster
+        .plan
+        .services
+        .iter()
+        .find(|s| s.kind.as_str() == "auth")
+        .unwrap()
+        .port(0);
+    let cert = certificate_for(&ca, me.sibling(component::INGRESS), now);
+    assert!(
+        tls_channel_to(auth_port, &me.server_name(), &ca_pem, Some(&cert))
+            .await
+            .is_err(),
+        "the auth replica passed for groups"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     let cluster = LocalCluster::start("examples/laptop.yaml");
@@ -237,8 +368,17 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     // Only the real Envoy reports load: the forged million requests are nowhere.
     let report = get_json(xds_http, "/load").await;
     let auth = &report["services"]["auth"];
-    assert_eq!(auth["envoys"], 1, "{report}");
-    assert!(auth["inFlight"].as_u64().unwrap_or(0) < 100, "{report}");
+    assert!(auth["envoys"].as_u64().unwrap_or(0) <= 1, "{report}");
+    for (service, load) in report["services"].as_object().unwrap() {
+        assert!(
+            load["inFlight"].as_u64().unwrap_or(0) < 100,
+            "{service}: {report}"
+        );
+        assert!(
+            load["requestsPerSecond"].as_f64().unwrap_or(0.0) < 1000.0,
+            "{service}: {report}"
+        );
+    }
     // And the Envoy identity itself is served the key (the positive control).
     let envoy_cert = certificate_for(&ca, ours.clone(), now);
     let channel = tls_channel(xds, &ca_pem, Some(&envoy_cert)).await.unwrap();
@@ -251,7 +391,8 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     let before = traffic.now();
     let handshakes = envoy_stat(envoy_admin, "cluster.xds.ssl.handshake").await;
     let mut planted = Vec::new();
-    for who in [component::XDS, component::INGRESS] {
+    // The history reads go to groups: its replica's certificate is renewed under them too.
+    for who in [component::XDS, component::INGRESS, "groups"] {
         let dir = files.tls_dir(who);
         let old = certificate_for(&ca, ours.sibling(who), now - 21 * DAY);
         // Into the directory the links point at, as a stale volume would hold them.
@@ -275,14 +416,23 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    // chat-xds serves its new certificate to new connections, without a restart.
+    // chat-xds and chatd serve their new certificates to new connections, without a restart.
+    let groups = cluster
+        .plan
+        .services
+        .iter()
+        .find(|s| s.kind.as_str() == "groups")
+        .unwrap()
+        .port(0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served_fingerprint(xds, &files.tls_dir(component::INGRESS)) != renewed[0] {
-        assert!(
-            Instant::now() < deadline,
-            "chat-xds still serves the old certificate"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for (port, fresh) in [(xds, &renewed[0]), (groups, &renewed[2])] {
+        while served_fingerprint(port, &files.tls_dir(component::INGRESS)) != *fresh {
+            assert!(
+                Instant::now() < deadline,
+                "port {port} still serves the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
     // Envoy reconnects to a restarted chat-xds with its renewed certificate, verifying the
     // renewed server certificate, and keeps serving clients meanwhile.

@@ -48,6 +48,8 @@ pub mod var {
     pub const ADDRESS_REGISTRATIONS_PER_HOUR: &str = "CHATD_ADDRESS_REGISTRATIONS_PER_HOUR";
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     pub const DRAIN_SECONDS: &str = "CHATD_DRAIN_SECONDS";
+    /// Internal TLS: the directory of this replica's certificate and the cluster's CA.
+    pub const TLS_DIR: &str = "CHATD_TLS_DIR";
     /// Not read by chatd: the pod's IP, which Kubernetes pods set so that
     /// [`ADVERTISE`] can name it (`$(CHATD_POD_IP):port`).
     pub const POD_IP: &str = "CHATD_POD_IP";
@@ -122,6 +124,8 @@ pub struct Settings {
     pub pod_ip: Option<Value>,
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     pub drain_seconds: Option<f64>,
+    /// Internal TLS: the certificate directory; none: plain text.
+    pub tls_dir: Option<String>,
 }
 
 impl Settings {
@@ -175,6 +179,7 @@ impl Settings {
             var::DRAIN_SECONDS,
             self.drain_seconds.map(|s| Value::Text(s.to_string())),
         );
+        some(var::TLS_DIR, self.tls_dir.as_deref().map(text));
         out
     }
 }
@@ -206,6 +211,7 @@ mod tests {
             pod_name: Value::PodField("metadata.name".into()),
             pod_ip: Some(Value::PodField("status.podIP".into())),
             drain_seconds: None,
+            tls_dir: Some("/etc/chatd/tls".into()),
         }
     }
 
@@ -216,6 +222,7 @@ mod tests {
         assert!(!names.contains(&var::METRICS_LISTEN) && !names.contains(&var::PEERS));
         assert!(env.contains(&(var::SERVICES, "groups,dms".into())));
         assert!(env.contains(&(var::DB_POOL, "16".into())));
+        assert!(env.contains(&(var::TLS_DIR, "/etc/chatd/tls".into())));
     }
 
     #[test]

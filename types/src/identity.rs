@@ -55,6 +55,16 @@ impl Identity {
         self.to_string()
     }
 
+    /// The DNS name its certificate also carries, so a client can verify a server by
+    /// identity with ordinary name checks (SNI, webpki) wherever it reaches it — a pod IP
+    /// from an EndpointSlice, a loopback port: `<component>.<name>.<namespace>.chatcluster.internal`.
+    pub fn server_name(&self) -> String {
+        format!(
+            "{}.{}.{}.chatcluster.internal",
+            self.component, self.cluster, self.namespace
+        )
+    }
+
     /// The identity a URI SAN names, if it is one of ours. Each part must be a non-empty DNS
     /// label's characters, so no part can smuggle a `/`.
     pub fn parse(uri: &str) -> Option<Self> {
@@ -95,7 +105,8 @@ mod tests {
             id.uri(),
             "spiffe://chatcluster.io/ns/chat/cluster/demo/ingress"
         );
-        assert_eq!(Identity::parse(&id.uri()), Some(id));
+        assert_eq!(Identity::parse(&id.uri()), Some(id.clone()));
+        assert_eq!(id.server_name(), "ingress.demo.chat.chatcluster.internal");
     }
 
     #[test]

@@ -30,10 +30,31 @@ pub struct XdsConfig {
     pub rate_limit: Option<RateLimit>,
     /// One upstream cluster per chat service.
     pub services: Vec<XdsService>,
+    /// Internal TLS from Envoy to chatd; none: plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
     /// Where endpoints and the certificate are found in Kubernetes; none in local mode, where
     /// they come from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesDiscovery>,
+}
+
+/// The name of Envoy's internal certificate in its file-based SDS resource, which the
+/// operator writes and chat-xds's clusters refer to.
+pub const ENVOY_INTERNAL_SECRET: &str = "internal";
+
+/// How Envoy reaches chatd over mutual TLS: its certificate and the CA, as files on Envoy's
+/// side (its own Secret volume, or the local runner's files), and the namespace the
+/// services' identities name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// The namespace of the identities (`local` in local mode).
+    pub namespace: String,
+    /// Envoy's file-based SDS resource naming its certificate.
+    pub sds_file: String,
+    /// The cluster's CA certificate.
+    pub ca_file: String,
 }
 
 /// What chat-xds watches in Kubernetes.

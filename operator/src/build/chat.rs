@@ -10,7 +10,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, EnvVar, GRPCAction, KeyToPath, PodSpec, PodTemplateSpec,
+            Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec,
             Probe, SecretVolumeSource, Service, ServiceSpec, Volume,
         },
     },
@@ -25,6 +25,8 @@ use crate::api::{ChatClusterSpec, ChatServiceSpec, ServiceKind, defaults};
 /// uid/gid chatd runs as (the distroless "nonroot" convention).
 const CHATD_UID: i64 = 65532;
 const TOKEN_MOUNT: &str = "/etc/chatd/token";
+/// Where a chatd pod mounts its internal certificate.
+const TLS_MOUNT: &str = "/etc/chatd/tls";
 
 /// Replicas a service's Deployment should have: the fixed count, or for an autoscaled service
 /// the autoscaler's current choice kept within the spec's bounds (`minReplicas` at first).
@@ -46,13 +48,17 @@ pub fn deployment(
     replicas: i32,
 ) -> Deployment {
     let component = kind.as_str();
+    let internal_tls = spec.internal_tls.enabled;
     let selector = owner.selector(component);
     let labels = owner.labels(component, "chatd");
-    let grpc_probe = |service: &str, period: i32, failures: i32| Probe {
-        grpc: Some(GRPCAction {
-            port: ports::CHATD_GRPC,
-            service: Some(service.to_string()),
-            ..GRPCAction::default()
+    // On the metrics port: the kubelet presents no client certificate, and the gRPC port
+    // takes none but the internal CA's. `/healthz` answers 200 while serving and 503 once
+    // draining, as the gRPC health status does.
+    let probe = |period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(ports::METRICS),
+            ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
@@ -82,12 +88,11 @@ pub fn deployment(
                 ..ContainerPort::default()
             },
         ]),
-        // Readiness asks for this service by its gRPC name: chatd reports NOT_SERVING when it
-        // drains or loses its database, so Envoy and the Service stop sending it traffic.
-        readiness_probe: Some(grpc_probe(kind.grpc_service(), 5, 2)),
-        // Liveness asks for the whole server (""), which stays SERVING while the process works.
-        liveness_probe: Some(grpc_probe("", 10, 3)),
-        startup_probe: Some(grpc_probe("", 2, 60)),
+        // A draining replica leaves the Service's endpoints, so Envoy stops sending it
+        // traffic; the endpoint only answers once the database is reached and migrated.
+        readiness_probe: Some(probe(5, 2)),
+        liveness_probe: Some(probe(10, 3)),
+        startup_probe: Some(probe(2, 60)),
         resources: Some(pod::resources(
             svc.resources.as_ref(),
             "100m",
@@ -95,10 +100,16 @@ pub fn deployment(
             "512Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(vec![
-            pod::read_only_mount("token-key", TOKEN_MOUNT),
-            pod::tmp_mount(),
-        ]),
+        volume_mounts: Some(
+            [
+                Some(pod::read_only_mount("token-key", TOKEN_MOUNT)),
+                Some(pod::tmp_mount()),
+                internal_tls.then(|| pod::read_only_mount("internal-tls", TLS_MOUNT)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         ..Container::default()
     };
 
@@ -135,27 +146,37 @@ pub fn deployment(
                     enable_service_links: Some(false),
                     // chatd drains streams on SIGTERM; give it time to finish.
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "token-key".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(names::token_key_secret(owner)),
-                                items: Some(
-                                    token_items
-                                        .into_iter()
-                                        .map(|k| KeyToPath {
-                                            key: k.into(),
-                                            path: k.into(),
-                                            ..KeyToPath::default()
-                                        })
-                                        .collect(),
-                                ),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        pod::tmp_volume(),
-                    ]),
+                    volumes: Some(
+                        vec![
+                            Volume {
+                                name: "token-key".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(names::token_key_secret(owner)),
+                                    items: Some(
+                                        token_items
+                                            .into_iter()
+                                            .map(|k| KeyToPath {
+                                                key: k.into(),
+                                                path: k.into(),
+                                                ..KeyToPath::default()
+                                            })
+                                            .collect(),
+                                    ),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            pod::tmp_volume(),
+                        ]
+                        .into_iter()
+                        .chain(internal_tls.then(|| {
+                            pod::secret_volume(
+                                "internal-tls",
+                                &names::internal_tls(owner, component),
+                            )
+                        }))
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -198,6 +219,7 @@ fn chatd_settings(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind)
         pod_name: Value::PodField("metadata.name".into()),
         pod_ip: Some(Value::PodField("status.podIP".into())),
         drain_seconds: None,
+        tls_dir: spec.internal_tls.enabled.then(|| TLS_MOUNT.to_string()),
     }
 }
 

@@ -60,12 +60,21 @@ pub struct EnvoyInternalTls {
     pub xds_identity: String,
 }
 
-/// The name of Envoy's internal certificate as an SDS secret.
-const INTERNAL_SECRET: &str = "internal";
+use chatcluster_types::xds::ENVOY_INTERNAL_SECRET as INTERNAL_SECRET;
 /// The bootstrap ConfigMap's key of [`internal_tls_sds`].
 const INTERNAL_SDS_KEY: &str = "internal-tls-sds.yaml";
 /// Where a pod mounts its internal certificate Secret.
 const INTERNAL_TLS_DIR: &str = "/etc/envoy/internal-tls";
+
+/// Where a pod's Envoy finds what chat-xds's clusters to chatd refer to: its certificate's
+/// SDS resource and the CA, as [`deployment`] mounts them.
+pub fn upstream_tls(owner: &ClusterRef) -> chatcluster_types::xds::UpstreamTls {
+    chatcluster_types::xds::UpstreamTls {
+        namespace: owner.namespace.clone(),
+        sds_file: format!("{BOOTSTRAP_DIR}/{INTERNAL_SDS_KEY}"),
+        ca_file: format!("{INTERNAL_TLS_DIR}/{}", chatcluster_common::tls::CA_FILE),
+    }
+}
 
 /// The file Envoy reads its internal certificate from: an SDS response naming the files in
 /// `dir`, re-read when a file is moved into `dir` — a Secret volume's update, or the local

@@ -15,7 +15,10 @@ use super::{
     secrets::{self, TLS_SECRET_TYPE},
     xds,
 };
-use crate::pki::{Ca, Issued, Leaf};
+use crate::{
+    api::ChatClusterSpec,
+    pki::{Ca, Issued, Leaf},
+};
 
 /// Key of the CA's private key in its Secret (its certificate is under [`CA_FILE`]).
 pub const CA_KEY: &str = "ca.key";
@@ -26,8 +29,9 @@ pub fn identity(owner: &ClusterRef, component: &str) -> Identity {
 }
 
 /// The certificates the cluster's components need: chat-xds serves under its Service's
-/// names; Envoy is its client only.
-pub fn leaves(owner: &ClusterRef, lifetime: Duration) -> Vec<Leaf> {
+/// names; Envoy is its client and chatd's; each chat service's replicas serve Envoy and
+/// each other (found by pod IP, verified by the identity's own name).
+pub fn leaves(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) -> Vec<Leaf> {
     let svc = names::xds(owner);
     let ns = &owner.namespace;
     vec![
@@ -47,6 +51,13 @@ pub fn leaves(owner: &ClusterRef, lifetime: Duration) -> Vec<Leaf> {
             lifetime,
         },
     ]
+    .into_iter()
+    .chain(spec.services.iter().map(|(kind, _)| Leaf {
+        identity: identity(owner, kind.as_str()),
+        dns_names: Vec::new(),
+        lifetime,
+    }))
+    .collect()
 }
 
 /// The Kubernetes component label of the pods holding `identity`'s certificate.
@@ -93,14 +104,14 @@ pub fn leaf_secret(owner: &ClusterRef, leaf: &Leaf, issued: &Issued) -> Secret {
 }
 
 /// The component Secrets as `render` shows them: real names, type and keys, stand-in values.
-pub fn placeholders(owner: &ClusterRef, lifetime: Duration) -> Vec<Secret> {
+pub fn placeholders(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) -> Vec<Secret> {
     let p = || secrets::PLACEHOLDER.to_string();
     let stand_in = Issued {
         cert_pem: p(),
         key_pem: p(),
         ca_pem: p(),
     };
-    leaves(owner, lifetime)
+    leaves(owner, spec, lifetime)
         .iter()
         .map(|leaf| secrets::placeholder(leaf_secret(owner, leaf, &stand_in)))
         .collect()

@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Container, EnvVar, PodTemplateSpec, Service},
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::*;
@@ -927,4 +928,128 @@ fn a_cluster_not_read_from_the_api_is_refused() {
         ClusterRef::new(&resource),
         Err(BuildError::MissingMetadata("namespace"))
     ));
+}
+
+/// The Secret volume a pod mounts at `path`, if any.
+fn mounted_secret(t: &PodTemplateSpec, path: &str) -> Option<String> {
+    let mount = container(t)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)?;
+    let volume = t
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?;
+    volume.secret.as_ref()?.secret_name.clone()
+}
+
+#[test]
+fn internal_tls_gives_each_component_its_own_certificate_and_points_envoy_at_them() {
+    let d = build(ChatClusterSpec::default());
+    let resource = resource_of(ChatClusterSpec::default());
+    let owner = ClusterRef::new(&resource).unwrap();
+    let leaves = internal_tls::leaves(&owner, &resource.spec, crate::pki::LEAF_LIFETIME);
+    let components: Vec<&str> = leaves
+        .iter()
+        .map(|l| l.identity.component.as_str())
+        .collect();
+    assert_eq!(
+        components,
+        ["xds", "ingress", "auth", "groups", "dms", "servers"]
+    );
+    // Each pod mounts its own component's Secret, and no other's.
+    for (deployment_name, path, component) in [
+        ("demo-xds", "/etc/chat-xds/tls", "xds"),
+        ("demo-envoy", "/etc/envoy/internal-tls", "ingress"),
+        ("demo-auth", "/etc/chatd/tls", "auth"),
+        ("demo-groups", "/etc/chatd/tls", "groups"),
+    ] {
+        let template = &deployment(&d, deployment_name).spec.template;
+        assert_eq!(
+            mounted_secret(template, path),
+            Some(format!("demo-{component}-internal-tls")),
+            "{deployment_name}"
+        );
+    }
+    let xds = &deployment(&d, "demo-xds").spec.template;
+    assert_eq!(
+        env_value(container(xds), "CHAT_XDS_TLS_DIR").as_deref(),
+        Some("/etc/chat-xds/tls")
+    );
+    let groups = &deployment(&d, "demo-groups").spec.template;
+    assert_eq!(
+        env_value(container(groups), "CHATD_TLS_DIR").as_deref(),
+        Some("/etc/chatd/tls")
+    );
+    // The kubelet cannot present a certificate: chatd and chat-xds are probed over HTTP on
+    // their metrics port, never on the mutual-TLS gRPC port.
+    for template in [xds, groups] {
+        let c = container(template);
+        for probe in [&c.readiness_probe, &c.liveness_probe]
+            .into_iter()
+            .flatten()
+        {
+            assert!(probe.grpc.is_none(), "{probe:?}");
+            let get = probe.http_get.as_ref().expect("an HTTP probe");
+            assert_eq!(get.port, IntOrString::Int(ports::METRICS));
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+        }
+    }
+    // Envoy's bootstrap ConfigMap carries the SDS resource naming the mounted files, and
+    // chat-xds's configuration points the chatd clusters at the same paths.
+    let bootstrap = d
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == "demo-envoy")
+        .and_then(|c| c.data.clone())
+        .unwrap();
+    let sds: serde_json::Value = serde_yaml::from_str(&bootstrap["internal-tls-sds.yaml"]).unwrap();
+    let cert = &sds["resources"][0]["tls_certificate"];
+    assert_eq!(
+        cert["certificate_chain"]["filename"],
+        "/etc/envoy/internal-tls/tls.crt"
+    );
+    assert_eq!(cert["watched_directory"]["path"], "/etc/envoy/internal-tls");
+    let envoy: serde_json::Value = serde_yaml::from_str(&bootstrap["envoy.yaml"]).unwrap();
+    let xds_cluster = &envoy["static_resources"]["clusters"][0];
+    let matcher = &xds_cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+        ["match_typed_subject_alt_names"][0];
+    assert_eq!(
+        matcher["matcher"]["exact"],
+        "spiffe://chatcluster.io/ns/chat/cluster/demo/xds"
+    );
+    let config: XdsConfig = serde_yaml::from_str(
+        &d.config_maps
+            .iter()
+            .find(|c| c.name_any() == "demo-xds")
+            .and_then(|c| c.data.clone())
+            .unwrap()["xds.yaml"],
+    )
+    .unwrap();
+    let upstream = config.upstream_tls.expect("Envoy → chatd over TLS");
+    assert_eq!(upstream.sds_file, "/etc/envoy/internal-tls-sds.yaml");
+    assert_eq!(upstream.ca_file, "/etc/envoy/internal-tls/ca.crt");
+    assert_eq!(upstream.namespace, "chat");
+
+    // Off: no certificate, no mount, no TLS setting anywhere.
+    let mut spec = ChatClusterSpec::default();
+    spec.internal_tls.enabled = false;
+    let plain = build(spec.clone());
+    assert!(!secrets::generated(&spec).contains(&secrets::Generated::InternalCa));
+    for deployment_name in ["demo-xds", "demo-envoy", "demo-groups"] {
+        let template = &deployment(&plain, deployment_name).spec.template;
+        let c = container(template);
+        assert!(env(c, "CHATD_TLS_DIR").is_none() && env(c, "CHAT_XDS_TLS_DIR").is_none());
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| !m.name.contains("internal-tls")),
+            "{deployment_name}"
+        );
+    }
 }

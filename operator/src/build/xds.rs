@@ -19,7 +19,7 @@ use k8s_openapi::{
     },
 };
 
-use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, labels, names, pod, ports};
+use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, ingress, labels, names, pod, ports};
 use crate::api::{
     ChatClusterSpec, ClientRateLimitSpec, LoadBalancing, ValidatedCluster, XdsSpec, defaults,
 };
@@ -79,6 +79,7 @@ pub fn config(validated: &ValidatedCluster) -> XdsConfig {
                 },
             })
             .collect(),
+        upstream_tls: None,
         kubernetes: None,
     }
 }
@@ -104,6 +105,11 @@ pub fn config_map(
 ) -> Result<ConfigMap, BuildError> {
     let config = XdsConfig {
         kubernetes: Some(discovery(owner, validated.spec())),
+        upstream_tls: validated
+            .spec()
+            .internal_tls
+            .enabled
+            .then(|| ingress::upstream_tls(owner)),
         ..config(validated)
     };
     let yaml = serde_yaml::to_string(&config).map_err(|e| BuildError::Encode {

@@ -120,6 +120,8 @@ impl Plan {
             pod_name: service.replica_name(i).into(),
             pod_ip: None,
             drain_seconds: Some(2.0),
+            tls_dir: (!self.certificates.is_empty())
+                .then(|| files.tls_dir(service.kind.as_str()).display().to_string()),
         };
         // Everything here is a value: a process has no Secrets or pod fields to refer to.
         let env = settings

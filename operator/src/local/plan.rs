@@ -23,7 +23,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use chatcluster_types::identity::{Identity, component};
+use chatcluster_types::{
+    identity::{Identity, component},
+    xds::UpstreamTls,
+};
 
 use crate::{
     api::{AutoscalingSpec, ChatCluster, ChatClusterSpec, Refused, ServiceKind, ValidatedCluster},
@@ -455,11 +458,28 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
                 dns_names: Vec::new(),
                 lifetime,
             },
-        ],
+        ]
+        .into_iter()
+        // Each chat service's replicas, which Envoy and their peers verify by identity.
+        .chain(services.iter().map(|s| pki::Leaf {
+            identity: identity(s.kind.as_str()),
+            dns_names: Vec::new(),
+            lifetime,
+        }))
+        .collect(),
         None => Vec::new(),
     };
     let internal_tls = !certificates.is_empty();
     let dir_of = |component: &str| files.tls_dir(component).display().to_string();
+    xds_config.upstream_tls = internal_tls.then(|| UpstreamTls {
+        namespace: LOCAL_NAMESPACE.into(),
+        sds_file: files.envoy_internal_sds().display().to_string(),
+        ca_file: files
+            .tls_dir(component::INGRESS)
+            .join(chatcluster_common::tls::CA_FILE)
+            .display()
+            .to_string(),
+    });
 
     let bin = &options.binaries;
     let xds = xds_ports

@@ -11,6 +11,7 @@ use tracing::info;
 use super::apply;
 use crate::{
     Error,
+    api::ChatClusterSpec,
     build::{self, ClusterRef, internal_tls, names},
     pki::{self, Ca},
 };
@@ -29,6 +30,7 @@ fn ours(secret: &Secret, owner: &ClusterRef) -> bool {
 pub async fn ensure(
     client: &Client,
     owner: &ClusterRef,
+    spec: &ChatClusterSpec,
     lifetime: Duration,
 ) -> Result<Duration, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace);
@@ -43,7 +45,7 @@ pub async fn ensure(
     let ca = Ca::from_pem(&cert, &key)?;
     let now = SystemTime::now();
     let mut next = lifetime;
-    for leaf in internal_tls::leaves(owner, lifetime) {
+    for leaf in internal_tls::leaves(owner, spec, lifetime) {
         let name = names::internal_tls(owner, &leaf.identity.component);
         let existing = api
             .get_opt(&name)

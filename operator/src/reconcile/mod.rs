@@ -276,7 +276,9 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
 
     // Internal certificates, before the pods that mount them.
     let renew_in = match validated.spec().internal_tls.lifetime() {
-        Some(lifetime) => Some(certificates::ensure(client, &owner, lifetime).await?),
+        Some(lifetime) => {
+            Some(certificates::ensure(client, &owner, validated.spec(), lifetime).await?)
+        }
         None => None,
     };
 

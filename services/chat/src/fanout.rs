@@ -199,6 +199,8 @@ pub struct Peers {
     pub my_address: Option<String>,
     /// Where the peers are.
     pub source: PeerSource,
+    /// Internal TLS to them (verifying each as this service's identity); none: plain text.
+    pub tls: Option<chatcluster_common::tls::Connector>,
 }
 
 impl Peers {
@@ -260,7 +262,10 @@ impl Peers {
                         .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
                         .connect_timeout(Duration::from_secs(1))
                         .timeout(Duration::from_secs(2));
-                    FanoutClient::new(endpoint.connect_lazy())
+                    FanoutClient::new(match &self.tls {
+                        Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
+                        None => endpoint.connect_lazy(),
+                    })
                 });
                 let mut client = client.clone();
                 let request = request.clone();

@@ -87,6 +87,11 @@ struct Args {
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     #[arg(long, env = var::DRAIN_SECONDS, default_value_t = 5.0)]
     drain_seconds: f64,
+    /// Internal TLS: a directory with this replica's certificate (`tls.crt`, `tls.key`) and
+    /// the cluster's CA (`ca.crt`). Every caller must then present a certificate of that CA:
+    /// Envoy for the chat APIs, the same service's replicas for fan-out.
+    #[arg(long, env = var::TLS_DIR)]
+    tls_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -151,6 +156,7 @@ async fn main() -> ExitCode {
             registrations_per_hour: args.address_registrations_per_hour,
         },
         drain: Duration::from_secs_f64(args.drain_seconds.max(0.0)),
+        tls: args.tls_dir.map(chatcluster_common::tls::TlsDir),
     };
     match serve(config, shutdown.wait()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,9 +4,14 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use chatcluster_common::{
+    admit::Admit,
+    tls::{self, Connector, TlsDir},
+};
+use chatcluster_types::identity::component;
 use futures::FutureExt as _;
 use tokio::sync::watch;
-use tonic::transport::Server;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -109,6 +114,8 @@ pub struct Config {
     pub address_limits: AddressLimits,
     /// How long to report NOT_SERVING before closing, so load balancers stop sending first.
     pub drain: Duration,
+    /// Internal TLS: this replica's certificate and the cluster's CA; none: plain text.
+    pub tls: Option<TlsDir>,
 }
 
 /// Why a process could not start.
@@ -145,6 +152,17 @@ pub enum StartError {
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The internal certificate could not be loaded.
+    #[error("internal TLS: {0}")]
+    Tls(#[from] chatcluster_common::tls::TlsError),
+    /// The gRPC port could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 fn read(path: &PathBuf) -> Result<String, StartError> {
@@ -212,10 +230,22 @@ pub async fn serve(
         tokio::spawn(follow_primary_file(db.clone(), path));
     }
 
+    // With internal TLS, our certificate says who we are; peers must be the same component.
+    let own = config.tls.as_ref().map(TlsDir::identity).transpose()?;
+    if own.is_none() {
+        warn!(
+            "internal TLS off: any client that reaches the port may call, and send fan-out hints"
+        );
+    }
+    let peer_tls = match (&config.tls, &own) {
+        (Some(dir), Some(me)) => Some(Connector::new(dir, me.server_name())?),
+        _ => None,
+    };
     let peers = config.peers.clone().map(|source| Peers {
         me: config.instance.clone(),
         my_address: config.advertise.clone(),
         source,
+        tls: peer_tls,
     });
     let hub = Hub::new(peers);
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -235,7 +265,11 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(StartError::Metrics)?;
-        tokio::spawn(serve_metrics(listener, metrics.clone()));
+        tokio::spawn(serve_metrics(
+            listener,
+            metrics.clone(),
+            app.shutdown.clone(),
+        ));
     }
     tokio::spawn(sample_gauges(
         metrics.clone(),
@@ -248,6 +282,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let has = |s| config.services.contains(&s);
+    // The chat APIs are Envoy's to call: clients reach them through it, never directly.
+    let clients = Admit::new(own.clone(), &[component::INGRESS]);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A client's connection holds at most this many calls at once (Envoy opens more
@@ -259,29 +295,49 @@ pub async fn serve(
         .layer(TelemetryLayer::new(metrics))
         // Inside telemetry, so a call cut at its deadline is counted as DEADLINE_EXCEEDED.
         .layer(DeadlineLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(FanoutServer::new(FanoutService {
-            hub,
-            me: config.instance.clone(),
-        }))
+        .add_service(InterceptedService::new(
+            health_service,
+            Admit::with_peers(own.clone(), &[component::INGRESS]),
+        ))
+        .add_service(InterceptedService::new(
+            reflection,
+            Admit::with_peers(own.clone(), &[component::INGRESS]),
+        ))
+        // A forged hint (seq = u64::MAX) would freeze a conversation's live delivery: only
+        // this service's own replicas may send them.
+        .add_service(InterceptedService::new(
+            FanoutServer::new(FanoutService {
+                hub,
+                me: config.instance.clone(),
+            }),
+            Admit::peers(own.clone()),
+        ))
         .add_optional_service(
             signer
                 .map(|s| {
                     AuthService::new(app.clone(), s, ACCESS_TTL_MS, config.address_limits)
-                        .map(AuthServer::new)
+                        .map(|s| InterceptedService::new(AuthServer::new(s), clients.clone()))
                 })
                 .transpose()?,
         )
-        .add_optional_service(
-            has(ServiceName::Groups).then(|| GroupsServer::new(GroupsService::new(app.clone()))),
-        )
-        .add_optional_service(
-            has(ServiceName::Dms).then(|| DmsServer::new(DmsService::new(app.clone()))),
-        )
-        .add_optional_service(
-            has(ServiceName::Servers).then(|| ServersServer::new(ServersService::new(app.clone()))),
-        );
+        .add_optional_service(has(ServiceName::Groups).then(|| {
+            InterceptedService::new(
+                GroupsServer::new(GroupsService::new(app.clone())),
+                clients.clone(),
+            )
+        }))
+        .add_optional_service(has(ServiceName::Dms).then(|| {
+            InterceptedService::new(
+                DmsServer::new(DmsService::new(app.clone())),
+                clients.clone(),
+            )
+        }))
+        .add_optional_service(has(ServiceName::Servers).then(|| {
+            InterceptedService::new(
+                ServersServer::new(ServersService::new(app.clone())),
+                clients.clone(),
+            )
+        }));
 
     for service in &config.services {
         health
@@ -305,24 +361,58 @@ pub async fn serve(
         let _ = drain_tx.send(true);
         tokio::time::sleep(drain).await;
     };
-    router.serve_with_shutdown(config.listen, stop).await?;
+    match &config.tls {
+        Some(dir) => {
+            let listener =
+                tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        address: config.listen,
+                        source,
+                    })?;
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, dir.server_config()?), stop)
+                .await?;
+        }
+        None => router.serve_with_shutdown(config.listen, stop).await?,
+    }
     info!("stopped");
     Ok(())
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                match metrics.encode() {
-                    Ok(text) => (axum::http::StatusCode::OK, text),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+/// Metrics, and `/healthz` for the kubelet (which presents no client certificate to the gRPC
+/// port): 200 while serving, 503 once draining, so the pod leaves its Service first.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    draining: watch::Receiver<bool>,
+) {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    match metrics.encode() {
+                        Ok(text) => (StatusCode::OK, text),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let draining = *draining.borrow();
+                async move {
+                    match draining {
+                        false => (StatusCode::OK, "serving"),
+                        true => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                    }
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "metrics server stopped");
     }

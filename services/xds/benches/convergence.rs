@@ -247,6 +247,7 @@ async fn run_xds(dir: &Path, envoys: usize, n: usize, port: u16) -> (Row, f64, f
         grpc_web: false,
         rate_limit: None,
         services: vec![service("auth", LoadBalancing::LeastRequest)],
+        upstream_tls: None,
         kubernetes: None,
     };
     let config_path = dir.join("xds.yaml");

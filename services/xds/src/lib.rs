@@ -4,10 +4,8 @@
 //! - [`ads`]: the State-of-the-World and Delta ADS streams, and [`csds`] reporting on them;
 //! - [`discovery`]: where endpoints come from;
 //! - [`pipeline`]: inputs to snapshots, debounced for configuration, immediate for endpoints;
-//! - [`admit`]: which of the cluster's components may call which service (internal mTLS);
 //! - [`load`] and [`http`]: the load signal (LRS) and the metrics / status endpoint.
 
-pub mod admit;
 pub mod ads;
 pub mod csds;
 pub mod discovery;

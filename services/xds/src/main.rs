@@ -5,14 +5,16 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use chat_xds::csds::Csds;
 use chat_xds::{
-    admit::Admit,
     ads::{Ads, Clients},
     discovery::{self, Discovered, FileSource, Source, kubernetes::KubernetesSource},
     http::{self, Observed},
     load::{Load, LoadReporting},
     pipeline,
 };
-use chatcluster_common::tls::{self, TlsDir};
+use chatcluster_common::{
+    admit::Admit,
+    tls::{self, TlsDir},
+};
 use chatcluster_types::identity::component;
 use chatcluster_types::xds::XdsConfig;
 use clap::Parser;

@@ -34,6 +34,7 @@ fn config() -> XdsConfig {
             common::service("auth", LoadBalancing::LeastRequest),
             common::service("groups", LoadBalancing::LeastRequest),
         ],
+        upstream_tls: None,
         kubernetes: Some(discovery()),
     }
 }

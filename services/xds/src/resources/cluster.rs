@@ -41,7 +41,21 @@ use envoy_types::{
     util::pack_any,
 };
 
-use super::{ClusterInput, EndpointsInput};
+use chatcluster_types::xds::ENVOY_INTERNAL_SECRET;
+use envoy_types::pb::envoy::{
+    config::core::v3::{
+        DataSource, PathConfigSource, TransportSocket, data_source::Specifier,
+        transport_socket::ConfigType as SocketConfigType,
+    },
+    extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+        TlsParameters, UpstreamTlsContext, common_tls_context::ValidationContextType,
+        subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
+    },
+    r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
+};
+
+use super::{ClusterInput, EndpointsInput, UpstreamTlsInput};
 
 /// Configuration delivered over the ADS stream itself.
 pub fn ads() -> ConfigSource {
@@ -67,6 +81,60 @@ fn millis(ms: i32) -> Duration {
 pub const UPSTREAM_STREAM_WINDOW: u32 = 64 * 1024;
 /// Bytes Envoy lets one upstream connection send before it has passed them on.
 pub const UPSTREAM_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The transport socket of a service's cluster under internal TLS: TLS 1.3, Envoy's own
+/// certificate from its file-based SDS resource (renewals picked up as the files change), the
+/// backend verified against the cluster's CA and by the service's identity — a replica of
+/// another service, or anything else holding a certificate of the CA, is refused.
+fn upstream_tls(tls: &UpstreamTlsInput) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        sni: tls.server_name.clone(),
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec!["h2".into()],
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+                tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..TlsParameters::default()
+            }),
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: ENVOY_INTERNAL_SECRET.into(),
+                sds_config: Some(ConfigSource {
+                    resource_api_version: ApiVersion::V3 as i32,
+                    config_source_specifier: Some(ConfigSourceSpecifier::PathConfigSource(
+                        PathConfigSource {
+                            path: tls.sds_file.clone(),
+                            ..PathConfigSource::default()
+                        },
+                    )),
+                    ..ConfigSource::default()
+                }),
+            }],
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(Specifier::Filename(tls.ca_file.clone())),
+                        ..DataSource::default()
+                    }),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: SanType::Uri as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(tls.identity_uri.clone())),
+                            ..StringMatcher::default()
+                        }),
+                        ..SubjectAltNameMatcher::default()
+                    }],
+                    ..CertificateValidationContext::default()
+                },
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfigType::TypedConfig(pack_any(context))),
+    }
+}
 
 /// The cluster of one chat service: HTTP/2 to the backends, endpoints over ADS, the spec's
 /// load-balancing policy, active gRPC health checks against the service's own health status,
@@ -172,6 +240,7 @@ pub fn cluster(svc: &ClusterInput) -> Cluster {
             }],
             ..CircuitBreakers::default()
         }),
+        transport_socket: svc.tls.as_ref().map(upstream_tls),
         ..Cluster::default()
     }
 }

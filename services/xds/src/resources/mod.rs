@@ -20,7 +20,10 @@ use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use chatcluster_types::xds::{LoadBalancing, RateLimit, XdsService};
+use chatcluster_types::{
+    identity::Identity,
+    xds::{LoadBalancing, RateLimit, XdsService},
+};
 
 use crate::model::{Endpoint, State};
 
@@ -173,6 +176,21 @@ pub struct ClusterInput {
     pub health_service: String,
     /// Load-balancing policy.
     pub load_balancing: LoadBalancing,
+    /// Mutual TLS to the backends; none: plain text.
+    pub tls: Option<UpstreamTlsInput>,
+}
+
+/// How Envoy verifies one service's backends and presents itself to them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTlsInput {
+    /// The service's identity: its URI SAN, which the backend's certificate must carry.
+    pub identity_uri: String,
+    /// Its DNS name (SNI and name check).
+    pub server_name: String,
+    /// Envoy's file-based SDS resource naming its certificate.
+    pub sds_file: String,
+    /// The cluster's CA certificate.
+    pub ca_file: String,
 }
 
 /// One service's endpoints: everything its load assignment is built from.
@@ -297,6 +315,15 @@ fn inputs(
             name: svc.name.clone(),
             health_service: svc.health_service.clone(),
             load_balancing: svc.load_balancing,
+            tls: config.upstream_tls.as_ref().map(|tls| {
+                let identity = Identity::new(&tls.namespace, &config.cluster, &svc.name);
+                UpstreamTlsInput {
+                    identity_uri: identity.uri(),
+                    server_name: identity.server_name(),
+                    sds_file: tls.sds_file.clone(),
+                    ca_file: tls.ca_file.clone(),
+                }
+            }),
         })
         .collect();
     let endpoints = config

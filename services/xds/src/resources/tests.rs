@@ -8,14 +8,18 @@ use std::{
 };
 
 use chatcluster_types::xds::{
-    KubernetesDiscovery, LoadBalancing, RateLimit, XdsConfig, XdsService,
+    KubernetesDiscovery, LoadBalancing, RateLimit, UpstreamTls, XdsConfig, XdsService,
 };
 use envoy_types::pb::envoy::{
+    config::core::v3::transport_socket::ConfigType as SocketConfig,
     config::{
         cluster::v3::Cluster, core::v3::address, endpoint::v3::ClusterLoadAssignment,
         listener::v3::Listener, route::v3::RouteConfiguration,
     },
-    extensions::transport_sockets::tls::v3::Secret,
+    extensions::transport_sockets::tls::v3::{
+        Secret, UpstreamTlsContext, common_tls_context::ValidationContextType,
+    },
+    r#type::matcher::v3::string_matcher::MatchPattern,
 };
 use prost::Message;
 
@@ -62,6 +66,7 @@ fn base() -> State {
                     ..service("groups")
                 },
             ],
+            upstream_tls: None,
             kubernetes: None,
         },
         endpoints: BTreeMap::from([
@@ -134,6 +139,62 @@ const ALL_LISTENERS: &[(Kind, &str)] = &[
     (Kind::Listener, "ingress-plaintext"),
 ];
 
+fn upstream_tls() -> UpstreamTls {
+    UpstreamTls {
+        namespace: "chat".into(),
+        sds_file: "/etc/envoy/internal-tls-sds.yaml".into(),
+        ca_file: "/etc/envoy/internal-tls/ca.crt".into(),
+    }
+}
+
+#[test]
+fn with_internal_tls_each_cluster_verifies_its_own_services_identity() {
+    let mut state = base();
+    state.config.upstream_tls = Some(upstream_tls());
+    let with_tls = snapshot(&state, None);
+    for service in ["auth", "groups"] {
+        let Decoded::Cluster(cluster) =
+            decode(Kind::Cluster, with_tls.get(Kind::Cluster, service).unwrap())
+        else {
+            panic!("not a cluster");
+        };
+        let socket = cluster.transport_socket.expect("a TLS transport socket");
+        let Some(SocketConfig::TypedConfig(any)) = socket.config_type else {
+            panic!("no typed config");
+        };
+        let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(tls.sni, format!("{service}.demo.chat.chatcluster.internal"));
+        let common = tls.common_tls_context.unwrap();
+        assert_eq!(
+            common.tls_certificate_sds_secret_configs[0].name,
+            chatcluster_types::xds::ENVOY_INTERNAL_SECRET
+        );
+        let Some(ValidationContextType::ValidationContext(validation)) =
+            common.validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        let matcher = validation.match_typed_subject_alt_names[0]
+            .matcher
+            .clone()
+            .unwrap();
+        assert_eq!(
+            matcher.match_pattern,
+            Some(MatchPattern::Exact(format!(
+                "spiffe://chatcluster.io/ns/chat/cluster/demo/{service}"
+            )))
+        );
+    }
+    // Off: plain text.
+    let plain = snapshot(&base(), None);
+    let Decoded::Cluster(cluster) =
+        decode(Kind::Cluster, plain.get(Kind::Cluster, "auth").unwrap())
+    else {
+        panic!("not a cluster");
+    };
+    assert!(cluster.transport_socket.is_none());
+}
+
 #[test]
 fn every_input_changes_the_version_of_exactly_what_it_feeds() {
     let changes: &[Change] = &[
@@ -190,6 +251,11 @@ fn every_input_changes_the_version_of_exactly_what_it_feeds() {
             "rateLimit off",
             |s| s.config.rate_limit = None,
             ALL_LISTENERS,
+        ),
+        (
+            "upstreamTls",
+            |s| s.config.upstream_tls = Some(upstream_tls()),
+            &[(Kind::Cluster, "auth"), (Kind::Cluster, "groups")],
         ),
         (
             "service added",

@@ -165,6 +165,7 @@ impl Stack {
             grpc_web: true,
             rate_limit: None,
             services,
+            upstream_tls: None,
             kubernetes: None,
         };
         let config_path = dir.path().join("xds.yaml");

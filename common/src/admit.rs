@@ -1,10 +1,11 @@
-//! Who may call chat-xds. With internal TLS on, the handshake already refused every peer
-//! without a certificate of the cluster's CA; this decides, per service, which of the
-//! cluster's components may use it: only Envoy (the ingress) receives configuration — and
-//! with it the listener's private key — or reports load. The decision is pure
-//! ([`Admit::check`]); the interceptor only reads the peer's certificate.
+//! Who may call a gRPC service of the internal plane. With internal TLS on, the handshake
+//! already refused every peer without a certificate of the cluster's CA; this decides, per
+//! service, which of the cluster's components may use it — in chat-xds, only Envoy receives
+//! configuration (with it the listener's private key) or reports load; in chatd, only Envoy
+//! calls the chat APIs and only the same service's replicas send fan-out hints. The decision
+//! is pure ([`Admit::check`]); the interceptor only reads the peer's certificate.
 
-use chatcluster_common::tls;
+use crate::tls;
 use chatcluster_types::identity::Identity;
 use tonic::{Request, Status, service::Interceptor};
 
@@ -14,12 +15,29 @@ pub struct Admit {
     /// chat-xds's own identity; `None` when internal TLS is off, and every caller is admitted.
     own: Option<Identity>,
     /// Components of the same cluster that may call.
-    components: &'static [&'static str],
+    components: Vec<String>,
 }
 
 impl Admit {
     /// Admit `components` of the cluster `own` belongs to.
     pub fn new(own: Option<Identity>, components: &'static [&'static str]) -> Self {
+        Self {
+            own,
+            components: components.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// Admit `components` and the same component as `own` (health checks and reflection,
+    /// which a service's replicas and Envoy both use).
+    pub fn with_peers(own: Option<Identity>, components: &'static [&'static str]) -> Self {
+        let mut admit = Self::new(own.clone(), components);
+        admit.components.extend(own.map(|o| o.component));
+        admit
+    }
+
+    /// Admit the same component as `own` only (a service's replicas among themselves).
+    pub fn peers(own: Option<Identity>) -> Self {
+        let components = own.iter().map(|o| o.component.clone()).collect();
         Self { own, components }
     }
 
@@ -35,7 +53,7 @@ impl Admit {
             Some(peer) if !own.same_cluster(peer) => Err(Status::permission_denied(format!(
                 "{peer} belongs to another cluster"
             ))),
-            Some(peer) if !self.components.contains(&peer.component.as_str()) => Err(
+            Some(peer) if !self.components.contains(&peer.component) => Err(
                 Status::permission_denied(format!("{} may not call this service", peer.component)),
             ),
             Some(_) => Ok(()),
@@ -77,6 +95,15 @@ mod tests {
             denied(Some(&Identity::new("chat", "other", component::INGRESS))),
             tonic::Code::PermissionDenied
         );
+    }
+
+    #[test]
+    fn peers_are_the_same_component_only() {
+        let own = Identity::new("chat", "demo", "groups");
+        let admit = Admit::peers(Some(own.clone()));
+        assert!(admit.check(Some(&own)).is_ok());
+        assert!(admit.check(Some(&own.sibling("auth"))).is_err());
+        assert!(admit.check(Some(&own.sibling(component::INGRESS))).is_err());
     }
 
     #[test]
