@@ -7,7 +7,8 @@
 //!
 //! One local cluster from `examples/laptop.yaml` (one chatd per service, MariaDB primary +
 //! replica with semi-sync, durable commits), Envoy's per-client rate limit off (every user
-//! here is one address; `edge_limits` measures the limit). Each user has its own connection
+//! here is one address; `edge_limits` measures the limit), internal TLS off (the direct
+//! baseline is a plain-text client; the `internal_tls` bench measures that hop). Each user has its own connection
 //! and its own group and sends one message at a time for 5 s, in the order direct, Envoy,
 //! Envoy, direct (each figure the mean of its two rounds). Ratios: through Envoy / direct.
 
@@ -26,7 +27,11 @@ const LEVEL: Duration = Duration::from_secs(5);
 fn main() {
     let cluster = LocalCluster::start_edited(
         "examples/laptop.yaml",
-        |resource| resource.spec.ingress.rate_limit.enabled = false,
+        |resource| {
+            resource.spec.ingress.rate_limit.enabled = false;
+            // Envoy's own cost against plain chatd; `internal_tls` measures the TLS hop.
+            resource.spec.internal_tls.enabled = false;
+        },
         UNLIMITED_CHATD,
     );
     let groups = cluster.plan.service(ServiceKind::Groups).unwrap();

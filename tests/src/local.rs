@@ -9,7 +9,7 @@ use std::{
 };
 
 use chat_operator::{
-    api::ChatCluster,
+    api::{ChatCluster, ServiceKind},
     local::{self, Binaries, Options},
 };
 use serde_json::Value;
@@ -270,6 +270,45 @@ impl LocalCluster {
     /// `http://127.0.0.1:<plain-text port>`: gRPC, gRPC-Web and the web page through Envoy.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.plaintext_port)
+    }
+
+    /// A channel straight to replica `i` of `kind`, past Envoy, standing where Envoy stands:
+    /// over the internal mutual TLS with Envoy's own certificate (the only client chatd
+    /// takes chat calls from), or plain text when the cluster runs without it.
+    pub async fn replica_channel(&self, kind: ServiceKind, i: usize) -> tonic::transport::Channel {
+        let service = self
+            .plan
+            .service(kind)
+            .unwrap_or_else(|| panic!("no {kind} in the plan"));
+        let address = service.address(i);
+        let endpoint = if self.plan.certificates.is_empty() {
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        } else {
+            let envoy = self.plan.files.tls_dir("ingress");
+            let read = |name: &str| {
+                std::fs::read_to_string(envoy.join(name))
+                    .unwrap_or_else(|e| panic!("{}: {e}", envoy.join(name).display()))
+            };
+            let server = chatcluster_types::identity::Identity::new(
+                local::plan::LOCAL_NAMESPACE,
+                &self.plan.name,
+                kind.as_str(),
+            );
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")))
+                .identity(tonic::transport::Identity::from_pem(
+                    read("tls.crt"),
+                    read("tls.key"),
+                ))
+                .domain_name(server.server_name());
+            tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+                .and_then(|e| e.tls_config(tls))
+        }
+        .unwrap_or_else(|e| panic!("{address}: {e}"));
+        endpoint
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{address}: {e}"))
     }
 
     /// The runner's `status.json` (null while it has none).

@@ -474,9 +474,7 @@ async fn subscriptions_are_capped_and_slow_readers_cut(
         .await
         .unwrap()
         .into_inner();
-    let groups = cluster.plan.service(ServiceKind::Groups).unwrap();
-    let mut direct =
-        GroupsClient::new(client(&format!("http://{}", groups.address(0)), "127.0.0.1").await);
+    let mut direct = GroupsClient::new(cluster.replica_channel(ServiceKind::Groups, 0).await);
     const SENT: u64 = 600;
     for i in 0..SENT {
         let body = format!("{i:04}{}", "x".repeat(3_996));

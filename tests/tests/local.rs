@@ -37,14 +37,14 @@ async fn channel(address: &str) -> Channel {
     }
 }
 
-/// A live subscription directly on one chatd replica; messages arrive on the receiver.
+/// A live subscription directly on one chatd replica (`ch`); messages arrive on the
+/// receiver.
 async fn subscribe_on(
-    address: String,
+    ch: Channel,
     kind: ServiceKind,
     session: Session,
     conversation_id: u64,
 ) -> mpsc::UnboundedReceiver<(u64, String)> {
-    let ch = channel(&address).await;
     let req = authed(
         &session,
         SubscribeRequest {
@@ -120,8 +120,8 @@ async fn chat_with_subscribers_on_every_replica(
     let service = cluster.plan.service(kind).unwrap();
     let mut subscribers = Vec::new();
     for i in 0..service.initial {
-        let address = format!("http://{}", service.address(i));
-        subscribers.push(subscribe_on(address, kind, reader.clone(), conversation).await);
+        let channel = cluster.replica_channel(kind, i).await;
+        subscribers.push(subscribe_on(channel, kind, reader.clone(), conversation).await);
     }
     let mut sent = Vec::new();
     for n in 0..count {
