@@ -37,11 +37,13 @@ pub const CA_FILE: &str = "ca.crt";
 /// How often the key pair's files are looked at, at most: a handshake costs one `stat` per
 /// file per interval, not per connection.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
-/// A peer that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that has not finished its handshake by then is dropped: TLS 1.3 takes one round
+/// trip, so this is generous, and short enough that silent connections free their slot fast.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Handshakes in progress at once; more wait in the kernel's accept queue, so a flood of
-/// half-open connections costs bounded memory and never stalls established ones.
-const MAX_HANDSHAKES: usize = 256;
+/// half-open connections costs bounded memory and never stalls established ones. Only the
+/// pods the NetworkPolicies admit can open one at all.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// The TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +100,13 @@ impl TlsDir {
 
     fn certificates(&self, name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         let pem = self.read(name)?;
+        // A malformed entry fails the whole file rather than being skipped unseen.
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-            .filter_map(Result::ok)
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Pem {
+                path: self.file(name),
+                what: "well-formed certificate",
+            })?;
         if certs.is_empty() {
             return Err(TlsError::Pem {
                 path: self.file(name),
@@ -145,9 +151,15 @@ impl TlsDir {
             .ok_or_else(|| TlsError::NoIdentity(self.file(CERT_FILE)))
     }
 
-    fn modified(&self) -> Option<(SystemTime, SystemTime)> {
-        let at = |name| std::fs::metadata(self.file(name)).and_then(|m| m.modified());
-        Some((at(CERT_FILE).ok()?, at(KEY_FILE).ok()?))
+    /// What identifies the key pair's files as written: a rename (the kubelet's, the local
+    /// runner's) changes the inode, an in-place rewrite the time or the size.
+    fn modified(&self) -> Option<[Version; 2]> {
+        use std::os::unix::fs::MetadataExt;
+        let at = |name| {
+            let m = std::fs::metadata(self.file(name)).ok()?;
+            Some((m.modified().ok()?, m.ino(), m.len()))
+        };
+        Some([at(CERT_FILE)?, at(KEY_FILE)?])
     }
 
     /// A server that requires every client to present a certificate of this CA.
@@ -196,10 +208,13 @@ struct Reloading {
     state: Mutex<Loaded>,
 }
 
+/// One file's modification time, inode and size.
+type Version = (SystemTime, u64, u64);
+
 #[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
-    modified: Option<(SystemTime, SystemTime)>,
+    modified: Option<[Version; 2]>,
     checked: Instant,
 }
 
@@ -219,7 +234,11 @@ impl Reloading {
     }
 
     fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let mut state = self.state.lock().ok()?;
+        // A panic elsewhere while holding the lock leaves a usable state: keep serving.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.checked.elapsed() >= RELOAD_CHECK {
             state.checked = Instant::now();
             let modified = self.dir.modified();
@@ -264,10 +283,19 @@ impl ResolvesClientCert for Reloading {
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => Identity::parse(uri),
+    let mut ours = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Identity::parse(uri),
+            _ => None,
+        });
+    // The operator writes exactly one; a certificate naming two is no one.
+    match (ours.next(), ours.next()) {
+        (Some(identity), None) => Some(identity),
         _ => None,
-    })
+    }
 }
 
 /// The identity of the peer that presented `chain` (its first certificate).
@@ -290,7 +318,12 @@ pub fn incoming(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (stream, peer) = match listener.accept().await {
+            // The server stopped: release the port at once, not after one more connection.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, say: wait instead of spinning, keep serving.
@@ -299,6 +332,11 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Chat messages are small and streamed: no Nagle delay (tonic sets this only on
+            // listeners it binds itself).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let (acceptor, sender) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let _slot = slot;
@@ -310,9 +348,6 @@ pub fn incoming(
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use chatcluster_types::identity::Identity;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, string::Ia5String,
+    KeyUsagePurpose, PublicKeyData, SanType, string::Ia5String,
 };
 
 /// How long the CA is valid: far longer than any certificate it signs, so it never rotates
@@ -120,9 +120,13 @@ impl Ca {
         }
     }
 
-    /// A CA kept from before.
+    /// A CA kept from before; its key must be its certificate's.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        let cert = parse(cert_pem).ok_or_else(|| PkiError::BadCa("no certificate".into()))?;
+        if cert.spki != key.subject_public_key_info() {
+            return Err(PkiError::BadCa("the key is not the certificate's".into()));
+        }
         let ca = Self {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
@@ -134,6 +138,14 @@ impl Ca {
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         let key = KeyPair::from_pem(&self.key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
         Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(|e| PkiError::BadCa(e.to_string()))
+    }
+
+    /// A short fingerprint of the CA's certificate (SHA-256, 16 hex digits): what pods are
+    /// marked with, so they roll when the CA is replaced.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.cert_pem.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// The CA's certificate.
@@ -192,6 +204,8 @@ pub enum Renew {
     Missing,
     /// Another CA signed it (the CA was replaced, or the certificate planted).
     OtherCa,
+    /// Its key is not the certificate's (a corrupted or mixed-up file).
+    KeyMismatch,
     /// It names another identity or lacks a DNS name `leaf` needs.
     Names,
     /// Two thirds of its lifetime are gone.
@@ -211,29 +225,41 @@ pub fn renewal(issued: Option<&Issued>, ca: &Ca, leaf: &Leaf, now: SystemTime) -
     if issued.ca_pem != ca.cert_pem || !signed_by(&cert, &ca.cert_pem) {
         return Some(Renew::OtherCa);
     }
+    let key_matches = KeyPair::from_pem(&issued.key_pem)
+        .map(|key| key.subject_public_key_info() == cert.spki)
+        .unwrap_or(false);
+    if !key_matches {
+        return Some(Renew::KeyMismatch);
+    }
     if cert.identity.as_ref() != Some(&leaf.identity)
         || !cert.names.contains(&leaf.identity.server_name())
         || !leaf.dns_names.iter().all(|n| cert.names.contains(n))
     {
         return Some(Renew::Names);
     }
-    let lifetime = cert
-        .not_after
-        .duration_since(cert.not_before)
-        .unwrap_or_default();
-    let renew_at = cert.not_before + lifetime.mul_f64(2.0 / 3.0);
-    (now >= renew_at).then_some(Renew::Due)
+    match due_at(&cert) {
+        Some(at) if now < at => None,
+        _ => Some(Renew::Due),
+    }
 }
 
 /// When the certificate `issued` is next due for renewal (for a requeue).
 pub fn renew_at(issued: &Issued) -> Option<SystemTime> {
-    let cert = parse(&issued.cert_pem)?;
-    let lifetime = cert.not_after.duration_since(cert.not_before).ok()?;
-    Some(cert.not_before + lifetime.mul_f64(2.0 / 3.0))
+    due_at(&parse(&issued.cert_pem)?)
+}
+
+/// Two thirds into a certificate's life, counted from when it was issued (its validity
+/// starts [`BACKDATE`] earlier, for clocks a little behind).
+fn due_at(cert: &Parsed) -> Option<SystemTime> {
+    let issued = cert.not_before + BACKDATE;
+    let lifetime = cert.not_after.duration_since(issued).ok()?;
+    Some(issued + lifetime.mul_f64(2.0 / 3.0))
 }
 
 struct Parsed {
     der: Vec<u8>,
+    /// The subject public key info, DER: what a matching key's public half is.
+    spki: Vec<u8>,
     identity: Option<Identity>,
     names: Vec<String>,
     not_before: SystemTime,
@@ -271,6 +297,7 @@ fn parse(pem: &str) -> Option<Parsed> {
         names,
         not_before: at(cert.validity().not_before)?,
         not_after: at(cert.validity().not_after)?,
+        spki: cert.public_key().raw.to_vec(),
         der: pem.contents.clone(),
     })
 }
@@ -368,5 +395,37 @@ mod tests {
         assert_eq!(renewal(Some(&issued), &ca, &want, now), None);
         assert!(Ca::from_pem(ca.cert_pem(), "garbage").is_err());
         assert!(Ca::from_pem("garbage", ca.key_pem()).is_err());
+        // Another CA's key beside this certificate: refused, not a CA signing nothing valid.
+        let other = Ca::generate("chat", "demo", now).unwrap();
+        assert!(Ca::from_pem(ca.cert_pem(), other.key_pem()).is_err());
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_replaced() {
+        let now = SystemTime::now();
+        let ca = Ca::generate("chat", "demo", now).unwrap();
+        let want = leaf(component::XDS, 30 * DAY);
+        let (a, b) = (ca.issue(&want, now).unwrap(), ca.issue(&want, now).unwrap());
+        let mixed = Issued {
+            key_pem: b.key_pem,
+            ..a
+        };
+        assert_eq!(
+            renewal(Some(&mixed), &ca, &want, now),
+            Some(Renew::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn a_short_life_is_renewed_two_thirds_after_issue_not_after_the_backdate() {
+        let now = SystemTime::now();
+        let ca = Ca::generate("chat", "demo", now).unwrap();
+        let hour = Duration::from_secs(3600);
+        let want = leaf(component::XDS, hour);
+        let issued = ca.issue(&want, now).unwrap();
+        let at = renew_at(&issued).unwrap();
+        let expected = now + hour.mul_f64(2.0 / 3.0);
+        let off = at.duration_since(expected).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(2), "{off:?}");
     }
 }

@@ -242,10 +242,14 @@ async fn create_builds_every_child_and_reports_progressing() {
     assert_eq!(
         secrets,
         [
+            "demo-auth-internal-tls",
             "demo-db",
+            "demo-dms-internal-tls",
             "demo-envoy-tls",
+            "demo-groups-internal-tls",
             "demo-ingress-internal-tls",
             "demo-internal-ca",
+            "demo-servers-internal-tls",
             "demo-token-key",
             "demo-xds-internal-tls"
         ]
@@ -816,8 +820,36 @@ async fn internal_certificates_are_kept_and_replaced_when_due_or_not_the_cas() {
         assert_eq!(pki::renewal(Some(&renewed), &ca, &wanted, now), None);
     }
 
-    // One this cluster did not make is never overwritten: the reconcile fails, naming it.
+    // The pods that trust the CA carry its fingerprint; a replaced CA (its Secret deleted and
+    // made again) changes it, so they roll onto the new one.
+    let marked = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("chatcluster.io/internal-ca").cloned())
+    };
+    let before = marked(&h.deployments().get("demo-groups").await.unwrap());
+    assert_eq!(before.as_deref(), Some(ca.fingerprint().as_str()));
     let secrets = Api::<Secret>::namespaced(h.client.clone(), NS);
+    secrets
+        .delete("demo-internal-ca", &Default::default())
+        .await
+        .unwrap();
+    h.reconcile("demo").await.unwrap();
+    let (_, new_ca, _) = internal_certificate(&h, "xds").await;
+    for name in ["demo-xds", "demo-envoy", "demo-groups"] {
+        let now = marked(&h.deployments().get(name).await.unwrap());
+        assert_eq!(
+            now.as_deref(),
+            Some(new_ca.fingerprint().as_str()),
+            "{name}"
+        );
+        assert_ne!(now, before, "{name}");
+    }
+
+    // One this cluster did not make is never overwritten: the reconcile fails, naming it.
     secrets
         .delete("demo-ingress-internal-tls", &Default::default())
         .await

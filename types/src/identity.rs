@@ -15,8 +15,6 @@ pub mod component {
     pub const INGRESS: &str = "ingress";
     /// chat-xds, the control plane: the server Envoy verifies.
     pub const XDS: &str = "xds";
-    /// The operator (or the local runner): reads chat-xds's client status.
-    pub const OPERATOR: &str = "operator";
 }
 
 /// One component of one ChatCluster.

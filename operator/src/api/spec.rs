@@ -98,7 +98,9 @@ pub struct InternalTlsSpec {
     pub enabled: bool,
     /// How long a component's certificate is valid, in minutes (default 43200, 30 days).
     #[serde(default = "defaults::certificate_lifetime_minutes")]
-    #[schemars(range(min = 3, max = 525600))]
+    /// At least an hour: a renewal due at two thirds leaves a third for a failed one to be
+    /// retried (and, in Kubernetes, for the kubelet to update the Secret volume).
+    #[schemars(range(min = 60, max = 525600))]
     pub certificate_lifetime_minutes: i32,
 }
 
@@ -114,7 +116,7 @@ impl Default for InternalTlsSpec {
 impl InternalTlsSpec {
     /// The certificate lifetime, when internal TLS is on.
     pub fn lifetime(&self) -> Option<std::time::Duration> {
-        let minutes = u64::try_from(self.certificate_lifetime_minutes.max(3)).unwrap_or(3);
+        let minutes = u64::try_from(self.certificate_lifetime_minutes.max(60)).unwrap_or(60);
         self.enabled
             .then(|| std::time::Duration::from_secs(60 * minutes))
     }

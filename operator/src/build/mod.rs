@@ -118,6 +118,10 @@ pub struct Observed {
     /// The Secret `ingress.tls.secretName` names failed its check (not a `kubernetes.io/tls`
     /// Secret, or none): chat-xds is granted no Secret.
     pub tls_secret_withheld: bool,
+    /// A fingerprint of the internal CA the certificates are signed by, when internal TLS is
+    /// on. It marks the pods that trust it, so a replaced CA (a deleted Secret made again)
+    /// rolls them: a process reads its CA once.
+    pub internal_ca: Option<String>,
 }
 
 /// The identity of a ChatCluster, from which every child's name, labels and owner derive.
@@ -189,6 +193,15 @@ impl ClusterRef {
     /// The ChatCluster's uid: what its children's controller owner reference names.
     pub fn uid(&self) -> &str {
         &self.owner.uid
+    }
+
+    /// Whether the object with `meta` is this cluster's: it names the cluster as its
+    /// controller. What someone else made (or planted) is never pruned, adopted or rewritten.
+    pub fn controls(&self, meta: &ObjectMeta) -> bool {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == self.owner.uid)
     }
 
     /// Labels every child carries (its cluster, and the operator as manager): how pruning
@@ -334,9 +347,17 @@ pub fn desired(
             .as_deref()
             .unwrap_or(&owner.namespace),
     );
+    if let Some(ca) = observed.internal_ca.as_deref().filter(|_| internal_tls) {
+        for deployment in &mut out.deployments {
+            pod::annotate_template(&mut deployment.spec.template, INTERNAL_CA_ANNOTATION, ca);
+        }
+    }
 
     Ok(out)
 }
+
+/// Pod-template annotation naming the internal CA the pod trusts ([`Observed::internal_ca`]).
+pub const INTERNAL_CA_ANNOTATION: &str = "chatcluster.io/internal-ca";
 
 impl Desired {
     /// Every object in apply order: the NetworkPolicies, then what others reference

@@ -6,8 +6,8 @@ use k8s_openapi::{
     api::{
         core::v1::{
             Capabilities, ConfigMap, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            ObjectFieldSelector, PodSecurityContext, ResourceRequirements, SeccompProfile,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, ServicePort,
+            ObjectFieldSelector, PodSecurityContext, PodTemplateSpec, ResourceRequirements,
+            SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, ServicePort,
             TopologySpreadConstraint, Volume, VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
@@ -183,6 +183,16 @@ pub fn tmp_volume() -> Volume {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }
+}
+
+/// Set `key` to `value` among `template`'s annotations (a change rolls its pods).
+pub fn annotate_template(template: &mut PodTemplateSpec, key: &str, value: &str) {
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.to_string(), value.to_string());
 }
 
 /// The Secret `secret` as the volume `name`, its files readable by the pod's group only (the

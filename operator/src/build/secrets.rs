@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use rand::{Rng, distr::Alphanumeric};
 
-use super::{ClusterRef, database, ingress, internal_tls, names};
+use super::{ClusterRef, database, ingress, internal_tls, labels, names};
 use crate::api::{ChatClusterSpec, SpecError};
 use crate::pki::{self, Ca, PkiError};
 
@@ -202,8 +202,27 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 /// so it must be a certificate: naming any other Secret would let someone who may create a
 /// ChatCluster, but not read Secrets, have its contents served.
 pub fn tls_secret_problem(name: &str, secret: Option<&Secret>) -> Option<SpecError> {
+    // A certificate the operator made — a cluster's internal identity (Envoy's, chat-xds's,
+    // a chat service's) or its self-signed listener certificate — is that cluster's alone:
+    // served as another cluster's public certificate, its key would let anyone who fetched
+    // it pass for that component.
+    let operators = secret.is_some_and(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::MANAGED_BY))
+            .is_some_and(|m| m == labels::MANAGER)
+            || s.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.kind == "ChatCluster")
+    });
     let message = match secret.map(|s| s.type_.as_deref().unwrap_or("Opaque")) {
         None => format!("Secret {name} does not exist"),
+        Some(_) if operators => format!(
+            "Secret {name} is one the operator made for a ChatCluster: name a certificate of your own"
+        ),
         Some(TLS_SECRET_TYPE) => return None,
         Some(other) => {
             format!(

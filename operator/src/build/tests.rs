@@ -319,21 +319,20 @@ fn chatd_deployment_is_wired_and_locked_down() {
             .expect("password from a Secret");
         assert_eq!(password.name, "demo-db");
         assert_eq!(password.key, secrets::DB_APP_PASSWORD_KEY);
-        // Probes speak gRPC health; readiness asks for this service by name.
-        let readiness = owner
-            .readiness_probe
-            .as_ref()
-            .and_then(|p| p.grpc.as_ref())
-            .expect("grpc");
-        assert_eq!(readiness.port, ports::CHATD_GRPC);
-        assert_eq!(readiness.service.as_deref(), Some(kind.grpc_service()));
-        assert!(
-            owner
-                .liveness_probe
+        // Probes ask the metrics port's /healthz (200 serving, 503 draining): the kubelet has
+        // no certificate for the gRPC port.
+        for probe in [
+            &owner.readiness_probe,
+            &owner.liveness_probe,
+            &owner.startup_probe,
+        ] {
+            let get = probe
                 .as_ref()
-                .and_then(|p| p.grpc.as_ref())
-                .is_some()
-        );
+                .and_then(|p| p.http_get.as_ref())
+                .expect("an HTTP probe");
+            assert_eq!(get.port, IntOrString::Int(ports::METRICS));
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+        }
         let ports: Vec<i32> = owner
             .ports
             .iter()
@@ -1052,4 +1051,34 @@ fn internal_tls_gives_each_component_its_own_certificate_and_points_envoy_at_the
             "{deployment_name}"
         );
     }
+}
+
+#[test]
+fn another_clusters_certificate_cannot_be_named_as_the_listeners() {
+    let owner = ClusterRef::new(&resource_of(ChatClusterSpec::default())).unwrap();
+    let issued = crate::pki::Issued {
+        cert_pem: "c".into(),
+        key_pem: "k".into(),
+        ca_pem: "a".into(),
+    };
+    let leaves = internal_tls::leaves(
+        &owner,
+        &ChatClusterSpec::default(),
+        crate::pki::LEAF_LIFETIME,
+    );
+    // Envoy's internal identity, as the operator made it: refused, though kubernetes.io/tls.
+    let envoy = internal_tls::leaf_secret(&owner, &leaves[1], &issued);
+    let problem =
+        secrets::tls_secret_problem("demo-ingress-internal-tls", Some(&envoy)).expect("refused");
+    assert_eq!(problem.field, "spec.ingress.tls.secretName");
+    assert!(problem.message.contains("the operator made"), "{problem}");
+    // Only an owner reference to a ChatCluster left (labels stripped): still refused.
+    let mut unlabelled = envoy.clone();
+    unlabelled.metadata.labels = None;
+    assert!(secrets::tls_secret_problem("x", Some(&unlabelled)).is_some());
+    // A user's own certificate passes.
+    let mut mine = envoy;
+    mine.metadata.labels = None;
+    mine.metadata.owner_references = None;
+    assert_eq!(secrets::tls_secret_problem("site", Some(&mine)), None);
 }

@@ -85,7 +85,11 @@ pub(super) fn secrets(plan: &Plan) -> Result<DbCredentials, RunError> {
 /// The internal CA (made on the first run, read back after) and every certificate of the
 /// plan that is missing or due. Run at start and periodically: a renewal is published as a
 /// Secret volume is (below), so chat-xds and Envoy pick it up without a restart.
-pub(super) fn certificates(plan: &Plan, now: SystemTime) -> Result<(), RunError> {
+///
+/// `start`: the processes are not running yet, so a missing CA may be made. Later a missing
+/// CA is an error: the running processes trust the one they read at start, and a new one
+/// would sign certificates none of them accepts.
+pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<(), RunError> {
     if plan.certificates.is_empty() {
         return Ok(());
     }
@@ -94,6 +98,11 @@ pub(super) fn certificates(plan: &Plan, now: SystemTime) -> Result<(), RunError>
     let ca = if f.ca_cert().exists() {
         let read = |path: &Path| std::fs::read_to_string(path).map_err(io("cannot read", path));
         Ca::from_pem(&read(&f.ca_cert())?, &read(&f.ca_key())?)?
+    } else if !start {
+        return Err(RunError::Invalid {
+            path: f.ca_cert(),
+            message: "the internal CA is gone: stop and start the cluster to make a new one".into(),
+        });
     } else {
         let ca = Ca::generate(LOCAL_NAMESPACE, &plan.name, now)?;
         write_private(&f.ca_key(), ca.key_pem())?;

@@ -276,8 +276,8 @@ impl Cluster {
 }
 
 /// Run `plan` until `shutdown` completes; `ingress` is Envoy's (plain-text, TLS) ports.
-/// How often the runner looks at the internal certificates (a renewal is due at two thirds
-/// of a lifetime of at least three minutes: a minute at the least).
+/// How often the runner looks at the internal certificates (a renewal is due two thirds into
+/// a lifetime of at least an hour).
 const RENEWAL_CHECK: Duration = Duration::from_secs(10);
 
 /// `on_status` receives every status that differs from the last.
@@ -297,7 +297,7 @@ pub async fn run(
     }
     check_ports(&plan, &[ingress.0, ingress.1])?;
     let credentials = secrets(&plan)?;
-    certificates(&plan, SystemTime::now())?;
+    certificates(&plan, SystemTime::now(), true)?;
 
     let mut cluster = Cluster {
         plan,
@@ -347,7 +347,7 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             _ = renewals.tick() => {
                 // A failed renewal leaves the old certificate serving; the next check retries.
-                if let Err(e) = certificates(&cluster.plan, SystemTime::now()) {
+                if let Err(e) = certificates(&cluster.plan, SystemTime::now(), false) {
                     warn!(error = %e, "cannot renew the internal certificates");
                 }
             }

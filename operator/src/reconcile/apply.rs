@@ -67,11 +67,9 @@ pub async fn prune(
                 .map_err(Error::kube("list", &resource.kind, "children"))?;
         for obj in list.items {
             let name = obj.name_any();
-            let ours = obj
-                .owner_references()
-                .iter()
-                .any(|r| r.controller == Some(true) && r.uid == owner.uid());
-            if !ours || wanted.contains(&(resource.kind.clone(), name.clone())) {
+            if !owner.controls(&obj.metadata)
+                || wanted.contains(&(resource.kind.clone(), name.clone()))
+            {
                 continue;
             }
             match api.delete(&name, &DeleteParams::background()).await {
@@ -109,13 +107,7 @@ pub async fn ensure_generated(
         }
         // One this cluster did not make holds values someone else chose (a planted database
         // password, a certificate chat-xds would then be granted): never adopted.
-        let ours = existing
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.controller == Some(true) && r.uid == owner.uid());
-        if !ours {
+        if !owner.controls(&existing.metadata) {
             return Err(Error::ForeignSecret(name));
         }
         return Ok(false);

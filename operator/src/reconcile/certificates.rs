@@ -16,23 +16,21 @@ use crate::{
     pki::{self, Ca},
 };
 
-fn ours(secret: &Secret, owner: &ClusterRef) -> bool {
-    secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == owner.uid())
+/// What [`ensure`] leaves behind.
+pub struct Certificates {
+    /// How long until the next certificate falls due, so the reconcile comes back in time.
+    pub renew_in: Duration,
+    /// The CA's fingerprint ([`crate::build::Observed::internal_ca`]).
+    pub ca: String,
 }
 
-/// Issue every certificate that is missing or due, under the cluster's CA. Returns how long
-/// until the next one falls due, so the reconcile comes back in time.
+/// Issue every certificate that is missing or due, under the cluster's CA.
 pub async fn ensure(
     client: &Client,
     owner: &ClusterRef,
     spec: &ChatClusterSpec,
     lifetime: Duration,
-) -> Result<Duration, Error> {
+) -> Result<Certificates, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace);
     let ca_name = names::internal_ca(owner);
     let stored = api
@@ -43,6 +41,7 @@ pub async fn ensure(
         Error::InvalidObject(format!("Secret {ca_name} holds no CA certificate and key"))
     })?;
     let ca = Ca::from_pem(&cert, &key)?;
+    let fingerprint = ca.fingerprint();
     let now = SystemTime::now();
     let mut next = lifetime;
     for leaf in internal_tls::leaves(owner, spec, lifetime) {
@@ -52,7 +51,7 @@ pub async fn ensure(
             .await
             .map_err(Error::kube("get", "Secret", &name))?;
         if let Some(secret) = &existing
-            && !ours(secret, owner)
+            && !owner.controls(&secret.metadata)
         {
             return Err(Error::ForeignSecret(name));
         }
@@ -72,5 +71,8 @@ pub async fn ensure(
             next = next.min(at.duration_since(now).unwrap_or_default());
         }
     }
-    Ok(next)
+    Ok(Certificates {
+        renew_in: next,
+        ca: fingerprint,
+    })
 }

@@ -275,12 +275,13 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     }
 
     // Internal certificates, before the pods that mount them.
-    let renew_in = match validated.spec().internal_tls.lifetime() {
+    let certificates = match validated.spec().internal_tls.lifetime() {
         Some(lifetime) => {
             Some(certificates::ensure(client, &owner, validated.spec(), lifetime).await?)
         }
         None => None,
     };
+    let renew_in = certificates.as_ref().map(|c| c.renew_in);
 
     // Build, then apply in dependency order; autoscaled services get the replicas the
     // autoscaler decided.
@@ -288,6 +289,7 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     observed.operator_image = Some(ctx.operator_image.clone());
     observed.operator_namespace = ctx.operator_namespace.clone();
     observed.tls_secret_withheld = tls_problem.is_some();
+    observed.internal_ca = certificates.map(|c| c.ca);
     let scaling = match &ctx.autoscalers {
         Some(a) => a.ensure(client, resource, &owner, &observed.current_replicas),
         None => BTreeMap::new(),

@@ -131,22 +131,23 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // Configuration carries the listener's private key, and load reports drive the
-    // autoscaler: Envoy alone. Client status is for the operator (and Envoy's own view).
-    let envoy = Admit::new(own.clone(), &[component::INGRESS]);
-    let observers = Admit::new(own, &[component::INGRESS, component::OPERATOR]);
+    // autoscaler: Envoy alone, for every service of this port. The same client status is
+    // read in plain text on the HTTP port's `/clients`, which the firewall opens to the
+    // operator and the scrapers only.
+    let envoy = Admit::new(own, &[component::INGRESS]);
     let lrs = InterceptedService::new(
         LoadReportingServiceServer::new(LoadReporting::new(load)),
         envoy.clone(),
     );
     let csds = InterceptedService::new(
         ClientStatusDiscoveryServiceServer::new(Csds::new(clients.clone())),
-        observers,
+        envoy.clone(),
     );
     let ads = InterceptedService::new(
         AggregatedDiscoveryServiceServer::new(Ads::new(snapshot_rx, clients))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
-        envoy,
+        envoy.clone(),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -155,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     info!(listen = %args.listen, tls = tls.is_some(), "chat-xds serving");
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
+        .add_service(InterceptedService::new(health_service, envoy))
         .add_service(ads)
         .add_service(lrs)
         .add_service(csds);
