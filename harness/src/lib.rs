@@ -207,6 +207,19 @@ pub async fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// An Envoy counter or gauge from its admin API's `/stats` on `admin`; `None` while Envoy
+/// has no such statistic (or does not answer).
+pub async fn envoy_stat(admin: u16, name: &str) -> Option<u64> {
+    let text = http_get(
+        admin,
+        &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
+    )
+    .await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

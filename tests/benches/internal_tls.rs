@@ -1,8 +1,7 @@
 //! What the internal plane's mutual TLS costs: message throughput and send latency (p50/p99)
 //! through Envoy at 16 and 64 concurrent users with internal TLS on (Envoy → chatd over
-//! mutual TLS) against the same cluster with it off, in the same run; and xDS convergence:
-//! how long a restarted chat-xds takes to have Envoy connected and configured again (a new
-//! handshake, the full configuration re-sent), with mutual TLS and without.
+//! mutual TLS) against the same cluster with it off, in the same run; and how long Envoy takes
+//! to have its ADS stream back on a restarted chat-xds, with mutual TLS and without.
 //!
 //! `cargo build --release --workspace && cargo bench -p chatcluster-tests --bench internal_tls`
 //! (the bench runs the release binaries beside it)
@@ -17,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use chatcluster_tests::{
-    http_get,
+    envoy_stat,
     local::{LocalCluster, UNLIMITED_CHATD},
     sends::{level, users},
 };
@@ -37,20 +36,19 @@ fn cluster(internal_tls: bool) -> LocalCluster {
 }
 
 async fn stat(admin: u16, name: &str) -> u64 {
-    http_get(admin, "/stats")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: "))?.parse().ok())
-        .unwrap_or(0)
+    envoy_stat(admin, name).await.unwrap_or(0)
 }
 
-/// Kill chat-xds and time until Envoy is connected again and has taken a new cluster
-/// configuration from the restarted one; the median over [`RESTARTS`], in ms.
+/// Kill chat-xds and time until Envoy's ADS stream is up again on the restarted one (a new
+/// TCP connection and, with internal TLS, a new mutual handshake; the resources Envoy holds
+/// are re-announced on the stream): the median over [`RESTARTS`], in ms. The supervisor's
+/// restart and Envoy's jittered retry backoff (0.5 s, doubling) are part of every figure and
+/// dominate it: this shows that Envoy comes back under mutual TLS, and roughly how fast; it
+/// does not isolate the handshake's cost, which the throughput rounds bound from above.
 async fn reconvergence(cluster: &LocalCluster) -> f64 {
     let admin = cluster.plan.envoys[0].port;
     let mut times = Vec::new();
     for _ in 0..RESTARTS {
-        let before = stat(admin, "cluster_manager.cds.update_success").await;
         let started = Instant::now();
         cluster.signal("xds-0", "KILL");
         // Disconnected first, so the reconnection measured is the next one.
@@ -59,15 +57,10 @@ async fn reconvergence(cluster: &LocalCluster) -> f64 {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        loop {
-            if stat(admin, "control_plane.connected_state").await == 1
-                && stat(admin, "cluster_manager.cds.update_success").await > before
-            {
-                break;
-            }
+        while stat(admin, "control_plane.connected_state").await != 1 {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "no reconvergence"
+                "no reconnection"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -111,7 +104,7 @@ fn main() {
         let plain = reconvergence(&off).await;
         let tls = reconvergence(&on).await;
         println!(
-            "\n| xDS after a chat-xds restart | median ms | ratio |\n|---|---|---|\n| plain text | {plain:.0} | 1.00 |\n| mutual TLS | {tls:.0} | {:.2} |",
+            "\n| Envoy's ADS stream back after a chat-xds restart | median ms | ratio |\n|---|---|---|\n| plain text | {plain:.0} | 1.00 |\n| mutual TLS | {tls:.0} | {:.2} |",
             tls / plain
         );
     });

@@ -13,5 +13,6 @@ pub mod sends;
 pub mod writer;
 
 pub use chatcluster_harness::{
-    Process, TempDir, envoy_binary, free_port, http_get, listening_addresses, peak_rss_mib, repo,
+    Process, TempDir, envoy_binary, envoy_stat, free_port, http_get, listening_addresses,
+    peak_rss_mib, repo,
 };

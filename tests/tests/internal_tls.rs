@@ -180,10 +180,8 @@ async fn get_json(port: u16, path: &str) -> serde_json::Value {
 }
 
 async fn envoy_stat(admin: u16, name: &str) -> u64 {
-    http_get(admin, "/stats")
+    chatcluster_tests::envoy_stat(admin, name)
         .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: "))?.parse().ok())
         .unwrap_or(0)
 }
 

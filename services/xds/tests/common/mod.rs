@@ -282,17 +282,7 @@ pub async fn admin_get(port: u16, path: &str) -> String {
     chatcluster_harness::http_get(port, path).await
 }
 
-/// An Envoy counter or gauge from `/stats`.
-pub async fn stat(admin: u16, name: &str) -> Option<u64> {
-    let text = admin_get(
-        admin,
-        &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
-    )
-    .await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-}
+pub use chatcluster_harness::envoy_stat as stat;
 
 /// Healthy endpoints Envoy has for `cluster`, from `/clusters`.
 pub async fn healthy_ports(admin: u16, cluster: &str) -> Vec<u16> {
