@@ -282,7 +282,10 @@ pub async fn admin_get(port: u16, path: &str) -> String {
     chatcluster_harness::http_get(port, path).await
 }
 
-pub use chatcluster_harness::envoy_stat as stat;
+/// An Envoy counter or gauge from `/stats`.
+pub async fn stat(admin: u16, name: &str) -> Option<u64> {
+    chatcluster_harness::envoy_stat(admin, name).await
+}
 
 /// Healthy endpoints Envoy has for `cluster`, from `/clusters`.
 pub async fn healthy_ports(admin: u16, cluster: &str) -> Vec<u16> {
