@@ -208,6 +208,9 @@ pub enum Renew {
     KeyMismatch,
     /// It names another identity or lacks a DNS name `leaf` needs.
     Names,
+    /// It lives longer than `leaf` now allows (the lifetime was shortened, say after a
+    /// compromise): replaced at once rather than at its old two thirds.
+    Lifetime,
     /// Two thirds of its lifetime are gone.
     Due,
 }
@@ -236,6 +239,15 @@ pub fn renewal(issued: Option<&Issued>, ca: &Ca, leaf: &Leaf, now: SystemTime) -
         || !leaf.dns_names.iter().all(|n| cert.names.contains(n))
     {
         return Some(Renew::Names);
+    }
+    // Issue times are whole seconds: a minute's slack.
+    let longest = leaf.lifetime + BACKDATE + Duration::from_secs(60);
+    if cert
+        .not_after
+        .duration_since(cert.not_before)
+        .is_ok_and(|lived| lived > longest)
+    {
+        return Some(Renew::Lifetime);
     }
     match due_at(&cert) {
         Some(at) if now < at => None,
@@ -398,6 +410,30 @@ mod tests {
         // Another CA's key beside this certificate: refused, not a CA signing nothing valid.
         let other = Ca::generate("chat", "demo", now).unwrap();
         assert!(Ca::from_pem(ca.cert_pem(), other.key_pem()).is_err());
+    }
+
+    #[test]
+    fn a_shortened_lifetime_replaces_longer_certificates_at_once() {
+        let now = SystemTime::now();
+        let ca = Ca::generate("chat", "demo", now).unwrap();
+        let long = leaf(component::XDS, 30 * DAY);
+        let issued = ca.issue(&long, now).unwrap();
+        let short = Leaf {
+            lifetime: DAY,
+            ..long.clone()
+        };
+        assert_eq!(
+            renewal(Some(&issued), &ca, &short, now),
+            Some(Renew::Lifetime)
+        );
+        // A longer lifetime asked for keeps the current one until it is due.
+        let longer = Leaf {
+            lifetime: 60 * DAY,
+            ..long
+        };
+        assert_eq!(renewal(Some(&issued), &ca, &longer, now), None);
+        let fresh = ca.issue(&short, now).unwrap();
+        assert_eq!(renewal(Some(&fresh), &ca, &short, now), None);
     }
 
     #[test]
