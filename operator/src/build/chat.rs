@@ -104,7 +104,7 @@ pub fn deployment(
             [
                 Some(pod::read_only_mount("token-key", TOKEN_MOUNT)),
                 Some(pod::tmp_mount()),
-                internal_tls.then(|| pod::read_only_mount("internal-tls", TLS_MOUNT)),
+                internal_tls.then(|| pod::internal_tls_mount(TLS_MOUNT)),
             ]
             .into_iter()
             .flatten()
@@ -169,12 +169,7 @@ pub fn deployment(
                             pod::tmp_volume(),
                         ]
                         .into_iter()
-                        .chain(internal_tls.then(|| {
-                            pod::secret_volume(
-                                "internal-tls",
-                                &names::internal_tls(owner, component),
-                            )
-                        }))
+                        .chain(internal_tls.then(|| pod::internal_tls_volume(owner, component)))
                         .collect(),
                     ),
                     ..PodSpec::default()

@@ -396,7 +396,7 @@ pub fn deployment(
             [
                 Some(pod::read_only_mount("bootstrap", BOOTSTRAP_DIR)),
                 Some(pod::tmp_mount()),
-                internal_tls.then(|| pod::read_only_mount("internal-tls", INTERNAL_TLS_DIR)),
+                internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
             ]
             .into_iter()
             .flatten()
@@ -454,12 +454,8 @@ pub fn deployment(
                                 ..Volume::default()
                             }),
                             Some(pod::tmp_volume()),
-                            internal_tls.then(|| {
-                                pod::secret_volume(
-                                    "internal-tls",
-                                    &names::internal_tls(owner, component::INGRESS),
-                                )
-                            }),
+                            internal_tls
+                                .then(|| pod::internal_tls_volume(owner, component::INGRESS)),
                         ]
                         .into_iter()
                         .flatten()

@@ -209,6 +209,22 @@ pub fn secret_volume(name: &str, secret: &str) -> Volume {
     }
 }
 
+/// The volume holding `component`'s internal certificate (its Secret), the same in every
+/// pod that has one: with [`internal_tls_mount`], the one way a pod is given its identity.
+pub fn internal_tls_volume(owner: &super::ClusterRef, component: &str) -> Volume {
+    secret_volume(
+        INTERNAL_TLS_VOLUME,
+        &super::names::internal_tls(owner, component),
+    )
+}
+
+/// [`internal_tls_volume`] mounted read-only at `path`.
+pub fn internal_tls_mount(path: &str) -> VolumeMount {
+    read_only_mount(INTERNAL_TLS_VOLUME, path)
+}
+
+const INTERNAL_TLS_VOLUME: &str = "internal-tls";
+
 /// Where [`tmp_volume`] is mounted: `/tmp`.
 pub fn tmp_mount() -> VolumeMount {
     VolumeMount {

@@ -254,7 +254,7 @@ pub fn deployment(
         volume_mounts: Some(
             [
                 Some(pod::read_only_mount("config", CONFIG_DIR)),
-                internal_tls.then(|| pod::read_only_mount("internal-tls", INTERNAL_TLS_DIR)),
+                internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
             ]
             .into_iter()
             .flatten()
@@ -295,12 +295,7 @@ pub fn deployment(
                                 }),
                                 ..Volume::default()
                             }),
-                            internal_tls.then(|| {
-                                pod::secret_volume(
-                                    "internal-tls",
-                                    &names::internal_tls(owner, component::XDS),
-                                )
-                            }),
+                            internal_tls.then(|| pod::internal_tls_volume(owner, component::XDS)),
                         ]
                         .into_iter()
                         .flatten()
