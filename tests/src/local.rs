@@ -352,6 +352,33 @@ impl LocalCluster {
         }
     }
 
+    /// Wait until every Envoy routes to every replica of `kind`: each one's cluster counts
+    /// them all healthy. Envoy takes a replica only after its first health check passes, so
+    /// a test that takes one replica away must first know the others are in Envoy's set.
+    pub async fn wait_until_envoys_route_to_every_replica(&self, kind: ServiceKind) {
+        let replicas = self
+            .plan
+            .service(kind)
+            .unwrap_or_else(|| panic!("no {kind} in the plan"))
+            .initial;
+        let stat = format!("cluster.{kind}.membership_healthy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for envoy in &self.plan.envoys {
+            loop {
+                let healthy = crate::envoy_stat(envoy.port, &stat).await;
+                if healthy == Some(replicas as u64) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Envoy (admin {}) counts {healthy:?} healthy {kind} replicas of {replicas}",
+                    envoy.port
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// Run `chatctl` against the cluster's endpoint with its session in `home`; its output.
     pub fn chatctl(&self, home: &Path, args: &[&str]) -> String {
         let out = Command::new(bin_dir().join("chatctl"))

@@ -251,6 +251,9 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
 
     // A chatd process killed: every send through Envoy still succeeds (the others serve,
     // Envoy retries what the dead one refused), and the runner restarts it.
+    cluster
+        .wait_until_envoys_route_to_every_replica(ServiceKind::Groups)
+        .await;
     let old = cluster.signal("groups-0", "KILL");
     for n in 0..40 {
         let text = format!("after-kill-{n}");

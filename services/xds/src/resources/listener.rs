@@ -24,6 +24,7 @@ use envoy_types::{
                         self,
                         action::{ActionSpecifier, RemoteAddress},
                     },
+                    retry_policy::{RetryHostPredicate, retry_host_predicate},
                     route::Action,
                     route_action::{
                         ClusterSpecifier, HashPolicy, MaxStreamDuration,
@@ -45,6 +46,7 @@ use envoy_types::{
                         http_filter::ConfigType as HttpFilterConfig,
                     },
                 },
+                retry::host::previous_hosts::v3::PreviousHostsPredicate,
                 transport_sockets::tls::v3::{
                     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
                     TlsCertificate, secret,
@@ -309,10 +311,20 @@ fn route(entry: &RouteEntry) -> Route {
             // carries the same x-request-id, which Envoy makes for every outside request, and
             // chatd keys a send without a client key by it: a retried send that had committed
             // returns the first message instead of storing a second.
+            // A retry goes to another replica: without the predicate, a replica killed a
+            // moment ago (before health checks or outlier detection eject it) can be
+            // picked for the first try and for both retries.
             retry_policy: Some(RetryPolicy {
                 retry_on: "unavailable,reset,connect-failure,refused-stream".into(),
                 num_retries: Some(UInt32Value { value: 2 }),
                 per_try_timeout: Some(Duration::default()),
+                retry_host_predicate: vec![RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.previous_hosts".into(),
+                    config_type: Some(retry_host_predicate::ConfigType::TypedConfig(pack_any(
+                        PreviousHostsPredicate {},
+                    ))),
+                }],
+                host_selection_retry_max_attempts: 3,
                 ..RetryPolicy::default()
             }),
             ..RouteAction::default()

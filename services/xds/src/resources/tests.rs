@@ -13,8 +13,11 @@ use chatcluster_types::xds::{
 use envoy_types::pb::envoy::{
     config::core::v3::transport_socket::ConfigType as SocketConfig,
     config::{
-        cluster::v3::Cluster, core::v3::address, endpoint::v3::ClusterLoadAssignment,
-        listener::v3::Listener, route::v3::RouteConfiguration,
+        cluster::v3::Cluster,
+        core::v3::address,
+        endpoint::v3::ClusterLoadAssignment,
+        listener::v3::Listener,
+        route::v3::{RouteConfiguration, route::Action},
     },
     extensions::transport_sockets::tls::v3::{
         Secret, UpstreamTlsContext, common_tls_context::ValidationContextType,
@@ -193,6 +196,37 @@ fn with_internal_tls_each_cluster_verifies_its_own_services_identity() {
         panic!("not a cluster");
     };
     assert!(cluster.transport_socket.is_none());
+}
+
+#[test]
+fn every_chat_route_retries_on_another_replica() {
+    let snap = snapshot(&base(), None);
+    let Decoded::Route(config) = decode(Kind::Route, snap.get(Kind::Route, INGRESS_ROUTE).unwrap())
+    else {
+        panic!("not a route configuration");
+    };
+    let routes: Vec<_> = config
+        .virtual_hosts
+        .iter()
+        .flat_map(|host| &host.routes)
+        .filter_map(|route| match &route.action {
+            Some(Action::Route(action)) => Some(action),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routes.len(), base().config.services.len());
+    for action in routes {
+        let retry = action.retry_policy.as_ref().expect("a retry policy");
+        let retries = retry.num_retries.map_or(1, |n| i64::from(n.value));
+        assert!(retries >= 1);
+        let names: Vec<&str> = retry
+            .retry_host_predicate
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["envoy.retry_host_predicates.previous_hosts"]);
+        assert!(retry.host_selection_retry_max_attempts >= retries);
+    }
 }
 
 #[test]
