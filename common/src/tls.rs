@@ -93,6 +93,11 @@ impl TlsDir {
         self.0.join(name)
     }
 
+    /// The CA's file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.file(CA_FILE)
+    }
+
     fn read(&self, name: &str) -> Result<Vec<u8>, TlsError> {
         let path = self.file(name);
         std::fs::read(&path).map_err(|source| TlsError::Read { path, source })

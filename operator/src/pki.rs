@@ -255,6 +255,11 @@ pub fn renewal(issued: Option<&Issued>, ca: &Ca, leaf: &Leaf, now: SystemTime) -
     }
 }
 
+/// When the certificate `issued` expires (what a server reloading it will serve).
+pub fn not_after(issued: &Issued) -> Option<SystemTime> {
+    Some(parse(&issued.cert_pem)?.not_after)
+}
+
 /// When the certificate `issued` is next due for renewal (for a requeue).
 pub fn renew_at(issued: &Issued) -> Option<SystemTime> {
     due_at(&parse(&issued.cert_pem)?)

@@ -217,8 +217,8 @@ spec: {}
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
             .count();
         assert_eq!(
-            secrets, 9,
-            "database credentials, the token key, the internal CA and six component certificates"
+            secrets, 10,
+            "database credentials, the token key, the internal CA and seven component certificates"
         );
     }
 
@@ -240,8 +240,8 @@ spec: {}
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
         // Database credentials, token key, Envoy's certificate, the internal CA, and the
-        // internal certificates of chat-xds, Envoy and the four chat services.
-        assert_eq!(placeholders, 10);
+        // internal certificates of chat-xds, Envoy, the database and the four chat services.
+        assert_eq!(placeholders, 11);
         assert_eq!(
             yaml.lines().filter(|l| *l == "---").count(),
             objects.len() - placeholders,
@@ -253,7 +253,7 @@ spec: {}
             "no Secret data outside comments"
         );
         let table = summary(&objects);
-        assert!(table.contains("| Secret | 10 | `demo-db`"), "{table}");
+        assert!(table.contains("| Secret | 11 | `demo-db`"), "{table}");
         assert!(table.contains("| Deployment | 6 |"), "{table}");
     }
 }

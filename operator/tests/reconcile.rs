@@ -244,6 +244,7 @@ async fn create_builds_every_child_and_reports_progressing() {
         [
             "demo-auth-internal-tls",
             "demo-db",
+            "demo-db-internal-tls",
             "demo-dms-internal-tls",
             "demo-envoy-tls",
             "demo-groups-internal-tls",

@@ -241,6 +241,7 @@ async fn the_replica_restarts_on_an_approved_copy_and_only_its_swap_confirms_it(
         admin_password: "x".into(),
         repl_user: "repl".into(),
         repl_password: "y".into(),
+        ca_pem: None,
     };
     let mut server = Server::new(w.replica.clone(), credentials, Duration::from_secs(1));
     let copy = Prepared {

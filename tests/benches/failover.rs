@@ -126,6 +126,7 @@ async fn failover_run(replicas: usize, fault: Fault) -> Run {
         admin_password: ADMIN_PASSWORD.into(),
         repl_user: "repl".into(),
         repl_password: REPL_PASSWORD.into(),
+        ca_pem: None,
     };
     let (topology, status) = Topology::new(members(&dbs), "db-0", credentials, policy).unwrap();
     let handle = manager::spawn(topology, status, TICK);

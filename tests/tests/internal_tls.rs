@@ -475,3 +475,145 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
         failed.first()
     );
 }
+
+/// `statement` as root over `socket`, the way an administrator on the machine would.
+fn sql(socket: &Path, statement: &str) -> String {
+    let out = Command::new("mariadb")
+        .args(["--no-defaults", "-uroot", "-E"])
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-e", statement])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// chatd's database settings as the runner gives them, with the CA at `ca_file`.
+fn chatd_db(cluster: &LocalCluster, ca_file: Option<std::path::PathBuf>) -> chatd::db::DbConfig {
+    let text = read(&cluster.plan.files.credentials);
+    let credentials: chat_operator::build::secrets::DbCredentials =
+        serde_json::from_str(&text).unwrap();
+    chatd::db::DbConfig {
+        primary: cluster.plan.databases[0].address(),
+        replicas: None,
+        database: chat_operator::build::DB_NAME.into(),
+        user: chat_operator::build::secrets::DB_APP_USER.into(),
+        password: credentials.app().into(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: chatd::db::STATEMENT_TIMEOUT,
+        ca_file,
+    }
+}
+
+/// What the primary serves to a connection made as chatd makes them with `cfg`: its
+/// `Ssl_server_not_after`, or the connection's error.
+async fn served_not_after(cfg: &chatd::db::DbConfig) -> Result<String, sqlx::Error> {
+    use sqlx::{Connection, Row};
+    let options = chatd::db::connect_options(cfg, &cfg.primary).unwrap();
+    let mut conn = sqlx::MySqlConnection::connect_with(&options).await?;
+    let row = sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_server_not_after'")
+        .fetch_one(&mut conn)
+        .await?;
+    row.try_get::<String, _>(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate() {
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/laptop.yaml"))
+        .await
+        .unwrap();
+    let files = &cluster.plan.files;
+    let ca_file = files.tls_dir(component::DATABASE).join("ca.crt");
+
+    // chatd's own connection verifies the server; plain text is refused by the server, and
+    // a server certificate of another CA by chatd.
+    let served = served_not_after(&chatd_db(&cluster, Some(ca_file.clone())))
+        .await
+        .unwrap();
+    assert!(!served.is_empty(), "no TLS on chatd's connection");
+    // The same user and password in plain text (MariaDB answers "access denied").
+    let plain = served_not_after(&chatd_db(&cluster, None)).await;
+    assert!(plain.is_err(), "plain text was not refused: {plain:?}");
+    let stranger = Ca::generate("local", "another", SystemTime::now()).unwrap();
+    let foreign = cluster.dir.path().join("foreign-ca.crt");
+    std::fs::write(&foreign, stranger.cert_pem()).unwrap();
+    let unverified = served_not_after(&chatd_db(&cluster, Some(foreign))).await;
+    assert!(
+        unverified.is_err(),
+        "a server chatd cannot verify was accepted: {unverified:?}"
+    );
+
+    // The replica replicates over TLS, verifying the primary's certificate.
+    let replica = &cluster.plan.databases[1];
+    let status = sql(&replica.socket(), "SHOW SLAVE STATUS");
+    for field in [
+        "Slave_IO_Running: Yes",
+        "Master_SSL_Allowed: Yes",
+        "Master_SSL_Verify_Server_Cert: Yes",
+    ] {
+        assert!(status.contains(field), "no {field:?} in {status}");
+    }
+
+    // A due certificate (issued 21 of its 30 days ago) is renewed by the runner and served
+    // to new connections once the loop has told the servers to reload it.
+    let dir = files.tls_dir(component::DATABASE);
+    let ca = cluster_ca(&cluster);
+    let old = ca
+        .issue(
+            &Leaf {
+                identity: Identity::new("local", &cluster.plan.name, component::DATABASE),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime: 30 * DAY,
+            },
+            SystemTime::now() - 21 * DAY,
+        )
+        .unwrap();
+    std::fs::write(dir.join("..data/tls.key"), &old.key_pem).unwrap();
+    std::fs::write(dir.join("..data/tls.crt"), &old.cert_pem).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let renewed = loop {
+        let now = read(&dir.join("tls.crt"));
+        if now != old.cert_pem {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the due certificate was not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let expected = chat_operator::pki::not_after(&Issued {
+        cert_pem: renewed,
+        key_pem: String::new(),
+        ca_pem: String::new(),
+    })
+    .unwrap();
+    assert_ne!(
+        chat_operator::topology::tls::parse_not_after(&served),
+        Some(expected),
+        "the renewed certificate expires when the first did"
+    );
+    let cfg = chatd_db(&cluster, Some(ca_file));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = served_not_after(&cfg).await.unwrap();
+        if chat_operator::topology::tls::parse_not_after(&now) == Some(expected) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary still serves {now}, not the renewed certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Replication carries on over TLS after the reload.
+    let home = cluster.dir.path().join("alice");
+    cluster.chatctl(&home, &["register", "alice"]);
+    let status = sql(&replica.socket(), "SHOW SLAVE STATUS");
+    assert!(status.contains("Slave_IO_Running: Yes"), "{status}");
+}

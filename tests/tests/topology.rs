@@ -36,6 +36,7 @@ fn credentials() -> Credentials {
         admin_password: ADMIN_PASSWORD.into(),
         repl_user: "repl".into(),
         repl_password: REPL_PASSWORD.into(),
+        ca_pem: None,
     }
 }
 

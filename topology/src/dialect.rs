@@ -17,8 +17,9 @@ pub struct Source<'a> {
     pub user: &'a str,
     /// Its password.
     pub password: &'a str,
-    /// Replicate over TLS (when the cluster has certificates).
-    pub tls: bool,
+    /// Replicate over TLS, verifying the source's certificate (its name included) against
+    /// the CA at this path on the replica; `None`: plain text.
+    pub tls: Option<&'a str>,
 }
 
 /// Column names of the engine's replica status.
@@ -84,6 +85,9 @@ pub trait Dialect: Send + Sync {
     fn seed(&self, source: &Source<'_>) -> Seed;
     /// Turn the primary's semi-sync off (degraded: no caught-up replica to wait for).
     fn semi_sync_source_off(&self) -> &'static str;
+    /// Re-read the server's certificate and key files (the server reads them only at start
+    /// and on this statement); new connections get the new ones.
+    fn reload_tls(&self) -> &'static str;
     /// What the topology loop's user is granted on `*.*` (no GRANT OPTION, no ALL): control
     /// replication and semi-sync, switch read-only, end client sessions, and re-seed the
     /// application schemas on a read-only server.
@@ -182,12 +186,15 @@ impl Dialect for MySql {
                 quote(s.host),
                 s.port,
                 quote(s.password),
-                if s.tls { " REQUIRE SSL" } else { "" }
+                if s.tls.is_some() { " REQUIRE SSL" } else { "" }
             ),
         ])
     }
     fn semi_sync_source_off(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
+    }
+    fn reload_tls(&self) -> &'static str {
+        "ALTER INSTANCE RELOAD TLS"
     }
     fn admin_privileges(&self) -> &'static str {
         "SYSTEM_VARIABLES_ADMIN, REPLICATION_SLAVE_ADMIN, CONNECTION_ADMIN, CLONE_ADMIN, BACKUP_ADMIN, RELOAD, PROCESS, REPLICATION CLIENT, SHOW DATABASES, SELECT, INSERT, CREATE, DROP, ALTER, INDEX, REFERENCES, LOCK TABLES"
@@ -210,8 +217,12 @@ impl Dialect for MySql {
             quote(s.user),
             quote(s.password)
         );
-        if s.tls {
-            let _ = write!(sql, ", SOURCE_SSL=1");
+        if let Some(ca) = s.tls {
+            let _ = write!(
+                sql,
+                ", SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1",
+                quote(ca)
+            );
         }
         sql
     }
@@ -300,6 +311,9 @@ impl Dialect for MariaDb {
     fn semi_sync_source_off(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
     }
+    fn reload_tls(&self) -> &'static str {
+        "FLUSH SSL"
+    }
     fn admin_privileges(&self) -> &'static str {
         "SUPER, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, BINLOG ADMIN, BINLOG MONITOR, CONNECTION ADMIN, RELOAD, PROCESS, SHUTDOWN, SHOW DATABASES, SELECT, INSERT, CREATE, DROP, ALTER, INDEX, REFERENCES, LOCK TABLES"
     }
@@ -326,8 +340,12 @@ impl Dialect for MariaDb {
             quote(s.user),
             quote(s.password)
         );
-        if s.tls {
-            let _ = write!(sql, ", MASTER_SSL=1");
+        if let Some(ca) = s.tls {
+            let _ = write!(
+                sql,
+                ", MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_VERIFY_SERVER_CERT=1",
+                quote(ca)
+            );
         }
         sql
     }
@@ -391,7 +409,7 @@ mod tests {
             port: 3306,
             user: "repl",
             password: "p'w\\d",
-            tls,
+            tls: tls.then_some("/etc/mysql/tls/ca.crt"),
         }
     }
 
@@ -410,11 +428,10 @@ mod tests {
             MySql.change_source(&source(false)),
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST='demo-db-replica-0.demo-db.chat.svc', SOURCE_PORT=3306, SOURCE_USER='repl', SOURCE_PASSWORD='p''w\\\\d', SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD=1, GET_SOURCE_PUBLIC_KEY=1"
         );
-        assert!(
-            MySql
-                .change_source(&source(true))
-                .ends_with(", SOURCE_SSL=1")
-        );
+        assert!(MySql.change_source(&source(true)).ends_with(
+            ", SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/tls/ca.crt', SOURCE_SSL_VERIFY_SERVER_CERT=1"
+        ));
+        assert_eq!(MySql.reload_tls(), "ALTER INSTANCE RELOAD TLS");
         assert_eq!(MySql.stop_io_thread(), "STOP REPLICA IO_THREAD");
         assert_eq!(MySql.make_read_only(), "SET GLOBAL super_read_only = ON");
         assert_eq!(
@@ -503,5 +520,9 @@ mod tests {
             "SET GLOBAL gtid_slave_pos = '0-1-5'"
         );
         assert_eq!(MariaDb.seed(&source(false)), Seed::Logical);
+        assert!(MariaDb.change_source(&source(true)).ends_with(
+            ", MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/tls/ca.crt', MASTER_SSL_VERIFY_SERVER_CERT=1"
+        ));
+        assert_eq!(MariaDb.reload_tls(), "FLUSH SSL");
     }
 }

@@ -15,7 +15,9 @@ use super::{
     manager::{Error, Topology, now_ms},
     plan::{Action, Exposure, Memory, Plan, semi_sync_for},
     semisync::ReplicaState,
+    server::Report,
     status::{Finding, FindingKind, Promotion, Role, SemiSyncState},
+    tls,
 };
 
 /// Longest a re-seed may take: a physical copy of a large database in Kubernetes (its Job
@@ -42,7 +44,8 @@ pub(super) struct PrimarySource {
     port: u16,
     user: String,
     password: String,
-    tls: bool,
+    /// The CA's path on the replica, when replication is over TLS.
+    tls: Option<String>,
 }
 
 impl PrimarySource {
@@ -52,7 +55,7 @@ impl PrimarySource {
             port: self.port,
             user: &self.user,
             password: &self.password,
-            tls: self.tls,
+            tls: self.tls.as_deref(),
         }
     }
 }
@@ -85,12 +88,33 @@ impl<S: DbServer> Topology<S> {
             port: m.port,
             user: self.credentials.repl_user.clone(),
             password: self.credentials.repl_password.clone(),
-            tls: self.policy.tls,
+            tls: self.policy.tls.as_ref().map(|t| t.ca_path.clone()),
         }
     }
 
     fn name(&self, i: usize) -> String {
         self.servers[i].member().name.clone()
+    }
+
+    /// Tell each server that answered while serving another certificate than the one issued
+    /// last to reload its files. Apart from the plan: it changes no role and no data.
+    pub(super) async fn reload_certificates(&mut self, reports: &[Option<Report>]) {
+        let Some(expected) = self.policy.tls.as_ref().map(|t| t.not_after) else {
+            return;
+        };
+        for (i, report) in reports.iter().enumerate() {
+            let Some(report) = report else { continue };
+            if !tls::reload_due(expected, &report.tls_not_after) {
+                continue;
+            }
+            let name = self.name(i);
+            match self.servers[i].reload_tls().await {
+                Ok(()) => {
+                    info!(server = %name, served = %report.tls_not_after, "told to reload its certificate")
+                }
+                Err(e) => warn!(server = %name, error = %e, "could not reload its certificate"),
+            }
+        }
     }
 
     /// Count a failure (or clear the count on success); a finding once it keeps failing.

@@ -7,7 +7,8 @@
 //! acts through the [`db::DbServer`] trait: real servers over SQL ([`server`]; re-seeding in
 //! [`seed`], or from a physical copy in [`physical`] where the files are at hand) or the test
 //! suite's simulator. The Kubernetes reconciler and the laptop runner ([`publish`]) both run
-//! the loop and publish its [`status`] their own way.
+//! the loop and publish its [`status`] their own way. With an internal CA, the servers serve
+//! TLS and the loop reloads their certificates after renewals ([`tls`]).
 
 pub mod classify;
 pub mod db;
@@ -23,6 +24,7 @@ pub mod seed;
 pub mod semisync;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;

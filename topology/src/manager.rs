@@ -260,6 +260,7 @@ impl<S: DbServer> Topology<S> {
             self.note(&mut plan, "re-seed", i, result);
         }
         self.wake_after = plan.wake_after_ms.map(Duration::from_millis);
+        self.reload_certificates(&reports).await;
         if self.execute(&mut plan).await {
             return Box::pin(self.tick()).await;
         }

@@ -17,6 +17,7 @@ use super::{
     semisync::{self, ReplicaState, SemiSync},
     server::Member,
     status::{Finding, FindingKind, Role, SemiSyncState, ServerStatus},
+    tls::ServerTls,
 };
 
 /// What the loop may do.
@@ -37,8 +38,9 @@ pub struct Policy {
     pub max_semi_sync_acks: u32,
     /// Re-seed errant and broken replicas from the primary automatically.
     pub reseed: bool,
-    /// Replicate over TLS.
-    pub tls: bool,
+    /// The servers serve TLS: replication and the loop verify them, and the loop reloads
+    /// renewed certificates. `None`: plain text.
+    pub tls: Option<ServerTls>,
     /// Bound on every statement the loop sends (and on connecting).
     pub query_timeout: Duration,
 }
@@ -52,7 +54,7 @@ impl Default for Policy {
             semi_sync: true,
             max_semi_sync_acks: 1,
             reseed: true,
-            tls: false,
+            tls: None,
             query_timeout: Duration::from_secs(1),
         }
     }

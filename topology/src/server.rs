@@ -6,7 +6,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     AssertSqlSafe, Connection, MySqlConnection, Row,
-    mysql::{MySqlConnectOptions, MySqlRow},
+    mysql::{MySqlConnectOptions, MySqlRow, MySqlSslMode},
 };
 
 use super::{
@@ -74,6 +74,9 @@ pub struct Credentials {
     pub repl_user: String,
     /// Its password.
     pub repl_password: String,
+    /// The internal CA (PEM), when the servers serve TLS: the loop then connects over TLS
+    /// only, verifying each server's certificate and its name (the member's host).
+    pub ca_pem: Option<String>,
 }
 
 /// A replica's replication threads as reported by the server.
@@ -121,6 +124,9 @@ pub struct Report {
     pub executed: GtidSet,
     /// Replication, when configured.
     pub replication: Option<Replication>,
+    /// `Ssl_server_not_after` on the loop's connection: when the certificate the server
+    /// serves expires. Empty without TLS.
+    pub tls_not_after: String,
 }
 
 impl Report {
@@ -197,12 +203,17 @@ impl Server {
     /// The connection, opened within `timeout` if there is none.
     async fn connection(&mut self, timeout: Duration) -> Result<&mut MySqlConnection> {
         if self.conn.is_none() {
-            let options = MySqlConnectOptions::from_str("mysql://localhost")
+            let mut options = MySqlConnectOptions::from_str("mysql://localhost")
                 .map_err(|e| self.sql_err(e))?
                 .host(&self.member.host)
                 .port(self.member.port)
                 .username(&self.credentials.admin_user)
                 .password(&self.credentials.admin_password);
+            if let Some(ca) = &self.credentials.ca_pem {
+                options = options
+                    .ssl_mode(MySqlSslMode::VerifyIdentity)
+                    .ssl_ca_from_pem(ca.as_bytes().to_vec());
+            }
             let mut conn = tokio::time::timeout(timeout, MySqlConnection::connect_with(&options))
                 .await
                 .map_err(|_| self.timeout_err())?
@@ -337,7 +348,8 @@ impl Server {
         // Connect first: the dialect comes from the server's version.
         self.connection(self.timeout).await?;
         let dialect = self.dialect;
-        let (row, executed_text, status) = self
+        let tls = self.credentials.ca_pem.is_some();
+        let (row, executed_text, status, tls_not_after) = self
             .with(self.timeout, move |conn| {
                 Box::pin(async move {
                     let row = sqlx::query(AssertSqlSafe(format!(
@@ -352,7 +364,16 @@ impl Server {
                     let status = sqlx::query(dialect.replica_status())
                         .fetch_optional(&mut *conn)
                         .await?;
-                    Ok((row, executed, status))
+                    let tls_not_after = if tls {
+                        sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_server_not_after'")
+                            .fetch_optional(&mut *conn)
+                            .await?
+                            .map(|row| text(&row, 1))
+                            .unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    Ok((row, executed, status, tls_not_after))
                 })
             })
             .await?;
@@ -400,6 +421,7 @@ impl Server {
             executed_text,
             executed,
             replication,
+            tls_not_after,
         })
     }
 
@@ -484,6 +506,15 @@ impl DbServer for Server {
     async fn make_writable(&mut self) -> Result<()> {
         let statements = self.dialect.promote();
         self.exec(&statements).await
+    }
+
+    async fn reload_tls(&mut self) -> Result<()> {
+        let reload = self.dialect.reload_tls();
+        self.exec(&[reload]).await?;
+        // A connection keeps the certificate it was opened with: the next report's must be
+        // a new one's.
+        self.disconnect();
+        Ok(())
     }
 
     async fn wait_applied(&mut self, gtids: &str, wait: Duration) -> Result<bool> {

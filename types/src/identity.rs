@@ -15,6 +15,8 @@ pub mod component {
     pub const INGRESS: &str = "ingress";
     /// chat-xds, the control plane: the server Envoy verifies.
     pub const XDS: &str = "xds";
+    /// The database servers, which chatd, the topology loop and the replicas verify.
+    pub const DATABASE: &str = "db";
 }
 
 /// One component of one ChatCluster.

@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use chatcluster_common::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
@@ -88,6 +89,42 @@ pub(super) fn image(db: &DatabaseSpec) -> String {
         }
         .to_string()
     })
+}
+
+/// Where a server finds its certificate, key and the internal CA (files of the component's
+/// Secret, or of the local runner's `pki/db`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    /// Directory holding `tls.crt`, `tls.key` and `ca.crt`.
+    pub dir: String,
+}
+
+impl ServerTlsFiles {
+    /// The CA's path, which replication verifies its source with.
+    pub fn ca(&self) -> String {
+        format!("{}/{CA_FILE}", self.dir)
+    }
+
+    /// Server configuration lines: serve TLS with these files and refuse plain-text TCP
+    /// clients (the Unix socket, which the image's own scripts use, stays open).
+    pub fn config_lines(&self) -> Vec<String> {
+        vec![
+            format!("ssl_cert={}/{CERT_FILE}", self.dir),
+            format!("ssl_key={}/{KEY_FILE}", self.dir),
+            format!("ssl_ca={}", self.ca()),
+            "require_secure_transport=ON".into(),
+        ]
+    }
+}
+
+/// Where a database pod mounts its internal certificate.
+pub const TLS_DIR: &str = "/etc/mysql/internal-tls";
+
+/// A database pod's certificate files.
+pub fn pod_tls() -> ServerTlsFiles {
+    ServerTlsFiles {
+        dir: TLS_DIR.into(),
+    }
 }
 
 /// Server configuration common to every pod: GTIDs, row binlogs, crash-safe replication and,
@@ -178,15 +215,23 @@ GRANT REPLICATION SLAVE ON *.* TO '${REPL_USER}'@'%';
 EOF
 "#;
 
-/// The database ConfigMap: server configuration and the init script.
-pub fn config_map(owner: &ClusterRef, db: &DatabaseSpec) -> ConfigMap {
+/// The database ConfigMap: server configuration (serving TLS with `internal_tls`) and the
+/// init script.
+pub fn config_map(owner: &ClusterRef, db: &DatabaseSpec, internal_tls: bool) -> ConfigMap {
+    let mut config = server_config(db);
+    if internal_tls {
+        for line in pod_tls().config_lines() {
+            config.push_str(&line);
+            config.push('\n');
+        }
+    }
     ConfigMap {
         metadata: owner.meta(
             names::db_config(owner),
             owner.labels(COMPONENT, engine_app(db)),
         ),
         data: Some(BTreeMap::from([
-            ("chatcluster.cnf".to_string(), server_config(db)),
+            ("chatcluster.cnf".to_string(), config),
             ("init.sh".to_string(), INIT_SCRIPT.to_string()),
         ])),
         ..ConfigMap::default()
@@ -209,12 +254,14 @@ fn set_selector(owner: &ClusterRef, set: Set) -> BTreeMap<String, String> {
 /// One of the two database StatefulSets. `config_hash` rolls the pods when the server
 /// configuration changes.
 /// `operator_image` is where the pods copy the re-seed programs from (MariaDB).
+/// `internal_tls`: the pods mount the database's internal certificate.
 pub fn stateful_set(
     owner: &ClusterRef,
     db: &DatabaseSpec,
     set: Set,
     config_hash: &str,
     operator_image: &str,
+    internal_tls: bool,
 ) -> StatefulSet {
     let (name, replicas) = match set {
         Set::Primary => (names::db_primary(owner), 1),
@@ -260,8 +307,10 @@ pub fn stateful_set(
             command: Some(vec![
                 "sh".into(),
                 "-c".into(),
+                // The socket (`localhost`): with internal TLS, plain TCP is refused, and
+                // the TCP port is the liveness probe's.
                 format!(
-                    "MYSQL_PWD=\"${prefix}_ROOT_PASSWORD\" {client} -h127.0.0.1 -uroot -e 'SELECT 1'"
+                    "MYSQL_PWD=\"${prefix}_ROOT_PASSWORD\" {client} -hlocalhost -uroot -e 'SELECT 1'"
                 ),
             ]),
         }),
@@ -339,13 +388,18 @@ pub fn stateful_set(
         )),
         // The upstream entrypoints write outside the mounted volumes on first start.
         security_context: Some(pod::container_security(false)),
-        volume_mounts: Some(vec![
-            mount("data", DATA_DIR),
-            mount("conf", CONF_DIR),
-            mount("initdb", INITDB_DIR),
-            mount("run", "/var/run/mysqld"),
-            mount("tmp", "/tmp"),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("data", DATA_DIR),
+                mount("conf", CONF_DIR),
+                mount("initdb", INITDB_DIR),
+                mount("run", "/var/run/mysqld"),
+                mount("tmp", "/tmp"),
+            ]
+            .into_iter()
+            .chain(internal_tls.then(|| pod::internal_tls_mount(TLS_DIR)))
+            .collect(),
+        ),
         ..Container::default()
     };
     let empty_dir = |name: &str| Volume {
@@ -412,6 +466,12 @@ pub fn stateful_set(
                         ]
                         .into_iter()
                         .chain(seed_volumes)
+                        .chain(internal_tls.then(|| {
+                            pod::internal_tls_volume(
+                                owner,
+                                chatcluster_types::identity::component::DATABASE,
+                            )
+                        }))
                         .collect(),
                     ),
                     ..PodSpec::default()

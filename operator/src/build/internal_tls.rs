@@ -11,7 +11,7 @@ use chatcluster_types::identity::{Identity, component};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 
 use super::{
-    ClusterRef, ingress, names,
+    ClusterRef, database, ingress, names,
     secrets::{self, TLS_SECRET_TYPE},
     xds,
 };
@@ -50,6 +50,11 @@ pub fn leaves(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) ->
             dns_names: Vec::new(),
             lifetime,
         },
+        Leaf {
+            identity: identity(owner, component::DATABASE),
+            dns_names: database_names(owner, spec.database.replicas),
+            lifetime,
+        },
     ]
     .into_iter()
     .chain(spec.services.iter().map(|(kind, _)| Leaf {
@@ -60,11 +65,28 @@ pub fn leaves(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) ->
     .collect()
 }
 
+/// Every name a database server is reached by: the loop and the replicas use each pod's
+/// name under the headless Service, chatd the `-primary` and `-replicas` Services. A
+/// change in the number of replicas changes the names, and so renews the certificate.
+fn database_names(owner: &ClusterRef, replicas: i32) -> Vec<String> {
+    let headless = owner.service_host(&names::db_headless(owner));
+    let pods = std::iter::once(names::db_initial_primary_pod(owner))
+        .chain((0..replicas.max(0)).map(|i| format!("{}-{i}", names::db_replicas_set(owner))));
+    pods.map(|pod| format!("{pod}.{headless}"))
+        .chain([
+            owner.service_host(&names::db_primary(owner)),
+            owner.service_host(&names::db_replicas(owner)),
+        ])
+        .flat_map(|name| [format!("{name}.cluster.local"), name])
+        .collect()
+}
+
 /// The Kubernetes component label of the pods holding `identity`'s certificate.
 fn component_label(identity: &Identity) -> &str {
     match identity.component.as_str() {
         component::XDS => xds::COMPONENT,
         component::INGRESS => ingress::COMPONENT,
+        component::DATABASE => database::COMPONENT,
         other => other,
     }
 }

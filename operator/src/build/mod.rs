@@ -287,7 +287,7 @@ pub fn desired(
     if spec.database.engine == crate::api::DatabaseEngine::Mariadb {
         out.config_maps.push(seed::approvals_config_map(owner));
     }
-    let db_config = database::config_map(owner, &spec.database);
+    let db_config = database::config_map(owner, &spec.database, spec.internal_tls.enabled);
     let db_hash = pod::config_hash(&db_config);
     out.config_maps.push(db_config);
     for set in [database::Set::Primary, database::Set::Replica] {
@@ -297,6 +297,7 @@ pub fn desired(
             set,
             &db_hash,
             &operator_image,
+            spec.internal_tls.enabled,
         ));
     }
     out.services.extend(database::services(owner));

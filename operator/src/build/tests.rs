@@ -958,8 +958,50 @@ fn internal_tls_gives_each_component_its_own_certificate_and_points_envoy_at_the
         .collect();
     assert_eq!(
         components,
-        ["xds", "ingress", "auth", "groups", "dms", "servers"]
+        ["xds", "ingress", "db", "auth", "groups", "dms", "servers"]
     );
+    // The database's certificate names every address it is reached at.
+    let db_names = &leaves[2].dns_names;
+    for name in [
+        "demo-db-primary-0.demo-db.chat.svc",
+        "demo-db-replica-0.demo-db.chat.svc.cluster.local",
+        "demo-db-primary.chat.svc",
+        "demo-db-replicas.chat.svc",
+    ] {
+        assert!(
+            db_names.iter().any(|n| n == name),
+            "{name} not in {db_names:?}"
+        );
+    }
+    for member in crate::reconcile::topology::members(&owner, &resource.spec.database) {
+        assert!(db_names.contains(&member.host), "{}", member.host);
+    }
+    // Database pods mount theirs and serve TLS only.
+    for set in &d.stateful_sets {
+        assert_eq!(
+            mounted_secret(&set.spec.template, database::TLS_DIR),
+            Some("demo-db-internal-tls".into()),
+            "{}",
+            set.name_any()
+        );
+    }
+    let db_config = d
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == "demo-db-config")
+        .and_then(|c| c.data.as_ref()?.get("chatcluster.cnf").cloned())
+        .expect("the database configuration");
+    for line in [
+        "ssl_cert=/etc/mysql/internal-tls/tls.crt",
+        "ssl_key=/etc/mysql/internal-tls/tls.key",
+        "ssl_ca=/etc/mysql/internal-tls/ca.crt",
+        "require_secure_transport=ON",
+    ] {
+        assert!(
+            db_config.lines().any(|l| l == line),
+            "{line} in {db_config}"
+        );
+    }
     // Each pod mounts its own component's Secret, and no other's.
     for (deployment_name, path, component) in [
         ("demo-xds", "/etc/chat-xds/tls", "xds"),

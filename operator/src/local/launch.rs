@@ -53,7 +53,10 @@ impl Plan {
             "innodb_buffer_pool_size=64M".into(),
             "innodb_log_file_size=32M".into(),
             "max_connections=1000".into(),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.database_tls().iter().flat_map(|t| t.config_lines()))
+        {
             out.push_str(&line);
             out.push('\n');
         }

@@ -21,6 +21,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use chatcluster_types::{
@@ -35,6 +36,7 @@ use crate::{
     topology::{
         plan::Policy,
         server::{Credentials, Member},
+        tls::ServerTls,
     },
 };
 
@@ -458,6 +460,12 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
                 dns_names: Vec::new(),
                 lifetime,
             },
+            // The servers, which chatd, the loop and the replicas reach at 127.0.0.1.
+            pki::Leaf {
+                identity: identity(component::DATABASE),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime,
+            },
         ]
         .into_iter()
         // Each chat service's replicas, which Envoy and their peers verify by identity.
@@ -592,14 +600,44 @@ impl Plan {
         &self.databases[0].name
     }
 
-    /// The topology loop's users, with `credentials`' passwords.
-    pub fn topology_credentials(&self, credentials: &secrets::DbCredentials) -> Credentials {
+    /// The topology loop's users, with `credentials`' passwords, verifying the servers
+    /// with `ca_pem` (the internal CA, when there is one).
+    pub fn topology_credentials(
+        &self,
+        credentials: &secrets::DbCredentials,
+        ca_pem: Option<String>,
+    ) -> Credentials {
         Credentials {
             admin_user: database::ADMIN_USER.into(),
             admin_password: credentials.admin().into(),
             repl_user: database::REPL_USER.into(),
             repl_password: credentials.replication().into(),
+            ca_pem,
         }
+    }
+
+    /// The database servers' certificate files, when internal TLS is on.
+    pub fn database_tls(&self) -> Option<database::ServerTlsFiles> {
+        (!self.certificates.is_empty()).then(|| database::ServerTlsFiles {
+            dir: self
+                .files
+                .tls_dir(component::DATABASE)
+                .display()
+                .to_string(),
+        })
+    }
+
+    /// The topology policy once the servers' certificate expiring at `not_after` is issued.
+    pub fn policy_with_certificate(&self, not_after: Option<SystemTime>) -> Policy {
+        let mut policy = self.policy.clone();
+        policy.tls = self
+            .database_tls()
+            .zip(not_after)
+            .map(|(files, not_after)| ServerTls {
+                ca_path: files.ca(),
+                not_after,
+            });
+        policy
     }
 
     /// Every fixed port the plan uses (chatd: every replica up to the maximum), to check

@@ -289,8 +289,23 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
         .collect();
     assert_eq!(
         components,
-        ["xds", "ingress", "auth", "groups", "dms", "servers"]
+        ["xds", "ingress", "db", "auth", "groups", "dms", "servers"]
     );
+    // The servers serve TLS from their directory, and the loop's policy verifies them.
+    let config = p.database_config(&p.databases[0], false);
+    let dir = p.files.tls_dir("db").display().to_string();
+    assert!(
+        config.contains(&format!("ssl_cert={dir}/tls.crt\n")),
+        "{config}"
+    );
+    assert!(config.contains("require_secure_transport=ON\n"), "{config}");
+    let at = std::time::SystemTime::UNIX_EPOCH;
+    let tls = p
+        .policy_with_certificate(Some(at))
+        .tls
+        .expect("TLS in the policy");
+    assert_eq!(tls.ca_path, format!("{dir}/ca.crt"));
+    assert_eq!(tls.not_after, at);
     assert!(
         p.certificates
             .iter()

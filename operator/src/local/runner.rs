@@ -297,7 +297,7 @@ pub async fn run(
     }
     check_ports(&plan, &[ingress.0, ingress.1])?;
     let credentials = secrets(&plan)?;
-    certificates(&plan, SystemTime::now(), true)?;
+    let mut database_certificate = certificates(&plan, SystemTime::now(), true)?;
 
     let mut cluster = Cluster {
         plan,
@@ -312,7 +312,7 @@ pub async fn run(
     };
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        r = start(&mut cluster) => r,
+        r = start(&mut cluster, database_certificate) => r,
         _ = &mut shutdown => Ok(None),
     };
     let status_rx = match started {
@@ -347,8 +347,16 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             _ = renewals.tick() => {
                 // A failed renewal leaves the old certificate serving; the next check retries.
-                if let Err(e) = certificates(&cluster.plan, SystemTime::now(), false) {
-                    warn!(error = %e, "cannot renew the internal certificates");
+                match certificates(&cluster.plan, SystemTime::now(), false) {
+                    Ok(database) if database != database_certificate => {
+                        // The loop tells the servers to reload it.
+                        database_certificate = database;
+                        if let Some(topology) = &cluster.topology {
+                            topology.set_policy(cluster.plan.policy_with_certificate(database)).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot renew the internal certificates"),
                 }
             }
             _ = tick.tick() => {
@@ -422,7 +430,11 @@ fn remembered_primary(plan: &Plan) -> String {
 }
 
 /// Bring everything up; the topology loop's status, or `None` if interrupted.
-async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyStatus>>, RunError> {
+/// `database_certificate`: when the servers' certificate expires (with internal TLS).
+async fn start(
+    cluster: &mut Cluster,
+    database_certificate: Option<SystemTime>,
+) -> Result<Option<watch::Receiver<TopologyStatus>>, RunError> {
     let plan = cluster.plan.clone();
     let as_root = nix::unistd::geteuid().is_root();
     let init_sql = plan.database_init_sql(&cluster.credentials);
@@ -448,7 +460,14 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
     let primary = remembered_primary(&plan);
     info!(%primary, "starting the topology loop");
     // Every server's files are on this machine: re-seeding copies them physically.
-    let credentials = plan.topology_credentials(&cluster.credentials);
+    let ca_pem = match plan.database_tls() {
+        Some(_) => {
+            let path = plan.files.ca_cert();
+            Some(std::fs::read_to_string(&path).map_err(io("cannot read", &path))?)
+        }
+        None => None,
+    };
+    let credentials = plan.topology_credentials(&cluster.credentials, ca_pem);
     let seeder: Arc<dyn Seeder> = Arc::new(LocalSeeder {
         files: plan
             .databases
@@ -476,7 +495,7 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
         servers,
         &primary,
         credentials,
-        plan.policy.clone(),
+        plan.policy_with_certificate(database_certificate),
         topology::manager::monotonic_clock(),
     )?;
     let handle = topology::manager::spawn(topology, status.clone(), Duration::from_secs(1));

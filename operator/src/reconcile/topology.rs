@@ -25,15 +25,18 @@ use super::seed::PodSeeder;
 use crate::Error;
 use crate::{
     api::{ChatCluster, DatabaseEngine, DatabaseSpec},
-    build::{ClusterRef, database, labels, names, ports, secrets},
+    build::{ClusterRef, database, internal_tls, labels, names, ports, secrets},
+    pki,
     topology::{
         manager::{self, Handle},
         physical::Seeder,
         plan::Policy,
         server::{Credentials, Member, Server},
         status::{Role, TopologyStatus},
+        tls::ServerTls,
     },
 };
+use chatcluster_types::identity::component;
 
 /// How often a loop looks at its servers when nothing wakes it.
 const TICK: Duration = Duration::from_secs(1);
@@ -51,6 +54,33 @@ struct Entry {
 pub struct Topologies {
     loops: Mutex<HashMap<ObjectRef<ChatCluster>, Entry>>,
     changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
+}
+
+/// The database servers' TLS as the certificate Secret holds it: the CA the loop verifies
+/// them with, and the policy's expected certificate. `None` without internal TLS, or before
+/// the certificate is issued (the reconciler issues it before the pods that mount it).
+async fn server_tls(
+    client: &Client,
+    owner: &ClusterRef,
+    resource: &ChatCluster,
+) -> Result<Option<(String, ServerTls)>, Error> {
+    if !resource.spec.internal_tls.enabled {
+        return Ok(None);
+    }
+    let name = names::internal_tls(owner, component::DATABASE);
+    let secret = Api::<Secret>::namespaced(client.clone(), &owner.namespace)
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get", "Secret", &name))?;
+    let issued = secret.as_ref().and_then(internal_tls::issued_of);
+    Ok(issued.and_then(|issued| {
+        let not_after = pki::not_after(&issued)?;
+        let tls = ServerTls {
+            ca_path: database::pod_tls().ca(),
+            not_after,
+        };
+        Some((issued.ca_pem, tls))
+    }))
 }
 
 /// The members of a cluster's database: the primary set's pod, then the replica set's, each
@@ -109,7 +139,9 @@ impl Topologies {
     ) -> Result<TopologyStatus, Error> {
         let key = ObjectRef::from_obj(resource);
         let members = members(owner, &resource.spec.database);
-        let policy = database::topology_policy(&resource.spec.database);
+        let mut policy = database::topology_policy(&resource.spec.database);
+        let tls = server_tls(client, owner, resource).await?;
+        policy.tls = tls.as_ref().map(|(_, t)| t.clone());
         let update = {
             let loops = self.lock();
             loops.get(&key).map(|e| {
@@ -152,6 +184,9 @@ impl Topologies {
             admin_password: field(secrets::DB_ADMIN_PASSWORD_KEY),
             repl_user: database::REPL_USER.into(),
             repl_password: field(secrets::DB_REPLICATION_PASSWORD_KEY),
+            // Read when the loop starts: a replaced CA rolls the pods, and the operator's
+            // restart (or the cluster's re-creation) starts the loop with the new one.
+            ca_pem: tls.map(|(ca, _)| ca),
         };
         // The primary the status recorded (a failover happened before a restart), else pod 0.
         let primary = resource

@@ -151,6 +151,7 @@ impl Run {
             admin_password: "a".into(),
             repl_user: "repl".into(),
             repl_password: "r".into(),
+            ca_pem: None,
         };
         let (topology, rx) =
             Topology::with_servers(servers, "db-0", credentials, policy, clock).unwrap();

@@ -11,7 +11,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     MySql, MySqlConnection, Row,
-    mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
+    mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode},
     pool::PoolConnection,
 };
 use tokio::sync::RwLock;
@@ -41,25 +41,34 @@ pub struct DbConfig {
     /// Longest an SQL statement runs before the server aborts it (UNAVAILABLE): a slow query
     /// or a long lock wait cannot hold a connection, and the caller, indefinitely.
     pub statement_timeout: Duration,
+    /// The internal CA's file: connect over TLS only, verifying the server's certificate and
+    /// its name (the host of the address). `None`: plain text.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The [`DbConfig::statement_timeout`] chatd runs with.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn connect_options(cfg: &DbConfig, address: &str) -> Result<MySqlConnectOptions> {
+/// How chatd connects to the server at `address` (`host:port`) with `cfg`.
+pub fn connect_options(cfg: &DbConfig, address: &str) -> Result<MySqlConnectOptions> {
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| Error::Internal(format!("database address {address:?} lacks a port")))?;
     let port: u16 = port
         .parse()
         .map_err(|_| Error::Internal(format!("database address {address:?} has a bad port")))?;
-    Ok(MySqlConnectOptions::from_str("mysql://localhost")
+    let options = MySqlConnectOptions::from_str("mysql://localhost")
         .map_err(Error::Database)?
         .host(host)
         .port(port)
         .username(&cfg.user)
         .password(&cfg.password)
-        .database(&cfg.database))
+        .database(&cfg.database);
+    Ok(match &cfg.ca_file {
+        Some(ca) => options.ssl_mode(MySqlSslMode::VerifyIdentity).ssl_ca(ca),
+        // Never sqlx's default, `Preferred`: unverified, and silently plain text.
+        None => options.ssl_mode(MySqlSslMode::Disabled),
+    })
 }
 
 fn pool(cfg: &DbConfig, address: &str) -> Result<MySqlPool> {

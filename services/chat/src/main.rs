@@ -89,7 +89,8 @@ struct Args {
     drain_seconds: f64,
     /// Internal TLS: a directory with this replica's certificate (`tls.crt`, `tls.key`) and
     /// the cluster's CA (`ca.crt`). Every caller must then present a certificate of that CA:
-    /// Envoy for the chat APIs, the same service's replicas for fan-out.
+    /// Envoy for the chat APIs, the same service's replicas for fan-out. The database is
+    /// then reached over TLS only, its certificate verified against the same CA.
     #[arg(long, env = var::TLS_DIR)]
     tls_dir: Option<PathBuf>,
 }
@@ -143,6 +144,10 @@ async fn main() -> ExitCode {
             max_connections: args.db_pool,
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: chatd::db::STATEMENT_TIMEOUT,
+            ca_file: args
+                .tls_dir
+                .as_ref()
+                .map(|dir| chatcluster_common::tls::TlsDir(dir.clone()).ca_file()),
         },
         db_primary_file: args.db_primary_file,
         token_public_key,

@@ -52,6 +52,7 @@ async fn acknowledged_messages_survive_a_primary_killed_mid_stream() {
         admin_password: ADMIN_PASSWORD.into(),
         repl_user: "repl".into(),
         repl_password: REPL_PASSWORD.into(),
+        ca_pem: None,
     };
     let policy = Policy {
         failover_timeout: Duration::from_secs(2),

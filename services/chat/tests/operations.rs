@@ -223,6 +223,7 @@ fn db_config(db: &Db, statement_timeout: Duration) -> chatd::db::DbConfig {
         max_connections: 4,
         acquire_timeout: Duration::from_secs(10),
         statement_timeout,
+        ca_file: None,
     }
 }
 
