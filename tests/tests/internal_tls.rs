@@ -561,6 +561,7 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
 
     // A due certificate (issued 21 of its 30 days ago) is renewed by the runner and served
     // to new connections once the loop has told the servers to reload it.
+    let replica_pid = cluster.pid("db-1");
     let dir = files.tls_dir(component::DATABASE);
     let ca = cluster_ca(&cluster);
     let old = ca
@@ -611,9 +612,28 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // Replication carries on over TLS after the reload.
+    // Replication carries on over TLS after the reload, and the reload left no transaction
+    // of the replica's own (a logged FLUSH would make it errant, and re-seeded).
     let home = cluster.dir.path().join("alice");
     cluster.chatctl(&home, &["register", "alice"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let status = sql(&replica.socket(), "SHOW SLAVE STATUS");
-    assert!(status.contains("Slave_IO_Running: Yes"), "{status}");
+    for field in ["Slave_IO_Running: Yes", "Slave_SQL_Running: Yes"] {
+        assert!(status.contains(field), "no {field:?} in {status}");
+    }
+    let own = sql(
+        &replica.socket(),
+        "SELECT @@gtid_binlog_pos LIKE CONCAT('%-', @@server_id, '-%') AS own",
+    );
+    assert!(own.contains("own: 0"), "the replica wrote its own: {own}");
+    assert_eq!(cluster.pid("db-1"), replica_pid, "the replica restarted");
+    let servers = cluster.status()["database"]["servers"].clone();
+    assert!(
+        servers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["name"] == "db-1" && x["role"] == "replica" && x["error"].is_null()),
+        "{servers:#}"
+    );
 }

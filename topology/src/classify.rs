@@ -29,6 +29,8 @@ pub struct Observed<'a> {
     /// Replicas seen receiving from the current primary since it became primary (`None`:
     /// since the loop started, all count).
     pub received_once: Option<&'a BTreeSet<String>>,
+    /// Replication should be over TLS (the policy's).
+    pub tls: bool,
 }
 
 /// How the primary is.
@@ -106,9 +108,10 @@ pub struct Classified {
     pub findings: Vec<Finding>,
 }
 
-/// Whether `r` replicates from `m`.
-pub fn follows(r: &Replication, m: &Member) -> bool {
-    r.source_host == m.host && r.source_port == m.port
+/// Whether `r` replicates from `m`, over TLS exactly when `tls`: a replica configured the
+/// other way (TLS turned on or off, or pointed while it was) is pointed again.
+pub fn follows(r: &Replication, m: &Member, tls: bool) -> bool {
+    r.source_host == m.host && r.source_port == m.port && r.ssl == tls
 }
 
 /// Why `r`'s replication cannot resume by itself, if it cannot: a diverged history
@@ -147,7 +150,7 @@ fn isolated(o: &Observed<'_>) -> bool {
         })
         .filter_map(|(_, r)| r.as_ref()?.replication.as_ref())
         // A receiver stopped (by the loop, before a failover) says nothing about a cut.
-        .filter(|r| follows(r, primary) && !r.io_stopped)
+        .filter(|r| follows(r, primary, o.tls) && !r.io_stopped)
         .map(|r| failover::Receiver {
             connected: r.io_running,
             errno: r.io_errno,
@@ -160,13 +163,18 @@ fn replica_health(
     report: &Report,
     primary: &Member,
     primary_has: Option<&GtidSet>,
+    tls: bool,
 ) -> ReplicaHealth {
     if let Some(p) = primary_has
         && let Some(why) = report.has().errant_against(p)
     {
         return ReplicaHealth::Diverged(why);
     }
-    let Some(r) = report.replication.as_ref().filter(|r| follows(r, primary)) else {
+    let Some(r) = report
+        .replication
+        .as_ref()
+        .filter(|r| follows(r, primary, tls))
+    else {
         return ReplicaHealth::Astray;
     };
     match unrecoverable(r) {
@@ -239,7 +247,7 @@ pub fn classify(o: &Observed<'_>) -> Classified {
             None => (ReplicaHealth::Unreachable, false),
             Some(_) if o.seeding[index] => (ReplicaHealth::Seeding, false),
             Some(r) => (
-                replica_health(r, primary_member, primary_has.as_ref()),
+                replica_health(r, primary_member, primary_has.as_ref(), o.tls),
                 !r.read_only,
             ),
         };
@@ -285,7 +293,7 @@ pub fn classify(o: &Observed<'_>) -> Classified {
             receiving: report
                 .as_ref()
                 .and_then(|r| r.replication.as_ref())
-                .is_some_and(|r| r.io_running && follows(r, primary_member)),
+                .is_some_and(|r| r.io_running && follows(r, primary_member, o.tls)),
             self_written: report
                 .as_ref()
                 .map(|r| {

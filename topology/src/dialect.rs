@@ -43,6 +43,8 @@ pub struct ReplicaColumns {
     pub sql_error: &'static str,
     /// GTIDs received (possibly not applied yet).
     pub received: &'static str,
+    /// `Yes` when replication is configured over TLS.
+    pub ssl: &'static str,
 }
 
 /// How a replica is re-seeded from the primary.
@@ -159,6 +161,7 @@ impl Dialect for MySql {
             sql_errno: "Last_SQL_Errno",
             sql_error: "Last_SQL_Error",
             received: "Retrieved_Gtid_Set",
+            ssl: "Source_SSL_Allowed",
         }
     }
     fn adopt_own_position(&self) -> Option<&'static str> {
@@ -175,20 +178,24 @@ impl Dialect for MySql {
         format!("SET GLOBAL gtid_purged = {}", quote(gtids))
     }
     fn seed(&self, s: &Source<'_>) -> Seed {
-        Seed::Clone(vec![
-            format!(
-                "SET GLOBAL clone_valid_donor_list = {}",
-                quote(&format!("{}:{}", s.host, s.port))
-            ),
-            format!(
-                "CLONE INSTANCE FROM {}@{}:{} IDENTIFIED BY {}{}",
-                quote(s.user),
-                quote(s.host),
-                s.port,
-                quote(s.password),
-                if s.tls.is_some() { " REQUIRE SSL" } else { "" }
-            ),
-        ])
+        let mut statements = vec![format!(
+            "SET GLOBAL clone_valid_donor_list = {}",
+            quote(&format!("{}:{}", s.host, s.port))
+        )];
+        // REQUIRE SSL only encrypts: the donor is verified against the CA too.
+        statements.extend(
+            s.tls
+                .map(|ca| format!("SET GLOBAL clone_ssl_ca = {}", quote(ca))),
+        );
+        statements.push(format!(
+            "CLONE INSTANCE FROM {}@{}:{} IDENTIFIED BY {}{}",
+            quote(s.user),
+            quote(s.host),
+            s.port,
+            quote(s.password),
+            if s.tls.is_some() { " REQUIRE SSL" } else { "" }
+        ));
+        Seed::Clone(statements)
     }
     fn semi_sync_source_off(&self) -> &'static str {
         "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
@@ -217,12 +224,16 @@ impl Dialect for MySql {
             quote(s.user),
             quote(s.password)
         );
-        if let Some(ca) = s.tls {
-            let _ = write!(
-                sql,
-                ", SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1",
-                quote(ca)
-            );
+        // Explicit either way: CHANGE keeps every option it is not given.
+        match s.tls {
+            Some(ca) => {
+                let _ = write!(
+                    sql,
+                    ", SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1",
+                    quote(ca)
+                );
+            }
+            None => sql.push_str(", SOURCE_SSL=0, SOURCE_SSL_VERIFY_SERVER_CERT=0"),
         }
         sql
     }
@@ -289,6 +300,7 @@ impl Dialect for MariaDb {
             sql_errno: "Last_SQL_Errno",
             sql_error: "Last_SQL_Error",
             received: "Gtid_IO_Pos",
+            ssl: "Master_SSL_Allowed",
         }
     }
     fn adopt_own_position(&self) -> Option<&'static str> {
@@ -312,7 +324,9 @@ impl Dialect for MariaDb {
         "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
     }
     fn reload_tls(&self) -> &'static str {
-        "FLUSH SSL"
+        // Kept out of the binary log: logged, it would be a transaction of the server's own,
+        // which makes a replica errant.
+        "FLUSH NO_WRITE_TO_BINLOG SSL"
     }
     fn admin_privileges(&self) -> &'static str {
         "SUPER, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, BINLOG ADMIN, BINLOG MONITOR, CONNECTION ADMIN, RELOAD, PROCESS, SHUTDOWN, SHOW DATABASES, SELECT, INSERT, CREATE, DROP, ALTER, INDEX, REFERENCES, LOCK TABLES"
@@ -340,12 +354,16 @@ impl Dialect for MariaDb {
             quote(s.user),
             quote(s.password)
         );
-        if let Some(ca) = s.tls {
-            let _ = write!(
-                sql,
-                ", MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_VERIFY_SERVER_CERT=1",
-                quote(ca)
-            );
+        // Explicit either way: CHANGE keeps every option it is not given.
+        match s.tls {
+            Some(ca) => {
+                let _ = write!(
+                    sql,
+                    ", MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_VERIFY_SERVER_CERT=1",
+                    quote(ca)
+                );
+            }
+            None => sql.push_str(", MASTER_SSL=0, MASTER_SSL_VERIFY_SERVER_CERT=0"),
         }
         sql
     }
@@ -426,7 +444,7 @@ mod tests {
     fn mysql_statements_exact_text() {
         assert_eq!(
             MySql.change_source(&source(false)),
-            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='demo-db-replica-0.demo-db.chat.svc', SOURCE_PORT=3306, SOURCE_USER='repl', SOURCE_PASSWORD='p''w\\\\d', SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD=1, GET_SOURCE_PUBLIC_KEY=1"
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='demo-db-replica-0.demo-db.chat.svc', SOURCE_PORT=3306, SOURCE_USER='repl', SOURCE_PASSWORD='p''w\\\\d', SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD=1, GET_SOURCE_PUBLIC_KEY=1, SOURCE_SSL=0, SOURCE_SSL_VERIFY_SERVER_CERT=0"
         );
         assert!(MySql.change_source(&source(true)).ends_with(
             ", SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/tls/ca.crt', SOURCE_SSL_VERIFY_SERVER_CERT=1"
@@ -479,6 +497,7 @@ mod tests {
             Seed::Clone(vec![
                 "SET GLOBAL clone_valid_donor_list = 'demo-db-replica-0.demo-db.chat.svc:3306'"
                     .into(),
+                "SET GLOBAL clone_ssl_ca = '/etc/mysql/tls/ca.crt'".into(),
                 "CLONE INSTANCE FROM 'repl'@'demo-db-replica-0.demo-db.chat.svc':3306 IDENTIFIED BY 'p''w\\\\d' REQUIRE SSL".into(),
             ])
         );
@@ -497,7 +516,7 @@ mod tests {
     fn mariadb_statements_exact_text() {
         assert_eq!(
             MariaDb.change_source(&source(false)),
-            "CHANGE MASTER TO MASTER_HOST='demo-db-replica-0.demo-db.chat.svc', MASTER_PORT=3306, MASTER_USER='repl', MASTER_PASSWORD='p''w\\\\d', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1"
+            "CHANGE MASTER TO MASTER_HOST='demo-db-replica-0.demo-db.chat.svc', MASTER_PORT=3306, MASTER_USER='repl', MASTER_PASSWORD='p''w\\\\d', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1, MASTER_SSL=0, MASTER_SSL_VERIFY_SERVER_CERT=0"
         );
         assert_eq!(
             MariaDb.promote(),
@@ -523,6 +542,6 @@ mod tests {
         assert!(MariaDb.change_source(&source(true)).ends_with(
             ", MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/tls/ca.crt', MASTER_SSL_VERIFY_SERVER_CERT=1"
         ));
-        assert_eq!(MariaDb.reload_tls(), "FLUSH SSL");
+        assert_eq!(MariaDb.reload_tls(), "FLUSH NO_WRITE_TO_BINLOG SSL");
     }
 }

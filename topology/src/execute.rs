@@ -108,6 +108,16 @@ impl<S: DbServer> Topology<S> {
                 continue;
             }
             let name = self.name(i);
+            let now = now_ms(self);
+            let again = u64::try_from(tls::RELOAD_AGAIN_AFTER.as_millis()).unwrap_or(u64::MAX);
+            if self
+                .reloaded_at
+                .get(&name)
+                .is_some_and(|at| now.saturating_sub(*at) < again)
+            {
+                continue;
+            }
+            self.reloaded_at.insert(name.clone(), now);
             match self.servers[i].reload_tls().await {
                 Ok(()) => {
                     info!(server = %name, served = %report.tls_not_after, "told to reload its certificate")

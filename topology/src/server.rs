@@ -102,6 +102,8 @@ pub struct Replication {
     pub sql_error: String,
     /// GTIDs received, applied or not.
     pub received: GtidSet,
+    /// Configured over TLS.
+    pub ssl: bool,
     /// The same, as the server prints them (what its wait function takes).
     pub received_text: String,
 }
@@ -203,17 +205,19 @@ impl Server {
     /// The connection, opened within `timeout` if there is none.
     async fn connection(&mut self, timeout: Duration) -> Result<&mut MySqlConnection> {
         if self.conn.is_none() {
-            let mut options = MySqlConnectOptions::from_str("mysql://localhost")
+            let options = MySqlConnectOptions::from_str("mysql://localhost")
                 .map_err(|e| self.sql_err(e))?
                 .host(&self.member.host)
                 .port(self.member.port)
                 .username(&self.credentials.admin_user)
                 .password(&self.credentials.admin_password);
-            if let Some(ca) = &self.credentials.ca_pem {
-                options = options
+            let options = match &self.credentials.ca_pem {
+                Some(ca) => options
                     .ssl_mode(MySqlSslMode::VerifyIdentity)
-                    .ssl_ca_from_pem(ca.as_bytes().to_vec());
-            }
+                    .ssl_ca_from_pem(ca.as_bytes().to_vec()),
+                // Never sqlx's default, `Preferred`: unverified TLS, or silently plain.
+                None => options.ssl_mode(MySqlSslMode::Disabled),
+            };
             let mut conn = tokio::time::timeout(timeout, MySqlConnection::connect_with(&options))
                 .await
                 .map_err(|_| self.timeout_err())?
@@ -407,6 +411,7 @@ impl Server {
                         sql_errno: text(&row, c.sql_errno).parse().unwrap_or(0),
                         sql_error: text(&row, c.sql_error),
                         received: parse(&text(&row, c.received))?,
+                        ssl: text(&row, c.ssl) == "Yes",
                         received_text: text(&row, c.received),
                     })
                 }

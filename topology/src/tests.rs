@@ -76,6 +76,7 @@ fn observed<'a>(
         previous,
         seeding: vec![false; members.len()],
         received_once: None,
+        tls: false,
     }
 }
 
@@ -132,6 +133,33 @@ fn replicas_are_judged_against_the_serving_primary() {
     assert!(matches!(c.replicas[0].health, ReplicaHealth::Diverged(_)));
     assert_eq!(c.replicas[1].health, ReplicaHealth::Astray);
     assert_eq!(c.replicas[2].health, ReplicaHealth::Unreachable);
+}
+
+#[test]
+fn a_replica_configured_for_the_other_transport_is_pointed_again() {
+    let m = members(2);
+    let plain = [primary("0-1-10"), replica("0-1-10", 2, true, 0)];
+    let mut tls = observed(&m, &plain, &[]);
+    assert!(matches!(
+        classify(&tls).replicas[0].health,
+        ReplicaHealth::Following { .. }
+    ));
+    // TLS turned on: the plain-text replica no longer counts as following.
+    tls.tls = true;
+    assert_eq!(classify(&tls).replicas[0].health, ReplicaHealth::Astray);
+    let mut over_tls = plain.clone();
+    if let Some(r) = over_tls[1].as_mut().and_then(|r| r.replication.as_mut()) {
+        r.ssl = true;
+    }
+    let mut o = observed(&m, &over_tls, &[]);
+    o.tls = true;
+    assert!(matches!(
+        classify(&o).replicas[0].health,
+        ReplicaHealth::Following { .. }
+    ));
+    // And turned off again.
+    o.tls = false;
+    assert_eq!(classify(&o).replicas[0].health, ReplicaHealth::Astray);
 }
 
 #[test]

@@ -44,12 +44,17 @@ pub fn parse_not_after(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// How long after telling a server to reload the loop tells it again, while it still serves
+/// the old certificate (the new file has not reached it yet).
+pub const RELOAD_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
 /// Whether a server reporting `served` (its `Ssl_server_not_after`) must reload to serve the
 /// certificate expiring at `expected`. Certificates are compared at the second, which is
-/// all the notation keeps. An unreadable value is due too: reloading is harmless.
+/// all the notation keeps. Nothing served (a connection without TLS) tells nothing: no
+/// reload.
 pub fn reload_due(expected: SystemTime, served: &str) -> bool {
     let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok();
-    parse_not_after(served).and_then(seconds) != seconds(expected)
+    !served.is_empty() && parse_not_after(served).and_then(seconds) != seconds(expected)
 }
 
 #[cfg(test)]
@@ -91,6 +96,7 @@ mod tests {
             "Dec  1 23:18:44 2036 GMT"
         ));
         assert!(reload_due(issued, "Nov  1 23:18:44 2036 GMT"));
-        assert!(reload_due(issued, ""));
+        assert!(reload_due(issued, "garbage"));
+        assert!(!reload_due(issued, ""));
     }
 }

@@ -352,6 +352,11 @@ pub fn desired(
         for deployment in &mut out.deployments {
             pod::annotate_template(&mut deployment.spec.template, INTERNAL_CA_ANNOTATION, ca);
         }
+        // The servers too: one whose certificate the new CA did not sign cannot be told to
+        // reload it (the loop verifies it first), so it restarts on the new files.
+        for set in &mut out.stateful_sets {
+            pod::annotate_template(&mut set.spec.template, INTERNAL_CA_ANNOTATION, ca);
+        }
     }
 
     Ok(out)

@@ -47,6 +47,8 @@ struct Entry {
     handle: Handle,
     members: Vec<Member>,
     policy: Policy,
+    /// The CA the loop verifies the servers with (its credentials).
+    ca: Option<String>,
     switchover: Option<String>,
 }
 
@@ -142,8 +144,14 @@ impl Topologies {
         let mut policy = database::topology_policy(&resource.spec.database);
         let tls = server_tls(client, owner, resource).await?;
         policy.tls = tls.as_ref().map(|(_, t)| t.clone());
+        let ca = tls.as_ref().map(|(ca, _)| ca.clone());
         let update = {
-            let loops = self.lock();
+            let mut loops = self.lock();
+            // A loop's credentials are fixed: internal TLS turned on or off, or a new CA,
+            // starts a new loop (dropping the old one's last handle ends it).
+            if loops.get(&key).is_some_and(|e| e.ca != ca) {
+                loops.remove(&key);
+            }
             loops.get(&key).map(|e| {
                 (
                     e.handle.clone(),
@@ -184,9 +192,7 @@ impl Topologies {
             admin_password: field(secrets::DB_ADMIN_PASSWORD_KEY),
             repl_user: database::REPL_USER.into(),
             repl_password: field(secrets::DB_REPLICATION_PASSWORD_KEY),
-            // Read when the loop starts: a replaced CA rolls the pods, and the operator's
-            // restart (or the cluster's re-creation) starts the loop with the new one.
-            ca_pem: tls.map(|(ca, _)| ca),
+            ca_pem: ca.clone(),
         };
         // The primary the status recorded (a failover happened before a restart), else pod 0.
         let primary = resource
@@ -242,6 +248,7 @@ impl Topologies {
                 handle,
                 members,
                 policy,
+                ca,
                 switchover: None,
             },
         );

@@ -443,6 +443,7 @@ impl DbServer for SimServer {
                     sql_error: String::new(),
                     received,
                     received_text,
+                    ssl: false,
                 }
             });
             Report {
