@@ -1,6 +1,7 @@
 //! What the internal plane's mutual TLS costs: message throughput and send latency (p50/p99)
 //! through Envoy at 16 and 64 concurrent users with internal TLS on (Envoy → chatd over
-//! mutual TLS) against the same cluster with it off, in the same run; and how long Envoy takes
+//! mutual TLS, chatd → the database and replication over verified TLS) against the same
+//! cluster with it off, in the same run; and how long Envoy takes
 //! to have its ADS stream back on a restarted chat-xds, with mutual TLS and without.
 //!
 //! `cargo build --release --workspace && cargo bench -p chatcluster-tests --bench internal_tls`
