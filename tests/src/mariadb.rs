@@ -3,7 +3,7 @@
 //! Debian `mariadb-server` package that provides the binaries.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,6 +23,25 @@ pub const APP_USER: &str = "chat";
 pub const APP_PASSWORD: &str = "chat-pw";
 /// Schema the application uses.
 pub const APP_DB: &str = "chat";
+
+/// `statement` run as root over the server's Unix `socket`, as an administrator on the
+/// machine would, with the client's `options` (`-N -B` for bare values, `-E` for one
+/// `name: value` line per column); its output. Panics when the client fails.
+pub fn root_sql(socket: &Path, options: &[&str], statement: &str) -> String {
+    let out = Command::new("mariadb")
+        .args(["--no-defaults", "-uroot"])
+        .args(options)
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-e", statement])
+        .output()
+        .unwrap_or_else(|e| panic!("mariadb: {e}"));
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// A running MariaDB server.
 pub struct MariaDb {

@@ -476,20 +476,9 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     );
 }
 
-/// `statement` as root over `socket`, the way an administrator on the machine would.
+/// `statement` as root over `socket`, one `name: value` line per column.
 fn sql(socket: &Path, statement: &str) -> String {
-    let out = Command::new("mariadb")
-        .args(["--no-defaults", "-uroot", "-E"])
-        .arg(format!("--socket={}", socket.display()))
-        .args(["-e", statement])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{statement}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    chatcluster_tests::mariadb::root_sql(socket, &["-E"], statement)
 }
 
 /// chatd's database settings as the runner gives them, with the CA at `ca_file`.

@@ -5,23 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
-use chatcluster_tests::local::LocalCluster;
+use chatcluster_tests::{local::LocalCluster, mariadb::root_sql};
 
 fn sql(socket: &Path, statement: &str) -> String {
-    let out = Command::new("mariadb")
-        .args(["--no-defaults", "-uroot", "-N", "-B"])
-        .arg(format!("--socket={}", socket.display()))
-        .args(["-e", statement])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{statement}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    root_sql(socket, &["-N", "-B"], statement)
+        .trim()
+        .to_string()
 }
 
 fn replica_serves(status: &serde_json::Value) -> bool {
