@@ -11,7 +11,9 @@
 //! - [`topology`]: the database topology engine, its own crate (`chatcluster-topology`), which
 //!   both drivers run: the reconciler in Kubernetes and the runner in local mode;
 //! - [`local`]: the same cluster as supervised processes on one machine (local mode);
-//! - [`seed`]: physical copies of a MariaDB server, run beside the database in Kubernetes.
+//! - [`seed`]: physical copies of a MariaDB server, run beside the database in Kubernetes;
+//! - [`tls_reload`]: the agent beside each database server that has it reload a renewed
+//!   certificate (a sidecar in Kubernetes, a task of the runner in local mode).
 
 pub mod api;
 pub mod autoscale;
@@ -25,5 +27,6 @@ pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod seed;
+pub mod tls_reload;
 pub use chatcluster_topology as topology;
 pub use error::{Error, Result};

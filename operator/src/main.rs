@@ -34,6 +34,31 @@ enum Command {
     /// Physical re-seeding in Kubernetes: what runs beside a MariaDB server (not for people).
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// Beside a database server in Kubernetes: have it reload its certificate whenever the
+    /// files change (not for people). The password comes from the environment only.
+    ReloadTls(ReloadTlsArgs),
+}
+
+#[derive(clap::Args)]
+struct ReloadTlsArgs {
+    /// Directory holding the server's `tls.crt`, `tls.key` and `ca.crt`.
+    #[arg(long, default_value = chat_operator::build::database::TLS_DIR)]
+    dir: PathBuf,
+    /// The server's Unix socket.
+    #[arg(long, default_value = "/var/run/mysqld/mysqld.sock")]
+    socket: PathBuf,
+    /// The server's engine (its reload statement differs).
+    #[arg(long, value_enum)]
+    engine: Engine,
+    /// An administrative user (its password is `CHATCLUSTER_SEED_KEY`).
+    #[arg(long, env = "CHATCLUSTER_SEED_USER")]
+    user: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Engine {
+    Mysql,
+    Mariadb,
 }
 
 /// The programs of a physical re-seed (see `chat_operator::seed`). The key (the database's
@@ -367,6 +392,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed(command) => {
             init_tracing_stderr();
             seed(command, shutdown).await
+        }
+        Command::ReloadTls(args) => {
+            init_tracing_stderr();
+            let dialect: &'static dyn chat_operator::topology::dialect::Dialect = match args.engine
+            {
+                Engine::Mysql => &chat_operator::topology::dialect::MySql,
+                Engine::Mariadb => &chat_operator::topology::dialect::MariaDb,
+            };
+            let reloader = chat_operator::tls_reload::Reloader::new(
+                args.dir,
+                args.socket,
+                args.user,
+                seed_key()?,
+                dialect,
+            );
+            chat_operator::tls_reload::run(reloader, shutdown.wait()).await;
+            Ok(())
         }
     }
 }

@@ -511,8 +511,47 @@ async fn served_not_after(cfg: &chatd::db::DbConfig) -> Result<String, sqlx::Err
     row.try_get::<String, _>(1)
 }
 
+/// When a certificate expires.
+fn not_after_of(cert_pem: &str) -> SystemTime {
+    chat_operator::pki::not_after(&Issued {
+        cert_pem: cert_pem.into(),
+        key_pem: String::new(),
+        ca_pem: String::new(),
+    })
+    .unwrap()
+}
+
+/// The time in a server's `Ssl_server_not_after` (OpenSSL's `Dec  1 23:18:44 2036 GMT`).
+fn parse_not_after(text: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [month, day, clock, year, "GMT"] = parts[..] else {
+        return None;
+    };
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let clock: Vec<u8> = clock
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [hour, minute, second] = clock[..] else {
+        return None;
+    };
+    let at = time::Date::from_calendar_date(
+        year.parse().ok()?,
+        time::Month::try_from(u8::try_from(month).ok()?).ok()?,
+        day.parse().ok()?,
+    )
+    .ok()?
+    .with_hms(hour, minute, second)
+    .ok()?
+    .assume_utc();
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.unix_timestamp()).ok()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate() {
+async fn the_database_serves_verified_tls_only_and_takes_a_renewed_certificate_after_expiry() {
     let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("examples/laptop.yaml"))
         .await
         .unwrap();
@@ -548,9 +587,15 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
         assert!(status.contains(field), "no {field:?} in {status}");
     }
 
-    // A due certificate (issued 21 of its 30 days ago) is renewed by the runner and served
-    // to new connections once the loop has told the servers to reload it.
-    let replica_pid = cluster.pid("db-1");
+    // The servers serve an expired certificate (issued 31 days ago for 30), as they would
+    // after their operator was down past the renewal. chatd refuses it; the runner renews
+    // it, and the reloader beside each server has it served, over the socket, though no
+    // verifying client could reach the server any more.
+    let (primary_pid, replica_pid) = (cluster.pid("db-0"), cluster.pid("db-1"));
+    assert!(
+        primary_pid.is_some() && replica_pid.is_some(),
+        "no database pids"
+    );
     let dir = files.tls_dir(component::DATABASE);
     let ca = cluster_ca(&cluster);
     let old = ca
@@ -560,11 +605,19 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
                 dns_names: vec!["localhost".into(), "127.0.0.1".into()],
                 lifetime: 30 * DAY,
             },
-            SystemTime::now() - 21 * DAY,
+            SystemTime::now() - 31 * DAY,
         )
         .unwrap();
     std::fs::write(dir.join("..data/tls.key"), &old.key_pem).unwrap();
     std::fs::write(dir.join("..data/tls.crt"), &old.cert_pem).unwrap();
+    let primary = &cluster.plan.databases[0];
+    sql(&primary.socket(), "FLUSH NO_WRITE_TO_BINLOG SSL");
+    let expired = not_after_of(&old.cert_pem);
+    // Unless the runner renewed it in between, the expired one is served now and refused.
+    match served_not_after(&chatd_db(&cluster, Some(ca_file.clone()))).await {
+        Ok(now) => assert_ne!(parse_not_after(&now), Some(expired), "accepted expired"),
+        Err(e) => assert!(e.to_string().contains("xpired"), "{e}"),
+    }
     let deadline = Instant::now() + Duration::from_secs(40);
     let renewed = loop {
         let now = read(&dir.join("tls.crt"));
@@ -577,27 +630,26 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let expected = chat_operator::pki::not_after(&Issued {
-        cert_pem: renewed,
-        key_pem: String::new(),
-        ca_pem: String::new(),
-    })
-    .unwrap();
+    let expected = not_after_of(&renewed);
     assert_ne!(
-        chat_operator::topology::tls::parse_not_after(&served),
+        parse_not_after(&served),
         Some(expected),
         "the renewed certificate expires when the first did"
     );
     let cfg = chatd_db(&cluster, Some(ca_file));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = served_not_after(&cfg).await.unwrap();
-        if chat_operator::topology::tls::parse_not_after(&now) == Some(expected) {
+        // Refused while the expired certificate is still served.
+        let now = served_not_after(&cfg).await;
+        if now
+            .as_ref()
+            .is_ok_and(|n| parse_not_after(n) == Some(expected))
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the primary still serves {now}, not the renewed certificate"
+            "the primary still serves {now:?}, not the renewed certificate"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -616,6 +668,7 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
     );
     assert!(own.contains("own: 0"), "the replica wrote its own: {own}");
     assert_eq!(cluster.pid("db-1"), replica_pid, "the replica restarted");
+    assert_eq!(cluster.pid("db-0"), primary_pid, "the primary restarted");
     let servers = cluster.status()["database"]["servers"].clone();
     assert!(
         servers
@@ -624,5 +677,123 @@ async fn the_database_serves_verified_tls_only_and_reloads_a_renewed_certificate
             .flatten()
             .any(|x| x["name"] == "db-1" && x["role"] == "replica" && x["error"].is_null()),
         "{servers:#}"
+    );
+}
+
+/// A certificate for a server on this machine, issued `ago`, and its files in `dir` as the
+/// kubelet leaves a Secret volume's (each written in turn, so a reader may see half of it).
+fn write_server_certificate(ca: &Ca, dir: &Path, ago: Duration, files: &[&str]) -> Issued {
+    let issued = ca
+        .issue(
+            &Leaf {
+                identity: Identity::new("local", "reload", component::DATABASE),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime: 30 * DAY,
+            },
+            SystemTime::now() - ago,
+        )
+        .unwrap();
+    for name in files {
+        let text = match *name {
+            "tls.crt" => &issued.cert_pem,
+            "tls.key" => &issued.key_pem,
+            _ => &issued.ca_pem,
+        };
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    issued
+}
+
+/// What `db` serves a client verifying it with `ca_file`.
+async fn served_by(db: &chatcluster_tests::mariadb::MariaDb, ca_file: &Path) -> String {
+    use sqlx::{Connection, Row, mysql::MySqlConnectOptions, mysql::MySqlSslMode};
+    let options = MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(db.port)
+        .username(chatcluster_tests::mariadb::APP_USER)
+        .password(chatcluster_tests::mariadb::APP_PASSWORD)
+        .ssl_mode(MySqlSslMode::VerifyCa)
+        .ssl_ca(ca_file);
+    let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+    let row = sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_server_not_after'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    row.try_get::<String, _>(1).unwrap()
+}
+
+#[tokio::test]
+async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_written_pair() {
+    use chat_operator::tls_reload::{Error, Reloader};
+    let dir = chatcluster_tests::TempDir::new("tls-reload");
+    let ca = Ca::generate("local", "reload", SystemTime::now()).unwrap();
+    let first = write_server_certificate(&ca, dir.path(), DAY, &["tls.crt", "tls.key", "ca.crt"]);
+    let line = |key: &str, file: &str| format!("--{key}={}", dir.path().join(file).display());
+    let (cert, key, ca_line) = (
+        line("ssl_cert", "tls.crt"),
+        line("ssl_key", "tls.key"),
+        line("ssl_ca", "ca.crt"),
+    );
+    let db = chatcluster_tests::mariadb::MariaDb::start(1, &[&cert, &key, &ca_line]);
+    let ca_file = dir.path().join("ca.crt");
+    let served = |db| served_by(db, &ca_file);
+    assert_eq!(
+        parse_not_after(&served(&db).await),
+        Some(not_after_of(&first.cert_pem))
+    );
+
+    // The production administrator's privileges are enough, over the socket.
+    let mut reloader = Reloader::new(
+        dir.path().to_path_buf(),
+        db.socket(),
+        "admin".into(),
+        chatcluster_tests::mariadb::ADMIN_PASSWORD.into(),
+        &chat_operator::topology::dialect::MariaDb,
+    );
+    assert!(reloader.check().await.unwrap(), "the first look reloads");
+    assert!(!reloader.check().await.unwrap(), "nothing changed");
+
+    // Half a renewal (a new key beside the old certificate): the server refuses the pair
+    // and goes on serving the old one; once the certificate follows, it serves the new.
+    let second = write_server_certificate(&ca, dir.path(), Duration::ZERO, &["tls.key"]);
+    let refused = reloader.check().await;
+    assert!(matches!(refused, Err(Error::Reload(_))), "{refused:?}");
+    assert_eq!(
+        parse_not_after(&served(&db).await),
+        Some(not_after_of(&first.cert_pem))
+    );
+    std::fs::write(dir.path().join("tls.crt"), &second.cert_pem).unwrap();
+    assert!(reloader.check().await.unwrap());
+    assert_eq!(
+        parse_not_after(&served(&db).await),
+        Some(not_after_of(&second.cert_pem))
+    );
+    let binlogged = db.sql("SELECT @@gtid_binlog_pos");
+    assert!(
+        binlogged.trim().is_empty(),
+        "the reload was binlogged: {binlogged}"
+    );
+
+    // A frozen server costs the agent its timeout, not its life; a wrong password is a
+    // connection error, and nothing is recorded as loaded.
+    let mut stranger = Reloader::new(
+        dir.path().to_path_buf(),
+        db.socket(),
+        "admin".into(),
+        "wrong".into(),
+        &chat_operator::topology::dialect::MariaDb,
+    );
+    let denied = stranger.check().await;
+    assert!(matches!(denied, Err(Error::Connect { .. })), "{denied:?}");
+    write_server_certificate(&ca, dir.path(), Duration::ZERO, &["tls.crt", "tls.key"]);
+    db.signal("STOP");
+    let started = Instant::now();
+    let frozen = reloader.check().await;
+    db.signal("CONT");
+    assert!(matches!(frozen, Err(Error::Timeout)), "{frozen:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        reloader.check().await.unwrap(),
+        "the reload is still due after a failure"
     );
 }

@@ -385,6 +385,15 @@ fn the_policy_scan_finds_only_accepted_findings() {
             "Readiness Probe Should be Configured",
             "StatefulSet.chat.",
         ),
+        // The database pods' certificate reloader has no liveness probe: it holds no port
+        // and no state, a crash restarts it, and each look it takes is bounded by a timeout,
+        // so nothing in it can hang for a probe to find. The builder tests check that every
+        // other container of those pods has one.
+        (
+            "CKV_K8S_8",
+            "Liveness Probe Should be Configured",
+            "StatefulSet.chat.",
+        ),
     ];
     let checkov = repo().join(".tools/checkov/bin/checkov");
     assert!(

@@ -45,9 +45,6 @@ pub trait DbServer: Send + Sized + 'static {
     /// Stop replicating, forget its source, and take writes.
     fn make_writable(&mut self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Re-read its certificate files; [`Report::tls_not_after`] then tells what it serves.
-    fn reload_tls(&mut self) -> impl Future<Output = Result<()>> + Send;
-
     /// Wait up to `wait` until it has applied `gtids` (as servers print them); whether it has.
     fn wait_applied(
         &mut self,

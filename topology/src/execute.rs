@@ -15,9 +15,7 @@ use super::{
     manager::{Error, Topology, now_ms},
     plan::{Action, Exposure, Memory, Plan, semi_sync_for},
     semisync::ReplicaState,
-    server::Report,
     status::{Finding, FindingKind, Promotion, Role, SemiSyncState},
-    tls,
 };
 
 /// Longest a re-seed may take: a physical copy of a large database in Kubernetes (its Job
@@ -88,43 +86,12 @@ impl<S: DbServer> Topology<S> {
             port: m.port,
             user: self.credentials.repl_user.clone(),
             password: self.credentials.repl_password.clone(),
-            tls: self.policy.tls.as_ref().map(|t| t.ca_path.clone()),
+            tls: self.policy.tls_ca.clone(),
         }
     }
 
     fn name(&self, i: usize) -> String {
         self.servers[i].member().name.clone()
-    }
-
-    /// Tell each server that answered while serving another certificate than the one issued
-    /// last to reload its files. Apart from the plan: it changes no role and no data.
-    pub(super) async fn reload_certificates(&mut self, reports: &[Option<Report>]) {
-        let Some(expected) = self.policy.tls.as_ref().map(|t| t.not_after) else {
-            return;
-        };
-        for (i, report) in reports.iter().enumerate() {
-            let Some(report) = report else { continue };
-            if !tls::reload_due(expected, &report.tls_not_after) {
-                continue;
-            }
-            let name = self.name(i);
-            let now = now_ms(self);
-            let again = u64::try_from(tls::RELOAD_AGAIN_AFTER.as_millis()).unwrap_or(u64::MAX);
-            if self
-                .reloaded_at
-                .get(&name)
-                .is_some_and(|at| now.saturating_sub(*at) < again)
-            {
-                continue;
-            }
-            self.reloaded_at.insert(name.clone(), now);
-            match self.servers[i].reload_tls().await {
-                Ok(()) => {
-                    info!(server = %name, served = %report.tls_not_after, "told to reload its certificate")
-                }
-                Err(e) => warn!(server = %name, error = %e, "could not reload its certificate"),
-            }
-        }
     }
 
     /// Count a failure (or clear the count on success); a finding once it keeps failing.

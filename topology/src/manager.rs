@@ -56,8 +56,6 @@ pub struct Topology<S: DbServer = Server> {
     pub(super) seeding: BTreeMap<String, JoinHandle<Result<(), String>>>,
     /// When (loop milliseconds) a failed re-seed may be tried again, by member name.
     pub(super) seed_retry_at: BTreeMap<String, u64>,
-    /// When each server was last told to reload its certificate (loop milliseconds).
-    pub(super) reloaded_at: BTreeMap<String, u64>,
     /// Consecutive failures of each action, by "action server".
     pub(super) failures: BTreeMap<String, u32>,
     pub(super) status: watch::Sender<TopologyStatus>,
@@ -184,7 +182,6 @@ impl<S: DbServer> Topology<S> {
                 last_promotion: None,
                 seeding: BTreeMap::new(),
                 seed_retry_at: BTreeMap::new(),
-                reloaded_at: BTreeMap::new(),
                 failures: BTreeMap::new(),
                 status,
                 clock,
@@ -249,7 +246,7 @@ impl<S: DbServer> Topology<S> {
             previous: &previous,
             seeding,
             received_once: self.memory.received_once.as_ref(),
-            tls: self.policy.tls.is_some(),
+            tls: self.policy.tls_ca.is_some(),
         };
         let classified = classify(&observed);
         let mut plan = plan::plan(
@@ -264,7 +261,6 @@ impl<S: DbServer> Topology<S> {
             self.note(&mut plan, "re-seed", i, result);
         }
         self.wake_after = plan.wake_after_ms.map(Duration::from_millis);
-        self.reload_certificates(&reports).await;
         if self.execute(&mut plan).await {
             return Box::pin(self.tick()).await;
         }

@@ -17,7 +17,6 @@ use super::{
     semisync::{self, ReplicaState, SemiSync},
     server::Member,
     status::{Finding, FindingKind, Role, SemiSyncState, ServerStatus},
-    tls::ServerTls,
 };
 
 /// What the loop may do.
@@ -38,9 +37,9 @@ pub struct Policy {
     pub max_semi_sync_acks: u32,
     /// Re-seed errant and broken replicas from the primary automatically.
     pub reseed: bool,
-    /// The servers serve TLS: replication and the loop verify them, and the loop reloads
-    /// renewed certificates. `None`: plain text.
-    pub tls: Option<ServerTls>,
+    /// The servers serve TLS, and this is the CA's path on every server: replication verifies
+    /// its source with it (the loop verifies with its credentials' copy). `None`: plain text.
+    pub tls_ca: Option<String>,
     /// Bound on every statement the loop sends (and on connecting).
     pub query_timeout: Duration,
 }
@@ -54,7 +53,7 @@ impl Default for Policy {
             semi_sync: true,
             max_semi_sync_acks: 1,
             reseed: true,
-            tls: None,
+            tls_ca: None,
             query_timeout: Duration::from_secs(1),
         }
     }

@@ -126,9 +126,6 @@ pub struct Report {
     pub executed: GtidSet,
     /// Replication, when configured.
     pub replication: Option<Replication>,
-    /// `Ssl_server_not_after` on the loop's connection: when the certificate the server
-    /// serves expires. Empty without TLS.
-    pub tls_not_after: String,
 }
 
 impl Report {
@@ -352,8 +349,7 @@ impl Server {
         // Connect first: the dialect comes from the server's version.
         self.connection(self.timeout).await?;
         let dialect = self.dialect;
-        let tls = self.credentials.ca_pem.is_some();
-        let (row, executed_text, status, tls_not_after) = self
+        let (row, executed_text, status) = self
             .with(self.timeout, move |conn| {
                 Box::pin(async move {
                     let row = sqlx::query(AssertSqlSafe(format!(
@@ -368,16 +364,7 @@ impl Server {
                     let status = sqlx::query(dialect.replica_status())
                         .fetch_optional(&mut *conn)
                         .await?;
-                    let tls_not_after = if tls {
-                        sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_server_not_after'")
-                            .fetch_optional(&mut *conn)
-                            .await?
-                            .map(|row| text(&row, 1))
-                            .unwrap_or_default()
-                    } else {
-                        String::new()
-                    };
-                    Ok((row, executed, status, tls_not_after))
+                    Ok((row, executed, status))
                 })
             })
             .await?;
@@ -426,7 +413,6 @@ impl Server {
             executed_text,
             executed,
             replication,
-            tls_not_after,
         })
     }
 
@@ -511,15 +497,6 @@ impl DbServer for Server {
     async fn make_writable(&mut self) -> Result<()> {
         let statements = self.dialect.promote();
         self.exec(&statements).await
-    }
-
-    async fn reload_tls(&mut self) -> Result<()> {
-        let reload = self.dialect.reload_tls();
-        self.exec(&[reload]).await?;
-        // A connection keeps the certificate it was opened with: the next report's must be
-        // a new one's.
-        self.disconnect();
-        Ok(())
     }
 
     async fn wait_applied(&mut self, gtids: &str, wait: Duration) -> Result<bool> {

@@ -28,7 +28,6 @@ fn report(gtids: &str, server_id: u32) -> Report {
         executed_text: gtids.into(),
         executed: GtidSet::parse_mariadb(gtids).unwrap_or_default(),
         replication: None,
-        tls_not_after: String::new(),
     }
 }
 

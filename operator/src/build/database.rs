@@ -408,17 +408,17 @@ pub fn stateful_set(
         ..Volume::default()
     };
 
-    // MariaDB pods also carry the physical re-seed: the binary copied in first, a ready copy
-    // swapped in last, the donor agent beside the server.
-    let (init_containers, containers, seed_volumes) =
-        match seed::pod_parts(owner, db, operator_image) {
-            Some(p) => (
-                vec![p.first_init, init, p.last_init],
-                vec![server, p.sidecar],
-                p.volumes.to_vec(),
-            ),
-            None => (vec![init], vec![server], Vec::new()),
-        };
+    // Beside the server: on MariaDB the physical re-seed (the binary copied in first, a ready
+    // copy swapped in last, the donor agent), with internal TLS the certificate reloader.
+    let parts = seed::pod_parts(owner, db, operator_image, internal_tls);
+    let init_containers: Vec<Container> = parts
+        .first_init
+        .into_iter()
+        .chain([init])
+        .chain(parts.last_init)
+        .collect();
+    let containers: Vec<Container> = [server].into_iter().chain(parts.sidecars).collect();
+    let seed_volumes = parts.volumes;
     StatefulSet {
         metadata: owner.meta(name, owner.labels(COMPONENT, engine_app(db))),
         spec: StatefulSetSpec {

@@ -352,8 +352,9 @@ pub fn desired(
         for deployment in &mut out.deployments {
             pod::annotate_template(&mut deployment.spec.template, INTERNAL_CA_ANNOTATION, ca);
         }
-        // The servers too: one whose certificate the new CA did not sign cannot be told to
-        // reload it (the loop verifies it first), so it restarts on the new files.
+        // The servers too: a replication connection verifies its source with the CA file
+        // as it stood when the connection opened, so a restart moves every server and its
+        // replication to the new CA together.
         for set in &mut out.stateful_sets {
             pod::annotate_template(&mut set.spec.template, INTERNAL_CA_ANNOTATION, ca);
         }

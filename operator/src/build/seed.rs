@@ -1,7 +1,8 @@
-//! The Kubernetes side of a physical MariaDB re-seed (see [`crate::seed`]): what every
-//! MariaDB pod carries — the binary copied in, the swap before the server starts, the donor
-//! agent beside it — and the Job that fetches a copy into one pod's volume. MySQL pods carry
-//! none of it: MySQL clones itself over SQL.
+//! What runs beside a database server in its pod, all of it the operator's own binary copied
+//! in by a first init container: for a physical MariaDB re-seed (see [`crate::seed`]) the
+//! swap before the server starts and the donor agent beside it, and the Job that fetches a
+//! copy into one pod's volume (MySQL pods carry none of it: MySQL clones itself over SQL);
+//! with internal TLS, on both engines, the certificate reloader ([`crate::tls_reload`]).
 
 use std::collections::BTreeMap;
 
@@ -99,24 +100,83 @@ fn tcp_probe(period: i32) -> Probe {
     }
 }
 
-/// What a MariaDB pod carries for re-seeding.
-#[derive(Debug, Clone)]
+/// What a database pod carries beside its server; all empty when it needs none.
+#[derive(Debug, Clone, Default)]
 pub struct PodParts {
     /// Init containers to run before the others: the binary copied in.
-    pub first_init: Container,
+    pub first_init: Vec<Container>,
     /// Init containers to run last: a ready copy put in place.
-    pub last_init: Container,
-    /// The donor agent.
-    pub sidecar: Container,
+    pub last_init: Vec<Container>,
+    /// The donor agent, the certificate reloader.
+    pub sidecars: Vec<Container>,
     /// The volumes they mount beside the database's own.
-    pub volumes: [Volume; 3],
+    pub volumes: Vec<Volume>,
 }
 
-/// The re-seed parts of a database pod; `None` for MySQL.
-pub fn pod_parts(owner: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Option<PodParts> {
-    if db.engine != DatabaseEngine::Mariadb {
-        return None;
+/// The parts of a database pod beside its server: the re-seed's on MariaDB, the certificate
+/// reloader with `internal_tls`.
+pub fn pod_parts(
+    owner: &ClusterRef,
+    db: &DatabaseSpec,
+    operator_image: &str,
+    internal_tls: bool,
+) -> PodParts {
+    let mut parts = PodParts::default();
+    if db.engine == DatabaseEngine::Mariadb {
+        let [donor, swap] = reseed_parts(owner, db);
+        parts.last_init.push(swap);
+        parts.sidecars.push(donor);
+        parts
+            .volumes
+            .extend([empty_dir("seed-tmp"), approvals_volume(owner)]);
     }
+    if internal_tls {
+        parts.sidecars.push(tls_reloader(owner, db));
+    }
+    if !parts.sidecars.is_empty() {
+        parts.first_init.push(install_agent(operator_image));
+        parts.volumes.push(empty_dir(AGENT_VOLUME));
+    }
+    parts
+}
+
+/// The certificate reloader: reads the server's certificate files (read-only) and talks to
+/// the server on its socket.
+fn tls_reloader(owner: &ClusterRef, db: &DatabaseSpec) -> Container {
+    let engine = match db.engine {
+        DatabaseEngine::Mysql => "mysql",
+        DatabaseEngine::Mariadb => "mariadb",
+    };
+    Container {
+        name: "tls-reload".into(),
+        image: Some(image(db)),
+        command: Some(vec![
+            agent(),
+            "reload-tls".into(),
+            "--engine".into(),
+            engine.into(),
+            "--dir".into(),
+            super::database::TLS_DIR.into(),
+            "--socket".into(),
+            "/var/run/mysqld/mysqld.sock".into(),
+        ]),
+        env: Some(vec![
+            pod::env("CHATCLUSTER_SEED_USER", ADMIN_USER),
+            key_env(owner),
+        ]),
+        resources: Some(pod::resources(None, "5m", "16Mi", "64Mi")),
+        security_context: Some(pod::container_security(true)),
+        volume_mounts: Some(vec![
+            pod::internal_tls_mount(super::database::TLS_DIR),
+            mount("run", "/var/run/mysqld"),
+            mount(AGENT_VOLUME, AGENT_DIR),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The donor agent and the swap of a MariaDB pod.
+fn reseed_parts(owner: &ClusterRef, db: &DatabaseSpec) -> [Container; 2] {
     let swap = Container {
         name: "seed-swap".into(),
         image: Some(image(db)),
@@ -190,15 +250,7 @@ pub fn pod_parts(owner: &ClusterRef, db: &DatabaseSpec, operator_image: &str) ->
         ]),
         ..Container::default()
     };
-    Some(PodParts {
-        first_init: install_agent(operator_image),
-        last_init: swap,
-        sidecar: donor,
-        volumes: {
-            let [agent, tmp] = pod_volumes();
-            [agent, tmp, approvals_volume(owner)]
-        },
-    })
+    [donor, swap]
 }
 
 /// The approvals ConfigMap, optional: a pod starts whether or not it exists.

@@ -435,8 +435,10 @@ fn init_script_gives_every_database_pod_a_unique_server_id() {
             .as_ref()
             .expect("pod")
             .init_containers
-            .as_ref()
-            .expect("init")[0];
+            .iter()
+            .flatten()
+            .find(|c| c.name == "init-config")
+            .expect("init");
         let base = env_value(init, "SERVER_ID_BASE").expect("base");
         let db_set = env_value(init, "DB_SET").expect("set");
         for ordinal in 0..set.spec.replicas.unwrap_or(1) {
@@ -605,7 +607,10 @@ fn database_sets_have_volumes_probes_and_roles() {
 
 #[test]
 fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
+    // Without internal TLS, so that the re-seed's parts are all there is beside the server.
     let mut spec = ChatClusterSpec::default();
+    spec.internal_tls.enabled = false;
+    let mysql = build(spec.clone());
     spec.database.engine = DatabaseEngine::Mariadb;
     let observed = Observed {
         operator_image: Some("registry.example/chat-operator:9".into()),
@@ -693,11 +698,69 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
         "{config}"
     );
 
-    let mysql = build(ChatClusterSpec::default());
     for set in &mysql.stateful_sets {
         let pod = set.spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.init_containers.as_ref().unwrap().len(), 1);
         assert_eq!(pod.containers.len(), 1, "MySQL clones itself");
+    }
+}
+
+#[test]
+fn with_internal_tls_every_database_pod_carries_a_certificate_reloader() {
+    let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    for (engine, flag, sidecars) in [
+        (
+            DatabaseEngine::Mysql,
+            "mysql",
+            vec!["database", "tls-reload"],
+        ),
+        (
+            DatabaseEngine::Mariadb,
+            "mariadb",
+            vec!["database", "seed-donor", "tls-reload"],
+        ),
+    ] {
+        let mut spec = ChatClusterSpec::default();
+        spec.database.engine = engine;
+        let d = build(spec);
+        for set in &d.stateful_sets {
+            let pod = set.spec.template.spec.as_ref().unwrap();
+            assert_eq!(names(&pod.containers), sidecars, "{flag}");
+            // The binary is copied in first, on MySQL too.
+            let inits = pod.init_containers.as_deref().unwrap();
+            assert_eq!(inits[0].name, "seed-agent", "{flag}");
+            let reloader = pod.containers.last().unwrap();
+            // The reloader alone goes without a liveness probe (the policy scan accepts it
+            // for these pods on that ground).
+            for c in &pod.containers[..pod.containers.len() - 1] {
+                assert!(c.liveness_probe.is_some(), "{flag}: {}", c.name);
+            }
+            assert!(reloader.liveness_probe.is_none());
+            let command = reloader.command.as_deref().unwrap();
+            assert_eq!(command[1], "reload-tls");
+            assert!(
+                command.windows(2).any(|w| w == ["--engine", flag]),
+                "{command:?}"
+            );
+            // It reads the certificate the server serves and talks on the server's socket,
+            // as the administrator.
+            let mounts = reloader.volume_mounts.as_deref().unwrap();
+            let tls = mounts
+                .iter()
+                .find(|m| m.mount_path == database::TLS_DIR)
+                .unwrap();
+            assert_eq!(tls.read_only, Some(true));
+            assert!(mounts.iter().any(|m| m.mount_path == "/var/run/mysqld"));
+            let key = env(reloader, "CHATCLUSTER_SEED_KEY")
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .unwrap();
+            assert_eq!(key.key, secrets::DB_ADMIN_PASSWORD_KEY);
+            assert!(
+                pod.volumes.iter().flatten().any(|v| v.name == "seed-agent"),
+                "{flag}"
+            );
+        }
     }
 }
 

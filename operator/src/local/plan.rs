@@ -21,7 +21,6 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use chatcluster_types::{
@@ -36,7 +35,6 @@ use crate::{
     topology::{
         plan::Policy,
         server::{Credentials, Member},
-        tls::ServerTls,
     },
 };
 
@@ -566,7 +564,7 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
 
     let policy = build::database::topology_policy(&spec.database);
 
-    Ok(Plan {
+    let mut plan = Plan {
         name,
         spec: spec.clone(),
         databases,
@@ -581,7 +579,10 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         policy,
         files,
         binaries: bin.clone(),
-    })
+    };
+    // Replication verifies its source with the CA beside the servers' certificate.
+    plan.policy.tls_ca = plan.database_tls().map(|files| files.ca());
+    Ok(plan)
 }
 
 /// An environment from name–value pairs.
@@ -625,19 +626,6 @@ impl Plan {
                 .display()
                 .to_string(),
         })
-    }
-
-    /// The topology policy once the servers' certificate expiring at `not_after` is issued.
-    pub fn policy_with_certificate(&self, not_after: Option<SystemTime>) -> Policy {
-        let mut policy = self.policy.clone();
-        policy.tls = self
-            .database_tls()
-            .zip(not_after)
-            .map(|(files, not_after)| ServerTls {
-                ca_path: files.ca(),
-                not_after,
-            });
-        policy
     }
 
     /// Every fixed port the plan uses (chatd: every replica up to the maximum), to check

@@ -299,13 +299,7 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
         "{config}"
     );
     assert!(config.contains("require_secure_transport=ON\n"), "{config}");
-    let at = std::time::SystemTime::UNIX_EPOCH;
-    let tls = p
-        .policy_with_certificate(Some(at))
-        .tls
-        .expect("TLS in the policy");
-    assert_eq!(tls.ca_path, format!("{dir}/ca.crt"));
-    assert_eq!(tls.not_after, at);
+    assert_eq!(p.policy.tls_ca, Some(format!("{dir}/ca.crt")));
     assert!(
         p.certificates
             .iter()
@@ -345,6 +339,7 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
     let p = plan(&from_yaml(&off).unwrap(), &options()).unwrap();
     assert!(p.certificates.is_empty());
     assert!(p.xds_config.upstream_tls.is_none());
+    assert_eq!(p.policy.tls_ca, None, "replication in plain text");
     assert!(!p.xds[0].env.contains_key("CHAT_XDS_TLS_DIR"));
     let groups = p.service(ServiceKind::Groups).unwrap();
     assert!(

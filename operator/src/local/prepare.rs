@@ -89,17 +89,10 @@ pub(super) fn secrets(plan: &Plan) -> Result<DbCredentials, RunError> {
 /// `start`: the processes are not running yet, so a missing CA may be made. Later a missing
 /// CA is an error: the running processes trust the one they read at start, and a new one
 /// would sign certificates none of them accepts.
-///
-/// Returns when the database servers' certificate expires (what they should serve).
-pub(super) fn certificates(
-    plan: &Plan,
-    now: SystemTime,
-    start: bool,
-) -> Result<Option<SystemTime>, RunError> {
+pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<(), RunError> {
     if plan.certificates.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
-    let mut database = None;
     let f = &plan.files;
     std::fs::create_dir_all(&f.pki).map_err(io("cannot create", &f.pki))?;
     let ca = if f.ca_cert().exists() {
@@ -127,17 +120,10 @@ pub(super) fn certificates(
             }),
             _ => None,
         };
-        let issued = match pki::renewal(held.as_ref(), &ca, leaf, now) {
-            Some(why) => {
-                let issued = ca.issue(leaf, now)?;
-                publish(&dir, &issued)?;
-                info!(component = %leaf.identity.component, reason = ?why, "issued an internal certificate");
-                Some(issued)
-            }
-            None => held,
-        };
-        if leaf.identity.component == component::DATABASE {
-            database = issued.as_ref().and_then(pki::not_after);
+        if let Some(why) = pki::renewal(held.as_ref(), &ca, leaf, now) {
+            let issued = ca.issue(leaf, now)?;
+            publish(&dir, &issued)?;
+            info!(component = %leaf.identity.component, reason = ?why, "issued an internal certificate");
         }
     }
     let sds = build::internal_tls_sds(&f.tls_dir(component::INGRESS).display().to_string());
@@ -152,7 +138,7 @@ pub(super) fn certificates(
     {
         write_atomically(&f.envoy_internal_sds(), &text)?;
     }
-    Ok(database)
+    Ok(())
 }
 
 /// Publish `issued` into `dir` the way the kubelet updates a Secret volume: the files in a

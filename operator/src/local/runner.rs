@@ -132,6 +132,8 @@ struct Cluster {
     /// Replicas scaled away, finishing their drain.
     draining: Vec<tokio::task::JoinHandle<()>>,
     topology: Option<Handle>,
+    /// Each server's certificate reloader ([`crate::tls_reload`]), with internal TLS.
+    reloaders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -271,6 +273,9 @@ impl Cluster {
         stop_all(std::mem::take(&mut self.xds)).await;
         // Dropping the handle ends the loop: nothing fails over while the servers stop.
         self.topology = None;
+        for reloader in std::mem::take(&mut self.reloaders) {
+            reloader.abort();
+        }
         stop_all(std::mem::take(&mut self.databases)).await;
     }
 }
@@ -297,7 +302,7 @@ pub async fn run(
     }
     check_ports(&plan, &[ingress.0, ingress.1])?;
     let credentials = secrets(&plan)?;
-    let mut database_certificate = certificates(&plan, SystemTime::now(), true)?;
+    certificates(&plan, SystemTime::now(), true)?;
 
     let mut cluster = Cluster {
         plan,
@@ -309,10 +314,11 @@ pub async fn run(
         chatd: BTreeMap::new(),
         draining: Vec::new(),
         topology: None,
+        reloaders: Vec::new(),
     };
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        r = start(&mut cluster, database_certificate) => r,
+        r = start(&mut cluster) => r,
         _ = &mut shutdown => Ok(None),
     };
     let status_rx = match started {
@@ -347,16 +353,10 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             _ = renewals.tick() => {
                 // A failed renewal leaves the old certificate serving; the next check retries.
-                match certificates(&cluster.plan, SystemTime::now(), false) {
-                    Ok(database) if database != database_certificate => {
-                        // The loop tells the servers to reload it.
-                        database_certificate = database;
-                        if let Some(topology) = &cluster.topology {
-                            topology.set_policy(cluster.plan.policy_with_certificate(database)).await;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "cannot renew the internal certificates"),
+                // Every reader reloads renewed files itself (the servers through their
+                // reloaders).
+                if let Err(e) = certificates(&cluster.plan, SystemTime::now(), false) {
+                    warn!(error = %e, "cannot renew the internal certificates");
                 }
             }
             _ = tick.tick() => {
@@ -430,11 +430,7 @@ fn remembered_primary(plan: &Plan) -> String {
 }
 
 /// Bring everything up; the topology loop's status, or `None` if interrupted.
-/// `database_certificate`: when the servers' certificate expires (with internal TLS).
-async fn start(
-    cluster: &mut Cluster,
-    database_certificate: Option<SystemTime>,
-) -> Result<Option<watch::Receiver<TopologyStatus>>, RunError> {
+async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyStatus>>, RunError> {
     let plan = cluster.plan.clone();
     let as_root = nix::unistd::geteuid().is_root();
     let init_sql = plan.database_init_sql(&cluster.credentials);
@@ -468,6 +464,19 @@ async fn start(
         None => None,
     };
     let credentials = plan.topology_credentials(&cluster.credentials, ca_pem);
+    if let Some(files) = plan.database_tls() {
+        for db in &plan.databases {
+            let reloader = crate::tls_reload::Reloader::new(
+                PathBuf::from(&files.dir),
+                db.socket(),
+                credentials.admin_user.clone(),
+                credentials.admin_password.clone(),
+                &topology::dialect::MariaDb,
+            );
+            let run = crate::tls_reload::run(reloader, std::future::pending());
+            cluster.reloaders.push(tokio::spawn(run));
+        }
+    }
     let seeder: Arc<dyn Seeder> = Arc::new(LocalSeeder {
         files: plan
             .databases
@@ -495,7 +504,7 @@ async fn start(
         servers,
         &primary,
         credentials,
-        plan.policy_with_certificate(database_certificate),
+        plan.policy.clone(),
         topology::manager::monotonic_clock(),
     )?;
     let handle = topology::manager::spawn(topology, status.clone(), Duration::from_secs(1));

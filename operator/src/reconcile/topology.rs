@@ -26,14 +26,12 @@ use crate::Error;
 use crate::{
     api::{ChatCluster, DatabaseEngine, DatabaseSpec},
     build::{ClusterRef, database, internal_tls, labels, names, ports, secrets},
-    pki,
     topology::{
         manager::{self, Handle},
         physical::Seeder,
         plan::Policy,
         server::{Credentials, Member, Server},
         status::{Role, TopologyStatus},
-        tls::ServerTls,
     },
 };
 use chatcluster_types::identity::component;
@@ -58,14 +56,14 @@ pub struct Topologies {
     changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
 }
 
-/// The database servers' TLS as the certificate Secret holds it: the CA the loop verifies
-/// them with, and the policy's expected certificate. `None` without internal TLS, or before
-/// the certificate is issued (the reconciler issues it before the pods that mount it).
-async fn server_tls(
+/// The CA the database servers' certificate was issued by, which the loop verifies them
+/// with. `None` without internal TLS, or before the certificate is issued (the reconciler
+/// issues it before the pods that mount it).
+async fn server_ca(
     client: &Client,
     owner: &ClusterRef,
     resource: &ChatCluster,
-) -> Result<Option<(String, ServerTls)>, Error> {
+) -> Result<Option<String>, Error> {
     if !resource.spec.internal_tls.enabled {
         return Ok(None);
     }
@@ -74,15 +72,10 @@ async fn server_tls(
         .get_opt(&name)
         .await
         .map_err(Error::kube("get", "Secret", &name))?;
-    let issued = secret.as_ref().and_then(internal_tls::issued_of);
-    Ok(issued.and_then(|issued| {
-        let not_after = pki::not_after(&issued)?;
-        let tls = ServerTls {
-            ca_path: database::pod_tls().ca(),
-            not_after,
-        };
-        Some((issued.ca_pem, tls))
-    }))
+    Ok(secret
+        .as_ref()
+        .and_then(internal_tls::issued_of)
+        .map(|issued| issued.ca_pem))
 }
 
 /// The members of a cluster's database: the primary set's pod, then the replica set's, each
@@ -142,9 +135,8 @@ impl Topologies {
         let key = ObjectRef::from_obj(resource);
         let members = members(owner, &resource.spec.database);
         let mut policy = database::topology_policy(&resource.spec.database);
-        let tls = server_tls(client, owner, resource).await?;
-        policy.tls = tls.as_ref().map(|(_, t)| t.clone());
-        let ca = tls.as_ref().map(|(ca, _)| ca.clone());
+        let ca = server_ca(client, owner, resource).await?;
+        policy.tls_ca = ca.as_ref().map(|_| database::pod_tls().ca());
         let update = {
             let mut loops = self.lock();
             // A loop's credentials are fixed: internal TLS turned on or off, or a new CA,

@@ -454,18 +454,12 @@ impl DbServer for SimServer {
                 executed_text,
                 executed,
                 replication,
-                tls_not_after: String::new(),
             }
         })
     }
 
     async fn fence(&mut self, _within: Duration) -> server::Result<()> {
         self.with(fence)
-    }
-
-    async fn reload_tls(&mut self) -> server::Result<()> {
-        // The simulated servers serve no TLS (the simulator's policies have none).
-        self.with(|_, _| ())
     }
 
     async fn stop_receiver(&mut self, _within: Duration) -> server::Result<()> {
