@@ -147,7 +147,8 @@ pub async fn run(mut reloader: Reloader, stop: impl Future<Output = ()>) {
             () = &mut stop => return,
             _ = tick.tick() => match reloader.check().await {
                 Ok(reloaded) => {
-                    if reloaded {
+                    // The first reload only confirms what the server read at its start.
+                    if reloaded && reached {
                         info!(dir = %reloader.dir.display(), "the server reloaded its certificate");
                     }
                     (reached, failing) = (true, false);
