@@ -389,16 +389,32 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     let before = traffic.now();
     let handshakes = envoy_stat(envoy_admin, "cluster.xds.ssl.handshake").await;
     let mut planted = Vec::new();
-    // The history reads go to groups: its replica's certificate is renewed under them too.
-    for who in [component::XDS, component::INGRESS, "groups"] {
+    // The history reads go to groups: its replica's certificate is renewed under them too,
+    // and the database's, under chatd's connections.
+    for who in [
+        component::XDS,
+        component::INGRESS,
+        "groups",
+        component::DATABASE,
+    ] {
         let dir = files.tls_dir(who);
-        let old = certificate_for(&ca, ours.sibling(who), now - 21 * DAY);
+        let old = if who == component::DATABASE {
+            // chatd verifies the database by name.
+            let leaf = Leaf {
+                identity: ours.sibling(who),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime: 30 * DAY,
+            };
+            ca.issue(&leaf, now - 21 * DAY).unwrap()
+        } else {
+            certificate_for(&ca, ours.sibling(who), now - 21 * DAY)
+        };
         // Into the directory the links point at, as a stale volume would hold them.
         std::fs::write(dir.join("..data/tls.key"), &old.key_pem).unwrap();
         std::fs::write(dir.join("..data/tls.crt"), &old.cert_pem).unwrap();
         planted.push((dir, fingerprint(&old.cert_pem)));
     }
-    // The runner renews both within its check interval.
+    // The runner renews them within its check interval.
     let deadline = Instant::now() + Duration::from_secs(40);
     let renewed = loop {
         let fresh: Vec<String> = planted
@@ -431,6 +447,25 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+    // So does the database, once its reloader has looked.
+    let db_renewed = not_after_of(&read(&files.tls_dir(component::DATABASE).join("tls.crt")));
+    let ca_file = files.tls_dir(component::DATABASE).join("ca.crt");
+    let db = chatd_db(&cluster, Some(ca_file));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = served_not_after(&db).await;
+        if served
+            .as_ref()
+            .is_ok_and(|s| parse_not_after(s) == Some(db_renewed))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database still serves {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Envoy reconnects to a restarted chat-xds with its renewed certificate, verifying the
     // renewed server certificate, and keeps serving clients meanwhile.
