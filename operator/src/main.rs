@@ -44,9 +44,9 @@ struct ReloadTlsArgs {
     /// Directory holding the server's `tls.crt`, `tls.key` and `ca.crt`.
     #[arg(long, default_value = chat_operator::build::database::TLS_DIR)]
     dir: PathBuf,
-    /// The server's Unix socket.
-    #[arg(long, default_value = "/var/run/mysqld/mysqld.sock")]
-    socket: PathBuf,
+    /// The server's port on the pod's loopback.
+    #[arg(long, default_value_t = 3306)]
+    port: u16,
     /// The server's engine (its reload statement differs).
     #[arg(long, value_enum)]
     engine: Engine,
@@ -402,7 +402,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let reloader = chat_operator::tls_reload::Reloader::new(
                 args.dir,
-                args.socket,
+                args.port,
                 args.user,
                 seed_key()?,
                 dialect,

@@ -1,13 +1,23 @@
 //! A database server reads its certificate only at start, or when told to. This agent runs
 //! beside every server — a sidecar in Kubernetes, a task of the runner in local mode — and
-//! tells its server to reload whenever the files change. It talks over the server's Unix
-//! socket, where no certificate is involved: a server whose certificate has already expired
-//! (its operator was down past the renewal) still takes the renewed one, which the topology
-//! loop, verifying every server by its certificate, could not tell it to do.
+//! tells its server to reload whenever the files change.
+//!
+//! It reaches the server on loopback, over TLS that it does not verify: nothing else can be
+//! on the pod's (or the machine's) loopback at the server's port, so there is nothing to
+//! verify against, and a server whose certificate has already expired (its operator was
+//! down past the renewal) still takes the renewed one — which the topology loop, verifying
+//! every server by its certificate, could not tell it to do. Not the Unix socket: there,
+//! MySQL's `caching_sha2_password` wants the password in the clear when its cache is cold
+//! (after every restart), and the driver sends it in the clear only over TLS.
 //!
 //! An idle agent reads three small files a period and sends the server nothing.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use sqlx::{
     Connection, Executor, MySqlConnection,
@@ -24,6 +34,8 @@ use crate::topology::dialect::Dialect;
 pub const PERIOD: Duration = Duration::from_secs(5);
 /// Longest wait for the server: a frozen one must not stall the agent.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server that refuses connections counts as starting (not worth a warning).
+const STARTING: Duration = Duration::from_secs(120);
 
 /// Why a look at the files did not end with the server serving them.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +49,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The server could not be reached on its socket (not started yet, restarting).
-    #[error("cannot reach the server on {socket}: {source}")]
+    /// The server could not be reached or refused the login.
+    #[error("cannot log in to the server at {address}: {source}")]
     Connect {
-        /// The socket.
-        socket: PathBuf,
+        /// Where it listens.
+        address: SocketAddr,
         /// What the driver said.
         #[source]
         source: sqlx::Error,
@@ -59,8 +71,8 @@ pub enum Error {
 pub struct Reloader {
     /// Directory holding the certificate, its key and the CA.
     pub dir: PathBuf,
-    /// The server's Unix socket.
-    pub socket: PathBuf,
+    /// The server's port on loopback.
+    pub port: u16,
     /// An administrative user and its password.
     pub user: String,
     /// The user's password.
@@ -76,14 +88,14 @@ impl Reloader {
     /// files changed between the server's start and the agent's.
     pub fn new(
         dir: PathBuf,
-        socket: PathBuf,
+        port: u16,
         user: String,
         password: String,
         dialect: &'static dyn Dialect,
     ) -> Self {
         Self {
             dir,
-            socket,
+            port,
             user,
             password,
             dialect,
@@ -113,17 +125,16 @@ impl Reloader {
     }
 
     async fn reload(&self) -> Result<(), Error> {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let options = MySqlConnectOptions::new()
-            .socket(&self.socket)
+            .host(&address.ip().to_string())
+            .port(self.port)
             .username(&self.user)
             .password(&self.password)
-            .ssl_mode(MySqlSslMode::Disabled);
+            .ssl_mode(MySqlSslMode::Required);
         let mut connection = MySqlConnection::connect_with(&options)
             .await
-            .map_err(|source| Error::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Connect { address, source })?;
         let outcome = connection
             .execute(self.dialect.reload_tls())
             .await
@@ -135,11 +146,24 @@ impl Reloader {
     }
 }
 
+/// Whether `e` only says the server is not listening yet.
+fn starting(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connect {
+            source: sqlx::Error::Io(_),
+            ..
+        }
+    )
+}
+
 /// Look every [`PERIOD`] until `stop` resolves. A failure is logged once until a look
-/// succeeds again; before the first success, an unreachable server is only starting.
+/// succeeds again; a server that refuses connections in the agent's first minutes is only
+/// starting, but a refused login is said at once.
 pub async fn run(mut reloader: Reloader, stop: impl Future<Output = ()>) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let began = Instant::now();
     let (mut reached, mut failing) = (false, false);
     tokio::pin!(stop);
     loop {
@@ -153,7 +177,9 @@ pub async fn run(mut reloader: Reloader, stop: impl Future<Output = ()>) {
                     }
                     (reached, failing) = (true, false);
                 }
-                Err(e @ Error::Connect { .. }) if !reached => debug!(error = %e, "waiting for the server"),
+                Err(e) if !reached && starting(&e) && began.elapsed() < STARTING => {
+                    debug!(error = %e, "waiting for the server");
+                }
                 Err(e) if !failing => {
                     warn!(error = %e, "cannot reload the server's certificate");
                     failing = true;

@@ -624,8 +624,8 @@ async fn the_database_serves_verified_tls_only_and_takes_a_renewed_certificate_a
 
     // The servers serve an expired certificate (issued 31 days ago for 30), as they would
     // after their operator was down past the renewal. chatd refuses it; the runner renews
-    // it, and the reloader beside each server has it served, over the socket, though no
-    // verifying client could reach the server any more.
+    // it, and the reloader beside each server has it served (on loopback, not verifying),
+    // though no verifying client could reach the server any more.
     let (primary_pid, replica_pid) = (cluster.pid("db-0"), cluster.pid("db-1"));
     assert!(
         primary_pid.is_some() && replica_pid.is_some(),
@@ -777,10 +777,10 @@ async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_wri
         Some(not_after_of(&first.cert_pem))
     );
 
-    // The production administrator's privileges are enough, over the socket.
+    // The production administrator's privileges are enough.
     let mut reloader = Reloader::new(
         dir.path().to_path_buf(),
-        db.socket(),
+        db.port,
         "admin".into(),
         chatcluster_tests::mariadb::ADMIN_PASSWORD.into(),
         &chat_operator::topology::dialect::MariaDb,
@@ -803,6 +803,16 @@ async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_wri
         parse_not_after(&served(&db).await),
         Some(not_after_of(&second.cert_pem))
     );
+    // An expired certificate is no obstacle to the reloader: the server serving one still
+    // takes the next.
+    write_server_certificate(&ca, dir.path(), 31 * DAY, &["tls.crt", "tls.key"]);
+    assert!(reloader.check().await.unwrap());
+    let third = write_server_certificate(&ca, dir.path(), Duration::ZERO, &["tls.crt", "tls.key"]);
+    assert!(reloader.check().await.unwrap());
+    assert_eq!(
+        parse_not_after(&served(&db).await),
+        Some(not_after_of(&third.cert_pem))
+    );
     let binlogged = db.sql("SELECT @@gtid_binlog_pos");
     assert!(
         binlogged.trim().is_empty(),
@@ -813,7 +823,7 @@ async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_wri
     // connection error, and nothing is recorded as loaded.
     let mut stranger = Reloader::new(
         dir.path().to_path_buf(),
-        db.socket(),
+        db.port,
         "admin".into(),
         "wrong".into(),
         &chat_operator::topology::dialect::MariaDb,

@@ -1,8 +1,9 @@
-//! What runs beside a database server in its pod, all of it the operator's own binary copied
-//! in by a first init container: for a physical MariaDB re-seed (see [`crate::seed`]) the
+//! What runs beside a database server in its pod, all of it the operator's own binary: for
+//! a physical MariaDB re-seed (see [`crate::seed`]), copied in by a first init container, the
 //! swap before the server starts and the donor agent beside it, and the Job that fetches a
 //! copy into one pod's volume (MySQL pods carry none of it: MySQL clones itself over SQL);
-//! with internal TLS, on both engines, the certificate reloader ([`crate::tls_reload`]).
+//! with internal TLS, on both engines, the certificate reloader ([`crate::tls_reload`]), the
+//! operator's image as it is.
 
 use std::collections::BTreeMap;
 
@@ -124,41 +125,37 @@ pub fn pod_parts(
     let mut parts = PodParts::default();
     if db.engine == DatabaseEngine::Mariadb {
         let [donor, swap] = reseed_parts(owner, db);
+        parts.first_init.push(install_agent(operator_image));
         parts.last_init.push(swap);
         parts.sidecars.push(donor);
-        parts
-            .volumes
-            .extend([empty_dir("seed-tmp"), approvals_volume(owner)]);
+        let [agent, tmp] = pod_volumes();
+        parts.volumes.extend([agent, tmp, approvals_volume(owner)]);
     }
     if internal_tls {
-        parts.sidecars.push(tls_reloader(owner, db));
-    }
-    if !parts.sidecars.is_empty() {
-        parts.first_init.push(install_agent(operator_image));
-        parts.volumes.push(empty_dir(AGENT_VOLUME));
+        parts.sidecars.push(tls_reloader(owner, db, operator_image));
     }
     parts
 }
 
-/// The certificate reloader: reads the server's certificate files (read-only) and talks to
-/// the server on its socket.
-fn tls_reloader(owner: &ClusterRef, db: &DatabaseSpec) -> Container {
+/// The certificate reloader, on the operator's own image (it needs nothing of the
+/// database's): reads the server's certificate files (read-only) and talks to the server on
+/// the pod's loopback.
+fn tls_reloader(owner: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Container {
     let engine = match db.engine {
         DatabaseEngine::Mysql => "mysql",
         DatabaseEngine::Mariadb => "mariadb",
     };
     Container {
         name: "tls-reload".into(),
-        image: Some(image(db)),
-        command: Some(vec![
-            agent(),
+        image: Some(operator_image.into()),
+        args: Some(vec![
             "reload-tls".into(),
             "--engine".into(),
             engine.into(),
             "--dir".into(),
             super::database::TLS_DIR.into(),
-            "--socket".into(),
-            "/var/run/mysqld/mysqld.sock".into(),
+            "--port".into(),
+            super::ports::DATABASE.to_string(),
         ]),
         env: Some(vec![
             pod::env("CHATCLUSTER_SEED_USER", ADMIN_USER),
@@ -166,11 +163,7 @@ fn tls_reloader(owner: &ClusterRef, db: &DatabaseSpec) -> Container {
         ]),
         resources: Some(pod::resources(None, "5m", "16Mi", "64Mi")),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(vec![
-            pod::internal_tls_mount(super::database::TLS_DIR),
-            mount("run", "/var/run/mysqld"),
-            mount(AGENT_VOLUME, AGENT_DIR),
-        ]),
+        volume_mounts: Some(vec![pod::internal_tls_mount(super::database::TLS_DIR)]),
         ..Container::default()
     }
 }

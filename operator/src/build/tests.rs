@@ -708,58 +708,62 @@ fn mariadb_pods_carry_the_physical_reseed_and_mysql_pods_do_not() {
 #[test]
 fn with_internal_tls_every_database_pod_carries_a_certificate_reloader() {
     let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-    for (engine, flag, sidecars) in [
+    let image = "registry.example/chat-operator:9";
+    for (engine, flag, sidecars, inits) in [
         (
             DatabaseEngine::Mysql,
             "mysql",
             vec!["database", "tls-reload"],
+            vec!["init-config"],
         ),
         (
             DatabaseEngine::Mariadb,
             "mariadb",
             vec!["database", "seed-donor", "tls-reload"],
+            vec!["seed-agent", "init-config", "seed-swap"],
         ),
     ] {
         let mut spec = ChatClusterSpec::default();
         spec.database.engine = engine;
-        let d = build(spec);
+        let observed = Observed {
+            operator_image: Some(image.into()),
+            ..Observed::default()
+        };
+        let d = desired_of(&resource_of(spec), &observed).unwrap();
         for set in &d.stateful_sets {
             let pod = set.spec.template.spec.as_ref().unwrap();
             assert_eq!(names(&pod.containers), sidecars, "{flag}");
-            // The binary is copied in first, on MySQL too.
-            let inits = pod.init_containers.as_deref().unwrap();
-            assert_eq!(inits[0].name, "seed-agent", "{flag}");
+            // The reloader runs the operator's image as it is: nothing is copied in for it.
+            assert_eq!(
+                names(pod.init_containers.as_deref().unwrap()),
+                inits,
+                "{flag}"
+            );
             let reloader = pod.containers.last().unwrap();
+            assert_eq!(reloader.image.as_deref(), Some(image));
             // The reloader alone goes without a liveness probe (the policy scan accepts it
             // for these pods on that ground).
             for c in &pod.containers[..pod.containers.len() - 1] {
                 assert!(c.liveness_probe.is_some(), "{flag}: {}", c.name);
             }
             assert!(reloader.liveness_probe.is_none());
-            let command = reloader.command.as_deref().unwrap();
-            assert_eq!(command[1], "reload-tls");
-            assert!(
-                command.windows(2).any(|w| w == ["--engine", flag]),
-                "{command:?}"
-            );
-            // It reads the certificate the server serves and talks on the server's socket,
-            // as the administrator.
+            let args = reloader.args.as_deref().unwrap();
+            assert_eq!(args[0], "reload-tls");
+            assert!(args.windows(2).any(|w| w == ["--engine", flag]), "{args:?}");
+            assert!(args.windows(2).any(|w| w == ["--port", "3306"]), "{args:?}");
+            // It reads the certificate the server serves, and logs in as the administrator.
             let mounts = reloader.volume_mounts.as_deref().unwrap();
             let tls = mounts
                 .iter()
                 .find(|m| m.mount_path == database::TLS_DIR)
                 .unwrap();
             assert_eq!(tls.read_only, Some(true));
-            assert!(mounts.iter().any(|m| m.mount_path == "/var/run/mysqld"));
+            assert_eq!(mounts.len(), 1);
             let key = env(reloader, "CHATCLUSTER_SEED_KEY")
                 .and_then(|e| e.value_from.as_ref())
                 .and_then(|v| v.secret_key_ref.as_ref())
                 .unwrap();
             assert_eq!(key.key, secrets::DB_ADMIN_PASSWORD_KEY);
-            assert!(
-                pod.volumes.iter().flatten().any(|v| v.name == "seed-agent"),
-                "{flag}"
-            );
         }
     }
 }

@@ -468,7 +468,7 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
         for db in &plan.databases {
             let reloader = crate::tls_reload::Reloader::new(
                 PathBuf::from(&files.dir),
-                db.socket(),
+                db.port,
                 credentials.admin_user.clone(),
                 credentials.admin_password.clone(),
                 &topology::dialect::MariaDb,
