@@ -172,6 +172,8 @@ impl MariaDb {
                 "--binlog-format=ROW",
                 "--log-slave-updates=ON",
                 "--gtid-strict-mode=ON",
+                // As the operator's configuration: chatd's migrations create a trigger.
+                "--log-bin-trust-function-creators=ON",
                 "--skip-slave-start",
                 "--relay-log-recovery=ON",
                 "--innodb-buffer-pool-size=32M",

@@ -62,9 +62,10 @@ pub trait Dialect: Send + Sync {
     fn parse_gtids(&self, text: &str) -> Result<GtidSet, ParseError>;
     /// Query returning the executed GTID set.
     fn executed_gtids(&self) -> &'static str;
-    /// Query returning, right after a commit on the same connection, a GTID set containing
-    /// that commit: the read-your-writes token chatd hands its clients, which a replica
-    /// waits for with [`wait_for_gtids`](Self::wait_for_gtids).
+    /// Expression giving, right after a commit on the same connection, a GTID set
+    /// containing that commit: the read-your-writes token chatd hands its clients, which a
+    /// replica waits for with [`wait_for_gtids`](Self::wait_for_gtids). An expression, so a
+    /// sender can read it in the same query as its message's seq.
     fn commit_token(&self) -> &'static str;
     /// Make every later statement of this session give up after `ms` milliseconds (0: no
     /// limit). MariaDB bounds every statement; MySQL bounds only SELECTs, and writes are
@@ -211,7 +212,7 @@ impl Dialect for MySql {
     }
     fn commit_token(&self) -> &'static str {
         // The executed set: a superset of this session's commit.
-        "SELECT @@GLOBAL.gtid_executed"
+        "@@GLOBAL.gtid_executed"
     }
     fn statement_timeout(&self, ms: u64) -> String {
         format!("SET SESSION max_execution_time = {ms}")
@@ -336,7 +337,7 @@ impl Dialect for MariaDb {
     }
     fn commit_token(&self) -> &'static str {
         // The session's last committed GTID.
-        "SELECT @@last_gtid"
+        "@@last_gtid"
     }
     fn statement_timeout(&self, ms: u64) -> String {
         // Seconds, fractions allowed.
@@ -475,8 +476,8 @@ mod tests {
             "SET GLOBAL rpl_semi_sync_replica_enabled = ON"
         );
         assert_eq!(MySql.executed_gtids(), "SELECT @@GLOBAL.gtid_executed");
-        assert_eq!(MySql.commit_token(), "SELECT @@GLOBAL.gtid_executed");
-        assert_eq!(MariaDb.commit_token(), "SELECT @@last_gtid");
+        assert_eq!(MySql.commit_token(), "@@GLOBAL.gtid_executed");
+        assert_eq!(MariaDb.commit_token(), "@@last_gtid");
         assert_eq!(
             MySql.statement_timeout(10_000),
             "SET SESSION max_execution_time = 10000"

@@ -154,6 +154,9 @@ pub fn server_config(db: &DatabaseSpec) -> String {
                 "super_read_only=ON",
                 "plugin_load_add=semisync_source.so",
                 "plugin_load_add=semisync_replica.so",
+                // chatd's migrations create a trigger, as for MariaDB below. `loose`: the
+                // variable is deprecated since 8.0.34, and a version without it still starts.
+                "loose-log_bin_trust_function_creators=ON",
             ]);
             if semi_sync {
                 lines.extend([
@@ -179,6 +182,10 @@ pub fn server_config(db: &DatabaseSpec) -> String {
                 // Not schemas: where a physical re-seed stages its copy, and the volume's own.
                 "ignore_db_dirs=.chatcluster-seed",
                 "ignore_db_dirs=lost+found",
+                // chatd's migrations create a trigger (the message seqs) as a user without
+                // SUPER. Row-based binlogs carry the rows a trigger wrote, so trusting its
+                // creator cannot make replicas diverge.
+                "log_bin_trust_function_creators=ON",
             ]);
             if semi_sync {
                 lines.extend([

@@ -180,7 +180,8 @@ impl Db {
 
     /// The token of what this connection committed last.
     pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
-        let token: Option<String> = sqlx::query_scalar(self.dialect.commit_token())
+        let query = format!("SELECT {}", self.dialect.commit_token());
+        let token: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
             .fetch_one(conn)
             .await?;
         Ok(token.unwrap_or_default())

@@ -565,6 +565,59 @@ async fn sends_are_idempotent_and_history_pages() {
     }
 }
 
+/// Sends race each other and their own retries: the seq trigger hands every distinct message
+/// one seq of 1..=N, and a retry racing its first try gets that message, consuming none.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_sends_and_retries_get_every_seq_once() {
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 15;
+    let s = Setup::new();
+    let mut c = Clients::new(&s.chatd).await;
+    let a = register(&mut c.auth, "alice").await;
+    let g = c.group(&a, "race", &[]).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        // Two connections per writer: a send and its retry leave at once.
+        let (mut one, mut two) = (c.groups.clone(), c.groups.clone());
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let key = format!("w{w}-{i}");
+                let text = format!("from {w}, {i}");
+                let (first, retry) = tokio::join!(
+                    one.send_message(authed(&a, send(g.id, &text, &key))),
+                    two.send_message(authed(&a, send(g.id, &text, &key))),
+                );
+                let (first, retry) = (first.unwrap().into_inner(), retry.unwrap().into_inner());
+                assert_eq!(first.seq, retry.seq, "{key}: one message for a key");
+                got.push(first.seq);
+            }
+            got
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=WRITERS * EACH).collect::<Vec<_>>());
+    let newest = c
+        .groups
+        .history(authed(
+            &a,
+            HistoryRequest {
+                conversation_id: g.id,
+                limit: 1,
+                ..HistoryRequest::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(newest.messages[0].seq, WRITERS * EACH, "no seq was skipped");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_proper_statuses() {
     let s = Setup::with_rate(5.0);

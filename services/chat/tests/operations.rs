@@ -168,12 +168,17 @@ async fn ten_replicas_migrating_at_once_apply_each_step_once() {
     assert_eq!(
         db.primary
             .sql("SELECT COUNT(*), MAX(version) FROM chat.groups_schema_migrations"),
-        "4\t4"
+        "5\t5"
     );
     assert_eq!(
         db.primary
             .sql("SELECT COUNT(*), MAX(version) FROM chat.servers_schema_migrations"),
-        "5\t5"
+        "6\t6"
+    );
+    // Each message table has its seq trigger, once.
+    assert_eq!(
+        db.primary.sql("SELECT GROUP_CONCAT(trigger_name ORDER BY trigger_name) FROM information_schema.triggers WHERE trigger_schema = 'chat'"),
+        "groups_messages_seq,servers_messages_seq"
     );
     // Every service owns its own prefix.
     let tables = db.primary.sql("SELECT GROUP_CONCAT(table_name ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'chat'");

@@ -29,6 +29,7 @@ fn migrations() -> Vec<String> {
          ) ENGINE=InnoDB"
             .into(),
         TABLES.messages_ddl(),
+        TABLES.seq_trigger_ddl(),
     ]
 }
 

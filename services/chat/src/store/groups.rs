@@ -55,6 +55,7 @@ fn migrations() -> Vec<String> {
            KEY user_id (user_id, created_at_ms)
          ) ENGINE=InnoDB"
             .into(),
+        TABLES.seq_trigger_ddl(),
     ]
 }
 

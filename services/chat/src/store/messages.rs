@@ -2,9 +2,12 @@
 //! (`<prefix>_messages`, with `last_seq` on its conversation table) and checks access itself
 //! before calling here.
 //!
-//! Sequence numbers come from the conversation row, incremented in the sending transaction: the
-//! row lock orders concurrent sends, so seqs are 1, 2, 3, … with no gap. A client key makes a
-//! send idempotent: the unique key (conversation, sender, key) returns the first message.
+//! Sequence numbers come from the conversation row, incremented by a trigger of the message
+//! table ([`Tables::seq_trigger_ddl`]) inside the INSERT itself: the row lock orders
+//! concurrent sends, so seqs are 1, 2, 3, … with no gap, and a send is one autocommitted
+//! statement — one round trip and one commit — plus one for its seq and token. A client key
+//! makes a send idempotent: the unique key (conversation, sender, key) refuses the second
+//! INSERT (and with it the trigger's increment), and the first message is returned.
 
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection, Row, mysql::MySqlRow};
 
@@ -52,7 +55,34 @@ impl Tables {
             self.messages
         )
     }
+
+    /// DDL of the trigger numbering each new message: it bumps the conversation's `last_seq`
+    /// (taking its row lock until the INSERT commits), gives the message that seq, and leaves
+    /// it in the session variable [`SEQ_VARIABLE`] for the sender to read back — a trigger's
+    /// `LAST_INSERT_ID` does not outlive it. A missing conversation fails the INSERT.
+    /// Row-based binlogs carry the rows the trigger wrote; replicas do not fire it again.
+    pub fn seq_trigger_ddl(&self) -> String {
+        format!(
+            "CREATE TRIGGER {messages}_seq BEFORE INSERT ON {messages} FOR EACH ROW
+             BEGIN
+               UPDATE {conversations} SET last_seq = last_seq + 1 WHERE id = NEW.conversation_id;
+               IF ROW_COUNT() = 0 THEN
+                 SIGNAL SQLSTATE '{NO_CONVERSATION}' SET MESSAGE_TEXT = 'no such conversation';
+               END IF;
+               SET NEW.seq = (SELECT last_seq FROM {conversations} WHERE id = NEW.conversation_id);
+               SET {SEQ_VARIABLE} = NEW.seq;
+             END",
+            messages = self.messages,
+            conversations = self.conversations,
+        )
+    }
 }
+
+/// The session variable the seq trigger leaves the new message's seq in.
+const SEQ_VARIABLE: &str = "@chatcluster_seq";
+/// The SQLSTATE the seq trigger signals for a conversation that does not exist (a class the
+/// servers leave to applications).
+const NO_CONVERSATION: &str = "45001";
 
 /// A message written, with the token of the write.
 #[derive(Debug, Clone)]
@@ -124,28 +154,48 @@ pub async fn send(
         )));
     }
     let key = (!client_key.is_empty()).then_some(client_key);
-    if let Some(key) = key
-        && let Some(existing) = by_client_key(conn, t, conv, sender, key).await?
-    {
-        let token = db.commit_token(conn).await?;
-        return Ok(Written {
-            message: existing,
-            token,
-            fresh: false,
-        });
-    }
-    let inserted = insert(conn, t, conv, sender, text, key).await;
+    let sent_at_ms = now_ms();
+    let inserted = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (conversation_id, seq, sender_id, text, client_key, sent_at_ms) VALUES (?, 0, ?, ?, ?, ?)",
+        t.messages
+    )))
+    .bind(conv)
+    .bind(sender)
+    .bind(text)
+    .bind(key)
+    .bind(sent_at_ms)
+    .execute(&mut *conn)
+    .await;
     match inserted {
-        Ok(message) => {
-            let token = db.commit_token(conn).await?;
+        Ok(_) => {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT CAST({SEQ_VARIABLE} AS UNSIGNED) AS seq, {} AS token",
+                db.dialect().commit_token()
+            )))
+            .fetch_one(&mut *conn)
+            .await?;
+            let seq: u64 = row.try_get("seq")?;
+            let token: Option<String> = row.try_get("token")?;
             Ok(Written {
-                message,
-                token,
+                message: Message {
+                    conversation_id: conv,
+                    seq,
+                    sender_id: sender,
+                    text: text.to_string(),
+                    sent_at_ms,
+                    edited_at_ms: 0,
+                    deleted: false,
+                    client_key: key.unwrap_or_default().to_string(),
+                },
+                token: token.unwrap_or_default(),
                 fresh: true,
             })
         }
-        // A concurrent retry with the same key won: return its message.
-        Err(Error::Database(e)) if is_duplicate(&e) => {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NO_CONVERSATION) => {
+            Err(Error::NotFound(format!("conversation {conv} not found")))
+        }
+        // A retry with the same key (or a concurrent one that won): return the first message.
+        Err(e) if key.is_some() && is_duplicate(&e) => {
             let key = key.unwrap_or_default();
             let existing = by_client_key(conn, t, conv, sender, key)
                 .await?
@@ -157,7 +207,7 @@ pub async fn send(
                 fresh: false,
             })
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -178,53 +228,6 @@ async fn by_client_key(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(row_to_message).transpose()
-}
-
-async fn insert(
-    conn: &mut MySqlConnection,
-    t: Tables,
-    conv: u64,
-    sender: u64,
-    text: &str,
-    key: Option<&str>,
-) -> Result<Message> {
-    let mut tx = conn.begin().await?;
-    // LAST_INSERT_ID(expr) hands the new value back with the UPDATE: no second round trip.
-    let bumped = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {} SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = ?",
-        t.conversations
-    )))
-    .bind(conv)
-    .execute(&mut *tx)
-    .await?;
-    if bumped.rows_affected() == 0 {
-        return Err(Error::NotFound(format!("conversation {conv} not found")));
-    }
-    let seq = bumped.last_insert_id();
-    let sent_at_ms = now_ms();
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {} (conversation_id, seq, sender_id, text, client_key, sent_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-        t.messages
-    )))
-    .bind(conv)
-    .bind(seq)
-    .bind(sender)
-    .bind(text)
-    .bind(key)
-    .bind(sent_at_ms)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Message {
-        conversation_id: conv,
-        seq,
-        sender_id: sender,
-        text: text.to_string(),
-        sent_at_ms,
-        edited_at_ms: 0,
-        deleted: false,
-        client_key: key.unwrap_or_default().to_string(),
-    })
 }
 
 /// Who may change a message: its sender, or (for deletes) a moderator of the conversation.

@@ -63,6 +63,7 @@ fn migrations() -> Vec<String> {
          ) ENGINE=InnoDB DEFAULT CHARSET=ascii COLLATE=ascii_bin"
             .into(),
         TABLES.messages_ddl(),
+        TABLES.seq_trigger_ddl(),
     ]
 }
 
