@@ -187,6 +187,15 @@ impl Db {
         Ok(token.unwrap_or_default())
     }
 
+    /// A token of everything the server behind `conn` has applied: for a write this
+    /// connection did not make (an idempotent retry finding the first send's message).
+    pub async fn executed_token(&self, conn: &mut MySqlConnection) -> Result<String> {
+        let token: Option<String> = sqlx::query_scalar(self.dialect.executed_gtids())
+            .fetch_one(conn)
+            .await?;
+        Ok(token.unwrap_or_default())
+    }
+
     /// A connection to read from that has applied `token`: a replica when one can be had and
     /// has caught up within [`READ_WAIT`], else the primary.
     pub async fn reader(&self, token: Option<&str>) -> Result<PoolConnection<MySql>> {

@@ -577,7 +577,7 @@ async fn racing_sends_and_retries_get_every_seq_once() {
     let g = c.group(&a, "race", &[]).await;
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        // Two connections per writer: a send and its retry leave at once.
+        // A send and its retry in flight at once.
         let (mut one, mut two) = (c.groups.clone(), c.groups.clone());
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
@@ -616,6 +616,36 @@ async fn racing_sends_and_retries_get_every_seq_once() {
         .unwrap()
         .into_inner();
     assert_eq!(newest.messages[0].seq, WRITERS * EACH, "no seq was skipped");
+    let n = WRITERS * EACH;
+    let last = |db: &common::Db| {
+        db.primary.sql(&format!(
+            "SELECT last_seq FROM chat.groups_groups WHERE id = {}",
+            g.id
+        ))
+    };
+    assert_eq!(
+        last(&s.db).trim(),
+        n.to_string(),
+        "a refused retry left a bump"
+    );
+
+    // A chatd of before the trigger, still running during a rolling upgrade, numbers its
+    // message itself: the trigger leaves it alone, and the next send follows it.
+    s.db.primary.sql(&format!(
+        "UPDATE chat.groups_groups SET last_seq = last_seq + 1 WHERE id = {g};
+         INSERT INTO chat.groups_messages (conversation_id, seq, sender_id, text, sent_at_ms)
+           SELECT id, last_seq, {a}, 'old', 0 FROM chat.groups_groups WHERE id = {g}",
+        g = g.id,
+        a = uid(&a)
+    ));
+    let next = c
+        .groups
+        .send_message(authed(&a, send(g.id, "new", "after-old")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.seq, n + 2);
+    assert_eq!(last(&s.db).trim(), (n + 2).to_string());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -56,21 +56,27 @@ impl Tables {
         )
     }
 
-    /// DDL of the trigger numbering each new message: it bumps the conversation's `last_seq`
-    /// (taking its row lock until the INSERT commits), gives the message that seq, and leaves
-    /// it in the session variable [`SEQ_VARIABLE`] for the sender to read back — a trigger's
-    /// `LAST_INSERT_ID` does not outlive it. A missing conversation fails the INSERT.
-    /// Row-based binlogs carry the rows the trigger wrote; replicas do not fire it again.
+    /// DDL of the trigger numbering each new message sent with seq 0: it bumps the
+    /// conversation's `last_seq` (taking its row lock until the INSERT commits), gives the
+    /// message that seq, and leaves `<table>:<conversation>:<seq>` in the session variable
+    /// [`SENT_VARIABLE`] for the sender to read back — a trigger's `LAST_INSERT_ID` does not
+    /// outlive it. A missing conversation fails the INSERT. A row inserted with its seq
+    /// already set is left alone: that is how a chatd of before the trigger sends, and during
+    /// a rolling upgrade both kinds write. Row-based binlogs carry the rows the trigger
+    /// wrote; replicas do not fire it again. `IF NOT EXISTS`: a migration interrupted after
+    /// the trigger was made, before its step was recorded, runs again.
     pub fn seq_trigger_ddl(&self) -> String {
         format!(
-            "CREATE TRIGGER {messages}_seq BEFORE INSERT ON {messages} FOR EACH ROW
+            "CREATE TRIGGER IF NOT EXISTS {messages}_seq BEFORE INSERT ON {messages} FOR EACH ROW
              BEGIN
-               UPDATE {conversations} SET last_seq = last_seq + 1 WHERE id = NEW.conversation_id;
-               IF ROW_COUNT() = 0 THEN
-                 SIGNAL SQLSTATE '{NO_CONVERSATION}' SET MESSAGE_TEXT = 'no such conversation';
+               IF NEW.seq = 0 THEN
+                 UPDATE {conversations} SET last_seq = last_seq + 1 WHERE id = NEW.conversation_id;
+                 IF ROW_COUNT() = 0 THEN
+                   SIGNAL SQLSTATE '{NO_CONVERSATION}' SET MESSAGE_TEXT = 'no such conversation';
+                 END IF;
+                 SET NEW.seq = (SELECT last_seq FROM {conversations} WHERE id = NEW.conversation_id);
+                 SET {SENT_VARIABLE} = CONCAT('{messages}:', NEW.conversation_id, ':', NEW.seq);
                END IF;
-               SET NEW.seq = (SELECT last_seq FROM {conversations} WHERE id = NEW.conversation_id);
-               SET {SEQ_VARIABLE} = NEW.seq;
              END",
             messages = self.messages,
             conversations = self.conversations,
@@ -78,8 +84,11 @@ impl Tables {
     }
 }
 
-/// The session variable the seq trigger leaves the new message's seq in.
-const SEQ_VARIABLE: &str = "@chatcluster_seq";
+/// The session variable the seq trigger leaves `<table>:<conversation>:<seq>` in: the table
+/// and conversation make sure the seq read back is this INSERT's, not one an earlier send on
+/// the same pooled connection left (if the trigger were missing, say after a restore without
+/// triggers).
+const SENT_VARIABLE: &str = "@chatcluster_sent";
 /// The SQLSTATE the seq trigger signals for a conversation that does not exist (a class the
 /// servers leave to applications).
 const NO_CONVERSATION: &str = "45001";
@@ -169,13 +178,23 @@ pub async fn send(
     match inserted {
         Ok(_) => {
             let row = sqlx::query(AssertSqlSafe(format!(
-                "SELECT CAST({SEQ_VARIABLE} AS UNSIGNED) AS seq, {} AS token",
+                "SELECT {SENT_VARIABLE} AS sent, {} AS token",
                 db.dialect().commit_token()
             )))
             .fetch_one(&mut *conn)
             .await?;
-            let seq: u64 = row.try_get("seq")?;
+            let sent: Option<String> = row.try_get("sent")?;
             let token: Option<String> = row.try_get("token")?;
+            let seq = sent
+                .as_deref()
+                .and_then(|s| s.strip_prefix(&format!("{}:{conv}:", t.messages)))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "{} has no seq trigger: its message was stored without a seq",
+                        t.messages
+                    ))
+                })?;
             Ok(Written {
                 message: Message {
                     conversation_id: conv,
@@ -200,7 +219,9 @@ pub async fn send(
             let existing = by_client_key(conn, t, conv, sender, key)
                 .await?
                 .ok_or_else(|| Error::Internal("duplicate key without a row".into()))?;
-            let token = db.commit_token(conn).await?;
+            // Not this connection's last commit, which may be another's: everything the
+            // server has applied covers the first send's.
+            let token = db.executed_token(conn).await?;
             Ok(Written {
                 message: existing,
                 token,

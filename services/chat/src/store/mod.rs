@@ -39,6 +39,12 @@ pub async fn migrate(db: &Db, prefix: &str, steps: &[String]) -> Result<()> {
     sqlx::query(AssertSqlSafe(db.dialect().statement_timeout(0)))
         .execute(&mut conn)
         .await?;
+    // A step that changes a busy table (a trigger on the messages) waits for its metadata
+    // lock, and every send queues behind that wait: give up soon rather than stall them
+    // (chatd retries at its next start).
+    sqlx::query("SET SESSION lock_wait_timeout = 5")
+        .execute(&mut conn)
+        .await?;
     let conn = &mut conn;
     let lock = format!("chatd_migrate_{prefix}");
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
