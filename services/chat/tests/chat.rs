@@ -646,6 +646,19 @@ async fn racing_sends_and_retries_get_every_seq_once() {
         .into_inner();
     assert_eq!(next.seq, n + 2);
     assert_eq!(last(&s.db).trim(), (n + 2).to_string());
+    // A message for a conversation that does not exist is refused by the trigger itself.
+    let refused = s.db.primary.try_sql(&format!(
+        "INSERT INTO chat.groups_messages (conversation_id, seq, sender_id, text, sent_at_ms)
+           VALUES ({}, 0, {}, 'lost', 0)",
+        g.id + 1000,
+        uid(&a)
+    ));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("no such conversation")),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

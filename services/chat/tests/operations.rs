@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use chatcluster_tests::free_port;
+use chatcluster_tests::{free_port, mariadb::MariaDb};
 use chatd::pb::chat::{SendMessageRequest, SubscribeRequest};
 use common::{Chatd, Clients, Db, Keys, Options, authed, register};
 use tonic::Code;
@@ -152,7 +152,7 @@ async fn metrics_count_calls_by_code_and_drain_ends_streams_cleanly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_replicas_migrating_at_once_apply_each_step_once() {
     let db = Db::start();
-    let url_cfg = db_config(&db, Duration::from_secs(10));
+    let url_cfg = db_config(&db.primary, Duration::from_secs(10));
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let cfg = url_cfg.clone();
@@ -218,9 +218,9 @@ fn sigterm_while_waiting_for_the_database_stops_chatd_at_once() {
 }
 
 /// chatd's database settings over `db`'s primary, statements bounded by `statement_timeout`.
-fn db_config(db: &Db, statement_timeout: Duration) -> chatd::db::DbConfig {
+fn db_config(primary: &MariaDb, statement_timeout: Duration) -> chatd::db::DbConfig {
     chatd::db::DbConfig {
-        primary: db.primary.address(),
+        primary: primary.address(),
         replicas: None,
         database: chatcluster_tests::mariadb::APP_DB.into(),
         user: chatcluster_tests::mariadb::APP_USER.into(),
@@ -232,10 +232,35 @@ fn db_config(db: &Db, statement_timeout: Duration) -> chatd::db::DbConfig {
     }
 }
 
+/// A database that does not trust trigger creators (say one not yet restarted with the
+/// operator's configuration after an upgrade) fails the migration with an error saying what
+/// it needs, not a bare server error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_refuses_the_trigger_is_named_in_the_migration_error() {
+    let primary = MariaDb::start(1, &["--log-bin-trust-function-creators=OFF"]);
+    let db = chatd::db::Db::connect(db_config(&primary, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let refused = chatd::store::groups::migrate(&db).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("log_bin_trust_function_creators=ON"),
+        "{refused}"
+    );
+    // Once the server trusts it, the migration picks up where it stopped.
+    primary.sql("SET GLOBAL log_bin_trust_function_creators = ON");
+    chatd::store::groups::migrate(&db).await.unwrap();
+    assert_eq!(
+        primary.sql("SELECT COUNT(*), MAX(version) FROM chat.groups_schema_migrations"),
+        "5\t5"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_that_runs_too_long_is_aborted_by_the_server() {
     let db = Db::start();
-    let chatd_db = chatd::db::Db::connect(db_config(&db, Duration::from_secs(1)))
+    let chatd_db = chatd::db::Db::connect(db_config(&db.primary, Duration::from_secs(1)))
         .await
         .unwrap();
     let pool = chatd_db.primary().await;
@@ -249,7 +274,7 @@ async fn a_statement_that_runs_too_long_is_aborted_by_the_server() {
         assert_eq!(row.get::<i64, _>(0), 1, "SLEEP was not interrupted");
     }
     // Migrations are not bound by it: the lock wait and the DDL may take longer.
-    let tiny = chatd::db::Db::connect(db_config(&db, Duration::from_millis(1)))
+    let tiny = chatd::db::Db::connect(db_config(&db.primary, Duration::from_millis(1)))
         .await
         .unwrap();
     chatd::store::groups::migrate(&tiny).await.unwrap();

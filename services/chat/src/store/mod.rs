@@ -84,7 +84,8 @@ async fn apply_steps(conn: &mut MySqlConnection, prefix: &str, steps: &[String])
         // The text protocol: a trigger cannot be created as a prepared statement.
         sqlx::raw_sql(AssertSqlSafe(step.as_str()))
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| untrusted_creator(prefix, version, e))?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {table} (version, applied_at_ms) VALUES (?, ?)"
         )))
@@ -94,6 +95,21 @@ async fn apply_steps(conn: &mut MySqlConnection, prefix: &str, steps: &[String])
         .await?;
     }
     Ok(())
+}
+
+/// MySQL's and MariaDB's refusal (1419) to let a user without SUPER create a trigger while
+/// binary logging is on, said the way an operator can act on it; other errors as they are.
+fn untrusted_creator(prefix: &str, version: usize, e: sqlx::Error) -> Error {
+    let refused = matches!(&e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()) == Some(1419));
+    if refused {
+        return Error::Internal(format!(
+            "migration {prefix} {version} creates a trigger, which the database refuses until it \
+             runs with log_bin_trust_function_creators=ON (the operator's configuration has it: \
+             after an upgrade, the database pods take it when they restart)"
+        ));
+    }
+    e.into()
 }
 
 /// The members of a group or a server: the two share a shape (a parent table, a members table
