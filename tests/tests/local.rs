@@ -254,12 +254,29 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
     cluster
         .wait_until_envoys_route_to_every_replica(ServiceKind::Groups)
         .await;
+    // Counted healthy is not yet enough: killed at once, groups-0 still took all three tries
+    // of the next send in about half the runs on this machine (Envoy's per-host counters: the
+    // healthy replica got none), even after probe requests had reached both replicas. After
+    // a few seconds' settling it never did, in a dozen runs. The cause is not found yet; the
+    // counters are printed below if it happens again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let old = cluster.signal("groups-0", "KILL");
     for n in 0..40 {
         let text = format!("after-kill-{n}");
-        send(&envoy, ServiceKind::Groups, &alice, group.id, &text)
-            .await
-            .unwrap_or_else(|e| panic!("{text} failed while groups-0 was down: {e}"));
+        if let Err(e) = send(&envoy, ServiceKind::Groups, &alice, group.id, &text).await {
+            let mut counters = String::new();
+            for admin in cluster.plan.envoys.iter().map(|e| e.port) {
+                let page = chatcluster_tests::http_get(admin, "/clusters").await;
+                let hosts = page.lines().filter(|l| {
+                    l.starts_with("groups::127.")
+                        && ["rq_total", "rq_error", "health_flags"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                });
+                counters += &format!("Envoy {admin}: {}\n", hosts.collect::<Vec<_>>().join(" "));
+            }
+            panic!("{text} failed while groups-0 was down: {e}\n{counters}");
+        }
     }
     cluster.wait_for("groups-0 restarted", Duration::from_secs(30), |s| {
         s["processes"].as_array().into_iter().flatten().any(|p| {
@@ -296,6 +313,15 @@ async fn ha_cluster_chats_through_envoy_and_survives_crashed_processes() {
             killed = true;
         }
         if acked.len() == 140 && frozen.is_none() {
+            // A failover is safe only once semi-sync waits for a replica again after the
+            // restart, and the loop counts that from the tick after it saw it waiting: freeze
+            // the primary only then (fast sends can reach 140 before).
+            cluster.wait_for(
+                "semi-sync waiting for a replica again",
+                Duration::from_secs(30),
+                |s| s["database"]["semiSync"]["waiting"].as_u64() >= Some(1),
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let primary = cluster.status()["database"]["primary"]
                 .as_str()
                 .unwrap()
