@@ -49,16 +49,10 @@ struct ReloadTlsArgs {
     port: u16,
     /// The server's engine (its reload statement differs).
     #[arg(long, value_enum)]
-    engine: Engine,
+    engine: chat_operator::api::DatabaseEngine,
     /// An administrative user (its password is `CHATCLUSTER_SEED_KEY`).
     #[arg(long, env = "CHATCLUSTER_SEED_USER")]
     user: String,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Engine {
-    Mysql,
-    Mariadb,
 }
 
 /// The programs of a physical re-seed (see `chat_operator::seed`). The key (the database's
@@ -395,11 +389,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ReloadTls(args) => {
             init_tracing_stderr();
-            let dialect: &'static dyn chat_operator::topology::dialect::Dialect = match args.engine
-            {
-                Engine::Mysql => &chat_operator::topology::dialect::MySql,
-                Engine::Mariadb => &chat_operator::topology::dialect::MariaDb,
-            };
+            let dialect = chat_operator::build::database::engine_dialect(args.engine);
             let reloader = chat_operator::tls_reload::Reloader::new(
                 args.dir,
                 args.port,

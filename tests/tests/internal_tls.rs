@@ -451,22 +451,7 @@ async fn chat_xds_serves_only_its_envoy_and_certificates_rotate_under_load() {
     // So does the database, once its reloader has looked.
     let db_renewed = not_after_of(&read(&files.tls_dir(component::DATABASE).join("tls.crt")));
     let ca_file = files.tls_dir(component::DATABASE).join("ca.crt");
-    let db = chatd_db(&cluster, Some(ca_file));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let served = served_not_after(&db).await;
-        if served
-            .as_ref()
-            .is_ok_and(|s| parse_not_after(s) == Some(db_renewed))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the database still serves {served:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until_served(&chatd_db(&cluster, Some(ca_file)), db_renewed, 15).await;
     // Envoy reconnects to a restarted chat-xds with its renewed certificate, verifying the
     // renewed server certificate, and keeps serving clients meanwhile.
     cluster.signal("xds-0", "KILL");
@@ -544,6 +529,27 @@ async fn served_not_after(cfg: &chatd::db::DbConfig) -> Result<String, sqlx::Err
         .fetch_one(&mut conn)
         .await?;
     row.try_get::<String, _>(1)
+}
+
+/// Wait up to `seconds` until the primary `cfg` names serves the certificate expiring at
+/// `expected` to a client connecting as chatd does (refused meanwhile if it serves an
+/// expired one).
+async fn wait_until_served(cfg: &chatd::db::DbConfig, expected: SystemTime, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let served = served_not_after(cfg).await;
+        if served
+            .as_ref()
+            .is_ok_and(|s| parse_not_after(s) == Some(expected))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database still serves {served:?}, not the renewed certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// When a certificate expires.
@@ -671,23 +677,7 @@ async fn the_database_serves_verified_tls_only_and_takes_a_renewed_certificate_a
         Some(expected),
         "the renewed certificate expires when the first did"
     );
-    let cfg = chatd_db(&cluster, Some(ca_file));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // Refused while the expired certificate is still served.
-        let now = served_not_after(&cfg).await;
-        if now
-            .as_ref()
-            .is_ok_and(|n| parse_not_after(n) == Some(expected))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the primary still serves {now:?}, not the renewed certificate"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until_served(&chatd_db(&cluster, Some(ca_file)), expected, 20).await;
     // Replication carries on over TLS after the reload, and the reload left no transaction
     // of the replica's own (a logged FLUSH would make it errant, and re-seeded).
     let home = cluster.dir.path().join("alice");
@@ -739,22 +729,20 @@ fn write_server_certificate(ca: &Ca, dir: &Path, ago: Duration, files: &[&str]) 
     issued
 }
 
-/// What `db` serves a client verifying it with `ca_file`.
+/// What `db` serves a client connecting as chatd does, verifying it with `ca_file`.
 async fn served_by(db: &chatcluster_tests::mariadb::MariaDb, ca_file: &Path) -> String {
-    use sqlx::{Connection, Row, mysql::MySqlConnectOptions, mysql::MySqlSslMode};
-    let options = MySqlConnectOptions::new()
-        .host("127.0.0.1")
-        .port(db.port)
-        .username(chatcluster_tests::mariadb::APP_USER)
-        .password(chatcluster_tests::mariadb::APP_PASSWORD)
-        .ssl_mode(MySqlSslMode::VerifyCa)
-        .ssl_ca(ca_file);
-    let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
-    let row = sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_server_not_after'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    row.try_get::<String, _>(1).unwrap()
+    let cfg = chatd::db::DbConfig {
+        primary: db.address(),
+        replicas: None,
+        database: chatcluster_tests::mariadb::APP_DB.into(),
+        user: chatcluster_tests::mariadb::APP_USER.into(),
+        password: chatcluster_tests::mariadb::APP_PASSWORD.into(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: chatd::db::STATEMENT_TIMEOUT,
+        ca_file: Some(ca_file.to_path_buf()),
+    };
+    served_not_after(&cfg).await.unwrap()
 }
 
 #[tokio::test]

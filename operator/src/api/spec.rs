@@ -227,8 +227,10 @@ pub struct AutoscalingSpec {
 
 pub use chatcluster_types::xds::LoadBalancing;
 
-/// Database engine.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// Database engine (also the `--engine` of `chat-operator reload-tls`, spelled the same).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DatabaseEngine {
     /// MySQL 8.4.

@@ -47,9 +47,14 @@ pub const ADMIN_USER: &str = "chatcluster-admin";
 /// The replication user (`REPLICATION SLAVE` only).
 pub const REPL_USER: &str = "chatcluster-repl";
 
-/// The engine's statements.
+/// The database's statements.
 pub fn dialect(db: &DatabaseSpec) -> &'static dyn Dialect {
-    match db.engine {
+    engine_dialect(db.engine)
+}
+
+/// An engine's statements.
+pub fn engine_dialect(engine: DatabaseEngine) -> &'static dyn Dialect {
+    match engine {
         DatabaseEngine::Mysql => &topology::dialect::MySql,
         DatabaseEngine::Mariadb => &topology::dialect::MariaDb,
     }

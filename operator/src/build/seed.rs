@@ -141,17 +141,19 @@ pub fn pod_parts(
 /// database's): reads the server's certificate files (read-only) and talks to the server on
 /// the pod's loopback.
 fn tls_reloader(owner: &ClusterRef, db: &DatabaseSpec, operator_image: &str) -> Container {
-    let engine = match db.engine {
-        DatabaseEngine::Mysql => "mysql",
-        DatabaseEngine::Mariadb => "mariadb",
-    };
+    use clap::ValueEnum as _;
+    let engine = db
+        .engine
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     Container {
         name: "tls-reload".into(),
         image: Some(operator_image.into()),
         args: Some(vec![
             "reload-tls".into(),
             "--engine".into(),
-            engine.into(),
+            engine,
             "--dir".into(),
             super::database::TLS_DIR.into(),
             "--port".into(),

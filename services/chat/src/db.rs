@@ -181,19 +181,13 @@ impl Db {
     /// The token of what this connection committed last.
     pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
         let query = format!("SELECT {}", self.dialect.commit_token());
-        let token: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
-            .fetch_one(conn)
-            .await?;
-        Ok(token.unwrap_or_default())
+        token(conn, &query).await
     }
 
     /// A token of everything the server behind `conn` has applied: for a write this
     /// connection did not make (an idempotent retry finding the first send's message).
     pub async fn executed_token(&self, conn: &mut MySqlConnection) -> Result<String> {
-        let token: Option<String> = sqlx::query_scalar(self.dialect.executed_gtids())
-            .fetch_one(conn)
-            .await?;
-        Ok(token.unwrap_or_default())
+        token(conn, self.dialect.executed_gtids()).await
     }
 
     /// A connection to read from that has applied `token`: a replica when one can be had and
@@ -230,4 +224,12 @@ impl Db {
         }
         Ok(self.primary().await.acquire().await?)
     }
+}
+
+/// The GTID set `query` returns on `conn`, empty when the server has none.
+async fn token(conn: &mut MySqlConnection, query: &str) -> Result<String> {
+    let token: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_string()))
+        .fetch_one(conn)
+        .await?;
+    Ok(token.unwrap_or_default())
 }
