@@ -1,9 +1,11 @@
 //! The operator's HTTP endpoint: `/metrics` for Prometheus, `/healthz` for liveness and
-//! `/readyz` for readiness.
+//! `/readyz` for readiness; and the one small client the operator needs, for reading chat-xds's
+//! load and the local Prometheus's alerts over loopback or the pod network.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::metrics::Metrics;
 
@@ -33,6 +35,75 @@ pub async fn serve(
     axum::serve(listener, router(metrics))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Why a [`fetch`] got no body.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No connection, or no answer in time.
+    #[error("no answer: {0}")]
+    Unreachable(String),
+    /// An answer other than 200 OK, or not HTTP.
+    #[error("answered {0}")]
+    Refused(String),
+}
+
+/// GET `path` from `address` (`host:port`) and return the body of a 200 answer, read until the
+/// server closes the connection (`Connection: close`), in chunks or not.
+pub async fn fetch(address: &str, path: &str, timeout: Duration) -> Result<String, FetchError> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(address).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let raw = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| FetchError::Unreachable(format!("nothing within {timeout:?}")))?
+        .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    body_of(&String::from_utf8_lossy(&raw))
+}
+
+fn body_of(response: &str) -> Result<String, FetchError> {
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| FetchError::Refused("no HTTP response".into()))?;
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(FetchError::Refused(status.to_string()));
+    }
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        dechunk(body).ok_or_else(|| FetchError::Refused("a broken chunked body".into()))
+    } else {
+        Ok(body.to_string())
+    }
+}
+
+/// The body a chunked transfer carries: each chunk is its size in hex, CRLF, the bytes, CRLF;
+/// a chunk of size 0 ends it.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +149,24 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert!(text.contains("chat_operator_leader 1"), "{text}");
         assert_eq!(get(app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn answers_other_than_200_are_refused_with_their_status() {
+        let ok = "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}";
+        assert_eq!(body_of(ok).unwrap(), "{\"a\":1}");
+        let e = body_of("HTTP/1.1 404 Not Found\r\n\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("404"), "{e}");
+        assert!(body_of("garbage").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_put_back_together() {
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nenvoy_\r\n5;x=y\r\nstats\r\n0\r\n\r\n";
+        assert_eq!(body_of(chunked).unwrap(), "envoy_stats");
+        let cut = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nenv";
+        assert!(body_of(cut).is_err());
     }
 }

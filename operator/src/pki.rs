@@ -148,6 +148,15 @@ impl Ca {
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The CA's dates: it is never renewed in place (it is replaced), so it has none due.
+    pub fn dates(&self) -> Option<Dates> {
+        Some(Dates {
+            name: "ca".into(),
+            renew_at: None,
+            not_after: parse(&self.cert_pem)?.not_after,
+        })
+    }
+
     /// The CA's certificate.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -255,14 +264,30 @@ pub fn renewal(issued: Option<&Issued>, ca: &Ca, leaf: &Leaf, now: SystemTime) -
     }
 }
 
+/// One certificate's dates, as monitoring shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dates {
+    /// Which certificate: `ca`, or the component it names.
+    pub name: String,
+    /// When it falls due for renewal; none for the CA.
+    pub renew_at: Option<SystemTime>,
+    /// When it expires.
+    pub not_after: SystemTime,
+}
+
+/// The dates of `leaf`'s certificate `issued`.
+pub fn dates(leaf: &Leaf, issued: &Issued) -> Option<Dates> {
+    let cert = parse(&issued.cert_pem)?;
+    Some(Dates {
+        name: leaf.identity.component.clone(),
+        renew_at: due_at(&cert),
+        not_after: cert.not_after,
+    })
+}
+
 /// When the certificate `issued` expires (what a server reloading it will serve).
 pub fn not_after(issued: &Issued) -> Option<SystemTime> {
     Some(parse(&issued.cert_pem)?.not_after)
-}
-
-/// When the certificate `issued` is next due for renewal (for a requeue).
-pub fn renew_at(issued: &Issued) -> Option<SystemTime> {
-    due_at(&parse(&issued.cert_pem)?)
 }
 
 /// Two thirds into a certificate's life, counted from when it was issued (its validity
@@ -359,7 +384,7 @@ mod tests {
             renewal(Some(&issued), &ca, &want, now + 21 * DAY),
             Some(Renew::Due)
         );
-        let at = renew_at(&issued).unwrap();
+        let at = dates(&want, &issued).unwrap().renew_at.unwrap();
         assert!(at > now + 19 * DAY && at < now + 21 * DAY);
     }
 
@@ -464,7 +489,7 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let want = leaf(component::XDS, hour);
         let issued = ca.issue(&want, now).unwrap();
-        let at = renew_at(&issued).unwrap();
+        let at = dates(&want, &issued).unwrap().renew_at.unwrap();
         let expected = now + hour.mul_f64(2.0 / 3.0);
         let off = at.duration_since(expected).unwrap_or_else(|e| e.duration());
         assert!(off < Duration::from_secs(2), "{off:?}");

@@ -34,6 +34,8 @@ const SEED_RETRY_MS: u64 = 2_000;
 pub const FENCE_ATTEMPT: Duration = Duration::from_millis(300);
 /// Failures in a row after which an action shows as a finding.
 const FAILING_AFTER: u32 = 3;
+/// The re-seed's name among the actions counted by `note`.
+pub(super) const RESEED: &str = "re-seed";
 
 /// The primary's address and the replication user, owned: a re-seed runs beside the loop.
 #[derive(Debug, Clone)]
@@ -113,8 +115,12 @@ impl<S: DbServer> Topology<S> {
                 let n = self.failures.entry(key).or_insert(0);
                 *n += 1;
                 if *n >= FAILING_AFTER {
+                    let kind = match what {
+                        RESEED => FindingKind::ReseedFailing,
+                        _ => FindingKind::ActionFailing,
+                    };
                     plan.findings.push(Finding::about(
-                        FindingKind::ActionFailing,
+                        kind,
                         &name,
                         format!("cannot {what} ({n} ticks in a row): {e}"),
                     ));
@@ -295,7 +301,7 @@ impl<S: DbServer> Topology<S> {
                 }
                 Err(e) => {
                     // A copy is costly: retry after 2, 4, … 64 s, not every tick.
-                    let failed = self.failures.get(&format!("re-seed {name}")).copied();
+                    let failed = self.failures.get(&format!("{RESEED} {name}")).copied();
                     let backoff = SEED_RETRY_MS << failed.unwrap_or(0).min(5);
                     warn!(replica = %name, error = %e, retry_in_ms = backoff, "re-seed failed");
                     self.seed_retry_at

@@ -258,7 +258,7 @@ impl<S: DbServer> Topology<S> {
         );
         self.memory = plan.memory.clone();
         for (i, result) in reaped {
-            self.note(&mut plan, "re-seed", i, result);
+            self.note(&mut plan, super::execute::RESEED, i, result);
         }
         self.wake_after = plan.wake_after_ms.map(Duration::from_millis);
         if self.execute(&mut plan).await {

@@ -87,6 +87,8 @@ impl Exposure {
 /// Stopping takes MariaDB up to 2 s against a frozen source, and the tick doing it spends up
 /// to a statement timeout looking at the primary first.
 const PREPARE_MS: u64 = 4_500;
+/// What `failover_pending` says when a failover is held, not just not due yet.
+pub(crate) const FAILOVER_HELD: &str = "failover held";
 
 /// Longest time before the first failed look at the primary counted as down time.
 const DETECTION_CREDIT_MS: u64 = 2_000;
@@ -529,7 +531,7 @@ fn primary_down(
                     "{cause}; failover in {remaining_ms} ms unless it returns"
                 ))
             }
-            Decision::Blocked(why) => Some(format!("{cause}; failover held: {why}")),
+            Decision::Blocked(why) => Some(format!("{cause}; {FAILOVER_HELD}: {why}")),
             Decision::Failover {
                 promote, repoint, ..
             } => {

@@ -23,6 +23,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order above.
+    pub const ALL: [Role; 6] = [
+        Self::Primary,
+        Self::Replica,
+        Self::Errant,
+        Self::Broken,
+        Self::Seeding,
+        Self::Unreachable,
+    ];
+
     /// Lower-case name, as labels and status show it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -119,6 +129,14 @@ impl TopologyStatus {
             .collect()
     }
 
+    /// Why a failover that is due is held (it would break a promise, or no replica can take
+    /// over): what needs a person, as against one still counting down.
+    pub fn failover_held(&self) -> Option<&str> {
+        self.failover_pending
+            .as_deref()
+            .filter(|p| p.contains(super::plan::FAILOVER_HELD))
+    }
+
     /// The loop's notion of done: the primary takes writes, every other server replicates
     /// from it without an error, and semi-sync is sized to them (or off by policy).
     pub fn ready(&self) -> bool {
@@ -155,7 +173,9 @@ pub enum FindingKind {
     ReplicaSeeding,
     /// A server other than the primary accepted writes (it is fenced).
     SecondWritable,
-    /// An action failed several ticks in a row.
+    /// Re-seeding a replica failed several times in a row.
+    ReseedFailing,
+    /// Another action failed several ticks in a row.
     ActionFailing,
 }
 
@@ -173,6 +193,7 @@ impl FindingKind {
             Self::ReplicaUnreachable => "replicaUnreachable",
             Self::ReplicaSeeding => "replicaSeeding",
             Self::SecondWritable => "secondWritable",
+            Self::ReseedFailing => "reseedFailing",
             Self::ActionFailing => "actionFailing",
         }
     }

@@ -51,6 +51,10 @@ pub struct AutoscalingStatus {
     /// The last sample's recommendation, before the windows and bounds.
     #[serde(default)]
     pub recommended_replicas: i32,
+    /// The most replicas it may want (`autoscaling.maxReplicas`): wanting them for long means
+    /// the load may need more.
+    #[serde(default)]
+    pub max_replicas: i32,
     /// Requests per second Envoy sends the service, whole service (decimal string).
     #[serde(default)]
     pub requests_per_second: String,
@@ -113,8 +117,8 @@ pub struct DatabaseStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseFinding {
     /// What: primaryLost, primaryIsolated, failoverHeld, semiSyncDegraded, replicaLagging,
-    /// replicaDiverged, replicaBroken, replicaUnreachable, replicaSeeding, secondWritable or
-    /// actionFailing.
+    /// replicaDiverged, replicaBroken, replicaUnreachable, replicaSeeding, secondWritable,
+    /// reseedFailing or actionFailing.
     pub kind: String,
     /// The server it concerns (none: the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,4 +197,7 @@ pub mod condition {
     pub const DATABASE_READY: &str = "DatabaseReady";
     /// Semi-sync runs degraded: no replica is caught up, commits are acknowledged without one.
     pub const SEMI_SYNC_DEGRADED: &str = "SemiSyncDegraded";
+    /// The PodMonitor and PrometheusRule are in place (False: off, no Prometheus Operator,
+    /// or applying them failed; the reason says which).
+    pub const MONITORING: &str = "Monitoring";
 }

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::policy::{Bounds, Targets};
 use crate::api::AutoscalingSpec;
 
@@ -39,41 +37,22 @@ pub enum SignalError {
 
 /// GET `/load` from chat-xds's HTTP endpoint at `address` (`host:port`).
 pub async fn fetch(address: &str) -> Result<LoadReport, SignalError> {
-    let unreachable = |message: String| SignalError::Unreachable {
-        address: address.to_string(),
-        message,
-    };
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(address).await?;
-        s.write_all(
-            format!("GET /load HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let raw = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+    let body = crate::http::fetch(address, "/load", FETCH_TIMEOUT)
         .await
-        .map_err(|_| unreachable(format!("no answer within {FETCH_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    parse(address, &String::from_utf8_lossy(&raw))
-}
-
-fn parse(address: &str, response: &str) -> Result<LoadReport, SignalError> {
-    let invalid = |message: String| SignalError::Invalid {
+        .map_err(|e| match e {
+            crate::http::FetchError::Unreachable(message) => SignalError::Unreachable {
+                address: address.to_string(),
+                message,
+            },
+            crate::http::FetchError::Refused(message) => SignalError::Invalid {
+                address: address.to_string(),
+                message,
+            },
+        })?;
+    serde_json::from_str(&body).map_err(|e| SignalError::Invalid {
         address: address.to_string(),
-        message,
-    };
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| invalid("no HTTP response".into()))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(invalid(status.to_string()));
-    }
-    serde_json::from_str(body).map_err(|e| invalid(format!("{e}: {body}")))
+        message: format!("{e}: {body}"),
+    })
 }
 
 /// Cores in a Kubernetes CPU quantity (`250m`, `12345678n`, `1500u`, `2`).
@@ -146,20 +125,6 @@ mod tests {
         assert_eq!(cpu_cores("lots"), None);
         assert_eq!(cpu_cores("-1"), None);
         assert_eq!(cpu_cores(""), None);
-    }
-
-    #[test]
-    fn responses_are_parsed_or_refused_clearly() {
-        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"services\":{\"auth\":{\"requestsPerSecond\":3.5,\"inFlight\":1,\"envoys\":2}}}";
-        assert_eq!(
-            parse("x", ok).unwrap().services["auth"].requests_per_second,
-            3.5
-        );
-        let e = parse("x:1", "HTTP/1.1 404 Not Found\r\n\r\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("404"), "{e}");
-        assert!(parse("x", "garbage").is_err());
     }
 
     #[tokio::test]

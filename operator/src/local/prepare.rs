@@ -89,9 +89,14 @@ pub(super) fn secrets(plan: &Plan) -> Result<DbCredentials, RunError> {
 /// `start`: the processes are not running yet, so a missing CA may be made. Later a missing
 /// CA is an error: the running processes trust the one they read at start, and a new one
 /// would sign certificates none of them accepts.
-pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<(), RunError> {
+/// Returns every certificate's dates, the CA's first.
+pub(super) fn certificates(
+    plan: &Plan,
+    now: SystemTime,
+    start: bool,
+) -> Result<Vec<pki::Dates>, RunError> {
     if plan.certificates.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let f = &plan.files;
     std::fs::create_dir_all(&f.pki).map_err(io("cannot create", &f.pki))?;
@@ -109,6 +114,7 @@ pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<
         write_atomically(&f.ca_cert(), ca.cert_pem())?;
         ca
     };
+    let mut dates: Vec<pki::Dates> = ca.dates().into_iter().collect();
     for leaf in &plan.certificates {
         let dir = f.tls_dir(&leaf.identity.component);
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
@@ -120,11 +126,16 @@ pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<
             }),
             _ => None,
         };
-        if let Some(why) = pki::renewal(held.as_ref(), &ca, leaf, now) {
-            let issued = ca.issue(leaf, now)?;
-            publish(&dir, &issued)?;
-            info!(component = %leaf.identity.component, reason = ?why, "issued an internal certificate");
-        }
+        let held = match (pki::renewal(held.as_ref(), &ca, leaf, now), held) {
+            (None, Some(held)) => held,
+            (why, _) => {
+                let issued = ca.issue(leaf, now)?;
+                publish(&dir, &issued)?;
+                info!(component = %leaf.identity.component, reason = ?why, "issued an internal certificate");
+                issued
+            }
+        };
+        dates.extend(pki::dates(leaf, &held));
     }
     let sds = build::internal_tls_sds(&f.tls_dir(component::INGRESS).display().to_string());
     let text = serde_yaml::to_string(&sds).map_err(|e| RunError::Invalid {
@@ -138,7 +149,7 @@ pub(super) fn certificates(plan: &Plan, now: SystemTime, start: bool) -> Result<
     {
         write_atomically(&f.envoy_internal_sds(), &text)?;
     }
-    Ok(())
+    Ok(dates)
 }
 
 /// Publish `issued` into `dir` the way the kubelet updates a Secret volume: the files in a

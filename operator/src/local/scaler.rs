@@ -108,6 +108,7 @@ impl Scaler {
                 current_replicas: replicas,
                 desired_replicas: last.map_or(replicas, |s| s.desired_replicas),
                 recommended_replicas: last.map_or(replicas, |s| s.recommended_replicas),
+                max_replicas: svc.bounds.max,
                 requests_per_second: format!("{:.1}", l.requests_per_second),
                 in_flight: i64::try_from(l.in_flight).unwrap_or(i64::MAX),
                 cpu_utilization_percent: cpu.map(|c| (c * 100.0).round() as i32),

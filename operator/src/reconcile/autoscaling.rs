@@ -245,6 +245,7 @@ impl Autoscalers {
             });
             state.spec = spec;
             state.status.current_replicas = replicas;
+            state.status.max_replicas = state.spec.max_replicas;
             // The bounds may have changed since the last decision.
             state.status.desired_replicas = state.status.desired_replicas.clamp(
                 state.spec.min_replicas,

@@ -22,6 +22,8 @@ pub struct Certificates {
     pub renew_in: Duration,
     /// The CA's fingerprint ([`crate::build::Observed::internal_ca`]).
     pub ca: String,
+    /// Every certificate's renewal and expiry, the CA's first.
+    pub dates: Vec<pki::Dates>,
 }
 
 /// Issue every certificate that is missing or due, under the cluster's CA.
@@ -44,6 +46,7 @@ pub async fn ensure(
     let fingerprint = ca.fingerprint();
     let now = SystemTime::now();
     let mut next = lifetime;
+    let mut dates: Vec<pki::Dates> = ca.dates().into_iter().collect();
     for leaf in internal_tls::leaves(owner, spec, lifetime) {
         let name = names::internal_tls(owner, &leaf.identity.component);
         let existing = api
@@ -67,12 +70,16 @@ pub async fn ensure(
                 Some(fresh)
             }
         };
-        if let Some(at) = issued.as_ref().and_then(pki::renew_at) {
-            next = next.min(at.duration_since(now).unwrap_or_default());
+        if let Some(d) = issued.as_ref().and_then(|i| pki::dates(&leaf, i)) {
+            if let Some(at) = d.renew_at {
+                next = next.min(at.duration_since(now).unwrap_or_default());
+            }
+            dates.push(d);
         }
     }
     Ok(Certificates {
         renew_in: next,
         ca: fingerprint,
+        dates,
     })
 }

@@ -112,6 +112,7 @@ pub async fn run(
     // Loops of deleted ChatClusters stop (no finalizer: the Controller never sees a deletion).
     let topologies = ctx.topologies.clone();
     let autoscalers = ctx.autoscalers.clone();
+    let metrics = ctx.metrics.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
@@ -123,6 +124,9 @@ pub async fn run(
             if let Some(a) = &autoscalers {
                 a.retain(exists);
             }
+            metrics.retain(|namespace, name| {
+                exists(&ObjectRef::<ChatCluster>::new(name).within(namespace))
+            });
         }
     });
     futures::future::join_all(controllers).await;

@@ -1,9 +1,16 @@
-//! Prometheus metrics of the operator: reconciles, failures by kind, durations, leadership.
+//! Prometheus metrics of the operator: reconciles, failures by kind, durations, leadership,
+//! the autoscalers' view, and each cluster's database and certificates ([`clusters`]).
 
-use std::time::Duration;
+mod clusters;
 
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+
+use crate::topology::status::TopologyStatus;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{
+        EncodeLabelSet,
+        text::{encode_eof, encode_registry},
+    },
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -25,9 +32,12 @@ struct ServiceLabels {
 struct Autoscaling {
     current: Family<ServiceLabels, Gauge>,
     desired: Family<ServiceLabels, Gauge>,
+    max: Family<ServiceLabels, Gauge>,
     requests: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     in_flight: Family<ServiceLabels, Gauge>,
 }
+
+use clusters::{ClusterKey, ClusterView};
 
 /// The operator's metrics and their registry.
 pub struct Metrics {
@@ -37,6 +47,7 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     leader: Gauge,
+    clusters: Mutex<BTreeMap<ClusterKey, ClusterView>>,
 }
 
 impl Default for Metrics {
@@ -74,6 +85,11 @@ impl Default for Metrics {
             autoscaling.desired.clone(),
         );
         registry.register(
+            "autoscaler_max_replicas",
+            "The most replicas the autoscaler may want for the service",
+            autoscaling.max.clone(),
+        );
+        registry.register(
             "autoscaler_requests_per_second",
             "Request rate Envoy reports for the service (the autoscaler's signal)",
             autoscaling.requests.clone(),
@@ -90,6 +106,7 @@ impl Default for Metrics {
             failures,
             duration,
             leader,
+            clusters: Mutex::default(),
         }
     }
 }
@@ -115,6 +132,9 @@ impl Metrics {
         a.desired
             .get_or_create(&labels)
             .set(i64::from(status.desired_replicas));
+        a.max
+            .get_or_create(&labels)
+            .set(i64::from(status.max_replicas));
         a.requests
             .get_or_create(&labels)
             .set(status.requests_per_second.parse().unwrap_or(0.0));
@@ -135,10 +155,44 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    fn clusters(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClusterKey, ClusterView>> {
+        chatcluster_common::sync::lock(&self.clusters)
+    }
+
+    /// Record the topology loop's latest status of a cluster's database.
+    pub fn observe_database(&self, namespace: &str, cluster: &str, status: &TopologyStatus) {
+        self.clusters()
+            .entry((namespace.into(), cluster.into()))
+            .or_default()
+            .database = Some(status.clone());
+    }
+
+    /// Record the internal certificates a cluster holds now (none: internal TLS off).
+    pub fn observe_certificates(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        certificates: Vec<crate::pki::Dates>,
+    ) {
+        self.clusters()
+            .entry((namespace.into(), cluster.into()))
+            .or_default()
+            .certificates = certificates;
+    }
+
+    /// Drop the series of clusters `keep(namespace, name)` rejects (deleted ones).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.clusters().retain(|(ns, name), _| keep(ns, name));
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        encode(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.registry)?;
+        let mut clusters = Registry::with_prefix("chat_operator");
+        clusters::register(&mut clusters, &self.clusters());
+        encode_registry(&mut out, &clusters)?;
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }
