@@ -23,7 +23,7 @@ pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// The objects for `resource` in `namespace` (default: the file's, else `default`), in the
 /// order the reconciler applies them: the generated Secrets (created first), then the
 /// NetworkPolicies, configuration and identities, Services, workloads and their disruption
-/// budgets. `operator_namespace` is where the operator runs (default: `namespace`).
+/// budgets, then the PodMonitor and PrometheusRule. `operator_namespace` is where the operator runs (default: `namespace`).
 pub fn render(
     resource: &ChatCluster,
     namespace: Option<&str>,
@@ -71,6 +71,11 @@ pub fn render(
         )?
         .objects()?,
     );
+    // Applied by the operator only where the Prometheus Operator's CRDs exist.
+    let monitoring = &validated.spec().monitoring;
+    if monitoring.enabled {
+        out.extend(build::monitoring::objects(&owner, monitoring)?);
+    }
     Ok(out)
 }
 
@@ -162,9 +167,10 @@ spec: {}
             .map(|o| o.types.as_ref().unwrap().kind.clone())
             .collect();
         assert_eq!(&kinds[..3], ["Secret", "Secret", "Secret"]);
+        // The Prometheus Operator's last: the rest runs without them.
         assert_eq!(
-            kinds.last().map(String::as_str),
-            Some("PodDisruptionBudget")
+            &kinds[kinds.len() - 3..],
+            ["PodDisruptionBudget", "PodMonitor", "PrometheusRule"]
         );
         for o in &objects {
             assert_eq!(o.metadata.namespace.as_deref(), Some("chat"));

@@ -1204,3 +1204,75 @@ async fn a_namespaced_operator_reconciles_only_its_namespaces() {
         .expect("controllers stop")
         .unwrap();
 }
+
+#[tokio::test]
+async fn monitoring_follows_the_spec_and_a_missing_prometheus_operator_is_only_a_condition() {
+    const GROUP: &str = "monitoring.coreos.com";
+    let h = Harness::new();
+    h.api.unserve(GROUP);
+    h.create("demo", json!({})).await;
+    h.reconcile("demo").await.unwrap();
+    h.mark_children_ready().await;
+    h.reconcile("demo").await.unwrap();
+    let s = h.status("demo").await;
+    let (status, reason, message) = Harness::condition(&s, condition::MONITORING);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NoPrometheusOperator")
+    );
+    assert!(message.contains("spec.monitoring.enabled"), "{message}");
+    // The cluster itself is not held back by it.
+    assert_eq!(s.phase, Phase::Ready);
+    assert_eq!(Harness::condition(&s, condition::DEGRADED).0, "False");
+
+    // Once the CRDs are installed, the next reconcile applies both.
+    h.api.serve(GROUP);
+    h.reconcile("demo").await.unwrap();
+    let monitor = h.api.object(
+        "monitoring.coreos.com/v1/podmonitors",
+        NS,
+        "demo-chatcluster",
+    );
+    let rule = h.api.object(
+        "monitoring.coreos.com/v1/prometheusrules",
+        NS,
+        "demo-chatcluster",
+    );
+    assert_eq!(
+        monitor.unwrap()["spec"]["selector"]["matchLabels"]["chatcluster.io/cluster"],
+        "demo"
+    );
+    let groups = rule.unwrap()["spec"]["groups"].as_array().unwrap().len();
+    assert!(groups >= 3, "{groups} rule groups");
+    let s = h.status("demo").await;
+    assert_eq!(Harness::condition(&s, condition::MONITORING).1, "Applied");
+
+    // Turned off, they are deleted.
+    h.set_spec("demo", json!({ "monitoring": { "enabled": false } }))
+        .await;
+    h.reconcile("demo").await.unwrap();
+    assert!(
+        h.api
+            .names("monitoring.coreos.com/v1/podmonitors", NS)
+            .is_empty()
+    );
+    assert!(
+        h.api
+            .names("monitoring.coreos.com/v1/prometheusrules", NS)
+            .is_empty()
+    );
+    let s = h.status("demo").await;
+    assert_eq!(Harness::condition(&s, condition::MONITORING).1, "Disabled");
+
+    // An invalid label is refused, naming the field.
+    h.set_spec(
+        "demo",
+        json!({ "monitoring": { "enabled": true, "labels": { "bad key!": "x" } } }),
+    )
+    .await;
+    h.reconcile("demo").await.unwrap();
+    let s = h.status("demo").await;
+    let (_, reason, message) = Harness::condition(&s, condition::DEGRADED);
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.contains("spec.monitoring.labels"), "{message}");
+}

@@ -74,6 +74,8 @@ struct Store {
     writes: Vec<Write>,
     requests: u64,
     failing: HashSet<String>,
+    /// API groups with no kinds (their CRDs not installed): every request 404s.
+    unserved: HashSet<String>,
 }
 
 struct Inner {
@@ -186,6 +188,17 @@ impl FakeApi {
         self.store().failing.insert(resource.into());
     }
 
+    /// Serve nothing of API group `group` (say `monitoring.coreos.com`), as a server
+    /// without its CRDs: every request to it is 404 Not Found.
+    pub fn unserve(&self, group: &str) {
+        self.store().unserved.insert(group.into());
+    }
+
+    /// Serve API group `group` again, as once its CRDs are installed.
+    pub fn serve(&self, group: &str) {
+        self.store().unserved.remove(group);
+    }
+
     /// Stop failing writes.
     pub fn heal(&self) {
         self.store().failing.clear();
@@ -207,6 +220,17 @@ impl FakeApi {
                 status_body(StatusCode::NOT_FOUND, "NotFound", parts.uri.path().into()),
             )));
         };
+        let group = target.group_version.split_once('/').map(|(g, _)| g);
+        if group.is_some_and(|g| self.store().unserved.contains(g)) {
+            return reply(Err((
+                StatusCode::NOT_FOUND,
+                status_body(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                ),
+            )));
+        }
         let bytes = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {

@@ -214,6 +214,12 @@ fn missing_permissions(rules: &Value, lease: bool) -> Vec<String> {
             needed.push((kind.group.clone(), kind.plural.clone(), verb));
         }
     }
+    // Each ChatCluster's PodMonitor and PrometheusRule: applied, and deleted when turned off.
+    for kind in chat_operator::build::monitoring::kinds() {
+        for verb in ["get", "create", "patch", "delete"] {
+            needed.push((kind.group.clone(), kind.plural.clone(), verb));
+        }
+    }
     if lease {
         needed.push(("coordination.k8s.io".into(), "leases".into(), "update"));
     }
@@ -358,6 +364,72 @@ fn non_default_values_render_valid_objects() {
     let resource = docs.iter().find(|d| d["kind"] == "ChatCluster").unwrap();
     assert_eq!(resource["metadata"]["name"], "laptop");
     assert_eq!(resource["spec"]["database"]["engine"], "mariadb");
+}
+
+#[test]
+fn the_monitoring_values_render_the_operators_monitor_and_alerts_and_the_dashboards() {
+    let docs = template(&[
+        "--set",
+        "monitoring.enabled=true",
+        "--set",
+        "monitoring.labels.release=kps",
+        "--set",
+        "monitoring.dashboards.enabled=true",
+        "--set",
+        "monitoring.dashboards.namespace=grafana",
+    ])
+    .unwrap();
+    let of = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let monitor = of("PodMonitor");
+    assert_eq!(monitor.len(), 1);
+    assert_eq!(monitor[0]["metadata"]["labels"]["release"], "kps");
+    let endpoint = &monitor[0]["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["honorLabels"], true);
+    let deployment = of("Deployment")[0];
+    for (k, v) in monitor[0]["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&deployment["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "metrics")
+    );
+    // The operator's alerts, as the rules file holds them.
+    let rule = of("PrometheusRule");
+    assert_eq!(rule.len(), 1);
+    let file: Value =
+        serde_yaml::from_str(chat_operator::build::monitoring::OPERATOR_RULES).unwrap();
+    assert_eq!(rule[0]["spec"]["groups"], file["groups"]);
+    // Every dashboard, in Grafana's namespace, wearing its sidecar's label.
+    let maps = of("ConfigMap");
+    assert_eq!(maps.len(), 4);
+    for m in maps {
+        assert_eq!(m["metadata"]["namespace"], "grafana");
+        assert_eq!(m["metadata"]["labels"]["grafana_dashboard"], "1");
+        let (name, json) = m["data"].as_object().unwrap().iter().next().unwrap();
+        let shipped =
+            std::fs::read_to_string(chart().join("monitoring/dashboards").join(name)).unwrap();
+        let parsed: Value = serde_json::from_str(json.as_str().unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<Value>(&shipped).unwrap(),
+            "{name}"
+        );
+    }
+    // Off by default: a cluster without the Prometheus Operator gets nothing it cannot take.
+    let plain = template(&[]).unwrap();
+    assert!(
+        plain
+            .iter()
+            .all(|d| d["kind"] != "PodMonitor" && d["kind"] != "ConfigMap")
+    );
 }
 
 #[test]

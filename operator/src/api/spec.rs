@@ -47,6 +47,38 @@ pub struct ChatClusterSpec {
     /// Mutual TLS between the cluster's components, from the cluster's own CA.
     #[serde(default)]
     pub internal_tls: InternalTlsSpec,
+    /// What the Prometheus Operator scrapes and alerts on.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// A PodMonitor for every metrics port and a PrometheusRule with the cluster's alerts (each
+/// with a runbook in `docs/runbooks.md`), made where the Prometheus Operator's CRDs exist;
+/// where they do not, the `Monitoring` condition says so. Local mode runs a Prometheus with
+/// the same rules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.labels.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && self.labels[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$'))")
+    .message("monitoring.labels must be Kubernetes labels: a key of an optional DNS prefix and a name of at most 63 characters, a value of at most 63")
+    .field_path(".labels"))]
+pub struct MonitoringSpec {
+    /// Make them (default true).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Labels the PodMonitor and PrometheusRule carry besides the operator's, for a
+    /// Prometheus whose monitor and rule selectors ask for some (kube-prometheus-stack's ask
+    /// for `release: <its release>`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 /// A label `key=value` as Kubernetes spells them: an optional DNS-subdomain prefix and `/`,

@@ -6,6 +6,7 @@ mod chat;
 pub mod database;
 mod ingress;
 pub mod internal_tls;
+pub mod monitoring;
 pub mod names;
 mod network;
 mod pod;
@@ -35,7 +36,9 @@ use crate::api::{ChatCluster, ServiceKind, ValidatedCluster};
 
 pub use chat::replicas;
 pub use database::DB_NAME;
-pub use ingress::{EnvoyInternalTls, EnvoyPlace, envoy_bootstrap, internal_tls_sds};
+pub use ingress::{
+    COMPONENT as INGRESS_COMPONENT, EnvoyInternalTls, EnvoyPlace, envoy_bootstrap, internal_tls_sds,
+};
 pub use xds::{COMPONENT as XDS_COMPONENT, RateLimit, XdsConfig, XdsService, config as xds_config};
 
 /// Ports the workloads listen on, shared by builders, probes and Services.

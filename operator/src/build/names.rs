@@ -88,6 +88,11 @@ pub fn envoy(owner: &ClusterRef) -> String {
     format!("{}-envoy", owner.name)
 }
 
+/// The PodMonitor and the PrometheusRule.
+pub fn monitoring(owner: &ClusterRef) -> String {
+    format!("{}-chatcluster", owner.name)
+}
+
 /// PodDisruptionBudget over all database servers: at most one down at a time.
 pub fn db_budget(owner: &ClusterRef) -> String {
     format!("{}-db", owner.name)

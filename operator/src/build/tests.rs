@@ -23,6 +23,14 @@ fn resource_of(spec: ChatClusterSpec) -> ChatCluster {
     resource
 }
 
+/// The identity of a ChatCluster `name` in `namespace`, as if read from the API.
+pub(super) fn cluster_ref(name: &str, namespace: &str) -> ClusterRef {
+    let mut resource = ChatCluster::new(name, ChatClusterSpec::default());
+    resource.metadata.namespace = Some(namespace.into());
+    resource.metadata.uid = Some(format!("uid-{name}"));
+    ClusterRef::new(&resource).expect("a resource with metadata")
+}
+
 /// The desired objects of `resource`, which must be valid.
 fn desired_of(resource: &ChatCluster, observed: &Observed) -> Result<Desired, BuildError> {
     let validated =

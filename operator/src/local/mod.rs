@@ -12,6 +12,7 @@
 //! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
 mod launch;
+pub mod monitor;
 pub mod plan;
 mod prepare;
 pub mod runner;
@@ -91,6 +92,7 @@ impl Binaries {
             envoy: need("envoy", envoy(), setup)?,
             mariadbd: need("mariadbd", on_path("mariadbd"), setup)?,
             install_db: need("mariadb-install-db", on_path("mariadb-install-db"), setup)?,
+            prometheus: on_path("prometheus").and_then(|p| std::path::absolute(p).ok()),
         })
     }
 }

@@ -12,6 +12,7 @@
 //! | 30 + i | chat-xds i, HTTP (metrics, `/load`) |
 //! | 40 + i | Envoy i, admin API (loopback) |
 //! | 50 | the runner's metrics (`/metrics`) |
+//! | 51 | Prometheus (UI and API), with `spec.monitoring` on and `prometheus` installed |
 //! | 100 × (s + 1) + 2i | chatd replica i of service s, gRPC (+1: metrics) |
 //!
 //! Envoy replicas share the ingress ports (`SO_REUSEPORT`): the kernel spreads connections over
@@ -85,6 +86,8 @@ pub struct Binaries {
     pub mariadbd: PathBuf,
     /// `mariadb-install-db`, which initialises an empty data directory.
     pub install_db: PathBuf,
+    /// `prometheus`, when installed: without it the cluster runs unmonitored.
+    pub prometheus: Option<PathBuf>,
 }
 
 /// How to start one process.
@@ -289,6 +292,8 @@ pub struct Plan {
     pub envoy_bootstraps: Vec<serde_json::Value>,
     /// The runner's own metrics and health endpoint.
     pub metrics_port: u16,
+    /// Prometheus, scraping every process with the cluster's alert rules.
+    pub monitor: Option<super::monitor::Monitor>,
     /// chat-xds's configuration.
     pub xds_config: XdsConfig,
     /// The internal certificates to keep issued; empty when internal TLS is off.
@@ -373,7 +378,10 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         ("envoy", &b.envoy),
         ("mariadbd", &b.mariadbd),
         ("mariadb-install-db", &b.install_db),
-    ] {
+    ]
+    .into_iter()
+    .chain(b.prometheus.iter().map(|p| ("prometheus", p)))
+    {
         if !path.is_absolute() {
             return Err(PlanError::RelativePath {
                 what,
@@ -574,6 +582,12 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         envoys,
         envoy_bootstraps,
         metrics_port: base + 50,
+        monitor: super::monitor::monitor(
+            spec.monitoring.enabled,
+            bin.prometheus.as_ref(),
+            &options.data_dir,
+            base + 51,
+        ),
         xds_config,
         certificates,
         policy,
@@ -636,6 +650,7 @@ impl Plan {
         out.extend(&self.xds_http);
         out.extend(self.envoys.iter().map(|l| l.port));
         out.push(self.metrics_port);
+        out.extend(self.monitor.iter().map(|m| m.launch.port));
         for s in &self.services {
             for i in 0..s.bounds.1 {
                 out.extend([s.port(i), s.port(i) + 1]);

@@ -20,6 +20,7 @@ fn options() -> Options {
             envoy: "/bin/envoy".into(),
             mariadbd: "/bin/mariadbd".into(),
             install_db: "/bin/mariadb-install-db".into(),
+            prometheus: Some("/bin/prometheus".into()),
         },
     }
 }
@@ -224,6 +225,75 @@ fn relative_paths<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> 
         .filter(|v| v.contains('/') && !v.contains("://") && !v.starts_with('/'))
         .map(str::to_string)
         .collect()
+}
+
+#[test]
+fn prometheus_scrapes_every_process_labelled_as_in_kubernetes() {
+    let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
+    let m = p.monitor.as_ref().unwrap();
+    assert_eq!(m.launch.port, 20051);
+    assert!(p.ports().contains(&20051));
+    let groups = p.service(ServiceKind::Groups).unwrap();
+    let serving = BTreeMap::from([(ServiceKind::Groups, vec![0, 2])]);
+    let targets = p.scrape_targets(&serving);
+    let listed: Vec<(String, String, String)> = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let l = &t["labels"];
+            assert_eq!(l["namespace"], "local");
+            assert_eq!(l["cluster"], "ha");
+            (
+                t["targets"][0].as_str().unwrap().to_string(),
+                l["instance"].as_str().unwrap().to_string(),
+                l["__metrics_path__"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let target = |port: u16, instance: &str, path: &str| {
+        (
+            format!("127.0.0.1:{port}"),
+            instance.to_string(),
+            path.to_string(),
+        )
+    };
+    assert_eq!(
+        listed,
+        [
+            target(groups.port(0) + 1, "groups-0", "/metrics"),
+            target(groups.port(2) + 1, "groups-2", "/metrics"),
+            target(20030, "xds-0", "/metrics"),
+            target(20031, "xds-1", "/metrics"),
+            target(20040, "envoy-0", "/stats/prometheus"),
+            target(20041, "envoy-1", "/stats/prometheus"),
+        ]
+    );
+    let config = p.prometheus_config(m);
+    let jobs = config["scrape_configs"].as_array().unwrap();
+    assert_eq!(
+        jobs[0]["file_sd_configs"][0]["files"][0],
+        "/data/prometheus/targets.json"
+    );
+    // The runner's series name their cluster themselves.
+    assert_eq!(jobs[1]["honor_labels"], true);
+    assert_eq!(
+        jobs[1]["static_configs"][0]["targets"][0],
+        "127.0.0.1:20050"
+    );
+    assert!(
+        p.prometheus_rules()
+            .contains(r#"namespace="local",cluster="ha""#)
+    );
+
+    // Turned off, or not installed: no Prometheus, and its port is not held.
+    let mut off = from_yaml(HA).unwrap();
+    off.spec.monitoring.enabled = false;
+    assert!(plan(&off, &options()).unwrap().monitor.is_none());
+    let mut o = options();
+    o.binaries.prometheus = None;
+    let p = plan(&from_yaml(HA).unwrap(), &o).unwrap();
+    assert!(p.monitor.is_none() && !p.ports().contains(&20051));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    plan::Plan,
+    plan::{LOCAL_NAMESPACE, Plan},
     prepare::{
         LOOPBACK, certificates, check_ports, ingress_address, install_db, io, port_open, secrets,
         write_atomically, write_private,
@@ -41,6 +41,8 @@ use crate::{
     },
 };
 
+/// The status table's component of the local Prometheus.
+const MONITORING_COMPONENT: &str = "monitoring";
 /// How long a stopped process may take before it is killed.
 const GRACE: Duration = Duration::from_secs(10);
 /// How long the databases may take to come up, and the primary to be chosen.
@@ -134,6 +136,8 @@ struct Cluster {
     topology: Option<Handle>,
     /// Each server's certificate reloader ([`crate::tls_reload`]), with internal TLS.
     reloaders: Vec<tokio::task::JoinHandle<()>>,
+    /// Prometheus, when the plan has one.
+    prometheus: Option<Supervised>,
 }
 
 impl Cluster {
@@ -144,9 +148,33 @@ impl Cluster {
             .collect()
     }
 
+    /// Publish the serving chatd replicas to chat-xds, and to Prometheus as scrape targets.
     fn write_endpoints(&self) -> Result<(), RunError> {
-        let doc = self.plan.endpoints_file(&self.serving());
-        write_atomically(&self.plan.files.endpoints, &doc.to_string())
+        let serving = self.serving();
+        let doc = self.plan.endpoints_file(&serving);
+        write_atomically(&self.plan.files.endpoints, &doc.to_string())?;
+        if let Some(m) = &self.plan.monitor {
+            let targets = self.plan.scrape_targets(&serving);
+            write_atomically(&m.files.targets, &targets.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Write Prometheus's configuration and rules, and start it.
+    fn start_prometheus(&mut self) -> Result<(), RunError> {
+        let Some(m) = self.plan.monitor.clone() else {
+            return Ok(());
+        };
+        let config = self.plan.prometheus_config(&m);
+        write_atomically(&m.files.config, &config.to_string())?;
+        write_atomically(&m.files.cluster_rules, &self.plan.prometheus_rules())?;
+        write_atomically(
+            &m.files.operator_rules,
+            crate::build::monitoring::OPERATOR_RULES,
+        )?;
+        self.write_endpoints()?;
+        self.prometheus = Some(Supervised::start(m.launch, &self.plan.files.logs, GRACE));
+        Ok(())
     }
 
     /// Start or stop chatd replicas of `kind` until `n` run. New replicas join the endpoints
@@ -223,6 +251,9 @@ impl Cluster {
         for p in &self.envoys {
             add(p, "envoy".into(), None);
         }
+        if let Some(p) = &self.prometheus {
+            add(p, MONITORING_COMPONENT.into(), None);
+        }
         let mut processes = Vec::new();
         for (name, component, port, status, role) in rows {
             let up = matches!(status.state, ProcessState::Running { .. })
@@ -245,7 +276,12 @@ impl Cluster {
         let ingress_up = port_open(host, plain).await;
         LocalStatus {
             cluster: self.plan.name.clone(),
-            ready: db.primary_ready && ingress_up && processes.iter().all(|p| p.up),
+            // Prometheus watches the cluster; it is not part of what serves.
+            ready: db.primary_ready
+                && ingress_up
+                && processes
+                    .iter()
+                    .all(|p| p.up || p.component == MONITORING_COMPONENT),
             endpoint: format!("http://{}", SocketAddr::new(host, plain)),
             tls_endpoint: match host {
                 IpAddr::V4(ip) if ip.is_loopback() => format!("https://localhost:{tls}"),
@@ -256,6 +292,18 @@ impl Cluster {
             database: db.clone(),
             autoscaling: BTreeMap::new(),
             metrics: format!("http://127.0.0.1:{}/metrics", self.plan.metrics_port),
+            prometheus: self
+                .plan
+                .monitor
+                .as_ref()
+                .map(|m| format!("http://127.0.0.1:{}", m.launch.port)),
+            // Prometheus starting, or stopped: no alert is known to fire.
+            alerts: match &self.plan.monitor {
+                Some(m) => super::monitor::firing(m.launch.port)
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -263,6 +311,8 @@ impl Cluster {
         let stop_all = |list: Vec<Supervised>| {
             futures::future::join_all(list.into_iter().map(Supervised::stop))
         };
+        // The watcher first: what stops after it is no outage.
+        stop_all(self.prometheus.take().into_iter().collect()).await;
         stop_all(std::mem::take(&mut self.envoys)).await;
         let chatd: Vec<Supervised> = std::mem::take(&mut self.chatd)
             .into_values()
@@ -297,12 +347,22 @@ pub async fn run(
         files.root.join("secrets"),
         files.root.join("run"),
         files.logs.clone(),
-    ] {
+    ]
+    .into_iter()
+    .chain(plan.monitor.iter().map(|m| m.files.data.clone()))
+    {
         std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     }
     check_ports(&plan, &[ingress.0, ingress.1])?;
     let credentials = secrets(&plan)?;
-    certificates(&plan, SystemTime::now(), true)?;
+    // The only one: it leads as an operator replica holding the Lease does.
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_leader(true);
+    metrics.observe_certificates(
+        LOCAL_NAMESPACE,
+        &plan.name,
+        certificates(&plan, SystemTime::now(), true)?,
+    );
 
     let mut cluster = Cluster {
         plan,
@@ -315,6 +375,7 @@ pub async fn run(
         draining: Vec::new(),
         topology: None,
         reloaders: Vec::new(),
+        prometheus: None,
     };
     tokio::pin!(shutdown);
     let started = tokio::select! {
@@ -334,7 +395,6 @@ pub async fn run(
         }
     };
 
-    let metrics = Arc::new(Metrics::default());
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = tokio::spawn(crate::http::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], cluster.plan.metrics_port)),
@@ -355,8 +415,9 @@ pub async fn run(
                 // A failed renewal leaves the old certificate serving; the next check retries.
                 // Every reader reloads renewed files itself (the servers through their
                 // reloaders).
-                if let Err(e) = certificates(&cluster.plan, SystemTime::now(), false) {
-                    warn!(error = %e, "cannot renew the internal certificates");
+                match certificates(&cluster.plan, SystemTime::now(), false) {
+                    Ok(dates) => metrics.observe_certificates(LOCAL_NAMESPACE, &cluster.plan.name, dates),
+                    Err(e) => warn!(error = %e, "cannot renew the internal certificates"),
                 }
             }
             _ = tick.tick() => {
@@ -369,6 +430,7 @@ pub async fn run(
                     }
                 }
                 let db = status_rx.borrow().clone();
+                metrics.observe_database(LOCAL_NAMESPACE, &cluster.plan.name, &db);
                 if let Err(e) = remember_primary(&files.state, &db) {
                     warn!(error = %e, "cannot save the primary");
                 }
@@ -543,5 +605,6 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
             .envoys
             .push(Supervised::start(launch.clone(), &plan.files.logs, GRACE));
     }
+    cluster.start_prometheus()?;
     Ok(Some(status))
 }

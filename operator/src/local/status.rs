@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::supervisor::{ProcessState, ProcessStatus};
+use super::{
+    monitor::FiringAlert,
+    supervisor::{ProcessState, ProcessStatus},
+};
 use crate::{api::AutoscalingStatus, topology::status::TopologyStatus};
 
 /// One row of the status table.
@@ -48,8 +51,14 @@ pub struct LocalStatus {
     pub database: TopologyStatus,
     /// Autoscaled services: replicas, the policy's choice and the signal.
     pub autoscaling: BTreeMap<String, AutoscalingStatus>,
-    /// Prometheus metrics of the runner (autoscaling), `http://…/metrics`.
+    /// Prometheus metrics of the runner (autoscaling, the database, certificates),
+    /// `http://…/metrics`.
     pub metrics: String,
+    /// The local Prometheus's UI, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
+    /// Alerts firing there now.
+    pub alerts: Vec<FiringAlert>,
 }
 
 impl LocalStatus {
@@ -96,6 +105,15 @@ impl LocalStatus {
             out.push_str(&format!(
                 "  autoscaling {service}: {} replicas, desired {}\n",
                 a.current_replicas, a.desired_replicas
+            ));
+        }
+        if let Some(url) = &self.prometheus {
+            out.push_str(&format!("  prometheus {url}\n"));
+        }
+        for a in &self.alerts {
+            out.push_str(&format!(
+                "  alert {} ({}): {}\n",
+                a.name, a.severity, a.summary
             ));
         }
         out

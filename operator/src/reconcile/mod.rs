@@ -7,6 +7,7 @@ pub mod apply;
 pub mod autoscaling;
 mod certificates;
 mod controller;
+mod monitoring;
 pub mod seed;
 pub mod status;
 pub mod topology;
@@ -282,6 +283,14 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         None => None,
     };
     let renew_in = certificates.as_ref().map(|c| c.renew_in);
+    ctx.metrics.observe_certificates(
+        &owner.namespace,
+        &owner.name,
+        certificates
+            .as_ref()
+            .map(|c| c.dates.clone())
+            .unwrap_or_default(),
+    );
 
     // Build, then apply in dependency order; autoscaled services get the replicas the
     // autoscaler decided.
@@ -329,6 +338,9 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         }
     }
 
+    // Monitoring, where the Prometheus Operator is installed: its absence is a condition.
+    let monitoring = monitoring::ensure(client, &owner, &validated.spec().monitoring).await;
+
     // Status from the children's own status.
     let children = Children::fetch(client, &owner).await.map_err(Error::kube(
         "get",
@@ -344,18 +356,33 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         Some(t) => Some(database_topology(ctx, t, resource, &owner).await?),
         None => None,
     };
+    if let Some(t) = &topology {
+        ctx.metrics
+            .observe_database(&owner.namespace, &owner.name, t);
+    }
+    let now = Timestamp::now();
     let mut status = status::compute(
         resource,
         &owner,
         &children,
         degradation.as_ref(),
         topology.as_ref(),
-        Timestamp::now(),
+        now,
     );
     status.autoscaling = scaling
         .into_iter()
         .map(|(kind, s)| (kind.to_string(), s))
         .collect();
+    status.conditions.push(status::monitoring_condition(
+        &resource
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+        &monitoring,
+        resource.metadata.generation,
+        now,
+    ));
     record_scaling(ctx, resource, &status).await;
     tracing::Span::current().record("phase", status.phase.as_str());
     publish_status(ctx, resource, &status).await?;
@@ -445,16 +472,12 @@ async fn database_topology(
         .await;
     }
     // A held failover needs a person: say so once per reason.
-    let held = now
-        .failover_pending
-        .as_ref()
-        .filter(|p| p.contains("failover held"));
     let recorded_pending = resource
         .status
         .as_ref()
         .and_then(|s| s.database.as_ref())
-        .and_then(|d| d.failover_pending.as_ref());
-    if let Some(why) = held
+        .and_then(|d| d.failover_pending.as_deref());
+    if let Some(why) = now.failover_held()
         && recorded_pending != Some(why)
     {
         record(
@@ -462,7 +485,7 @@ async fn database_topology(
             resource,
             EventType::Warning,
             "FailoverHeld",
-            why.clone(),
+            why.to_string(),
         )
         .await;
     }

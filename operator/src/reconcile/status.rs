@@ -13,6 +13,7 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, ResourceExt};
 
+use super::monitoring::Monitoring;
 use crate::api::{
     ChatCluster, ChatClusterStatus, DatabaseFinding, DatabaseServerStatus, DatabaseStatus,
     FailoverStatus, Phase, ReplicaStatus, ServiceKind, SpecError, condition,
@@ -113,6 +114,38 @@ fn endpoint(owner: &ClusterRef, svc: Option<&Service>) -> Option<String> {
 }
 
 /// A condition, keeping the previous transition time when its status did not change.
+/// The `Monitoring` condition for where [`ensure`](super::monitoring::ensure) left it.
+pub fn monitoring_condition(
+    previous: &[Condition],
+    monitoring: &Monitoring,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let (ok, reason, message) = match monitoring {
+        Monitoring::Applied => (
+            true,
+            "Applied",
+            "PodMonitor and PrometheusRule applied".to_string(),
+        ),
+        Monitoring::Off => (false, "Disabled", "spec.monitoring.enabled is false".into()),
+        Monitoring::NoPrometheusOperator => (
+            false,
+            "NoPrometheusOperator",
+            "the Kubernetes cluster serves no monitoring.coreos.com kinds: install the Prometheus Operator's CRDs, or set spec.monitoring.enabled to false".into(),
+        ),
+        Monitoring::Failed(e) => (false, "ApplyFailed", e.clone()),
+    };
+    condition(
+        previous,
+        condition::MONITORING,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
 fn condition(
     previous: &[Condition],
     type_: &str,
