@@ -57,7 +57,10 @@ async fn reading_the_watched_files_does_not_wake_chat_xds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let share = (procfs::cpu_seconds(pid).unwrap() - before) / started.elapsed().as_secs_f64();
-    eprintln!("chat-xds: {:.2} % of a core while its files were read", share * 100.0);
+    eprintln!(
+        "chat-xds: {:.2} % of a core while its files were read",
+        share * 100.0
+    );
     assert!(
         share < 0.05,
         "chat-xds used {:.1} % of a core while its files were read",
