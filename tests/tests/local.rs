@@ -390,7 +390,11 @@ async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
         .iter()
         .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
         .collect();
-    assert_eq!(pids.len(), 8, "2 databases, 4 chatd, chat-xds, Envoy");
+    assert_eq!(
+        pids.len(),
+        9,
+        "2 databases, 4 chatd, chat-xds, Envoy, Prometheus"
+    );
     let (dir, ports) = tokio::task::spawn_blocking(move || cluster.stop_keeping_data())
         .await
         .unwrap();
