@@ -73,6 +73,63 @@ fn a_diverged_old_primary_with_one_replica_is_reseeded() {
     run(&sc).unwrap();
 }
 
+/// A re-seed that keeps failing (the old primary's disk is full) is a finding from its third
+/// failed attempt until one succeeds. Attempts back off to a minute apart: an alert that waits
+/// five minutes must see the finding throughout, not one tick a minute.
+#[test]
+fn a_reseed_that_keeps_failing_stays_a_finding_until_one_succeeds() {
+    use chat_operator::topology::status::FindingKind;
+    let failing = |run: &Run| {
+        run.status
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::ReseedFailing && f.server.as_deref() == Some("db-0"))
+    };
+    let sc = Scenario {
+        replicas: 1,
+        allow_data_loss: false,
+        events: vec![],
+    };
+    deterministic(async {
+        let mut run = Run::started(&sc).await.unwrap();
+        // Diverge db-0 as above, its copies failing.
+        let diverge = [
+            Event::Cut(0, 1),
+            Event::StrayWrite(0),
+            Event::Freeze(0),
+            Event::HealCut(0, 1),
+        ];
+        for e in &diverge {
+            apply(&mut run.world.lock().unwrap(), e);
+            run.step(false).await.unwrap();
+        }
+        run.world.lock().unwrap().dbs[0].seed_fails = true;
+        for _ in 0..14 {
+            run.step(false).await.unwrap();
+        }
+        apply(&mut run.world.lock().unwrap(), &Event::Thaw(0));
+        let mut first = None;
+        for tick in 0..400 {
+            run.step(true).await.unwrap();
+            match first {
+                None if failing(&run) => first = Some(tick),
+                Some(at) => assert!(failing(&run), "gone at tick {tick} (seen from {at})"),
+                None => {}
+            }
+        }
+        let first = first.expect("a re-seed failing for 400 ticks is never a finding");
+        // Three attempts, 2 and 4 s apart, after the failover (about 10 ticks).
+        assert!(first < 40, "first reported at tick {first}");
+        // The disk freed: the next attempt succeeds, within the longest back-off.
+        run.world.lock().unwrap().dbs[0].seed_fails = false;
+        for _ in 0..70 {
+            run.step(true).await.unwrap();
+        }
+        assert!(!failing(&run), "{:#?}", run.status);
+        assert!(run.healed(), "{:#?}", run.status);
+    });
+}
+
 /// Semi-sync degraded (the loop lost sight of the only replica, so nothing counts as caught
 /// up), then the primary lost: held without `allowDataLoss`, promoted with it.
 #[test]

@@ -109,26 +109,53 @@ impl<S: DbServer> Topology<S> {
         match result {
             Ok(()) => {
                 self.failures.remove(&key);
+                if what == RESEED {
+                    self.seed_failing.remove(&name);
+                }
             }
             Err(e) => {
                 warn!(server = %name, error = %e, "cannot {what}");
                 let n = self.failures.entry(key).or_insert(0);
                 *n += 1;
                 if *n >= FAILING_AFTER {
-                    let kind = match what {
-                        RESEED => FindingKind::ReseedFailing,
-                        _ => FindingKind::ActionFailing,
-                    };
-                    plan.findings.push(Finding::about(
-                        kind,
-                        &name,
-                        format!("cannot {what} ({n} ticks in a row): {e}"),
-                    ));
+                    if what == RESEED {
+                        // Kept by `keep_seed_findings` until the next attempt succeeds.
+                        self.seed_failing.insert(
+                            name.clone(),
+                            format!("cannot {what} ({n} attempts in a row): {e}"),
+                        );
+                    } else {
+                        plan.findings.push(Finding::about(
+                            FindingKind::ActionFailing,
+                            &name,
+                            format!("cannot {what} ({n} ticks in a row): {e}"),
+                        ));
+                    }
                 }
                 if let Some(s) = plan.servers.iter_mut().find(|s| s.name == name) {
                     s.error = Some(format!("cannot {what}: {e}"));
                 }
             }
+        }
+    }
+
+    /// A re-seed fails once an attempt, and attempts back off to a minute apart: its finding
+    /// stays from one failure to the next success, so that an alert sees it rather than one
+    /// tick a minute. A server that serves again, or is no longer a member, needs no re-seed.
+    pub(super) fn keep_seed_findings(&mut self, plan: &mut Plan) {
+        let serving = |name: &str| {
+            plan.servers
+                .iter()
+                .find(|s| s.name == name)
+                .is_none_or(|s| matches!(s.role, Role::Primary | Role::Replica))
+        };
+        self.seed_failing.retain(|name, _| !serving(name));
+        for (name, why) in &self.seed_failing {
+            plan.findings.push(Finding::about(
+                FindingKind::ReseedFailing,
+                name,
+                why.clone(),
+            ));
         }
     }
 

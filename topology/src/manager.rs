@@ -58,6 +58,8 @@ pub struct Topology<S: DbServer = Server> {
     pub(super) seed_retry_at: BTreeMap<String, u64>,
     /// Consecutive failures of each action, by "action server".
     pub(super) failures: BTreeMap<String, u32>,
+    /// Why the re-seed of each server kept failing, until one succeeds or it serves again.
+    pub(super) seed_failing: BTreeMap<String, String>,
     pub(super) status: watch::Sender<TopologyStatus>,
     clock: Clock,
     /// When the last tick wants the next one sooner than the regular interval.
@@ -183,6 +185,7 @@ impl<S: DbServer> Topology<S> {
                 seeding: BTreeMap::new(),
                 seed_retry_at: BTreeMap::new(),
                 failures: BTreeMap::new(),
+                seed_failing: BTreeMap::new(),
                 status,
                 clock,
                 wake_after: None,
@@ -260,6 +263,7 @@ impl<S: DbServer> Topology<S> {
         for (i, result) in reaped {
             self.note(&mut plan, super::execute::RESEED, i, result);
         }
+        self.keep_seed_findings(&mut plan);
         self.wake_after = plan.wake_after_ms.map(Duration::from_millis);
         if self.execute(&mut plan).await {
             return Box::pin(self.tick()).await;

@@ -75,6 +75,8 @@ pub struct Db {
     /// Statements from the operator hang (and time out); clients and replication work.
     pub hung: bool,
     pub operator_cut: bool,
+    /// A copy onto this server fails (its disk is full, say).
+    pub seed_fails: bool,
 }
 
 /// An acknowledged write.
@@ -542,6 +544,13 @@ impl DbServer for SimServer {
         _source: &Source<'_>,
     ) -> Result<(), seed::Error> {
         let snapshot = primary.with(|w, p| w.dbs[p].log.clone())?;
+        if self.with(|w, i| w.dbs[i].seed_fails)? {
+            return Err(server::Error::Sql {
+                server: self.member.name.clone(),
+                source: sqlx::Error::Protocol("no space left on device".into()),
+            }
+            .into());
+        }
         self.with(|w, i| {
             fence(w, i);
             let d = &mut w.dbs[i];

@@ -229,7 +229,7 @@ impl Run {
     }
 
     /// Every server replicates from the primary, semi-sync waits, and the loop says Ready.
-    fn healed(&self) -> bool {
+    pub fn healed(&self) -> bool {
         let w = self.world.lock().unwrap();
         let p = primary_index(&self.status);
         self.status.ready()
