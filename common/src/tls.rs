@@ -284,6 +284,14 @@ impl ResolvesClientCert for Reloading {
     }
 }
 
+/// When the first certificate of a PEM chain (the leaf) expires.
+pub fn not_after(chain_pem: &str) -> Option<SystemTime> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
 /// The identity a certificate names in its URI subject-alternative names, if any is ours.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

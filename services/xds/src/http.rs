@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{ads::Clients, load::Load};
+use crate::{ads::Clients, discovery::Discovered, load::Load};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -25,6 +25,8 @@ pub struct Observed {
     pub clients: Arc<Clients>,
     /// Load reports.
     pub load: Arc<Load>,
+    /// What discovery found: the ingress certificate among it.
+    pub discovered: tokio::sync::watch::Receiver<Discovered>,
 }
 
 /// The metrics, rendered from the current state at each scrape.
@@ -57,6 +59,26 @@ pub fn render(observed: &Observed) -> Result<String, std::fmt::Error> {
         "Configurations rejected by an Envoy",
         ConstCounter::new(observed.clients.nacks()),
     );
+    // The certificate clients see, apart from the internal ones Envoy holds too (those are
+    // the operator's to renew, and its metrics watch them): none known, no series.
+    let expiry = observed
+        .discovered
+        .borrow()
+        .certificate
+        .as_ref()
+        .and_then(|c| chatcluster_common::tls::not_after(&c.cert_pem));
+    if let Some(at) = expiry {
+        let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        gauge.set(
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register(
+            "ingress_certificate_expiry_timestamp_seconds",
+            "When the certificate Envoy serves to clients expires",
+            gauge,
+        );
+    }
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -116,4 +138,41 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Certificate;
+
+    fn observed(certificate: Option<Certificate>) -> Observed {
+        let discovered = Discovered {
+            endpoints: Default::default(),
+            certificate,
+        };
+        Observed {
+            clients: Arc::new(Clients::default()),
+            load: Arc::new(Load::default()),
+            discovered: tokio::sync::watch::channel(discovered).1,
+        }
+    }
+
+    #[test]
+    fn the_ingress_certificates_expiry_is_a_series_once_one_is_known() {
+        const NAME: &str = "chat_xds_ingress_certificate_expiry_timestamp_seconds";
+        let none = render(&observed(None)).unwrap();
+        assert!(none.contains("chat_xds_nacks_total"), "{none}");
+        assert!(!none.contains(NAME), "{none}");
+        let mut params = rcgen::CertificateParams::new(vec!["chat.example".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let text = render(&observed(Some(Certificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })))
+        .unwrap();
+        // 2031-05-17T00:00:00Z.
+        assert!(text.contains(&format!("{NAME} 1936742400")), "{text}");
+    }
 }

@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let (config_tx, config_rx) = watch::channel(config);
     let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
     tokio::spawn(discovery::watch_yaml(args.config.clone(), poll, config_tx));
+    let discovered = discovered_rx.clone();
     tokio::spawn(pipeline::run(config_rx, discovered_rx, snapshot_tx));
 
     let clients = Arc::new(Clients::default());
@@ -115,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         let observed = Observed {
             clients: clients.clone(),
             load: load.clone(),
+            discovered,
         };
         tokio::spawn(async move {
             if let Err(e) = http::serve(addr, observed, std::future::pending()).await {
