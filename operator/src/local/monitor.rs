@@ -2,7 +2,7 @@
 //! It scrapes every process the runner starts, with the labels a PodMonitor gives them in
 //! Kubernetes (namespace `local`, the cluster, the component, the process as instance), loads
 //! the same alert rules, and the runner shows what fires in its status table. What it writes is
-//! a pure function of the plan; only [`firing`] does I/O.
+//! a pure function of the plan; only [`firing`] and [`watch_alerts`] do I/O.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -176,8 +176,51 @@ pub struct FiringAlert {
     pub summary: String,
 }
 
+/// What the runner last heard from its Prometheus.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Alerts {
+    /// Nothing yet: it is starting.
+    #[default]
+    Unknown,
+    /// These fire (pending ones are not yet alerts).
+    Firing(Vec<FiringAlert>),
+    /// It does not answer, or not with alerts.
+    Down(String),
+}
+
+/// Ask the Prometheus on `port` what fires every [`INTERVAL`] (it evaluates no more often), in
+/// a task of its own: a slow or frozen Prometheus never holds up the runner's tick. The task
+/// ends when the receiver is dropped.
+pub fn watch_alerts(port: u16) -> tokio::sync::watch::Receiver<Alerts> {
+    let (tx, rx) = tokio::sync::watch::channel(Alerts::Unknown);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = tx.closed() => return,
+            }
+            let now = match firing(port).await {
+                Ok(alerts) => Alerts::Firing(alerts),
+                Err(e) => Alerts::Down(e.to_string()),
+            };
+            tx.send_if_modified(|last| {
+                // Down while it starts is no news: it was never up.
+                let starting = *last == Alerts::Unknown && matches!(now, Alerts::Down(_));
+                let changed = *last != now && !starting;
+                if changed {
+                    *last = now;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
 /// The alerts firing in the Prometheus on `port` (pending ones are not yet alerts).
-pub async fn firing(port: u16) -> Result<Vec<FiringAlert>, crate::http::FetchError> {
+async fn firing(port: u16) -> Result<Vec<FiringAlert>, crate::http::FetchError> {
     let address = format!("127.0.0.1:{port}");
     let body = crate::http::fetch(&address, "/api/v1/alerts", QUERY_TIMEOUT).await?;
     parse_alerts(&body).map_err(crate::http::FetchError::Refused)

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
+    monitor::{Alerts, watch_alerts},
     plan::{LOCAL_NAMESPACE, Plan},
     prepare::{
         LOOPBACK, certificates, check_ports, ingress_address, install_db, io, port_open, secrets,
@@ -138,6 +139,8 @@ struct Cluster {
     reloaders: Vec<tokio::task::JoinHandle<()>>,
     /// Prometheus, when the plan has one.
     prometheus: Option<Supervised>,
+    /// What it says fires, asked apart from the tick.
+    alerts: Option<watch::Receiver<Alerts>>,
 }
 
 impl Cluster {
@@ -173,6 +176,7 @@ impl Cluster {
             crate::build::monitoring::OPERATOR_RULES,
         )?;
         self.write_endpoints()?;
+        self.alerts = Some(watch_alerts(m.launch.port));
         self.prometheus = Some(Supervised::start(m.launch, &self.plan.files.logs, GRACE));
         Ok(())
     }
@@ -274,6 +278,13 @@ impl Cluster {
             a => a,
         };
         let ingress_up = port_open(host, plain).await;
+        let heard = self.alerts.as_ref().map(|a| a.borrow().clone());
+        let (prometheus_down, alerts) = match heard {
+            Some(Alerts::Firing(alerts)) => (None, alerts),
+            Some(Alerts::Down(why)) => (Some(why), Vec::new()),
+            // Starting, or off: no alert is known to fire.
+            Some(Alerts::Unknown) | None => (None, Vec::new()),
+        };
         LocalStatus {
             cluster: self.plan.name.clone(),
             // Prometheus watches the cluster; it is not part of what serves.
@@ -297,13 +308,8 @@ impl Cluster {
                 .monitor
                 .as_ref()
                 .map(|m| format!("http://127.0.0.1:{}", m.launch.port)),
-            // Prometheus starting, or stopped: no alert is known to fire.
-            alerts: match &self.plan.monitor {
-                Some(m) => super::monitor::firing(m.launch.port)
-                    .await
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            },
+            prometheus_down,
+            alerts,
         }
     }
 
@@ -312,6 +318,7 @@ impl Cluster {
             futures::future::join_all(list.into_iter().map(Supervised::stop))
         };
         // The watcher first: what stops after it is no outage.
+        self.alerts = None;
         stop_all(self.prometheus.take().into_iter().collect()).await;
         stop_all(std::mem::take(&mut self.envoys)).await;
         let chatd: Vec<Supervised> = std::mem::take(&mut self.chatd)
@@ -376,6 +383,7 @@ pub async fn run(
         topology: None,
         reloaders: Vec::new(),
         prometheus: None,
+        alerts: None,
     };
     tokio::pin!(shutdown);
     let started = tokio::select! {
@@ -395,6 +403,7 @@ pub async fn run(
         }
     };
 
+    metrics.watch_database(LOCAL_NAMESPACE, &cluster.plan.name, status_rx.clone());
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = tokio::spawn(crate::http::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], cluster.plan.metrics_port)),
@@ -430,15 +439,12 @@ pub async fn run(
                     }
                 }
                 let db = status_rx.borrow().clone();
-                metrics.observe_database(LOCAL_NAMESPACE, &cluster.plan.name, &db);
                 if let Err(e) = remember_primary(&files.state, &db) {
                     warn!(error = %e, "cannot save the primary");
                 }
                 let mut status = cluster.status(&db).await;
                 status.autoscaling = scaler.status();
-                for (service, a) in &status.autoscaling {
-                    metrics.observe_autoscaling("local", &status.cluster, service, a);
-                }
+                metrics.observe_autoscaling(LOCAL_NAMESPACE, &status.cluster, &status.autoscaling);
                 // Written when it changes, not every tick: an idle cluster writes nothing.
                 let json = serde_json::to_string_pretty(&status).unwrap_or_default();
                 if json != written {

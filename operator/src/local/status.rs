@@ -57,7 +57,10 @@ pub struct LocalStatus {
     /// The local Prometheus's UI, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<String>,
-    /// Alerts firing there now.
+    /// Why it does not answer, when it does not (its alerts are then unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus_down: Option<String>,
+    /// Alerts firing there, as last heard (every few seconds).
     pub alerts: Vec<FiringAlert>,
 }
 
@@ -108,7 +111,10 @@ impl LocalStatus {
             ));
         }
         if let Some(url) = &self.prometheus {
-            out.push_str(&format!("  prometheus {url}\n"));
+            match &self.prometheus_down {
+                Some(why) => out.push_str(&format!("  prometheus {url}: down ({why})\n")),
+                None => out.push_str(&format!("  prometheus {url}\n")),
+            }
         }
         for a in &self.alerts {
             out.push_str(&format!(

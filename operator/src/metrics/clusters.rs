@@ -1,8 +1,10 @@
-//! Each cluster's database and certificates as metrics, rendered from the last view of them
+//! Each cluster's database, certificates and autoscalers as metrics, rendered from the last view of them
 //! at every scrape. A fresh registry per scrape means a server, a finding or a whole cluster
 //! that is gone leaves no stale series behind (the alerts would keep firing on them).
 
 use std::{collections::BTreeMap, sync::atomic::AtomicU64, time::SystemTime};
+
+use tokio::sync::watch;
 
 use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
@@ -10,6 +12,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    api::AutoscalingStatus,
     pki::Dates,
     topology::status::{Role, SemiSyncState, TopologyStatus},
 };
@@ -17,10 +20,12 @@ use crate::{
 /// What is known of one cluster.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
-    /// The topology loop's last status.
-    pub database: Option<TopologyStatus>,
+    /// The topology loop's status, read at each scrape.
+    pub database: Option<watch::Receiver<TopologyStatus>>,
     /// The internal certificates, with internal TLS on.
     pub certificates: Vec<Dates>,
+    /// The autoscalers' view, by service.
+    pub autoscaling: BTreeMap<String, AutoscalingStatus>,
 }
 
 /// `(namespace, name)` of a cluster.
@@ -36,6 +41,73 @@ fn seconds(t: SystemTime) -> f64 {
 
 /// Register every cluster's series in `registry` (whose prefix is the operator's).
 pub fn register(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterView>) {
+    register_database(registry, views);
+    register_autoscaling(registry, views);
+}
+
+fn register_autoscaling(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterView>) {
+    let current = Family::<Labels, Gauge>::default();
+    let desired = Family::<Labels, Gauge>::default();
+    let recommended = Family::<Labels, Gauge>::default();
+    let max = Family::<Labels, Gauge>::default();
+    let requests = Family::<Labels, FloatGauge>::default();
+    let in_flight = Family::<Labels, Gauge>::default();
+    for ((namespace, cluster), view) in views {
+        for (service, a) in &view.autoscaling {
+            let labels = vec![
+                ("namespace", namespace.clone()),
+                ("cluster", cluster.clone()),
+                ("service", service.clone()),
+            ];
+            current
+                .get_or_create(&labels)
+                .set(i64::from(a.current_replicas));
+            desired
+                .get_or_create(&labels)
+                .set(i64::from(a.desired_replicas));
+            recommended
+                .get_or_create(&labels)
+                .set(i64::from(a.recommended_replicas));
+            max.get_or_create(&labels).set(i64::from(a.max_replicas));
+            requests
+                .get_or_create(&labels)
+                .set(a.requests_per_second.parse().unwrap_or(0.0));
+            in_flight.get_or_create(&labels).set(a.in_flight);
+        }
+    }
+    registry.register(
+        "autoscaler_current_replicas",
+        "Replicas an autoscaled service's Deployment has",
+        current,
+    );
+    registry.register(
+        "autoscaler_desired_replicas",
+        "Replicas the autoscaler wants for the service",
+        desired,
+    );
+    registry.register(
+        "autoscaler_recommended_replicas",
+        "The last sample's recommendation, before the windows and the bounds",
+        recommended,
+    );
+    registry.register(
+        "autoscaler_max_replicas",
+        "The most replicas the autoscaler may want for the service",
+        max,
+    );
+    registry.register(
+        "autoscaler_requests_per_second",
+        "Request rate Envoy reports for the service (the autoscaler's signal)",
+        requests,
+    );
+    registry.register(
+        "autoscaler_in_flight",
+        "Requests in progress Envoy reports for the service",
+        in_flight,
+    );
+}
+
+fn register_database(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterView>) {
     let primary_ready = Family::<Labels, Gauge>::default();
     let servers = Family::<Labels, Gauge>::default();
     let behind = Family::<Labels, Gauge>::default();
@@ -55,7 +127,7 @@ pub fn register(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterVie
             l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
             l
         };
-        if let Some(db) = &view.database {
+        if let Some(db) = view.database.as_ref().map(|w| w.borrow().clone()) {
             primary_ready
                 .get_or_create(&labels(&[]))
                 .set(i64::from(db.primary_ready));
@@ -222,12 +294,13 @@ mod tests {
         let views = BTreeMap::from([(
             key("chat"),
             ClusterView {
-                database: Some(db),
+                database: Some(watch::channel(db).1),
                 certificates: vec![Dates {
                     name: "xds".into(),
                     renew_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(200)),
                     not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(300),
                 }],
+                autoscaling: BTreeMap::new(),
             },
         )]);
         let text = rendered(&views);
@@ -253,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_cluster_and_a_healed_server_leave_no_series() {
-        let mut db = TopologyStatus {
+        let db = TopologyStatus {
             primary: "chat-db-0".into(),
             primary_address: "chat-db-0:3306".into(),
             primary_ready: true,
@@ -270,11 +343,13 @@ mod tests {
                 "cannot follow",
             )],
         };
+        let (loop_status, watched) = watch::channel(db);
         let mut views = BTreeMap::from([(
             key("chat"),
             ClusterView {
-                database: Some(db.clone()),
+                database: Some(watched),
                 certificates: Vec::new(),
+                autoscaling: BTreeMap::new(),
             },
         )]);
         let text = rendered(&views);
@@ -282,14 +357,8 @@ mod tests {
         // Counting down is not held.
         assert!(text.contains(r#"database_failover_held{namespace="shop",cluster="chat"} 0"#));
         assert!(text.contains(r#"waiting_replicas{namespace="shop",cluster="chat"} 1"#));
-        db.findings.clear();
-        views.insert(
-            key("chat"),
-            ClusterView {
-                database: Some(db),
-                certificates: Vec::new(),
-            },
-        );
+        // The loop's next status is the next scrape's, with no one copying it over.
+        loop_status.send_modify(|s| s.findings.clear());
         assert!(!rendered(&views).contains("actionFailing"));
         views.clear();
         assert!(!rendered(&views).contains(r#"cluster="chat""#));

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the operator: reconciles, failures by kind, durations, leadership,
-//! the autoscalers' view, and each cluster's database and certificates ([`clusters`]).
+//! and each cluster's database, certificates and autoscalers ([`clusters`]).
 
 mod clusters;
 
@@ -14,27 +14,11 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use tokio::sync::watch;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    namespace: String,
-    cluster: String,
-    service: String,
-}
-
-/// The autoscaler's gauges, per autoscaled service.
-#[derive(Default)]
-struct Autoscaling {
-    current: Family<ServiceLabels, Gauge>,
-    desired: Family<ServiceLabels, Gauge>,
-    max: Family<ServiceLabels, Gauge>,
-    requests: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    in_flight: Family<ServiceLabels, Gauge>,
 }
 
 use clusters::{ClusterKey, ClusterView};
@@ -42,7 +26,6 @@ use clusters::{ClusterKey, ClusterView};
 /// The operator's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    autoscaling: Autoscaling,
     reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
@@ -73,35 +56,8 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
-        let autoscaling = Autoscaling::default();
-        registry.register(
-            "autoscaler_current_replicas",
-            "Replicas an autoscaled service's Deployment has",
-            autoscaling.current.clone(),
-        );
-        registry.register(
-            "autoscaler_desired_replicas",
-            "Replicas the autoscaler wants for the service",
-            autoscaling.desired.clone(),
-        );
-        registry.register(
-            "autoscaler_max_replicas",
-            "The most replicas the autoscaler may want for the service",
-            autoscaling.max.clone(),
-        );
-        registry.register(
-            "autoscaler_requests_per_second",
-            "Request rate Envoy reports for the service (the autoscaler's signal)",
-            autoscaling.requests.clone(),
-        );
-        registry.register(
-            "autoscaler_in_flight",
-            "Requests in progress Envoy reports for the service",
-            autoscaling.in_flight.clone(),
-        );
         Self {
             registry,
-            autoscaling,
             reconciles,
             failures,
             duration,
@@ -112,33 +68,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Record the autoscaler's view of one service.
+    /// Record the autoscalers' view of a cluster's services (none: autoscaling is off).
     pub fn observe_autoscaling(
         &self,
         namespace: &str,
         cluster: &str,
-        service: &str,
-        status: &crate::api::AutoscalingStatus,
+        services: &BTreeMap<String, crate::api::AutoscalingStatus>,
     ) {
-        let labels = ServiceLabels {
-            namespace: namespace.into(),
-            cluster: cluster.into(),
-            service: service.into(),
-        };
-        let a = &self.autoscaling;
-        a.current
-            .get_or_create(&labels)
-            .set(i64::from(status.current_replicas));
-        a.desired
-            .get_or_create(&labels)
-            .set(i64::from(status.desired_replicas));
-        a.max
-            .get_or_create(&labels)
-            .set(i64::from(status.max_replicas));
-        a.requests
-            .get_or_create(&labels)
-            .set(status.requests_per_second.parse().unwrap_or(0.0));
-        a.in_flight.get_or_create(&labels).set(status.in_flight);
+        self.clusters()
+            .entry((namespace.into(), cluster.into()))
+            .or_default()
+            .autoscaling = services.clone();
     }
 
     /// Count one finished reconcile; `failure` names the kind of error it ended with.
@@ -159,12 +99,18 @@ impl Metrics {
         chatcluster_common::sync::lock(&self.clusters)
     }
 
-    /// Record the topology loop's latest status of a cluster's database.
-    pub fn observe_database(&self, namespace: &str, cluster: &str, status: &TopologyStatus) {
+    /// Follow the status of a cluster's topology loop: each scrape reads its latest, so the
+    /// series stay live while reconciles wait or end early. A new loop replaces the old.
+    pub fn watch_database(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        status: watch::Receiver<TopologyStatus>,
+    ) {
         self.clusters()
             .entry((namespace.into(), cluster.into()))
             .or_default()
-            .database = Some(status.clone());
+            .database = Some(status);
     }
 
     /// Record the internal certificates a cluster holds now (none: internal TLS off).

@@ -356,10 +356,6 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
         Some(t) => Some(database_topology(ctx, t, resource, &owner).await?),
         None => None,
     };
-    if let Some(t) = &topology {
-        ctx.metrics
-            .observe_database(&owner.namespace, &owner.name, t);
-    }
     let now = Timestamp::now();
     let mut status = status::compute(
         resource,
@@ -407,9 +403,9 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
 /// An event and the metrics for each autoscaled service whose desired replicas changed.
 async fn record_scaling(ctx: &Context, resource: &ChatCluster, status: &ChatClusterStatus) {
     let namespace = resource.namespace().unwrap_or_default();
+    ctx.metrics
+        .observe_autoscaling(&namespace, &resource.name_any(), &status.autoscaling);
     for (service, now) in &status.autoscaling {
-        ctx.metrics
-            .observe_autoscaling(&namespace, &resource.name_any(), service, now);
         let before = resource
             .status
             .as_ref()
@@ -441,9 +437,12 @@ async fn database_topology(
     resource: &ChatCluster,
     owner: &ClusterRef,
 ) -> Result<crate::topology::status::TopologyStatus, Error> {
-    let now = topologies
+    let watch = topologies
         .ensure(&ctx.client, resource, owner, &ctx.operator_image)
         .await?;
+    let now = watch.borrow().clone();
+    ctx.metrics
+        .watch_database(&owner.namespace, &owner.name, watch);
     topology::label_pods(&ctx.client, owner, &now).await?;
     let recorded = resource
         .status

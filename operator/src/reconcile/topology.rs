@@ -18,7 +18,7 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::seed::PodSeeder;
@@ -124,14 +124,15 @@ impl Topologies {
         lock(&self.loops)
     }
 
-    /// Start the cluster's loop, or bring it in step with the spec; its latest status.
+    /// Start the cluster's loop, or bring it in step with the spec; the loop's status as it
+    /// changes (the metrics read it at each scrape, so they stay live between reconciles).
     pub async fn ensure(
         &self,
         client: &Client,
         resource: &ChatCluster,
         owner: &ClusterRef,
         operator_image: &str,
-    ) -> Result<TopologyStatus, Error> {
+    ) -> Result<watch::Receiver<TopologyStatus>, Error> {
         let key = ObjectRef::from_obj(resource);
         let members = members(owner, &resource.spec.database);
         let mut policy = database::topology_policy(&resource.spec.database);
@@ -163,7 +164,7 @@ impl Topologies {
                 e.members = members;
                 e.policy = policy;
             }
-            return Ok(handle.status.borrow().clone());
+            return Ok(handle.status.clone());
         }
 
         let secret_name = names::db_secret(owner);
@@ -233,7 +234,7 @@ impl Topologies {
                 }
             }
         });
-        let current = handle.status.borrow().clone();
+        let current = handle.status.clone();
         self.lock().insert(
             key,
             Entry {
