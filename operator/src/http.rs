@@ -66,13 +66,18 @@ pub async fn fetch(address: &str, path: &str, timeout: Duration) -> Result<Strin
         .await
         .map_err(|_| FetchError::Unreachable(format!("nothing within {timeout:?}")))?
         .map_err(|e| FetchError::Unreachable(e.to_string()))?;
-    body_of(&String::from_utf8_lossy(&raw))
+    body_of(&raw)
 }
 
-fn body_of(response: &str) -> Result<String, FetchError> {
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+/// The body of `response`, as text once put back together: chunk sizes count bytes, and a
+/// chunk may end inside a character.
+fn body_of(response: &[u8]) -> Result<String, FetchError> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| FetchError::Refused("no HTTP response".into()))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let body = &response[split + 4..];
     let mut lines = head.lines();
     let status = lines.next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
@@ -84,25 +89,28 @@ fn body_of(response: &str) -> Result<String, FetchError> {
                 && v.trim().eq_ignore_ascii_case("chunked")
         })
     });
-    if chunked {
-        dechunk(body).ok_or_else(|| FetchError::Refused("a broken chunked body".into()))
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| FetchError::Refused("a broken chunked body".into()))?
     } else {
-        Ok(body.to_string())
-    }
+        body.to_vec()
+    };
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The body a chunked transfer carries: each chunk is its size in hex, CRLF, the bytes, CRLF;
 /// a chunk of size 0 ends it.
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
     loop {
-        let (size, after) = rest.split_once("\r\n")?;
+        let line = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&rest[..line]).ok()?;
         let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        let after = &rest[line + 2..];
         if size == 0 {
             return Some(out);
         }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size..)?.strip_prefix("\r\n")?;
+        out.extend_from_slice(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix(b"\r\n")?;
     }
 }
 
@@ -153,20 +161,29 @@ mod tests {
 
     #[test]
     fn answers_other_than_200_are_refused_with_their_status() {
-        let ok = "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}";
+        let ok = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}";
         assert_eq!(body_of(ok).unwrap(), "{\"a\":1}");
-        let e = body_of("HTTP/1.1 404 Not Found\r\n\r\n")
+        let e = body_of(b"HTTP/1.1 404 Not Found\r\n\r\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("404"), "{e}");
-        assert!(body_of("garbage").is_err());
+        assert!(body_of(b"garbage").is_err());
     }
 
     #[test]
     fn chunked_bodies_are_put_back_together() {
-        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nenvoy_\r\n5;x=y\r\nstats\r\n0\r\n\r\n";
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nenvoy_\r\n5;x=y\r\nstats\r\n0\r\n\r\n";
         assert_eq!(body_of(chunked).unwrap(), "envoy_stats");
-        let cut = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nenv";
+        let cut = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nenv";
         assert!(body_of(cut).is_err());
+    }
+
+    #[test]
+    fn a_chunk_may_end_inside_a_character() {
+        // "é" is two bytes, one in each chunk (an alert's summary naming a user's cluster).
+        let mut split =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nd\xc3\r\n".to_vec();
+        split.extend_from_slice(b"2\r\n\xa9j\r\n0\r\n\r\n");
+        assert_eq!(body_of(&split).unwrap(), "d\u{e9}j");
     }
 }
