@@ -423,12 +423,27 @@ fn the_monitoring_values_render_the_operators_monitor_and_alerts_and_the_dashboa
             "{name}"
         );
     }
-    // Off by default: a cluster without the Prometheus Operator gets nothing it cannot take.
-    let plain = template(&[]).unwrap();
-    assert!(
-        plain
+    // By default ("auto"), only where the Prometheus Operator's kinds are served: a cluster
+    // without them gets nothing it cannot take, one with them gets the operator scraped.
+    let monitors = |args: &[&str]| {
+        template(args)
+            .unwrap()
             .iter()
-            .all(|d| d["kind"] != "PodMonitor" && d["kind"] != "ConfigMap")
+            .filter(|d| d["kind"] == "PodMonitor" || d["kind"] == "PrometheusRule")
+            .count()
+    };
+    assert_eq!(monitors(&[]), 0);
+    let served = ["--api-versions", "monitoring.coreos.com/v1/PodMonitor"];
+    assert_eq!(monitors(&served), 2);
+    assert_eq!(
+        monitors(&[served[0], served[1], "--set", "monitoring.enabled=false"]),
+        0
+    );
+    assert!(
+        template(&[])
+            .unwrap()
+            .iter()
+            .all(|d| d["kind"] != "ConfigMap")
     );
 }
 
@@ -440,6 +455,7 @@ fn the_values_schema_refuses_bad_values() {
         vec!["--set", "metrics.port=70000"],
         vec!["--set", "leaderElection.leaseName=Not_A_Name"],
         vec!["--set", "unknownKey=1"],
+        vec!["--set", "monitoring.enabled=sometimes"],
     ] {
         let err = template(&bad).expect_err(&format!("{bad:?} was accepted"));
         assert!(err.contains("schema"), "{bad:?}: {err}");
