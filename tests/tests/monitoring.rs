@@ -535,6 +535,18 @@ async fn a_local_clusters_prometheus_sees_every_metric_and_the_primary_frozen() 
     }
     cluster.signal(&primary, "CONT");
 
+    // A frozen Prometheus is said to be down, and holds up nothing else the runner reports.
+    cluster.signal("prometheus", "STOP");
+    cluster.wait_for(
+        "the status to say Prometheus is down",
+        Duration::from_secs(20),
+        |s| s["prometheusDown"].is_string() && s["database"]["primaryReady"] == true,
+    );
+    cluster.signal("prometheus", "CONT");
+    cluster.wait_for("Prometheus to answer again", Duration::from_secs(20), |s| {
+        s["prometheusDown"].is_null()
+    });
+
     // Every name the cluster's rules and the dashboards select was exported by some process.
     scrape_all(&targets, &mut names).await;
     let cluster_rules: Value =
