@@ -1071,6 +1071,35 @@ async fn the_autoscaler_sets_the_deployment_replicas_and_reports_them() {
         "{text}"
     );
 
+    // Past the maximum the desired count stays at 10, so nothing wakes a reconcile; each
+    // scrape still sees the recommendation grow (what ChatClusterAutoscalerAtMax reads). The
+    // reconcile the new Deployment's watch event would bring tells the loop it has 6.
+    h.reconcile("demo").await.unwrap();
+    assert_eq!(step(1400.0, &mut wake).await, Some(10));
+    *source.0.lock().unwrap() = 2000.0;
+    let recommended = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("chat_operator_autoscaler_recommended_replicas{")
+                    && l.contains("service=\"groups\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recommended(&metrics.encode().unwrap()).as_deref() != Some("20") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            metrics.encode().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        wake.try_recv().is_err(),
+        "a reconcile was woken at the maximum"
+    );
+
     // Load gone, window 0: back to the minimum.
     assert_eq!(step(0.0, &mut wake).await, Some(2));
 }

@@ -404,6 +404,8 @@ pub async fn run(
     };
 
     metrics.watch_database(LOCAL_NAMESPACE, &cluster.plan.name, status_rx.clone());
+    let (autoscaling, autoscaling_rx) = watch::channel(BTreeMap::new());
+    metrics.watch_autoscaling(LOCAL_NAMESPACE, &cluster.plan.name, Some(autoscaling_rx));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = tokio::spawn(crate::http::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], cluster.plan.metrics_port)),
@@ -444,7 +446,13 @@ pub async fn run(
                 }
                 let mut status = cluster.status(&db).await;
                 status.autoscaling = scaler.status();
-                metrics.observe_autoscaling(LOCAL_NAMESPACE, &status.cluster, &status.autoscaling);
+                autoscaling.send_if_modified(|last| {
+                    let changed = *last != status.autoscaling;
+                    if changed {
+                        last.clone_from(&status.autoscaling);
+                    }
+                    changed
+                });
                 // Written when it changes, not every tick: an idle cluster writes nothing.
                 let json = serde_json::to_string_pretty(&status).unwrap_or_default();
                 if json != written {

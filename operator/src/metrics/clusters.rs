@@ -24,8 +24,8 @@ pub struct ClusterView {
     pub database: Option<watch::Receiver<TopologyStatus>>,
     /// The internal certificates, with internal TLS on.
     pub certificates: Vec<Dates>,
-    /// The autoscalers' view, by service.
-    pub autoscaling: BTreeMap<String, AutoscalingStatus>,
+    /// The autoscalers' view, by service, read at each scrape.
+    pub autoscaling: Option<watch::Receiver<BTreeMap<String, AutoscalingStatus>>>,
 }
 
 /// `(namespace, name)` of a cluster.
@@ -37,6 +37,15 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 fn seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What `source` says now, unless what fed it is gone (a loop that ended and was not
+/// replaced): its last word would be a series that never changes again, such as a primary
+/// ready long after anyone looked.
+fn live<T: Clone>(source: Option<&watch::Receiver<T>>) -> Option<T> {
+    let source = source?;
+    source.has_changed().ok()?;
+    Some(source.borrow().clone())
 }
 
 /// Register every cluster's series in `registry` (whose prefix is the operator's).
@@ -53,7 +62,7 @@ fn register_autoscaling(registry: &mut Registry, views: &BTreeMap<ClusterKey, Cl
     let requests = Family::<Labels, FloatGauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
     for ((namespace, cluster), view) in views {
-        for (service, a) in &view.autoscaling {
+        for (service, a) in &live(view.autoscaling.as_ref()).unwrap_or_default() {
             let labels = vec![
                 ("namespace", namespace.clone()),
                 ("cluster", cluster.clone()),
@@ -127,7 +136,7 @@ fn register_database(registry: &mut Registry, views: &BTreeMap<ClusterKey, Clust
             l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
             l
         };
-        if let Some(db) = view.database.as_ref().map(|w| w.borrow().clone()) {
+        if let Some(db) = live(view.database.as_ref()) {
             primary_ready
                 .get_or_create(&labels(&[]))
                 .set(i64::from(db.primary_ready));
@@ -291,16 +300,27 @@ mod tests {
                 Finding::about(FindingKind::ReplicaBroken, "chat-db-2", "1062"),
             ],
         };
+        let (_loop_status, watched) = watch::channel(db);
+        let groups = AutoscalingStatus {
+            current_replicas: 3,
+            desired_replicas: 4,
+            recommended_replicas: 7,
+            max_replicas: 4,
+            requests_per_second: "612.5".into(),
+            ..AutoscalingStatus::default()
+        };
+        let (_autoscalers, scaling) =
+            watch::channel(BTreeMap::from([("groups".to_string(), groups)]));
         let views = BTreeMap::from([(
             key("chat"),
             ClusterView {
-                database: Some(watch::channel(db).1),
+                database: Some(watched),
                 certificates: vec![Dates {
                     name: "xds".into(),
                     renew_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(200)),
                     not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(300),
                 }],
-                autoscaling: BTreeMap::new(),
+                autoscaling: Some(scaling),
             },
         )]);
         let text = rendered(&views);
@@ -317,6 +337,11 @@ mod tests {
             r#"chat_operator_database_last_promotion_timestamp_seconds{namespace="shop",cluster="chat",kind="switchover"} 1.5"#,
             r#"chat_operator_certificate_renewal_timestamp_seconds{namespace="shop",cluster="chat",certificate="xds"} 200.0"#,
             r#"chat_operator_certificate_expiry_timestamp_seconds{namespace="shop",cluster="chat",certificate="xds"} 300.0"#,
+            r#"chat_operator_autoscaler_current_replicas{namespace="shop",cluster="chat",service="groups"} 3"#,
+            r#"chat_operator_autoscaler_desired_replicas{namespace="shop",cluster="chat",service="groups"} 4"#,
+            r#"chat_operator_autoscaler_recommended_replicas{namespace="shop",cluster="chat",service="groups"} 7"#,
+            r#"chat_operator_autoscaler_max_replicas{namespace="shop",cluster="chat",service="groups"} 4"#,
+            r#"chat_operator_autoscaler_requests_per_second{namespace="shop",cluster="chat",service="groups"} 612.5"#,
         ] {
             assert!(series(line), "missing {line} in\n{text}");
         }
@@ -349,7 +374,7 @@ mod tests {
             ClusterView {
                 database: Some(watched),
                 certificates: Vec::new(),
-                autoscaling: BTreeMap::new(),
+                autoscaling: None,
             },
         )]);
         let text = rendered(&views);
@@ -360,6 +385,9 @@ mod tests {
         // The loop's next status is the next scrape's, with no one copying it over.
         loop_status.send_modify(|s| s.findings.clear());
         assert!(!rendered(&views).contains("actionFailing"));
+        // A loop that ended, not replaced, says nothing: its last word would stand forever.
+        drop(loop_status);
+        assert!(!rendered(&views).contains("primary_ready"));
         views.clear();
         assert!(!rendered(&views).contains(r#"cluster="chat""#));
     }

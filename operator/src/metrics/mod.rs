@@ -68,17 +68,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Record the autoscalers' view of a cluster's services (none: autoscaling is off).
-    pub fn observe_autoscaling(
+    /// Follow a cluster's autoscalers as they decide, each scrape reading their latest (none:
+    /// autoscaling is off).
+    pub fn watch_autoscaling(
         &self,
         namespace: &str,
         cluster: &str,
-        services: &BTreeMap<String, crate::api::AutoscalingStatus>,
+        services: Option<watch::Receiver<BTreeMap<String, crate::api::AutoscalingStatus>>>,
     ) {
         self.clusters()
             .entry((namespace.into(), cluster.into()))
             .or_default()
-            .autoscaling = services.clone();
+            .autoscaling = services;
     }
 
     /// Count one finished reconcile; `failure` names the kind of error it ended with.

@@ -19,7 +19,7 @@ use kube::{
     api::{ApiResource, DynamicObject, ListParams},
     runtime::reflector::ObjectRef,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
@@ -161,9 +161,27 @@ struct ServiceState {
 
 type Shared = Arc<Mutex<BTreeMap<ServiceKind, ServiceState>>>;
 
+/// What a cluster's autoscalers say now, by service, for those who read it between reconciles
+/// (the metrics); closed once its loop is gone.
+pub type Published = watch::Receiver<BTreeMap<String, AutoscalingStatus>>;
+
 struct Entry {
     services: Shared,
+    published: watch::Sender<BTreeMap<String, AutoscalingStatus>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Publish every service's status.
+fn publish(
+    services: &BTreeMap<ServiceKind, ServiceState>,
+    to: &watch::Sender<BTreeMap<String, AutoscalingStatus>>,
+) {
+    to.send_replace(
+        services
+            .iter()
+            .map(|(k, s)| (k.as_str().to_string(), s.status.clone()))
+            .collect(),
+    );
 }
 
 impl Drop for Entry {
@@ -219,16 +237,24 @@ impl Autoscalers {
         }
         let entry = loops.entry(key.clone()).or_insert_with(|| {
             let services: Shared = Arc::default();
+            let published = watch::Sender::new(BTreeMap::new());
             let task = tokio::spawn(sample_loop(
-                client.clone(),
-                owner.clone(),
-                key.clone(),
-                services.clone(),
+                Sampling {
+                    client: client.clone(),
+                    owner: owner.clone(),
+                    key: key.clone(),
+                    services: services.clone(),
+                    published: published.clone(),
+                },
                 self.source.clone(),
                 self.changed.clone(),
                 self.period,
             ));
-            Entry { services, task }
+            Entry {
+                services,
+                published,
+                task,
+            }
         });
         let mut services = lock(&entry.services);
         services.retain(|k, _| specs.contains_key(k));
@@ -252,10 +278,19 @@ impl Autoscalers {
                 state.spec.max_replicas.max(state.spec.min_replicas),
             );
         }
+        publish(&services, &entry.published);
         services
             .iter()
             .map(|(k, s)| (*k, s.status.clone()))
             .collect()
+    }
+
+    /// The cluster's autoscalers as they decide, between reconciles too; `None` when it has
+    /// none.
+    pub fn published(&self, resource: &ChatCluster) -> Option<Published> {
+        lock(&self.loops)
+            .get(&ObjectRef::from_obj(resource))
+            .map(|e| e.published.subscribe())
     }
 
     /// Stop the loops of clusters `keep` rejects (deleted ones).
@@ -264,11 +299,23 @@ impl Autoscalers {
     }
 }
 
-async fn sample_loop(
+/// One cluster's sampling loop: what it reads from and writes to.
+struct Sampling {
     client: Client,
     owner: ClusterRef,
     key: ObjectRef<ChatCluster>,
     services: Shared,
+    published: watch::Sender<BTreeMap<String, AutoscalingStatus>>,
+}
+
+async fn sample_loop(
+    Sampling {
+        client,
+        owner,
+        key,
+        services,
+        published,
+    }: Sampling,
     source: Arc<dyn LoadSource>,
     changed: mpsc::UnboundedSender<ObjectRef<ChatCluster>>,
     period: Duration,
@@ -282,7 +329,9 @@ async fn sample_loop(
         let at = started.elapsed();
         let changes = {
             let mut services = lock(&services);
-            apply_sample(&mut services, load, at, period)
+            let changes = apply_sample(&mut services, load, at, period);
+            publish(&services, &published);
+            changes
         };
         if changes {
             span.in_scope(|| tracing::info!("desired replicas changed"));

@@ -300,7 +300,12 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     observed.tls_secret_withheld = tls_problem.is_some();
     observed.internal_ca = certificates.map(|c| c.ca);
     let scaling = match &ctx.autoscalers {
-        Some(a) => a.ensure(client, resource, &owner, &observed.current_replicas),
+        Some(a) => {
+            let scaling = a.ensure(client, resource, &owner, &observed.current_replicas);
+            ctx.metrics
+                .watch_autoscaling(&owner.namespace, &owner.name, a.published(resource));
+            scaling
+        }
         None => BTreeMap::new(),
     };
     for (kind, s) in &scaling {
@@ -400,11 +405,8 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     }
 }
 
-/// An event and the metrics for each autoscaled service whose desired replicas changed.
+/// An event for each autoscaled service whose desired replicas changed.
 async fn record_scaling(ctx: &Context, resource: &ChatCluster, status: &ChatClusterStatus) {
-    let namespace = resource.namespace().unwrap_or_default();
-    ctx.metrics
-        .observe_autoscaling(&namespace, &resource.name_any(), &status.autoscaling);
     for (service, now) in &status.autoscaling {
         let before = resource
             .status
