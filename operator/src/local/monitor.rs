@@ -20,6 +20,9 @@ use crate::{
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// How long an answer from Prometheus's API may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long Prometheus may take to answer at all before it is said to be down (it replays its
+/// write-ahead log first).
+const STARTUP_GRACE: Duration = Duration::from_secs(30);
 
 /// Its files, under the data directory's `prometheus/`.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +197,7 @@ pub enum Alerts {
 pub fn watch_alerts(port: u16) -> tokio::sync::watch::Receiver<Alerts> {
     let (tx, rx) = tokio::sync::watch::channel(Alerts::Unknown);
     tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
         let mut every = tokio::time::interval(INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -206,8 +210,10 @@ pub fn watch_alerts(port: u16) -> tokio::sync::watch::Receiver<Alerts> {
                 Err(e) => Alerts::Down(e.to_string()),
             };
             tx.send_if_modified(|last| {
-                // Down while it starts is no news: it was never up.
-                let starting = *last == Alerts::Unknown && matches!(now, Alerts::Down(_));
+                // Down while it starts is no news; still down after the grace, it is.
+                let starting = *last == Alerts::Unknown
+                    && matches!(now, Alerts::Down(_))
+                    && started.elapsed() < STARTUP_GRACE;
                 let changed = *last != now && !starting;
                 if changed {
                     *last = now;
