@@ -433,10 +433,14 @@ fn the_monitoring_values_render_the_operators_monitor_and_alerts_and_the_dashboa
             .count()
     };
     assert_eq!(monitors(&[]), 0);
-    let served = ["--api-versions", "monitoring.coreos.com/v1/PodMonitor"];
+    let pods = ["--api-versions", "monitoring.coreos.com/v1/PodMonitor"];
+    let rules = ["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"];
+    // A stack serving monitors but not rules would refuse the PrometheusRule.
+    assert_eq!(monitors(&pods), 0);
+    let served = [pods, rules].concat();
     assert_eq!(monitors(&served), 2);
     assert_eq!(
-        monitors(&[served[0], served[1], "--set", "monitoring.enabled=false"]),
+        monitors(&[served.as_slice(), &["--set", "monitoring.enabled=false"]].concat()),
         0
     );
     assert!(
