@@ -15,6 +15,7 @@ mod launch;
 pub mod monitor;
 pub mod plan;
 mod prepare;
+mod primary;
 pub mod runner;
 pub mod scaler;
 pub mod status;

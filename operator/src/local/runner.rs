@@ -7,12 +7,11 @@ use std::{
     collections::BTreeMap,
     future::Future,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -23,6 +22,7 @@ use super::{
         LOOPBACK, certificates, check_ports, ingress_address, install_db, io, port_open, secrets,
         write_atomically, write_private,
     },
+    primary::{remember_primary, remembered_primary},
     scaler::Scaler,
     status::{LocalStatus, ProcessRow},
     supervisor::{ProcessState, Supervised},
@@ -99,13 +99,6 @@ pub enum RunError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// What survives a restart besides the servers' data: which server is the primary.
-#[derive(Debug, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct State {
-    primary: Option<String>,
 }
 
 async fn wait_until<F, Fut>(what: &str, f: F) -> Result<(), RunError>
@@ -480,29 +473,6 @@ pub async fn run(
     cluster.stop().await;
     let _ = std::fs::remove_file(&files.status);
     outcome
-}
-
-fn remember_primary(path: &Path, db: &TopologyStatus) -> Result<(), RunError> {
-    if !db.primary_ready {
-        return Ok(());
-    }
-    let state = State {
-        primary: Some(db.primary.clone()),
-    };
-    let text = serde_json::to_string(&state).unwrap_or_default();
-    if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
-        write_atomically(path, &text)?;
-    }
-    Ok(())
-}
-
-fn remembered_primary(plan: &Plan) -> String {
-    std::fs::read_to_string(&plan.files.state)
-        .ok()
-        .and_then(|t| serde_json::from_str::<State>(&t).ok())
-        .and_then(|s| s.primary)
-        .filter(|p| plan.databases.iter().any(|d| &d.name == p))
-        .unwrap_or_else(|| plan.first_primary().to_string())
 }
 
 /// Bring everything up; the topology loop's status, or `None` if interrupted.

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod autoscaling;
 mod certificates;
 mod controller;
+mod events;
 mod monitoring;
 pub mod seed;
 pub mod status;
@@ -45,6 +46,7 @@ use crate::{
     error::{Error, Result},
     metrics::Metrics,
 };
+use events::{record, record_scaling};
 use status::{Children, Degradation};
 
 /// Everything a reconcile needs besides the object.
@@ -405,32 +407,6 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     }
 }
 
-/// An event for each autoscaled service whose desired replicas changed.
-async fn record_scaling(ctx: &Context, resource: &ChatCluster, status: &ChatClusterStatus) {
-    for (service, now) in &status.autoscaling {
-        let before = resource
-            .status
-            .as_ref()
-            .and_then(|s| s.autoscaling.get(service))
-            .map(|s| s.desired_replicas);
-        if before.is_some_and(|b| b != now.desired_replicas) {
-            record(
-                ctx,
-                resource,
-                EventType::Normal,
-                "Scaled",
-                format!(
-                    "{service}: {} → {} replicas ({} requests/s)",
-                    before.unwrap_or_default(),
-                    now.desired_replicas,
-                    now.requests_per_second
-                ),
-            )
-            .await;
-        }
-    }
-}
-
 /// Keep the cluster's topology loop in step, publish its view on the pods, announce
 /// failovers, and start a switchover the annotation asks for.
 async fn database_topology(
@@ -590,30 +566,6 @@ async fn publish_status(
         record(ctx, resource, type_, status.phase.as_str(), message).await;
     }
     Ok(())
-}
-
-/// Publish an event on `resource`. Events are informative: failing to publish one only logs.
-async fn record(
-    ctx: &Context,
-    resource: &ChatCluster,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &resource.object_ref(&()))
-        .await
-    {
-        warn!(error = %e, reason, "cannot publish event");
-    }
 }
 
 /// Requeue a failed reconcile with exponential backoff per ChatCluster (5 s doubling to 5 min).
