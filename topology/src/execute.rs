@@ -37,6 +37,15 @@ const FAILING_AFTER: u32 = 3;
 /// The re-seed's name among the actions counted by `note`.
 pub(super) const RESEED: &str = "re-seed";
 
+/// An action that keeps failing on one server.
+#[derive(Debug, Default)]
+pub(super) struct Failing {
+    /// Attempts in a row that failed.
+    pub(super) times: u32,
+    /// The last one's error.
+    pub(super) last: String,
+}
+
 /// The primary's address and the replication user, owned: a re-seed runs beside the loop.
 #[derive(Debug, Clone)]
 pub(super) struct PrimarySource {
@@ -100,37 +109,28 @@ impl<S: DbServer> Topology<S> {
     pub(super) fn note(
         &mut self,
         plan: &mut Plan,
-        what: &str,
+        what: &'static str,
         i: usize,
         result: Result<(), String>,
     ) {
         let name = self.name(i);
-        let key = format!("{what} {name}");
+        let key = (what, name.clone());
         match result {
             Ok(()) => {
                 self.failures.remove(&key);
-                if what == RESEED {
-                    self.seed_failing.remove(&name);
-                }
             }
             Err(e) => {
                 warn!(server = %name, error = %e, "cannot {what}");
-                let n = self.failures.entry(key).or_insert(0);
-                *n += 1;
-                if *n >= FAILING_AFTER {
-                    if what == RESEED {
-                        // Kept by `keep_seed_findings` until the next attempt succeeds.
-                        self.seed_failing.insert(
-                            name.clone(),
-                            format!("cannot {what} ({n} attempts in a row): {e}"),
-                        );
-                    } else {
-                        plan.findings.push(Finding::about(
-                            FindingKind::ActionFailing,
-                            &name,
-                            format!("cannot {what} ({n} ticks in a row): {e}"),
-                        ));
-                    }
+                let failing = self.failures.entry(key).or_default();
+                failing.times += 1;
+                failing.last.clone_from(&e);
+                // A re-seed's finding comes from `keep_seed_findings`, every tick.
+                if failing.times >= FAILING_AFTER && what != RESEED {
+                    plan.findings.push(Finding::about(
+                        FindingKind::ActionFailing,
+                        &name,
+                        format!("cannot {what} ({} ticks in a row): {e}", failing.times),
+                    ));
                 }
                 if let Some(s) = plan.servers.iter_mut().find(|s| s.name == name) {
                     s.error = Some(format!("cannot {what}: {e}"));
@@ -149,13 +149,19 @@ impl<S: DbServer> Topology<S> {
                 .find(|s| s.name == name)
                 .is_none_or(|s| matches!(s.role, Role::Primary | Role::Replica))
         };
-        self.seed_failing.retain(|name, _| !serving(name));
-        for (name, why) in &self.seed_failing {
-            plan.findings.push(Finding::about(
-                FindingKind::ReseedFailing,
-                name,
-                why.clone(),
-            ));
+        self.failures
+            .retain(|(what, name), _| *what != RESEED || !serving(name));
+        for ((what, name), failing) in &self.failures {
+            if *what == RESEED && failing.times >= FAILING_AFTER {
+                plan.findings.push(Finding::about(
+                    FindingKind::ReseedFailing,
+                    name,
+                    format!(
+                        "cannot {what} ({} attempts in a row): {}",
+                        failing.times, failing.last
+                    ),
+                ));
+            }
         }
     }
 
@@ -328,7 +334,10 @@ impl<S: DbServer> Topology<S> {
                 }
                 Err(e) => {
                     // A copy is costly: retry after 2, 4, … 64 s, not every tick.
-                    let failed = self.failures.get(&format!("{RESEED} {name}")).copied();
+                    let failed = self
+                        .failures
+                        .get(&(RESEED, name.clone()))
+                        .map(|f| f.times);
                     let backoff = SEED_RETRY_MS << failed.unwrap_or(0).min(5);
                     warn!(replica = %name, error = %e, retry_in_ms = backoff, "re-seed failed");
                     self.seed_retry_at

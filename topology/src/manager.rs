@@ -56,10 +56,8 @@ pub struct Topology<S: DbServer = Server> {
     pub(super) seeding: BTreeMap<String, JoinHandle<Result<(), String>>>,
     /// When (loop milliseconds) a failed re-seed may be tried again, by member name.
     pub(super) seed_retry_at: BTreeMap<String, u64>,
-    /// Consecutive failures of each action, by "action server".
-    pub(super) failures: BTreeMap<String, u32>,
-    /// Why the re-seed of each server kept failing, until one succeeds or it serves again.
-    pub(super) seed_failing: BTreeMap<String, String>,
+    /// Consecutive failures of each action, by action and server.
+    pub(super) failures: BTreeMap<(&'static str, String), super::execute::Failing>,
     pub(super) status: watch::Sender<TopologyStatus>,
     clock: Clock,
     /// When the last tick wants the next one sooner than the regular interval.
@@ -185,7 +183,6 @@ impl<S: DbServer> Topology<S> {
                 seeding: BTreeMap::new(),
                 seed_retry_at: BTreeMap::new(),
                 failures: BTreeMap::new(),
-                seed_failing: BTreeMap::new(),
                 status,
                 clock,
                 wake_after: None,
