@@ -334,10 +334,7 @@ impl<S: DbServer> Topology<S> {
                 }
                 Err(e) => {
                     // A copy is costly: retry after 2, 4, … 64 s, not every tick.
-                    let failed = self
-                        .failures
-                        .get(&(RESEED, name.clone()))
-                        .map(|f| f.times);
+                    let failed = self.failures.get(&(RESEED, name.clone())).map(|f| f.times);
                     let backoff = SEED_RETRY_MS << failed.unwrap_or(0).min(5);
                     warn!(replica = %name, error = %e, retry_in_ms = backoff, "re-seed failed");
                     self.seed_retry_at

@@ -17,6 +17,10 @@ use crate::{
     topology::status::{Role, SemiSyncState, TopologyStatus},
 };
 
+/// What a cluster's autoscalers say now, by service: the Kubernetes sampling loop and the local
+/// runner publish it; closed once its publisher is gone.
+pub type AutoscalingFeed = watch::Receiver<BTreeMap<String, AutoscalingStatus>>;
+
 /// What is known of one cluster.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
@@ -25,7 +29,7 @@ pub struct ClusterView {
     /// The internal certificates, with internal TLS on.
     pub certificates: Vec<Dates>,
     /// The autoscalers' view, by service, read at each scrape.
-    pub autoscaling: Option<watch::Receiver<BTreeMap<String, AutoscalingStatus>>>,
+    pub autoscaling: Option<AutoscalingFeed>,
 }
 
 /// `(namespace, name)` of a cluster.
@@ -54,13 +58,41 @@ pub fn register(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterVie
     register_autoscaling(registry, views);
 }
 
+/// A whole-number series of the autoscaler: name, help, and the status field it shows.
+type AutoscalerGauge = (&'static str, &'static str, fn(&AutoscalingStatus) -> i64);
+
+/// The autoscaler's whole-number series.
+const AUTOSCALER_GAUGES: [AutoscalerGauge; 5] = [
+    (
+        "autoscaler_current_replicas",
+        "Replicas an autoscaled service's Deployment has",
+        |a| i64::from(a.current_replicas),
+    ),
+    (
+        "autoscaler_desired_replicas",
+        "Replicas the autoscaler wants for the service",
+        |a| i64::from(a.desired_replicas),
+    ),
+    (
+        "autoscaler_recommended_replicas",
+        "The last sample's recommendation, before the windows and the bounds",
+        |a| i64::from(a.recommended_replicas),
+    ),
+    (
+        "autoscaler_max_replicas",
+        "The most replicas the autoscaler may want for the service",
+        |a| i64::from(a.max_replicas),
+    ),
+    (
+        "autoscaler_in_flight",
+        "Requests in progress Envoy reports for the service",
+        |a| a.in_flight,
+    ),
+];
+
 fn register_autoscaling(registry: &mut Registry, views: &BTreeMap<ClusterKey, ClusterView>) {
-    let current = Family::<Labels, Gauge>::default();
-    let desired = Family::<Labels, Gauge>::default();
-    let recommended = Family::<Labels, Gauge>::default();
-    let max = Family::<Labels, Gauge>::default();
+    let gauges = AUTOSCALER_GAUGES.map(|_| Family::<Labels, Gauge>::default());
     let requests = Family::<Labels, FloatGauge>::default();
-    let in_flight = Family::<Labels, Gauge>::default();
     for ((namespace, cluster), view) in views {
         for (service, a) in &live(view.autoscaling.as_ref()).unwrap_or_default() {
             let labels = vec![
@@ -68,51 +100,21 @@ fn register_autoscaling(registry: &mut Registry, views: &BTreeMap<ClusterKey, Cl
                 ("cluster", cluster.clone()),
                 ("service", service.clone()),
             ];
-            current
-                .get_or_create(&labels)
-                .set(i64::from(a.current_replicas));
-            desired
-                .get_or_create(&labels)
-                .set(i64::from(a.desired_replicas));
-            recommended
-                .get_or_create(&labels)
-                .set(i64::from(a.recommended_replicas));
-            max.get_or_create(&labels).set(i64::from(a.max_replicas));
+            for (family, (_, _, value)) in gauges.iter().zip(AUTOSCALER_GAUGES) {
+                family.get_or_create(&labels).set(value(a));
+            }
             requests
                 .get_or_create(&labels)
                 .set(a.requests_per_second.parse().unwrap_or(0.0));
-            in_flight.get_or_create(&labels).set(a.in_flight);
         }
     }
-    registry.register(
-        "autoscaler_current_replicas",
-        "Replicas an autoscaled service's Deployment has",
-        current,
-    );
-    registry.register(
-        "autoscaler_desired_replicas",
-        "Replicas the autoscaler wants for the service",
-        desired,
-    );
-    registry.register(
-        "autoscaler_recommended_replicas",
-        "The last sample's recommendation, before the windows and the bounds",
-        recommended,
-    );
-    registry.register(
-        "autoscaler_max_replicas",
-        "The most replicas the autoscaler may want for the service",
-        max,
-    );
+    for (family, (name, help, _)) in gauges.into_iter().zip(AUTOSCALER_GAUGES) {
+        registry.register(name, help, family);
+    }
     registry.register(
         "autoscaler_requests_per_second",
         "Request rate Envoy reports for the service (the autoscaler's signal)",
         requests,
-    );
-    registry.register(
-        "autoscaler_in_flight",
-        "Requests in progress Envoy reports for the service",
-        in_flight,
     );
 }
 

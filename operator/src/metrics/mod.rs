@@ -3,6 +3,8 @@
 
 mod clusters;
 
+pub use clusters::AutoscalingFeed;
+
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
 use crate::topology::status::TopologyStatus;
@@ -74,7 +76,7 @@ impl Metrics {
         &self,
         namespace: &str,
         cluster: &str,
-        services: Option<watch::Receiver<BTreeMap<String, crate::api::AutoscalingStatus>>>,
+        services: Option<AutoscalingFeed>,
     ) {
         self.clusters()
             .entry((namespace.into(), cluster.into()))

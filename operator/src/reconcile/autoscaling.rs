@@ -29,6 +29,7 @@ use crate::{
         signal::{self, LoadReport},
     },
     build::{ClusterRef, ports},
+    metrics::AutoscalingFeed,
 };
 
 /// How often the signal is sampled (the HPA's default sync period).
@@ -161,10 +162,6 @@ struct ServiceState {
 
 type Shared = Arc<Mutex<BTreeMap<ServiceKind, ServiceState>>>;
 
-/// What a cluster's autoscalers say now, by service, for those who read it between reconciles
-/// (the metrics); closed once its loop is gone.
-pub type Published = watch::Receiver<BTreeMap<String, AutoscalingStatus>>;
-
 struct Entry {
     services: Shared,
     published: watch::Sender<BTreeMap<String, AutoscalingStatus>>,
@@ -287,7 +284,7 @@ impl Autoscalers {
 
     /// The cluster's autoscalers as they decide, between reconciles too; `None` when it has
     /// none.
-    pub fn published(&self, resource: &ChatCluster) -> Option<Published> {
+    pub fn published(&self, resource: &ChatCluster) -> Option<AutoscalingFeed> {
         lock(&self.loops)
             .get(&ObjectRef::from_obj(resource))
             .map(|e| e.published.subscribe())
