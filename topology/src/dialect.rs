@@ -67,6 +67,10 @@ pub trait Dialect: Send + Sync {
     /// replica waits for with [`wait_for_gtids`](Self::wait_for_gtids). An expression, so a
     /// sender can read it in the same query as its message's seq.
     fn commit_token(&self) -> &'static str;
+    /// Whether `INSERT … RETURNING` and `JSON_TABLE` exist (MariaDB 10.6 on): a batch of
+    /// sends is then one statement that learns each message's seq. Without them every send
+    /// is its own.
+    fn insert_returning(&self) -> bool;
     /// Make every later statement of this session give up after `ms` milliseconds (0: no
     /// limit). MariaDB bounds every statement; MySQL bounds only SELECTs, and writes are
     /// bounded by the lock wait timeout.
@@ -214,6 +218,9 @@ impl Dialect for MySql {
         // The executed set: a superset of this session's commit.
         "@@GLOBAL.gtid_executed"
     }
+    fn insert_returning(&self) -> bool {
+        false
+    }
     fn statement_timeout(&self, ms: u64) -> String {
         format!("SET SESSION max_execution_time = {ms}")
     }
@@ -338,6 +345,9 @@ impl Dialect for MariaDb {
     fn commit_token(&self) -> &'static str {
         // The session's last committed GTID.
         "@@last_gtid"
+    }
+    fn insert_returning(&self) -> bool {
+        true
     }
     fn statement_timeout(&self, ms: u64) -> String {
         // Seconds, fractions allowed.

@@ -7,7 +7,10 @@
 //! subscriber per group reads through replica B, so every message crosses replicas. At 1, 16
 //! and 64 concurrent senders: messages/s acknowledged, and send→delivery latency p50/p99.
 //! Baseline, in the same run and at the same concurrency: plain autocommit INSERTs straight
-//! into the same primary — the database's own durable commit rate.
+//! into the same primary — the database's own durable commit rate. Per message, also: the
+//! statements the primary ran (its `Questions` counter, every client's), the CPU both chatd
+//! replicas spent sending and delivering, and the CPU both database servers spent
+//! (`/proc/<pid>/stat`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -86,9 +89,55 @@ struct Level {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    statements_per_message: f64,
+    chatd_cpu_us_per_message: f64,
+    db_cpu_us_per_message: f64,
 }
 
-async fn chat_level(a: &Chatd, b: &Chatd, concurrency: usize, round: usize) -> Level {
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// Microseconds processes `pids` (all their threads) have run on a CPU.
+fn cpu_us(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // After the command, which is in parentheses and may hold spaces: utime and
+            // stime are fields 14 and 15, the 12th and 13th after it.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<u64> = after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|v| v.parse().unwrap())
+                .collect();
+            (f[0] + f[1]) * 1_000_000 / TICKS_PER_SECOND
+        })
+        .sum()
+}
+
+/// Statements the server has been sent, by every client.
+async fn questions(db: &MariaDb) -> u64 {
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.app_url())
+        .await
+        .unwrap();
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    value.parse().unwrap()
+}
+
+async fn chat_level(
+    a: &Chatd,
+    b: &Chatd,
+    db: &common::Db,
+    concurrency: usize,
+    round: usize,
+) -> Level {
     let mut ca = Clients::new(a).await;
     let base = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -142,11 +191,18 @@ async fn chat_level(a: &Chatd, b: &Chatd, concurrency: usize, round: usize) -> L
         }));
         senders.push((sender, group.id));
     }
+    let mut clients = Vec::new();
+    for _ in 0..senders.len() {
+        clients.push(Clients::new(a).await);
+    }
+    let chatds = [a.pid(), b.pid()];
+    let servers = [db.primary.pid().unwrap(), db.replica.pid().unwrap()];
+    let questions_before = questions(&db.primary).await;
+    let (chatd_before, db_before) = (cpu_us(&chatds), cpu_us(&servers));
     let deadline = Instant::now() + Duration::from_secs(LEVEL_SECONDS);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (sender, group) in senders {
-        let mut c = Clients::new(a).await;
+    for ((sender, group), mut c) in senders.into_iter().zip(clients) {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -182,6 +238,9 @@ async fn chat_level(a: &Chatd, b: &Chatd, concurrency: usize, round: usize) -> L
     for s in subscribers {
         s.abort();
     }
+    let (chatd_us, db_us) = (cpu_us(&chatds) - chatd_before, cpu_us(&servers) - db_before);
+    // Less this query's own.
+    let statements = questions(&db.primary).await - questions_before - 1;
     let mut l = latencies.lock().await.clone();
     assert_eq!(
         l.len() as u64,
@@ -193,6 +252,9 @@ async fn chat_level(a: &Chatd, b: &Chatd, concurrency: usize, round: usize) -> L
         per_second,
         p50_ms: percentile(&l, 0.5),
         p99_ms: percentile(&l, 0.99),
+        statements_per_message: statements as f64 / sent as f64,
+        chatd_cpu_us_per_message: chatd_us as f64 / sent as f64,
+        db_cpu_us_per_message: db_us as f64 / sent as f64,
     }
 }
 
@@ -223,21 +285,33 @@ fn main() {
         "baseline = autocommit INSERTs straight into the same durable MariaDB primary, same run\n"
     );
     println!(
-        "{:>8} {:>12} {:>14} {:>10} {:>10} {:>10}",
-        "senders", "chat msg/s", "DB commits/s", "ratio", "p50 ms", "p99 ms"
+        "{:>8} {:>11} {:>13} {:>6} {:>7} {:>7} {:>13} {:>13} {:>10}",
+        "senders",
+        "chat msg/s",
+        "DB commits/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "primary stmts",
+        "chatd CPU µs",
+        "DB CPU µs"
     );
+    println!("{:>93}", "(per message)");
     rt.block_on(async {
         for (round, concurrency) in [1usize, 16, 64].into_iter().enumerate() {
             let baseline = baseline_commits_per_second(&db.primary, concurrency).await;
-            let level = chat_level(&a, &b, concurrency, round).await;
+            let level = chat_level(&a, &b, &db, concurrency, round).await;
             println!(
-                "{:>8} {:>12.0} {:>14.0} {:>10.2} {:>10.2} {:>10.2}",
+                "{:>8} {:>11.0} {:>13.0} {:>6.2} {:>7.2} {:>7.2} {:>13.2} {:>13.0} {:>10.0}",
                 concurrency,
                 level.per_second,
                 baseline,
                 level.per_second / baseline,
                 level.p50_ms,
-                level.p99_ms
+                level.p99_ms,
+                level.statements_per_message,
+                level.chatd_cpu_us_per_message,
+                level.db_cpu_us_per_message,
             );
         }
     });

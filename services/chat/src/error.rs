@@ -27,6 +27,10 @@ pub enum Error {
     /// Too many requests.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Cannot be served now; the caller may retry (with its client key, if the outcome of a
+    /// write is unknown).
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed or could not be reached.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -48,6 +52,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Database(e) => {
                 tracing::warn!(error = %e, "database error");
                 let code = match e {

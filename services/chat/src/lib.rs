@@ -4,6 +4,7 @@
 //! - [`services`]: the gRPC services (identity, access rules, validation), over [`store`]
 //!   (each service's tables and SQL, and the messages every kind shares) and [`db`]
 //!   (primary/replica routing with read-your-writes);
+//! - [`group_commit`]: concurrent sends written by one statement and one commit;
 //! - [`fanout`]: delivery of new messages to subscribers on every replica;
 //! - [`token`]: signed access tokens, verified by every service;
 //! - [`server`]: assembling a process from its configuration;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod fanout;
+pub mod group_commit;
 pub mod pb;
 pub mod server;
 pub mod services;

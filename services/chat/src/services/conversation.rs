@@ -13,11 +13,12 @@ use crate::{
     db::DELIVERY_WAIT,
     error::{Error, Result},
     fanout::{ACCESS_CHANGED, Topic},
+    group_commit::{Committer, Outcome},
     pb::chat::{
         DeleteMessageRequest, EditMessageRequest, Event, Heartbeat, HistoryRequest,
         HistoryResponse, Message, SendMessageRequest, SubscribeRequest, event,
     },
-    store::messages::{self, Change, Tables},
+    store::messages::{self, Change, NewMessage, Tables},
     token::now_ms,
 };
 
@@ -101,6 +102,8 @@ pub struct Conversations<M> {
     pub tables: Tables,
     /// Its access rule.
     pub membership: Arc<M>,
+    /// Its group commit (None: every send writes by itself).
+    committer: Option<Committer>,
 }
 
 /// How often a subscription sends a heartbeat (see `Heartbeat` in `messages.proto`).
@@ -112,6 +115,17 @@ const SAFETY_POLL: Duration = Duration::from_secs(2);
 const CATCH_UP_BATCH: u32 = 200;
 
 impl<M: Membership> Conversations<M> {
+    /// The message operations of `service`, over `tables`, for members by `membership`.
+    pub fn new(app: Arc<App>, service: &'static str, tables: Tables, membership: M) -> Self {
+        Self {
+            committer: Committer::start(app.db.clone(), tables),
+            app,
+            service,
+            tables,
+            membership: Arc::new(membership),
+        }
+    }
+
     fn topic(&self, conv: u64) -> Topic {
         Topic {
             service: self.service,
@@ -140,21 +154,23 @@ impl<M: Membership> Conversations<M> {
         {
             req.client_key = key;
         }
-        messages::check_text(&req.text)?;
-        let (mut conn, _) = self.write_access(caller.sub, req.conversation_id).await?;
-        let written = messages::send(
-            &self.app.db,
-            &mut conn,
-            self.tables,
-            req.conversation_id,
-            caller.sub,
-            &req.text,
-            &req.client_key,
-        )
-        .await?;
+        let message = NewMessage::new(req.conversation_id, caller.sub, req.text, req.client_key)?;
+        let batched = match &self.committer {
+            Some(committer) => committer.send(message).await?,
+            None => Outcome::Alone(message),
+        };
+        let written = match batched {
+            Outcome::Written(written) => written,
+            Outcome::Alone(message) => {
+                let (mut conn, _) = self
+                    .write_access(caller.sub, message.conversation_id)
+                    .await?;
+                messages::send(&self.app.db, &mut conn, self.tables, message).await?
+            }
+        };
         if written.fresh {
             self.app.hub.publish(
-                &self.topic(req.conversation_id),
+                &self.topic(written.message.conversation_id),
                 written.message.seq,
                 &written.token,
                 false,

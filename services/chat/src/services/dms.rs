@@ -45,12 +45,7 @@ impl DmsService {
     /// DMs over `app`.
     pub fn new(app: Arc<App>) -> Self {
         Self {
-            conversations: Conversations {
-                app: app.clone(),
-                service: "dms",
-                tables: store::TABLES,
-                membership: Arc::new(DmMembership),
-            },
+            conversations: Conversations::new(app.clone(), "dms", store::TABLES, DmMembership),
             app,
         }
     }

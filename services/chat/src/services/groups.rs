@@ -69,12 +69,7 @@ impl GroupsService {
     /// Groups over `app`.
     pub fn new(app: Arc<App>) -> Self {
         Self {
-            conversations: Conversations {
-                app: app.clone(),
-                service: SERVICE,
-                tables: store::TABLES,
-                membership: Arc::new(GroupMembership),
-            },
+            conversations: Conversations::new(app.clone(), SERVICE, store::TABLES, GroupMembership),
             app,
         }
     }

@@ -114,12 +114,12 @@ impl ServersService {
     /// Servers over `app`.
     pub fn new(app: Arc<App>) -> Self {
         Self {
-            conversations: Conversations {
-                app: app.clone(),
-                service: SERVICE,
-                tables: store::TABLES,
-                membership: Arc::new(ChannelMembership),
-            },
+            conversations: Conversations::new(
+                app.clone(),
+                SERVICE,
+                store::TABLES,
+                ChannelMembership,
+            ),
             app,
         }
     }

@@ -34,6 +34,10 @@ pub struct Tables {
     pub conversations: &'static str,
     /// The message table.
     pub messages: &'static str,
+    /// Who may send, as an SQL condition on `j.conversation_id` and `j.sender_id`: the
+    /// service's access rule (its `Membership`), false for a conversation that does not
+    /// exist, for a batched send to check inside its INSERT ([`super::batch`]).
+    pub may_send: &'static str,
 }
 
 impl Tables {
@@ -146,23 +150,66 @@ fn row_to_message(row: &MySqlRow) -> Result<Message> {
 const COLUMNS: &str =
     "conversation_id, seq, sender_id, text, client_key, sent_at_ms, edited_at_ms, deleted";
 
-/// Send a message to conversation `conv` as `sender`, on `conn` (a primary connection).
+/// A message about to be sent, checked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewMessage {
+    /// Where to.
+    pub conversation_id: u64,
+    /// Who sends it.
+    pub sender_id: u64,
+    /// Its text, as [`check_text`] allows.
+    pub text: String,
+    /// The sender's idempotency key, if any.
+    pub client_key: Option<String>,
+}
+
+impl NewMessage {
+    /// `text` from `sender` to `conv`, with `client_key` (empty: none): INVALID_ARGUMENT
+    /// when the text or the key is not allowed.
+    pub fn new(conv: u64, sender: u64, text: String, client_key: String) -> Result<Self> {
+        check_text(&text)?;
+        if client_key.len() > MAX_CLIENT_KEY {
+            return Err(Error::InvalidArgument(format!(
+                "client_key is longer than {MAX_CLIENT_KEY} bytes"
+            )));
+        }
+        Ok(Self {
+            conversation_id: conv,
+            sender_id: sender,
+            text,
+            client_key: (!client_key.is_empty()).then_some(client_key),
+        })
+    }
+
+    /// This message, stored with `seq` at `sent_at_ms` by a write `token` covers.
+    pub fn written(self, seq: u64, sent_at_ms: i64, token: String) -> Written {
+        Written {
+            message: Message {
+                conversation_id: self.conversation_id,
+                seq,
+                sender_id: self.sender_id,
+                text: self.text,
+                sent_at_ms,
+                edited_at_ms: 0,
+                deleted: false,
+                client_key: self.client_key.unwrap_or_default(),
+            },
+            token,
+            fresh: true,
+        }
+    }
+}
+
+/// Send `msg` by itself, on `conn` (a primary connection, on which the caller checked
+/// access): NOT_FOUND when the conversation does not exist; with a client key already
+/// used, the first message.
 pub async fn send(
     db: &Db,
     conn: &mut MySqlConnection,
     t: Tables,
-    conv: u64,
-    sender: u64,
-    text: &str,
-    client_key: &str,
+    msg: NewMessage,
 ) -> Result<Written> {
-    check_text(text)?;
-    if client_key.len() > MAX_CLIENT_KEY {
-        return Err(Error::InvalidArgument(format!(
-            "client_key is longer than {MAX_CLIENT_KEY} bytes"
-        )));
-    }
-    let key = (!client_key.is_empty()).then_some(client_key);
+    let (conv, sender) = (msg.conversation_id, msg.sender_id);
     let sent_at_ms = now_ms();
     let inserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {} (conversation_id, seq, sender_id, text, client_key, sent_at_ms) VALUES (?, 0, ?, ?, ?, ?)",
@@ -170,8 +217,8 @@ pub async fn send(
     )))
     .bind(conv)
     .bind(sender)
-    .bind(text)
-    .bind(key)
+    .bind(&msg.text)
+    .bind(msg.client_key.as_deref())
     .bind(sent_at_ms)
     .execute(&mut *conn)
     .await;
@@ -195,27 +242,14 @@ pub async fn send(
                         t.messages
                     ))
                 })?;
-            Ok(Written {
-                message: Message {
-                    conversation_id: conv,
-                    seq,
-                    sender_id: sender,
-                    text: text.to_string(),
-                    sent_at_ms,
-                    edited_at_ms: 0,
-                    deleted: false,
-                    client_key: key.unwrap_or_default().to_string(),
-                },
-                token: token.unwrap_or_default(),
-                fresh: true,
-            })
+            Ok(msg.written(seq, sent_at_ms, token.unwrap_or_default()))
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NO_CONVERSATION) => {
             Err(Error::NotFound(format!("conversation {conv} not found")))
         }
         // A retry with the same key (or a concurrent one that won): return the first message.
-        Err(e) if key.is_some() && is_duplicate(&e) => {
-            let key = key.unwrap_or_default();
+        Err(e) if msg.client_key.is_some() && is_duplicate(&e) => {
+            let key = msg.client_key.as_deref().unwrap_or_default();
             let existing = by_client_key(conn, t, conv, sender, key)
                 .await?
                 .ok_or_else(|| Error::Internal("duplicate key without a row".into()))?;

@@ -4,6 +4,7 @@
 //! `services`.
 
 pub mod auth;
+pub mod batch;
 pub mod dms;
 pub mod groups;
 pub mod messages;

@@ -107,6 +107,11 @@ impl<'a> Options<'a> {
 }
 
 impl Chatd {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Start chatd and wait until it serves.
     pub fn start(keys: &Keys, opts: Options<'_>, port: u16) -> Self {
         let me = Self::spawn(keys, opts, port);
