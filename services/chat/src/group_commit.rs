@@ -19,7 +19,7 @@ use crate::{
     db::Db,
     error::{Error, Result},
     store::{
-        batch::{self, InsertError},
+        batch::{Insert, InsertError},
         messages::{NewMessage, Tables, Written},
     },
     token::now_ms,
@@ -63,8 +63,14 @@ impl Committer {
         }
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
+        let insert = Insert::new(t);
         for _ in 0..WRITERS {
-            tokio::spawn(write_batches(db.clone(), t, waiting.clone()));
+            tokio::spawn(write_batches(
+                db.clone(),
+                t,
+                insert.clone(),
+                waiting.clone(),
+            ));
         }
         Some(Self { queue })
     }
@@ -83,11 +89,16 @@ impl Committer {
 }
 
 /// One writer: gather a batch, write it, answer its senders; until the committer is dropped.
-async fn write_batches(db: Arc<Db>, t: Tables, waiting: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn write_batches(
+    db: Arc<Db>,
+    t: Tables,
+    insert: Insert,
+    waiting: Arc<Mutex<mpsc::Receiver<Pending>>>,
+) {
     let mut held = Vec::new();
     while let Some(batch) = gather(&waiting, &mut held).await {
         let span = info_span!("group_commit", table = t.messages, messages = batch.len());
-        write(&db, t, batch).instrument(span).await;
+        write(&db, &insert, batch).instrument(span).await;
     }
 }
 
@@ -148,25 +159,27 @@ impl Batch {
     }
 }
 
+/// Answer every one of `sends` UNAVAILABLE, with `why`.
+fn unavailable(sends: Vec<Pending>, why: &str) {
+    for p in sends {
+        let _ = p.reply.send(Err(Error::Unavailable(why.into())));
+    }
+}
+
 /// Write `sends` with one statement and answer each.
-async fn write(db: &Db, t: Tables, sends: Vec<Pending>) {
+async fn write(db: &Db, insert: &Insert, sends: Vec<Pending>) {
     let mut conn = match db.primary().await.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
             // Each alone would wait for the pool again: tell them now.
             warn!(error = %e, "no primary connection for a batch");
-            for p in sends {
-                let _ = p.reply.send(Err(Error::Unavailable(
-                    "database unavailable, retry".into(),
-                )));
-            }
-            return;
+            return unavailable(sends, "database unavailable, retry");
         }
     };
     let outcome = async {
         let messages: Vec<&NewMessage> = sends.iter().map(|p| &p.message).collect();
         let sent_at_ms = now_ms();
-        let seqs = batch::insert(&mut conn, t, &messages, sent_at_ms).await?;
+        let seqs = insert.run(&mut conn, &messages, sent_at_ms).await?;
         // Committed: a token that cannot be read only costs readers their wait for it.
         let token = if seqs.iter().any(Option::is_some) {
             db.commit_token(&mut conn).await.unwrap_or_else(|e| {
@@ -199,12 +212,10 @@ async fn write(db: &Db, t: Tables, sends: Vec<Pending>) {
         }
         Err(InsertError::Unknown(e)) => {
             warn!(error = %e, "batch outcome unknown");
-            for p in sends {
-                let _ = p.reply.send(Err(Error::Unavailable(
-                    "the database connection broke during the write: retry with the same client_key"
-                        .into(),
-                )));
-            }
+            unavailable(
+                sends,
+                "the database connection broke during the write: retry with the same client_key",
+            );
         }
     }
 }

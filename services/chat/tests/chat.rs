@@ -9,26 +9,15 @@ use std::time::Duration;
 use chatcluster_tests::free_port;
 use chatd::pb::{
     auth::{GetProfileRequest, LoginRequest, RefreshRequest, UpdateProfileRequest},
-    chat::{
-        DeleteMessageRequest, EditMessageRequest, HistoryRequest, SendMessageRequest,
-        SubscribeRequest, event,
-    },
+    chat::{DeleteMessageRequest, EditMessageRequest, HistoryRequest, SubscribeRequest, event},
     dms::OpenRequest,
     groups::{AddMemberRequest, CreateGroupRequest, GetGroupRequest, RemoveMemberRequest, Role},
     servers::{
         CreateChannelRequest, CreateInviteRequest, CreateServerRequest, JoinRequest, KickRequest,
     },
 };
-use common::{Chatd, Clients, Db, Keys, Options, Setup, authed, register, uid};
+use common::{Chatd, Clients, Db, Keys, Options, Setup, authed, register, send, uid};
 use tonic::Code;
-
-fn send(conv: u64, text: &str, key: &str) -> SendMessageRequest {
-    SendMessageRequest {
-        conversation_id: conv,
-        text: text.into(),
-        client_key: key.into(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_tokens_and_profiles() {

@@ -6,22 +6,10 @@
 
 mod common;
 
-use chatd::pb::{
-    chat::{HistoryRequest, SendMessageRequest},
-    dms::OpenRequest,
-    servers::CreateServerRequest,
-};
-use common::{Clients, Setup, authed, register};
+use chatd::pb::{chat::HistoryRequest, dms::OpenRequest, servers::CreateServerRequest};
+use common::{Clients, Setup, authed, register, send};
 use futures::future::join_all;
 use tonic::Code;
-
-fn send(conv: u64, text: &str, key: &str) -> SendMessageRequest {
-    SendMessageRequest {
-        conversation_id: conv,
-        text: text.into(),
-        client_key: key.into(),
-    }
-}
 
 fn binlog_commits(s: &Setup) -> u64 {
     let row = s.db.primary.sql("SHOW GLOBAL STATUS LIKE 'Binlog_commits'");

@@ -10,7 +10,7 @@
 //! A message it left out is sent by itself, which says why (NOT_FOUND, PERMISSION_DENIED) or
 //! returns the first message of an idempotent retry.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 
@@ -18,7 +18,7 @@ use super::messages::{NewMessage, Tables};
 use crate::error::{Error, Result};
 
 /// The INSERT of a batch for `t`; binds `sent_at_ms` and the batch as JSON ([`to_json`]).
-pub fn insert_sql(t: Tables) -> String {
+fn insert_sql(t: Tables) -> String {
     format!(
         "INSERT INTO {messages} (conversation_id, seq, sender_id, text, client_key, sent_at_ms)
          SELECT j.conversation_id, 0, j.sender_id, j.text, j.client_key, ?
@@ -59,16 +59,36 @@ pub fn seqs(batch: &[&NewMessage], returned: &[(u64, u64, u64)]) -> Vec<Option<u
         .collect()
 }
 
-/// Write `batch` (at most one message per conversation and sender) on `conn`, a primary
-/// connection, at `sent_at_ms`: the seq of each message, None for one left out.
-pub async fn insert(
+/// The batch INSERT of one service, its text made once (every batch runs it).
+#[derive(Debug, Clone)]
+pub struct Insert(Arc<str>);
+
+impl Insert {
+    /// The batch INSERT for tables `t`.
+    pub fn new(t: Tables) -> Self {
+        Self(insert_sql(t).into())
+    }
+
+    /// Write `batch` (at most one message per conversation and sender) on `conn`, a primary
+    /// connection, at `sent_at_ms`: the seq of each message, None for one left out.
+    pub async fn run(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[&NewMessage],
+        sent_at_ms: i64,
+    ) -> std::result::Result<Vec<Option<u64>>, InsertError> {
+        insert(conn, self.0.clone(), batch, sent_at_ms).await
+    }
+}
+
+async fn insert(
     conn: &mut MySqlConnection,
-    t: Tables,
+    sql: Arc<str>,
     batch: &[&NewMessage],
     sent_at_ms: i64,
 ) -> std::result::Result<Vec<Option<u64>>, InsertError> {
     let json = to_json(batch).map_err(InsertError::Refused)?;
-    let rows = sqlx::query(AssertSqlSafe(insert_sql(t)))
+    let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(sent_at_ms)
         .bind(json)
         .fetch_all(&mut *conn)

@@ -340,6 +340,15 @@ pub async fn login(auth: &mut AuthClient<Channel>, name: &str) -> Session {
 }
 
 /// A request carrying `session`'s access token.
+/// A send of `text` to `conv` with client key `key` (empty: none).
+pub fn send(conv: u64, text: &str, key: &str) -> chatd::pb::chat::SendMessageRequest {
+    chatd::pb::chat::SendMessageRequest {
+        conversation_id: conv,
+        text: text.into(),
+        client_key: key.into(),
+    }
+}
+
 pub fn authed<T>(session: &Session, body: T) -> Request<T> {
     chatcluster_tests::chat::authed(session, body).unwrap()
 }
