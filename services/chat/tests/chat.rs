@@ -591,20 +591,11 @@ async fn racing_sends_and_retries_get_every_seq_once() {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=WRITERS * EACH).collect::<Vec<_>>());
-    let newest = c
-        .groups
-        .history(authed(
-            &a,
-            HistoryRequest {
-                conversation_id: g.id,
-                limit: 1,
-                ..HistoryRequest::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(newest.messages[0].seq, WRITERS * EACH, "no seq was skipped");
+    assert_eq!(
+        common::newest_group_seq(&mut c, &a, g.id).await,
+        WRITERS * EACH,
+        "no seq was skipped"
+    );
     let n = WRITERS * EACH;
     let last = |db: &common::Db| {
         db.primary.sql(&format!(

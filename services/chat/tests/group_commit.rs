@@ -6,7 +6,7 @@
 
 mod common;
 
-use chatd::pb::{chat::HistoryRequest, dms::OpenRequest, servers::CreateServerRequest};
+use chatd::pb::{dms::OpenRequest, servers::CreateServerRequest};
 use common::{Clients, Setup, authed, register, send};
 use futures::future::join_all;
 use tonic::Code;
@@ -136,20 +136,7 @@ async fn mixed_concurrent_sends_share_commits_and_each_gets_its_own_answer() {
         stored.split_whitespace().collect::<Vec<_>>(),
         [n.to_string(), n.to_string()]
     );
-    let page = c
-        .groups
-        .history(authed(
-            &owner,
-            HistoryRequest {
-                conversation_id: group.id,
-                limit: 1,
-                ..HistoryRequest::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(page.messages[0].seq, n);
+    assert_eq!(common::newest_group_seq(&mut c, &owner, group.id).await, n);
     // Shared commits: fewer commits than messages (each send alone is one).
     assert!(
         commits < n,

@@ -339,7 +339,6 @@ pub async fn login(auth: &mut AuthClient<Channel>, name: &str) -> Session {
     .into_inner()
 }
 
-/// A request carrying `session`'s access token.
 /// A send of `text` to `conv` with client key `key` (empty: none).
 pub fn send(conv: u64, text: &str, key: &str) -> chatd::pb::chat::SendMessageRequest {
     chatd::pb::chat::SendMessageRequest {
@@ -349,6 +348,25 @@ pub fn send(conv: u64, text: &str, key: &str) -> chatd::pb::chat::SendMessageReq
     }
 }
 
+/// The seq of the newest message of group `conv`, as `reader`'s history shows it.
+pub async fn newest_group_seq(c: &mut Clients, reader: &Session, conv: u64) -> u64 {
+    let page = c
+        .groups
+        .history(authed(
+            reader,
+            chatd::pb::chat::HistoryRequest {
+                conversation_id: conv,
+                limit: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    page.messages[0].seq
+}
+
+/// A request carrying `session`'s access token.
 pub fn authed<T>(session: &Session, body: T) -> Request<T> {
     chatcluster_tests::chat::authed(session, body).unwrap()
 }
