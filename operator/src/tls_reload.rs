@@ -78,7 +78,7 @@ pub struct Reloader {
     /// The user's password.
     pub password: String,
     /// The engine's statements.
-    pub dialect: &'static dyn Dialect,
+    pub dialect: &'static Dialect,
     /// The files' contents when the server last reloaded them.
     loaded: Option<Vec<u8>>,
 }
@@ -91,7 +91,7 @@ impl Reloader {
         port: u16,
         user: String,
         password: String,
-        dialect: &'static dyn Dialect,
+        dialect: &'static Dialect,
     ) -> Self {
         Self {
             dir,
@@ -136,7 +136,7 @@ impl Reloader {
             .await
             .map_err(|source| Error::Connect { address, source })?;
         let outcome = connection
-            .execute(self.dialect.reload_tls())
+            .execute(self.dialect.reload_tls)
             .await
             .map(drop)
             .map_err(Error::Reload);

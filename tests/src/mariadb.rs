@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_operator::topology::dialect::{Dialect, MariaDb as MariaDbDialect};
+use chat_operator::topology::dialect::MARIADB;
 
 use crate::{Process, TempDir, free_port};
 
@@ -132,7 +132,7 @@ impl MariaDb {
         db.spawn();
         // Set up outside the binary log, as every server gets the same: a replica must hold no
         // transaction of its own (it would be errant).
-        let admin_privileges = MariaDbDialect.admin_privileges();
+        let admin_privileges = MARIADB.admin_privileges;
         db.sql(&format!(
             "SET SESSION sql_log_bin = 0;
              CREATE USER 'admin'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}';

@@ -771,7 +771,7 @@ async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_wri
         db.port,
         "admin".into(),
         chatcluster_tests::mariadb::ADMIN_PASSWORD.into(),
-        &chat_operator::topology::dialect::MariaDb,
+        &chat_operator::topology::dialect::MARIADB,
     );
     assert!(reloader.check().await.unwrap(), "the first look reloads");
     assert!(!reloader.check().await.unwrap(), "nothing changed");
@@ -814,7 +814,7 @@ async fn the_reloader_has_its_server_serve_changed_files_and_survives_a_half_wri
         db.port,
         "admin".into(),
         "wrong".into(),
-        &chat_operator::topology::dialect::MariaDb,
+        &chat_operator::topology::dialect::MARIADB,
     );
     let denied = stranger.check().await;
     assert!(matches!(denied, Err(Error::Connect { .. })), "{denied:?}");

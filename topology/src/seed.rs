@@ -251,9 +251,9 @@ pub async fn reseed(
     let dialect = replica.dialect();
     replica
         .exec(&[
-            dialect.stop_replica(),
-            dialect.reset_replica(),
-            dialect.make_read_only(),
+            dialect.stop_replica,
+            dialect.reset_replica,
+            dialect.make_read_only,
         ])
         .await?;
     match dialect.seed(source) {
@@ -275,7 +275,7 @@ pub async fn reseed(
             replica
                 .exec(&[
                     "SET SESSION sql_log_bin = 0".to_string(),
-                    dialect.reset_binlog().to_string(),
+                    dialect.reset_binlog.to_string(),
                     dialect.set_applied(&gtids),
                     "SET SESSION sql_log_bin = 1".to_string(),
                 ])

@@ -145,7 +145,7 @@ pub struct Server {
     credentials: Credentials,
     timeout: Duration,
     conn: Option<MySqlConnection>,
-    dialect: &'static dyn Dialect,
+    dialect: &'static Dialect,
     /// How its files are copied physically, where they can be (MariaDB in local mode and in
     /// Kubernetes); without one, re-seeding copies logically.
     seeder: Option<Arc<dyn Seeder>>,
@@ -159,7 +159,7 @@ impl Server {
             credentials,
             timeout,
             conn: None,
-            dialect: &dialect::MariaDb,
+            dialect: &dialect::MARIADB,
             seeder: None,
         }
     }
@@ -176,7 +176,7 @@ impl Server {
     }
 
     /// The engine's statements (known once it has answered).
-    pub fn dialect(&self) -> &'static dyn Dialect {
+    pub fn dialect(&self) -> &'static Dialect {
         self.dialect
     }
 
@@ -319,7 +319,7 @@ impl Server {
     /// read-only switch (it waits for commits in progress); killed, it is never acknowledged.
     async fn fence_now(&mut self, timeout: Duration) -> Result<()> {
         self.kill_clients(timeout).await?;
-        let read_only = self.dialect.make_read_only();
+        let read_only = self.dialect.make_read_only;
         self.exec_within(&[read_only], timeout).await?;
         // Whoever connected in between.
         self.kill_clients(timeout).await
@@ -327,7 +327,7 @@ impl Server {
 
     /// Wait up to `wait` until the server has applied `gtids`; whether it has.
     async fn wait_for(&mut self, gtids: &str, wait: Duration) -> Result<bool> {
-        let query = self.dialect.wait_for_gtids();
+        let query = self.dialect.wait_for_gtids;
         let gtids = gtids.to_string();
         let secs = wait.as_secs_f64();
         let result: Option<i64> = self
@@ -354,14 +354,14 @@ impl Server {
                 Box::pin(async move {
                     let row = sqlx::query(AssertSqlSafe(format!(
                         "SELECT VERSION() AS version, @@GLOBAL.read_only AS ro, {} AS ss, @@GLOBAL.server_id AS sid",
-                        dialect.semi_sync_source_enabled()
+                        dialect.semi_sync_source_enabled
                     )))
                     .fetch_one(&mut *conn)
                     .await?;
-                    let executed: String = sqlx::query_scalar(dialect.executed_gtids())
+                    let executed: String = sqlx::query_scalar(dialect.executed_gtids)
                         .fetch_one(&mut *conn)
                         .await?;
-                    let status = sqlx::query(dialect.replica_status())
+                    let status = sqlx::query(dialect.replica_status)
                         .fetch_optional(&mut *conn)
                         .await?;
                     Ok((row, executed, status))
@@ -381,7 +381,7 @@ impl Server {
         let executed = parse(&executed_text)?;
         let replication = match status {
             Some(row) => {
-                let c = dialect.replica_columns();
+                let c = dialect.replica_columns;
                 let source_host = text(&row, c.source_host);
                 // A configured-then-reset replica reports an empty row.
                 if source_host.is_empty() {
@@ -456,12 +456,12 @@ impl DbServer for Server {
     }
 
     async fn stop_receiver(&mut self, within: Duration) -> Result<()> {
-        let stop = self.dialect.stop_io_thread();
+        let stop = self.dialect.stop_io_thread;
         self.exec_within(&[stop], within).await
     }
 
     async fn stop_replication(&mut self) -> Result<()> {
-        let stop = self.dialect.stop_replica();
+        let stop = self.dialect.stop_replica;
         self.exec(&[stop]).await
     }
 
@@ -471,16 +471,16 @@ impl DbServer for Server {
         self.fence_now(self.timeout).await?;
         let dialect = self.dialect;
         let mut statements: Vec<String> = vec![
-            dialect.stop_replica().into(),
-            dialect.semi_sync_source_off().into(),
+            dialect.stop_replica.into(),
+            dialect.semi_sync_source_off.into(),
             dialect.net_timeout(),
         ];
-        statements.extend(dialect.adopt_own_position().map(String::from));
+        statements.extend(dialect.adopt_own_position.map(String::from));
         statements.push(dialect.change_source(source));
         if semi_sync {
-            statements.push(dialect.semi_sync_replica().into());
+            statements.push(dialect.semi_sync_replica.into());
         }
-        statements.push(dialect.start_replica().into());
+        statements.push(dialect.start_replica.into());
         self.exec(&statements).await
     }
 
@@ -488,14 +488,14 @@ impl DbServer for Server {
         let statements = match state {
             SemiSyncState::Waiting(n) => self.dialect.semi_sync_source(n),
             SemiSyncState::Off | SemiSyncState::Degraded => {
-                vec![self.dialect.semi_sync_source_off().into()]
+                vec![self.dialect.semi_sync_source_off.into()]
             }
         };
         self.exec(&statements).await
     }
 
     async fn make_writable(&mut self) -> Result<()> {
-        let statements = self.dialect.promote();
+        let statements = self.dialect.promote;
         self.exec(&statements).await
     }
 
@@ -526,7 +526,7 @@ impl DbServer for Server {
             .contains("mariadb");
         match self.seeder.clone() {
             Some(seeder) if mariadb => {
-                self.exec(&[self.dialect.stop_replica(), self.dialect.reset_replica()])
+                self.exec(&[self.dialect.stop_replica, self.dialect.reset_replica])
                     .await?;
                 physical::reseed(seeder.as_ref(), &primary.member, self).await?;
                 Ok(())

@@ -48,15 +48,15 @@ pub const ADMIN_USER: &str = "chatcluster-admin";
 pub const REPL_USER: &str = "chatcluster-repl";
 
 /// The database's statements.
-pub fn dialect(db: &DatabaseSpec) -> &'static dyn Dialect {
+pub fn dialect(db: &DatabaseSpec) -> &'static Dialect {
     engine_dialect(db.engine)
 }
 
 /// An engine's statements.
-pub fn engine_dialect(engine: DatabaseEngine) -> &'static dyn Dialect {
+pub fn engine_dialect(engine: DatabaseEngine) -> &'static Dialect {
     match engine {
-        DatabaseEngine::Mysql => &topology::dialect::MySql,
-        DatabaseEngine::Mariadb => &topology::dialect::MariaDb,
+        DatabaseEngine::Mysql => &topology::dialect::MYSQL,
+        DatabaseEngine::Mariadb => &topology::dialect::MARIADB,
     }
 }
 
@@ -357,7 +357,7 @@ pub fn stateful_set(
             pod::env("INITDB_DIR", INITDB_DIR),
             pod::env("ADMIN_USER", ADMIN_USER),
             pod::env("REPL_USER", REPL_USER),
-            pod::env("ADMIN_PRIVILEGES", dialect(db).admin_privileges()),
+            pod::env("ADMIN_PRIVILEGES", dialect(db).admin_privileges),
             pod::env_from_secret(
                 "ADMIN_PASSWORD",
                 &names::db_secret(owner),

@@ -10,7 +10,6 @@ use super::plan::{Binaries, DbProcess, Launch, Plan, ServicePlan, env};
 use crate::{
     api::ServiceKind,
     build::{self, database, secrets},
-    topology::dialect::Dialect,
 };
 
 impl Plan {
@@ -74,7 +73,7 @@ impl Plan {
         let repl = database::REPL_USER;
         let app = secrets::DB_APP_USER;
         let schema = build::DB_NAME;
-        let privileges = crate::topology::dialect::MariaDb.admin_privileges();
+        let privileges = crate::topology::dialect::MARIADB.admin_privileges;
         let (admin_pw, repl_pw, app_pw) = (
             credentials.admin(),
             credentials.replication(),

@@ -517,7 +517,7 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
                 db.port,
                 credentials.admin_user.clone(),
                 credentials.admin_password.clone(),
-                &topology::dialect::MariaDb,
+                &topology::dialect::MARIADB,
             );
             let run = crate::tls_reload::run(reloader, std::future::pending());
             cluster.reloaders.push(tokio::spawn(run));

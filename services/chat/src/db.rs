@@ -101,7 +101,7 @@ pub struct Db {
     cfg: DbConfig,
     primary: RwLock<(String, MySqlPool)>,
     replicas: Option<MySqlPool>,
-    dialect: &'static dyn Dialect,
+    dialect: &'static Dialect,
 }
 
 /// How long a user's read waits for its replica to catch up with a token before using the
@@ -142,7 +142,7 @@ impl Db {
     }
 
     /// The dialect of the servers.
-    pub fn dialect(&self) -> &'static dyn Dialect {
+    pub fn dialect(&self) -> &'static Dialect {
         self.dialect
     }
 
@@ -180,14 +180,14 @@ impl Db {
 
     /// The token of what this connection committed last.
     pub async fn commit_token(&self, conn: &mut MySqlConnection) -> Result<String> {
-        let query = format!("SELECT {}", self.dialect.commit_token());
+        let query = format!("SELECT {}", self.dialect.commit_token);
         token(conn, &query).await
     }
 
     /// A token of everything the server behind `conn` has applied: for a write this
     /// connection did not make (an idempotent retry finding the first send's message).
     pub async fn executed_token(&self, conn: &mut MySqlConnection) -> Result<String> {
-        token(conn, self.dialect.executed_gtids()).await
+        token(conn, self.dialect.executed_gtids).await
     }
 
     /// A connection to read from that has applied `token`: a replica when one can be had and
@@ -207,7 +207,7 @@ impl Db {
                 Ok(mut conn) => match token.filter(|t| !t.is_empty()) {
                     None => return Ok(conn),
                     Some(t) => {
-                        let waited = sqlx::query(self.dialect.wait_for_gtids())
+                        let waited = sqlx::query(self.dialect.wait_for_gtids)
                             .bind(t)
                             .bind(wait.as_secs_f64())
                             .fetch_one(&mut *conn)

@@ -59,7 +59,7 @@ impl Committer {
     /// write a batch in one statement (see `Dialect::insert_returning`). The writers end
     /// when the committer is dropped.
     pub fn start(db: Arc<Db>, t: Tables) -> Option<Self> {
-        if !db.dialect().insert_returning() {
+        if !db.dialect().insert_returning {
             return None;
         }
         let (queue, waiting) = mpsc::channel(QUEUE);

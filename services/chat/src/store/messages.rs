@@ -226,7 +226,7 @@ pub async fn send(
         Ok(_) => {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {SENT_VARIABLE} AS sent, {} AS token",
-                db.dialect().commit_token()
+                db.dialect().commit_token
             )))
             .fetch_one(&mut *conn)
             .await?;
