@@ -35,15 +35,7 @@ fn migrations() -> Vec<String> {
            created_at_ms BIGINT NOT NULL
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
             .into(),
-        "CREATE TABLE groups_members (
-           group_id BIGINT UNSIGNED NOT NULL,
-           user_id BIGINT UNSIGNED NOT NULL,
-           role TINYINT NOT NULL,
-           joined_at_ms BIGINT NOT NULL,
-           PRIMARY KEY (group_id, user_id),
-           KEY user_id (user_id)
-         ) ENGINE=InnoDB"
-            .into(),
+        ROSTER.members_ddl(),
         TABLES.messages_ddl(),
         // Nobody is put in a group without consent: whom a manager adds is invited first.
         "CREATE TABLE groups_invitations (

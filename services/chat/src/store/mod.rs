@@ -137,6 +137,23 @@ pub struct MemberRow {
 }
 
 impl Roster {
+    /// DDL of the members table: one row per (parent, user) with the role code, found by user
+    /// too (a user's conversations).
+    pub fn members_ddl(&self) -> String {
+        format!(
+            "CREATE TABLE {} (
+               {key} BIGINT UNSIGNED NOT NULL,
+               user_id BIGINT UNSIGNED NOT NULL,
+               role TINYINT NOT NULL,
+               joined_at_ms BIGINT NOT NULL,
+               PRIMARY KEY ({key}, user_id),
+               KEY user_id (user_id)
+             ) ENGINE=InnoDB",
+            self.members,
+            key = self.key
+        )
+    }
+
     /// `user`'s role code in `parent` (None: not a member), in one round trip; NOT_FOUND when
     /// the parent does not exist.
     pub async fn role(

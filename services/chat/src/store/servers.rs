@@ -35,15 +35,7 @@ fn migrations() -> Vec<String> {
            created_at_ms BIGINT NOT NULL
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
             .into(),
-        "CREATE TABLE servers_members (
-           server_id BIGINT UNSIGNED NOT NULL,
-           user_id BIGINT UNSIGNED NOT NULL,
-           role TINYINT NOT NULL,
-           joined_at_ms BIGINT NOT NULL,
-           PRIMARY KEY (server_id, user_id),
-           KEY user_id (user_id)
-         ) ENGINE=InnoDB"
-            .into(),
+        ROSTER.members_ddl(),
         "CREATE TABLE servers_channels (
            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
            server_id BIGINT UNSIGNED NOT NULL,
