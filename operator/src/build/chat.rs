@@ -10,11 +10,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec,
-            Probe, SecretVolumeSource, Service, ServiceSpec, Volume,
+            Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+            Service, ServiceSpec, Volume,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 
 use chatcluster_types::chatd::{self, Settings, Value};
@@ -51,19 +51,11 @@ pub fn deployment(
     let internal_tls = spec.internal_tls.enabled;
     let selector = owner.selector(component);
     let labels = owner.labels(component, "chatd");
-    // On the metrics port: the kubelet presents no client certificate, and the gRPC port
-    // takes none but the internal CA's. `/healthz` answers 200 while serving and 503 once
-    // draining, as the gRPC health status does.
+    // `/healthz` answers 200 while serving and 503 once draining, as the gRPC health status
+    // does.
     let probe = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::Int(ports::METRICS),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
         timeout_seconds: Some(2),
-        ..Probe::default()
+        ..pod::healthz_probe(period, failures)
     };
     // Only auth signs tokens, so only auth pods see the private key.
     let token_items = if kind == ServiceKind::Auth {
@@ -76,18 +68,10 @@ pub fn deployment(
         name: "chatd".into(),
         image: Some(svc.image.clone().unwrap_or_else(defaults::chatd_image)),
         env: Some(chatd_env(owner, spec, kind)),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("grpc".into()),
-                container_port: ports::CHATD_GRPC,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("metrics".into()),
-                container_port: ports::METRICS,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(pod::container_ports(&[
+            ("grpc", ports::CHATD_GRPC),
+            ("metrics", ports::METRICS),
+        ])),
         // A draining replica leaves the Service's endpoints, so Envoy stops sending it
         // traffic; the endpoint only answers once the database is reached and migrated.
         readiness_probe: Some(probe(5, 2)),
@@ -100,16 +84,11 @@ pub fn deployment(
             "512Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(
-            [
-                Some(pod::read_only_mount("token-key", TOKEN_MOUNT)),
-                Some(pod::tmp_mount()),
-                internal_tls.then(|| pod::internal_tls_mount(TLS_MOUNT)),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        ),
+        volume_mounts: Some(pod::present([
+            Some(pod::read_only_mount("token-key", TOKEN_MOUNT)),
+            Some(pod::tmp_mount()),
+            internal_tls.then(|| pod::internal_tls_mount(TLS_MOUNT)),
+        ])),
         ..Container::default()
     };
 
@@ -117,10 +96,7 @@ pub fn deployment(
         metadata: owner.meta(names::service(owner, kind), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            },
+            selector: pod::label_selector(selector.clone()),
             // Surge before removing, so capacity never drops during a rollout.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),

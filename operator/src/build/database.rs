@@ -12,10 +12,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
-            Probe, Service, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-            VolumeResourceRequirements,
+            ConfigMap, Container, EmptyDirVolumeSource, ExecAction, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServiceSpec,
+            TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -383,11 +382,7 @@ pub fn stateful_set(
         name: "database".into(),
         image: Some(image(db)),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("mysql".into()),
-            container_port: ports::DATABASE,
-            ..ContainerPort::default()
-        }]),
+        ports: Some(pod::container_ports(&[("mysql", ports::DATABASE)])),
         readiness_probe: Some(query_probe),
         liveness_probe: Some(tcp_probe(10, 6)),
         // First start initialises the data directory, which can take minutes on slow disks.
@@ -463,14 +458,7 @@ pub fn stateful_set(
                     termination_grace_period_seconds: Some(60),
                     volumes: Some(
                         vec![
-                            Volume {
-                                name: "config".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: names::db_config(owner),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
+                            pod::config_map_volume("config", names::db_config(owner)),
                             empty_dir("conf"),
                             empty_dir("initdb"),
                             empty_dir("run"),

@@ -7,15 +7,12 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Lifecycle,
-            LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
-            SleepAction, TCPSocketAction, Volume,
+            ConfigMap, Container, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
+            PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, SleepAction,
+            TCPSocketAction,
         },
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde_json::json;
 
@@ -343,18 +340,10 @@ pub fn deployment(
             "info".into(),
         ]),
         env: Some(vec![pod::env_from_field("POD_NAME", "metadata.name")]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("https".into()),
-                container_port: ports::ENVOY_HTTPS,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("ready".into()),
-                container_port: ports::ENVOY_READY,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(pod::container_ports(&[
+            ("https", ports::ENVOY_HTTPS),
+            ("ready", ports::ENVOY_READY),
+        ])),
         // Envoy answers nothing until its first configuration arrives from chat-xds or the
         // initial fetch times out, so a new pod takes no traffic before it has routes.
         readiness_probe: Some(Probe {
@@ -392,26 +381,18 @@ pub fn deployment(
             "512Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(
-            [
-                Some(pod::read_only_mount("bootstrap", BOOTSTRAP_DIR)),
-                Some(pod::tmp_mount()),
-                internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        ),
+        volume_mounts: Some(pod::present([
+            Some(pod::read_only_mount("bootstrap", BOOTSTRAP_DIR)),
+            Some(pod::tmp_mount()),
+            internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
+        ])),
         ..Container::default()
     };
     Deployment {
         metadata: owner.meta(names::envoy(owner), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(ingress.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            },
+            selector: pod::label_selector(selector.clone()),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -443,24 +424,11 @@ pub fn deployment(
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(
-                        [
-                            Some(Volume {
-                                name: "bootstrap".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: names::envoy(owner),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            }),
-                            Some(pod::tmp_volume()),
-                            internal_tls
-                                .then(|| pod::internal_tls_volume(owner, component::INGRESS)),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .collect(),
-                    ),
+                    volumes: Some(pod::present([
+                        Some(pod::config_map_volume("bootstrap", names::envoy(owner))),
+                        Some(pod::tmp_volume()),
+                        internal_tls.then(|| pod::internal_tls_volume(owner, component::INGRESS)),
+                    ])),
                     ..PodSpec::default()
                 }),
             },

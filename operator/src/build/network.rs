@@ -19,7 +19,7 @@ use k8s_openapi::{
     },
 };
 
-use super::{ClusterRef, database, ingress, labels, names, ports, xds};
+use super::{ClusterRef, database, ingress, labels, names, pod, ports, xds};
 use crate::{
     api::{ChatClusterSpec, ServiceKind},
     seed::DONOR_PORT,
@@ -31,17 +31,10 @@ pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "chat-op
 /// The label every namespace carries with its own name (set by the API server).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels),
-        ..LabelSelector::default()
-    }
-}
-
 /// Pods of `component` of this cluster (in its namespace).
 fn component(owner: &ClusterRef, component: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        pod_selector: Some(selector(owner.selector(component))),
+        pod_selector: Some(pod::label_selector(owner.selector(component))),
         ..NetworkPolicyPeer::default()
     }
 }
@@ -49,14 +42,17 @@ fn component(owner: &ClusterRef, component: &str) -> NetworkPolicyPeer {
 /// Pods labelled `key=value`, in `namespace` (`None`: any).
 fn labelled(key: &str, value: &str, namespace: Option<&str>) -> NetworkPolicyPeer {
     let namespaces = namespace.map_or_else(LabelSelector::default, |ns| {
-        selector(BTreeMap::from([(
+        pod::label_selector(BTreeMap::from([(
             NAMESPACE_NAME_LABEL.to_string(),
             ns.to_string(),
         )]))
     });
     NetworkPolicyPeer {
         namespace_selector: Some(namespaces),
-        pod_selector: Some(selector(BTreeMap::from([(key.into(), value.into())]))),
+        pod_selector: Some(pod::label_selector(BTreeMap::from([(
+            key.into(),
+            value.into(),
+        )]))),
         ..NetworkPolicyPeer::default()
     }
 }
@@ -64,11 +60,11 @@ fn labelled(key: &str, value: &str, namespace: Option<&str>) -> NetworkPolicyPee
 /// The operator's pods, in `namespace` only: a pod elsewhere with the same label gains nothing.
 fn operator(namespace: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        namespace_selector: Some(selector(BTreeMap::from([(
+        namespace_selector: Some(pod::label_selector(BTreeMap::from([(
             NAMESPACE_NAME_LABEL.into(),
             namespace.into(),
         )]))),
-        pod_selector: Some(selector(BTreeMap::from([(
+        pod_selector: Some(pod::label_selector(BTreeMap::from([(
             OPERATOR_POD_LABEL.0.into(),
             OPERATOR_POD_LABEL.1.into(),
         )]))),
@@ -126,7 +122,7 @@ fn allow_to(
         owner,
         names::allow_to(owner, component),
         component,
-        selector(owner.selector(component)),
+        pod::label_selector(owner.selector(component)),
         ingress,
     )
 }
@@ -170,7 +166,7 @@ pub fn policies(
     };
     let scrapers = || Some(vec![scraper()]);
     let envoy = || component(owner, ingress::COMPONENT);
-    let whole_cluster = selector(BTreeMap::from([(
+    let whole_cluster = pod::label_selector(BTreeMap::from([(
         labels::CLUSTER.into(),
         owner.name.clone(),
     )]));

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Capabilities, ConfigMap, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            ObjectFieldSelector, PodSecurityContext, PodTemplateSpec, ResourceRequirements,
-            SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, ServicePort,
-            TopologySpreadConstraint, Volume, VolumeMount,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+            SecretVolumeSource, SecurityContext, ServicePort, TopologySpreadConstraint, Volume,
+            VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -241,5 +242,59 @@ pub fn read_only_mount(name: &str, path: &str) -> VolumeMount {
         mount_path: path.into(),
         read_only: Some(true),
         ..VolumeMount::default()
+    }
+}
+
+/// Named container ports, `(name, port)`.
+pub fn container_ports(named: &[(&str, i32)]) -> Vec<ContainerPort> {
+    named
+        .iter()
+        .map(|&(name, port)| ContainerPort {
+            name: Some(name.into()),
+            container_port: port,
+            ..ContainerPort::default()
+        })
+        .collect()
+}
+
+/// The volumes or mounts that apply (`None`: one this configuration does without, such as
+/// TLS off).
+pub fn present<T, const N: usize>(items: [Option<T>; N]) -> Vec<T> {
+    items.into_iter().flatten().collect()
+}
+
+/// ConfigMap `config_map` as volume `name`.
+pub fn config_map_volume(name: &str, config_map: String) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map,
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// GET `/healthz` on the metrics port every `period` seconds, failing after `failures`: the
+/// kubelet presents no client certificate, and the gRPC ports take none but the internal
+/// CA's.
+pub fn healthz_probe(period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(super::ports::METRICS),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// Selects the pods carrying all of `labels`.
+pub fn label_selector(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
     }
 }

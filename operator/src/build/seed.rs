@@ -11,9 +11,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodAffinity,
-            PodAffinityTerm, PodSpec, PodTemplateSpec, Probe, TCPSocketAction, Volume, VolumeMount,
+            Affinity, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+            PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSpec,
+            PodTemplateSpec, Probe, TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -219,11 +219,7 @@ fn reseed_parts(owner: &ClusterRef, db: &DatabaseSpec) -> [Container; 2] {
             pod::env("CHATCLUSTER_SEED_USER", ADMIN_USER),
             key_env(owner),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("seed".into()),
-            container_port: i32::from(DONOR_PORT),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(pod::container_ports(&[("seed", i32::from(DONOR_PORT))])),
         // No readiness probe: the agent must never take the database out of its Services.
         // A probe's connection ends its session at once.
         liveness_probe: Some(tcp_probe(20)),

@@ -8,15 +8,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PodSpec,
-            PodTemplateSpec, Probe, Service, ServiceAccount, ServiceSpec, Volume,
+            ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServiceSpec,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{BuildError, CONFIG_HASH_ANNOTATION, ClusterRef, ingress, labels, names, pod, ports};
@@ -201,17 +197,6 @@ pub fn deployment(
 ) -> Deployment {
     let selector = owner.selector(COMPONENT);
     let labels = owner.labels(COMPONENT, "chat-xds");
-    // The kubelet presents no client certificate: it probes the plain HTTP port.
-    let probe = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::Int(ports::METRICS),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
     let container = Container {
         name: "chat-xds".into(),
         image: Some(xds.image.clone().unwrap_or_else(defaults::xds_image)),
@@ -230,20 +215,12 @@ pub fn deployment(
             .chain(internal_tls.then(|| pod::env("CHAT_XDS_TLS_DIR", INTERNAL_TLS_DIR)))
             .collect(),
         ),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("xds".into()),
-                container_port: ports::XDS,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("metrics".into()),
-                container_port: ports::METRICS,
-                ..ContainerPort::default()
-            },
-        ]),
-        readiness_probe: Some(probe(5, 2)),
-        liveness_probe: Some(probe(10, 3)),
+        ports: Some(pod::container_ports(&[
+            ("xds", ports::XDS),
+            ("metrics", ports::METRICS),
+        ])),
+        readiness_probe: Some(pod::healthz_probe(5, 2)),
+        liveness_probe: Some(pod::healthz_probe(10, 3)),
         resources: Some(pod::resources(
             xds.resources.as_ref(),
             "50m",
@@ -251,25 +228,17 @@ pub fn deployment(
             "256Mi",
         )),
         security_context: Some(pod::container_security(true)),
-        volume_mounts: Some(
-            [
-                Some(pod::read_only_mount("config", CONFIG_DIR)),
-                internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        ),
+        volume_mounts: Some(pod::present([
+            Some(pod::read_only_mount("config", CONFIG_DIR)),
+            internal_tls.then(|| pod::internal_tls_mount(INTERNAL_TLS_DIR)),
+        ])),
         ..Container::default()
     };
     Deployment {
         metadata: owner.meta(names::xds(owner), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(xds.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            },
+            selector: pod::label_selector(selector.clone()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -285,22 +254,10 @@ pub fn deployment(
                     security_context: Some(pod::pod_security(XDS_UID)),
                     topology_spread_constraints: Some(pod::topology_spread(&selector)),
                     enable_service_links: Some(false),
-                    volumes: Some(
-                        [
-                            Some(Volume {
-                                name: "config".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: names::xds(owner),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            }),
-                            internal_tls.then(|| pod::internal_tls_volume(owner, component::XDS)),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .collect(),
-                    ),
+                    volumes: Some(pod::present([
+                        Some(pod::config_map_volume("config", names::xds(owner))),
+                        internal_tls.then(|| pod::internal_tls_volume(owner, component::XDS)),
+                    ])),
                     ..PodSpec::default()
                 }),
             },
