@@ -496,7 +496,7 @@ impl DbServer for Server {
 
     async fn make_writable(&mut self) -> Result<()> {
         let statements = self.dialect.promote;
-        self.exec(&statements).await
+        self.exec(statements).await
     }
 
     async fn wait_applied(&mut self, gtids: &str, wait: Duration) -> Result<bool> {
