@@ -10,7 +10,7 @@
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    MySql, MySqlConnection, Row,
+    Connection as _, MySql, MySqlConnection, Row,
     mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode},
     pool::PoolConnection,
 };
@@ -90,11 +90,25 @@ fn pool(cfg: &DbConfig, address: &str) -> Result<MySqlPool> {
         .max_connections(cfg.max_connections)
         .min_connections(0)
         .acquire_timeout(cfg.acquire_timeout)
-        // A connection to a server that died (failover) is found out before use.
-        .test_before_acquire(true)
+        // A connection to a server that died (failover) is found out before use — by a ping
+        // only when it has sat idle: sqlx already pings every connection as it comes back to
+        // the pool, so one released a moment ago was alive a moment ago. Pinging it again
+        // would add a round trip to every send batch and every delivery read.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .idle_timeout(Duration::from_secs(60))
         .connect_lazy_with(connect_options(cfg, address)?))
 }
+
+/// How long a pooled connection may sit idle before it is pinged on acquire.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// The pools and the dialect.
 pub struct Db {
