@@ -12,9 +12,7 @@ use chatd::pb::{
     chat::{DeleteMessageRequest, EditMessageRequest, HistoryRequest, SubscribeRequest, event},
     dms::OpenRequest,
     groups::{AddMemberRequest, CreateGroupRequest, GetGroupRequest, RemoveMemberRequest, Role},
-    servers::{
-        CreateChannelRequest, CreateInviteRequest, CreateServerRequest, JoinRequest, KickRequest,
-    },
+    servers::{CreateChannelRequest, CreateInviteRequest, JoinRequest, KickRequest},
 };
 use common::{Chatd, Clients, Db, Keys, Options, Setup, authed, register, send, uid};
 use tonic::Code;
@@ -350,17 +348,7 @@ async fn dms_and_servers_authz() {
     assert_eq!(self_dm.code(), Code::InvalidArgument);
 
     // Servers: invite, join, channel permissions, kick.
-    let server = c
-        .servers
-        .create_server(authed(
-            &a,
-            CreateServerRequest {
-                name: "club".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let server = c.server(&a, "club").await;
     let general = server.channels[0].id;
     let denied = c
         .servers
@@ -1060,17 +1048,7 @@ async fn ownership_roles_invites_and_channels() {
     assert!(none.groups.is_empty());
 
     // Invites expire.
-    let server = c
-        .servers
-        .create_server(authed(
-            &a,
-            CreateServerRequest {
-                name: "club".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let server = c.server(&a, "club").await;
     let short = c
         .servers
         .create_invite(authed(

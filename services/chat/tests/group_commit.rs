@@ -6,7 +6,7 @@
 
 mod common;
 
-use chatd::pb::{dms::OpenRequest, servers::CreateServerRequest};
+use chatd::pb::dms::OpenRequest;
 use common::{Clients, Setup, authed, register, send};
 use futures::future::join_all;
 use tonic::Code;
@@ -41,17 +41,7 @@ async fn mixed_concurrent_sends_share_commits_and_each_gets_its_own_answer() {
         .await
         .unwrap()
         .into_inner();
-    let server = c
-        .servers
-        .create_server(authed(
-            &owner,
-            CreateServerRequest {
-                name: "club".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let server = c.server(&owner, "club").await;
     let channel = server.channels[0].id;
 
     let before = binlog_commits(&s);

@@ -14,10 +14,7 @@ use chatd::{
         auth::Session,
         chat::{Event, SendMessageRequest, SubscribeRequest, event},
         groups::RemoveMemberRequest,
-        servers::{
-            CreateInviteRequest, CreateServerRequest, DeleteChannelRequest, JoinRequest,
-            KickRequest,
-        },
+        servers::{DeleteChannelRequest, JoinRequest, KickRequest},
     },
     token::{Claims, Signer, now_ms},
 };
@@ -132,29 +129,12 @@ async fn kicked_or_with_the_channel_deleted_a_stream_ends_even_when_nobody_write
     let owner = register(&mut c.auth, "owner").await;
     let kicked = register(&mut c.auth, "kicked").await;
     let stays = register(&mut c.auth, "stays").await;
-    let server = c
-        .servers
-        .create_server(authed(&owner, CreateServerRequest { name: "s".into() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let server = c.server(&owner, "s").await;
     let channel = server.channels[0].id;
-    let invite = c
-        .servers
-        .create_invite(authed(
-            &owner,
-            CreateInviteRequest {
-                server_id: server.id,
-                ttl_seconds: 0,
-                max_uses: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let invite = c.invite(&owner, server.id).await;
     let subscribe = async |c: &mut common::Clients, who: &Session| {
         let join = JoinRequest {
-            code: invite.code.clone(),
+            code: invite.clone(),
         };
         c.servers.join(authed(who, join)).await.unwrap();
         c.servers

@@ -18,7 +18,7 @@ use crate::{
         DeleteMessageRequest, EditMessageRequest, Event, Heartbeat, HistoryRequest,
         HistoryResponse, Message, SendMessageRequest, SubscribeRequest, event,
     },
-    store::messages::{self, Change, NewMessage, Tables},
+    store::messages::{self, Change, NewMessage, Readable, Tables},
     token::now_ms,
 };
 
@@ -438,17 +438,7 @@ impl<M: Membership> Stream<M> {
     /// Deliver every message after `last` the database has.
     async fn catch_up(&mut self) -> Result<Flow> {
         loop {
-            let batch = {
-                let mut conn = self.checked_reader(self.token.as_deref()).await?;
-                messages::range(
-                    &mut conn,
-                    self.tables,
-                    self.topic.conversation,
-                    self.last,
-                    CATCH_UP_BATCH,
-                )
-                .await?
-            };
+            let batch = self.readable_batch().await?;
             let full = batch.len() == CATCH_UP_BATCH as usize;
             for message in batch {
                 // Seqs have no gaps: a jump means the replica is missing a message; read again.
@@ -472,9 +462,45 @@ impl<M: Membership> Stream<M> {
         }
     }
 
+    /// The next messages after `last`, from a connection that has applied the newest hint's
+    /// token as far as can be had, with the subscriber's access checked in the same
+    /// statement: one round trip for a delivery. The `Membership` is asked only when that
+    /// statement could not tell (nothing new) or said no (then the primary confirms).
+    async fn readable_batch(&self) -> Result<Vec<Message>> {
+        let (t, conv) = (self.tables, self.topic.conversation);
+        let mut conn = self
+            .app
+            .db
+            .reader_within(self.token.as_deref(), DELIVERY_WAIT)
+            .await?;
+        let read =
+            messages::readable_range(&mut conn, t, conv, self.user, self.last, CATCH_UP_BATCH);
+        match read.await? {
+            Readable::Allowed(batch) => Ok(batch),
+            Readable::Nothing => match self.membership.access(&mut conn, self.user, conv).await {
+                Ok(_) => Ok(Vec::new()),
+                Err(Error::NotFound(_) | Error::PermissionDenied(_)) => {
+                    drop(conn);
+                    self.read_confirmed().await
+                }
+                Err(e) => Err(e),
+            },
+            Readable::Denied => {
+                drop(conn);
+                self.read_confirmed().await
+            }
+        }
+    }
+
+    /// After a replica denied the subscriber: the primary's answer, and the batch read there.
+    async fn read_confirmed(&self) -> Result<Vec<Message>> {
+        let mut primary = self.confirmed_on_primary().await?;
+        let (t, conv) = (self.tables, self.topic.conversation);
+        messages::range(&mut primary, t, conv, self.last, CATCH_UP_BATCH).await
+    }
+
     /// A connection to deliver from (one that has applied `token`, as far as can be had),
-    /// after the subscriber's access passed on it. A replica that denies may lack a grant made
-    /// a moment ago, so the primary confirms a denial; only then does the stream end.
+    /// after the subscriber's access passed on it.
     async fn checked_reader(&self, token: Option<&str>) -> Result<PooledConn> {
         let conv = self.topic.conversation;
         let mut conn = self.app.db.reader_within(token, DELIVERY_WAIT).await?;
@@ -482,14 +508,21 @@ impl<M: Membership> Stream<M> {
             Ok(_) => Ok(conn),
             Err(Error::NotFound(_) | Error::PermissionDenied(_)) => {
                 drop(conn);
-                let mut primary = self.app.primary_conn().await?;
-                self.membership
-                    .access(&mut primary, self.user, conv)
-                    .await?;
-                Ok(primary)
+                self.confirmed_on_primary().await
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A replica that denies the subscriber may lack a grant made a moment ago: the primary
+    /// confirms a denial (the stream then ends with its status) or gives its connection to
+    /// read from.
+    async fn confirmed_on_primary(&self) -> Result<PooledConn> {
+        let mut primary = self.app.primary_conn().await?;
+        self.membership
+            .access(&mut primary, self.user, self.topic.conversation)
+            .await?;
+        Ok(primary)
     }
 
     /// Hand `item` to the subscriber: Stop when they are gone, or too slow to take it within

@@ -29,14 +29,14 @@ fn insert_sql(t: Tables) -> String {
            text TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.text',
            client_key VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.client_key'
          )) AS j
-         WHERE {may_send}
+         WHERE {access_rule}
            AND NOT EXISTS (SELECT 1 FROM {messages} taken
              WHERE taken.conversation_id = j.conversation_id AND taken.sender_id = j.sender_id
                AND taken.client_key = j.client_key)
          ORDER BY j.conversation_id, j.ord
          RETURNING conversation_id, seq, sender_id",
         messages = t.messages,
-        may_send = t.may_send,
+        access_rule = t.access_rule,
     )
 }
 

@@ -14,7 +14,7 @@ use crate::{
 pub const TABLES: Tables = Tables {
     conversations: "dms_conversations",
     messages: "dms_messages",
-    may_send: "EXISTS (SELECT 1 FROM dms_conversations WHERE id = j.conversation_id AND j.sender_id IN (user_low, user_high))",
+    access_rule: "EXISTS (SELECT 1 FROM dms_conversations WHERE id = j.conversation_id AND j.sender_id IN (user_low, user_high))",
 };
 
 fn migrations() -> Vec<String> {

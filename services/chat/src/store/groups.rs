@@ -15,7 +15,7 @@ use crate::{
 pub const TABLES: Tables = Tables {
     conversations: "groups_groups",
     messages: "groups_messages",
-    may_send: "EXISTS (SELECT 1 FROM groups_members WHERE group_id = j.conversation_id AND user_id = j.sender_id)",
+    access_rule: "EXISTS (SELECT 1 FROM groups_members WHERE group_id = j.conversation_id AND user_id = j.sender_id)",
 };
 
 /// Group membership.

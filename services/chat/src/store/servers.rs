@@ -16,7 +16,7 @@ use crate::{
 pub const TABLES: Tables = Tables {
     conversations: "servers_channels",
     messages: "servers_messages",
-    may_send: "EXISTS (SELECT 1 FROM servers_channels c JOIN servers_members m ON m.server_id = c.server_id WHERE c.id = j.conversation_id AND c.deleted = 0 AND m.user_id = j.sender_id)",
+    access_rule: "EXISTS (SELECT 1 FROM servers_channels c JOIN servers_members m ON m.server_id = c.server_id WHERE c.id = j.conversation_id AND c.deleted = 0 AND m.user_id = j.sender_id)",
 };
 
 /// Server membership.

@@ -307,6 +307,31 @@ impl Clients {
             .into_inner()
     }
 
+    /// `owner` creates server `name` (with its first channel).
+    pub async fn server(&mut self, owner: &Session, name: &str) -> chatd::pb::servers::Server {
+        let request = chatd::pb::servers::CreateServerRequest { name: name.into() };
+        self.servers
+            .create_server(authed(owner, request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// An invite code to `server` made by `owner`: no expiry beyond the default, any uses.
+    pub async fn invite(&mut self, owner: &Session, server: u64) -> String {
+        let request = chatd::pb::servers::CreateInviteRequest {
+            server_id: server,
+            ttl_seconds: 0,
+            max_uses: 0,
+        };
+        self.servers
+            .create_invite(authed(owner, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .code
+    }
+
     /// `who` accepts their invitation to `group`.
     pub async fn accept(&mut self, who: &Session, group: u64) -> Group {
         self.groups
