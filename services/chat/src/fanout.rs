@@ -6,9 +6,10 @@
 //! - a send on this replica wakes local subscribers of that conversation at once;
 //! - it is also pushed to every peer replica of the same service (`Fanout.Notify`, batched and
 //!   coalesced per conversation), which wakes theirs;
-//! - as a safety net for a lost hint, each replica re-reads `last_seq` of the conversations it
-//!   has subscribers for every few seconds: work grows with subscribed conversations per
-//!   replica, not with all conversations.
+//! - as a safety net for a lost hint, each service on each replica re-reads `last_seq` of the
+//!   conversations it has subscribers for every few seconds, in one statement per 64 of them
+//!   (`Conversations::new` starts it): work grows with subscribed conversations per replica,
+//!   not with subscribers, and no subscription polls by itself.
 
 use chatcluster_common::sync::lock;
 use std::{
@@ -119,6 +120,15 @@ impl Hub {
     /// Conversations with local subscribers.
     pub fn subscribed(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The conversations of `service` with local subscribers.
+    pub fn conversations(&self, service: &str) -> Vec<u64> {
+        self.lock()
+            .keys()
+            .filter(|t| t.service == service)
+            .map(|t| t.conversation)
+            .collect()
     }
 
     /// A new message `seq` in `topic`, heard of locally or from a peer. Returns whether a

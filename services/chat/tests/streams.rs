@@ -21,8 +21,8 @@ use chatd::{
 use common::{Setup, authed, register, uid};
 use tonic::{Code, Request, Status, Streaming};
 
-/// How soon a stream ends once its subscriber loses access (idle streams poll every 2 s, so
-/// only the change's own hint meets this).
+/// How soon a stream ends once its subscriber loses access (only the change's own hint
+/// meets this: no stream polls, and the shared poll looks only for new messages).
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
 fn send(conv: u64, text: &str) -> SendMessageRequest {
@@ -328,4 +328,61 @@ async fn an_idle_stream_carries_a_heartbeat_so_proxies_keep_it() {
         "{event:?}"
     );
     assert!(opened.elapsed() >= HEARTBEAT - Duration::from_secs(1));
+}
+
+/// SELECTs the server has run since it started.
+fn selects(db: &chatcluster_tests::mariadb::MariaDb) -> u64 {
+    let row = db.sql("SHOW GLOBAL STATUS LIKE 'Com_select'");
+    row.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("Com_select in {row:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_streams_cost_the_database_a_poll_per_conversations_not_per_subscriber() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let mut streams = Vec::new();
+    for g in 0..4 {
+        let group = c.group(&owner, &format!("quiet {g}"), &[]).await;
+        for _ in 0..50 {
+            streams.push(c.subscribe_group(&owner, group.id).await);
+        }
+    }
+    // Every stream has made its first read; from here on nobody writes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (before, watched) = (selects(&s.db.replica), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let per_second = (selects(&s.db.replica) - before) as f64 / watched.elapsed().as_secs_f64();
+    // When each subscription polled on its own, this was about 300 a second. Now it is one
+    // poll of the four conversations every 2 s, plus the connection's own reads: about 3.
+    assert!(
+        per_second < 10.0,
+        "{per_second:.1} SELECTs/s on the replica for 200 idle streams"
+    );
+    assert_eq!(streams.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_nobody_hinted_is_delivered_by_the_shared_poll() {
+    let s = Setup::new();
+    let mut c = common::Clients::new(&s.chatd).await;
+    let owner = register(&mut c.auth, "owner").await;
+    let group = c.group(&owner, "unhinted", &[]).await;
+    let mut stream = c.subscribe_group(&owner, group.id).await;
+    // Written behind chatd's back, as if its hint had been lost: only the poll can tell.
+    s.db.primary.sql(&format!(
+        "INSERT INTO chat.groups_messages (conversation_id, seq, sender_id, text, sent_at_ms) \
+         VALUES ({}, 0, {}, 'behind its back', 0)",
+        group.id,
+        uid(&owner)
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        until_text(&mut stream, "behind its back"),
+    )
+    .await
+    .expect("delivered within a poll or two");
 }

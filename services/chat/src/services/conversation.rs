@@ -109,7 +109,8 @@ pub struct Conversations<M> {
 /// How often a subscription sends a heartbeat (see `Heartbeat` in `messages.proto`).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// How often a subscription re-reads its conversation's newest seq in case a hint was lost.
+/// How often each service re-reads the newest seq of the conversations subscribed on this
+/// replica, in case a hint was lost.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// Messages read per query while a subscriber catches up.
 const CATCH_UP_BATCH: u32 = 200;
@@ -117,6 +118,10 @@ const CATCH_UP_BATCH: u32 = 200;
 impl<M: Membership> Conversations<M> {
     /// The message operations of `service`, over `tables`, for members by `membership`.
     pub fn new(app: Arc<App>, service: &'static str, tables: Tables, membership: M) -> Self {
+        tokio::spawn(
+            watch_last_seqs(app.clone(), service, tables)
+                .instrument(info_span!("safety_poll", service)),
+        );
         Self {
             committer: Committer::start(app.db.clone(), tables),
             app,
@@ -328,6 +333,53 @@ fn request_id_key<T>(req: &Request<T>) -> Option<String> {
     (key.len() <= messages::MAX_CLIENT_KEY).then_some(key)
 }
 
+/// Every [`SAFETY_POLL`] until shutdown: hint the newest seq of every conversation of
+/// `service` that has subscribers here, so a lost hint delays a delivery by a poll at most.
+/// One reader connection and a statement per [`messages::LAST_SEQS_CHUNK`] conversations,
+/// however many subscribers they have.
+async fn watch_last_seqs(app: Arc<App>, service: &'static str, tables: Tables) {
+    let mut tick = tokio::time::interval(SAFETY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = until_true(&mut shutdown) => return,
+        }
+        let convs = app.hub.conversations(service);
+        if convs.is_empty() {
+            continue;
+        }
+        if let Err(e) = hint_last_seqs(&app, service, tables, &convs).await {
+            debug!(error = %e, "safety poll failed");
+        }
+    }
+}
+
+async fn hint_last_seqs(
+    app: &App,
+    service: &'static str,
+    tables: Tables,
+    convs: &[u64],
+) -> Result<()> {
+    let mut conn = app.db.reader(None).await?;
+    let seqs = messages::last_seqs(&mut conn, tables, convs).await?;
+    // Taken after the read, so it covers every seq the read saw: a stream waking on it
+    // reads them wherever it reads.
+    let token = app.db.executed_token(&mut conn).await?;
+    for (conversation, seq) in seqs {
+        app.hub.hint(
+            &Topic {
+                service,
+                conversation,
+            },
+            seq,
+            &token,
+        );
+    }
+    Ok(())
+}
+
 /// Completes once the flag is true.
 async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
@@ -367,8 +419,6 @@ impl<M: Membership> Stream<M> {
         let left_ms = u64::try_from(self.expires_at_ms - now_ms()).unwrap_or(0);
         let expiry = tokio::time::sleep(Duration::from_millis(left_ms));
         tokio::pin!(expiry);
-        let mut poll = tokio::time::interval(SAFETY_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = tokio::time::Instant::now() + HEARTBEAT;
         let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,7 +459,6 @@ impl<M: Membership> Stream<M> {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                _ = poll.tick() => {}
                 _ = heartbeat.tick() => {
                     let beat = Event {
                         kind: Some(event::Kind::Heartbeat(Heartbeat {})),

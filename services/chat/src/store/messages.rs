@@ -506,16 +506,32 @@ pub async fn get(
     row.as_ref().map(row_to_message).transpose()
 }
 
-/// The newest seq of `conv`, 0 when it has no message.
-pub async fn last_seq(conn: &mut MySqlConnection, t: Tables, conv: u64) -> Result<u64> {
-    let seq: Option<u64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT last_seq FROM {} WHERE id = ?",
+/// Conversation ids one [`last_seqs`] statement asks for: lists are padded to it with id 0,
+/// which no conversation has, so the one statement text stays prepared.
+pub const LAST_SEQS_CHUNK: usize = 64;
+
+/// The newest seq of each of `convs` that exists (0 for one with no message yet), in one
+/// statement per [`LAST_SEQS_CHUNK`] ids.
+pub async fn last_seqs(
+    conn: &mut MySqlConnection,
+    t: Tables,
+    convs: &[u64],
+) -> Result<Vec<(u64, u64)>> {
+    let marks = vec!["?"; LAST_SEQS_CHUNK].join(", ");
+    let sql = format!(
+        "SELECT id, last_seq FROM {} WHERE id IN ({marks})",
         t.conversations
-    )))
-    .bind(conv)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(seq.unwrap_or(0))
+    );
+    let mut out = Vec::with_capacity(convs.len());
+    for chunk in convs.chunks(LAST_SEQS_CHUNK) {
+        let padding = std::iter::repeat_n(&0, LAST_SEQS_CHUNK - chunk.len());
+        let mut query = sqlx::query_as::<_, (u64, u64)>(AssertSqlSafe(sql.clone()));
+        for id in chunk.iter().chain(padding) {
+            query = query.bind(*id);
+        }
+        out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
