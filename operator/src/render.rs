@@ -223,8 +223,8 @@ spec: {}
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
             .count();
         assert_eq!(
-            secrets, 10,
-            "database credentials, the token key, the internal CA and seven component certificates"
+            secrets, 11,
+            "database credentials, the token key, the internal CA and eight component certificates"
         );
     }
 
@@ -246,8 +246,9 @@ spec: {}
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
         // Database credentials, token key, Envoy's certificate, the internal CA, and the
-        // internal certificates of chat-xds, Envoy, the database and the four chat services.
-        assert_eq!(placeholders, 11);
+        // internal certificates of chat-xds, Envoy, the database, the broker and the four chat
+        // services.
+        assert_eq!(placeholders, 12);
         assert_eq!(
             yaml.lines().filter(|l| *l == "---").count(),
             objects.len() - placeholders,
@@ -259,7 +260,7 @@ spec: {}
             "no Secret data outside comments"
         );
         let table = summary(&objects);
-        assert!(table.contains("| Secret | 11 | `demo-db`"), "{table}");
-        assert!(table.contains("| Deployment | 6 |"), "{table}");
+        assert!(table.contains("| Secret | 12 | `demo-db`"), "{table}");
+        assert!(table.contains("| Deployment | 7 |"), "{table}");
     }
 }

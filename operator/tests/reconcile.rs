@@ -217,6 +217,7 @@ async fn create_builds_every_child_and_reports_progressing() {
         deployments,
         [
             "demo-auth",
+            "demo-broker",
             "demo-dms",
             "demo-envoy",
             "demo-groups",
@@ -225,8 +226,8 @@ async fn create_builds_every_child_and_reports_progressing() {
         ]
     );
     assert_eq!(h.api.names("apps/v1/statefulsets", NS).len(), 2);
-    assert_eq!(h.api.names("v1/services", NS).len(), 13);
-    assert_eq!(h.api.names("v1/configmaps", NS).len(), 3);
+    assert_eq!(h.api.names("v1/services", NS).len(), 10);
+    assert_eq!(h.api.names("v1/configmaps", NS).len(), 4);
     assert_eq!(h.api.names("policy/v1/poddisruptionbudgets", NS).len(), 7);
     assert_eq!(h.api.names("v1/serviceaccounts", NS), ["demo-xds"]);
     assert_eq!(
@@ -243,6 +244,7 @@ async fn create_builds_every_child_and_reports_progressing() {
         secrets,
         [
             "demo-auth-internal-tls",
+            "demo-broker-internal-tls",
             "demo-db",
             "demo-db-internal-tls",
             "demo-dms-internal-tls",
@@ -255,6 +257,12 @@ async fn create_builds_every_child_and_reports_progressing() {
             "demo-xds-internal-tls"
         ]
     );
+
+    // The broker's pod names its certificate's expiry, so a renewal rolls it.
+    let broker = h.deployments().get("demo-broker").await.unwrap();
+    let marks = broker.spec.template.metadata.unwrap().annotations.unwrap();
+    let expiry: u64 = marks["chatcluster.io/broker-certificate"].parse().unwrap();
+    assert!(expiry > 1_700_000_000, "{marks:?}");
 
     // Children carry the owner reference of the live object.
     let resource = h.clusters().get("demo").await.unwrap();
@@ -908,7 +916,7 @@ async fn controller_watches_and_repairs_children() {
         panic!("timed out waiting for {what}");
     }
     eventually("children", || {
-        h.api.names("apps/v1/deployments", NS).len() == 6
+        h.api.names("apps/v1/deployments", NS).len() == 7
     })
     .await;
 

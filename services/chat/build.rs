@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chatcluster/groups/v1/groups.proto",
         "chatcluster/dms/v1/dms.proto",
         "chatcluster/servers/v1/servers.proto",
-        "chatcluster/internal/v1/fanout.proto",
+        "chatcluster/internal/v1/hint.proto",
     ]
     .map(|p| format!("{root}/{p}"));
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("chatcluster.bin");

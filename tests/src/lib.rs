@@ -7,6 +7,7 @@ pub mod chat;
 pub mod load;
 pub mod local;
 pub mod mariadb;
+pub mod nats;
 pub mod netns;
 pub mod objects;
 pub mod sends;

@@ -1,8 +1,9 @@
 //! The internal plane's mutual TLS in a running local cluster (real chat-xds, Envoy, chatd,
 //! MariaDB): chat-xds hands configuration — and with it the listener's private key — to its
 //! cluster's Envoy alone and refuses forged load reports; chatd takes chat calls from Envoy
-//! and fan-out hints from its own peers only; certificates are renewed under load without a
-//! failed request.
+//! only; the broker takes clients with the cluster's certificates only, and a hint forged
+//! there cannot freeze a conversation; certificates are renewed under load without a failed
+//! request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,8 +17,9 @@ use chat_operator::pki::{Ca, Issued, Leaf};
 use chatcluster_tests::{http_get, load, local::LocalCluster};
 use chatcluster_types::identity::{Identity, component};
 use chatd::pb::{
+    chat::{Event, SendMessageRequest, SubscribeRequest, event},
     groups::{GetGroupRequest, groups_client::GroupsClient},
-    internal::{Notification, NotifyRequest, fanout_client::FanoutClient},
+    internal::Notification,
 };
 use envoy_types::pb::envoy::{
     config::core::v3::Node,
@@ -185,22 +187,40 @@ async fn envoy_stat(admin: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A forged hint: conversation 1 of `groups` at the last possible seq, which would freeze its
-/// live delivery on the replica that believed it.
-async fn forge_hint(channel: Channel) -> Result<(), tonic::Status> {
-    FanoutClient::new(channel)
-        .notify(NotifyRequest {
-            sender: "intruder".into(),
-            notifications: vec![Notification {
-                service: "groups".into(),
-                conversation_id: 1,
-                seq: u64::MAX,
-                gtid: String::new(),
-                update: false,
-            }],
-        })
-        .await
-        .map(|_| ())
+/// A client of the broker at `port`: over TLS with the key pair and CA in `dir`, or in plain
+/// text without one.
+async fn broker_client(
+    port: u16,
+    dir: Option<&Path>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    match dir {
+        Some(dir) => {
+            let tls = chatcluster_common::tls::TlsDir(dir.to_path_buf())
+                .client_config()
+                .unwrap();
+            options
+                .require_tls(true)
+                .tls_client_config((*tls).clone())
+                .connect(format!("tls://127.0.0.1:{port}"))
+                .await
+        }
+        None => options.connect(format!("nats://127.0.0.1:{port}")).await,
+    }
+}
+
+/// A directory holding `issued` as a component's certificate files, trusting `ca_pem`.
+fn key_pair_dir(issued: &Issued, ca_pem: &str) -> chatcluster_tests::TempDir {
+    use chatcluster_common::tls::{CA_FILE, CERT_FILE, KEY_FILE};
+    let dir = chatcluster_tests::TempDir::new("broker-client");
+    for (name, pem) in [
+        (CERT_FILE, issued.cert_pem.as_str()),
+        (KEY_FILE, &issued.key_pem),
+        (CA_FILE, ca_pem),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    dir
 }
 
 /// A chat API call made straight to a chatd replica, past Envoy.
@@ -212,7 +232,7 @@ async fn call_groups(channel: Channel) -> Result<(), tonic::Status> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chatd_takes_chat_calls_from_envoy_and_hints_from_its_peers_only() {
+async fn chatd_takes_calls_from_envoy_only_and_the_broker_its_cluster_only() {
     let cluster = LocalCluster::start("examples/laptop.yaml");
     let groups = cluster
         .plan
@@ -236,17 +256,16 @@ async fn chatd_takes_chat_calls_from_envoy_and_hints_from_its_peers_only() {
         .connect()
         .await
     {
-        assert!(forge_hint(channel.clone()).await.is_err());
         assert!(call_groups(channel).await.is_err());
     }
     if let Ok(channel) = tls_channel_to(port, &me.server_name(), &ca_pem, None).await {
         assert!(
-            forge_hint(channel).await.is_err(),
+            call_groups(channel).await.is_err(),
             "served without a certificate"
         );
     }
-    // The cluster's CA, another component: Envoy may call the API but send no hint; another
-    // service's replica neither; a peer replica sends hints but no chat calls.
+    // The cluster's CA, another component: Envoy may call the API; another service's
+    // replica, or one of the same service, may not.
     let channel_as = |who: Identity| {
         let cert = certificate_for(&ca, who, now);
         let ca_pem = ca_pem.clone();
@@ -258,30 +277,98 @@ async fn chatd_takes_chat_calls_from_envoy_and_hints_from_its_peers_only() {
         }
     };
     let envoy = channel_as(me.sibling(component::INGRESS)).await;
-    let code = forge_hint(envoy.clone()).await.unwrap_err().code();
-    assert_eq!(code, tonic::Code::PermissionDenied);
     assert_ne!(
         call_groups(envoy).await.err().map(|s| s.code()),
         Some(tonic::Code::PermissionDenied),
         "Envoy's identity is refused the API"
     );
-    let auth = channel_as(me.sibling("auth")).await;
-    assert_eq!(
-        forge_hint(auth.clone()).await.unwrap_err().code(),
-        tonic::Code::PermissionDenied
-    );
-    assert_eq!(
-        call_groups(auth).await.unwrap_err().code(),
-        tonic::Code::PermissionDenied
-    );
-    let peer = channel_as(me.clone()).await;
+    for who in [me.sibling("auth"), me.clone()] {
+        let channel = channel_as(who.clone()).await;
+        assert_eq!(
+            call_groups(channel).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied,
+            "{who} called the API"
+        );
+    }
+
+    // The broker: plain text and a certificate of another CA are refused; the cluster's
+    // certificate is taken.
+    let broker = cluster.plan.broker.port;
     assert!(
-        forge_hint(peer.clone()).await.is_ok(),
-        "a peer's hint refused"
+        broker_client(broker, None).await.is_err(),
+        "plain text taken"
     );
-    assert_eq!(
-        call_groups(peer).await.unwrap_err().code(),
-        tonic::Code::PermissionDenied
+    let foreign = Ca::generate("local", "laptop", now).unwrap();
+    let stranger = key_pair_dir(&certificate_for(&foreign, me.clone(), now), &ca_pem);
+    assert!(
+        broker_client(broker, Some(stranger.path())).await.is_err(),
+        "another CA's certificate taken"
+    );
+    let insider = key_pair_dir(&certificate_for(&ca, me.clone(), now), &ca_pem);
+    let forger = broker_client(broker, Some(insider.path())).await.unwrap();
+
+    // Even so, a hint forged there (the last possible seq) does not freeze the group: the
+    // next message still arrives pushed, not polled.
+    let envoy_channel = Channel::from_shared(cluster.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut groups_api = GroupsClient::new(envoy_channel);
+    let subscribe = SubscribeRequest {
+        conversation_id: group,
+        after_seq: 0,
+    };
+    let mut stream = groups_api
+        .subscribe(chatcluster_tests::chat::authed(&session, subscribe).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    // The replica subscribes to the group's subject when its first subscriber comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let forged = Notification {
+        seq: u64::MAX,
+        gtid: String::new(),
+        update: false,
+    };
+    use prost::Message as _;
+    forger
+        .publish(
+            format!("chat.groups.{group}"),
+            forged.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    forger.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    let message = SendMessageRequest {
+        conversation_id: group,
+        text: "after the forgery".into(),
+        client_key: String::new(),
+    };
+    groups_api
+        .send_message(chatcluster_tests::chat::authed(&session, message).unwrap())
+        .await
+        .unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("delivered within 10 s")
+            .unwrap()
+            .expect("stream open");
+        if let Some(Event {
+            kind: Some(event::Kind::Message(m)),
+        }) = Some(next)
+        {
+            assert_eq!(m.text, "after the forgery");
+            break;
+        }
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(1500),
+        "delivered by the poll after a forged hint: {:?}",
+        sent.elapsed()
     );
     // A server that is not the groups service is not taken for it: the auth replica's
     // certificate names another identity, so a client expecting groups refuses it.

@@ -134,18 +134,21 @@ async fn chat_with_subscribers_on_every_replica(
     for (i, rx) in subscribers.iter_mut().enumerate() {
         assert_eq!(received(rx, count).await, sent, "subscriber on {kind}-{i}");
     }
-    // The replicas told each other (over their mutual TLS), not only their safety polls.
-    let mut hints = 0;
+    // The replicas told each other through the broker (over mutual TLS), not only their
+    // safety polls.
+    let mut hints = 0.0;
     for i in 0..service.initial {
         let metrics = chatcluster_tests::http_get(service.port(i) + 1, "/metrics").await;
         hints += metrics
             .lines()
-            .filter(|l| {
-                l.starts_with("chatd_requests_total{") && l.contains("/Notify\",code=\"0\"")
-            })
-            .count();
+            .filter_map(|l| l.strip_prefix("chatd_broker_hints_received_total "))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum::<f64>();
     }
-    assert!(hints > 0, "no fan-out hint between {kind} replicas");
+    assert!(
+        hints > 0.0,
+        "no hint between {kind} replicas through the broker"
+    );
 }
 
 /// Local mode serves this machine only: every process the cluster runs, the runner included,

@@ -30,12 +30,9 @@ pub mod var {
     pub const TOKEN_PUBLIC_KEY_FILE: &str = "CHATD_TOKEN_PUBLIC_KEY_FILE";
     /// PEM private key signing access tokens (auth only).
     pub const TOKEN_PRIVATE_KEY_FILE: &str = "CHATD_TOKEN_PRIVATE_KEY_FILE";
-    /// Peer replicas for fan-out, comma-separated `host:port`.
-    pub const PEERS: &str = "CHATD_PEERS";
-    /// DNS name resolving to every peer replica.
-    pub const PEERS_DNS: &str = "CHATD_PEERS_DNS";
-    /// This replica's address as peers see it.
-    pub const ADVERTISE: &str = "CHATD_ADVERTISE";
+    /// `host:port` of the broker (NATS) the replicas exchange delivery hints through; with
+    /// internal TLS, spoken over mutual TLS.
+    pub const BROKER: &str = "CHATD_BROKER";
     /// Replica name.
     pub const POD_NAME: &str = "CHATD_POD_NAME";
     /// Writes per user per second.
@@ -50,9 +47,6 @@ pub mod var {
     pub const DRAIN_SECONDS: &str = "CHATD_DRAIN_SECONDS";
     /// Internal TLS: the directory of this replica's certificate and the cluster's CA.
     pub const TLS_DIR: &str = "CHATD_TLS_DIR";
-    /// Not read by chatd: the pod's IP, which Kubernetes pods set so that
-    /// [`ADVERTISE`] can name it (`$(CHATD_POD_IP):port`).
-    pub const POD_IP: &str = "CHATD_POD_IP";
 }
 
 /// Where a setting's value comes from: given, or (in Kubernetes) a key of a Secret or a field
@@ -112,16 +106,10 @@ pub struct Settings {
     pub token_public_key_file: String,
     /// PEM private key signing access tokens (auth only).
     pub token_private_key_file: Option<String>,
-    /// Peer replicas for fan-out.
-    pub peers: Vec<String>,
-    /// DNS name resolving to every peer replica.
-    pub peers_dns: Option<String>,
-    /// This replica's address as peers see it.
-    pub advertise: Option<String>,
+    /// `host:port` of the broker; none: a single replica, hints stay in the process.
+    pub broker: Option<String>,
     /// Replica name.
     pub pod_name: Value,
-    /// The pod's IP, for `advertise` to name (Kubernetes).
-    pub pod_ip: Option<Value>,
     /// Seconds of NOT_SERVING before stopping, on SIGTERM.
     pub drain_seconds: Option<f64>,
     /// Internal TLS: the certificate directory; none: plain text.
@@ -129,8 +117,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The environment variables, in a fixed order (the pod's IP before the address that
-    /// names it: Kubernetes expands `$(VAR)` only from variables defined earlier).
+    /// The environment variables, in a fixed order.
     pub fn env(&self) -> Vec<(&'static str, Value)> {
         let text = |s: &str| Value::Text(s.to_string());
         let mut out = vec![
@@ -168,13 +155,7 @@ impl Settings {
             self.token_private_key_file.as_deref().map(text),
         );
         some(var::POD_NAME, Some(self.pod_name.clone()));
-        some(var::POD_IP, self.pod_ip.clone());
-        some(
-            var::PEERS,
-            (!self.peers.is_empty()).then(|| Value::Text(self.peers.join(","))),
-        );
-        some(var::PEERS_DNS, self.peers_dns.as_deref().map(text));
-        some(var::ADVERTISE, self.advertise.as_deref().map(text));
+        some(var::BROKER, self.broker.as_deref().map(text));
         some(
             var::DRAIN_SECONDS,
             self.drain_seconds.map(|s| Value::Text(s.to_string())),
@@ -205,11 +186,8 @@ mod tests {
             db_pool: Some(16),
             token_public_key_file: "/keys/public.pem".into(),
             token_private_key_file: None,
-            peers: Vec::new(),
-            peers_dns: None,
-            advertise: Some("$(CHATD_POD_IP):50051".into()),
+            broker: None,
             pod_name: Value::PodField("metadata.name".into()),
-            pod_ip: Some(Value::PodField("status.podIP".into())),
             drain_seconds: None,
             tls_dir: Some("/etc/chatd/tls".into()),
         }
@@ -219,16 +197,9 @@ mod tests {
     fn only_what_is_set_is_passed_and_lists_are_joined() {
         let env = settings().env();
         let names: Vec<&str> = env.iter().map(|(n, _)| *n).collect();
-        assert!(!names.contains(&var::METRICS_LISTEN) && !names.contains(&var::PEERS));
+        assert!(!names.contains(&var::METRICS_LISTEN) && !names.contains(&var::BROKER));
         assert!(env.contains(&(var::SERVICES, "groups,dms".into())));
         assert!(env.contains(&(var::DB_POOL, "16".into())));
         assert!(env.contains(&(var::TLS_DIR, "/etc/chatd/tls".into())));
-    }
-
-    #[test]
-    fn the_pod_ip_comes_before_the_address_that_names_it() {
-        let env = settings().env();
-        let at = |name| env.iter().position(|(n, _)| *n == name);
-        assert!(at(var::POD_IP) < at(var::ADVERTISE));
     }
 }

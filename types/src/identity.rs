@@ -17,6 +17,8 @@ pub mod component {
     pub const XDS: &str = "xds";
     /// The database servers, which chatd, the topology loop and the replicas verify.
     pub const DATABASE: &str = "db";
+    /// The broker (NATS) the chatd replicas exchange delivery hints through.
+    pub const BROKER: &str = "broker";
 }
 
 /// One component of one ChatCluster.

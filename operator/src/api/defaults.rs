@@ -26,6 +26,8 @@ pub const ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 pub const MYSQL_IMAGE: &str = "mysql:8.4.6";
 /// Upstream MariaDB image, pinned (10.11 LTS).
 pub const MARIADB_IMAGE: &str = "mariadb:10.11.14";
+/// Upstream NATS image, pinned: the broker.
+pub const NATS_IMAGE: &str = "nats:2.10.24-alpine";
 
 /// Replicas per chat service when neither `replicas` nor `autoscaling` is set: two, so one can die.
 pub const SERVICE_REPLICAS: i32 = 2;

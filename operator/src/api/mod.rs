@@ -6,6 +6,7 @@
 //! field; [`validate`] runs those same checks, read from the generated schema, for objects
 //! that slipped past the API server.
 
+mod broker;
 pub mod defaults;
 pub mod file;
 pub mod quantity;
@@ -14,6 +15,7 @@ mod status;
 mod validate;
 mod validated;
 
+pub use broker::BrokerSpec;
 pub use defaults::*;
 pub use spec::*;
 pub use status::*;

@@ -41,6 +41,9 @@ pub struct ChatClusterSpec {
     /// The xDS control plane that configures Envoy.
     #[serde(default)]
     pub xds: XdsSpec,
+    /// The broker the chat replicas exchange delivery hints through.
+    #[serde(default)]
+    pub broker: super::BrokerSpec,
     /// The cluster's firewall.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
@@ -166,6 +169,7 @@ impl ChatClusterSpec {
             ("spec.database.image", self.database.image.as_deref()),
             ("spec.ingress.image", self.ingress.image.as_deref()),
             ("spec.xds.image", self.xds.image.as_deref()),
+            ("spec.broker.image", self.broker.image.as_deref()),
         ]
         .into_iter()
         .filter_map(|(field, image)| Some((field.to_string(), image?)));

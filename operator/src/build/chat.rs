@@ -17,7 +17,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use chatcluster_types::chatd::{self, Settings, Value};
+use chatcluster_types::chatd::{Settings, Value};
 
 use super::{ClusterRef, database, names, pod, ports};
 use crate::api::{ChatClusterSpec, ChatServiceSpec, ServiceKind, defaults};
@@ -183,12 +183,13 @@ fn chatd_settings(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind)
         token_public_key_file: format!("{TOKEN_MOUNT}/public.pem"),
         token_private_key_file: (kind == ServiceKind::Auth)
             .then(|| format!("{TOKEN_MOUNT}/private.pem")),
-        peers: Vec::new(),
-        // Replicas push new-message hints to each other; they find each other by DNS.
-        peers_dns: Some(owner.service_host(&names::service_peers(owner, kind))),
-        advertise: Some(format!("$({}):{}", chatd::var::POD_IP, ports::CHATD_GRPC)),
+        // Replicas exchange new-message hints through the broker.
+        broker: Some(format!(
+            "{}:{}",
+            owner.service_host(&names::broker(owner)),
+            super::broker::PORT
+        )),
         pod_name: Value::PodField("metadata.name".into()),
-        pod_ip: Some(Value::PodField("status.podIP".into())),
         drain_seconds: None,
         tls_dir: spec.internal_tls.enabled.then(|| TLS_MOUNT.to_string()),
     }
@@ -206,21 +207,6 @@ fn chatd_env(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> V
         .collect();
     env.push(pod::env("RUST_LOG", "info"));
     env
-}
-
-/// The headless Service resolving to every ready pod of one chat service: how its replicas
-/// find each other for fan-out. It is [`service`] without a cluster IP and with the gRPC port
-/// alone.
-pub fn peers_service(owner: &ClusterRef, kind: ServiceKind) -> Service {
-    let mut peers = service(owner, kind);
-    peers.metadata.name = Some(names::service_peers(owner, kind));
-    if let Some(spec) = peers.spec.as_mut() {
-        spec.cluster_ip = Some("None".into());
-        if let Some(ports) = spec.ports.as_mut() {
-            ports.retain(|p| p.name.as_deref() == Some("grpc"));
-        }
-    }
-    peers
 }
 
 /// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these

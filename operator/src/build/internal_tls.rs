@@ -29,8 +29,8 @@ pub fn identity(owner: &ClusterRef, component: &str) -> Identity {
 }
 
 /// The certificates the cluster's components need: chat-xds serves under its Service's
-/// names; Envoy is its client and chatd's; each chat service's replicas serve Envoy and
-/// each other (found by pod IP, verified by the identity's own name).
+/// names; Envoy is its client and chatd's; each chat service's replicas serve Envoy and are
+/// the broker's clients; the broker serves under its Service's names.
 pub fn leaves(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) -> Vec<Leaf> {
     let svc = names::xds(owner);
     let ns = &owner.namespace;
@@ -53,6 +53,11 @@ pub fn leaves(owner: &ClusterRef, spec: &ChatClusterSpec, lifetime: Duration) ->
         Leaf {
             identity: identity(owner, component::DATABASE),
             dns_names: database_names(owner, spec.database.replicas),
+            lifetime,
+        },
+        Leaf {
+            identity: identity(owner, component::BROKER),
+            dns_names: super::broker::dns_names(owner),
             lifetime,
         },
     ]

@@ -2,6 +2,7 @@
 //! to the Kubernetes objects that should exist. No client, no clock, no randomness here, so every
 //! object can be unit-tested field by field.
 
+pub mod broker;
 mod chat;
 pub mod database;
 mod ingress;
@@ -121,6 +122,10 @@ pub struct Observed {
     /// The Secret `ingress.tls.secretName` names failed its check (not a `kubernetes.io/tls`
     /// Secret, or none): chat-xds is granted no Secret.
     pub tls_secret_withheld: bool,
+    /// When the broker's internal certificate expires (seconds since the epoch), when internal
+    /// TLS is on: it marks the broker's pod, which reads its certificate only at start, so a
+    /// renewal rolls it.
+    pub broker_certificate: Option<String>,
     /// A fingerprint of the internal CA the certificates are signed by, when internal TLS is
     /// on. It marks the pods that trust it, so a replaced CA (a deleted Secret made again)
     /// rolls them: a process reads its CA once.
@@ -275,7 +280,6 @@ pub fn desired(
         out.deployments
             .push(chat::deployment(owner, spec, kind, svc, replicas));
         out.services.push(chat::service(owner, kind));
-        out.services.push(chat::peers_service(owner, kind));
         out.pod_disruption_budgets.push(pod::disruption_budget(
             owner,
             &names::service(owner, kind),
@@ -311,6 +315,20 @@ pub fn desired(
     ));
 
     let internal_tls = spec.internal_tls.enabled;
+    let broker_config = broker::config_map(owner, internal_tls);
+    let broker_hash = pod::config_hash(&broker_config);
+    out.config_maps.push(broker_config);
+    // With internal TLS the pod waits for its certificate's Secret, as every other does.
+    let certificate =
+        internal_tls.then(|| observed.broker_certificate.as_deref().unwrap_or("pending"));
+    out.deployments.push(broker::deployment(
+        owner,
+        &spec.broker,
+        &broker_hash,
+        certificate,
+    ));
+    out.services.push(broker::service(owner));
+
     let xds_config = xds::config_map(owner, validated)?;
     let xds_hash = pod::config_hash(&xds_config);
     out.config_maps.push(xds_config);

@@ -8,9 +8,9 @@ pub fn service(owner: &ClusterRef, kind: ServiceKind) -> String {
     format!("{}-{kind}", owner.name)
 }
 
-/// Headless Service listing a chat service's pods, for replica-to-replica fan-out.
-pub fn service_peers(owner: &ClusterRef, kind: ServiceKind) -> String {
-    format!("{}-{kind}-peers", owner.name)
+/// The broker's Deployment, Service and ConfigMap: `<cluster>-broker`.
+pub fn broker(owner: &ClusterRef) -> String {
+    format!("{}-broker", owner.name)
 }
 
 /// The NetworkPolicy that selects every pod of the cluster and admits nothing by itself.

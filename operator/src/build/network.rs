@@ -19,7 +19,7 @@ use k8s_openapi::{
     },
 };
 
-use super::{ClusterRef, database, ingress, labels, names, pod, ports, xds};
+use super::{ClusterRef, broker, database, ingress, labels, names, pod, ports, xds};
 use crate::{
     api::{ChatClusterSpec, ServiceKind},
     seed::DONOR_PORT,
@@ -185,11 +185,8 @@ pub fn policies(
             owner,
             kind,
             vec![
-                // Envoy's requests and health checks; the service's own replicas' fan-out.
-                rule(
-                    &[ports::CHATD_GRPC],
-                    Some(vec![envoy(), component(owner, kind)]),
-                ),
+                // Envoy's requests and health checks.
+                rule(&[ports::CHATD_GRPC], Some(vec![envoy()])),
                 rule(&[ports::METRICS], scrapers()),
             ],
         ));
@@ -204,6 +201,12 @@ pub fn policies(
                 Some(vec![operator(operator_namespace), scraper()]),
             ),
         ],
+    ));
+    // The chat replicas' delivery hints.
+    out.push(allow_to(
+        owner,
+        broker::COMPONENT,
+        vec![rule(&[broker::PORT], Some(vec![chat_services(owner)]))],
     ));
     out.push(allow_to(
         owner,
@@ -421,10 +424,17 @@ mod tests {
         assert!(admits(p, &envoy, &auth, ports::CHATD_GRPC));
         assert!(admits(p, &envoy, &xds, ports::XDS));
         assert!(!admits(p, &envoy, &primary, ports::DATABASE));
-        // A service's replicas fan out to each other, not to another service's.
-        assert!(admits(p, &groups, &groups, ports::CHATD_GRPC));
+        // Services take calls from Envoy only; they exchange hints through the broker, which
+        // takes no one else.
+        assert!(!admits(p, &groups, &groups, ports::CHATD_GRPC));
         assert!(!admits(p, &auth, &groups, ports::CHATD_GRPC));
         assert!(!admits(p, &groups, &xds, ports::XDS));
+        let broker = pod(&d, "demo-broker");
+        assert!(admits(p, &groups, &broker, super::broker::PORT));
+        assert!(admits(p, &auth, &broker, super::broker::PORT));
+        for outsider in [&envoy, &stranger, &their_groups, &prometheus] {
+            assert!(!admits(p, outsider, &broker, super::broker::PORT));
+        }
         // Services and the operator reach the database; replicas replicate and re-seed.
         assert!(admits(p, &groups, &primary, ports::DATABASE));
         assert!(admits(p, &auth, &replica, ports::DATABASE));

@@ -94,6 +94,7 @@ fn empty_spec_builds_every_child() {
         names(d.deployments.iter().map(|x| x.name_any()).collect()),
         [
             "demo-auth",
+            "demo-broker",
             "demo-dms",
             "demo-envoy",
             "demo-groups",
@@ -109,23 +110,20 @@ fn empty_spec_builds_every_child() {
         names(d.services.iter().map(|x| x.name_any()).collect()),
         [
             "demo-auth",
-            "demo-auth-peers",
+            "demo-broker",
             "demo-db",
             "demo-db-primary",
             "demo-db-replicas",
             "demo-dms",
-            "demo-dms-peers",
             "demo-envoy",
             "demo-groups",
-            "demo-groups-peers",
             "demo-servers",
-            "demo-servers-peers",
             "demo-xds"
         ]
     );
     assert_eq!(
         names(d.config_maps.iter().map(|x| x.name_any()).collect()),
-        ["demo-db-config", "demo-envoy", "demo-xds"]
+        ["demo-broker", "demo-db-config", "demo-envoy", "demo-xds"]
     );
     assert_eq!(
         names(
@@ -147,8 +145,14 @@ fn empty_spec_builds_every_child() {
     assert_eq!(d.service_accounts.len(), 1);
     assert_eq!(d.roles.len(), 1);
     assert_eq!(d.role_bindings.len(), 1);
-    // Two of everything that serves traffic, so one can die.
-    for dep in &d.deployments {
+    // Two of everything that serves traffic, so one can die; one broker, which holds
+    // nothing a restart could lose (chatd polls meanwhile).
+    assert_eq!(deployment(&d, "demo-broker").spec.replicas, Some(1));
+    for dep in d
+        .deployments
+        .iter()
+        .filter(|d| d.name_any() != "demo-broker")
+    {
         assert_eq!(dep.spec.replicas, Some(2), "{}", dep.name_any());
     }
     let replica_set = d
@@ -209,6 +213,9 @@ fn selectors_match_their_pods() {
             "{}",
             dep.name_any()
         );
+        if dep.spec.replicas == Some(1) {
+            continue;
+        }
         // Each budget selects exactly its workload's pods.
         let pdb = d
             .pod_disruption_budgets
@@ -304,22 +311,18 @@ fn chatd_deployment_is_wired_and_locked_down() {
             Some("demo-db-replicas.chat.svc:3306")
         );
         assert_eq!(
-            env_value(owner, "CHATD_PEERS_DNS"),
-            Some(format!("demo-{kind}-peers.chat.svc"))
+            env_value(owner, "CHATD_BROKER").as_deref(),
+            Some("demo-broker.chat.svc:4222")
         );
         assert_eq!(
             env_value(owner, "CHATD_METRICS_LISTEN").as_deref(),
             Some("0.0.0.0:9090")
         );
-        // The peers Service is headless over this service's pods only.
-        let peers = service(&d, &format!("demo-{kind}-peers"))
-            .spec
-            .clone()
-            .expect("spec");
-        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        // The broker's Service selects the broker's pod.
+        let broker = service(&d, "demo-broker").spec.clone().expect("spec");
         assert!(selects(
-            &peers.selector.unwrap_or_default(),
-            &template_labels(&dep.spec.template)
+            &broker.selector.unwrap_or_default(),
+            &template_labels(&deployment(&d, "demo-broker").spec.template)
         ));
         let password = env(owner, "CHATD_DB_PASSWORD")
             .and_then(|e| e.value_from.as_ref())
@@ -1033,7 +1036,9 @@ fn internal_tls_gives_each_component_its_own_certificate_and_points_envoy_at_the
         .collect();
     assert_eq!(
         components,
-        ["xds", "ingress", "db", "auth", "groups", "dms", "servers"]
+        [
+            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers"
+        ]
     );
     // The database's certificate names every address it is reached at.
     let db_names = &leaves[2].dns_names;

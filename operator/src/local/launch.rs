@@ -91,6 +91,23 @@ impl Plan {
         )
     }
 
+    /// The broker's configuration: the same as in Kubernetes, on loopback, with the broker's
+    /// certificate when internal TLS is on.
+    pub fn broker_config(&self) -> String {
+        let tls = (!self.certificates.is_empty()).then(|| {
+            self.files
+                .tls_dir(chatcluster_types::identity::component::BROKER)
+                .display()
+                .to_string()
+        });
+        build::broker::config(
+            "127.0.0.1",
+            i32::from(self.broker.port),
+            None,
+            tls.as_deref(),
+        )
+    }
+
     /// How to start replica `i` of `service`.
     pub fn chatd_launch(
         &self,
@@ -100,8 +117,6 @@ impl Plan {
     ) -> Launch {
         let port = service.port(i);
         let files = &self.files;
-        // Every replica the service may ever have: a hint to one not running fails at once.
-        let peers: Vec<String> = (0..service.bounds.1).map(|p| service.address(p)).collect();
         let settings = chatd::Settings {
             services: vec![service.kind.to_string()],
             listen: format!("127.0.0.1:{port}"),
@@ -116,11 +131,8 @@ impl Plan {
             token_public_key_file: files.token_public.display().to_string(),
             token_private_key_file: (service.kind == ServiceKind::Auth)
                 .then(|| files.token_private.display().to_string()),
-            peers,
-            peers_dns: None,
-            advertise: Some(service.address(i)),
+            broker: Some(format!("127.0.0.1:{}", self.broker.port)),
             pod_name: service.replica_name(i).into(),
-            pod_ip: None,
             drain_seconds: Some(2.0),
             tls_dir: (!self.certificates.is_empty())
                 .then(|| files.tls_dir(service.kind.as_str()).display().to_string()),

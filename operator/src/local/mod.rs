@@ -11,6 +11,7 @@
 //! - [`status`]: what it reports (the status table and `status.json`);
 //! - [`scaler`]: the autoscaling policy on Envoy's request rate, starting and stopping chatd.
 
+mod error;
 mod launch;
 pub mod monitor;
 pub mod plan;
@@ -23,8 +24,9 @@ pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
+pub use error::RunError;
 pub use plan::{Binaries, Options, Plan, plan};
-pub use runner::{RunError, run};
+pub use runner::run;
 pub use status::{LocalStatus, ProcessRow};
 
 /// A program the runner needs is missing.
@@ -94,6 +96,7 @@ impl Binaries {
             mariadbd: need("mariadbd", on_path("mariadbd"), setup)?,
             install_db: need("mariadb-install-db", on_path("mariadb-install-db"), setup)?,
             prometheus: on_path("prometheus").and_then(|p| std::path::absolute(p).ok()),
+            nats_server: need("nats-server", on_path("nats-server"), setup)?,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! | 40 + i | Envoy i, admin API (loopback) |
 //! | 50 | the runner's metrics (`/metrics`) |
 //! | 51 | Prometheus (UI and API), with `spec.monitoring` on and `prometheus` installed |
+//! | 52 | the broker (NATS), which the chatd replicas exchange delivery hints through |
 //! | 100 × (s + 1) + 2i | chatd replica i of service s, gRPC (+1: metrics) |
 //!
 //! Envoy replicas share the ingress ports (`SO_REUSEPORT`): the kernel spreads connections over
@@ -88,6 +89,8 @@ pub struct Binaries {
     pub install_db: PathBuf,
     /// `prometheus`, when installed: without it the cluster runs unmonitored.
     pub prometheus: Option<PathBuf>,
+    /// `nats-server`, the broker.
+    pub nats_server: PathBuf,
 }
 
 /// How to start one process.
@@ -224,6 +227,8 @@ pub struct Files {
     pub logs: PathBuf,
     /// The internal CA and each component's certificate directory.
     pub pki: PathBuf,
+    /// The broker's configuration.
+    pub broker_config: PathBuf,
 }
 
 impl Files {
@@ -242,6 +247,7 @@ impl Files {
             status: root.join("status.json"),
             logs: root.join("logs"),
             pki: root.join("pki"),
+            broker_config: root.join("run/nats.conf"),
         }
     }
 
@@ -288,6 +294,8 @@ pub struct Plan {
     pub xds_http: Vec<u16>,
     /// Envoy replicas (each one's port is its admin API).
     pub envoys: Vec<Launch>,
+    /// The broker.
+    pub broker: Launch,
     /// Their bootstraps, in the same order.
     pub envoy_bootstraps: Vec<serde_json::Value>,
     /// The runner's own metrics and health endpoint.
@@ -378,6 +386,7 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         ("envoy", &b.envoy),
         ("mariadbd", &b.mariadbd),
         ("mariadb-install-db", &b.install_db),
+        ("nats-server", &b.nats_server),
     ]
     .into_iter()
     .chain(b.prometheus.iter().map(|p| ("prometheus", p)))
@@ -472,9 +481,15 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
                 dns_names: vec!["localhost".into(), "127.0.0.1".into()],
                 lifetime,
             },
+            // The broker, which chatd reaches at 127.0.0.1.
+            pki::Leaf {
+                identity: identity(component::BROKER),
+                dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+                lifetime,
+            },
         ]
         .into_iter()
-        // Each chat service's replicas, which Envoy and their peers verify by identity.
+        // Each chat service's replicas, which Envoy verifies by identity.
         .chain(services.iter().map(|s| pki::Leaf {
             identity: identity(s.kind.as_str()),
             dns_names: Vec::new(),
@@ -570,6 +585,14 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         })
         .collect();
 
+    let broker = Launch {
+        name: "broker".into(),
+        program: bin.nats_server.clone(),
+        args: vec!["-c".into(), files.broker_config.display().to_string()],
+        env: BTreeMap::new(),
+        port: base + 52,
+    };
+
     let policy = build::database::topology_policy(&spec.database);
 
     let mut plan = Plan {
@@ -580,6 +603,7 @@ pub fn plan(resource: &ChatCluster, options: &Options) -> Result<Plan, PlanError
         xds,
         xds_http,
         envoys,
+        broker,
         envoy_bootstraps,
         metrics_port: base + 50,
         monitor: super::monitor::monitor(
@@ -650,6 +674,7 @@ impl Plan {
         out.extend(&self.xds_http);
         out.extend(self.envoys.iter().map(|l| l.port));
         out.push(self.metrics_port);
+        out.push(self.broker.port);
         out.extend(self.monitor.iter().map(|m| m.launch.port));
         for s in &self.services {
             for i in 0..s.bounds.1 {

@@ -21,6 +21,7 @@ fn options() -> Options {
             mariadbd: "/bin/mariadbd".into(),
             install_db: "/bin/mariadb-install-db".into(),
             prometheus: Some("/bin/prometheus".into()),
+            nats_server: "/bin/nats-server".into(),
         },
     }
 }
@@ -90,7 +91,7 @@ fn every_process_of_the_file_gets_a_fixed_port() {
 }
 
 #[test]
-fn chatd_replicas_follow_the_published_primary_and_know_their_peers() {
+fn chatd_replicas_follow_the_published_primary_and_share_the_broker() {
     let p = plan(&from_yaml(HA).unwrap(), &options()).unwrap();
     let creds = secrets::DbCredentials::generate();
     let groups = p.service(ServiceKind::Groups).unwrap();
@@ -105,10 +106,12 @@ fn chatd_replicas_follow_the_published_primary_and_know_their_peers() {
     assert_eq!(l.env["CHATD_DB_REPLICAS"], "127.0.0.1:20001");
     assert_eq!(l.env["CHATD_DB_PASSWORD"], creds.app());
     assert_eq!(
-        l.env["CHATD_PEERS"].split(',').count(),
-        5,
-        "every replica up to max"
+        l.env["CHATD_BROKER"],
+        format!("127.0.0.1:{}", p.broker.port),
+        "every replica shares the broker"
     );
+    assert_eq!(p.broker.args, ["-c", "/data/run/nats.conf"]);
+    assert!(p.ports().contains(&p.broker.port));
     assert!(
         !l.env.contains_key("CHATD_TOKEN_PRIVATE_KEY_FILE"),
         "only auth signs"
@@ -359,7 +362,9 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
         .collect();
     assert_eq!(
         components,
-        ["xds", "ingress", "db", "auth", "groups", "dms", "servers"]
+        [
+            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers"
+        ]
     );
     // The servers serve TLS from their directory, and the loop's policy verifies them.
     let config = p.database_config(&p.databases[0], false);
@@ -370,6 +375,14 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
     );
     assert!(config.contains("require_secure_transport=ON\n"), "{config}");
     assert_eq!(p.policy.tls_ca, Some(format!("{dir}/ca.crt")));
+    // The broker takes only clients with the cluster's certificates, on loopback.
+    let broker = p.broker_config();
+    let broker_dir = p.files.tls_dir("broker").display().to_string();
+    assert!(
+        broker.contains(&format!("cert_file: \"{broker_dir}/tls.crt\"")),
+        "{broker}"
+    );
+    assert!(broker.contains("verify: true") && broker.contains("listen: \"127.0.0.1:"));
     assert!(
         p.certificates
             .iter()

@@ -15,8 +15,8 @@ use tracing::info;
 use tokio::process::Command;
 
 use super::{
+    error::RunError,
     plan::{DbProcess, LOCAL_NAMESPACE, Plan},
-    runner::RunError,
 };
 use crate::{
     build::{

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{plan::Plan, prepare::write_atomically, runner::RunError};
+use super::{error::RunError, plan::Plan, prepare::write_atomically};
 use crate::topology::status::TopologyStatus;
 
 /// What survives a restart besides the servers' data: which server is the primary.

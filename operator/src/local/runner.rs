@@ -15,6 +15,7 @@ use std::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::error::RunError;
 use super::{
     monitor::{Alerts, watch_alerts},
     plan::{LOCAL_NAMESPACE, Plan},
@@ -31,7 +32,6 @@ use crate::{
     api::ServiceKind,
     build::secrets::DbCredentials,
     metrics::Metrics,
-    pki::PkiError,
     seed::local::{LocalFiles, LocalSeeder},
     topology::{
         self,
@@ -50,56 +50,6 @@ const GRACE: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Envoy re-reads the endpoints within this time of a change (chat-xds polls every 500 ms).
 const ENDPOINT_PROPAGATION: Duration = Duration::from_secs(2);
-
-/// Why the runner stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A file could not be read or written.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// A key or certificate could not be generated.
-    #[error(transparent)]
-    Generate(#[from] PkiError),
-    /// Something else already listens on a port of the plan.
-    #[error(
-        "port {port} ({what}) is in use: another local cluster running? Stop it, or pick other ports with --base-port / --port / --plaintext-port"
-    )]
-    PortBusy {
-        /// The port.
-        port: u16,
-        /// What the plan uses it for.
-        what: String,
-    },
-    /// An empty database directory could not be initialised.
-    #[error("mariadb-install-db for {server} failed: {message}")]
-    InstallDb {
-        /// The server.
-        server: String,
-        /// Its output.
-        message: String,
-    },
-    /// Something did not come up in time.
-    #[error("{0} did not come up within {1:?} (see the logs in the data directory)")]
-    Timeout(String, Duration),
-    /// The topology loop refused its members.
-    #[error("database topology: {0}")]
-    Topology(#[from] topology::manager::Error),
-    /// State files are not valid.
-    #[error("{path} is not valid: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
 
 async fn wait_until<F, Fut>(what: &str, f: F) -> Result<(), RunError>
 where
@@ -124,6 +74,9 @@ struct Cluster {
     databases: Vec<Supervised>,
     xds: Vec<Supervised>,
     envoys: Vec<Supervised>,
+    broker: Option<Supervised>,
+    /// When the broker's certificate expires: a change is a renewal, which it reads on SIGHUP.
+    broker_certificate: Option<SystemTime>,
     chatd: BTreeMap<ServiceKind, BTreeMap<usize, Supervised>>,
     /// Replicas scaled away, finishing their drain.
     draining: Vec<tokio::task::JoinHandle<()>>,
@@ -206,6 +159,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Tell the broker to read its certificate again when `dates` show it renewed (chatd,
+    /// chat-xds and Envoy notice by themselves; the servers have their reloaders).
+    fn reload_broker(&mut self, dates: &[crate::pki::Dates]) {
+        let expiry = dates
+            .iter()
+            .find(|d| d.name == chatcluster_types::identity::component::BROKER)
+            .map(|d| d.not_after);
+        let renewed = self.broker_certificate.is_some() && expiry != self.broker_certificate;
+        self.broker_certificate = expiry;
+        if let Some(pid) = self
+            .broker
+            .as_ref()
+            .and_then(Supervised::pid)
+            .filter(|_| renewed)
+        {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP) {
+                warn!(error = %e, "cannot tell the broker to reload its certificate");
+            }
+        }
+    }
+
     /// Pids of each service's replicas (`None`: not running right now).
     fn running(&self) -> BTreeMap<ServiceKind, Vec<Option<u32>>> {
         self.chatd
@@ -244,6 +219,9 @@ impl Cluster {
         }
         for p in &self.xds {
             add(p, "xds".into(), None);
+        }
+        if let Some(p) = &self.broker {
+            add(p, "broker".into(), None);
         }
         for p in &self.envoys {
             add(p, "envoy".into(), None);
@@ -321,6 +299,7 @@ impl Cluster {
         stop_all(chatd).await;
         futures::future::join_all(std::mem::take(&mut self.draining)).await;
         stop_all(std::mem::take(&mut self.xds)).await;
+        stop_all(self.broker.take().into_iter().collect()).await;
         // Dropping the handle ends the loop: nothing fails over while the servers stop.
         self.topology = None;
         for reloader in std::mem::take(&mut self.reloaders) {
@@ -371,6 +350,8 @@ pub async fn run(
         databases: Vec::new(),
         xds: Vec::new(),
         envoys: Vec::new(),
+        broker: None,
+        broker_certificate: None,
         chatd: BTreeMap::new(),
         draining: Vec::new(),
         topology: None,
@@ -420,7 +401,10 @@ pub async fn run(
                 // Every reader reloads renewed files itself (the servers through their
                 // reloaders).
                 match certificates(&cluster.plan, SystemTime::now(), false) {
-                    Ok(dates) => metrics.observe_certificates(LOCAL_NAMESPACE, &cluster.plan.name, dates),
+                    Ok(dates) => {
+                        cluster.reload_broker(&dates);
+                        metrics.observe_certificates(LOCAL_NAMESPACE, &cluster.plan.name, dates);
+                    }
                     Err(e) => warn!(error = %e, "cannot renew the internal certificates"),
                 }
             }
@@ -580,6 +564,12 @@ async fn start(cluster: &mut Cluster) -> Result<Option<watch::Receiver<TopologyS
             .xds
             .push(Supervised::start(launch.clone(), &plan.files.logs, GRACE));
     }
+    write_atomically(&plan.files.broker_config, &plan.broker_config())?;
+    cluster.broker = Some(Supervised::start(
+        plan.broker.clone(),
+        &plan.files.logs,
+        GRACE,
+    ));
     for service in &plan.services {
         cluster.scale(service.kind, service.initial).await?;
     }

@@ -26,6 +26,22 @@ pub struct Certificates {
     pub dates: Vec<pki::Dates>,
 }
 
+impl Certificates {
+    /// When the broker's certificate expires, in seconds since the epoch
+    /// ([`crate::build::Observed::broker_certificate`]).
+    pub fn broker_expiry(&self) -> Option<String> {
+        let broker = self
+            .dates
+            .iter()
+            .find(|d| d.name == chatcluster_types::identity::component::BROKER)?;
+        let secs = broker
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()?;
+        Some(secs.as_secs().to_string())
+    }
+}
+
 /// Issue every certificate that is missing or due, under the cluster's CA.
 pub async fn ensure(
     client: &Client,

@@ -300,6 +300,7 @@ async fn reconcile_inner(resource: &ChatCluster, ctx: &Context) -> Result<Action
     observed.operator_image = Some(ctx.operator_image.clone());
     observed.operator_namespace = ctx.operator_namespace.clone();
     observed.tls_secret_withheld = tls_problem.is_some();
+    observed.broker_certificate = certificates.as_ref().and_then(|c| c.broker_expiry());
     observed.internal_ca = certificates.map(|c| c.ca);
     let scaling = match &ctx.autoscalers {
         Some(a) => {

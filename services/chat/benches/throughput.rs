@@ -283,14 +283,14 @@ fn main() {
     replica.replicate_from(&primary);
     let db = common::Db { primary, replica };
     let keys = Keys::new();
-    let (pa, pb) = (free_port(), free_port());
-    let opts = |peer: u16| Options {
-        peers: vec![format!("127.0.0.1:{peer}")],
+    let broker = chatcluster_tests::nats::Nats::start();
+    let opts = || Options {
+        broker: Some(broker.address()),
         rate: 1e9,
         ..Options::new("auth,groups", &db)
     };
-    let a = Chatd::start(&keys, opts(pb), pa);
-    let b = Chatd::start(&keys, opts(pa), pb);
+    let a = Chatd::start(&keys, opts(), free_port());
+    let b = Chatd::start(&keys, opts(), free_port());
 
     println!(
         "chatd throughput: senders on replica A, subscribers on replica B, {LEVEL_SECONDS} s per level"

@@ -4,27 +4,37 @@
 //! so nothing is lost or duplicated whatever happens to the hints below. Hints only make
 //! delivery fast:
 //! - a send on this replica wakes local subscribers of that conversation at once;
-//! - it is also pushed to every peer replica of the same service (`Fanout.Notify`, batched and
-//!   coalesced per conversation), which wakes theirs;
-//! - as a safety net for a lost hint, each service on each replica re-reads `last_seq` of the
+//! - it is also published to the broker (NATS) on the conversation's subject
+//!   (`chat.<service>.<conversation>`); each replica subscribes to the subjects of the
+//!   conversations it has subscribers for, so a hint reaches only replicas that want it, and
+//!   a replica's work follows its own subscribers, not the whole cluster's traffic;
+//! - as a safety net for a lost hint (the broker down, a replica reconnecting, a slow
+//!   consumer's dropped messages), each service on each replica re-reads `last_seq` of the
 //!   conversations it has subscribers for every few seconds, in one statement per 64 of them
-//!   (`Conversations::new` starts it): work grows with subscribed conversations per replica,
-//!   not with subscribers, and no subscription polls by itself.
+//!   (`Conversations::new` starts it). No subscription polls by itself.
+//!
+//! A hint is a wake-up, never trusted: a subscriber reads only when a hint names a seq past
+//! what it delivered, and a hint that names a lower seq than the last one still wakes, so a
+//! forged `u64::MAX` cannot freeze a conversation.
 
-use chatcluster_common::sync::lock;
+use chatcluster_common::{sync::lock, tls::TlsDir};
+use futures::StreamExt as _;
+use prost::Message as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use tokio::sync::{broadcast, mpsc, watch};
-use tonic::{Request, Response, Status, transport::Endpoint};
-use tracing::{debug, warn};
-
-use crate::pb::internal::{
-    Notification, NotifyRequest, NotifyResponse, fanout_client::FanoutClient, fanout_server::Fanout,
+use tokio::{
+    sync::{broadcast, mpsc, watch},
+    task::AbortHandle,
 };
+use tracing::{debug, info, warn};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::pb::internal::Notification;
 
 /// A conversation of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,12 +61,17 @@ struct Channel {
     latest: watch::Sender<Hint>,
     updates: broadcast::Sender<(u64, String)>,
     subscribers: usize,
+    /// The task taking this conversation's hints from the broker; aborted (and so
+    /// unsubscribed) with the last local subscriber.
+    interest: Option<AbortHandle>,
 }
 
-/// Local subscribers by conversation, and the outbox to peers.
+/// Local subscribers by conversation, and the broker connection.
 pub struct Hub {
     topics: Mutex<HashMap<Topic, Channel>>,
-    outbox: Option<mpsc::UnboundedSender<Notification>>,
+    broker: Option<Broker>,
+    /// Hints taken from the broker.
+    received: Counter,
 }
 
 /// A subscriber's handle on a conversation; dropping it unsubscribes.
@@ -75,6 +90,9 @@ impl Drop for Subscription {
         if let Some(ch) = topics.get_mut(&self.topic) {
             ch.subscribers -= 1;
             if ch.subscribers == 0 {
+                if let Some(interest) = ch.interest.take() {
+                    interest.abort();
+                }
                 topics.remove(&self.topic);
             }
         }
@@ -82,16 +100,13 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub pushing hints to `peers` (none: single replica).
-    pub fn new(peers: Option<Peers>) -> Arc<Self> {
-        let outbox = peers.map(|p| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(p.run(rx));
-            tx
-        });
+    /// A hub exchanging hints through `broker` (none: a single replica, hints stay local),
+    /// counting those it takes from it in `received`.
+    pub fn new(broker: Option<Broker>, received: Counter) -> Arc<Self> {
         Arc::new(Self {
             topics: Mutex::new(HashMap::new()),
-            outbox,
+            broker,
+            received,
         })
     }
 
@@ -107,6 +122,9 @@ impl Hub {
             latest: watch::channel(Hint::default()).0,
             updates: broadcast::channel(256).0,
             subscribers: 0,
+            interest: self.broker.as_ref().map(|b| {
+                tokio::spawn(b.clone().listen(self.clone(), topic.clone())).abort_handle()
+            }),
         });
         ch.subscribers += 1;
         Subscription {
@@ -131,15 +149,16 @@ impl Hub {
             .collect()
     }
 
-    /// A new message `seq` in `topic`, heard of locally or from a peer. Returns whether a
-    /// local subscriber was woken.
+    /// A new message `seq` in `topic`, heard of here, from the broker or from the safety
+    /// poll. Returns whether the conversation has local subscribers. Wakes them when `seq`
+    /// differs from the last hint: each reads only if it is past what it delivered.
     pub fn hint(&self, topic: &Topic, seq: u64, token: &str) -> bool {
         let topics = self.lock();
         let Some(ch) = topics.get(topic) else {
             return false;
         };
         ch.latest.send_if_modified(|h| {
-            if seq > h.seq {
+            if seq != h.seq {
                 *h = Hint {
                     seq,
                     token: token.to_string(),
@@ -168,168 +187,142 @@ impl Hub {
         self.publish(topic, ACCESS_CHANGED, token, true);
     }
 
-    /// A message was written here: wake local subscribers and tell the peers.
+    /// A message was written here: wake local subscribers and tell the other replicas.
     pub fn publish(&self, topic: &Topic, seq: u64, token: &str, update: bool) {
         if update {
             self.hint_update(topic, seq, token);
         } else {
             self.hint(topic, seq, token);
         }
-        if let Some(outbox) = &self.outbox {
-            let _ = outbox.send(Notification {
-                service: topic.service.to_string(),
-                conversation_id: topic.conversation,
-                seq,
-                gtid: token.to_string(),
-                update,
-            });
+        if let Some(broker) = &self.broker {
+            broker.publish(topic, seq, token, update);
         }
     }
 }
 
-/// Where the peer replicas are.
+/// Hints waiting to be handed to the broker client, at most: past it (the broker down for a
+/// while) they are dropped, and the safety poll delivers what they would have.
+const OUTBOX: usize = 4096;
+
+/// The broker's subject of `topic`.
+fn subject(topic: &Topic) -> String {
+    format!("chat.{}.{}", topic.service, topic.conversation)
+}
+
+/// Where the broker is, and how to speak to it.
 #[derive(Debug, Clone)]
-pub enum PeerSource {
-    /// Fixed `host:port` addresses (laptop modes).
-    Static(Vec<String>),
-    /// A DNS name resolving to every replica (a headless Service), and their port.
-    Dns {
-        /// Name to resolve.
-        name: String,
-        /// gRPC port.
-        port: u16,
+pub struct BrokerConfig {
+    /// `host:port` of the NATS server.
+    pub address: String,
+    /// Internal TLS: mutual, with this replica's certificate, trusting the cluster's CA only.
+    pub tls: Option<TlsDir>,
+    /// This replica's name, as the broker lists its clients.
+    pub name: String,
+}
+
+/// Why the broker connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The TLS files did not load.
+    #[error(transparent)]
+    Tls(#[from] chatcluster_common::tls::TlsError),
+    /// The client refused the options.
+    #[error("broker {address}: {source}")]
+    Connect {
+        /// The broker.
+        address: String,
+        /// Why.
+        source: async_nats::ConnectError,
     },
 }
 
-/// The peers of this replica, and how to reach them.
-pub struct Peers {
-    /// This replica's id, sent along so a peer list that includes us is harmless.
-    pub me: String,
-    /// Our own address, skipped when found in the peer list.
-    pub my_address: Option<String>,
-    /// Where the peers are.
-    pub source: PeerSource,
-    /// Internal TLS to them (verifying each as this service's identity); none: plain text.
-    pub tls: Option<chatcluster_common::tls::Connector>,
+/// The connection to the broker: it reconnects by itself, and while it is down hints are
+/// dropped (bounded by [`OUTBOX`]) and the safety poll carries delivery.
+#[derive(Clone)]
+pub struct Broker {
+    client: async_nats::Client,
+    outbox: mpsc::Sender<(String, bytes::Bytes)>,
 }
 
-impl Peers {
-    async fn addresses(&self) -> Vec<String> {
-        let all = match &self.source {
-            PeerSource::Static(list) => list.clone(),
-            PeerSource::Dns { name, port } => {
-                match tokio::net::lookup_host((name.as_str(), *port)).await {
-                    Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
-                    Err(e) => {
-                        warn!(error = %e, %name, "cannot resolve peers");
-                        Vec::new()
+impl Broker {
+    /// Connect to the broker (in the background: a broker not up yet is retried, and the
+    /// replica serves meanwhile).
+    pub async fn connect(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(config.name)
+            // Our own hints woke our subscribers already.
+            .no_echo()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => info!("broker connected"),
+                    async_nats::Event::Disconnected => {
+                        warn!("broker disconnected: the safety poll delivers until it is back")
                     }
-                }
-            }
-        };
-        all.into_iter()
-            .filter(|a| Some(a) != self.my_address.as_ref())
-            .collect()
-    }
-
-    /// Send batches of notifications to every peer until the outbox closes. Notifications
-    /// for the same conversation coalesce while a batch is in flight.
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Notification>) {
-        let mut clients: HashMap<String, FanoutClient<tonic::transport::Channel>> = HashMap::new();
-        let mut addresses = self.addresses().await;
-        let mut refreshed = tokio::time::Instant::now();
-        while let Some(first) = rx.recv().await {
-            // New-message hints coalesce to the newest per conversation; updates stay apart.
-            let mut batch: HashMap<(String, u64, Option<u64>), Notification> = HashMap::new();
-            let mut add = |n: Notification| {
-                let key = (
-                    n.service.clone(),
-                    n.conversation_id,
-                    n.update.then_some(n.seq),
-                );
-                match batch.get(&key) {
-                    Some(old) if old.seq >= n.seq => {}
-                    _ => {
-                        batch.insert(key, n);
-                    }
-                }
-            };
-            add(first);
-            while let Ok(n) = rx.try_recv() {
-                add(n);
-            }
-            if refreshed.elapsed() > Duration::from_secs(5) {
-                addresses = self.addresses().await;
-                refreshed = tokio::time::Instant::now();
-            }
-            let request = NotifyRequest {
-                sender: self.me.clone(),
-                notifications: batch.into_values().collect(),
-            };
-            let sends = addresses.iter().map(|addr| {
-                let client = clients.entry(addr.clone()).or_insert_with(|| {
-                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                        .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
-                        .connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(2));
-                    FanoutClient::new(match &self.tls {
-                        Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
-                        None => endpoint.connect_lazy(),
-                    })
-                });
-                let mut client = client.clone();
-                let request = request.clone();
-                let addr = addr.clone();
-                async move {
-                    if let Err(e) = client.notify(request).await {
-                        // The peer's safety poll delivers what this hint would have.
-                        debug!(peer = %addr, error = %e, "peer notification failed");
-                    }
+                    other => debug!(event = %other, "broker"),
                 }
             });
-            futures::future::join_all(sends).await;
+        let scheme = match &config.tls {
+            Some(dir) => {
+                options = options
+                    .require_tls(true)
+                    .tls_client_config((*dir.client_config()?).clone());
+                "tls"
+            }
+            None => "nats",
+        };
+        let address = format!("{scheme}://{}", config.address);
+        let client = options
+            .connect(address.as_str())
+            .await
+            .map_err(|source| BrokerError::Connect { address, source })?;
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        tokio::spawn(send_hints(client.clone(), rx));
+        Ok(Self { client, outbox })
+    }
+
+    fn publish(&self, topic: &Topic, seq: u64, token: &str, update: bool) {
+        let hint = Notification {
+            seq,
+            gtid: token.to_string(),
+            update,
+        };
+        if self
+            .outbox
+            .try_send((subject(topic), hint.encode_to_vec().into()))
+            .is_err()
+        {
+            debug!("hint outbox full: dropped");
+        }
+    }
+
+    /// Take `topic`'s hints from the other replicas to `hub` until aborted.
+    async fn listen(self, hub: Arc<Hub>, topic: Topic) {
+        let mut hints = match self.client.subscribe(subject(&topic)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot subscribe to the broker: the safety poll delivers");
+                return;
+            }
+        };
+        while let Some(message) = hints.next().await {
+            hub.received.inc();
+            match Notification::decode(message.payload) {
+                Ok(n) if n.update => hub.hint_update(&topic, n.seq, &n.gtid),
+                Ok(n) => {
+                    hub.hint(&topic, n.seq, &n.gtid);
+                }
+                Err(e) => debug!(error = %e, "malformed hint"),
+            }
         }
     }
 }
 
-/// The `Fanout` gRPC service: hints from peers.
-pub struct FanoutService {
-    /// The local hub.
-    pub hub: Arc<Hub>,
-    /// This replica's id.
-    pub me: String,
-}
-
-fn static_service(name: &str) -> Option<&'static str> {
-    ["auth", "groups", "dms", "servers"]
-        .into_iter()
-        .find(|s| *s == name)
-}
-
-#[tonic::async_trait]
-impl Fanout for FanoutService {
-    async fn notify(
-        &self,
-        request: Request<NotifyRequest>,
-    ) -> Result<Response<NotifyResponse>, Status> {
-        let req = request.into_inner();
-        if req.sender == self.me {
-            return Ok(Response::new(NotifyResponse {}));
+async fn send_hints(client: async_nats::Client, mut rx: mpsc::Receiver<(String, bytes::Bytes)>) {
+    while let Some((subject, payload)) = rx.recv().await {
+        if let Err(e) = client.publish(subject, payload).await {
+            debug!(error = %e, "hint not published");
         }
-        for n in req.notifications {
-            let Some(service) = static_service(&n.service) else {
-                continue;
-            };
-            let topic = Topic {
-                service,
-                conversation: n.conversation_id,
-            };
-            if n.update {
-                self.hub.hint_update(&topic, n.seq, &n.gtid);
-            } else {
-                self.hub.hint(&topic, n.seq, &n.gtid);
-            }
-        }
-        Ok(Response::new(NotifyResponse {}))
     }
 }

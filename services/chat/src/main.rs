@@ -7,7 +7,6 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use chatcluster_types::chatd::var;
 use chatd::{
     db::DbConfig,
-    fanout::PeerSource,
     server::{Config, ServiceName, serve},
     services::auth::AddressLimits,
 };
@@ -60,15 +59,10 @@ struct Args {
     /// PEM private key signing access tokens (auth only).
     #[arg(long, env = var::TOKEN_PRIVATE_KEY_FILE)]
     token_private_key_file: Option<PathBuf>,
-    /// Peer replicas for fan-out, comma-separated `host:port`.
-    #[arg(long, env = var::PEERS, value_delimiter = ',')]
-    peers: Vec<String>,
-    /// DNS name resolving to every peer replica (a headless Service); port from --listen.
-    #[arg(long, env = var::PEERS_DNS)]
-    peers_dns: Option<String>,
-    /// This replica's address as peers see it.
-    #[arg(long, env = var::ADVERTISE)]
-    advertise: Option<String>,
+    /// `host:port` of the broker (NATS) the replicas exchange delivery hints through; none:
+    /// a single replica.
+    #[arg(long, env = var::BROKER)]
+    broker: Option<String>,
     /// Replica name.
     #[arg(long, env = var::POD_NAME, default_value = "chatd")]
     instance: String,
@@ -123,14 +117,6 @@ async fn main() -> ExitCode {
         eprintln!("chatd: set CHATD_TOKEN_PUBLIC_KEY_FILE (or --token-public-key-file)");
         return ExitCode::from(2);
     };
-    let peers = match (&args.peers_dns, args.peers.is_empty()) {
-        (Some(name), _) => Some(PeerSource::Dns {
-            name: name.clone(),
-            port: args.listen.port(),
-        }),
-        (None, false) => Some(PeerSource::Static(args.peers.clone())),
-        (None, true) => None,
-    };
     let config = Config {
         services: args.services,
         listen: args.listen,
@@ -152,8 +138,7 @@ async fn main() -> ExitCode {
         db_primary_file: args.db_primary_file,
         token_public_key,
         token_private_key: args.token_private_key_file,
-        peers,
-        advertise: args.advertise,
+        broker: args.broker,
         instance: args.instance,
         rate: (args.rate_per_second, args.rate_burst),
         address_limits: AddressLimits {

@@ -1,12 +1,12 @@
 //! One chatd process: the services its configuration names, the standard gRPC health service
-//! (one status per service, plus "" for the process), server reflection, the replica-to-replica
-//! fan-out service, and a graceful drain.
+//! (one status per service, plus "" for the process), server reflection, the broker
+//! connection that carries delivery hints between replicas, and a graceful drain.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use chatcluster_common::{
     admit::Admit,
-    tls::{self, Connector, TlsDir},
+    tls::{self, TlsDir},
 };
 use chatcluster_types::identity::component;
 use futures::FutureExt as _;
@@ -18,11 +18,10 @@ use tracing::{info, warn};
 use crate::{
     db::{Db, DbConfig},
     deadline::DeadlineLayer,
-    fanout::{FanoutService, Hub, PeerSource, Peers},
+    fanout::{Broker, BrokerConfig, BrokerError, Hub},
     pb::{
         self, auth::auth_server::AuthServer, dms::dms_server::DmsServer,
-        groups::groups_server::GroupsServer, internal::fanout_server::FanoutServer,
-        servers::servers_server::ServersServer,
+        groups::groups_server::GroupsServer, servers::servers_server::ServersServer,
     },
     services::{
         App, RateLimiter,
@@ -102,10 +101,8 @@ pub struct Config {
     pub token_public_key: PathBuf,
     /// PEM private key signing them (auth only).
     pub token_private_key: Option<PathBuf>,
-    /// The other replicas, for fan-out.
-    pub peers: Option<PeerSource>,
-    /// This replica's address as peers list it (skipped in the peer list).
-    pub advertise: Option<String>,
+    /// `host:port` of the broker delivery hints go through; none: a single replica.
+    pub broker: Option<String>,
     /// Name of this replica.
     pub instance: String,
     /// Writes per user per second, and burst.
@@ -155,6 +152,9 @@ pub enum StartError {
     /// The internal certificate could not be loaded.
     #[error("internal TLS: {0}")]
     Tls(#[from] chatcluster_common::tls::TlsError),
+    /// The broker connection could not be set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// The gRPC port could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Listen {
@@ -230,24 +230,24 @@ pub async fn serve(
         tokio::spawn(follow_primary_file(db.clone(), path));
     }
 
-    // With internal TLS, our certificate says who we are; peers must be the same component.
+    // With internal TLS, our certificate says who we are.
     let own = config.tls.as_ref().map(TlsDir::identity).transpose()?;
     if own.is_none() {
-        warn!(
-            "internal TLS off: any client that reaches the port may call, and send fan-out hints"
-        );
+        warn!("internal TLS off: any client that reaches the port, or the broker, may call");
     }
-    let peer_tls = match (&config.tls, &own) {
-        (Some(dir), Some(me)) => Some(Connector::new(dir, me.server_name())?),
-        _ => None,
+    let broker = match &config.broker {
+        Some(address) => Some(
+            Broker::connect(BrokerConfig {
+                address: address.clone(),
+                tls: config.tls.clone(),
+                name: config.instance.clone(),
+            })
+            .await?,
+        ),
+        None => None,
     };
-    let peers = config.peers.clone().map(|source| Peers {
-        me: config.instance.clone(),
-        my_address: config.advertise.clone(),
-        source,
-        tls: peer_tls,
-    });
-    let hub = Hub::new(peers);
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(broker, metrics.broker_hints());
     let (drain_tx, drain_rx) = watch::channel(false);
     let revocations = Revocations::new();
     tokio::spawn(revocations.clone().follow(db.clone()));
@@ -260,7 +260,6 @@ pub async fn serve(
         drain_rx,
     );
 
-    let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -302,15 +301,6 @@ pub async fn serve(
         .add_service(InterceptedService::new(
             reflection,
             Admit::with_peers(own.clone(), &[component::INGRESS]),
-        ))
-        // A forged hint (seq = u64::MAX) would freeze a conversation's live delivery: only
-        // this service's own replicas may send them.
-        .add_service(InterceptedService::new(
-            FanoutServer::new(FanoutService {
-                hub,
-                me: config.instance.clone(),
-            }),
-            Admit::peers(own.clone()),
         ))
         .add_optional_service(
             signer

@@ -51,6 +51,7 @@ pub struct Metrics {
     in_flight: Family<MethodLabels, Gauge>,
     pool: Family<PoolLabels, Gauge>,
     subscribed: Gauge,
+    broker_hints: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,12 @@ impl Default for Metrics {
             "Conversations with subscribers on this replica",
             subscribed.clone(),
         );
+        let broker_hints = Counter::default();
+        registry.register(
+            "broker_hints_received",
+            "Delivery hints taken from the broker: other replicas' writes to conversations subscribed here",
+            broker_hints.clone(),
+        );
         Self {
             registry,
             requests,
@@ -97,6 +104,7 @@ impl Default for Metrics {
             in_flight,
             pool,
             subscribed,
+            broker_hints,
         }
     }
 }
@@ -117,6 +125,11 @@ impl Metrics {
                 state: "active",
             })
             .set(i64::from(total) - idle);
+    }
+
+    /// The counter of hints taken from the broker, for the hub to count them in.
+    pub fn broker_hints(&self) -> Counter {
+        self.broker_hints.clone()
     }
 
     /// Record how many conversations have local subscribers.
@@ -357,7 +370,6 @@ mod method_tests {
         for known in [
             "/chatcluster.groups.v1.Groups/SendMessage",
             "/chatcluster.auth.v1.Auth/Login",
-            "/chatcluster.internal.v1.Fanout/Notify",
             "/grpc.health.v1.Health/Check",
         ] {
             assert_eq!(method_label(known), known.trim_start_matches('/'));

@@ -751,19 +751,18 @@ async fn next_seq(stream: &mut tonic::Streaming<chatd::pb::chat::Event>) -> u64 
 async fn fan_out_across_replicas_in_order_and_resume_without_gap() {
     let keys = Keys::new();
     let db = Db::start();
-    let (pa, pb) = (free_port(), free_port());
-    let start = |port: u16, peer: u16| {
+    let broker = chatcluster_tests::nats::Nats::start();
+    let start = || {
         Chatd::start(
             &keys,
             Options {
-                peers: vec![format!("127.0.0.1:{peer}")],
+                broker: Some(broker.address()),
                 ..Options::new("auth,groups", &db)
             },
-            port,
+            free_port(),
         )
     };
-    let a = start(pa, pb);
-    let b = start(pb, pa);
+    let (a, b) = (start(), start());
     let mut ca = Clients::new(&a).await;
     let mut cb = Clients::new(&b).await;
     let sender = register(&mut ca.auth, "sender").await;

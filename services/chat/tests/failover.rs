@@ -83,7 +83,7 @@ async fn acknowledged_messages_survive_a_primary_killed_mid_stream() {
             services: "auth,groups",
             primary: dbs[0].address(),
             replicas: None,
-            peers: vec![],
+            broker: None,
             primary_file: Some(file),
             rate: 10_000.0,
             metrics_port: None,

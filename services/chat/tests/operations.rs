@@ -198,7 +198,7 @@ fn sigterm_while_waiting_for_the_database_stops_chatd_at_once() {
         services: "groups",
         primary: nowhere,
         replicas: None,
-        peers: vec![],
+        broker: None,
         primary_file: None,
         rate: 10.0,
         metrics_port: None,

@@ -422,15 +422,20 @@ impl<M: Membership> Stream<M> {
         let start = tokio::time::Instant::now() + HEARTBEAT;
         let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Read at the start, then only when a hint names a seq past the last delivered.
+        let mut behind = true;
         loop {
-            match self.catch_up().await {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => return,
-                Err(e) => {
-                    self.deliver(Err(e.into())).await;
-                    return;
+            if behind {
+                match self.catch_up().await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => return,
+                    Err(e) => {
+                        self.deliver(Err(e.into())).await;
+                        return;
+                    }
                 }
             }
+            behind = false;
             tokio::select! {
                 changed = sub.latest.changed() => {
                     if changed.is_err() {
@@ -439,6 +444,7 @@ impl<M: Membership> Stream<M> {
                     let hint = sub.latest.borrow_and_update().clone();
                     if hint.seq > self.last {
                         self.token = Some(hint.token);
+                        behind = true;
                     }
                 }
                 update = sub.updates.recv() => match update {

@@ -78,7 +78,8 @@ pub struct Options<'a> {
     pub services: &'a str,
     pub primary: String,
     pub replicas: Option<String>,
-    pub peers: Vec<String>,
+    /// `host:port` of the broker the replicas share; none: a single replica.
+    pub broker: Option<String>,
     pub primary_file: Option<std::path::PathBuf>,
     pub rate: f64,
     pub metrics_port: Option<u16>,
@@ -89,13 +90,13 @@ pub struct Options<'a> {
 }
 
 impl<'a> Options<'a> {
-    /// `services` over `db`'s primary and replica, no peers, generous rate limit.
+    /// `services` over `db`'s primary and replica, no broker, generous rate limit.
     pub fn new(services: &'a str, db: &Db) -> Self {
         Self {
             services,
             primary: db.primary.address(),
             replicas: Some(db.replica.address()),
-            peers: vec![],
+            broker: None,
             primary_file: None,
             rate: 1000.0,
             metrics_port: None,
@@ -139,7 +140,6 @@ impl Chatd {
                 keys.dir.path().join("private.pem"),
             )
             .env("CHATD_POD_NAME", format!("chatd-{port}"))
-            .env("CHATD_ADVERTISE", format!("127.0.0.1:{port}"))
             .env("CHATD_RATE_PER_SECOND", opts.rate.to_string())
             .env("CHATD_RATE_BURST", (opts.rate * 2.0).to_string())
             .env("CHATD_DRAIN_SECONDS", opts.drain_seconds.to_string())
@@ -157,8 +157,8 @@ impl Chatd {
         if let Some(r) = &opts.replicas {
             cmd.env("CHATD_DB_REPLICAS", r);
         }
-        if !opts.peers.is_empty() {
-            cmd.env("CHATD_PEERS", opts.peers.join(","));
+        if let Some(b) = &opts.broker {
+            cmd.env("CHATD_BROKER", b);
         }
         if let Some(f) = &opts.primary_file {
             cmd.env("CHATD_DB_PRIMARY_FILE", f);
