@@ -35,6 +35,8 @@ command -v musl-gcc >/dev/null 2>&1 || apt_missing+=(musl-tools)
 command -v shellcheck >/dev/null 2>&1 || apt_missing+=(shellcheck)
 # The web page's test drives Debian's Chromium headless.
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+# The broker the chatd replicas exchange delivery hints through (local mode and the tests).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt_missing+=(nats-server)
 # Local mode's Prometheus, and promtool for the alert rules' tests.
 command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 if [ "${#apt_missing[@]}" -gt 0 ]; then

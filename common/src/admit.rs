@@ -35,12 +35,6 @@ impl Admit {
         admit
     }
 
-    /// Admit the same component as `own` only (a service's replicas among themselves).
-    pub fn peers(own: Option<Identity>) -> Self {
-        let components = own.iter().map(|o| o.component.clone()).collect();
-        Self { own, components }
-    }
-
     /// Whether a peer presenting `peer` may call.
     pub fn check(&self, peer: Option<&Identity>) -> Result<(), Status> {
         let Some(own) = &self.own else {
@@ -95,15 +89,6 @@ mod tests {
             denied(Some(&Identity::new("chat", "other", component::INGRESS))),
             tonic::Code::PermissionDenied
         );
-    }
-
-    #[test]
-    fn peers_are_the_same_component_only() {
-        let own = Identity::new("chat", "demo", "groups");
-        let admit = Admit::peers(Some(own.clone()));
-        assert!(admit.check(Some(&own)).is_ok());
-        assert!(admit.check(Some(&own.sibling("auth"))).is_err());
-        assert!(admit.check(Some(&own.sibling(component::INGRESS))).is_err());
     }
 
     #[test]

@@ -3,10 +3,27 @@
 pub use chatd::client::authed;
 use chatd::pb::{
     auth::{GetProfileRequest, RegisterRequest, Session, auth_client::AuthClient},
-    chat::HistoryRequest,
+    chat::{Event, HistoryRequest, Message, event},
     groups::{AcceptInvitationRequest, CreateGroupRequest, Group, groups_client::GroupsClient},
 };
-use tonic::{Status, transport::Channel};
+use tonic::{Status, Streaming, transport::Channel};
+
+/// The next message `stream` delivers, past heartbeats and updates; panics unless one comes
+/// within 10 s with the stream open.
+pub async fn next_message(stream: &mut Streaming<Event>) -> Message {
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message());
+        let event = match next.await {
+            Err(_) => panic!("no message within 10 s"),
+            Ok(Err(status)) => panic!("the stream ended: {status}"),
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Ok(Some(event))) => event,
+        };
+        if let Some(event::Kind::Message(m)) = event.kind {
+            return m;
+        }
+    }
+}
 
 /// A group's whole history, oldest first, as (text, seq). History pages newest first, each
 /// page before the previous one's oldest message.

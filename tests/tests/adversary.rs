@@ -104,16 +104,7 @@ async fn ends_within(stream: &mut Streaming<Event>, limit: Duration) -> Status {
 
 /// Read `stream` until a message arrives (the stream is live).
 async fn first_message(stream: &mut Streaming<Event>) {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("stream open");
-        if matches!(event.kind, Some(event::Kind::Message(_))) {
-            return;
-        }
-    }
+    chatcluster_tests::chat::next_message(stream).await;
 }
 
 fn login(username: &str, password: &str) -> LoginRequest {

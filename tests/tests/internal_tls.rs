@@ -17,7 +17,7 @@ use chat_operator::pki::{Ca, Issued, Leaf};
 use chatcluster_tests::{http_get, load, local::LocalCluster};
 use chatcluster_types::identity::{Identity, component};
 use chatd::pb::{
-    chat::{Event, SendMessageRequest, SubscribeRequest, event},
+    chat::{SendMessageRequest, SubscribeRequest},
     groups::{GetGroupRequest, groups_client::GroupsClient},
     internal::Notification,
 };
@@ -351,20 +351,8 @@ async fn chatd_takes_calls_from_envoy_only_and_the_broker_its_cluster_only() {
         .send_message(chatcluster_tests::chat::authed(&session, message).unwrap())
         .await
         .unwrap();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("delivered within 10 s")
-            .unwrap()
-            .expect("stream open");
-        if let Some(Event {
-            kind: Some(event::Kind::Message(m)),
-        }) = Some(next)
-        {
-            assert_eq!(m.text, "after the forgery");
-            break;
-        }
-    }
+    let delivered = chatcluster_tests::chat::next_message(&mut stream).await;
+    assert_eq!(delivered.text, "after the forgery");
     assert!(
         sent.elapsed() < Duration::from_millis(1500),
         "delivered by the poll after a forged hint: {:?}",

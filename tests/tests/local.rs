@@ -395,8 +395,8 @@ async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
         .collect();
     assert_eq!(
         pids.len(),
-        9,
-        "2 databases, 4 chatd, chat-xds, Envoy, Prometheus"
+        10,
+        "2 databases, 4 chatd, chat-xds, Envoy, the broker, Prometheus"
     );
     let (dir, ports) = tokio::task::spawn_blocking(move || cluster.stop_keeping_data())
         .await

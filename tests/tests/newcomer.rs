@@ -60,8 +60,8 @@ fn stop(cluster: LocalCluster) -> TempDir {
     let processes = cluster.processes();
     assert_eq!(
         processes.len(),
-        10,
-        "runner, 2 databases, 4 chatd, chat-xds, Envoy, Prometheus: {processes:?}"
+        11,
+        "runner, 2 databases, 4 chatd, chat-xds, Envoy, the broker, Prometheus: {processes:?}"
     );
     let (dir, _) = cluster.stop_keeping_data();
     for (name, pid) in processes {
@@ -110,7 +110,7 @@ fn an_idle_local_cluster_costs_almost_nothing() {
     const IDLE: Duration = Duration::from_secs(20);
     let cluster = LocalCluster::start("examples/laptop.yaml");
     let processes = cluster.processes();
-    assert_eq!(processes.len(), 10, "{processes:?}");
+    assert_eq!(processes.len(), 11, "{processes:?}");
     let before: Vec<f64> = processes
         .iter()
         .map(|(name, pid)| procfs::cpu_seconds(*pid).unwrap_or_else(|| panic!("{name} is gone")))

@@ -10,7 +10,7 @@ use super::{ChatCluster, Refused, SpecError};
 /// The API version files must name.
 pub const API_VERSION: &str = "chatcluster.io/v1alpha1";
 
-/// Longest cluster name: derived names add up to 22 characters (`-servers-peers` on a
+/// Longest cluster name: derived names stay within their limits (`-db-replicas` on a
 /// Service, limited to 63; `-db-replica` on a StatefulSet, whose pods' revision label limits
 /// it to 52).
 pub const MAX_NAME: usize = 41;

@@ -89,7 +89,7 @@ impl Default for MonitoringSpec {
 pub const LABEL_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?=([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
 
 /// NetworkPolicies that admit only the traffic each component needs: clients to Envoy; Envoy
-/// to chatd and chat-xds; chatd to its peers and the database; the database's own
+/// to chatd and chat-xds; chatd to the broker and the database; the database's own
 /// replication and re-seeding; the operator to the database and chat-xds; scrapers to the
 /// metrics ports. Everything else arriving at the cluster's pods is dropped.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

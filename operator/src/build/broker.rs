@@ -10,12 +10,9 @@ use chatcluster_types::identity::component;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
-        core::v1::{
-            ConfigMap, Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service,
-            ServiceSpec,
-        },
+        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec},
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{CONFIG_HASH_ANNOTATION, ClusterRef, names, pod};
@@ -69,19 +66,6 @@ pub fn config_map(owner: &ClusterRef, internal_tls: bool) -> ConfigMap {
     }
 }
 
-fn healthz(period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::Int(MONITOR_PORT),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    }
-}
-
 /// The broker's one pod. `config_hash` rolls it when the configuration changes, and
 /// `certificate` (the expiry of its certificate) when that is renewed.
 pub fn deployment(
@@ -106,8 +90,8 @@ pub fn deployment(
             ("client", PORT),
             ("monitor", MONITOR_PORT),
         ])),
-        readiness_probe: Some(healthz(5, 2)),
-        liveness_probe: Some(healthz(10, 3)),
+        readiness_probe: Some(pod::healthz_probe_on(MONITOR_PORT, 5, 2)),
+        liveness_probe: Some(pod::healthz_probe_on(MONITOR_PORT, 10, 3)),
         resources: Some(pod::resources(
             spec.resources.as_ref(),
             "50m",

@@ -279,10 +279,15 @@ pub fn config_map_volume(name: &str, config_map: String) -> Volume {
 /// kubelet presents no client certificate, and the gRPC ports take none but the internal
 /// CA's.
 pub fn healthz_probe(period: i32, failures: i32) -> Probe {
+    healthz_probe_on(super::ports::METRICS, period, failures)
+}
+
+/// As [`healthz_probe`], on `port` (a component whose health is on a port of its own).
+pub fn healthz_probe_on(port: i32, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
-            port: IntOrString::Int(super::ports::METRICS),
+            port: IntOrString::Int(port),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatcluster_tests::{free_port, http_get, nats::Nats};
-use chatd::pb::chat::{Event, event};
+use chatd::pb::chat::Event;
 use common::{Chatd, Clients, Db, Keys, Options, authed, register, send};
 use tonic::Streaming;
 
@@ -33,19 +33,11 @@ async fn subscriptions(broker: &Nats) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The seq of the next message event, skipping heartbeats; and how long it took.
+/// The seq of the next message, and how long it took to come.
 async fn next_seq(stream: &mut Streaming<Event>) -> (u64, Duration) {
     let started = Instant::now();
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("stream open");
-        if let Some(event::Kind::Message(m)) = event.kind {
-            return (m.seq, started.elapsed());
-        }
-    }
+    let seq = chatcluster_tests::chat::next_message(stream).await.seq;
+    (seq, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread")]

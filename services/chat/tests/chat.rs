@@ -735,16 +735,7 @@ async fn bad_input_gets_proper_statuses() {
 }
 
 async fn next_seq(stream: &mut tonic::Streaming<chatd::pb::chat::Event>) -> u64 {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("event within 10 s")
-            .unwrap()
-            .expect("stream open");
-        if let Some(event::Kind::Message(m)) = event.kind {
-            return m.seq;
-        }
-    }
+    chatcluster_tests::chat::next_message(stream).await.seq
 }
 
 #[tokio::test(flavor = "multi_thread")]
