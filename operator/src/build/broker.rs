@@ -10,7 +10,7 @@ use chatcluster_types::identity::component;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
-        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec},
+        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -147,15 +147,8 @@ pub fn deployment(
 
 /// The Service chatd reaches the broker at.
 pub fn service(owner: &ClusterRef) -> Service {
-    Service {
-        metadata: owner.meta(names::broker(owner), owner.labels(COMPONENT, "nats")),
-        spec: Some(ServiceSpec {
-            selector: Some(owner.selector(COMPONENT)),
-            ports: Some(vec![pod::service_port("client", PORT, None)]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let ports = vec![pod::service_port("client", PORT, None)];
+    pod::internal_service(owner, names::broker(owner), COMPONENT, "nats", ports)
 }
 
 /// Every name the broker is reached by (its certificate's).

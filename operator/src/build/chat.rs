@@ -11,7 +11,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
-            Service, ServiceSpec, Volume,
+            Service, Volume,
         },
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -212,20 +212,15 @@ fn chatd_env(owner: &ClusterRef, spec: &ChatClusterSpec, kind: ServiceKind) -> V
 /// The Service of one chat service. chat-xds discovers its EndpointSlices (which inherit these
 /// labels); `appProtocol` tells meshes and Envoy the port speaks cleartext HTTP/2.
 pub fn service(owner: &ClusterRef, kind: ServiceKind) -> Service {
-    let component = kind.as_str();
-    Service {
-        metadata: owner.meta(
-            names::service(owner, kind),
-            owner.labels(component, "chatd"),
-        ),
-        spec: Some(ServiceSpec {
-            selector: Some(owner.selector(component)),
-            ports: Some(vec![
-                pod::service_port("grpc", ports::CHATD_GRPC, Some("kubernetes.io/h2c")),
-                pod::service_port("metrics", ports::METRICS, None),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let ports = vec![
+        pod::service_port("grpc", ports::CHATD_GRPC, Some("kubernetes.io/h2c")),
+        pod::service_port("metrics", ports::METRICS, None),
+    ];
+    pod::internal_service(
+        owner,
+        names::service(owner, kind),
+        kind.as_str(),
+        "chatd",
+        ports,
+    )
 }

@@ -8,8 +8,8 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
             PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-            SecretVolumeSource, SecurityContext, ServicePort, TopologySpreadConstraint, Volume,
-            VolumeMount,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+            TopologySpreadConstraint, Volume, VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -174,6 +174,26 @@ pub fn service_port(name: &str, port: i32, app_protocol: Option<&str>) -> Servic
         target_port: Some(IntOrString::String(name.into())),
         app_protocol: app_protocol.map(Into::into),
         ..ServicePort::default()
+    }
+}
+
+/// The cluster-internal Service `name` over the pods of `component` (labelled as `app`'s),
+/// with `ports`.
+pub fn internal_service(
+    owner: &ClusterRef,
+    name: String,
+    component: &str,
+    app: &str,
+    ports: Vec<ServicePort>,
+) -> Service {
+    Service {
+        metadata: owner.meta(name, owner.labels(component, app)),
+        spec: Some(ServiceSpec {
+            selector: Some(owner.selector(component)),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     }
 }
 

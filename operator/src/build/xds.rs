@@ -7,9 +7,7 @@ use chatcluster_types::identity::component;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
-        core::v1::{
-            ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServiceSpec,
-        },
+        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceAccount},
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -269,16 +267,9 @@ pub fn deployment(
 
 /// The Service Envoy's bootstrap points its ADS stream at.
 pub fn service(owner: &ClusterRef) -> Service {
-    Service {
-        metadata: owner.meta(names::xds(owner), owner.labels(COMPONENT, "chat-xds")),
-        spec: Some(ServiceSpec {
-            selector: Some(owner.selector(COMPONENT)),
-            ports: Some(vec![
-                pod::service_port("xds", ports::XDS, Some("kubernetes.io/h2c")),
-                pod::service_port("metrics", ports::METRICS, None),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let ports = vec![
+        pod::service_port("xds", ports::XDS, Some("kubernetes.io/h2c")),
+        pod::service_port("metrics", ports::METRICS, None),
+    ];
+    pod::internal_service(owner, names::xds(owner), COMPONENT, "chat-xds", ports)
 }
