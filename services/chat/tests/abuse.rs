@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use chatd::pb::auth::LoginRequest;
 use common::{Setup, register};
 use tonic::Code;
@@ -244,7 +246,7 @@ async fn one_user_holds_a_bounded_number_of_subscriptions() {
         .unwrap();
     // A stream the client drops gives its place back.
     open.pop();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match c
             .groups
@@ -253,11 +255,8 @@ async fn one_user_holds_a_bounded_number_of_subscriptions() {
         {
             Ok(_) => break,
             Err(e) if e.code() == Code::ResourceExhausted => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the place never came back"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                assert!(Instant::now() < deadline, "the place never came back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("{e:?}"),
         }
@@ -378,15 +377,29 @@ async fn nobody_is_put_in_a_group_without_accepting() {
     let mut c = common::Clients::new(&s.chatd).await;
     let spammer = register(&mut c.auth, "spammer").await;
     let target = register(&mut c.auth, "target").await;
-    let invited = |c: &mut common::Clients, who| {
-        let mut groups = c.groups.clone();
+    // The target's invitations (newest first) once they are the groups `want`: another user's
+    // writes reach the target's reads when the replica has applied them.
+    let invited = |c: &mut common::Clients, who, want: Vec<u64>| {
+        let groups = c.groups.clone();
         async move {
-            groups
-                .list_invitations(common::authed(who, ListInvitationsRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-                .invitations
+            let now = common::eventually(
+                || {
+                    let mut groups = groups.clone();
+                    async move {
+                        groups
+                            .list_invitations(common::authed(who, ListInvitationsRequest {}))
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .invitations
+                    }
+                },
+                |now| now.iter().map(|i| i.group_id).eq(want.iter().copied()),
+            )
+            .await;
+            let ids: Vec<u64> = now.iter().map(|i| i.group_id).collect();
+            assert_eq!(ids, want, "the target's invitations");
+            now
         }
     };
     // Named at creation and added afterwards: both only invitations.
@@ -437,12 +450,7 @@ async fn nobody_is_put_in_a_group_without_accepting() {
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
     }
-    let pending = invited(&mut c, &target).await;
-    assert_eq!(
-        pending.iter().map(|i| i.group_id).collect::<Vec<_>>(),
-        vec![other.id, created.id],
-        "newest first"
-    );
+    let pending = invited(&mut c, &target, vec![other.id, created.id]).await;
     assert_eq!(pending[0].invited_by, common::uid(&spammer));
 
     // Declined, it is gone and cannot be accepted; accepted, the target is a member.
@@ -474,7 +482,7 @@ async fn nobody_is_put_in_a_group_without_accepting() {
             .iter()
             .any(|m| m.user_id == common::uid(&target))
     );
-    assert!(invited(&mut c, &target).await.is_empty());
+    invited(&mut c, &target, vec![]).await;
 
     // A manager may withdraw an invitation before it is accepted.
     let third = c.group(&spammer, "third", &[]).await;
@@ -500,7 +508,7 @@ async fn nobody_is_put_in_a_group_without_accepting() {
         .unwrap()
         .into_inner();
     assert!(withdrawn.invited.is_empty());
-    assert!(invited(&mut c, &target).await.is_empty());
+    invited(&mut c, &target, vec![]).await;
     let get = GetGroupRequest { group_id: third.id };
     let denied = c
         .groups

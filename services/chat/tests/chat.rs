@@ -1006,12 +1006,17 @@ async fn ownership_roles_invites_and_channels() {
         .leave(authed(&a, LeaveRequest { group_id: g.id }))
         .await
         .unwrap();
-    let after = c
-        .groups
-        .get_group(authed(&d, GetGroupRequest { group_id: g.id }))
-        .await
-        .unwrap()
-        .into_inner();
+    // d reads what a did: once the replica has applied it.
+    let groups = c.groups.clone();
+    let after = common::eventually(
+        || {
+            let mut groups = groups.clone();
+            let get = authed(&d, GetGroupRequest { group_id: g.id });
+            async move { groups.get_group(get).await.unwrap().into_inner() }
+        },
+        |after| after.members.iter().all(|m| m.user_id != uid(&a)),
+    )
+    .await;
     let owner = after
         .members
         .iter()
@@ -1210,12 +1215,17 @@ async fn ownership_roles_invites_and_channels() {
         .unwrap()
         .into_inner();
     for who in [&a, &b] {
-        let list = c
-            .dms
-            .list_conversations(authed(who, ListConversationsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        // b lists what a did: once the replica has applied it.
+        let dms = c.dms.clone();
+        let list = common::eventually(
+            || {
+                let mut dms = dms.clone();
+                let req = authed(who, ListConversationsRequest {});
+                async move { dms.list_conversations(req).await.unwrap().into_inner() }
+            },
+            |list| !list.conversations.is_empty(),
+        )
+        .await;
         assert_eq!(
             list.conversations.iter().map(|c| c.id).collect::<Vec<_>>(),
             vec![conv.id]

@@ -399,3 +399,22 @@ pub fn authed<T>(session: &Session, body: T) -> Request<T> {
 pub fn uid(s: &Session) -> u64 {
     s.profile.as_ref().unwrap().user_id
 }
+
+/// The first value `read` returns that `done` accepts, reading again for up to 5 s; the last
+/// value read otherwise, for the caller's assertion to show. For reads of what *another* user
+/// just wrote: a replica applies it a few milliseconds later (a user's own writes are waited
+/// for by chatd itself).
+pub async fn eventually<T, F, Fut>(mut read: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = read().await;
+        if done(&value) || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
