@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chatcluster/groups/v1/groups.proto",
         "chatcluster/dms/v1/dms.proto",
         "chatcluster/servers/v1/servers.proto",
+        "chatcluster/gateway/v1/gateway.proto",
         "chatcluster/internal/v1/hint.proto",
     ]
     .map(|p| format!("{root}/{p}"));

@@ -48,6 +48,43 @@ pub struct Topic {
 /// The seq an update hint carries when it is about access, not a message (seqs start at 1).
 pub const ACCESS_CHANGED: u64 = 0;
 
+/// The topic "service" of a user's own events: the conversations they belong to changed, or
+/// a read marker of theirs moved. Sessions of the user follow it.
+pub const USER: &str = "user";
+/// The topic "service" of a server's channel list: a channel was created. Sessions of its
+/// members follow it.
+pub const SERVER: &str = "server";
+
+impl Topic {
+    /// The events of user `id` (see [`USER`]).
+    pub fn user(id: u64) -> Self {
+        Self {
+            service: USER,
+            conversation: id,
+        }
+    }
+
+    /// The channel list of server `id` (see [`SERVER`]).
+    pub fn server(id: u64) -> Self {
+        Self {
+            service: SERVER,
+            conversation: id,
+        }
+    }
+}
+
+/// What woke a subscriber (see [`Subscription::next`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// A message newer than the last hint: read if it is past what was delivered.
+    Newer(Hint),
+    /// Message `seq` was edited or deleted ([`ACCESS_CHANGED`]: who may read changed), at
+    /// the token.
+    Update(u64, String),
+    /// Updates were missed (the subscriber lagged): what they said is in the database.
+    Missed(u64),
+}
+
 /// The newest message a replica has heard of, and the token to read it with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hint {
@@ -82,6 +119,23 @@ pub struct Subscription {
     pub latest: watch::Receiver<Hint>,
     /// Edited or deleted messages (seq, token).
     pub updates: broadcast::Receiver<(u64, String)>,
+}
+
+impl Subscription {
+    /// The next wake-up; None once the hub is gone.
+    pub async fn next(&mut self) -> Option<Wake> {
+        tokio::select! {
+            changed = self.latest.changed() => {
+                changed.ok()?;
+                Some(Wake::Newer(self.latest.borrow_and_update().clone()))
+            }
+            update = self.updates.recv() => match update {
+                Ok((seq, token)) => Some(Wake::Update(seq, token)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some(Wake::Missed(n)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+        }
+    }
 }
 
 impl Drop for Subscription {
@@ -127,9 +181,13 @@ impl Hub {
             }),
         });
         ch.subscribers += 1;
+        let mut latest = ch.latest.subscribe();
+        // The hint already here is news to this subscriber: its first read may have come from
+        // a replica that lacked that message, and the same hint never wakes it again.
+        latest.mark_changed();
         Subscription {
             hub: self.clone(),
-            latest: ch.latest.subscribe(),
+            latest,
             updates: ch.updates.subscribe(),
             topic,
         }

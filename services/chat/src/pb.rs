@@ -30,6 +30,11 @@ pub mod chatcluster {
             tonic::include_proto!("chatcluster.servers.v1");
         }
     }
+    pub mod gateway {
+        pub mod v1 {
+            tonic::include_proto!("chatcluster.gateway.v1");
+        }
+    }
     pub mod internal {
         pub mod v1 {
             tonic::include_proto!("chatcluster.internal.v1");
@@ -38,8 +43,8 @@ pub mod chatcluster {
 }
 
 pub use chatcluster::{
-    auth::v1 as auth, chat::v1 as chat, dms::v1 as dms, groups::v1 as groups,
-    internal::v1 as internal, servers::v1 as servers,
+    auth::v1 as auth, chat::v1 as chat, dms::v1 as dms, gateway::v1 as gateway,
+    groups::v1 as groups, internal::v1 as internal, servers::v1 as servers,
 };
 
 /// Encoded descriptors of every service, for server reflection.

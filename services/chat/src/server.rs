@@ -21,12 +21,14 @@ use crate::{
     fanout::{Broker, BrokerConfig, BrokerError, Hub},
     pb::{
         self, auth::auth_server::AuthServer, dms::dms_server::DmsServer,
-        groups::groups_server::GroupsServer, servers::servers_server::ServersServer,
+        gateway::gateway_server::GatewayServer, groups::groups_server::GroupsServer,
+        servers::servers_server::ServersServer,
     },
     services::{
         App, RateLimiter,
         auth::{ACCESS_TTL_MS, AddressLimits, AuthService},
         dms::DmsService,
+        gateway::GatewayService,
         groups::GroupsService,
         revocations::Revocations,
         servers::ServersService,
@@ -54,6 +56,8 @@ pub enum ServiceName {
     Dms,
     /// Discord-style servers.
     Servers,
+    /// Client sessions: one stream per client for all its conversations.
+    Gateway,
 }
 
 impl ServiceName {
@@ -64,6 +68,7 @@ impl ServiceName {
             Self::Groups => "chatcluster.groups.v1.Groups",
             Self::Dms => "chatcluster.dms.v1.Dms",
             Self::Servers => "chatcluster.servers.v1.Servers",
+            Self::Gateway => "chatcluster.gateway.v1.Gateway",
         }
     }
 }
@@ -76,8 +81,9 @@ impl std::str::FromStr for ServiceName {
             "groups" => Ok(Self::Groups),
             "dms" => Ok(Self::Dms),
             "servers" => Ok(Self::Servers),
+            "gateway" => Ok(Self::Gateway),
             other => Err(format!(
-                "unknown service {other:?}: expected auth, groups, dms or servers"
+                "unknown service {other:?}: expected auth, groups, dms, servers or gateway"
             )),
         }
     }
@@ -120,7 +126,7 @@ pub struct Config {
 pub enum StartError {
     /// No service named.
     #[error(
-        "no service to run: set CHATD_SERVICES (or --services) to one or more of auth, groups, dms, servers"
+        "no service to run: set CHATD_SERVICES (or --services) to one or more of auth, groups, dms, servers, gateway"
     )]
     NoServices,
     /// A key file is missing or unreadable.
@@ -215,6 +221,7 @@ pub async fn serve(
                 ServiceName::Groups => store::groups::migrate(&db).await?,
                 ServiceName::Dms => store::dms::migrate(&db).await?,
                 ServiceName::Servers => store::servers::migrate(&db).await?,
+                ServiceName::Gateway => store::gateway::migrate(&db).await?,
             }
         }
         Ok::<_, StartError>(db)
@@ -325,6 +332,12 @@ pub async fn serve(
         .add_optional_service(has(ServiceName::Servers).then(|| {
             InterceptedService::new(
                 ServersServer::new(ServersService::new(app.clone())),
+                clients.clone(),
+            )
+        }))
+        .add_optional_service(has(ServiceName::Gateway).then(|| {
+            InterceptedService::new(
+                GatewayServer::new(GatewayService::new(app.clone())),
                 clients.clone(),
             )
         }));

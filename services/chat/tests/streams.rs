@@ -331,14 +331,6 @@ async fn an_idle_stream_carries_a_heartbeat_so_proxies_keep_it() {
 }
 
 /// SELECTs the server has run since it started.
-fn selects(db: &chatcluster_tests::mariadb::MariaDb) -> u64 {
-    let row = db.sql("SHOW GLOBAL STATUS LIKE 'Com_select'");
-    row.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("Com_select in {row:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_streams_cost_the_database_a_poll_per_conversations_not_per_subscriber() {
     let s = Setup::new();
@@ -353,9 +345,10 @@ async fn idle_streams_cost_the_database_a_poll_per_conversations_not_per_subscri
     }
     // Every stream has made its first read; from here on nobody writes.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (before, watched) = (selects(&s.db.replica), std::time::Instant::now());
+    let (before, watched) = (common::selects(&s.db.replica), std::time::Instant::now());
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let per_second = (selects(&s.db.replica) - before) as f64 / watched.elapsed().as_secs_f64();
+    let per_second =
+        (common::selects(&s.db.replica) - before) as f64 / watched.elapsed().as_secs_f64();
     // When each subscription polled on its own, this was about 300 a second. Now it is one
     // poll of the four conversations every 2 s, plus the connection's own reads: about 3.
     assert!(

@@ -3,6 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chatcluster_common::sync::lock;
+
 use sqlx::MySqlConnection;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
@@ -12,7 +14,7 @@ use super::{App, LOGGED_OUT, PooledConn, SubscriptionSlot};
 use crate::{
     db::DELIVERY_WAIT,
     error::{Error, Result},
-    fanout::{ACCESS_CHANGED, Topic},
+    fanout::{ACCESS_CHANGED, Topic, Wake},
     group_commit::{Committer, Outcome},
     pb::chat::{
         DeleteMessageRequest, EditMessageRequest, Event, Heartbeat, HistoryRequest,
@@ -22,18 +24,62 @@ use crate::{
     token::now_ms,
 };
 
-/// The events of one subscription, as the client takes them. When the client has taken
-/// nothing for [`SLOW_READER`] while events wait, the server gives up on it: the stream ends
-/// with RESOURCE_EXHAUSTED naming, in its message and in the `x-chat-resume-after-seq`
-/// trailer, the last seq it delivered, so the client subscribes again from there with no gap.
+/// The events of one stream (a subscription, a session), as the client takes them. When the
+/// client has taken nothing for [`SLOW_READER`] while events wait, the server gives up on it:
+/// the stream ends with RESOURCE_EXHAUSTED telling it where to resume (see [`Resumable`]).
 /// The stream's buffers are so bounded: [`STREAM_BUFFER`] events here, the HTTP/2 window in
 /// flight.
-pub struct EventStream {
-    events: mpsc::Receiver<Result<Event, Status>>,
+pub struct EventStream<T = Event> {
+    events: mpsc::Receiver<Result<T, Status>>,
     cut: oneshot::Receiver<()>,
-    /// The seq of the last message handed to the transport.
+    /// The seq of the last message handed to the transport, for a subscription's resume.
     last: u64,
     done: bool,
+}
+
+impl<T> EventStream<T> {
+    /// The stream of `events`, cut when `cut` fires, having delivered up to `last` so far.
+    pub fn new(
+        events: mpsc::Receiver<Result<T, Status>>,
+        cut: oneshot::Receiver<()>,
+        last: u64,
+    ) -> Self {
+        Self {
+            events,
+            cut,
+            last,
+            done: false,
+        }
+    }
+}
+
+/// An event of a stream that can be cut: what a cut stream tells its client.
+pub trait Resumable {
+    /// The seq this event delivers, if it is a new message of the one conversation.
+    fn delivered(&self) -> Option<u64>;
+    /// The status a stream cut after delivering `last` ends with.
+    fn too_slow(last: u64) -> Status;
+}
+
+impl Resumable for Event {
+    fn delivered(&self) -> Option<u64> {
+        match &self.kind {
+            Some(event::Kind::Message(m)) => Some(m.seq),
+            _ => None,
+        }
+    }
+
+    /// Names, in its message and in the [`RESUME_TRAILER`] trailer, the last seq delivered,
+    /// so the client subscribes again from there with no gap.
+    fn too_slow(last: u64) -> Status {
+        let mut trailers = tonic::metadata::MetadataMap::new();
+        trailers.insert(RESUME_TRAILER, last.into());
+        Status::with_metadata(
+            tonic::Code::ResourceExhausted,
+            format!("the subscriber read too slowly: subscribe again with after_seq = {last}"),
+            trailers,
+        )
+    }
 }
 
 /// Trailer of a cut stream: the seq to subscribe again after.
@@ -43,8 +89,8 @@ pub const SLOW_READER: Duration = Duration::from_secs(10);
 /// Events waiting for one subscriber, at most.
 pub const STREAM_BUFFER: usize = 64;
 
-impl futures::Stream for EventStream {
-    type Item = Result<Event, Status>;
+impl<T: Resumable> futures::Stream for EventStream<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -57,21 +103,13 @@ impl futures::Stream for EventStream {
         // The cut goes before whatever is still buffered: that is what was too slow.
         if let Poll::Ready(Ok(())) = Pin::new(&mut self.cut).poll(cx) {
             self.done = true;
-            let last = self.last;
-            let mut trailers = tonic::metadata::MetadataMap::new();
-            trailers.insert(RESUME_TRAILER, last.into());
-            return Poll::Ready(Some(Err(Status::with_metadata(
-                tonic::Code::ResourceExhausted,
-                format!("the subscriber read too slowly: subscribe again with after_seq = {last}"),
-                trailers,
-            ))));
+            return Poll::Ready(Some(Err(T::too_slow(self.last))));
         }
         let next = self.events.poll_recv(cx);
-        if let Poll::Ready(Some(Ok(Event {
-            kind: Some(event::Kind::Message(m)),
-        }))) = &next
+        if let Poll::Ready(Some(Ok(event))) = &next
+            && let Some(seq) = event.delivered()
         {
-            self.last = m.seq;
+            self.last = seq;
         }
         next
     }
@@ -118,10 +156,7 @@ const CATCH_UP_BATCH: u32 = 200;
 impl<M: Membership> Conversations<M> {
     /// The message operations of `service`, over `tables`, for members by `membership`.
     pub fn new(app: Arc<App>, service: &'static str, tables: Tables, membership: M) -> Self {
-        tokio::spawn(
-            watch_last_seqs(app.clone(), service, tables)
-                .instrument(info_span!("safety_poll", service)),
-        );
+        start_safety_poll(&app, service, tables);
         Self {
             committer: Committer::start(app.db.clone(), tables),
             app,
@@ -315,12 +350,11 @@ impl<M: Membership> Conversations<M> {
             user = caller.sub
         );
         tokio::spawn(stream.run().instrument(span));
-        Ok(Response::new(EventStream {
+        Ok(Response::new(EventStream::new(
             events,
-            cut: cut_rx,
-            last: req.after_seq,
-            done: false,
-        }))
+            cut_rx,
+            req.after_seq,
+        )))
     }
 }
 
@@ -331,6 +365,17 @@ fn request_id_key<T>(req: &Request<T>) -> Option<String> {
     let id = req.metadata().get("x-request-id")?.to_str().ok()?;
     let key = format!("request:{id}");
     (key.len() <= messages::MAX_CLIENT_KEY).then_some(key)
+}
+
+/// Start the safety poll of `service` on this replica, unless it runs already (the service
+/// and the gateway both need it, and one poll covers every local subscriber of the service).
+pub fn start_safety_poll(app: &Arc<App>, service: &'static str, tables: Tables) {
+    if lock(&app.safety_polls).insert(service) {
+        tokio::spawn(
+            watch_last_seqs(app.clone(), service, tables)
+                .instrument(info_span!("safety_poll", service)),
+        );
+    }
 }
 
 /// Every [`SAFETY_POLL`] until shutdown: hint the newest seq of every conversation of
@@ -381,7 +426,7 @@ async fn hint_last_seqs(
 }
 
 /// Completes once the flag is true.
-async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
@@ -437,18 +482,15 @@ impl<M: Membership> Stream<M> {
             }
             behind = false;
             tokio::select! {
-                changed = sub.latest.changed() => {
-                    if changed.is_err() {
-                        return;
+                wake = sub.next() => match wake {
+                    None => return,
+                    Some(Wake::Newer(hint)) => {
+                        if hint.seq > self.last {
+                            self.token = Some(hint.token);
+                            behind = true;
+                        }
                     }
-                    let hint = sub.latest.borrow_and_update().clone();
-                    if hint.seq > self.last {
-                        self.token = Some(hint.token);
-                        behind = true;
-                    }
-                }
-                update = sub.updates.recv() => match update {
-                    Ok((seq, token)) if seq <= self.last => {
+                    Some(Wake::Update(seq, token)) if seq <= self.last => {
                         match self.send_update(seq, &token).await {
                             Ok(Flow::Continue) => {}
                             Ok(Flow::Stop) => return,
@@ -458,12 +500,9 @@ impl<M: Membership> Stream<M> {
                             }
                         }
                     }
-                    Ok(_) => {}
+                    Some(Wake::Update(..)) => {}
                     // Missed updates: the history holds the current text.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(missed = n, "subscriber missed updates");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Some(Wake::Missed(n)) => debug!(missed = n, "subscriber missed updates"),
                 },
                 _ = heartbeat.tick() => {
                     let beat = Event {

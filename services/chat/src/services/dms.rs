@@ -65,7 +65,7 @@ impl Dms for DmsService {
         let conversation = store::open(&mut conn, caller.sub, other).await?;
         Ok(self
             .app
-            .committed(&mut conn, caller.sub, conversation)
+            .committed_telling(&mut conn, caller.sub, &[caller.sub, other], conversation)
             .await?)
     }
 

@@ -100,7 +100,7 @@ impl Groups for GroupsService {
         let mut conn = self.app.primary_conn().await?;
         let id = store::create(&mut conn, &req.name, caller.sub, &members).await?;
         let group = store::load(&mut conn, id).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, group).await?)
+        Ok(self.app.committed_telling(&mut conn, caller.sub, &[caller.sub], group).await?)
     }
 
     async fn get_group(&self, req: Request<GetGroupRequest>) -> Result<Response<Group>, Status> {
@@ -219,7 +219,13 @@ impl Groups for GroupsService {
         let group = store::load(&mut conn, req.group_id).await?;
         Ok(self
             .app
-            .access_changed(&mut conn, caller.sub, SERVICE, &[req.group_id], group)
+            .access_changed(
+                &mut conn,
+                caller.sub,
+                (SERVICE, &[req.group_id]),
+                &[req.user_id],
+                group,
+            )
             .await?)
     }
 
@@ -230,7 +236,13 @@ impl Groups for GroupsService {
         store::leave(&mut conn, group, caller.sub).await?;
         Ok(self
             .app
-            .access_changed(&mut conn, caller.sub, SERVICE, &[group], LeaveResponse {})
+            .access_changed(
+                &mut conn,
+                caller.sub,
+                (SERVICE, &[group]),
+                &[caller.sub],
+                LeaveResponse {},
+            )
             .await?)
     }
 
@@ -252,7 +264,7 @@ impl Groups for GroupsService {
         let mut conn = self.app.primary_conn().await?;
         store::accept(&mut conn, group, caller.sub).await?;
         let loaded = store::load(&mut conn, group).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, loaded).await?)
+        Ok(self.app.committed_telling(&mut conn, caller.sub, &[caller.sub], loaded).await?)
     }
 
     async fn decline_invitation(

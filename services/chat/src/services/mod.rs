@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod dms;
 #[cfg(test)]
 mod fuzz;
+pub mod gateway;
 pub mod groups;
 pub mod passwords;
 pub mod revocations;
@@ -13,7 +14,7 @@ pub mod servers;
 
 use chatcluster_common::sync::lock;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -97,6 +98,9 @@ pub struct App {
     tokens: Mutex<HashMap<u64, String>>,
     /// Open subscriptions per user on this replica.
     subscriptions: Mutex<HashMap<u64, u32>>,
+    /// The services whose safety poll runs on this replica (see
+    /// [`conversation::start_safety_poll`]).
+    safety_polls: Mutex<HashSet<&'static str>>,
     /// Turns true when the server drains: streams end.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -119,6 +123,7 @@ impl App {
             revocations,
             tokens: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            safety_polls: Mutex::new(HashSet::new()),
             shutdown,
         })
     }
@@ -214,13 +219,14 @@ impl App {
     }
 
     /// As [`committed`](Self::committed), for a write that changed who may read
-    /// `conversations` of `service`: their open streams check access again at once.
+    /// `conversations` of `service`, taking them from `losing`: their open streams check
+    /// access again at once, and the sessions of `losing` read their conversations again.
     pub async fn access_changed<T>(
         &self,
         conn: &mut MySqlConnection,
         user: u64,
-        service: &'static str,
-        conversations: &[u64],
+        (service, conversations): (&'static str, &[u64]),
+        losing: &[u64],
         body: T,
     ) -> Result<Response<T>> {
         let token = self.db.commit_token(conn).await?;
@@ -231,7 +237,45 @@ impl App {
             };
             self.hub.access_changed(&topic, &token);
         }
+        self.memberships_changed(losing, &token);
         Ok(self.written(user, &token, body))
+    }
+
+    /// As [`committed`](Self::committed), for a write that changed what each of `told`
+    /// belongs to (they joined a conversation) or has read: their sessions read their
+    /// conversations again.
+    pub async fn committed_telling<T>(
+        &self,
+        conn: &mut MySqlConnection,
+        user: u64,
+        told: &[u64],
+        body: T,
+    ) -> Result<Response<T>> {
+        let token = self.db.commit_token(conn).await?;
+        self.memberships_changed(told, &token);
+        Ok(self.written(user, &token, body))
+    }
+
+    /// As [`committed`](Self::committed), for a new channel of `server`: the sessions of its
+    /// members start following it.
+    pub async fn channel_added<T>(
+        &self,
+        conn: &mut MySqlConnection,
+        user: u64,
+        server: u64,
+        body: T,
+    ) -> Result<Response<T>> {
+        let token = self.db.commit_token(conn).await?;
+        self.hub.access_changed(&Topic::server(server), &token);
+        Ok(self.written(user, &token, body))
+    }
+
+    /// The conversations each of `users` belongs to changed at `token` (they joined, left or
+    /// were removed): their sessions, here and on every gateway, read their list again.
+    fn memberships_changed(&self, users: &[u64], token: &str) {
+        for &user in users {
+            self.hub.access_changed(&Topic::user(user), token);
+        }
     }
 
     /// Remember `user`'s write and return `body` with the token in its header.

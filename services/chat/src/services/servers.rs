@@ -137,7 +137,7 @@ impl Servers for ServersService {
         let mut conn = self.app.primary_conn().await?;
         let id = store::create(&mut conn, &name, caller.sub).await?;
         let server = store::load(&mut conn, id).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, server).await?)
+        Ok(self.app.committed_telling(&mut conn, caller.sub, &[caller.sub], server).await?)
     }
 
     async fn get_server(&self, req: Request<GetServerRequest>) -> Result<Response<Server>, Status> {
@@ -195,7 +195,7 @@ impl Servers for ServersService {
         let mut conn = self.app.primary_conn().await?;
         let id = store::join(&mut conn, &code, caller.sub).await?;
         let server = store::load(&mut conn, id).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, server).await?)
+        Ok(self.app.committed_telling(&mut conn, caller.sub, &[caller.sub], server).await?)
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
@@ -212,7 +212,13 @@ impl Servers for ServersService {
         let channels = store::channel_ids(&mut conn, server).await?;
         Ok(self
             .app
-            .access_changed(&mut conn, caller.sub, SERVICE, &channels, LeaveResponse {})
+            .access_changed(
+                &mut conn,
+                caller.sub,
+                (SERVICE, &channels),
+                &[caller.sub],
+                LeaveResponse {},
+            )
             .await?)
     }
 
@@ -236,7 +242,13 @@ impl Servers for ServersService {
         let channels = store::channel_ids(&mut conn, req.server_id).await?;
         Ok(self
             .app
-            .access_changed(&mut conn, caller.sub, SERVICE, &channels, KickResponse {})
+            .access_changed(
+                &mut conn,
+                caller.sub,
+                (SERVICE, &channels),
+                &[req.user_id],
+                KickResponse {},
+            )
             .await?)
     }
 
@@ -283,7 +295,10 @@ impl Servers for ServersService {
         }
         let id = store::create_channel(&mut conn, server, &req.name).await?;
         let channel = store::channel(&mut conn, id).await?;
-        Ok(self.app.committed(&mut conn, caller.sub, channel).await?)
+        Ok(self
+            .app
+            .channel_added(&mut conn, caller.sub, server, channel)
+            .await?)
     }
 
     async fn rename_channel(
@@ -315,8 +330,8 @@ impl Servers for ServersService {
             .access_changed(
                 &mut conn,
                 caller.sub,
-                SERVICE,
-                &[channel],
+                (SERVICE, &[channel]),
+                &[],
                 DeleteChannelResponse {},
             )
             .await?)

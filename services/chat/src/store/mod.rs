@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod batch;
 pub mod dms;
+pub mod gateway;
 pub mod groups;
 pub mod messages;
 pub mod servers;

@@ -418,3 +418,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The SELECTs `db` has run so far.
+pub fn selects(db: &MariaDb) -> u64 {
+    let row = db.sql("SHOW GLOBAL STATUS LIKE 'Com_select'");
+    row.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("Com_select in {row:?}"))
+}

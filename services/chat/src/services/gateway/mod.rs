@@ -1,0 +1,145 @@
+//! The gateway: one session stream per client for every conversation of its user (see
+//! `gateway.proto`), and read markers. It holds connections; the writes stay with the
+//! conversation services, whose hints (local or through the broker) wake its sessions.
+
+mod feed;
+mod session;
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument as _, info_span};
+
+use self::{feed::Feeds, session::Session};
+use crate::{
+    error::Error,
+    pb::gateway::{
+        ConversationRef, Kind, MarkReadRequest, OpenRequest, ReadMarker, SessionEvent,
+        gateway_server::Gateway,
+    },
+    services::{
+        App,
+        conversation::{EventStream, Resumable, STREAM_BUFFER, start_safety_poll},
+    },
+    store::{
+        gateway::{self as store, KINDS, MAX_CONVERSATIONS},
+        messages,
+    },
+};
+
+/// The gateway service.
+pub struct GatewayService {
+    app: Arc<App>,
+    feeds: Arc<Feeds>,
+}
+
+impl GatewayService {
+    /// The gateway over `app`; it starts the safety poll of every conversation kind here, so
+    /// a lost hint delays its sessions by a poll at most.
+    pub fn new(app: Arc<App>) -> Self {
+        for kind in KINDS {
+            if let (Some(service), Some(tables)) = (store::service(kind), store::tables(kind)) {
+                start_safety_poll(&app, service, tables);
+            }
+        }
+        Self {
+            app,
+            feeds: Arc::new(Feeds::default()),
+        }
+    }
+}
+
+impl Resumable for SessionEvent {
+    fn delivered(&self) -> Option<u64> {
+        None
+    }
+
+    fn too_slow(_: u64) -> Status {
+        Status::resource_exhausted(
+            "the session read too slowly: open it again with, as cursors, the seq of the last \
+             message received in each conversation",
+        )
+    }
+}
+
+/// The kind and id a request names, checked.
+fn conversation(c: Option<&ConversationRef>) -> Result<(Kind, u64), Error> {
+    let c = c.ok_or_else(|| Error::InvalidArgument("conversation is required".into()))?;
+    match Kind::try_from(c.kind) {
+        Ok(kind) if kind != Kind::Unspecified && c.id != 0 => Ok((kind, c.id)),
+        _ => Err(Error::InvalidArgument(
+            "conversation needs a kind (group, dm, channel) and an id".into(),
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    type OpenStream = EventStream<SessionEvent>;
+
+    async fn open(&self, req: Request<OpenRequest>) -> Result<Response<Self::OpenStream>, Status> {
+        let caller = self.app.caller(&req)?;
+        let token = self.app.read_token(&req, caller.sub);
+        let req = req.into_inner();
+        if req.cursors.len() > MAX_CONVERSATIONS {
+            return Err(
+                Error::InvalidArgument(format!("at most {MAX_CONVERSATIONS} cursors")).into(),
+            );
+        }
+        let mut cursors = HashMap::new();
+        for c in &req.cursors {
+            cursors.insert(conversation(c.conversation.as_ref())?, c.after_seq);
+        }
+        let slot = self.app.subscription_slot(caller.sub)?;
+        let (tx, events) = mpsc::channel(STREAM_BUFFER);
+        let (cut, cut_rx) = oneshot::channel();
+        let session = Session {
+            app: self.app.clone(),
+            feeds: self.feeds.clone(),
+            _slot: slot,
+            user: caller.sub,
+            sid: caller.sid,
+            expires_at_ms: caller.exp,
+            cursors,
+            token,
+            tx,
+            cut: Some(cut),
+        };
+        let span = info_span!("session", user = caller.sub);
+        tokio::spawn(session.run().instrument(span));
+        Ok(Response::new(EventStream::new(events, cut_rx, 0)))
+    }
+
+    async fn mark_read(
+        &self,
+        req: Request<MarkReadRequest>,
+    ) -> Result<Response<ReadMarker>, Status> {
+        let caller = self.app.writer(&req)?;
+        let req = req.into_inner();
+        let (kind, id) = conversation(req.conversation.as_ref())?;
+        let Some(tables) = store::tables(kind) else {
+            return Err(Error::InvalidArgument("unknown conversation kind".into()).into());
+        };
+        let mut conn = self.app.primary_conn().await?;
+        let allowed = store::allowed_among(&mut conn, tables, id, &[caller.sub]).await?;
+        if !allowed.contains(&caller.sub) {
+            return Err(Error::PermissionDenied(format!("not in conversation {id}")).into());
+        }
+        // Nobody reads what is not written yet.
+        let newest = messages::last_seqs(&mut conn, tables, &[id])
+            .await?
+            .first()
+            .map_or(0, |(_, seq)| *seq);
+        let read_seq =
+            store::mark_read(&mut conn, caller.sub, kind, id, req.seq.min(newest)).await?;
+        let marker = ReadMarker {
+            conversation: req.conversation,
+            read_seq,
+        };
+        Ok(self
+            .app
+            .committed_telling(&mut conn, caller.sub, &[caller.sub], marker)
+            .await?)
+    }
+}
