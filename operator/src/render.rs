@@ -223,8 +223,8 @@ spec: {}
             .filter(|o| o.types.as_ref().unwrap().kind == "Secret")
             .count();
         assert_eq!(
-            secrets, 11,
-            "database credentials, the token key, the internal CA and eight component certificates"
+            secrets, 12,
+            "database credentials, the token key, the internal CA and nine component certificates"
         );
     }
 
@@ -246,9 +246,9 @@ spec: {}
         let yaml = to_yaml(&objects).unwrap();
         let placeholders = objects.iter().filter(|o| is_placeholder(o)).count();
         // Database credentials, token key, Envoy's certificate, the internal CA, and the
-        // internal certificates of chat-xds, Envoy, the database, the broker and the four chat
+        // internal certificates of chat-xds, Envoy, the database, the broker and the five chat
         // services.
-        assert_eq!(placeholders, 12);
+        assert_eq!(placeholders, 13);
         assert_eq!(
             yaml.lines().filter(|l| *l == "---").count(),
             objects.len() - placeholders,
@@ -260,7 +260,7 @@ spec: {}
             "no Secret data outside comments"
         );
         let table = summary(&objects);
-        assert!(table.contains("| Secret | 12 | `demo-db`"), "{table}");
-        assert!(table.contains("| Deployment | 7 |"), "{table}");
+        assert!(table.contains("| Secret | 13 | `demo-db`"), "{table}");
+        assert!(table.contains("| Deployment | 8 |"), "{table}");
     }
 }

@@ -220,15 +220,16 @@ async fn create_builds_every_child_and_reports_progressing() {
             "demo-broker",
             "demo-dms",
             "demo-envoy",
+            "demo-gateway",
             "demo-groups",
             "demo-servers",
             "demo-xds"
         ]
     );
     assert_eq!(h.api.names("apps/v1/statefulsets", NS).len(), 2);
-    assert_eq!(h.api.names("v1/services", NS).len(), 10);
+    assert_eq!(h.api.names("v1/services", NS).len(), 11);
     assert_eq!(h.api.names("v1/configmaps", NS).len(), 4);
-    assert_eq!(h.api.names("policy/v1/poddisruptionbudgets", NS).len(), 7);
+    assert_eq!(h.api.names("policy/v1/poddisruptionbudgets", NS).len(), 8);
     assert_eq!(h.api.names("v1/serviceaccounts", NS), ["demo-xds"]);
     assert_eq!(
         h.api.names("rbac.authorization.k8s.io/v1/roles", NS),
@@ -249,6 +250,7 @@ async fn create_builds_every_child_and_reports_progressing() {
             "demo-db-internal-tls",
             "demo-dms-internal-tls",
             "demo-envoy-tls",
+            "demo-gateway-internal-tls",
             "demo-groups-internal-tls",
             "demo-ingress-internal-tls",
             "demo-internal-ca",
@@ -287,7 +289,7 @@ async fn create_builds_every_child_and_reports_progressing() {
             .2
             .contains("waiting for service auth 0/2")
     );
-    assert_eq!(status.services_ready.as_deref(), Some("0/4"));
+    assert_eq!(status.services_ready.as_deref(), Some("0/5"));
     assert_eq!(
         status
             .database
@@ -337,7 +339,7 @@ async fn ready_children_make_the_cluster_ready() {
         Harness::condition(&status, condition::DATABASE_READY).0,
         "True"
     );
-    assert_eq!(status.services_ready.as_deref(), Some("4/4"));
+    assert_eq!(status.services_ready.as_deref(), Some("5/5"));
     assert_eq!(status.services["groups"].ready, 2);
     assert_eq!(status.endpoint.as_deref(), Some("demo-envoy.chat.svc:443"));
 
@@ -916,7 +918,7 @@ async fn controller_watches_and_repairs_children() {
         panic!("timed out waiting for {what}");
     }
     eventually("children", || {
-        h.api.names("apps/v1/deployments", NS).len() == 7
+        h.api.names("apps/v1/deployments", NS).len() == 8
     })
     .await;
 

@@ -6,6 +6,7 @@ use chatd::pb::{
     chat::{Event, HistoryRequest, Message, event},
     groups::{AcceptInvitationRequest, CreateGroupRequest, Group, groups_client::GroupsClient},
 };
+use chatd::services::CONSISTENCY_HEADER;
 use tonic::{Status, Streaming, transport::Channel};
 
 /// The next message `stream` delivers, past heartbeats and updates; panics unless one comes
@@ -99,18 +100,22 @@ pub const PASSWORD: &str = "correct horse battery";
 /// Register `name` (password [`PASSWORD`]) through `channel`: the session and the user id.
 pub async fn register(channel: &Channel, name: &str) -> Result<(Session, u64), Status> {
     let mut auth = AuthClient::new(channel.clone());
-    let session = auth
+    let registered = auth
         .register(RegisterRequest {
             username: name.into(),
             password: PASSWORD.into(),
             display_name: name.into(),
         })
-        .await?
-        .into_inner();
-    let me = auth
-        .get_profile(authed(&session, GetProfileRequest { user_id: 0 })?)
-        .await?
-        .into_inner();
+        .await?;
+    // The read may reach another auth replica, which knows nothing of this write: it waits
+    // for the write's token, as a client passes it on.
+    let token = registered.metadata().get(CONSISTENCY_HEADER).cloned();
+    let session = registered.into_inner();
+    let mut profile = authed(&session, GetProfileRequest { user_id: 0 })?;
+    if let Some(token) = token {
+        profile.metadata_mut().insert(CONSISTENCY_HEADER, token);
+    }
+    let me = auth.get_profile(profile).await?.into_inner();
     Ok((session, me.user_id))
 }
 

@@ -407,8 +407,8 @@ async fn a_local_clusters_prometheus_sees_every_metric_and_the_primary_frozen() 
             .cloned()
             .unwrap_or_default();
         let up = active.iter().filter(|a| a["health"] == "up").count();
-        // auth, groups, dms, servers, chat-xds, Envoy and the runner.
-        if active.len() == 7 && up == 7 {
+        // auth, groups, dms, servers, gateway, chat-xds, Envoy and the runner.
+        if active.len() == 8 && up == 8 {
             break active;
         }
         assert!(Instant::now() < deadline, "targets not all up: {t:#}");
@@ -420,7 +420,9 @@ async fn a_local_clusters_prometheus_sees_every_metric_and_the_primary_frozen() 
         .collect();
     assert_eq!(
         components,
-        BTreeSet::from(["auth", "dms", "groups", "ingress", "servers", "xds"])
+        BTreeSet::from([
+            "auth", "dms", "gateway", "groups", "ingress", "servers", "xds"
+        ])
     );
     assert!(
         targets

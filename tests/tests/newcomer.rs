@@ -110,7 +110,7 @@ fn an_idle_local_cluster_costs_almost_nothing() {
     const IDLE: Duration = Duration::from_secs(20);
     let cluster = LocalCluster::start("examples/laptop.yaml");
     let processes = cluster.processes();
-    assert_eq!(processes.len(), 11, "{processes:?}");
+    assert_eq!(processes.len(), 12, "{processes:?}");
     let before: Vec<f64> = processes
         .iter()
         .map(|(name, pid)| procfs::cpu_seconds(*pid).unwrap_or_else(|| panic!("{name} is gone")))

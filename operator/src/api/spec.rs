@@ -186,7 +186,7 @@ impl NetworkPolicySpec {
     }
 }
 
-/// The four chat services. Each runs as its own Deployment of the chatd binary.
+/// The chat services. Each runs as its own Deployment of the chatd binary.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesSpec {
@@ -202,6 +202,10 @@ pub struct ServicesSpec {
     /// Discord-style servers with channels.
     #[serde(default)]
     pub servers: ChatServiceSpec,
+    /// Client sessions: one stream per client carrying all its conversations. It holds
+    /// connections, so scale it with them.
+    #[serde(default)]
+    pub gateway: ChatServiceSpec,
 }
 
 /// One chat service: how many replicas, how Envoy balances across them, what they run.
@@ -531,7 +535,7 @@ impl Default for XdsSpec {
     }
 }
 
-/// One of the four chat services.
+/// One of the chat services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServiceKind {
     /// Accounts and tokens.
@@ -542,11 +546,19 @@ pub enum ServiceKind {
     Dms,
     /// Discord-style servers.
     Servers,
+    /// Client sessions.
+    Gateway,
 }
 
 impl ServiceKind {
     /// All services, in the order they are built and reported.
-    pub const ALL: [ServiceKind; 4] = [Self::Auth, Self::Groups, Self::Dms, Self::Servers];
+    pub const ALL: [ServiceKind; 5] = [
+        Self::Auth,
+        Self::Groups,
+        Self::Dms,
+        Self::Servers,
+        Self::Gateway,
+    ];
 
     /// The name used in the spec, in object names and in chatd's configuration.
     pub fn as_str(self) -> &'static str {
@@ -555,6 +567,7 @@ impl ServiceKind {
             Self::Groups => "groups",
             Self::Dms => "dms",
             Self::Servers => "servers",
+            Self::Gateway => "gateway",
         }
     }
 
@@ -565,6 +578,7 @@ impl ServiceKind {
             Self::Groups => "chatcluster.groups.v1",
             Self::Dms => "chatcluster.dms.v1",
             Self::Servers => "chatcluster.servers.v1",
+            Self::Gateway => "chatcluster.gateway.v1",
         }
     }
 
@@ -575,6 +589,7 @@ impl ServiceKind {
             Self::Groups => "chatcluster.groups.v1.Groups",
             Self::Dms => "chatcluster.dms.v1.Dms",
             Self::Servers => "chatcluster.servers.v1.Servers",
+            Self::Gateway => "chatcluster.gateway.v1.Gateway",
         }
     }
 }
@@ -593,6 +608,7 @@ impl ServicesSpec {
             ServiceKind::Groups => &self.groups,
             ServiceKind::Dms => &self.dms,
             ServiceKind::Servers => &self.servers,
+            ServiceKind::Gateway => &self.gateway,
         }
     }
 

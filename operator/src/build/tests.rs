@@ -97,6 +97,7 @@ fn empty_spec_builds_every_child() {
             "demo-broker",
             "demo-dms",
             "demo-envoy",
+            "demo-gateway",
             "demo-groups",
             "demo-servers",
             "demo-xds"
@@ -116,6 +117,7 @@ fn empty_spec_builds_every_child() {
             "demo-db-replicas",
             "demo-dms",
             "demo-envoy",
+            "demo-gateway",
             "demo-groups",
             "demo-servers",
             "demo-xds"
@@ -137,6 +139,7 @@ fn empty_spec_builds_every_child() {
             "demo-db",
             "demo-dms",
             "demo-envoy",
+            "demo-gateway",
             "demo-groups",
             "demo-servers",
             "demo-xds"
@@ -167,8 +170,8 @@ fn empty_spec_builds_every_child() {
 fn every_child_is_owned_labelled_and_namespaced() {
     let d = build(ChatClusterSpec::default());
     let objects = d.objects().expect("objects");
-    // 34 workloads, configuration and Services; 8 NetworkPolicies.
-    assert_eq!(objects.len(), 42);
+    // 37 workloads, configuration and Services; 9 NetworkPolicies.
+    assert_eq!(objects.len(), 46);
     for obj in &objects {
         let name = obj.name_any();
         assert_eq!(obj.metadata.namespace.as_deref(), Some("chat"), "{name}");
@@ -1037,7 +1040,7 @@ fn internal_tls_gives_each_component_its_own_certificate_and_points_envoy_at_the
     assert_eq!(
         components,
         [
-            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers"
+            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers", "gateway"
         ]
     );
     // The database's certificate names every address it is reached at.

@@ -363,7 +363,7 @@ fn internal_tls_gives_every_process_its_own_certificate_directory() {
     assert_eq!(
         components,
         [
-            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers"
+            "xds", "ingress", "db", "broker", "auth", "groups", "dms", "servers", "gateway"
         ]
     );
     // The servers serve TLS from their directory, and the loop's policy verifies them.

@@ -189,6 +189,8 @@ async fn an_admin_cannot_demote_another_admin_by_adding_them_again() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // The owner reads what the second admin wrote (the acceptance): once the replica has it.
+    s.db.replica.wait_caught_up(&s.db.primary);
     let get = GetGroupRequest { group_id: group.id };
     let roles = c
         .groups

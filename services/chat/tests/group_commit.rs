@@ -126,6 +126,8 @@ async fn mixed_concurrent_sends_share_commits_and_each_gets_its_own_answer() {
         stored.split_whitespace().collect::<Vec<_>>(),
         [n.to_string(), n.to_string()]
     );
+    // The owner reads the members' sends: once the replica has them.
+    s.db.replica.wait_caught_up(&s.db.primary);
     assert_eq!(common::newest_group_seq(&mut c, &owner, group.id).await, n);
     // Shared commits: fewer commits than messages (each send alone is one).
     assert!(
