@@ -394,6 +394,22 @@ async fn ctrl_c_stops_every_process_and_a_restart_keeps_the_conversations() {
     cluster.chatctl(&home, &["send", &group, "remember me"]);
     let out = cluster.chatctl(&home, &["history", &group]);
     assert!(out.contains("carol: remember me"), "{out}");
+    // The session stream, through Envoy and the gateway: a tail from a cursor, unread counts,
+    // read markers.
+    let out = cluster.chatctl(&home, &["tail", &group, "--after", "0", "--count", "1"]);
+    assert!(
+        out.contains("#1") && out.contains("carol: remember me"),
+        "{out}"
+    );
+    let out = cluster.chatctl(&home, &["unread"]);
+    assert!(
+        out.contains(&format!("{group} ")) && out.contains("1 unread"),
+        "{out}"
+    );
+    let out = cluster.chatctl(&home, &["read", &group]);
+    assert!(out.contains("read up to #1"), "{out}");
+    let out = cluster.chatctl(&home, &["unread"]);
+    assert!(out.contains("(nothing unread)"), "{out}");
 
     let file = cluster.file.clone();
     let pids: Vec<u32> = cluster.status()["processes"]

@@ -4,7 +4,7 @@ use std::{fmt, str::FromStr};
 
 use tonic::{Request, Status, metadata::MetadataValue};
 
-use crate::pb::auth::Session;
+use crate::pb::{auth::Session, gateway};
 
 /// A request carrying `session`'s access token.
 pub fn authed<T>(session: &Session, body: T) -> Result<Request<T>, Status> {
@@ -52,6 +52,38 @@ impl FromStr for ConversationRef {
     }
 }
 
+impl From<ConversationRef> for gateway::ConversationRef {
+    fn from(c: ConversationRef) -> Self {
+        let kind = match c.kind {
+            Kind::Group => gateway::Kind::Group,
+            Kind::Dm => gateway::Kind::Dm,
+            Kind::Channel => gateway::Kind::Channel,
+        };
+        Self {
+            kind: kind as i32,
+            id: c.id,
+        }
+    }
+}
+
+impl ConversationRef {
+    /// The conversation a session event names, if its kind is one.
+    pub fn of(c: &gateway::ConversationRef) -> Option<Self> {
+        Self::in_kind(c.kind, c.id)
+    }
+
+    /// Conversation `id` of the session API's `kind`, if that is a kind.
+    pub fn in_kind(kind: i32, id: u64) -> Option<Self> {
+        let kind = match gateway::Kind::try_from(kind).ok()? {
+            gateway::Kind::Group => Kind::Group,
+            gateway::Kind::Dm => Kind::Dm,
+            gateway::Kind::Channel => Kind::Channel,
+            gateway::Kind::Unspecified => return None,
+        };
+        Some(Self { kind, id })
+    }
+}
+
 impl fmt::Display for ConversationRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
@@ -79,5 +111,15 @@ mod tests {
         assert!(e.contains("expected group:<id>"), "{e}");
         assert!("group:x".parse::<ConversationRef>().is_err());
         assert!("group".parse::<ConversationRef>().is_err());
+    }
+
+    #[test]
+    fn conversation_refs_go_to_the_session_api_and_back() {
+        for text in ["group:7", "dm:3", "channel:12"] {
+            let r: ConversationRef = text.parse().unwrap();
+            assert_eq!(ConversationRef::of(&r.into()), Some(r));
+        }
+        assert_eq!(ConversationRef::in_kind(0, 1), None);
+        assert_eq!(ConversationRef::in_kind(99, 1), None);
     }
 }

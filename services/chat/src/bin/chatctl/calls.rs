@@ -3,8 +3,12 @@
 use chatd::{
     client::{ConversationRef, Kind, authed},
     pb::{
-        chat::{Event, HistoryRequest, Message, SendMessageRequest, SubscribeRequest},
+        chat::{HistoryRequest, Message, SendMessageRequest},
         dms::dms_client::DmsClient,
+        gateway::{
+            Cursor, MarkReadRequest, OpenRequest, ReadMarker, SessionEvent,
+            gateway_client::GatewayClient,
+        },
         groups::groups_client::GroupsClient,
         servers::servers_client::ServersClient,
     },
@@ -69,31 +73,42 @@ pub(crate) async fn history(
     Ok(messages)
 }
 
-pub(crate) async fn subscribe(
+/// The session stream: every conversation, from `cursors` where given.
+pub(crate) async fn open_session(
     c: &Client,
-    of: ConversationRef,
-    after_seq: u64,
-) -> Result<tonic::Streaming<Event>, Status> {
+    cursors: Vec<(ConversationRef, u64)>,
+) -> Result<tonic::Streaming<SessionEvent>, Status> {
     let session = c
         .session()
         .map_err(|e| Status::unauthenticated(e.to_string()))?;
-    let req = SubscribeRequest {
-        conversation_id: of.id,
-        after_seq,
+    let cursors = cursors
+        .into_iter()
+        .map(|(of, after_seq)| Cursor {
+            conversation: Some(of.into()),
+            after_seq,
+        })
+        .collect();
+    Ok(GatewayClient::new(c.channel.clone())
+        .open(authed(&session, OpenRequest { cursors })?)
+        .await?
+        .into_inner())
+}
+
+/// Mark `of` read up to `seq`.
+pub(crate) async fn mark_read(
+    c: &Client,
+    of: ConversationRef,
+    seq: u64,
+) -> Result<ReadMarker, Status> {
+    let session = c
+        .session()
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let req = MarkReadRequest {
+        conversation: Some(of.into()),
+        seq,
     };
-    let ch = c.channel.clone();
-    Ok(match of.kind {
-        Kind::Group => {
-            GroupsClient::new(ch)
-                .subscribe(authed(&session, req)?)
-                .await
-        }
-        Kind::Dm => DmsClient::new(ch).subscribe(authed(&session, req)?).await,
-        Kind::Channel => {
-            ServersClient::new(ch)
-                .subscribe(authed(&session, req)?)
-                .await
-        }
-    }?
-    .into_inner())
+    Ok(GatewayClient::new(c.channel.clone())
+        .mark_read(authed(&session, req)?)
+        .await?
+        .into_inner())
 }

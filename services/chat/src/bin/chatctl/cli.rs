@@ -72,17 +72,29 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// Print messages as they arrive (Ctrl-C to stop).
+    /// Print messages as they arrive, of every conversation you are in, or of one (Ctrl-C to
+    /// stop). Joining and leaving conversations shows as it happens.
     Tail {
-        /// The conversation.
-        of: ConversationRef,
-        /// Start after this sequence number (default: only new messages).
-        #[arg(long)]
+        /// One conversation only.
+        of: Option<ConversationRef>,
+        /// With a conversation: start after this sequence number (default: only new messages).
+        #[arg(long, requires = "of")]
         after: Option<u64>,
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Mark a conversation read, up to a message (default: all of it); your other sessions
+    /// see it.
+    Read {
+        /// The conversation.
+        of: ConversationRef,
+        /// The last message read.
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Conversations with messages you have not read, and how many.
+    Unread,
 }
 
 #[derive(Subcommand)]

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use chatd::{
-    client::authed,
+    client::{ConversationRef, authed},
     pb::{
         auth::{LoginRequest, LogoutRequest, RegisterRequest, auth_client::AuthClient},
-        chat::event,
+        gateway::{ConversationMessage, session_event},
         servers::{CreateChannelRequest, servers_client::ServersClient},
     },
 };
@@ -34,7 +34,7 @@ mod cli;
 mod commands;
 mod session;
 
-use calls::{history, send, subscribe};
+use calls::{history, mark_read, open_session, send};
 use cli::{ChannelCmd, Cli, Cmd, DmCmd, GroupCmd, ServerCmd};
 use commands::{dm, group, server};
 use session::{Client, describe, home, password, session_file};
@@ -122,32 +122,91 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("(no messages in {of})");
             }
             for m in &messages {
-                c.print(m, false).await;
+                c.print(None, m, false).await;
             }
         }
-        Cmd::Tail { of, after, count } => {
-            let after = match after {
-                Some(a) => a,
-                None => with_refresh!(c, history(&c, of, 1).await)
-                    .last()
-                    .map(|m| m.seq)
-                    .unwrap_or(0),
+        Cmd::Tail { of, after, count } => tail(&mut c, of, after, count).await?,
+        Cmd::Read { of, seq } => {
+            let marker = with_refresh!(c, mark_read(&c, of, seq.unwrap_or(u64::MAX)).await);
+            println!("{of} read up to #{}", marker.read_seq);
+        }
+        Cmd::Unread => {
+            let mut stream = with_refresh!(c, open_session(&c, vec![]).await);
+            let first = stream.message().await.map_err(|e| describe(&e))?;
+            let Some(session_event::Kind::Snapshot(snapshot)) = first.and_then(|e| e.kind) else {
+                return Err(anyhow!("the session did not open with a snapshot"));
             };
-            let mut stream = with_refresh!(c, subscribe(&c, of, after).await);
-            let mut seen = 0;
-            while count.is_none_or(|n| seen < n) {
-                let Some(event) = stream.message().await.map_err(|e| describe(&e))? else {
-                    break;
-                };
-                match event.kind {
-                    Some(event::Kind::Message(m)) => {
-                        c.print(&m, false).await;
-                        seen += 1;
-                    }
-                    Some(event::Kind::Updated(m)) => c.print(&m, true).await,
-                    Some(event::Kind::Heartbeat(_)) | None => {}
+            let unread: Vec<_> = snapshot
+                .conversations
+                .iter()
+                .filter(|s| s.unread > 0)
+                .filter_map(|s| Some((ConversationRef::of(s.conversation.as_ref()?)?, s)))
+                .collect();
+            if unread.is_empty() {
+                println!("(nothing unread)");
+            }
+            for (of, s) in unread {
+                println!("{of:<16} {} unread (newest #{})", s.unread, s.last_seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Print what the session stream delivers, of every conversation or of `only`.
+async fn tail(
+    c: &mut Client,
+    only: Option<ConversationRef>,
+    after: Option<u64>,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    let cursors = only.zip(after).into_iter().collect::<Vec<_>>();
+    let mut stream = with_refresh!(c, open_session(c, cursors.clone()).await);
+    let shown = |of: Option<ConversationRef>| of.is_some() && (only.is_none() || of == only);
+    let mut seen = 0;
+    while count.is_none_or(|n| seen < n) {
+        let Some(event) = stream.message().await.map_err(|e| describe(&e))? else {
+            break;
+        };
+        let label = |of: ConversationRef| match only {
+            Some(_) => None,
+            None => Some(of),
+        };
+        match event.kind {
+            Some(session_event::Kind::Message(ConversationMessage {
+                kind,
+                message: Some(m),
+            })) => {
+                let of = ConversationRef::in_kind(kind, m.conversation_id);
+                if shown(of) {
+                    c.print(of.and_then(label), &m, false).await;
+                    seen += 1;
                 }
             }
+            Some(session_event::Kind::Updated(ConversationMessage {
+                kind,
+                message: Some(m),
+            })) => {
+                let of = ConversationRef::in_kind(kind, m.conversation_id);
+                if shown(of) {
+                    c.print(of.and_then(label), &m, true).await;
+                }
+            }
+            Some(session_event::Kind::Joined(state)) => {
+                let of = state.conversation.as_ref().and_then(ConversationRef::of);
+                if let Some(of) = of.filter(|_| only.is_none()) {
+                    println!("(joined {of})");
+                }
+            }
+            Some(session_event::Kind::Left(r)) => {
+                if let Some(of) = ConversationRef::of(&r).filter(|of| shown(Some(*of))) {
+                    println!("(left {of})");
+                    if only.is_some() {
+                        break;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

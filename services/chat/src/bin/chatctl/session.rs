@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use chatd::{
-    client::authed,
+    client::{ConversationRef, authed},
     pb::{
         auth::{GetProfileRequest, RefreshRequest, Session, auth_client::AuthClient},
         chat::Message,
@@ -189,7 +189,8 @@ impl Client {
         name
     }
 
-    pub(crate) async fn print(&mut self, m: &Message, updated: bool) {
+    /// Print `m` (of `of` when given: a tail of every conversation names it).
+    pub(crate) async fn print(&mut self, of: Option<ConversationRef>, m: &Message, updated: bool) {
         let who = printable(&self.name(m.sender_id).await);
         let text = if m.deleted {
             "(deleted)".to_string()
@@ -201,7 +202,12 @@ impl Client {
         } else {
             ""
         };
-        println!("#{:<5} {} {who}: {text}{mark}", m.seq, clock(m.sent_at_ms));
+        let of = of.map(|of| format!("{of} ")).unwrap_or_default();
+        println!(
+            "{of}#{:<5} {} {who}: {text}{mark}",
+            m.seq,
+            clock(m.sent_at_ms)
+        );
     }
 }
 
