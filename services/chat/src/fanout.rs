@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::pb::internal::Notification;
+use crate::pb::internal::{Ephemeral, Notification};
 
 /// A conversation of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,6 +83,8 @@ pub enum Wake {
     Update(u64, String),
     /// Updates were missed (the subscriber lagged): what they said is in the database.
     Missed(u64),
+    /// Typing or presence, from another session (never stored; lost ones are just lost).
+    Ephemeral(Ephemeral),
 }
 
 /// The newest message a replica has heard of, and the token to read it with.
@@ -97,6 +99,7 @@ pub struct Hint {
 struct Channel {
     latest: watch::Sender<Hint>,
     updates: broadcast::Sender<(u64, String)>,
+    ephemeral: broadcast::Sender<Ephemeral>,
     subscribers: usize,
     /// The task taking this conversation's hints from the broker; aborted (and so
     /// unsubscribed) with the last local subscriber.
@@ -119,6 +122,8 @@ pub struct Subscription {
     pub latest: watch::Receiver<Hint>,
     /// Edited or deleted messages (seq, token).
     pub updates: broadcast::Receiver<(u64, String)>,
+    /// Typing and presence.
+    ephemeral: broadcast::Receiver<Ephemeral>,
 }
 
 impl Subscription {
@@ -132,6 +137,12 @@ impl Subscription {
             update = self.updates.recv() => match update {
                 Ok((seq, token)) => Some(Wake::Update(seq, token)),
                 Err(broadcast::error::RecvError::Lagged(n)) => Some(Wake::Missed(n)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            event = self.ephemeral.recv() => match event {
+                Ok(e) => Some(Wake::Ephemeral(e)),
+                // Stale typing is worth nothing: skip what was missed.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(Wake::Missed(0)),
                 Err(broadcast::error::RecvError::Closed) => None,
             },
         }
@@ -175,6 +186,7 @@ impl Hub {
         let ch = topics.entry(topic.clone()).or_insert_with(|| Channel {
             latest: watch::channel(Hint::default()).0,
             updates: broadcast::channel(256).0,
+            ephemeral: broadcast::channel(64).0,
             subscribers: 0,
             interest: self.broker.as_ref().map(|b| {
                 tokio::spawn(b.clone().listen(self.clone(), topic.clone())).abort_handle()
@@ -189,6 +201,7 @@ impl Hub {
             hub: self.clone(),
             latest,
             updates: ch.updates.subscribe(),
+            ephemeral: ch.ephemeral.subscribe(),
             topic,
         }
     }
@@ -243,6 +256,27 @@ impl Hub {
     /// of [`ACCESS_CHANGED`], which names no message.
     pub fn access_changed(&self, topic: &Topic, token: &str) {
         self.publish(topic, ACCESS_CHANGED, token, true);
+    }
+
+    /// Typing or presence in `topic`, heard of here or from the broker: to its local
+    /// subscribers.
+    fn hint_ephemeral(&self, topic: &Topic, event: Ephemeral) {
+        if let Some(ch) = self.lock().get(topic) {
+            // No receiver is fine.
+            let _ = ch.ephemeral.send(event);
+        }
+    }
+
+    /// Typing or presence in `topic`: to its subscribers here and on every replica.
+    pub fn ephemeral(&self, topic: &Topic, event: Ephemeral) {
+        self.hint_ephemeral(topic, event.clone());
+        if let Some(broker) = &self.broker {
+            let note = Notification {
+                ephemeral: Some(event),
+                ..Notification::default()
+            };
+            broker.send(topic, note);
+        }
     }
 
     /// A message was written here: wake local subscribers and tell the other replicas.
@@ -345,7 +379,12 @@ impl Broker {
             seq,
             gtid: token.to_string(),
             update,
+            ephemeral: None,
         };
+        self.send(topic, hint);
+    }
+
+    fn send(&self, topic: &Topic, hint: Notification) {
         if self
             .outbox
             .try_send((subject(topic), hint.encode_to_vec().into()))
@@ -367,6 +406,9 @@ impl Broker {
         while let Some(message) = hints.next().await {
             hub.received.inc();
             match Notification::decode(message.payload) {
+                Ok(Notification {
+                    ephemeral: Some(e), ..
+                }) => hub.hint_ephemeral(&topic, e),
                 Ok(n) if n.update => hub.hint_update(&topic, n.seq, &n.gtid),
                 Ok(n) => {
                     hub.hint(&topic, n.seq, &n.gtid);

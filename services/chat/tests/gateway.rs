@@ -13,8 +13,9 @@ use chatd::pb::{
     auth::Session,
     dms::OpenRequest as OpenDm,
     gateway::{
-        ConversationRef, Cursor, Kind, MarkReadRequest, OpenRequest, SessionEvent,
-        gateway_client::GatewayClient, session_event,
+        ConversationRef, Cursor, Kind, MarkReadRequest, OpenRequest, Presence, PresenceState,
+        SessionEvent, SetPresenceRequest, SetTypingRequest, Typing, gateway_client::GatewayClient,
+        session_event,
     },
     groups::{AddMemberRequest, RemoveMemberRequest},
     servers::{CreateChannelRequest, JoinRequest},
@@ -22,7 +23,8 @@ use chatd::pb::{
 use common::{Chatd, Clients, Db, Keys, Options, authed, register, send, uid};
 use tonic::{Code, Streaming, transport::Channel};
 
-/// A gateway (A) and two writing replicas (B with auth, C), sharing a broker.
+/// A gateway (A) and two writing replicas (B with auth, C with a gateway too), sharing a
+/// broker.
 struct Cluster {
     _keys: Keys,
     db: Db,
@@ -31,6 +33,8 @@ struct Cluster {
     b: Clients,
     c: Clients,
     gateway: GatewayClient<Channel>,
+    /// C's gateway.
+    other_gateway: GatewayClient<Channel>,
 }
 
 impl Cluster {
@@ -47,8 +51,9 @@ impl Cluster {
         };
         let a = start("gateway");
         let b = start("auth,groups,dms,servers");
-        let c = start("groups,dms,servers");
+        let c = start("groups,dms,servers,gateway");
         let gateway = GatewayClient::new(a.channel().await);
+        let other_gateway = GatewayClient::new(c.channel().await);
         let (b_clients, c_clients) = (Clients::new(&b).await, Clients::new(&c).await);
         Self {
             _keys: keys,
@@ -58,6 +63,7 @@ impl Cluster {
             b: b_clients,
             c: c_clients,
             gateway,
+            other_gateway,
         }
     }
 
@@ -417,4 +423,75 @@ async fn idle_sessions_cost_the_database_nothing() {
         "{per_second:.1} SELECTs/s on the replica for 200 idle sessions"
     );
     assert_eq!(sessions.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_and_presence_reach_the_other_member_across_gateways_and_say_how_long_they_hold() {
+    let mut k = Cluster::start().await;
+    let alice = register(&mut k.b.auth, "alice").await;
+    let bob = register(&mut k.b.auth, "bob").await;
+    let group = k.b.group(&alice, "team", &[&bob]).await;
+    // Bob on gateway A, Alice on C's: what they say crosses the broker.
+    let mut bobs = k.open(&bob, vec![]).await;
+    snapshot(next(&mut bobs).await);
+    let mut alices = k
+        .other_gateway
+        .open(authed(&alice, OpenRequest { cursors: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    snapshot(next(&mut alices).await);
+    let presence = |state: PresenceState| {
+        session_event::Kind::Presence(Presence {
+            user_id: uid(&alice),
+            state: state as i32,
+            for_ms: 90_000,
+        })
+    };
+    assert_eq!(next(&mut bobs).await, presence(PresenceState::Online));
+
+    let typing = SetTypingRequest {
+        conversation: reference(Kind::Group, group.id),
+    };
+    k.other_gateway
+        .set_typing(authed(&alice, typing.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut bobs).await,
+        session_event::Kind::Typing(Typing {
+            conversation: reference(Kind::Group, group.id),
+            user_id: uid(&alice),
+            for_ms: 6_000,
+        })
+    );
+    let own = next_within(&mut alices, Duration::from_millis(300)).await;
+    assert!(own.is_none(), "nobody hears themself type: {own:?}");
+
+    // Idle, set on any gateway, reaches her sessions and so the members; gone, offline.
+    let idle = SetPresenceRequest {
+        state: PresenceState::Idle as i32,
+    };
+    k.gateway.set_presence(authed(&alice, idle)).await.unwrap();
+    assert_eq!(next(&mut bobs).await, presence(PresenceState::Idle));
+    drop(alices);
+    assert_eq!(next(&mut bobs).await, presence(PresenceState::Offline));
+
+    // Typing where one is not a member, or saying "offline": refused.
+    let eve = register(&mut k.b.auth, "eve").await;
+    let denied = k
+        .gateway
+        .set_typing(authed(&eve, typing))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let offline = SetPresenceRequest {
+        state: PresenceState::Offline as i32,
+    };
+    let invalid = k
+        .gateway
+        .set_presence(authed(&eve, offline))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
 }

@@ -503,6 +503,8 @@ impl<M: Membership> Stream<M> {
                     Some(Wake::Update(..)) => {}
                     // Missed updates: the history holds the current text.
                     Some(Wake::Missed(n)) => debug!(missed = n, "subscriber missed updates"),
+                    // Typing and presence are for sessions.
+                    Some(Wake::Ephemeral(_)) => {}
                 },
                 _ = heartbeat.tick() => {
                     let beat = Event {

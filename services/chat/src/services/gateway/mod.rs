@@ -3,6 +3,7 @@
 //! conversation services, whose hints (local or through the broker) wake its sessions.
 
 mod feed;
+mod presence;
 mod session;
 
 use std::{collections::HashMap, sync::Arc};
@@ -11,11 +12,13 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info_span};
 
-use self::{feed::Feeds, session::Session};
+use self::{feed::Feeds, presence::Online, session::Session};
 use crate::{
     error::Error,
+    fanout::Topic,
     pb::gateway::{
-        ConversationRef, Kind, MarkReadRequest, OpenRequest, ReadMarker, SessionEvent,
+        ConversationRef, Kind, MarkReadRequest, OpenRequest, PresenceState, ReadMarker,
+        SessionEvent, SetPresenceRequest, SetPresenceResponse, SetTypingRequest, SetTypingResponse,
         gateway_server::Gateway,
     },
     services::{
@@ -32,6 +35,7 @@ use crate::{
 pub struct GatewayService {
     app: Arc<App>,
     feeds: Arc<Feeds>,
+    online: Arc<Online>,
 }
 
 impl GatewayService {
@@ -46,6 +50,7 @@ impl GatewayService {
         Self {
             app,
             feeds: Arc::new(Feeds::default()),
+            online: Arc::new(Online::default()),
         }
     }
 }
@@ -106,6 +111,7 @@ impl Gateway for GatewayService {
         let session = Session {
             app: self.app.clone(),
             feeds: self.feeds.clone(),
+            online: self.online.clone(),
             _slot: slot,
             user: caller.sub,
             sid: caller.sid,
@@ -150,5 +156,51 @@ impl Gateway for GatewayService {
             .app
             .committed_telling(&mut conn, caller.sub, &[caller.sub], marker)
             .await?)
+    }
+
+    async fn set_typing(
+        &self,
+        req: Request<SetTypingRequest>,
+    ) -> Result<Response<SetTypingResponse>, Status> {
+        let caller = self.app.writer(&req)?;
+        let req = req.into_inner();
+        let (kind, id) = conversation(req.conversation.as_ref())?;
+        let (Some(service), Some(tables)) = (store::service(kind), store::tables(kind)) else {
+            return Err(Error::InvalidArgument("unknown conversation kind".into()).into());
+        };
+        // A member's own typing: a replica's view of membership is good enough.
+        let mut conn = self.app.db.reader(None).await?;
+        if !store::allowed_among(&mut conn, tables, id, &[caller.sub])
+            .await?
+            .contains(&caller.sub)
+        {
+            return Err(Error::PermissionDenied(format!("not in conversation {id}")).into());
+        }
+        let topic = Topic {
+            service,
+            conversation: id,
+        };
+        self.app.hub.ephemeral(&topic, presence::typing(caller.sub));
+        Ok(Response::new(SetTypingResponse {}))
+    }
+
+    async fn set_presence(
+        &self,
+        req: Request<SetPresenceRequest>,
+    ) -> Result<Response<SetPresenceResponse>, Status> {
+        let caller = self.app.writer(&req)?;
+        let state = match PresenceState::try_from(req.into_inner().state) {
+            Ok(state @ (PresenceState::Online | PresenceState::Idle)) => state,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a presence is online or idle (offline is closing every session)".into(),
+                )
+                .into());
+            }
+        };
+        // To the user's sessions, on every gateway: they announce it.
+        let event = presence::presence(caller.sub, state);
+        self.app.hub.ephemeral(&Topic::user(caller.sub), event);
+        Ok(Response::new(SetPresenceResponse {}))
     }
 }

@@ -16,15 +16,18 @@ use tokio_stream::StreamMap;
 use tonic::Status;
 use tracing::debug;
 
-use super::feed::{Feeds, Follow, Verdict};
+use super::{
+    feed::{Feeds, Follow, Verdict},
+    presence::{Online, PRESENCE_EVERY, Seen, presence},
+};
 use crate::{
     error::{Error, Result},
     fanout::{ACCESS_CHANGED, SERVER, Topic, USER, Wake},
     pb::{
         chat::{Heartbeat, Message},
         gateway::{
-            ConversationMessage, ConversationRef, ConversationState, Kind, ReadMarker,
-            SessionEvent, Snapshot, session_event,
+            ConversationMessage, ConversationRef, ConversationState, Kind, PresenceState,
+            ReadMarker, SessionEvent, Snapshot, session_event,
         },
     },
     services::{
@@ -55,6 +58,8 @@ struct Followed {
 pub struct Session {
     pub(super) app: Arc<App>,
     pub(super) feeds: Arc<Feeds>,
+    /// The sessions of each user here.
+    pub(super) online: Arc<Online>,
     /// Its place among the user's streams, given back when it ends.
     pub(super) _slot: SubscriptionSlot,
     pub(super) user: u64,
@@ -81,6 +86,10 @@ struct Running {
     followed: HashMap<Topic, Followed>,
     servers: HashSet<u64>,
     wakes: Wakes,
+    /// The user's presence, as this session announces it.
+    presence: PresenceState,
+    /// The presences told to the client.
+    seen: Seen,
 }
 
 fn wakes_of(app: &App, topic: Topic) -> Pin<Box<dyn Stream<Item = Wake> + Send>> {
@@ -125,12 +134,20 @@ impl Session {
             followed: HashMap::new(),
             servers: HashSet::new(),
             wakes,
+            presence: PresenceState::Online,
+            seen: Seen::new(),
         };
         if let Err(e) = running.start().await {
             running.s.deliver(Err(e.into())).await;
             return;
         }
-        running.serve().await;
+        let (online, user) = (running.s.online.clone(), running.s.user);
+        online.enter(user);
+        running.announce();
+        let running = running.serve().await;
+        if online.leave(user) {
+            running.announce_as(PresenceState::Offline);
+        }
     }
 
     async fn list(&self) -> Result<Memberships> {
@@ -250,7 +267,22 @@ impl Running {
         }
     }
 
-    async fn serve(mut self) {
+    /// Tell the members of every followed conversation the user's presence.
+    fn announce(&self) {
+        self.announce_as(self.presence);
+    }
+
+    fn announce_as(&self, state: PresenceState) {
+        for topic in self.followed.keys() {
+            self.s
+                .app
+                .hub
+                .ephemeral(topic, presence(self.s.user, state));
+        }
+    }
+
+    /// Serve until the session ends; the state it ended in.
+    async fn serve(mut self) -> Self {
         let mut shutdown = self.s.app.shutdown.clone();
         let mut revoked = self.s.app.revocations.changes();
         let left_ms = u64::try_from(self.s.expires_at_ms - now_ms()).unwrap_or(0);
@@ -259,6 +291,9 @@ impl Running {
         let start = tokio::time::Instant::now() + HEARTBEAT;
         let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = tokio::time::Instant::now() + PRESENCE_EVERY;
+        let mut presence = tokio::time::interval_at(start, PRESENCE_EVERY);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
                 Some((topic, wake)) = self.wakes.next() => match self.woken(topic, wake).await {
@@ -268,6 +303,10 @@ impl Running {
                 _ = heartbeat.tick() => {
                     let beat = event(session_event::Kind::Heartbeat(Heartbeat {}));
                     self.s.deliver(Ok(beat)).await
+                }
+                _ = presence.tick() => {
+                    self.announce();
+                    Flow::Continue
                 }
                 Ok(()) = revoked.changed() => {
                     if self.s.app.revocations.is_revoked(&self.s.sid) {
@@ -288,7 +327,7 @@ impl Running {
                 }
             };
             if let Flow::Stop = flow {
-                return;
+                return self;
             }
         }
     }
@@ -297,10 +336,31 @@ impl Running {
         if topic.service == USER || topic.service == SERVER {
             return match wake {
                 Wake::Update(_, token) => self.refresh(&token).await,
-                Wake::Newer(_) | Wake::Missed(_) => Ok(Flow::Continue),
+                // Set on another of the user's sessions (SetPresence).
+                Wake::Ephemeral(e) if topic.service == USER => {
+                    if let Some(crate::pb::internal::ephemeral::Kind::Presence(state)) = e.kind
+                        && let Ok(state) = PresenceState::try_from(state)
+                        && state != self.presence
+                    {
+                        self.presence = state;
+                        self.announce();
+                    }
+                    Ok(Flow::Continue)
+                }
+                Wake::Newer(_) | Wake::Missed(_) | Wake::Ephemeral(_) => Ok(Flow::Continue),
             };
         }
         match wake {
+            Wake::Ephemeral(e) => {
+                let Some(kind) = self.followed.get(&topic).map(|f| f.kind) else {
+                    return Ok(Flow::Continue);
+                };
+                let conversation = reference(kind, topic.conversation);
+                match self.seen.event(self.s.user, conversation, &e) {
+                    Some(told) => Ok(self.s.deliver(Ok(event(told))).await),
+                    None => Ok(Flow::Continue),
+                }
+            }
             Wake::Newer(hint) => {
                 let behind = self.followed.get(&topic).is_some_and(|f| hint.seq > f.last);
                 if behind {
@@ -460,6 +520,10 @@ impl Running {
                 }
                 None => {
                     self.follow(m, m.last_seq);
+                    self.s
+                        .app
+                        .hub
+                        .ephemeral(&topic, presence(self.s.user, self.presence));
                     events.push(session_event::Kind::Joined(state(m)));
                 }
             }
