@@ -269,7 +269,7 @@ impl Hub {
 
     /// Typing or presence in `topic`: to its subscribers here and on every replica.
     pub fn ephemeral(&self, topic: &Topic, event: Ephemeral) {
-        self.hint_ephemeral(topic, event.clone());
+        self.hint_ephemeral(topic, event);
         if let Some(broker) = &self.broker {
             let note = Notification {
                 ephemeral: Some(event),
