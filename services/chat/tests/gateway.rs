@@ -454,7 +454,7 @@ async fn typing_and_presence_reach_the_other_member_across_gateways_and_say_how_
         conversation: reference(Kind::Group, group.id),
     };
     k.other_gateway
-        .set_typing(authed(&alice, typing.clone()))
+        .set_typing(authed(&alice, typing))
         .await
         .unwrap();
     assert_eq!(
