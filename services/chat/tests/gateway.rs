@@ -29,7 +29,7 @@ struct Cluster {
     _keys: Keys,
     db: Db,
     broker: Nats,
-    _replicas: Vec<Chatd>,
+    replicas: Vec<Chatd>,
     b: Clients,
     c: Clients,
     gateway: GatewayClient<Channel>,
@@ -59,7 +59,7 @@ impl Cluster {
             _keys: keys,
             db,
             broker,
-            _replicas: vec![a, b, c],
+            replicas: vec![a, b, c],
             b: b_clients,
             c: c_clients,
             gateway,
@@ -494,4 +494,116 @@ async fn typing_and_presence_reach_the_other_member_across_gateways_and_say_how_
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_too_slow_is_cut_and_resumes_from_its_cursors_with_nothing_missed() {
+    use chatd::services::conversation::SLOW_READER;
+    let mut k = Cluster::start().await;
+    let alice = register(&mut k.b.auth, "alice").await;
+    let bob = register(&mut k.b.auth, "bob").await;
+    let group = k.b.group(&alice, "busy", &[&bob]).await;
+    // Opened and then not read: the queue, the HTTP/2 buffers and a 64 KiB window fill.
+    let slow = chatcluster_tests::chat::slow_reader(&k.replicas[0].url()).await;
+    let mut session = GatewayClient::new(slow)
+        .open(authed(&bob, OpenRequest { cursors: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    const SENT: u64 = 300;
+    for i in 0..SENT {
+        let text = format!("{i:04}{}", "x".repeat(3_996));
+        k.b.groups
+            .send_message(authed(&alice, send(group.id, &text, &format!("m{i}"))))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(SLOW_READER + Duration::from_secs(2)).await;
+
+    // What was buffered, then the cut.
+    let mut seqs = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), session.message())
+            .await
+            .expect("buffered events come at once")
+        {
+            Ok(Some(event)) => {
+                if let Some((_, _, seq)) = event.kind.as_ref().and_then(message) {
+                    seqs.push(seq);
+                }
+            }
+            Ok(None) => panic!("ended without a status after {seqs:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("cursors"), "{status:?}");
+    let last = *seqs.last().expect("some messages came before the cut");
+    assert!(last < SENT, "cut before the end: {last}");
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "in order, no gap");
+
+    // Opened again from the last seq received: the rest, each once.
+    let cursor = Cursor {
+        conversation: reference(Kind::Group, group.id),
+        after_seq: last,
+    };
+    let mut again = k.open(&bob, vec![cursor]).await;
+    snapshot(next(&mut again).await);
+    let rest = messages(&mut again, (SENT - last) as usize).await;
+    assert_eq!(
+        rest[&(Kind::Group as i32, group.id)],
+        (last + 1..=SENT).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_holds_a_bounded_number_of_sessions() {
+    use chatd::services::MAX_SESSIONS_PER_USER;
+    let mut k = Cluster::start().await;
+    let bob = register(&mut k.b.auth, "bob").await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_USER {
+        let mut s = k.open(&bob, vec![]).await;
+        snapshot(next(&mut s).await);
+        open.push(s);
+    }
+    let refused = k
+        .gateway
+        .open(authed(&bob, OpenRequest { cursors: vec![] }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // A closed session gives its place back.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match k
+            .gateway
+            .open(authed(&bob, OpenRequest { cursors: vec![] }))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Too many cursors: refused before anything is read.
+    let many = (1..=1001)
+        .map(|id| Cursor {
+            conversation: reference(Kind::Group, id),
+            after_seq: 0,
+        })
+        .collect();
+    let refused = k
+        .other_gateway
+        .open(authed(&bob, OpenRequest { cursors: many }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }

@@ -96,8 +96,8 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     /// The last consistency token of each user who wrote through this replica.
     tokens: Mutex<HashMap<u64, String>>,
-    /// Open subscriptions per user on this replica.
-    subscriptions: Mutex<HashMap<u64, u32>>,
+    /// Open streams per user and kind on this replica.
+    subscriptions: Mutex<HashMap<(u64, StreamKind), u32>>,
     /// The services whose safety poll runs on this replica (see
     /// [`conversation::start_safety_poll`]).
     safety_polls: Mutex<HashSet<&'static str>>,
@@ -132,17 +132,32 @@ impl App {
     /// RESOURCE_EXHAUSTED beyond [`MAX_SUBSCRIPTIONS_PER_USER`] (each open stream costs this
     /// replica a task and the database a query every few seconds).
     pub fn subscription_slot(self: &Arc<Self>, user: u64) -> Result<SubscriptionSlot> {
+        self.slot(user, StreamKind::Subscription)
+    }
+
+    /// A place for one more of `user`'s sessions, held while the stream lives;
+    /// RESOURCE_EXHAUSTED beyond [`MAX_SESSIONS_PER_USER`] (each follows every conversation of
+    /// the user).
+    pub fn session_slot(self: &Arc<Self>, user: u64) -> Result<SubscriptionSlot> {
+        self.slot(user, StreamKind::Session)
+    }
+
+    fn slot(self: &Arc<Self>, user: u64, kind: StreamKind) -> Result<SubscriptionSlot> {
+        let (limit, what) = match kind {
+            StreamKind::Subscription => (MAX_SUBSCRIPTIONS_PER_USER, "subscriptions"),
+            StreamKind::Session => (MAX_SESSIONS_PER_USER, "sessions"),
+        };
         let mut open = lock(&self.subscriptions);
-        let count = open.entry(user).or_default();
-        if *count >= MAX_SUBSCRIPTIONS_PER_USER {
+        let count = open.entry((user, kind)).or_default();
+        if *count >= limit {
             return Err(Error::ResourceExhausted(format!(
-                "at most {MAX_SUBSCRIPTIONS_PER_USER} open subscriptions per user"
+                "at most {limit} open {what} per user"
             )));
         }
         *count += 1;
         Ok(SubscriptionSlot {
             app: self.clone(),
-            user,
+            key: (user, kind),
         })
     }
 
@@ -324,20 +339,30 @@ pub fn address_key(address: IpAddr) -> u64 {
 
 /// Subscriptions one user may hold open on one replica.
 pub const MAX_SUBSCRIPTIONS_PER_USER: u32 = 256;
+/// Sessions one user may hold open on one replica (their devices and tabs).
+pub const MAX_SESSIONS_PER_USER: u32 = 16;
 
-/// One of a user's open subscriptions; its place is given back when it is dropped.
+/// The kinds of stream counted per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StreamKind {
+    Subscription,
+    Session,
+}
+
+/// One of a user's open streams (a subscription or a session); its place is given back when
+/// it is dropped.
 pub struct SubscriptionSlot {
     app: Arc<App>,
-    user: u64,
+    key: (u64, StreamKind),
 }
 
 impl Drop for SubscriptionSlot {
     fn drop(&mut self) {
         let mut open = lock(&self.app.subscriptions);
-        if let Some(count) = open.get_mut(&self.user) {
+        if let Some(count) = open.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                open.remove(&self.user);
+                open.remove(&self.key);
             }
         }
     }

@@ -105,7 +105,7 @@ impl Gateway for GatewayService {
         for c in &req.cursors {
             cursors.insert(conversation(c.conversation.as_ref())?, c.after_seq);
         }
-        let slot = self.app.subscription_slot(caller.sub)?;
+        let slot = self.app.session_slot(caller.sub)?;
         let (tx, events) = mpsc::channel(STREAM_BUFFER);
         let (cut, cut_rx) = oneshot::channel();
         let session = Session {
