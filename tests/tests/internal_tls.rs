@@ -330,6 +330,7 @@ async fn chatd_takes_calls_from_envoy_only_and_the_broker_its_cluster_only() {
         seq: u64::MAX,
         gtid: String::new(),
         update: false,
+        ephemeral: None,
     };
     use prost::Message as _;
     forger

@@ -29,7 +29,7 @@ use chatd::pb::{
     chat::{SendMessageRequest, SubscribeRequest, event},
     groups::CreateGroupRequest,
 };
-use common::{Chatd, Clients, Keys, Options, authed, register, uid};
+use common::{Chatd, Clients, Keys, Options, authed, cpu_us, register, uid};
 use sqlx::mysql::MySqlPoolOptions;
 use tokio::sync::Mutex;
 
@@ -103,28 +103,6 @@ struct Level {
     replica_statements_per_message: f64,
     chatd_cpu_us_per_message: f64,
     db_cpu_us_per_message: f64,
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
-const TICKS_PER_SECOND: u64 = 100;
-
-/// Microseconds processes `pids` (all their threads) have run on a CPU.
-fn cpu_us(pids: &[u32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            // After the command, which is in parentheses and may hold spaces: utime and
-            // stime are fields 14 and 15, the 12th and 13th after it.
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            let f: Vec<u64> = after
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .map(|v| v.parse().unwrap())
-                .collect();
-            (f[0] + f[1]) * 1_000_000 / TICKS_PER_SECOND
-        })
-        .sum()
 }
 
 /// Statements the server has been sent, by every client.

@@ -221,7 +221,14 @@ pub async fn serve(
                 ServiceName::Groups => store::groups::migrate(&db).await?,
                 ServiceName::Dms => store::dms::migrate(&db).await?,
                 ServiceName::Servers => store::servers::migrate(&db).await?,
-                ServiceName::Gateway => store::gateway::migrate(&db).await?,
+                // The gateway reads the three conversation schemas: it must not wait for
+                // their services to make them.
+                ServiceName::Gateway => {
+                    store::groups::migrate(&db).await?;
+                    store::dms::migrate(&db).await?;
+                    store::servers::migrate(&db).await?;
+                    store::gateway::migrate(&db).await?;
+                }
             }
         }
         Ok::<_, StartError>(db)

@@ -425,6 +425,26 @@ async fn hint_last_seqs(
     Ok(())
 }
 
+/// Hand `item` to a stream's client: false when it is gone, or too slow to take it within
+/// [`SLOW_READER`] (its stream is then cut by `cut`, see [`EventStream`]).
+pub(crate) async fn hand_over<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    cut: &mut Option<oneshot::Sender<()>>,
+    item: Result<T, Status>,
+) -> bool {
+    match tokio::time::timeout(SLOW_READER, tx.send(item)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            debug!("client too slow: stream cut");
+            if let Some(cut) = cut.take() {
+                let _ = cut.send(());
+            }
+            false
+        }
+    }
+}
+
 /// Completes once the flag is true.
 pub(crate) async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
@@ -621,19 +641,11 @@ impl<M: Membership> Stream<M> {
         Ok(primary)
     }
 
-    /// Hand `item` to the subscriber: Stop when they are gone, or too slow to take it within
-    /// [`SLOW_READER`] (their stream is then cut, see [`EventStream`]).
+    /// Hand `item` to the subscriber (see [`hand_over`]).
     async fn deliver(&mut self, item: Result<Event, Status>) -> Flow {
-        match tokio::time::timeout(SLOW_READER, self.tx.send(item)).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Stop,
-            Err(_) => {
-                debug!("subscriber too slow: stream cut");
-                if let Some(cut) = self.cut.take() {
-                    let _ = cut.send(());
-                }
-                Flow::Stop
-            }
+        match hand_over(&self.tx, &mut self.cut, item).await {
+            true => Flow::Continue,
+            false => Flow::Stop,
         }
     }
 

@@ -125,7 +125,11 @@ impl Chatd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
+            // CHATD_TEST_LOG=info (or debug) to see what the chatd processes do.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHATD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("CHATD_SERVICES", opts.services)
             .env("CHATD_LISTEN", format!("127.0.0.1:{port}"))
             .env("CHATD_DB_PRIMARY", &opts.primary)
@@ -426,4 +430,26 @@ pub fn selects(db: &MariaDb) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("Com_select in {row:?}"))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// Microseconds processes `pids` (all their threads) have run on a CPU.
+pub fn cpu_us(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // After the command, which is in parentheses and may hold spaces: utime and
+            // stime are fields 14 and 15, the 12th and 13th after it.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<u64> = after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|v| v.parse().unwrap())
+                .collect();
+            (f[0] + f[1]) * 1_000_000 / TICKS_PER_SECOND
+        })
+        .sum()
 }

@@ -32,7 +32,7 @@ use crate::{
     },
     services::{
         App, LOGGED_OUT, SubscriptionSlot,
-        conversation::{HEARTBEAT, SLOW_READER, until_true},
+        conversation::{HEARTBEAT, hand_over, until_true},
     },
     store::{
         gateway::{Membership, Memberships, allowed_among, conversations_of, service, tables},
@@ -176,19 +176,11 @@ impl Session {
             .contains(&user))
     }
 
-    /// Hand `item` to the client: Stop when it is gone, or too slow to take it within
-    /// [`SLOW_READER`] (its stream is then cut).
+    /// Hand `item` to the client (see [`hand_over`]).
     async fn deliver(&mut self, item: Result<SessionEvent, Status>) -> Flow {
-        match tokio::time::timeout(SLOW_READER, self.tx.send(item)).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Stop,
-            Err(_) => {
-                debug!("session too slow: cut");
-                if let Some(cut) = self.cut.take() {
-                    let _ = cut.send(());
-                }
-                Flow::Stop
-            }
+        match hand_over(&self.tx, &mut self.cut, item).await {
+            true => Flow::Continue,
+            false => Flow::Stop,
         }
     }
 }
