@@ -474,6 +474,27 @@ async fn typing_and_presence_reach_the_other_member_across_gateways_and_say_how_
     };
     k.gateway.set_presence(authed(&alice, idle)).await.unwrap();
     assert_eq!(next(&mut bobs).await, presence(PresenceState::Idle));
+    // Toggled 20 times at once: her sessions announce a change at most every 5 s, so bob
+    // hears at most one of them now (each announcement goes to all her conversations).
+    for i in 0..20 {
+        let state = [PresenceState::Online, PresenceState::Idle][i % 2];
+        let toggle = SetPresenceRequest {
+            state: state as i32,
+        };
+        k.gateway
+            .set_presence(authed(&alice, toggle))
+            .await
+            .unwrap();
+    }
+    let mut heard = 0;
+    while let Some(event) = next_within(&mut bobs, Duration::from_secs(2)).await {
+        assert!(
+            matches!(event, session_event::Kind::Presence(_)),
+            "{event:?}"
+        );
+        heard += 1;
+    }
+    assert!(heard <= 1, "{heard} presences heard from 20 toggles");
     drop(alices);
     assert_eq!(next(&mut bobs).await, presence(PresenceState::Offline));
 

@@ -21,6 +21,9 @@ pub const TYPING_MS: u32 = 6_000;
 pub const PRESENCE_MS: u32 = 90_000;
 /// How often a session says its presence again, well within [`PRESENCE_MS`].
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(60);
+/// A session announces a change of presence at most this often; a later one goes out when
+/// the gap has passed (each announcement is one message per conversation of the user).
+pub const PRESENCE_CHANGE_GAP: Duration = Duration::from_secs(5);
 
 /// The sessions of each user on this replica: the last to close says "offline".
 #[derive(Default)]

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::{
     feed::{Feeds, Follow, Verdict},
-    presence::{Online, PRESENCE_EVERY, Seen, presence},
+    presence::{Online, PRESENCE_CHANGE_GAP, PRESENCE_EVERY, Seen, presence},
 };
 use crate::{
     error::{Error, Result},
@@ -88,6 +88,10 @@ struct Running {
     wakes: Wakes,
     /// The user's presence, as this session announces it.
     presence: PresenceState,
+    /// What it announced last, and when it may announce a change next: a client toggling
+    /// its presence must not make every session send to every conversation each time.
+    announced: PresenceState,
+    next_change: tokio::time::Instant,
     /// The presences told to the client.
     seen: Seen,
 }
@@ -135,6 +139,8 @@ impl Session {
             servers: HashSet::new(),
             wakes,
             presence: PresenceState::Online,
+            announced: PresenceState::Online,
+            next_change: tokio::time::Instant::now(),
             seen: Seen::new(),
         };
         if let Err(e) = running.start().await {
@@ -260,8 +266,10 @@ impl Running {
     }
 
     /// Tell the members of every followed conversation the user's presence.
-    fn announce(&self) {
+    fn announce(&mut self) {
         self.announce_as(self.presence);
+        self.announced = self.presence;
+        self.next_change = tokio::time::Instant::now() + PRESENCE_CHANGE_GAP;
     }
 
     fn announce_as(&self, state: PresenceState) {
@@ -300,6 +308,10 @@ impl Running {
                     self.announce();
                     Flow::Continue
                 }
+                () = tokio::time::sleep_until(self.next_change), if self.presence != self.announced => {
+                    self.announce();
+                    Flow::Continue
+                }
                 Ok(()) = revoked.changed() => {
                     if self.s.app.revocations.is_revoked(&self.s.sid) {
                         self.s.deliver(Err(Status::unauthenticated(LOGGED_OUT))).await;
@@ -332,10 +344,13 @@ impl Running {
                 Wake::Ephemeral(e) if topic.service == USER => {
                     if let Some(crate::pb::internal::ephemeral::Kind::Presence(state)) = e.kind
                         && let Ok(state) = PresenceState::try_from(state)
-                        && state != self.presence
                     {
                         self.presence = state;
-                        self.announce();
+                        if state != self.announced
+                            && tokio::time::Instant::now() >= self.next_change
+                        {
+                            self.announce();
+                        }
                     }
                     Ok(Flow::Continue)
                 }
