@@ -60,8 +60,8 @@ fn stop(cluster: LocalCluster) -> TempDir {
     let processes = cluster.processes();
     assert_eq!(
         processes.len(),
-        11,
-        "runner, 2 databases, 4 chatd, chat-xds, Envoy, the broker, Prometheus: {processes:?}"
+        12,
+        "runner, 2 databases, 5 chatd, chat-xds, Envoy, the broker, Prometheus: {processes:?}"
     );
     let (dir, _) = cluster.stop_keeping_data();
     for (name, pid) in processes {

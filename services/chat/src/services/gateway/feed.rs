@@ -79,6 +79,34 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// Add `batch`, read after `from` with `verdicts`, up to its first gap (the replica is
+    /// missing a message: the session reads again later); keep the newest [`CACHED`]; and
+    /// return what follows `after` for `user` — taken before the trim, so a follower far
+    /// behind does not lose its own read.
+    fn extend(
+        &mut self,
+        from: u64,
+        batch: Vec<Message>,
+        verdicts: &Arc<Verdicts>,
+        after: u64,
+        user: u64,
+    ) -> Vec<(Arc<Message>, Verdict)> {
+        for (next, message) in (from + 1..).zip(batch) {
+            if message.seq != next {
+                break;
+            }
+            self.messages
+                .push_back((Arc::new(message), verdicts.clone()));
+        }
+        let out = self.after(after, user).unwrap_or_default();
+        while self.messages.len() > CACHED {
+            self.messages.pop_front();
+        }
+        out
+    }
+}
+
 fn verdict(v: &Verdicts, user: u64) -> Verdict {
     if v.allowed.contains(&user) {
         Verdict::Allowed
@@ -199,20 +227,7 @@ impl Follow {
             asked: users.into_iter().collect(),
             allowed,
         });
-        for (next, message) in (from + 1..).zip(batch) {
-            // Seqs have no gaps: a jump means the replica is missing one; the next hint or
-            // poll reads again.
-            if message.seq != next {
-                break;
-            }
-            cache
-                .messages
-                .push_back((Arc::new(message), verdicts.clone()));
-        }
-        while cache.messages.len() > CACHED {
-            cache.messages.pop_front();
-        }
-        Ok(cache.after(after, self.user).unwrap_or_default())
+        Ok(cache.extend(from, batch, &verdicts, after, self.user))
     }
 
     /// A read for this follower alone, its access checked in the same statement
@@ -227,9 +242,11 @@ impl Follow {
         let (t, conv) = (self.feed.tables, self.feed.conversation);
         let read = messages::readable_range(&mut conn, t, conv, self.user, after, BATCH).await?;
         Ok(match read {
-            Readable::Allowed(batch) => batch
-                .into_iter()
-                .map(|m| (Arc::new(m), Verdict::Allowed))
+            // Up to the first gap, as a shared read does.
+            Readable::Allowed(batch) => (after + 1..)
+                .zip(batch)
+                .take_while(|(next, m)| m.seq == *next)
+                .map(|(_, m)| (Arc::new(m), Verdict::Allowed))
                 .collect(),
             // The session confirms on the primary, and leaves the conversation.
             Readable::Denied => {
@@ -275,6 +292,36 @@ mod tests {
         assert_eq!(seqs(3), None, "older than the cache: its own read");
         assert_eq!(seqs(10), None, "past the cache: read again");
         assert_eq!(Cache::default().after(0, 1).map(|v| v.len()), None);
+    }
+
+    #[test]
+    fn a_follower_far_behind_gets_its_whole_read_though_the_cache_is_trimmed() {
+        // Cached 101..=356; a follower at 120 reads 357..=556: the cache keeps the newest 256
+        // (301..=556), the follower gets 121..=556, nothing skipped.
+        let mut c = cache(101..=356, &[1], &[1]);
+        let batch: Vec<Message> = (357..=556).map(message).collect();
+        let v = Arc::new(Verdicts::default());
+        let got: Vec<u64> = c
+            .extend(356, batch, &v, 120, 1)
+            .iter()
+            .map(|(m, _)| m.seq)
+            .collect();
+        assert_eq!(got, (121..=556).collect::<Vec<_>>());
+        assert_eq!((c.first(), c.last()), (Some(301), Some(556)));
+    }
+
+    #[test]
+    fn a_read_stops_at_its_first_gap() {
+        let mut c = Cache::default();
+        let batch = [1, 2, 4, 5].map(message).to_vec();
+        let v = Arc::new(Verdicts::default());
+        let got: Vec<u64> = c
+            .extend(0, batch, &v, 0, 1)
+            .iter()
+            .map(|(m, _)| m.seq)
+            .collect();
+        assert_eq!(got, vec![1, 2]);
+        assert_eq!(c.last(), Some(2));
     }
 
     #[test]

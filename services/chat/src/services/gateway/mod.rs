@@ -84,11 +84,15 @@ impl Gateway for GatewayService {
     type OpenStream = EventStream<SessionEvent>;
 
     async fn open(&self, req: Request<OpenRequest>) -> Result<Response<Self::OpenStream>, Status> {
-        let caller = self.app.caller(&req)?;
+        // Charged as a write: each session opened and closed is an announcement to every
+        // conversation of the user.
+        let caller = self.app.writer(&req)?;
+        let slot = self.app.session_slot(caller.sub)?;
         // The user's writes went through other replicas, which this one knows nothing of:
         // without a token from the client, the snapshot waits for all the primary has
         // committed (one query per session opened).
-        let token = match self.app.read_token(&req, caller.sub) {
+        let given = self.app.read_token(&req, caller.sub);
+        let token = match given.filter(|t| !t.is_empty()) {
             Some(token) => token,
             None => {
                 let mut primary = self.app.primary_conn().await?;
@@ -105,7 +109,6 @@ impl Gateway for GatewayService {
         for c in &req.cursors {
             cursors.insert(conversation(c.conversation.as_ref())?, c.after_seq);
         }
-        let slot = self.app.session_slot(caller.sub)?;
         let (tx, events) = mpsc::channel(STREAM_BUFFER);
         let (cut, cut_rx) = oneshot::channel();
         let session = Session {

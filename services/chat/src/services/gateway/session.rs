@@ -41,6 +41,9 @@ use crate::{
     token::now_ms,
 };
 
+/// How often a session reads again what a read left behind.
+const RETRY_STALLED: Duration = Duration::from_secs(1);
+
 /// What a session wakes on, by topic.
 type Wakes = StreamMap<Topic, Pin<Box<dyn Stream<Item = Wake> + Send>>>;
 
@@ -94,6 +97,9 @@ struct Running {
     next_change: tokio::time::Instant,
     /// The presences told to the client.
     seen: Seen,
+    /// Conversations a read left behind: read again on the retry tick, up to the seq and
+    /// with the token that woke them.
+    stalled: HashMap<Topic, (u64, Option<String>)>,
 }
 
 fn wakes_of(app: &App, topic: Topic) -> Pin<Box<dyn Stream<Item = Wake> + Send>> {
@@ -142,6 +148,7 @@ impl Session {
             announced: PresenceState::Online,
             next_change: tokio::time::Instant::now(),
             seen: Seen::new(),
+            stalled: HashMap::new(),
         };
         if let Err(e) = running.start().await {
             running.s.deliver(Err(e.into())).await;
@@ -176,6 +183,15 @@ impl Session {
             return Ok(true);
         }
         drop(conn);
+        self.primary_may_read(topic, kind).await
+    }
+
+    /// Whether the user may read `topic`, by the primary.
+    async fn primary_may_read(&self, topic: &Topic, kind: Kind) -> Result<bool> {
+        let Some(t) = tables(kind) else {
+            return Ok(false);
+        };
+        let (conv, user) = (topic.conversation, self.user);
         let mut primary = self.app.primary_conn().await?;
         Ok(allowed_among(&mut primary, t, conv, &[user])
             .await?
@@ -294,6 +310,8 @@ impl Running {
         let start = tokio::time::Instant::now() + PRESENCE_EVERY;
         let mut presence = tokio::time::interval_at(start, PRESENCE_EVERY);
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(RETRY_STALLED);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
                 Some((topic, wake)) = self.wakes.next() => match self.woken(topic, wake).await {
@@ -308,6 +326,10 @@ impl Running {
                     self.announce();
                     Flow::Continue
                 }
+                _ = retry.tick(), if !self.stalled.is_empty() => match self.retry_stalled().await {
+                    Ok(flow) => flow,
+                    Err(e) => self.s.deliver(Err(e.into())).await.and(Flow::Stop),
+                },
                 () = tokio::time::sleep_until(self.next_change), if self.presence != self.announced => {
                     self.announce();
                     Flow::Continue
@@ -384,24 +406,44 @@ impl Running {
         }
     }
 
-    /// Deliver the messages of `topic` after the last delivered, up to `upto` at least.
+    /// Deliver the messages of `topic` after the last delivered, up to `upto` at least. A
+    /// read that brings nothing while the session is behind (a replica that lacks a grant,
+    /// say) leaves the topic to the retry tick: the hint that woke it will not come again.
     async fn catch_up(&mut self, topic: &Topic, upto: u64, token: Option<&str>) -> Result<Flow> {
         loop {
             let Some(f) = self.followed.get(topic) else {
+                self.stalled.remove(topic);
                 return Ok(Flow::Continue);
             };
             let (kind, last) = (f.kind, f.last);
+            if last >= upto {
+                self.stalled.remove(topic);
+                return Ok(Flow::Continue);
+            }
             let batch = match f.follow.read(&self.s.app.db, last, upto, token).await {
                 Ok(batch) => batch,
-                Err(Error::PermissionDenied(_)) => return self.confirm_loss(topic).await,
+                Err(Error::PermissionDenied(_)) => {
+                    if !self.s.primary_may_read(topic, kind).await? {
+                        return self.leave(topic).await;
+                    }
+                    Vec::new()
+                }
                 Err(e) => return Err(e),
             };
-            let Some(newest) = batch.last().map(|(m, _)| m.seq) else {
+            if batch.is_empty() {
+                self.stalled
+                    .insert(topic.clone(), (upto, token.map(str::to_string)));
                 return Ok(Flow::Continue);
-            };
+            }
+            let mut confirmed = false;
             for (message, verdict) in batch {
-                if verdict != Verdict::Allowed && !self.s.may_read(topic, kind, token).await? {
-                    return self.confirm_loss(topic).await;
+                // The read's snapshot denied the user, or did not ask them: the primary
+                // decides, once per batch (a replica's yes could be older than that snapshot).
+                if verdict != Verdict::Allowed && !confirmed {
+                    if !self.s.primary_may_read(topic, kind).await? {
+                        return self.leave(topic).await;
+                    }
+                    confirmed = true;
                 }
                 if let Some(f) = self.followed.get_mut(topic) {
                     f.last = message.seq;
@@ -418,10 +460,17 @@ impl Running {
                     return Ok(Flow::Stop);
                 }
             }
-            if newest >= upto {
-                return Ok(Flow::Continue);
+        }
+    }
+
+    /// Read again what stalled (see [`catch_up`](Self::catch_up)).
+    async fn retry_stalled(&mut self) -> Result<Flow> {
+        for (topic, (upto, token)) in std::mem::take(&mut self.stalled) {
+            if let Flow::Stop = self.catch_up(&topic, upto, token.as_deref()).await? {
+                return Ok(Flow::Stop);
             }
         }
+        Ok(Flow::Continue)
     }
 
     /// Who may read `topic` changed: leave it if the user lost it.
@@ -430,26 +479,6 @@ impl Running {
             return Ok(Flow::Continue);
         };
         if self.s.may_read(topic, kind, Some(token)).await? {
-            return Ok(Flow::Continue);
-        }
-        self.leave(topic).await
-    }
-
-    /// A replica denied the user `topic`: leave it unless the primary allows it.
-    async fn confirm_loss(&mut self, topic: &Topic) -> Result<Flow> {
-        let Some(kind) = self.followed.get(topic).map(|f| f.kind) else {
-            return Ok(Flow::Continue);
-        };
-        let Some(t) = tables(kind) else {
-            return self.leave(topic).await;
-        };
-        let (conv, user) = (topic.conversation, self.s.user);
-        let mut primary = self.s.app.primary_conn().await?;
-        if allowed_among(&mut primary, t, conv, &[user])
-            .await?
-            .contains(&user)
-        {
-            // The replica lacked a grant; the next hint or poll reads again.
             return Ok(Flow::Continue);
         }
         self.leave(topic).await
