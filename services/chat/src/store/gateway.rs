@@ -107,11 +107,12 @@ pub async fn conversations_of(conn: &mut MySqlConnection, user: u64) -> Result<M
          ) c
          LEFT JOIN gateway_read_markers r
            ON r.user_id = ? AND r.kind = c.kind AND r.conversation_id = c.id
-         ORDER BY c.kind, c.id LIMIT {limit}",
+         ORDER BY c.kind = {server}, c.kind, c.id LIMIT {limit}",
         group = Kind::Group as i32,
         dm = Kind::Dm as i32,
         channel = Kind::Channel as i32,
-        // Servers are listed under the kind no conversation has.
+        // Servers are listed under the kind no conversation has, after the conversations (so
+        // they never crowd them out of the limit).
         server = Kind::Unspecified as i32,
         limit = MAX_CONVERSATIONS + MAX_SERVERS,
     )))

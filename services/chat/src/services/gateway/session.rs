@@ -35,7 +35,10 @@ use crate::{
         conversation::{HEARTBEAT, hand_over, until_true},
     },
     store::{
-        gateway::{Membership, Memberships, allowed_among, conversations_of, service, tables},
+        gateway::{
+            MAX_CONVERSATIONS, Membership, Memberships, allowed_among, conversations_of, service,
+            tables,
+        },
         messages,
     },
     token::now_ms,
@@ -564,10 +567,13 @@ impl Running {
                 }
             }
         }
+        // A list cut at its limit says nothing of what lies past it: nothing is left then (a
+        // conversation really lost is left on its own access hint).
+        let complete = list.len() < MAX_CONVERSATIONS;
         let gone: Vec<Topic> = self
             .followed
             .keys()
-            .filter(|t| !now.contains(*t))
+            .filter(|t| complete && !now.contains(*t))
             .cloned()
             .collect();
         for topic in gone {
